@@ -1,0 +1,183 @@
+//! Records shared by the BPF programs and user space: ring-buffer event layouts, map keys and
+//! values, and the indices of the statistics array. Nothing else lives here.
+//!
+//! Every record starts with an [`EventKind`] `u32` so user space can dispatch on the first four
+//! bytes. All records are `#[repr(C)]`, 8-byte aligned, and contain no implicit padding (padding
+//! is spelled out), so both sides agree on their layout and the verifier sees initialised bytes.
+#![no_std]
+
+/// The first field of every ring-buffer record.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// [`DataEvent`] followed by `len` captured bytes.
+    Data = 1,
+    /// [`ConnEvent`]: a socket was accepted or connected.
+    ConnOpen = 2,
+    /// [`ConnEvent`]: a tracked socket was closed.
+    ConnClose = 3,
+    /// [`ProcEvent`]: a tracked process forked (child may be a thread: user space checks).
+    ProcFork = 4,
+    /// [`ProcEvent`]: a tracked process exited (its whole thread group is gone).
+    ProcExit = 5,
+}
+
+impl EventKind {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            1 => Self::Data,
+            2 => Self::ConnOpen,
+            3 => Self::ConnClose,
+            4 => Self::ProcFork,
+            5 => Self::ProcExit,
+            _ => return None,
+        })
+    }
+}
+
+/// Direction of bytes on a socket, seen from the traced process.
+pub const DIR_INGRESS: u8 = 0;
+pub const DIR_EGRESS: u8 = 1;
+
+/// Which syscall produced a [`DataEvent`] (for diagnostics and tests).
+pub const SYS_READ: u8 = 0;
+pub const SYS_READV: u8 = 1;
+pub const SYS_RECVFROM: u8 = 2;
+pub const SYS_RECVMSG: u8 = 3;
+pub const SYS_WRITE: u8 = 4;
+pub const SYS_WRITEV: u8 = 5;
+pub const SYS_SENDTO: u8 = 6;
+pub const SYS_SENDMSG: u8 = 7;
+
+/// `DataEvent::flags`: the syscall moved more bytes than were captured (a gap follows or precedes).
+pub const DATA_FLAG_TRUNCATED: u8 = 1;
+/// `DataEvent::flags`: a read returned 0: the peer closed its side (EOF).
+pub const DATA_FLAG_EOF: u8 = 2;
+
+/// Largest number of payload bytes one [`DataEvent`] carries. A power of two, so BPF code can
+/// mask lengths into a range the verifier accepts.
+pub const MAX_CAPTURE: usize = 8192;
+/// Largest number of iovec segments walked for one vectored syscall; the rest is a counted gap.
+pub const MAX_IOV: usize = 12;
+
+/// Bytes moved by one read-like or write-like syscall on a tracked socket (or a part of them).
+///
+/// `stream_pos` is the position of the first captured byte in this direction's byte stream of
+/// the connection, counted by the BPF side over every syscall it saw; user space finds gaps
+/// (truncation, ring-buffer loss) by comparing positions.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DataEvent {
+    pub kind: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: i32,
+    pub conn_id: u64,
+    /// CLOCK_MONOTONIC nanoseconds at syscall exit.
+    pub ts_ns: u64,
+    /// Stream position of the first byte of this syscall.
+    pub syscall_pos: u64,
+    /// Bytes the syscall moved in total (its return value).
+    pub syscall_len: u64,
+    /// Offset of the captured bytes within the syscall's bytes.
+    pub offset: u32,
+    /// Captured bytes following this header.
+    pub len: u32,
+    pub direction: u8,
+    pub syscall: u8,
+    pub flags: u8,
+    pub _pad: [u8; 5],
+}
+
+/// Size of the [`DataEvent`] header that precedes the payload.
+pub const DATA_HEADER_LEN: usize = core::mem::size_of::<DataEvent>();
+
+/// `ConnEvent::role`.
+pub const ROLE_UNKNOWN: u8 = 0;
+/// The process accepted the connection: it is the server.
+pub const ROLE_SERVER: u8 = 1;
+/// The process connected: it is the client.
+pub const ROLE_CLIENT: u8 = 2;
+
+/// A socket entered or left tracking.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConnEvent {
+    pub kind: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: i32,
+    pub conn_id: u64,
+    pub ts_ns: u64,
+    /// Address family of the peer (AF_INET, AF_INET6, AF_UNIX) when known, else 0.
+    pub family: u16,
+    /// Peer port, host byte order.
+    pub port: u16,
+    pub role: u8,
+    pub _pad: [u8; 3],
+    /// Peer address: 4 bytes for IPv4, 16 for IPv6.
+    pub addr: [u8; 16],
+}
+
+/// A tracked process forked or exited.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcEvent {
+    pub kind: u32,
+    pub tgid: u32,
+    /// For [`EventKind::ProcFork`]: the new task's id (a process, or a thread of `tgid`).
+    pub child: u32,
+    pub _pad: u32,
+    pub ts_ns: u64,
+}
+
+/// Value of the `SOCKETS` map, keyed by [`sock_key`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SockInfo {
+    pub conn_id: u64,
+    /// Bytes seen so far in each direction ([`DIR_INGRESS`], [`DIR_EGRESS`]).
+    pub pos: [u64; 2],
+    pub role: u8,
+    pub _pad: [u8; 7],
+}
+
+/// Key of the `SOCKETS` map: thread group id and file descriptor.
+#[inline(always)]
+pub const fn sock_key(tgid: u32, fd: u32) -> u64 {
+    ((tgid as u64) << 32) | fd as u64
+}
+
+/// Connection ids chosen by user space (sockets that existed before attaching) have this bit
+/// set; ids chosen in BPF never do.
+pub const USER_CONN_ID_BIT: u64 = 1 << 63;
+
+/// Indices of the per-CPU `STATS` array. User space sums over CPUs.
+pub mod stat {
+    /// Data events written to the ring buffer.
+    pub const DATA_EVENTS: u32 = 0;
+    /// Records the ring buffer had no room for (all kinds).
+    pub const RINGBUF_DROPS: u32 = 1;
+    /// Syscalls on tracked sockets that moved more bytes than were captured.
+    pub const TRUNCATED_SYSCALLS: u32 = 2;
+    /// Vectored syscalls with more iovec segments than are walked.
+    pub const IOV_OVERFLOW: u32 = 3;
+    /// Failed reads of user memory (argument structs or payloads).
+    pub const READ_USER_FAILED: u32 = 4;
+    /// Sockets that could not be added to the `SOCKETS` map (full).
+    pub const SOCKET_MAP_FULL: u32 = 5;
+    /// Payload bytes captured.
+    pub const CAPTURED_BYTES: u32 = 6;
+    /// Bytes moved by tracked syscalls (captured or not).
+    pub const SYSCALL_BYTES: u32 = 7;
+    /// Connection open/close events written.
+    pub const CONN_EVENTS: u32 = 8;
+    /// Number of slots.
+    pub const COUNT: u32 = 9;
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    unsafe impl aya::Pod for SockInfo {}
+}

@@ -1,0 +1,476 @@
+//! Socket capture from syscall tracepoints (kprobes and fentry are not required).
+//!
+//! Relies on the stable `syscalls:sys_enter_*` / `sys_exit_*` formats: arguments are 8-byte
+//! slots from offset 16, the return value is at offset 16 of the exit record.
+//!
+//! - `accept`/`accept4`/`connect` exits put the new socket of a traced process into `SOCKETS`
+//!   and announce it; `close` announces and forgets it. Sockets that existed before attaching
+//!   are put into `SOCKETS` by user space from /proc.
+//! - read-like and write-like enters remember the buffer (or iovec array) of a call on a
+//!   tracked socket in `PENDING_IO`; the exit copies what the call really moved: the first
+//!   `CAPTURE_HEAD` bytes of every segment and the last `CAPTURE_TAIL` bytes of a longer one.
+//!   Every byte advances the socket's stream position, so user space can see each gap.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_user,
+        generated::bpf_probe_read_user as probe_read_user_raw,
+    },
+    macros::{map, tracepoint},
+    maps::HashMap,
+    programs::TracePointContext,
+};
+use inferscope_common::{
+    ConnEvent, DATA_FLAG_EOF, DATA_FLAG_TRUNCATED, DATA_HEADER_LEN, DIR_EGRESS, DIR_INGRESS,
+    EventKind, MAX_CAPTURE, MAX_IOV, ROLE_CLIENT, ROLE_SERVER, SYS_READ, SYS_READV, SYS_RECVFROM,
+    SYS_RECVMSG, SYS_SENDMSG, SYS_SENDTO, SYS_WRITE, SYS_WRITEV, SockInfo, sock_key, stat,
+};
+
+use crate::{
+    CAPTURE_HEAD, CAPTURE_TAIL, CONN_SEQ, EVENTS, SCRATCH, SOCKETS, Scratch, TRACKED, count,
+    read_global,
+};
+
+const ARG0: usize = 16;
+const ARG1: usize = 24;
+const ARG2: usize = 32;
+const RET: usize = 16;
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const EINPROGRESS: i64 = 115;
+
+/// How a syscall passes its buffer.
+const SHAPE_BUF: u8 = 0;
+const SHAPE_IOV: u8 = 1;
+const SHAPE_MSG: u8 = 2;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct IoArgs {
+    /// Buffer, or iovec array (for SHAPE_IOV and, once resolved, SHAPE_MSG).
+    buf: u64,
+    /// iovec count for vectored calls.
+    iovcnt: u64,
+    fd: u32,
+    syscall: u8,
+    dir: u8,
+    shape: u8,
+    _pad: u8,
+}
+
+#[map]
+static PENDING_IO: HashMap<u64, IoArgs> = HashMap::with_max_entries(16384, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ConnArgs {
+    addr: u64,
+    fd: u32,
+    role: u8,
+    _pad: [u8; 3],
+}
+
+#[map]
+static PENDING_CONN: HashMap<u64, ConnArgs> = HashMap::with_max_entries(16384, 0);
+
+#[inline(always)]
+fn tracked(tgid: u32) -> bool {
+    unsafe { TRACKED.get(&tgid) }.is_some()
+}
+
+#[inline(always)]
+fn enter_io(ctx: &TracePointContext, syscall: u8, dir: u8, shape: u8) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if !tracked(tgid) {
+        return 0;
+    }
+    let Ok(fd) = (unsafe { ctx.read_at::<u64>(ARG0) }) else {
+        return 0;
+    };
+    let fd = fd as u32;
+    if SOCKETS.get_ptr(&sock_key(tgid, fd)).is_none() {
+        return 0;
+    }
+    let Ok(mut buf) = (unsafe { ctx.read_at::<u64>(ARG1) }) else {
+        return 0;
+    };
+    let mut iovcnt = 0u64;
+    let mut shape = shape;
+    match shape {
+        SHAPE_IOV => {
+            iovcnt = unsafe { ctx.read_at::<u64>(ARG2) }.unwrap_or(0);
+        }
+        SHAPE_MSG => {
+            // struct msghdr: msg_iov at 16, msg_iovlen at 24.
+            let iov = unsafe { bpf_probe_read_user((buf + 16) as *const u64) };
+            let len = unsafe { bpf_probe_read_user((buf + 24) as *const u64) };
+            match (iov, len) {
+                (Ok(iov), Ok(len)) => {
+                    buf = iov;
+                    iovcnt = len;
+                    shape = SHAPE_IOV;
+                }
+                _ => {
+                    count(stat::READ_USER_FAILED, 1);
+                    // Keep going: the exit still advances the stream position (a gap).
+                    iovcnt = 0;
+                    shape = SHAPE_IOV;
+                }
+            }
+        }
+        _ => {}
+    }
+    let args = IoArgs {
+        buf,
+        iovcnt,
+        fd,
+        syscall,
+        dir,
+        shape,
+        _pad: 0,
+    };
+    let _ = PENDING_IO.insert(&pid_tgid, &args, 0);
+    0
+}
+
+/// Copies `len` bytes at user address `src` (offset `offset` within the syscall's bytes) into a
+/// ring-buffer record whose header is already in `scratch`.
+#[inline(never)]
+fn emit(scratch: *mut Scratch, src: u64, offset: u64, len: u64, flags: u8) {
+    let n: u32 = if len > MAX_CAPTURE as u64 {
+        MAX_CAPTURE as u32
+    } else {
+        len as u32
+    };
+    let s = unsafe { &mut *scratch };
+    s.hdr.offset = offset as u32;
+    s.hdr.flags = flags;
+    let r = unsafe {
+        probe_read_user_raw(
+            s.data.as_mut_ptr().cast(),
+            n,
+            src as *const core::ffi::c_void,
+        )
+    };
+    if r != 0 {
+        count(stat::READ_USER_FAILED, 1);
+        s.hdr.len = 0;
+        s.hdr.flags = flags | DATA_FLAG_TRUNCATED;
+    } else {
+        s.hdr.len = n;
+    }
+    let total = DATA_HEADER_LEN + s.hdr.len as usize;
+    let total = if total > DATA_HEADER_LEN + MAX_CAPTURE {
+        DATA_HEADER_LEN + MAX_CAPTURE
+    } else {
+        total
+    };
+    let bytes = unsafe { core::slice::from_raw_parts(scratch as *const u8, total) };
+    match EVENTS.output::<[u8]>(bytes, 0) {
+        Ok(()) => {
+            count(stat::DATA_EVENTS, 1);
+            count(stat::CAPTURED_BYTES, s.hdr.len as u64);
+        }
+        Err(_) => count(stat::RINGBUF_DROPS, 1),
+    }
+}
+
+/// Emits the head of a segment, and its tail when the segment is longer than the head.
+#[inline(always)]
+fn emit_segment(scratch: *mut Scratch, src: u64, seg_off: u64, seg_len: u64) {
+    let mut head_cap = read_global(&CAPTURE_HEAD) as u64;
+    if head_cap > MAX_CAPTURE as u64 {
+        head_cap = MAX_CAPTURE as u64;
+    }
+    let head = if seg_len < head_cap {
+        seg_len
+    } else {
+        head_cap
+    };
+    if seg_len <= head {
+        emit(scratch, src, seg_off, head, 0);
+        return;
+    }
+    count(stat::TRUNCATED_SYSCALLS, 1);
+    emit(scratch, src, seg_off, head, DATA_FLAG_TRUNCATED);
+    let mut tail_cap = read_global(&CAPTURE_TAIL) as u64;
+    if tail_cap > MAX_CAPTURE as u64 {
+        tail_cap = MAX_CAPTURE as u64;
+    }
+    let rest = seg_len - head;
+    let tail = if rest < tail_cap { rest } else { tail_cap };
+    if tail > 0 {
+        let at = seg_len - tail;
+        emit(scratch, src + at, seg_off + at, tail, DATA_FLAG_TRUNCATED);
+    }
+}
+
+#[inline(always)]
+fn exit_io(ctx: &TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(args) = (unsafe { PENDING_IO.get(&pid_tgid) }).copied() else {
+        return 0;
+    };
+    let _ = PENDING_IO.remove(&pid_tgid);
+    let Ok(ret) = (unsafe { ctx.read_at::<i64>(RET) }) else {
+        return 0;
+    };
+    if ret < 0 {
+        return 0;
+    }
+    let ret = ret as u64;
+    let tgid = (pid_tgid >> 32) as u32;
+    let Some(info) = SOCKETS.get_ptr_mut(&sock_key(tgid, args.fd)) else {
+        return 0;
+    };
+    let dir = if args.dir == DIR_EGRESS {
+        1usize
+    } else {
+        0usize
+    };
+    let info = unsafe { &mut *info };
+    let pos = info.pos[dir];
+    info.pos[dir] = pos + ret;
+    let conn_id = info.conn_id;
+
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    {
+        let hdr = unsafe { &mut (*scratch).hdr };
+        hdr.kind = EventKind::Data as u32;
+        hdr.tgid = tgid;
+        hdr.tid = pid_tgid as u32;
+        hdr.fd = args.fd as i32;
+        hdr.conn_id = conn_id;
+        hdr.ts_ns = unsafe { bpf_ktime_get_ns() };
+        hdr.syscall_pos = pos;
+        hdr.syscall_len = ret;
+        hdr.offset = 0;
+        hdr.len = 0;
+        hdr.direction = args.dir;
+        hdr.syscall = args.syscall;
+        hdr.flags = 0;
+        hdr._pad = [0; 5];
+    }
+    count(stat::SYSCALL_BYTES, ret);
+
+    if ret == 0 {
+        if args.dir == DIR_INGRESS {
+            emit(scratch, 0, 0, 0, DATA_FLAG_EOF);
+        }
+        return 0;
+    }
+    if args.shape == SHAPE_BUF {
+        emit_segment(scratch, args.buf, 0, ret);
+        return 0;
+    }
+    let mut off: u64 = 0;
+    for i in 0..MAX_IOV as u64 {
+        if i >= args.iovcnt || off >= ret {
+            break;
+        }
+        let at = args.buf + i * 16;
+        let base = unsafe { bpf_probe_read_user(at as *const u64) };
+        let ilen = unsafe { bpf_probe_read_user((at + 8) as *const u64) };
+        let (Ok(base), Ok(ilen)) = (base, ilen) else {
+            count(stat::READ_USER_FAILED, 1);
+            break;
+        };
+        let left = ret - off;
+        let seg = if ilen < left { ilen } else { left };
+        if seg > 0 {
+            emit_segment(scratch, base, off, seg);
+        }
+        off += ilen;
+    }
+    if off < ret {
+        count(stat::IOV_OVERFLOW, 1);
+    }
+    0
+}
+
+macro_rules! io_probes {
+    ($($enter:ident, $exit:ident, $sys:expr, $dir:expr, $shape:expr;)*) => {$(
+        #[tracepoint]
+        pub fn $enter(ctx: TracePointContext) -> u32 {
+            enter_io(&ctx, $sys, $dir, $shape)
+        }
+        #[tracepoint]
+        pub fn $exit(ctx: TracePointContext) -> u32 {
+            exit_io(&ctx)
+        }
+    )*};
+}
+
+io_probes! {
+    sys_enter_read, sys_exit_read, SYS_READ, DIR_INGRESS, SHAPE_BUF;
+    sys_enter_readv, sys_exit_readv, SYS_READV, DIR_INGRESS, SHAPE_IOV;
+    sys_enter_recvfrom, sys_exit_recvfrom, SYS_RECVFROM, DIR_INGRESS, SHAPE_BUF;
+    sys_enter_recvmsg, sys_exit_recvmsg, SYS_RECVMSG, DIR_INGRESS, SHAPE_MSG;
+    sys_enter_write, sys_exit_write, SYS_WRITE, DIR_EGRESS, SHAPE_BUF;
+    sys_enter_writev, sys_exit_writev, SYS_WRITEV, DIR_EGRESS, SHAPE_IOV;
+    sys_enter_sendto, sys_exit_sendto, SYS_SENDTO, DIR_EGRESS, SHAPE_BUF;
+    sys_enter_sendmsg, sys_exit_sendmsg, SYS_SENDMSG, DIR_EGRESS, SHAPE_MSG;
+}
+
+#[inline(always)]
+fn enter_conn(ctx: &TracePointContext, role: u8) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !tracked((pid_tgid >> 32) as u32) {
+        return 0;
+    }
+    let fd = unsafe { ctx.read_at::<u64>(ARG0) }.unwrap_or(0) as u32;
+    let addr = unsafe { ctx.read_at::<u64>(ARG1) }.unwrap_or(0);
+    let args = ConnArgs {
+        addr,
+        fd,
+        role,
+        _pad: [0; 3],
+    };
+    let _ = PENDING_CONN.insert(&pid_tgid, &args, 0);
+    0
+}
+
+/// Reads a `struct sockaddr` from user memory into the event (family, port, address).
+#[inline(always)]
+fn read_sockaddr(addr: u64, ev: &mut ConnEvent) {
+    if addr == 0 {
+        return;
+    }
+    let Ok(family) = (unsafe { bpf_probe_read_user(addr as *const u16) }) else {
+        return;
+    };
+    ev.family = family;
+    if family == AF_INET || family == AF_INET6 {
+        if let Ok(port) = unsafe { bpf_probe_read_user((addr + 2) as *const u16) } {
+            ev.port = u16::from_be(port);
+        }
+    }
+    if family == AF_INET {
+        if let Ok(a) = unsafe { bpf_probe_read_user((addr + 4) as *const [u8; 4]) } {
+            ev.addr[..4].copy_from_slice(&a);
+        }
+    } else if family == AF_INET6 {
+        if let Ok(a) = unsafe { bpf_probe_read_user((addr + 8) as *const [u8; 16]) } {
+            ev.addr = a;
+        }
+    }
+}
+
+#[inline(always)]
+fn exit_conn(ctx: &TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(args) = (unsafe { PENDING_CONN.get(&pid_tgid) }).copied() else {
+        return 0;
+    };
+    let _ = PENDING_CONN.remove(&pid_tgid);
+    let Ok(ret) = (unsafe { ctx.read_at::<i64>(RET) }) else {
+        return 0;
+    };
+    let fd = if args.role == ROLE_SERVER {
+        if ret < 0 {
+            return 0;
+        }
+        ret as u32
+    } else {
+        if ret != 0 && ret != -EINPROGRESS {
+            return 0;
+        }
+        args.fd
+    };
+    let tgid = (pid_tgid >> 32) as u32;
+    let cpu = unsafe { bpf_get_smp_processor_id() } as u64;
+    let Some(seq) = CONN_SEQ.get_ptr_mut(0) else {
+        return 0;
+    };
+    let conn_id = unsafe {
+        *seq += 1;
+        ((*seq) << 8) | (cpu & 0xff)
+    } & !inferscope_common::USER_CONN_ID_BIT;
+    let info = SockInfo {
+        conn_id,
+        pos: [0, 0],
+        role: args.role,
+        _pad: [0; 7],
+    };
+    if SOCKETS.insert(&sock_key(tgid, fd), &info, 0).is_err() {
+        count(stat::SOCKET_MAP_FULL, 1);
+        return 0;
+    }
+    let mut ev = ConnEvent {
+        kind: EventKind::ConnOpen as u32,
+        tgid,
+        tid: pid_tgid as u32,
+        fd: fd as i32,
+        conn_id,
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        role: args.role,
+        ..ConnEvent::default()
+    };
+    read_sockaddr(args.addr, &mut ev);
+    output_conn(&ev);
+    0
+}
+
+#[inline(always)]
+fn output_conn(ev: &ConnEvent) {
+    match EVENTS.output::<ConnEvent>(ev, 0) {
+        Ok(()) => count(stat::CONN_EVENTS, 1),
+        Err(_) => count(stat::RINGBUF_DROPS, 1),
+    }
+}
+
+#[tracepoint]
+pub fn sys_enter_accept(ctx: TracePointContext) -> u32 {
+    enter_conn(&ctx, ROLE_SERVER)
+}
+#[tracepoint]
+pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
+    exit_conn(&ctx)
+}
+#[tracepoint]
+pub fn sys_enter_accept4(ctx: TracePointContext) -> u32 {
+    enter_conn(&ctx, ROLE_SERVER)
+}
+#[tracepoint]
+pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
+    exit_conn(&ctx)
+}
+#[tracepoint]
+pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
+    enter_conn(&ctx, ROLE_CLIENT)
+}
+#[tracepoint]
+pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
+    exit_conn(&ctx)
+}
+
+#[tracepoint]
+pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if !tracked(tgid) {
+        return 0;
+    }
+    let fd = unsafe { ctx.read_at::<u64>(ARG0) }.unwrap_or(u64::MAX) as u32;
+    let key = sock_key(tgid, fd);
+    let Some(info) = (unsafe { SOCKETS.get(&key) }).copied() else {
+        return 0;
+    };
+    let _ = SOCKETS.remove(&key);
+    let ev = ConnEvent {
+        kind: EventKind::ConnClose as u32,
+        tgid,
+        tid: pid_tgid as u32,
+        fd: fd as i32,
+        conn_id: info.conn_id,
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        role: info.role,
+        ..ConnEvent::default()
+    };
+    output_conn(&ev);
+    0
+}

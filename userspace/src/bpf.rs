@@ -1,0 +1,215 @@
+//! The thin layer that touches the kernel: loads the embedded BPF object, attaches the
+//! tracepoints, and gives typed handles to the maps. Everything above it works on decoded
+//! events and is testable without root.
+
+use std::{os::fd::AsRawFd, path::Path};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+};
+use inferscope_common::{MAX_CAPTURE, SockInfo, sock_key, stat};
+
+/// The BPF object, compiled from ebpf/inferscope-ebpf by build.rs.
+static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/inferscope"));
+
+/// Load-time settings.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Bytes captured from the start of each syscall's data.
+    pub capture_head: u32,
+    /// Bytes captured from the end of a longer one.
+    pub capture_tail: u32,
+    /// Ring buffer size in bytes (rounded up to a power of two of pages).
+    pub ring_buffer_bytes: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            capture_head: 4096,
+            capture_tail: 1024,
+            ring_buffer_bytes: 16 << 20,
+        }
+    }
+}
+
+/// (category, name) of every tracepoint program; the program is named after the event.
+pub const SOCKET_TRACEPOINTS: &[&str] = &[
+    "sys_enter_read",
+    "sys_exit_read",
+    "sys_enter_readv",
+    "sys_exit_readv",
+    "sys_enter_recvfrom",
+    "sys_exit_recvfrom",
+    "sys_enter_recvmsg",
+    "sys_exit_recvmsg",
+    "sys_enter_write",
+    "sys_exit_write",
+    "sys_enter_writev",
+    "sys_exit_writev",
+    "sys_enter_sendto",
+    "sys_exit_sendto",
+    "sys_enter_sendmsg",
+    "sys_exit_sendmsg",
+    "sys_enter_accept",
+    "sys_exit_accept",
+    "sys_enter_accept4",
+    "sys_exit_accept4",
+    "sys_enter_connect",
+    "sys_exit_connect",
+    "sys_enter_close",
+];
+pub const SCHED_TRACEPOINTS: &[&str] = &["sched_process_fork", "sched_process_exit"];
+
+/// A loaded and attached set of probes. Dropping it detaches everything: no probe is left
+/// behind in the kernel.
+pub struct Probes {
+    ebpf: Ebpf,
+    tracked: BpfHashMap<MapData, u32, u32>,
+    sockets: BpfHashMap<MapData, u64, SockInfo>,
+    stats: PerCpuArray<MapData, u64>,
+}
+
+/// Makes sure tracefs is reachable where aya looks for it (mounting it if needed).
+pub fn ensure_tracefs() -> Result<()> {
+    for p in [
+        "/sys/kernel/tracing/events",
+        "/sys/kernel/debug/tracing/events",
+    ] {
+        if Path::new(p).is_dir() {
+            return Ok(());
+        }
+    }
+    let target = c"/sys/kernel/tracing";
+    let fstype = c"tracefs";
+    let r = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if r != 0 {
+        let err = std::io::Error::last_os_error();
+        bail!(
+            "tracefs is not mounted and mounting it at /sys/kernel/tracing failed ({err}); \
+             mount it (`mount -t tracefs nodev /sys/kernel/tracing`) or, in Kubernetes, \
+             mount the host's /sys/kernel/tracing into the pod"
+        );
+    }
+    Ok(())
+}
+
+/// Loads the BPF object and attaches every socket and process tracepoint.
+pub fn load(opts: &LoadOptions) -> Result<Probes> {
+    crate::privileges::require_bpf()?;
+    ensure_tracefs()?;
+    let head = opts.capture_head.min(MAX_CAPTURE as u32);
+    let tail = opts.capture_tail.min(MAX_CAPTURE as u32);
+    let ring = opts.ring_buffer_bytes.max(1 << 16).next_power_of_two();
+    let mut ebpf = EbpfLoader::new()
+        .override_global("CAPTURE_HEAD", &head, true)
+        .override_global("CAPTURE_TAIL", &tail, true)
+        .map_max_entries("EVENTS", ring)
+        .load(BPF_OBJECT)
+        .map_err(|e| anyhow!("loading the BPF object into the kernel failed: {e:#}"))?;
+
+    for (category, names) in [
+        ("syscalls", SOCKET_TRACEPOINTS),
+        ("sched", SCHED_TRACEPOINTS),
+    ] {
+        for name in names {
+            let prog: &mut TracePoint = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("BPF program {name} missing from the object"))?
+                .try_into()?;
+            prog.load()
+                .map_err(|e| anyhow!("the kernel rejected BPF program {name}: {e:#}"))?;
+            prog.attach(category, name)
+                .with_context(|| format!("attaching to tracepoint {category}:{name}"))?;
+        }
+    }
+    let tracked = BpfHashMap::try_from(ebpf.take_map("TRACKED").context("map TRACKED")?)?;
+    let sockets = BpfHashMap::try_from(ebpf.take_map("SOCKETS").context("map SOCKETS")?)?;
+    let stats = PerCpuArray::try_from(ebpf.take_map("STATS").context("map STATS")?)?;
+    Ok(Probes {
+        ebpf,
+        tracked,
+        sockets,
+        stats,
+    })
+}
+
+impl Probes {
+    /// The ring buffer of events; taken once by the reader.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .context("ring buffer already taken")?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    /// Starts tracing a process (its existing sockets must be added with [`Self::add_socket`]).
+    pub fn track(&mut self, tgid: u32) -> Result<()> {
+        self.tracked
+            .insert(tgid, 0, 0)
+            .with_context(|| format!("tracking pid {tgid}"))
+    }
+
+    /// Stops tracing a process and forgets its sockets.
+    pub fn untrack(&mut self, tgid: u32) {
+        let _ = self.tracked.remove(&tgid);
+        let keys: Vec<u64> = self
+            .sockets
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| (k >> 32) as u32 == tgid)
+            .collect();
+        for k in keys {
+            let _ = self.sockets.remove(&k);
+        }
+    }
+
+    pub fn is_tracked(&self, tgid: u32) -> bool {
+        self.tracked.get(&tgid, 0).is_ok()
+    }
+
+    /// Every tgid the kernel side currently traces (includes children it added itself).
+    pub fn tracked_pids(&self) -> Vec<u32> {
+        self.tracked.keys().filter_map(|k| k.ok()).collect()
+    }
+
+    /// Registers a socket that existed before attaching. Returns false if it was already known
+    /// (the kernel side saw it being opened).
+    pub fn add_socket(&mut self, tgid: u32, fd: u32, info: SockInfo) -> Result<bool> {
+        let key = sock_key(tgid, fd);
+        if self.sockets.get(&key, 0).is_ok() {
+            return Ok(false);
+        }
+        self.sockets
+            .insert(key, info, 0)
+            .with_context(|| format!("adding socket {tgid}/{fd}"))?;
+        Ok(true)
+    }
+
+    /// Sums the per-CPU statistics.
+    pub fn stats(&self) -> Result<[u64; stat::COUNT as usize]> {
+        let mut out = [0u64; stat::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let values = self.stats.get(&(i as u32), 0)?;
+            *slot = values.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// A file descriptor usable to wait for readiness of the ring buffer.
+    pub fn raw_fd_hint(ring: &RingBuf<MapData>) -> i32 {
+        ring.as_raw_fd()
+    }
+}

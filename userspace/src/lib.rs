@@ -1,0 +1,3 @@
+//! inferscope: request, engine and device timings of LLM inference servers, from eBPF.
+pub mod bpf;
+pub mod privileges;

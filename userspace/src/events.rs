@@ -1,0 +1,285 @@
+//! Decoding ring-buffer records into typed events. Input is whatever bytes the kernel handed
+//! over: short, unknown or inconsistent records become [`DecodeError`]s, never panics.
+
+use inferscope_common::{
+    ConnEvent, DATA_FLAG_EOF, DATA_FLAG_TRUNCATED, DATA_HEADER_LEN, DIR_EGRESS, DataEvent,
+    EventKind, ProcEvent,
+};
+
+/// Which way bytes moved, seen from the traced process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Into the process (read, recv...).
+    Ingress,
+    /// Out of the process (write, send...).
+    Egress,
+}
+
+impl Direction {
+    pub fn index(self) -> usize {
+        match self {
+            Direction::Ingress => 0,
+            Direction::Egress => 1,
+        }
+    }
+}
+
+/// Bytes of one syscall on a tracked socket (or one captured part of them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Data<'a> {
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: i32,
+    pub conn_id: u64,
+    pub ts_ns: u64,
+    pub direction: Direction,
+    /// Stream position of the syscall's first byte.
+    pub syscall_pos: u64,
+    /// Bytes the syscall moved.
+    pub syscall_len: u64,
+    /// Offset of `bytes` inside the syscall's bytes.
+    pub offset: u64,
+    pub bytes: &'a [u8],
+    pub truncated: bool,
+    /// A read returned 0: the peer closed its sending side.
+    pub eof: bool,
+}
+
+impl Data<'_> {
+    /// Stream position of `bytes[0]`.
+    pub fn pos(&self) -> u64 {
+        self.syscall_pos.saturating_add(self.offset)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Unknown,
+    Server,
+    Client,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conn {
+    pub tgid: u32,
+    pub fd: i32,
+    pub conn_id: u64,
+    pub ts_ns: u64,
+    pub role: Role,
+    /// Peer address, when the syscall told it.
+    pub peer: Option<std::net::SocketAddr>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event<'a> {
+    Data(Data<'a>),
+    ConnOpen(Conn),
+    ConnClose(Conn),
+    ProcFork { tgid: u32, child: u32, ts_ns: u64 },
+    ProcExit { tgid: u32, ts_ns: u64 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Fewer bytes than the record's header.
+    Short,
+    /// An unknown kind tag.
+    UnknownKind(u32),
+    /// A data record whose length field disagrees with its size.
+    BadLength,
+}
+
+impl DecodeError {
+    pub fn cause(&self) -> &'static str {
+        match self {
+            DecodeError::Short => "short_record",
+            DecodeError::UnknownKind(_) => "unknown_kind",
+            DecodeError::BadLength => "bad_length",
+        }
+    }
+}
+
+fn read_pod<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
+    if bytes.len() < std::mem::size_of::<T>() {
+        return Err(DecodeError::Short);
+    }
+    // SAFETY: length checked; T is a plain #[repr(C)] record valid for any bit pattern, and
+    // read_unaligned copes with the ring buffer's alignment.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+fn role(r: u8) -> Role {
+    match r {
+        inferscope_common::ROLE_SERVER => Role::Server,
+        inferscope_common::ROLE_CLIENT => Role::Client,
+        _ => Role::Unknown,
+    }
+}
+
+fn peer(ev: &ConnEvent) -> Option<std::net::SocketAddr> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+    match ev.family {
+        2 => {
+            let a = [ev.addr[0], ev.addr[1], ev.addr[2], ev.addr[3]];
+            Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::from(a)), ev.port))
+        }
+        10 => Some(SocketAddr::new(
+            IpAddr::V6(Ipv6Addr::from(ev.addr)),
+            ev.port,
+        )),
+        _ => None,
+    }
+}
+
+/// Decodes one ring-buffer record.
+pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
+    let kind: u32 = read_pod(bytes)?;
+    match EventKind::from_u32(kind) {
+        Some(EventKind::Data) => {
+            let h: DataEvent = read_pod(bytes)?;
+            let payload = &bytes[DATA_HEADER_LEN..];
+            let len = h.len as usize;
+            if len > payload.len() {
+                return Err(DecodeError::BadLength);
+            }
+            Ok(Event::Data(Data {
+                tgid: h.tgid,
+                tid: h.tid,
+                fd: h.fd,
+                conn_id: h.conn_id,
+                ts_ns: h.ts_ns,
+                direction: if h.direction == DIR_EGRESS {
+                    Direction::Egress
+                } else {
+                    Direction::Ingress
+                },
+                syscall_pos: h.syscall_pos,
+                syscall_len: h.syscall_len,
+                offset: h.offset as u64,
+                bytes: &payload[..len],
+                truncated: h.flags & DATA_FLAG_TRUNCATED != 0,
+                eof: h.flags & DATA_FLAG_EOF != 0,
+            }))
+        }
+        Some(k @ (EventKind::ConnOpen | EventKind::ConnClose)) => {
+            let c: ConnEvent = read_pod(bytes)?;
+            let conn = Conn {
+                tgid: c.tgid,
+                fd: c.fd,
+                conn_id: c.conn_id,
+                ts_ns: c.ts_ns,
+                role: role(c.role),
+                peer: peer(&c),
+            };
+            Ok(if k == EventKind::ConnOpen {
+                Event::ConnOpen(conn)
+            } else {
+                Event::ConnClose(conn)
+            })
+        }
+        Some(EventKind::ProcFork) => {
+            let p: ProcEvent = read_pod(bytes)?;
+            Ok(Event::ProcFork {
+                tgid: p.tgid,
+                child: p.child,
+                ts_ns: p.ts_ns,
+            })
+        }
+        Some(EventKind::ProcExit) => {
+            let p: ProcEvent = read_pod(bytes)?;
+            Ok(Event::ProcExit {
+                tgid: p.tgid,
+                ts_ns: p.ts_ns,
+            })
+        }
+        None => Err(DecodeError::UnknownKind(kind)),
+    }
+}
+
+/// Encodes a data record the way the BPF side does (tests, fuzzing and replay use this).
+pub fn encode_data(d: &Data<'_>) -> Vec<u8> {
+    let h = DataEvent {
+        kind: EventKind::Data as u32,
+        tgid: d.tgid,
+        tid: d.tid,
+        fd: d.fd,
+        conn_id: d.conn_id,
+        ts_ns: d.ts_ns,
+        syscall_pos: d.syscall_pos,
+        syscall_len: d.syscall_len,
+        offset: d.offset as u32,
+        len: d.bytes.len() as u32,
+        direction: if d.direction == Direction::Egress {
+            DIR_EGRESS
+        } else {
+            0
+        },
+        syscall: 0,
+        flags: (if d.truncated { DATA_FLAG_TRUNCATED } else { 0 })
+            | (if d.eof { DATA_FLAG_EOF } else { 0 }),
+        _pad: [0; 5],
+    };
+    let mut out = Vec::with_capacity(DATA_HEADER_LEN + d.bytes.len());
+    // SAFETY: DataEvent is #[repr(C)] with explicit padding; viewing it as bytes is sound.
+    out.extend_from_slice(unsafe {
+        std::slice::from_raw_parts((&h as *const DataEvent).cast::<u8>(), DATA_HEADER_LEN)
+    });
+    out.extend_from_slice(d.bytes);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample<'a>(bytes: &'a [u8]) -> Data<'a> {
+        Data {
+            tgid: 7,
+            tid: 8,
+            fd: 9,
+            conn_id: 10,
+            ts_ns: 11,
+            direction: Direction::Egress,
+            syscall_pos: 100,
+            syscall_len: 5000,
+            offset: 3,
+            bytes,
+            truncated: true,
+            eof: false,
+        }
+    }
+
+    #[test]
+    fn data_round_trips() {
+        let d = sample(b"hello");
+        let enc = encode_data(&d);
+        assert_eq!(decode(&enc).unwrap(), Event::Data(d.clone()));
+        assert_eq!(d.pos(), 103);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert_eq!(decode(&[]), Err(DecodeError::Short));
+        assert_eq!(decode(&[1, 0]), Err(DecodeError::Short));
+        assert_eq!(
+            decode(&[99, 0, 0, 0, 0, 0, 0, 0]),
+            Err(DecodeError::UnknownKind(99))
+        );
+        // A data header claiming more bytes than present.
+        let mut enc = encode_data(&sample(b"abc"));
+        enc.truncate(enc.len() - 1);
+        assert_eq!(decode(&enc), Err(DecodeError::BadLength));
+        // Truncated header of every kind.
+        for kind in 1u32..=5 {
+            let b = kind.to_ne_bytes();
+            assert_eq!(decode(&b), Err(DecodeError::Short));
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let _ = decode(&bytes);
+        }
+    }
+}

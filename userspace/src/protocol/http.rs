@@ -1,0 +1,909 @@
+//! Incremental HTTP/1.1 message parser for one direction of a connection.
+//!
+//! Fed [`Segment`]s (captured bytes with their syscall timestamps, and gaps where bytes were not
+//! captured), it emits [`HttpEvent`]s: a message head, decoded body bytes, body gaps, and the
+//! message end. It handles keep-alive, chunked transfer encoding, Content-Length bodies, bodies
+//! that run until close, messages split across or packed into syscalls, and capture that starts
+//! mid-connection or loses bytes: it then resynchronises at the next syscall that starts with a
+//! message head (or a chunk header inside a chunked body). It never panics on any input.
+
+use std::collections::VecDeque;
+
+use super::Segment;
+
+/// Largest head (start line + headers) accepted.
+pub const MAX_HEAD: usize = 64 * 1024;
+/// Largest chunk-size or trailer line accepted.
+const MAX_LINE: usize = 4096;
+const MAX_HEADERS: usize = 96;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StartLine {
+    Request { method: String, target: String },
+    Response { status: u16, reason: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Head {
+    pub start: StartLine,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor_version: u8,
+    /// Header names lower-cased, values as sent (lossy UTF-8).
+    pub headers: Vec<(String, String)>,
+    /// Timestamp of the syscall that carried the head's first byte.
+    pub first_ts_ns: u64,
+    /// Timestamp of the syscall that completed the head.
+    pub ts_ns: u64,
+}
+
+impl Head {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn is_request(&self) -> bool {
+        matches!(self.start, StartLine::Request { .. })
+    }
+    fn chunked(&self) -> bool {
+        self.header("transfer-encoding").is_some_and(|v| {
+            v.split(',')
+                .next_back()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"))
+        })
+    }
+    fn content_length(&self) -> Option<u64> {
+        self.header("content-length")
+            .and_then(|v| v.trim().parse().ok())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParseError {
+    /// The bytes do not start like an HTTP/1.x message (another protocol, or mid-message).
+    NotHttp,
+    /// A malformed start line or header.
+    BadHead,
+    /// Head larger than [`MAX_HEAD`].
+    HeadTooLarge,
+    /// A malformed chunk-size or trailer line.
+    BadChunk,
+    /// Bytes were missing where the parser could not skip them.
+    LostSync,
+    /// HTTP/2 connection preface (h2c): not parsed.
+    Http2,
+}
+
+impl ParseError {
+    pub fn cause(&self) -> &'static str {
+        match self {
+            ParseError::NotHttp => "not_http",
+            ParseError::BadHead => "bad_head",
+            ParseError::HeadTooLarge => "head_too_large",
+            ParseError::BadChunk => "bad_chunk",
+            ParseError::LostSync => "lost_sync",
+            ParseError::Http2 => "http2",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HttpEvent {
+    Head(Box<Head>),
+    /// Decoded body bytes (chunk framing removed), with the timestamp of their syscall.
+    Body {
+        ts_ns: u64,
+        bytes: Vec<u8>,
+    },
+    /// Body bytes that were not captured (`len` 0: unknown amount).
+    BodyGap {
+        len: u64,
+    },
+    /// The message ended. `complete` is false when its end was not seen (lost bytes, close).
+    End {
+        ts_ns: u64,
+        complete: bool,
+    },
+    Error(ParseError),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Chunk {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// At a message boundary (or inside a head being accumulated in `buf`).
+    Head,
+    Length(u64),
+    Chunked(Chunk),
+    /// Inside a chunked body after losing bytes: wait for a syscall starting with a chunk header.
+    ChunkResync,
+    UntilClose,
+    /// Waiting for a syscall that starts with a message head.
+    Unsynced,
+    /// Not HTTP/1.x any more (upgrade, h2): ignore everything.
+    Opaque,
+}
+
+/// Parser for one direction of one connection.
+#[derive(Debug)]
+pub struct HttpParser {
+    state: State,
+    /// Partial head or line carried over between segments.
+    buf: Vec<u8>,
+    first_ts: u64,
+    /// For the response side: whether each outstanding request was a HEAD (no body).
+    head_requests: VecDeque<bool>,
+    /// Whether anything parsed as HTTP yet (before that, garbage is `NotHttp`).
+    synced_once: bool,
+    /// Time of the last bytes fed.
+    last_ts: u64,
+}
+
+impl Default for HttpParser {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn looks_like_start(b: &[u8]) -> bool {
+    const METHODS: &[&[u8]] = &[
+        b"GET ",
+        b"POST ",
+        b"PUT ",
+        b"DELETE ",
+        b"HEAD ",
+        b"OPTIONS ",
+        b"PATCH ",
+        b"CONNECT ",
+        b"TRACE ",
+    ];
+    b.starts_with(b"HTTP/1.") || METHODS.iter().any(|m| b.starts_with(m))
+}
+
+/// Whether `b` could be the beginning of a message start (a prefix of one, for short inputs).
+fn could_be_start(b: &[u8]) -> bool {
+    const STARTS: &[&[u8]] = &[
+        b"HTTP/1.",
+        b"GET ",
+        b"POST ",
+        b"PUT ",
+        b"DELETE ",
+        b"HEAD ",
+        b"OPTIONS ",
+        b"PATCH ",
+        b"CONNECT ",
+        b"TRACE ",
+        b"PRI * HTTP/2",
+    ];
+    STARTS.iter().any(|s| {
+        let n = s.len().min(b.len());
+        b[..n] == s[..n]
+    })
+}
+
+fn parse_chunk_size(line: &[u8]) -> Option<u64> {
+    let end = line
+        .iter()
+        .position(|&c| c == b';' || c == b' ' || c == b'\t')
+        .unwrap_or(line.len());
+    let hex = &line[..end];
+    if hex.is_empty() || hex.len() > 15 {
+        return None;
+    }
+    let s = std::str::from_utf8(hex).ok()?;
+    u64::from_str_radix(s, 16).ok()
+}
+
+/// Whether `b` starts with a plausible chunk header line (`<hex>[;ext]\r\n`).
+fn starts_with_chunk_header(b: &[u8]) -> bool {
+    let Some(crlf) = memchr::memmem::find(&b[..b.len().min(64)], b"\r\n") else {
+        return false;
+    };
+    parse_chunk_size(&b[..crlf]).is_some()
+}
+
+impl HttpParser {
+    pub fn new() -> Self {
+        Self {
+            state: State::Head,
+            buf: Vec::new(),
+            first_ts: 0,
+            head_requests: VecDeque::new(),
+            synced_once: false,
+            last_ts: 0,
+        }
+    }
+
+    /// A parser for a connection whose capture starts mid-stream: it waits for a syscall that
+    /// starts with a message head.
+    pub fn new_unsynced() -> Self {
+        Self {
+            state: State::Unsynced,
+            ..Self::new()
+        }
+    }
+
+    /// Tells a response-side parser that a request was sent; `is_head` requests get no body.
+    pub fn expect_response(&mut self, is_head: bool) {
+        if self.head_requests.len() < 1024 {
+            self.head_requests.push_back(is_head);
+        }
+    }
+
+    /// Stops parsing this direction (protocol upgrade).
+    pub fn make_opaque(&mut self) {
+        self.state = State::Opaque;
+        self.buf = Vec::new();
+    }
+
+    pub fn is_opaque(&self) -> bool {
+        self.state == State::Opaque
+    }
+
+    /// True while inside a message (head partly seen, or body not finished).
+    pub fn in_message(&self) -> bool {
+        match self.state {
+            State::Head => !self.buf.is_empty(),
+            State::Unsynced | State::Opaque => false,
+            _ => true,
+        }
+    }
+
+    pub fn feed(&mut self, seg: Segment<'_>, out: &mut Vec<HttpEvent>) {
+        match seg {
+            Segment::Data {
+                ts_ns,
+                bytes,
+                syscall_start,
+            } => {
+                self.last_ts = ts_ns;
+                self.data(ts_ns, bytes, syscall_start, out)
+            }
+            Segment::Gap { len } => self.gap(len, out),
+            Segment::Eof { ts_ns } => self.eof(ts_ns, out),
+        }
+    }
+
+    fn lose_sync(&mut self, out: &mut Vec<HttpEvent>, err: ParseError) {
+        if self.in_message() && self.state != State::Head {
+            out.push(HttpEvent::End {
+                ts_ns: self.last_ts,
+                complete: false,
+            });
+        }
+        out.push(HttpEvent::Error(err));
+        self.buf.clear();
+        self.state = State::Unsynced;
+    }
+
+    fn gap(&mut self, len: u64, out: &mut Vec<HttpEvent>) {
+        if len == 0 {
+            return;
+        }
+        match self.state {
+            State::Head => {
+                let had_partial = !self.buf.is_empty();
+                self.buf.clear();
+                self.state = State::Unsynced;
+                if had_partial {
+                    out.push(HttpEvent::Error(ParseError::LostSync));
+                }
+            }
+            State::Length(rem) => {
+                if len < rem {
+                    out.push(HttpEvent::BodyGap { len });
+                    self.state = State::Length(rem - len);
+                } else if len == rem {
+                    out.push(HttpEvent::BodyGap { len });
+                    out.push(HttpEvent::End {
+                        ts_ns: self.last_ts,
+                        complete: true,
+                    });
+                    self.state = State::Head;
+                } else {
+                    out.push(HttpEvent::BodyGap { len: rem });
+                    out.push(HttpEvent::End {
+                        ts_ns: self.last_ts,
+                        complete: false,
+                    });
+                    out.push(HttpEvent::Error(ParseError::LostSync));
+                    self.state = State::Unsynced;
+                }
+            }
+            State::Chunked(Chunk::Data(rem)) if len <= rem => {
+                out.push(HttpEvent::BodyGap { len });
+                self.state = State::Chunked(if len == rem {
+                    Chunk::DataEnd
+                } else {
+                    Chunk::Data(rem - len)
+                });
+            }
+            State::Chunked(_) | State::ChunkResync => {
+                out.push(HttpEvent::BodyGap { len: 0 });
+                self.buf.clear();
+                self.state = State::ChunkResync;
+            }
+            State::UntilClose => out.push(HttpEvent::BodyGap { len }),
+            State::Unsynced | State::Opaque => {}
+        }
+    }
+
+    fn eof(&mut self, ts_ns: u64, out: &mut Vec<HttpEvent>) {
+        match self.state {
+            State::UntilClose => {
+                out.push(HttpEvent::End {
+                    ts_ns,
+                    complete: true,
+                });
+                self.state = State::Head;
+            }
+            State::Length(_) | State::Chunked(_) | State::ChunkResync => {
+                out.push(HttpEvent::End {
+                    ts_ns,
+                    complete: false,
+                });
+                self.state = State::Head;
+            }
+            State::Head | State::Unsynced | State::Opaque => {}
+        }
+        self.buf.clear();
+    }
+
+    fn data(&mut self, ts: u64, mut b: &[u8], syscall_start: bool, out: &mut Vec<HttpEvent>) {
+        // Resynchronisation happens only at syscall boundaries.
+        match self.state {
+            State::Unsynced => {
+                if !(syscall_start && looks_like_start(b)) {
+                    return;
+                }
+                self.state = State::Head;
+            }
+            State::ChunkResync => {
+                if !syscall_start {
+                    return;
+                }
+                if looks_like_start(b) {
+                    // The terminator was lost; the next message begins here.
+                    out.push(HttpEvent::End {
+                        ts_ns: ts,
+                        complete: false,
+                    });
+                    self.state = State::Head;
+                } else if starts_with_chunk_header(b) {
+                    self.state = State::Chunked(Chunk::Size);
+                } else {
+                    return;
+                }
+            }
+            State::Opaque => return,
+            _ => {}
+        }
+        while !b.is_empty() {
+            let used = match self.state {
+                State::Head => self.head(ts, b, out),
+                State::Length(rem) => {
+                    let n = (rem.min(b.len() as u64)) as usize;
+                    out.push(HttpEvent::Body {
+                        ts_ns: ts,
+                        bytes: b[..n].to_vec(),
+                    });
+                    if n as u64 == rem {
+                        out.push(HttpEvent::End {
+                            ts_ns: ts,
+                            complete: true,
+                        });
+                        self.state = State::Head;
+                    } else {
+                        self.state = State::Length(rem - n as u64);
+                    }
+                    n
+                }
+                State::Chunked(c) => self.chunked(ts, c, b, out),
+                State::UntilClose => {
+                    out.push(HttpEvent::Body {
+                        ts_ns: ts,
+                        bytes: b.to_vec(),
+                    });
+                    b.len()
+                }
+                State::Unsynced | State::ChunkResync | State::Opaque => b.len(),
+            };
+            b = &b[used.min(b.len())..];
+        }
+    }
+
+    /// Accumulates and parses a head. Returns bytes consumed from `b`.
+    fn head(&mut self, ts: u64, b: &[u8], out: &mut Vec<HttpEvent>) -> usize {
+        let mut skip = 0;
+        if self.buf.is_empty() {
+            // Tolerate empty lines between messages.
+            while skip < b.len() && (b[skip] == b'\r' || b[skip] == b'\n') {
+                skip += 1;
+            }
+            if skip == b.len() {
+                return skip;
+            }
+            self.first_ts = ts;
+        }
+        let old = self.buf.len();
+        self.buf.extend_from_slice(&b[skip..]);
+        if !could_be_start(&self.buf) {
+            let err = if self.synced_once {
+                ParseError::BadHead
+            } else {
+                ParseError::NotHttp
+            };
+            self.lose_sync(out, err);
+            return b.len();
+        }
+        if self.buf.starts_with(b"PRI * HTTP/2") {
+            out.push(HttpEvent::Error(ParseError::Http2));
+            self.make_opaque();
+            return b.len();
+        }
+        let from = old.saturating_sub(3);
+        let Some(end) = memchr::memmem::find(&self.buf[from..], b"\r\n\r\n").map(|i| from + i + 4)
+        else {
+            if self.buf.len() > MAX_HEAD {
+                self.lose_sync(out, ParseError::HeadTooLarge);
+            }
+            return b.len();
+        };
+        // Bytes of `b` that belong to the head; the rest is returned for the body.
+        let consumed = skip + (end - old);
+        let head = match parse_head(&self.buf[..end], self.first_ts, ts) {
+            Some(h) => h,
+            None => {
+                self.lose_sync(out, ParseError::BadHead);
+                return b.len();
+            }
+        };
+        self.buf.clear();
+        self.synced_once = true;
+        self.state = self.body_state(&head);
+        let ends_now = self.state == State::Head;
+        out.push(HttpEvent::Head(Box::new(head)));
+        if ends_now {
+            out.push(HttpEvent::End {
+                ts_ns: ts,
+                complete: true,
+            });
+        }
+        consumed
+    }
+
+    fn body_state(&mut self, head: &Head) -> State {
+        match &head.start {
+            StartLine::Request { .. } => {
+                if head.chunked() {
+                    State::Chunked(Chunk::Size)
+                } else {
+                    match head.content_length() {
+                        Some(0) | None => State::Head,
+                        Some(n) => State::Length(n),
+                    }
+                }
+            }
+            StartLine::Response { status, .. } => {
+                let status = *status;
+                if (100..200).contains(&status) {
+                    // Interim response: the final one for the same request follows.
+                    if status == 101 {
+                        return State::Opaque;
+                    }
+                    return State::Head;
+                }
+                let is_head = self.head_requests.pop_front().unwrap_or(false);
+                if is_head || status == 204 || status == 304 {
+                    State::Head
+                } else if head.chunked() {
+                    State::Chunked(Chunk::Size)
+                } else {
+                    match head.content_length() {
+                        Some(0) => State::Head,
+                        Some(n) => State::Length(n),
+                        None => State::UntilClose,
+                    }
+                }
+            }
+        }
+    }
+
+    fn chunked(&mut self, ts: u64, c: Chunk, b: &[u8], out: &mut Vec<HttpEvent>) -> usize {
+        match c {
+            Chunk::Data(rem) => {
+                let n = (rem.min(b.len() as u64)) as usize;
+                out.push(HttpEvent::Body {
+                    ts_ns: ts,
+                    bytes: b[..n].to_vec(),
+                });
+                self.state = State::Chunked(if n as u64 == rem {
+                    Chunk::DataEnd
+                } else {
+                    Chunk::Data(rem - n as u64)
+                });
+                n
+            }
+            Chunk::Size | Chunk::DataEnd | Chunk::Trailers => {
+                let Some((line, used)) = self.line(b) else {
+                    if self.buf.len() > MAX_LINE {
+                        self.lose_sync(out, ParseError::BadChunk);
+                    }
+                    return b.len();
+                };
+                match c {
+                    Chunk::DataEnd => {
+                        if !line.is_empty() {
+                            self.lose_sync(out, ParseError::BadChunk);
+                            return b.len();
+                        }
+                        self.state = State::Chunked(Chunk::Size);
+                    }
+                    Chunk::Size => match parse_chunk_size(&line) {
+                        Some(0) => self.state = State::Chunked(Chunk::Trailers),
+                        Some(n) => self.state = State::Chunked(Chunk::Data(n)),
+                        None => {
+                            self.lose_sync(out, ParseError::BadChunk);
+                            return b.len();
+                        }
+                    },
+                    Chunk::Trailers => {
+                        if line.is_empty() {
+                            out.push(HttpEvent::End {
+                                ts_ns: ts,
+                                complete: true,
+                            });
+                            self.state = State::Head;
+                        }
+                    }
+                    Chunk::Data(_) => {}
+                }
+                used
+            }
+        }
+    }
+
+    /// Takes one CRLF-terminated line, joining with bytes buffered from earlier segments.
+    /// Returns the line (without CRLF) and the bytes of `b` consumed.
+    fn line(&mut self, b: &[u8]) -> Option<(Vec<u8>, usize)> {
+        // A CR carried over from the previous segment may pair with an LF here.
+        if self.buf.last() == Some(&b'\r') && b.first() == Some(&b'\n') {
+            self.buf.pop();
+            return Some((std::mem::take(&mut self.buf), 1));
+        }
+        match memchr::memmem::find(b, b"\r\n") {
+            Some(i) => {
+                let mut line = std::mem::take(&mut self.buf);
+                line.extend_from_slice(&b[..i]);
+                Some((line, i + 2))
+            }
+            None => {
+                self.buf.extend_from_slice(b);
+                None
+            }
+        }
+    }
+}
+
+fn parse_head(bytes: &[u8], first_ts: u64, ts: u64) -> Option<Head> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let to_vec = |hs: &[httparse::Header<'_>]| {
+        hs.iter()
+            .map(|h| {
+                (
+                    h.name.to_ascii_lowercase(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    if bytes.starts_with(b"HTTP/") {
+        let mut r = httparse::Response::new(&mut headers);
+        match r.parse(bytes) {
+            Ok(httparse::Status::Complete(_)) => Some(Head {
+                start: StartLine::Response {
+                    status: r.code?,
+                    reason: r.reason.unwrap_or("").to_string(),
+                },
+                minor_version: r.version?,
+                headers: to_vec(r.headers),
+                first_ts_ns: first_ts,
+                ts_ns: ts,
+            }),
+            _ => None,
+        }
+    } else {
+        let mut r = httparse::Request::new(&mut headers);
+        match r.parse(bytes) {
+            Ok(httparse::Status::Complete(_)) => Some(Head {
+                start: StartLine::Request {
+                    method: r.method?.to_string(),
+                    target: r.path?.to_string(),
+                },
+                minor_version: r.version?,
+                headers: to_vec(r.headers),
+                first_ts_ns: first_ts,
+                ts_ns: ts,
+            }),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(ts: u64, b: &[u8]) -> Segment<'_> {
+        Segment::Data {
+            ts_ns: ts,
+            bytes: b,
+            syscall_start: true,
+        }
+    }
+
+    fn run(p: &mut HttpParser, segs: &[Segment<'_>]) -> Vec<HttpEvent> {
+        let mut out = Vec::new();
+        for s in segs {
+            p.feed(*s, &mut out);
+        }
+        out
+    }
+
+    fn body(evs: &[HttpEvent]) -> Vec<u8> {
+        evs.iter()
+            .filter_map(|e| {
+                if let HttpEvent::Body { bytes, .. } = e {
+                    Some(bytes.clone())
+                } else {
+                    None
+                }
+            })
+            .flatten()
+            .collect()
+    }
+
+    #[test]
+    fn request_with_content_length() {
+        let mut p = HttpParser::new();
+        let evs = run(
+            &mut p,
+            &[
+                data(
+                    1,
+                    b"POST /v1/x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhel",
+                ),
+                data(2, b"lo"),
+            ],
+        );
+        let HttpEvent::Head(h) = &evs[0] else {
+            panic!("{evs:?}")
+        };
+        assert_eq!(
+            h.start,
+            StartLine::Request {
+                method: "POST".into(),
+                target: "/v1/x".into()
+            }
+        );
+        assert_eq!(h.header("host"), Some("a"));
+        assert_eq!(body(&evs), b"hello");
+        assert_eq!(
+            evs.last(),
+            Some(&HttpEvent::End {
+                ts_ns: 2,
+                complete: true
+            })
+        );
+    }
+
+    #[test]
+    fn chunked_response_split_anywhere() {
+        let msg = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=1\r\n world\r\n0\r\n\r\n";
+        for cut in 0..msg.len() {
+            let mut p = HttpParser::new();
+            let segs = [
+                Segment::Data {
+                    ts_ns: 1,
+                    bytes: &msg[..cut],
+                    syscall_start: true,
+                },
+                Segment::Data {
+                    ts_ns: 2,
+                    bytes: &msg[cut..],
+                    syscall_start: false,
+                },
+            ];
+            let evs = run(&mut p, &segs);
+            assert_eq!(body(&evs), b"hello world", "cut at {cut}");
+            assert!(
+                matches!(evs.last(), Some(HttpEvent::End { complete: true, .. })),
+                "cut at {cut}: {evs:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn keep_alive_and_pipelined_messages_in_one_syscall() {
+        let mut p = HttpParser::new();
+        let evs = run(
+            &mut p,
+            &[data(1, b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n")],
+        );
+        let heads: Vec<_> = evs
+            .iter()
+            .filter(|e| matches!(e, HttpEvent::Head(_)))
+            .collect();
+        assert_eq!(heads.len(), 2);
+        assert_eq!(
+            evs.iter()
+                .filter(|e| matches!(e, HttpEvent::End { complete: true, .. }))
+                .count(),
+            2
+        );
+    }
+
+    #[test]
+    fn response_until_close_and_head_request() {
+        let mut p = HttpParser::new();
+        p.expect_response(true);
+        p.expect_response(false);
+        let evs = run(
+            &mut p,
+            &[
+                data(1, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"),
+                data(2, b"HTTP/1.0 200 OK\r\n\r\nabc"),
+                Segment::Eof { ts_ns: 3 },
+            ],
+        );
+        assert_eq!(body(&evs), b"abc");
+        assert_eq!(
+            evs.iter()
+                .filter(|e| matches!(e, HttpEvent::End { complete: true, .. }))
+                .count(),
+            2
+        );
+    }
+
+    #[test]
+    fn garbage_is_counted_then_ignored_until_a_head() {
+        let mut p = HttpParser::new();
+        let evs = run(
+            &mut p,
+            &[
+                data(1, b"\x00\x01binary junk"),
+                data(2, b"more junk"),
+                data(3, b"GET / HTTP/1.1\r\n\r\n"),
+            ],
+        );
+        assert_eq!(evs[0], HttpEvent::Error(ParseError::NotHttp));
+        assert!(matches!(evs[1], HttpEvent::Head(_)));
+    }
+
+    #[test]
+    fn mid_stream_start_resyncs_at_next_head() {
+        let mut p = HttpParser::new_unsynced();
+        let evs = run(
+            &mut p,
+            &[
+                data(1, b"tail of a body\r\n"),
+                data(
+                    2,
+                    b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+                ),
+            ],
+        );
+        assert!(matches!(&evs[0], HttpEvent::Head(h) if h.is_request()));
+    }
+
+    #[test]
+    fn gap_inside_known_length_is_skipped() {
+        let mut p = HttpParser::new();
+        let evs = run(
+            &mut p,
+            &[
+                data(1, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab"),
+                Segment::Gap { len: 6 },
+                data(2, b"yz"),
+            ],
+        );
+        assert_eq!(body(&evs), b"abyz");
+        assert!(evs.contains(&HttpEvent::BodyGap { len: 6 }));
+        assert_eq!(
+            evs.last(),
+            Some(&HttpEvent::End {
+                ts_ns: 2,
+                complete: true
+            })
+        );
+    }
+
+    #[test]
+    fn gap_inside_chunk_is_skipped_and_resync_at_chunk_header() {
+        let mut p = HttpParser::new();
+        let evs = run(
+            &mut p,
+            &[
+                data(1, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"),
+                data(2, b"a\r\n01"),
+                Segment::Gap { len: 4 },
+                Segment::Data {
+                    ts_ns: 3,
+                    bytes: b"6789\r\n",
+                    syscall_start: false,
+                },
+                // a whole chunk lost across boundaries
+                Segment::Gap { len: 30 },
+                Segment::Data {
+                    ts_ns: 4,
+                    bytes: b"still lost",
+                    syscall_start: false,
+                },
+                data(5, b"3\r\nxyz\r\n"),
+                data(6, b"0\r\n\r\n"),
+            ],
+        );
+        assert_eq!(body(&evs), b"016789xyz");
+        assert_eq!(
+            evs.last(),
+            Some(&HttpEvent::End {
+                ts_ns: 6,
+                complete: true
+            })
+        );
+    }
+
+    #[test]
+    fn lost_terminator_ends_message_incomplete_at_next_head() {
+        let mut p = HttpParser::new();
+        let evs = run(
+            &mut p,
+            &[
+                data(1, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"),
+                Segment::Gap { len: 50 },
+                data(2, b"HTTP/1.1 204 No Content\r\n\r\n"),
+            ],
+        );
+        assert!(evs.contains(&HttpEvent::End {
+            ts_ns: 2,
+            complete: false
+        }));
+        assert!(matches!(
+            evs.last(),
+            Some(HttpEvent::End { complete: true, .. })
+        ));
+    }
+
+    #[test]
+    fn upgrade_and_h2_become_opaque() {
+        let mut p = HttpParser::new();
+        let evs = run(
+            &mut p,
+            &[data(
+                1,
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x05hello",
+            )],
+        );
+        assert!(matches!(evs[0], HttpEvent::Head(_)));
+        assert!(p.is_opaque());
+        let mut p = HttpParser::new();
+        let evs = run(&mut p, &[data(1, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")]);
+        assert_eq!(evs, vec![HttpEvent::Error(ParseError::Http2)]);
+    }
+
+    #[test]
+    fn oversized_head_is_an_error() {
+        let mut p = HttpParser::new();
+        let mut big = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        big.extend(std::iter::repeat_n(b'a', MAX_HEAD + 10));
+        let evs = run(&mut p, &[data(1, &big)]);
+        assert_eq!(evs, vec![HttpEvent::Error(ParseError::HeadTooLarge)]);
+    }
+}

@@ -1,0 +1,570 @@
+//! The OpenAI-compatible API as vLLM and SGLang serve it: what a request asks for, what each
+//! streamed chunk carries, and what a whole response body says.
+//!
+//! Parsing is typed and borrowing (serde skips what is not needed). Bodies whose middle was not
+//! captured (only head and tail bytes) are read with a key scanner instead: in JSON, an
+//! unescaped `"key":` can only be a key, so the first `"model":"..."` is the model.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+
+/// The kind of API call, from the request path (`gen_ai.operation.name`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Operation {
+    Chat,
+    TextCompletion,
+    Embeddings,
+    /// SGLang's native `/generate`.
+    Generate,
+    /// Any other path: recorded as a plain HTTP request.
+    Other,
+}
+
+impl Operation {
+    pub fn from_path(path: &str) -> Self {
+        let path = path.split('?').next().unwrap_or(path);
+        match path.trim_end_matches('/') {
+            "/v1/chat/completions" | "/chat/completions" => Operation::Chat,
+            "/v1/completions" | "/completions" => Operation::TextCompletion,
+            "/v1/embeddings" | "/embeddings" => Operation::Embeddings,
+            "/generate" => Operation::Generate,
+            _ => Operation::Other,
+        }
+    }
+
+    /// `gen_ai.operation.name` value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Operation::Chat => "chat",
+            Operation::TextCompletion => "text_completion",
+            Operation::Embeddings => "embeddings",
+            Operation::Generate => "generate_content",
+            Operation::Other => "other",
+        }
+    }
+
+    pub fn is_llm(self) -> bool {
+        self != Operation::Other
+    }
+
+    /// Whether responses carry generated tokens.
+    pub fn generates(self) -> bool {
+        matches!(
+            self,
+            Operation::Chat | Operation::TextCompletion | Operation::Generate
+        )
+    }
+}
+
+/// What a request body asks for.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RequestInfo {
+    pub model: Option<String>,
+    pub stream: Option<bool>,
+    pub include_usage: Option<bool>,
+    pub n: Option<u32>,
+    pub max_tokens: Option<u64>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    /// Prompt text (messages' contents or prompt), only kept when content capture is on.
+    pub prompt: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawRequest<'a> {
+    #[serde(borrow)]
+    model: Option<Cow<'a, str>>,
+    stream: Option<bool>,
+    stream_options: Option<StreamOptions>,
+    n: Option<u32>,
+    max_tokens: Option<u64>,
+    max_completion_tokens: Option<u64>,
+    max_new_tokens: Option<u64>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    #[serde(default)]
+    messages: Option<serde_json::Value>,
+    #[serde(default)]
+    prompt: Option<serde_json::Value>,
+    #[serde(default)]
+    text: Option<serde_json::Value>,
+    #[serde(default)]
+    sampling_params: Option<SamplingParams>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    include_usage: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct SamplingParams {
+    max_new_tokens: Option<u64>,
+    n: Option<u32>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+}
+
+fn prompt_text(
+    messages: Option<&serde_json::Value>,
+    prompt: Option<&serde_json::Value>,
+) -> Option<String> {
+    let mut out = String::new();
+    if let Some(serde_json::Value::Array(ms)) = messages {
+        for m in ms {
+            let role = m.get("role").and_then(|r| r.as_str()).unwrap_or("");
+            match m.get("content") {
+                Some(serde_json::Value::String(s)) => {
+                    out.push_str(&format!("{role}: {s}\n"));
+                }
+                Some(serde_json::Value::Array(parts)) => {
+                    for p in parts {
+                        if let Some(t) = p.get("text").and_then(|t| t.as_str()) {
+                            out.push_str(&format!("{role}: {t}\n"));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    match prompt {
+        Some(serde_json::Value::String(s)) => out.push_str(s),
+        Some(serde_json::Value::Array(a)) => {
+            for p in a {
+                if let Some(s) = p.as_str() {
+                    out.push_str(s);
+                    out.push('\n');
+                }
+            }
+        }
+        _ => {}
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// Parses a complete request body. `keep_prompt` keeps the prompt text (content capture).
+pub fn parse_request(body: &[u8], keep_prompt: bool) -> Option<RequestInfo> {
+    let r: RawRequest<'_> = serde_json::from_slice(body).ok()?;
+    let sp = r.sampling_params.as_ref();
+    Some(RequestInfo {
+        model: r.model.map(Cow::into_owned),
+        stream: r.stream,
+        include_usage: r.stream_options.and_then(|s| s.include_usage),
+        n: r.n.or(sp.and_then(|s| s.n)),
+        max_tokens: r
+            .max_tokens
+            .or(r.max_completion_tokens)
+            .or(r.max_new_tokens)
+            .or(sp.and_then(|s| s.max_new_tokens)),
+        temperature: r.temperature.or(sp.and_then(|s| s.temperature)),
+        top_p: r.top_p.or(sp.and_then(|s| s.top_p)),
+        prompt: if keep_prompt {
+            prompt_text(r.messages.as_ref(), r.prompt.as_ref().or(r.text.as_ref()))
+        } else {
+            None
+        },
+    })
+}
+
+/// Reads what it can from body fragments (head and tail captured, middle lost).
+pub fn scan_request(fragments: &[&[u8]]) -> RequestInfo {
+    let mut info = RequestInfo::default();
+    for f in fragments {
+        if info.model.is_none() {
+            info.model = scan_string(f, "model");
+        }
+        if info.stream.is_none() {
+            info.stream = scan_bool(f, "stream");
+        }
+        if info.include_usage.is_none() {
+            info.include_usage = scan_bool(f, "include_usage");
+        }
+        if info.max_tokens.is_none() {
+            info.max_tokens =
+                scan_u64(f, "max_tokens").or_else(|| scan_u64(f, "max_completion_tokens"));
+        }
+        if info.n.is_none() {
+            info.n = scan_u64(f, "n").and_then(|n| u32::try_from(n).ok());
+        }
+    }
+    info
+}
+
+/// Token usage as reported by the server.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: Option<u64>,
+    #[serde(default)]
+    pub prompt_tokens_details: Option<PromptDetails>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct PromptDetails {
+    pub cached_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct RawChunk<'a> {
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    model: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    choices: Option<Vec<RawChoice<'a>>>,
+    usage: Option<Usage>,
+    #[serde(default)]
+    error: Option<serde_json::Value>,
+    /// SGLang /generate: `meta_info`.
+    #[serde(default)]
+    meta_info: Option<MetaInfo>,
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct MetaInfo {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    finish_reason: Option<serde_json::Value>,
+    id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawChoice<'a> {
+    index: Option<u32>,
+    #[serde(borrow)]
+    delta: Option<RawDelta<'a>>,
+    #[serde(borrow)]
+    message: Option<RawDelta<'a>>,
+    #[serde(borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct RawDelta<'a> {
+    #[serde(borrow)]
+    content: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    reasoning_content: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    reasoning: Option<Cow<'a, str>>,
+    #[serde(default)]
+    tool_calls: Option<serde_json::Value>,
+}
+
+/// One choice's share of a chunk or response.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ChoiceInfo {
+    pub index: u32,
+    /// The chunk carries generated output (content, reasoning, tool calls or text).
+    pub has_output: bool,
+    pub finish_reason: Option<String>,
+    /// Generated text (content and reasoning), only kept when content capture is on.
+    pub text: Option<String>,
+}
+
+/// What one streamed chunk, or one whole non-streamed response, carries.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ResponseInfo {
+    pub id: Option<String>,
+    pub model: Option<String>,
+    pub choices: Vec<ChoiceInfo>,
+    pub usage: Option<Usage>,
+    /// The server reported an error in the body (`{"error": ...}`): its type or message.
+    pub error: Option<String>,
+}
+
+fn error_type(v: &serde_json::Value) -> String {
+    let pick = |k: &str| {
+        v.get(k).and_then(|x| {
+            x.as_str()
+                .map(str::to_string)
+                .or_else(|| x.as_i64().map(|n| n.to_string()))
+        })
+    };
+    pick("type")
+        .or_else(|| pick("code"))
+        .or_else(|| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| "error".to_string())
+}
+
+fn nonempty(s: &Option<Cow<'_, str>>) -> bool {
+    s.as_ref().is_some_and(|s| !s.is_empty())
+}
+
+/// Parses a streamed chunk's JSON or a whole response body. `keep_text` keeps generated text.
+pub fn parse_response(body: &[u8], keep_text: bool) -> Option<ResponseInfo> {
+    let r: RawChunk<'_> = serde_json::from_slice(body).ok()?;
+    let mut info = ResponseInfo {
+        id: r.id.map(Cow::into_owned),
+        model: r.model.map(Cow::into_owned),
+        usage: r.usage,
+        error: r.error.as_ref().map(error_type),
+        choices: Vec::new(),
+    };
+    for (i, c) in r.choices.unwrap_or_default().into_iter().enumerate() {
+        let d = c.delta.as_ref().or(c.message.as_ref());
+        let tools = d
+            .and_then(|d| d.tool_calls.as_ref())
+            .is_some_and(|t| t.as_array().is_some_and(|a| !a.is_empty()));
+        let has_output = nonempty(&c.text)
+            || tools
+            || d.is_some_and(|d| {
+                nonempty(&d.content) || nonempty(&d.reasoning_content) || nonempty(&d.reasoning)
+            });
+        let text = if keep_text {
+            let mut s = String::new();
+            if let Some(d) = d {
+                for part in [&d.reasoning_content, &d.reasoning, &d.content]
+                    .into_iter()
+                    .flatten()
+                {
+                    s.push_str(part);
+                }
+            }
+            if let Some(t) = &c.text {
+                s.push_str(t);
+            }
+            (!s.is_empty()).then_some(s)
+        } else {
+            None
+        };
+        info.choices.push(ChoiceInfo {
+            index: c.index.unwrap_or(i as u32),
+            has_output,
+            finish_reason: c.finish_reason.map(Cow::into_owned),
+            text,
+        });
+    }
+    // SGLang's native /generate.
+    if let Some(m) = r.meta_info {
+        if info.usage.is_none() {
+            info.usage = Some(Usage {
+                prompt_tokens: m.prompt_tokens,
+                completion_tokens: m.completion_tokens,
+                prompt_tokens_details: None,
+            });
+        }
+        if info.id.is_none() {
+            info.id = m.id;
+        }
+        let finish = m.finish_reason.as_ref().and_then(|f| {
+            f.get("type")
+                .and_then(|t| t.as_str())
+                .or(f.as_str())
+                .map(str::to_string)
+        });
+        if info.choices.is_empty() {
+            info.choices.push(ChoiceInfo {
+                index: 0,
+                has_output: nonempty(&r.text),
+                finish_reason: finish,
+                text: if keep_text {
+                    r.text.map(Cow::into_owned)
+                } else {
+                    None
+                },
+            });
+        }
+    }
+    Some(info)
+}
+
+/// Reads what it can from response-body fragments (head and tail captured, middle lost).
+pub fn scan_response(fragments: &[&[u8]]) -> ResponseInfo {
+    let mut info = ResponseInfo::default();
+    for f in fragments {
+        if info.id.is_none() {
+            info.id = scan_string(f, "id");
+        }
+        if info.model.is_none() {
+            info.model = scan_string(f, "model");
+        }
+        if info.usage.is_none() {
+            info.usage = scan_value::<Usage>(f, "usage");
+        }
+        if info.choices.is_empty()
+            && let Some(fr) = scan_string(f, "finish_reason")
+        {
+            info.choices.push(ChoiceInfo {
+                index: 0,
+                has_output: true,
+                finish_reason: Some(fr),
+                text: None,
+            });
+        }
+    }
+    info
+}
+
+/// Finds the first `"key":` in `b` and returns the position just after the colon and spaces.
+fn find_key(b: &[u8], key: &str) -> Option<usize> {
+    let pat = format!("\"{key}\"");
+    let mut from = 0;
+    while let Some(i) = memchr::memmem::find(&b[from..], pat.as_bytes()) {
+        let mut j = from + i + pat.len();
+        while j < b.len() && b[j].is_ascii_whitespace() {
+            j += 1;
+        }
+        if j < b.len() && b[j] == b':' {
+            j += 1;
+            while j < b.len() && b[j].is_ascii_whitespace() {
+                j += 1;
+            }
+            return Some(j);
+        }
+        from = from + i + 1;
+    }
+    None
+}
+
+fn scan_value<T: serde::de::DeserializeOwned>(b: &[u8], key: &str) -> Option<T> {
+    let at = find_key(b, key)?;
+    let mut it = serde_json::Deserializer::from_slice(&b[at..]).into_iter::<T>();
+    it.next()?.ok()
+}
+
+pub fn scan_string(b: &[u8], key: &str) -> Option<String> {
+    scan_value::<String>(b, key)
+}
+
+pub fn scan_bool(b: &[u8], key: &str) -> Option<bool> {
+    let at = find_key(b, key)?;
+    let rest = &b[at..];
+    if rest.starts_with(b"true") {
+        Some(true)
+    } else if rest.starts_with(b"false") {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+pub fn scan_u64(b: &[u8], key: &str) -> Option<u64> {
+    let at = find_key(b, key)?;
+    let rest = &b[at..];
+    let end = rest
+        .iter()
+        .position(|c| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_fields() {
+        let r = parse_request(
+            br#"{"messages":[{"role":"user","content":"hi there"}],"model":"m1","stream":true,"stream_options":{"include_usage":true},"max_tokens":7,"n":2}"#,
+            false,
+        )
+        .unwrap();
+        assert_eq!(r.model.as_deref(), Some("m1"));
+        assert_eq!(r.stream, Some(true));
+        assert_eq!(r.include_usage, Some(true));
+        assert_eq!(r.max_tokens, Some(7));
+        assert_eq!(r.n, Some(2));
+        assert_eq!(
+            r.prompt, None,
+            "prompt text is dropped unless capture is on"
+        );
+        let r = parse_request(
+            br#"{"messages":[{"role":"user","content":"hi"}],"model":"m"}"#,
+            true,
+        )
+        .unwrap();
+        assert_eq!(r.prompt.as_deref(), Some("user: hi\n"));
+    }
+
+    #[test]
+    fn chunk_output_detection() {
+        let role = parse_response(br#"{"id":"c1","model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#, false).unwrap();
+        assert!(!role.choices[0].has_output);
+        let tok = parse_response(
+            br#"{"id":"c1","choices":[{"index":0,"delta":{"content":" ]"}}]}"#,
+            false,
+        )
+        .unwrap();
+        assert!(tok.choices[0].has_output);
+        let reasoning = parse_response(
+            br#"{"choices":[{"index":0,"delta":{"reasoning_content":"think"}}]}"#,
+            false,
+        )
+        .unwrap();
+        assert!(reasoning.choices[0].has_output);
+        let tools = parse_response(br#"{"choices":[{"index":1,"delta":{"tool_calls":[{"index":0,"function":{"name":"f"}}]}}]}"#, false).unwrap();
+        assert!(tools.choices[0].has_output);
+        assert_eq!(tools.choices[0].index, 1);
+        let usage = parse_response(br#"{"id":"c1","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":9,"total_tokens":14}}"#, false).unwrap();
+        assert_eq!(usage.usage.unwrap().completion_tokens, Some(9));
+        let err = parse_response(
+            br#"{"error":{"message":"boom","type":"InternalServerError","code":500}}"#,
+            false,
+        )
+        .unwrap();
+        assert_eq!(err.error.as_deref(), Some("InternalServerError"));
+    }
+
+    #[test]
+    fn real_vllm_chunks_parse() {
+        let raw = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/data/vllm-0.32-sse.bin"
+        ));
+        let Ok(raw) = raw else { return };
+        let text = String::from_utf8_lossy(&raw);
+        let mut outputs = 0;
+        for line in text.lines() {
+            if let Some(json) = line.strip_prefix("data: ")
+                && json != "[DONE]"
+            {
+                let info = parse_response(json.as_bytes(), false).expect(json);
+                assert_eq!(info.model.as_deref(), Some("tiny-llama"));
+                outputs += info.choices.iter().filter(|c| c.has_output).count();
+            }
+        }
+        assert!(outputs > 0);
+    }
+
+    #[test]
+    fn scanner_reads_fragments() {
+        let head = br#"{"messages":[{"role":"user","content":"say \"model\": \"x\" please ..."#;
+        let tail = br#"...end"}],"model":"llama-3","stream":false,"max_tokens":12}"#;
+        let r = scan_request(&[head, tail]);
+        assert_eq!(r.model.as_deref(), Some("llama-3"));
+        assert_eq!(r.stream, Some(false));
+        assert_eq!(r.max_tokens, Some(12));
+        let resp_tail = br#"...."},"finish_reason":"length"}],"usage":{"prompt_tokens":3,"total_tokens":13,"completion_tokens":10},"x":null}"#;
+        let info = scan_response(&[
+            br#"{"id":"cmpl-1","object":"text_completion","model":"m","choices":[{"text":"aaa"#,
+            resp_tail,
+        ]);
+        assert_eq!(info.id.as_deref(), Some("cmpl-1"));
+        assert_eq!(info.usage.unwrap().completion_tokens, Some(10));
+        assert_eq!(info.choices[0].finish_reason.as_deref(), Some("length"));
+    }
+
+    #[test]
+    fn paths() {
+        assert_eq!(
+            Operation::from_path("/v1/chat/completions?x=1"),
+            Operation::Chat
+        );
+        assert_eq!(
+            Operation::from_path("/v1/completions"),
+            Operation::TextCompletion
+        );
+        assert_eq!(
+            Operation::from_path("/v1/embeddings"),
+            Operation::Embeddings
+        );
+        assert_eq!(Operation::from_path("/health"), Operation::Other);
+    }
+}

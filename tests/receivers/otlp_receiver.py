@@ -15,7 +15,9 @@ Built on the official OpenTelemetry protobuf definitions (PyPI
                  Content-Encoding gzip, deflate or identity.
 
 Every received span is written as one JSON line to ``--spans-out`` and every
-metric data point as one JSON line to ``--metrics-out``. The files are flushed
+metric data point as one JSON line to ``--metrics-out`` (and, with
+``--requests-out``, one line per export request: transport, signal, item
+count, content type/encoding, headers). The files are flushed
 after every export request, so a test can poll them. Once both listeners are
 bound, one JSON line ``{"grpc_port": N, "http_port": M}`` is printed on stdout
 and flushed (this is the only thing ever written to stdout); a harness that
@@ -31,9 +33,11 @@ import argparse
 import base64
 import gzip
 import json
+import math
 import signal
 import sys
 import threading
+import time
 import zlib
 from concurrent import futures
 from http import HTTPStatus
@@ -56,11 +60,30 @@ from opentelemetry.proto.metrics.v1 import metrics_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+VERBOSE = False
 
 
 def log(msg: str) -> None:
     sys.stderr.write(f"otlp_receiver: {msg}\n")
     sys.stderr.flush()
+
+
+def _finite(obj: Any) -> Any:
+    """NaN/Inf are not JSON: write them as the strings "NaN", "+Inf", "-Inf"."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "NaN" if math.isnan(obj) else ("+Inf" if obj > 0 else "-Inf")
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def to_json(rec: Dict[str, Any]) -> str:
+    try:
+        return json.dumps(rec, separators=(",", ":"), allow_nan=False, default=str)
+    except ValueError:
+        return json.dumps(_finite(rec), separators=(",", ":"), allow_nan=False, default=str)
 
 
 # --------------------------------------------------------------------------
@@ -259,8 +282,7 @@ class JsonlSink:
             if self._f is None or not records:
                 return
             for r in records:
-                self._f.write(json.dumps(r, separators=(",", ":"),
-                                         allow_nan=True, default=str))
+                self._f.write(to_json(r))
                 self._f.write("\n")
             self._f.flush()
 
@@ -272,19 +294,45 @@ class JsonlSink:
 
 
 class Receiver:
-    def __init__(self, spans: JsonlSink, metrics: JsonlSink):
+    def __init__(self, spans: JsonlSink, metrics: JsonlSink, requests: JsonlSink):
         self.spans = spans
         self.metrics = metrics
+        self.requests = requests
 
-    def on_traces(self, req, transport: str) -> None:
+    def _request(self, signal_name: str, transport: str, n: int, meta: Dict[str, Any]) -> None:
+        self.requests.write([{
+            "signal": signal_name,
+            "transport": transport,
+            "items": n,
+            "received_unix_nano": time.time_ns(),
+            **meta,
+        }])
+        if VERBOSE:
+            log(f"{transport}: {signal_name} export with {n} item(s)")
+
+    def on_traces(self, req, transport: str, meta: Dict[str, Any]) -> None:
         recs = span_records(req, transport)
         self.spans.write(recs)
-        log(f"{transport}: trace export with {len(recs)} span(s)")
+        self._request("traces", transport, len(recs), meta)
 
-    def on_metrics(self, req, transport: str) -> None:
+    def on_metrics(self, req, transport: str, meta: Dict[str, Any]) -> None:
         recs = metric_records(req, transport)
         self.metrics.write(recs)
-        log(f"{transport}: metrics export with {len(recs)} data point(s)")
+        self._request("metrics", transport, len(recs), meta)
+
+
+def grpc_meta(context) -> Dict[str, Any]:
+    headers: Dict[str, Any] = {}
+    for k, v in context.invocation_metadata() or ():
+        headers[k] = v if isinstance(v, str) else v.hex()
+    return {
+        "path": None,
+        "content_type": "application/grpc",
+        # grpcio decompresses gzip/deflate messages itself and strips the
+        # grpc-encoding header from the metadata it shows, so this is null.
+        "content_encoding": headers.get("grpc-encoding"),
+        "headers": headers,
+    }
 
 
 # --------------------------------------------------------------------------
@@ -297,7 +345,7 @@ class TraceServicer(trace_service_pb2_grpc.TraceServiceServicer):
         self.rx = rx
 
     def Export(self, request, context):
-        self.rx.on_traces(request, "grpc")
+        self.rx.on_traces(request, "grpc", grpc_meta(context))
         return trace_service_pb2.ExportTraceServiceResponse()
 
 
@@ -306,7 +354,7 @@ class MetricsServicer(metrics_service_pb2_grpc.MetricsServiceServicer):
         self.rx = rx
 
     def Export(self, request, context):
-        self.rx.on_metrics(request, "grpc")
+        self.rx.on_metrics(request, "grpc", grpc_meta(context))
         return metrics_service_pb2.ExportMetricsServiceResponse()
 
 
@@ -320,9 +368,7 @@ def start_grpc(rx: Receiver, host: str, port: int) -> Tuple[grpc.Server, int]:
     )
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(TraceServicer(rx), server)
     metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(MetricsServicer(rx), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
-    if bound == 0:
-        raise OSError(f"cannot bind OTLP/gRPC to {host}:{port}")
+    bound = server.add_insecure_port(f"{host}:{port}")  # raises RuntimeError if busy
     server.start()
     return server, bound
 
@@ -441,7 +487,12 @@ def make_handler(rx: Receiver):
             except (DecodeError, json_format.ParseError, ValueError) as e:
                 self._reply(400, f"cannot decode {ctype}: {e}\n".encode())
                 return
-            getattr(rx, method)(req, "http")
+            getattr(rx, method)(req, "http", {
+                "path": path,
+                "content_type": ctype,
+                "content_encoding": enc or "identity",
+                "headers": {k.lower(): v for k, v in self.headers.items()},
+            })
             resp = resp_cls()
             if ctype == "application/json":
                 self._reply(200, json_format.MessageToJson(resp).encode(), "application/json")
@@ -475,13 +526,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--spans-out", metavar="FILE", help="JSON-lines file for received spans")
     ap.add_argument("--metrics-out", metavar="FILE",
                     help="JSON-lines file for received metric data points")
+    ap.add_argument("--requests-out", metavar="FILE",
+                    help="JSON-lines file with one line per export request (transport, "
+                         "signal, item count, content type/encoding, headers)")
+    ap.add_argument("-v", "--verbose", action="store_true",
+                    help="log every export request on stderr (default: only start/stop)")
     ap.add_argument("--append", action="store_true",
                     help="append to the output files instead of truncating them")
     args = ap.parse_args(argv)
+    global VERBOSE
+    VERBOSE = args.verbose
 
     spans = JsonlSink(args.spans_out, args.append)
     metrics = JsonlSink(args.metrics_out, args.append)
-    rx = Receiver(spans, metrics)
+    requests = JsonlSink(args.requests_out, args.append)
+    rx = Receiver(spans, metrics, requests)
 
     stop = threading.Event()
 
@@ -499,8 +558,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             grpc_server, grpc_port = start_grpc(rx, args.host, args.grpc_port)
         if args.http_port >= 0:
             http_server, http_port = start_http(rx, args.host, args.http_port)
-    except OSError as e:
-        log(f"error: {e}")
+    except (OSError, RuntimeError) as e:  # grpcio raises RuntimeError on bind failure
+        log(f"error: cannot listen: {e}")
         if grpc_server is not None:
             grpc_server.stop(None)
         return 2
@@ -519,6 +578,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         grpc_server.stop(grace=1.0).wait(5)
     spans.close()
     metrics.close()
+    requests.close()
     log(f"stopped after {spans.count} span(s), {metrics.count} data point(s)")
     return 0
 

@@ -105,19 +105,24 @@ pub fn ensure_tracefs() -> Result<()> {
     Ok(())
 }
 
-/// Loads the BPF object and attaches every socket and process tracepoint.
-pub fn load(opts: &LoadOptions) -> Result<Probes> {
-    crate::privileges::require_bpf()?;
-    ensure_tracefs()?;
+/// Loads the BPF object into the kernel (maps created, no program loaded yet).
+pub fn open(opts: &LoadOptions) -> Result<Ebpf> {
     let head = opts.capture_head.min(MAX_CAPTURE as u32);
     let tail = opts.capture_tail.min(MAX_CAPTURE as u32);
     let ring = opts.ring_buffer_bytes.max(1 << 16).next_power_of_two();
-    let mut ebpf = EbpfLoader::new()
+    EbpfLoader::new()
         .override_global("CAPTURE_HEAD", &head, true)
         .override_global("CAPTURE_TAIL", &tail, true)
         .map_max_entries("EVENTS", ring)
         .load(BPF_OBJECT)
-        .map_err(|e| anyhow!("loading the BPF object into the kernel failed: {e:#}"))?;
+        .map_err(|e| anyhow!("loading the BPF object into the kernel failed: {e:#}"))
+}
+
+/// Loads the BPF object and attaches every socket and process tracepoint.
+pub fn load(opts: &LoadOptions) -> Result<Probes> {
+    crate::privileges::require_bpf()?;
+    ensure_tracefs()?;
+    let mut ebpf = open(opts)?;
 
     for (category, names) in [
         ("syscalls", SOCKET_TRACEPOINTS),

@@ -2,9 +2,16 @@
 //!
 //! Data flows one way: [`bpf`] (kernel) -> [`events`] (decode) -> [`stream`] (gaps) ->
 //! [`protocol`] (HTTP, SSE, OpenAI) -> [`tracker`] / [`request`] (records) -> [`export`].
+//! [`daemon`] wires them together; [`procfs`] finds processes and their sockets.
 pub mod bpf;
+pub mod cli;
+pub mod clock;
+pub mod daemon;
+pub mod doctor;
 pub mod events;
+pub mod export;
 pub mod privileges;
+pub mod procfs;
 pub mod protocol;
 pub mod request;
 pub mod stream;

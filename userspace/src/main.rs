@@ -1,6 +1,61 @@
-fn main() -> anyhow::Result<()> {
-    env_logger::init();
-    let _ = inferscope::bpf::load(&inferscope::bpf::LoadOptions::default())?;
-    println!("loaded");
-    Ok(())
+//! The `inferscope` command. Errors reach the operator as one line (no backtrace); RUST_LOG
+//! controls the rest.
+
+use std::{process::ExitCode, time::Duration};
+
+use clap::Parser;
+use inferscope::{
+    cli::{Cli, Command},
+    daemon::{self, Target},
+    doctor,
+};
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp_millis()
+        .init();
+    let cli = Cli::parse();
+    let (target, opts) = match cli.command {
+        Command::Doctor => return ExitCode::from(doctor::run() as u8),
+        Command::Attach {
+            pid,
+            no_children,
+            opts,
+        } => (
+            Target::Pid {
+                pid,
+                children: !no_children,
+            },
+            opts,
+        ),
+        Command::Run {
+            matches,
+            discover_interval,
+            opts,
+        } => (
+            Target::Discover {
+                matches,
+                interval: Duration::from_secs_f64(discover_interval.max(0.1)),
+            },
+            opts,
+        ),
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("inferscope: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(daemon::run(target, opts)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("inferscope: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

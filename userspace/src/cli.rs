@@ -1,0 +1,152 @@
+//! Command-line interface. Every flag explains itself in `--help`.
+
+use std::net::SocketAddr;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::export::otlp::OtlpProtocol;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "inferscope",
+    version,
+    about = "See where the time goes inside LLM inference servers (vLLM, SGLang), from the outside.",
+    long_about = "inferscope watches inference servers with eBPF, without changing the server, its image, \
+its flags or its code. From the socket syscalls of the serving process it rebuilds every HTTP request of \
+the OpenAI-compatible API and its server-sent-event stream, and reports time to first token, inter-token \
+latency, time per output token, duration, tokens, model and finish reason as Prometheus metrics, \
+OpenTelemetry traces and metrics (OTLP), and JSON lines.\n\n\
+It needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE). Run `inferscope doctor` to see what this host supports.\n\n\
+Prompt and completion text are never exported unless --capture-content is given.",
+    after_help = "Examples:\n  inferscope attach --pid 4242 --prometheus-listen 0.0.0.0:9464\n  \
+inferscope run --otlp-endpoint http://otel-collector:4317 --jsonl /var/log/inferscope.jsonl\n  inferscope doctor"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Trace one process by PID, its descendants, and children it starts later.
+    Attach {
+        /// Process to trace (as seen from the host's PID namespace).
+        #[arg(long, short = 'p', value_name = "PID")]
+        pid: u32,
+        /// Trace only this process, not its existing or future children.
+        #[arg(long)]
+        no_children: bool,
+        #[command(flatten)]
+        opts: RunOptions,
+    },
+    /// Find vLLM and SGLang servers on this host and keep following new and exiting ones.
+    Run {
+        /// Also trace processes whose command line contains this text (repeatable), e.g. a
+        /// custom OpenAI-compatible server: --match my_server.py
+        #[arg(long = "match", value_name = "TEXT")]
+        matches: Vec<String>,
+        /// How often to look for new server processes, in seconds.
+        #[arg(long, default_value_t = 2.0, value_name = "SECONDS")]
+        discover_interval: f64,
+        #[command(flatten)]
+        opts: RunOptions,
+    },
+    /// Check privileges and kernel features, and say what will and will not work here.
+    Doctor,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunOptions {
+    /// Serve Prometheus metrics on this address (e.g. 0.0.0.0:9464) at /metrics.
+    #[arg(long, value_name = "ADDR", env = "INFERSCOPE_PROMETHEUS_LISTEN")]
+    pub prometheus_listen: Option<SocketAddr>,
+
+    /// Also expose request metrics under the names vLLM's own Grafana dashboard queries
+    /// (vllm:time_to_first_token_seconds, ...), for servers whose own metrics are off.
+    #[arg(long)]
+    pub vllm_metrics: bool,
+
+    /// Send traces and metrics with OTLP to this collector URL, e.g. http://localhost:4317
+    /// (gRPC) or http://localhost:4318 (HTTP; /v1/traces and /v1/metrics are appended).
+    #[arg(long, value_name = "URL", env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// OTLP transport.
+    #[arg(long, value_enum, default_value_t = OtlpProtocol::Grpc, value_name = "PROTOCOL")]
+    pub otlp_protocol: OtlpProtocol,
+
+    /// Do not send metrics over OTLP (traces only).
+    #[arg(long)]
+    pub no_otlp_metrics: bool,
+
+    /// Do not send traces over OTLP (metrics only).
+    #[arg(long)]
+    pub no_otlp_traces: bool,
+
+    /// OpenTelemetry service.name of the exported telemetry.
+    #[arg(
+        long,
+        default_value = "inferscope",
+        value_name = "NAME",
+        env = "OTEL_SERVICE_NAME"
+    )]
+    pub service_name: String,
+
+    /// How often OTLP metrics are pushed, in seconds.
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    pub otlp_metrics_interval: f64,
+
+    /// Trace detail: 0 = an HTTP span and an llm_request span per request; 1 = also engine
+    /// stage spans (wait, prefill, decode) when the engine layer provides them; 2 = also one
+    /// span event per streamed output chunk (capped by --max-span-events).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2), value_name = "LEVEL")]
+    pub tracing_level: u8,
+
+    /// Most span events per span at tracing level 2.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub max_span_events: u32,
+
+    /// Write one JSON object per finished request (and periodic health) to this file; `-` is
+    /// standard output.
+    #[arg(long, value_name = "PATH")]
+    pub jsonl: Option<String>,
+
+    /// Export prompt and completion text (user data!) in JSONL and spans, at most
+    /// --max-content-bytes each. Off by default.
+    #[arg(long)]
+    pub capture_content: bool,
+
+    /// Most bytes of prompt and of completion text kept per request with --capture-content.
+    #[arg(long, default_value_t = 4096, value_name = "BYTES")]
+    pub max_content_bytes: usize,
+
+    /// Bytes copied from the start of each socket read or write (at most 8192).
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(64..=8192), value_name = "BYTES")]
+    pub capture_bytes: u32,
+
+    /// Bytes copied from the end of a longer read or write, where JSON bodies keep `usage`
+    /// (at most 8192).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(64..=8192), value_name = "BYTES")]
+    pub capture_tail_bytes: u32,
+
+    /// Size of the kernel-to-user ring buffer, in bytes (rounded up to a power of two).
+    #[arg(long, default_value_t = 16 << 20, value_name = "BYTES")]
+    pub ring_buffer_size: u32,
+
+    /// Most distinct model names used as metric label values; more read "other".
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub max_models: usize,
+
+    /// Forget a connection with no traffic for this long, in seconds (its requests are
+    /// reported as incomplete).
+    #[arg(long, default_value_t = 600.0, value_name = "SECONDS")]
+    pub idle_timeout: f64,
+
+    /// Stop after this many seconds (default: run until interrupted).
+    #[arg(long, value_name = "SECONDS")]
+    pub duration: Option<f64>,
+
+    /// Do not print a line per request on standard output.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}

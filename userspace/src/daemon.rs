@@ -1,0 +1,457 @@
+//! The running daemon: loads the probes, decides which processes to trace (one PID tree, or
+//! every vLLM/SGLang server found), drains the ring buffer into the tracker, and feeds every
+//! finished request to the exporters. Runs until interrupted, `--duration` passes, or (with
+//! `attach`) the target is gone. Dropping the probes detaches everything.
+
+use std::{collections::HashMap, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+use inferscope_common::{SockInfo, USER_CONN_ID_BIT};
+use log::{debug, info, warn};
+use tokio::io::unix::AsyncFd;
+
+use crate::{
+    bpf::{self, LoadOptions, Probes},
+    cli::RunOptions,
+    clock::{self, Clock},
+    events::{self, Event},
+    export::{
+        BoundedLabel, Health, Labels, console,
+        jsonl::{self, JsonlWriter},
+        otlp::{Otlp, OtlpOptions},
+        prom::{self, PromMetrics},
+    },
+    procfs::{self, Engine},
+    request::{Limits, RequestRecord},
+    tracker::{ExistingConn, Tracker},
+};
+
+/// What to trace.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// One process, and its descendants unless `children` is false.
+    Pid { pid: u32, children: bool },
+    /// Every process `procfs::classify` recognises.
+    Discover {
+        matches: Vec<String>,
+        interval: Duration,
+    },
+}
+
+/// Fan-out of finished requests to every configured exporter.
+pub struct Exporters {
+    clock: Clock,
+    models: BoundedLabel,
+    pub prom: Option<PromMetrics>,
+    pub otlp: Option<Otlp>,
+    pub jsonl: Option<JsonlWriter>,
+    console: bool,
+}
+
+impl Exporters {
+    fn emit(&mut self, r: &RequestRecord, engine: Option<Engine>) {
+        let provider = engine.map_or("openai_compatible", Engine::name);
+        let labels = Labels::of(r, &mut self.models, provider);
+        if let Some(p) = &self.prom {
+            p.record(r, &labels);
+        }
+        if let Some(o) = &mut self.otlp {
+            o.record(r, &labels, &self.clock);
+        }
+        if let Some(j) = &mut self.jsonl {
+            j.write(&jsonl::request_json(
+                r,
+                &self.clock,
+                engine.map(Engine::name),
+            ));
+        }
+        if self.console {
+            println!("{}", console::request_line(r));
+        }
+    }
+}
+
+struct Traced {
+    engine: Engine,
+}
+
+struct Daemon {
+    probes: Probes,
+    tracker: Tracker,
+    exporters: Exporters,
+    procs: HashMap<u32, Traced>,
+    decode_errors: HashMap<&'static str, u64>,
+    next_conn_id: u64,
+    records: Vec<RequestRecord>,
+    children: bool,
+    last_health: Health,
+    last_loss_report: std::time::Instant,
+}
+
+impl Daemon {
+    /// Starts tracing `pid`: kernel filter, and its TCP connections that are already open.
+    fn trace(&mut self, pid: u32, engine: Engine) {
+        if self.procs.contains_key(&pid) {
+            return;
+        }
+        if let Err(e) = self.probes.track(pid) {
+            warn!("cannot trace pid {pid}: {e:#}");
+            return;
+        }
+        self.procs.insert(pid, Traced { engine });
+        let (conns, ports) = procfs::open_tcp(pid);
+        self.tracker
+            .set_server_port(pid, (ports.len() == 1).then(|| ports[0]));
+        let now = clock::monotonic_ns();
+        for c in conns.into_iter().filter(|c| c.server_side) {
+            self.next_conn_id += 1;
+            let conn_id = USER_CONN_ID_BIT | self.next_conn_id;
+            let info = SockInfo {
+                conn_id,
+                pos: [0, 0],
+                role: inferscope_common::ROLE_SERVER,
+                _pad: [0; 7],
+            };
+            match self.probes.add_socket(pid, c.fd as u32, info) {
+                Ok(true) => self.tracker.add_existing(
+                    ExistingConn {
+                        tgid: pid,
+                        fd: c.fd,
+                        conn_id,
+                        peer: Some(c.peer),
+                        local_port: Some(c.local_port),
+                    },
+                    now,
+                ),
+                Ok(false) => {}
+                Err(e) => debug!("pid {pid} fd {}: {e:#}", c.fd),
+            }
+        }
+        let comm = procfs::comm(pid).unwrap_or_default();
+        eprintln!(
+            "inferscope: tracing pid {pid} ({comm}, {}{})",
+            engine.name(),
+            ports_note(&ports)
+        );
+    }
+
+    fn untrace(&mut self, pid: u32, ts: u64) {
+        if self.procs.remove(&pid).is_some() {
+            eprintln!("inferscope: pid {pid} exited");
+        }
+        self.probes.untrack(pid);
+        self.tracker.process_gone(pid, ts, &mut self.records);
+        self.tracker.set_server_port(pid, None);
+    }
+
+    fn trace_tree(&mut self, root: u32, engine: Engine) {
+        let pids = if self.children {
+            procfs::tree(root, &procfs::parents())
+        } else {
+            vec![root]
+        };
+        for p in pids {
+            self.trace(p, engine);
+        }
+    }
+
+    fn discover(&mut self, matches: &[String]) {
+        let parents = procfs::parents();
+        let me = std::process::id();
+        for pid in procfs::pids() {
+            if self.procs.contains_key(&pid) || pid == me {
+                continue;
+            }
+            let comm = procfs::comm(pid).unwrap_or_default();
+            if let Some(engine) = procfs::classify(&comm, &procfs::cmdline(pid), matches) {
+                for p in procfs::tree(pid, &parents) {
+                    self.trace(p, engine);
+                }
+            }
+        }
+        // Processes whose exit was not seen (events lost): forget them.
+        let gone: Vec<u32> = self
+            .procs
+            .keys()
+            .copied()
+            .filter(|p| !procfs::exists(*p))
+            .collect();
+        for p in gone {
+            self.untrace(p, clock::monotonic_ns());
+        }
+    }
+
+    fn on_record(&mut self, bytes: &[u8]) {
+        let ev = match events::decode(bytes) {
+            Ok(ev) => ev,
+            Err(e) => {
+                *self.decode_errors.entry(e.cause()).or_default() += 1;
+                return;
+            }
+        };
+        match &ev {
+            Event::ProcFork { tgid, child, .. } => {
+                let (tgid, child) = (*tgid, *child);
+                match procfs::status_ids(child) {
+                    // A thread of a traced process: the kernel filter works on thread groups.
+                    Some((_, tg)) if tg != child => self.probes.untrack(child),
+                    Some(_) if self.children => {
+                        let engine = self.procs.get(&tgid).map_or(Engine::Other, |t| t.engine);
+                        self.trace(child, engine);
+                    }
+                    Some(_) => self.probes.untrack(child),
+                    None => self.probes.untrack(child),
+                }
+            }
+            Event::ProcExit { tgid, ts_ns } => self.untrace(*tgid, *ts_ns),
+            _ => self.tracker.handle(&ev, &mut self.records),
+        }
+        self.flush_records();
+    }
+
+    fn flush_records(&mut self) {
+        for r in std::mem::take(&mut self.records) {
+            let engine = self.procs.get(&r.pid).map(|t| t.engine);
+            self.exporters.emit(&r, engine);
+        }
+    }
+
+    fn health(&self) -> Health {
+        let mut export_errors = Vec::new();
+        if let Some(o) = &self.exporters.otlp {
+            use std::sync::atomic::Ordering;
+            export_errors.push((
+                "otlp_spans",
+                o.counters.spans_failed.load(Ordering::Relaxed),
+            ));
+            export_errors.push((
+                "otlp_metrics",
+                o.counters.metric_exports_failed.load(Ordering::Relaxed),
+            ));
+        }
+        if let Some(j) = &self.exporters.jsonl {
+            export_errors.push(("jsonl", j.errors));
+        }
+        Health {
+            bpf: self.probes.stats().map(|s| s.to_vec()).unwrap_or_default(),
+            tracker: self.tracker.stats.clone(),
+            decode_errors: self.decode_errors.iter().map(|(k, v)| (*k, *v)).collect(),
+            attached_processes: self.procs.len() as u64,
+            in_flight: self.tracker.in_flight(),
+            export_errors,
+        }
+    }
+
+    fn tick(&mut self, idle_ns: u64) {
+        self.tracker
+            .expire(clock::monotonic_ns(), idle_ns, &mut self.records);
+        self.flush_records();
+        let h = self.health();
+        if let Some(p) = &mut self.exporters.prom {
+            p.health(&h);
+        }
+        if let Some(j) = &mut self.exporters.jsonl {
+            j.flush();
+        }
+        if self.last_loss_report.elapsed() >= Duration::from_secs(10) {
+            if let Some(line) = console::loss_line(&self.last_health, &h) {
+                eprintln!("inferscope: {line}");
+            }
+            self.last_health = h;
+            self.last_loss_report = std::time::Instant::now();
+        }
+    }
+}
+
+fn ports_note(ports: &[u16]) -> String {
+    if ports.is_empty() {
+        String::new()
+    } else {
+        format!(
+            ", listening on {}",
+            ports
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        )
+    }
+}
+
+/// Runs until interrupted. Errors are for the operator: one line, with what to do.
+pub async fn run(target: Target, o: RunOptions) -> Result<()> {
+    if let Target::Pid { pid, .. } = target
+        && !procfs::exists(pid)
+    {
+        bail!(
+            "no process with PID {pid} (if it runs in a container, use the PID the host sees, and run inferscope in the host PID namespace)"
+        );
+    }
+    if procfs::in_child_pid_namespace() {
+        warn!(
+            "inferscope runs in a child PID namespace: kernel PIDs will not match /proc; run it with the host PID namespace (hostPID: true)"
+        );
+    }
+    let load = LoadOptions {
+        capture_head: o.capture_bytes,
+        capture_tail: o.capture_tail_bytes,
+        ring_buffer_bytes: o.ring_buffer_size,
+    };
+    let mut probes = bpf::load(&load)?;
+    let ring = probes.take_events()?;
+    // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged, for its lifetime.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
+
+    let prom = if o.vllm_metrics || o.prometheus_listen.is_some() {
+        Some(PromMetrics::new(o.vllm_metrics)?)
+    } else {
+        None
+    };
+    if let (Some(addr), Some(p)) = (o.prometheus_listen, &prom) {
+        prom::serve(addr, p.registry.clone()).await?;
+        eprintln!("inferscope: Prometheus metrics at http://{addr}/metrics");
+    }
+    let otlp = match &o.otlp_endpoint {
+        Some(endpoint) => {
+            let otlp = Otlp::new(OtlpOptions {
+                endpoint: endpoint.clone(),
+                protocol: o.otlp_protocol,
+                service_name: o.service_name.clone(),
+                tracing_level: o.tracing_level,
+                max_span_events: o.max_span_events,
+                metrics_interval: Duration::from_secs_f64(o.otlp_metrics_interval.max(0.1)),
+                traces: !o.no_otlp_traces,
+                metrics: !o.no_otlp_metrics,
+            })?;
+            eprintln!(
+                "inferscope: sending OTLP ({:?}) to {endpoint}",
+                o.otlp_protocol
+            );
+            Some(otlp)
+        }
+        None => None,
+    };
+    let jsonl = o.jsonl.as_deref().map(JsonlWriter::open).transpose()?;
+    let console = !o.quiet && o.jsonl.as_deref() != Some("-");
+    let limits = Limits {
+        content_bytes: if o.capture_content {
+            o.max_content_bytes
+        } else {
+            0
+        },
+        ..Limits::default()
+    };
+
+    let (children, discover) = match &target {
+        Target::Pid { children, .. } => (*children, None),
+        Target::Discover { matches, interval } => (true, Some((matches.clone(), *interval))),
+    };
+    let mut d = Daemon {
+        probes,
+        tracker: Tracker::new(limits),
+        exporters: Exporters {
+            clock: Clock::new(),
+            models: BoundedLabel::new(o.max_models),
+            prom,
+            otlp,
+            jsonl,
+            console,
+        },
+        procs: HashMap::new(),
+        decode_errors: HashMap::new(),
+        next_conn_id: 0,
+        records: Vec::new(),
+        children,
+        last_health: Health::default(),
+        last_loss_report: std::time::Instant::now(),
+    };
+    match &target {
+        Target::Pid { pid, .. } => d.trace_tree(*pid, Engine::Other),
+        Target::Discover { matches, .. } => {
+            d.discover(matches);
+            if d.procs.is_empty() {
+                eprintln!("inferscope: no vLLM or SGLang process found yet; watching for new ones");
+            }
+        }
+    }
+    for (pid, t) in &d.procs {
+        debug!("traced: {pid} {:?}", t.engine);
+    }
+
+    let idle_ns = (o.idle_timeout.max(1.0) * 1e9) as u64;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let discover_every = discover
+        .as_ref()
+        .map_or(Duration::from_secs(3600), |(_, i)| {
+            (*i).max(Duration::from_millis(100))
+        });
+    let mut discover_tick = tokio::time::interval(discover_every);
+    let deadline = o
+        .duration
+        .map(|s| tokio::time::Instant::now() + Duration::from_secs_f64(s));
+    let sleep_until = async {
+        match deadline {
+            Some(t) => tokio::time::sleep_until(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(sleep_until);
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("SIGTERM handler")?;
+    info!("running");
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard.context("ring buffer poll")?;
+                let rb = guard.get_inner_mut();
+                while let Some(item) = rb.next() {
+                    d.on_record(&item);
+                }
+                guard.clear_ready();
+            }
+            _ = tick.tick() => {
+                d.tick(idle_ns);
+                if let Target::Pid { pid, .. } = target
+                    && d.procs.is_empty()
+                {
+                    eprintln!("inferscope: target pid {pid} and its children have exited; stopping");
+                    break;
+                }
+            }
+            _ = discover_tick.tick(), if discover.is_some() => {
+                if let Some((m, _)) = &discover {
+                    d.discover(m);
+                }
+            }
+            _ = &mut sleep_until => break,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    // Drain what is left.
+    {
+        let rb = ring.get_mut();
+        while let Some(item) = rb.next() {
+            d.on_record(&item);
+        }
+    }
+    // Requests still in flight are not reported: they did not end while we watched.
+    d.flush_records();
+    d.tick(idle_ns);
+    if let Some(o) = &mut d.exporters.otlp {
+        o.shutdown();
+    }
+    if let Some(j) = &mut d.exporters.jsonl {
+        j.flush();
+    }
+    let h = d.health();
+    let drops = h.bpf_stat(inferscope_common::stat::RINGBUF_DROPS);
+    eprintln!(
+        "inferscope: stopped; {} data events, {} ring-buffer drops, {} stream bytes missing",
+        h.bpf_stat(inferscope_common::stat::DATA_EVENTS),
+        drops,
+        h.tracker.lost_bytes
+    );
+    Ok(())
+}

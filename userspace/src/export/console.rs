@@ -1,0 +1,88 @@
+//! A human-readable line per finished request, and a health line when something was lost.
+
+use crate::{export::Health, request::RequestRecord};
+
+fn ms(s: Option<f64>) -> String {
+    s.map_or_else(|| "-".to_string(), |s| format!("{:.1}ms", s * 1e3))
+}
+
+pub fn request_line(r: &RequestRecord) -> String {
+    let status = r
+        .status
+        .map_or_else(|| "---".to_string(), |s| s.to_string());
+    let tokens = match (r.prompt_tokens, r.completion_tokens) {
+        (None, None) => "-".to_string(),
+        (p, c) => format!(
+            "{}+{}{}",
+            p.map_or("?".to_string(), |v| v.to_string()),
+            c.map_or("?".to_string(), |v| v.to_string()),
+            r.tokens_from
+                .map_or(String::new(), |t| format!("({})", t.as_str()))
+        ),
+    };
+    let mut line = format!(
+        "pid={} {} {} {} model={} {} ttft={} tpot={} e2e={} tokens={} finish={}",
+        r.pid,
+        r.method,
+        r.path,
+        status,
+        r.model_label().unwrap_or("-"),
+        if r.stream { "stream" } else { "unary" },
+        ms(r.ttft_s()),
+        ms(r.tpot_s()),
+        ms(Some(r.e2e_s())),
+        tokens,
+        r.finish_reason().unwrap_or("-"),
+    );
+    if let Some(id) = &r.request_id {
+        line.push_str(&format!(" id={id}"));
+    }
+    if let Some(e) = &r.error_type {
+        line.push_str(&format!(" error={e}"));
+    }
+    if r.capture_gaps {
+        line.push_str(" capture=partial");
+    }
+    line
+}
+
+/// One line describing what was lost since the previous health, or None if nothing was.
+pub fn loss_line(prev: &Health, now: &Health) -> Option<String> {
+    use inferscope_common::stat;
+    let d = |i| now.bpf_stat(i).saturating_sub(prev.bpf_stat(i));
+    let ring = d(stat::RINGBUF_DROPS);
+    let map = d(stat::SOCKET_MAP_FULL);
+    let lost = now
+        .tracker
+        .lost_bytes
+        .saturating_sub(prev.tracker.lost_bytes);
+    let mut parts = Vec::new();
+    if ring > 0 {
+        parts.push(format!(
+            "{ring} events dropped because the ring buffer was full (raise --ring-buffer-size)"
+        ));
+    }
+    if map > 0 {
+        parts.push(format!(
+            "{map} sockets not traced because the socket map was full"
+        ));
+    }
+    let export: u64 = now
+        .export_errors
+        .iter()
+        .map(|(_, n)| n)
+        .sum::<u64>()
+        .saturating_sub(prev.export_errors.iter().map(|(_, n)| n).sum::<u64>());
+    if export > 0 {
+        parts.push(format!(
+            "{export} export failures (is the OTLP collector reachable?)"
+        ));
+    }
+    if parts.is_empty() {
+        return None;
+    }
+    if lost > 0 {
+        parts.push(format!("{lost} stream bytes missing"));
+    }
+    Some(format!("warning: {}", parts.join("; ")))
+}

@@ -1,0 +1,99 @@
+//! One JSON object per line: every finished request (`"type":"request"`) and a periodic health
+//! line (`"type":"health"`). The field set is a contract others check mechanically: see README.
+
+use std::io::Write;
+
+use serde_json::{Value, json};
+
+use crate::{clock::Clock, request::RequestRecord};
+
+/// Builds the JSON object for a finished request. Times are Unix-epoch nanoseconds.
+pub fn request_json(r: &RequestRecord, clock: &Clock, engine: Option<&str>) -> Value {
+    let ns = |t: Option<u64>| t.map(|t| clock.unix_ns(t));
+    let mut v = json!({
+        "type": "request",
+        "pid": r.pid,
+        "engine": engine,
+        "method": r.method,
+        "path": r.path,
+        "operation": r.operation.name(),
+        "status": r.status,
+        "model": r.model,
+        "response_model": r.response_model,
+        "stream": r.stream,
+        "request_id": r.request_id,
+        "start_ns": clock.unix_ns(r.start_ns),
+        "request_end_ns": ns(r.request_end_ns),
+        "response_start_ns": ns(r.response_start_ns),
+        "first_token_ns": ns(r.first_token_ns),
+        "last_token_ns": ns(r.last_token_ns),
+        "end_ns": clock.unix_ns(r.end_ns),
+        "ttft_s": r.ttft_s(),
+        "e2e_s": r.e2e_s(),
+        "tpot_s": r.tpot_s(),
+        "itl_mean_s": (!r.itl_ns.is_empty()).then(|| r.itl_ns.iter().sum::<u64>() as f64 / r.itl_ns.len() as f64 / 1e9),
+        "itl_max_s": r.itl_ns.iter().max().map(|m| *m as f64 / 1e9),
+        "prompt_tokens": r.prompt_tokens,
+        "completion_tokens": r.completion_tokens,
+        "cached_tokens": r.cached_tokens,
+        "output_events": r.output_events,
+        "tokens_from": r.tokens_from.map(|t| t.as_str()),
+        "finish_reason": r.finish_reasons.first(),
+        "finish_reasons": r.finish_reasons,
+        "n": r.n,
+        "max_tokens": r.max_tokens,
+        "aborted": r.aborted,
+        "complete": r.complete,
+        "capture_gaps": r.capture_gaps,
+        "error_type": r.error_type,
+        "client": r.peer.map(|p| p.to_string()),
+        "server_port": r.server_port,
+        "conn_id": r.conn_id,
+    });
+    if let Some(obj) = v.as_object_mut() {
+        if let Some(p) = &r.prompt {
+            obj.insert("prompt".into(), json!(p));
+        }
+        if let Some(c) = &r.completion {
+            obj.insert("completion".into(), json!(c));
+        }
+    }
+    v
+}
+
+/// Appends lines to a file (or stdout for `-`), flushing after every batch.
+pub struct JsonlWriter {
+    out: Box<dyn Write + Send>,
+    pub errors: u64,
+}
+
+impl JsonlWriter {
+    pub fn open(path: &str) -> anyhow::Result<Self> {
+        let out: Box<dyn Write + Send> = if path == "-" {
+            Box::new(std::io::stdout())
+        } else {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| anyhow::anyhow!("cannot open --jsonl file {path}: {e}"))?;
+            Box::new(std::io::BufWriter::with_capacity(64 * 1024, f))
+        };
+        Ok(Self { out, errors: 0 })
+    }
+
+    pub fn write(&mut self, v: &Value) {
+        let r = serde_json::to_writer(&mut self.out, v)
+            .map_err(std::io::Error::from)
+            .and_then(|_| self.out.write_all(b"\n"));
+        if r.is_err() {
+            self.errors += 1;
+        }
+    }
+
+    pub fn flush(&mut self) {
+        if self.out.flush().is_err() {
+            self.errors += 1;
+        }
+    }
+}

@@ -1,0 +1,383 @@
+//! What /proc says about processes: names and command lines (to find inference engines),
+//! parents (to follow a process tree), and sockets that existed before attaching (to capture
+//! connections already open). Parsing functions take text and are unit-tested.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fs,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::PathBuf,
+};
+
+/// The serving engine a process belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Engine {
+    Vllm,
+    Sglang,
+    /// Matched by an operator's `--match` pattern.
+    Other,
+}
+
+impl Engine {
+    /// `gen_ai.provider.name`-style value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Vllm => "vllm",
+            Engine::Sglang => "sglang",
+            Engine::Other => "openai_compatible",
+        }
+    }
+}
+
+fn proc_root() -> PathBuf {
+    std::env::var_os("INFERSCOPE_PROC")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/proc"))
+}
+
+pub fn exists(pid: u32) -> bool {
+    proc_root().join(pid.to_string()).join("stat").exists()
+}
+
+/// Every process id (thread-group leaders only: /proc lists those at top level).
+pub fn pids() -> Vec<u32> {
+    let Ok(dir) = fs::read_dir(proc_root()) else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+pub fn comm(pid: u32) -> Option<String> {
+    fs::read_to_string(proc_root().join(pid.to_string()).join("comm"))
+        .ok()
+        .map(|s| s.trim_end().to_string())
+}
+
+pub fn cmdline(pid: u32) -> Vec<String> {
+    fs::read(proc_root().join(pid.to_string()).join("cmdline"))
+        .map(|b| parse_cmdline(&b))
+        .unwrap_or_default()
+}
+
+pub fn parse_cmdline(b: &[u8]) -> Vec<String> {
+    b.split(|&c| c == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect()
+}
+
+/// Parent pid and thread-group id from /proc/PID/status.
+pub fn status_ids(pid: u32) -> Option<(u32, u32)> {
+    let s = fs::read_to_string(proc_root().join(pid.to_string()).join("status")).ok()?;
+    parse_status_ids(&s)
+}
+
+/// (PPid, Tgid) from a status text.
+pub fn parse_status_ids(s: &str) -> Option<(u32, u32)> {
+    let field = |name: &str| {
+        s.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    Some((field("PPid:")?, field("Tgid:")?))
+}
+
+/// Parent pid from a /proc/PID/stat text (the comm field may contain spaces and parens).
+pub fn parse_stat_ppid(s: &str) -> Option<u32> {
+    let after = &s[s.rfind(')')? + 1..];
+    after.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Map of pid -> parent pid for every process.
+pub fn parents() -> HashMap<u32, u32> {
+    pids()
+        .into_iter()
+        .filter_map(|p| {
+            let s = fs::read_to_string(proc_root().join(p.to_string()).join("stat")).ok()?;
+            Some((p, parse_stat_ppid(&s)?))
+        })
+        .collect()
+}
+
+/// `root` and all its descendants that exist now.
+pub fn tree(root: u32, parents: &HashMap<u32, u32>) -> Vec<u32> {
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    for (&c, &p) in parents {
+        children.entry(p).or_default().push(c);
+    }
+    let mut out = vec![root];
+    let mut seen: HashSet<u32> = HashSet::from([root]);
+    let mut i = 0;
+    while i < out.len() {
+        if let Some(cs) = children.get(&out[i]) {
+            for &c in cs {
+                if seen.insert(c) {
+                    out.push(c);
+                }
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Recognises vLLM and SGLang processes by name and command line; `extra` are operator
+/// substrings matched against the command line.
+pub fn classify(comm: &str, argv: &[String], extra: &[String]) -> Option<Engine> {
+    let joined = argv.join(" ");
+    if comm.starts_with("VLLM::")
+        || joined.contains("vllm.entrypoints")
+        || argv
+            .iter()
+            .take(3)
+            .any(|a| a == "vllm" || a.ends_with("/vllm"))
+            && argv.iter().any(|a| a == "serve")
+    {
+        return Some(Engine::Vllm);
+    }
+    if comm.starts_with("sglang::")
+        || joined.contains("sglang.launch_server")
+        || argv
+            .iter()
+            .take(3)
+            .any(|a| a == "sglang" || a.ends_with("/sglang"))
+            && argv.iter().any(|a| a == "serve")
+    {
+        return Some(Engine::Sglang);
+    }
+    if extra
+        .iter()
+        .any(|m| !m.is_empty() && joined.contains(m.as_str()))
+    {
+        return Some(Engine::Other);
+    }
+    None
+}
+
+/// A TCP socket from /proc/net/tcp{,6}.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpEntry {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// Kernel TCP state number (1 established, 10 listen).
+    pub state: u8,
+}
+
+pub const TCP_ESTABLISHED: u8 = 1;
+pub const TCP_LISTEN: u8 = 10;
+
+fn parse_hex_addr(s: &str) -> Option<SocketAddr> {
+    let (ip, port) = s.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let ip = match ip.len() {
+        8 => IpAddr::V4(Ipv4Addr::from(
+            u32::from_str_radix(ip, 16).ok()?.to_le_bytes(),
+        )),
+        32 => {
+            let mut b = [0u8; 16];
+            for w in 0..4 {
+                let word = u32::from_str_radix(&ip[w * 8..w * 8 + 8], 16).ok()?;
+                b[w * 4..w * 4 + 4].copy_from_slice(&word.to_le_bytes());
+            }
+            IpAddr::V6(Ipv6Addr::from(b))
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// Parses a /proc/net/tcp or tcp6 table into inode -> entry.
+pub fn parse_tcp_table(text: &str) -> HashMap<u64, TcpEntry> {
+    let mut out = HashMap::new();
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 10 {
+            continue;
+        }
+        let (Some(local), Some(remote), Ok(state), Ok(inode)) = (
+            parse_hex_addr(f[1]),
+            parse_hex_addr(f[2]),
+            u8::from_str_radix(f[3], 16),
+            f[9].parse::<u64>(),
+        ) else {
+            continue;
+        };
+        if inode != 0 {
+            out.insert(
+                inode,
+                TcpEntry {
+                    local,
+                    remote,
+                    state,
+                },
+            );
+        }
+    }
+    out
+}
+
+/// The TCP sockets of the network namespace `pid` lives in.
+pub fn tcp_table(pid: u32) -> HashMap<u64, TcpEntry> {
+    let base = proc_root().join(pid.to_string()).join("net");
+    let mut t = HashMap::new();
+    for f in ["tcp", "tcp6"] {
+        if let Ok(s) = fs::read_to_string(base.join(f)) {
+            t.extend(parse_tcp_table(&s));
+        }
+    }
+    t
+}
+
+/// (fd, socket inode) for each socket the process has open.
+pub fn socket_fds(pid: u32) -> Vec<(i32, u64)> {
+    let Ok(dir) = fs::read_dir(proc_root().join(pid.to_string()).join("fd")) else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let e = e.ok()?;
+        let fd: i32 = e.file_name().to_str()?.parse().ok()?;
+        let link = fs::read_link(e.path()).ok()?;
+        let inode = link
+            .to_str()?
+            .strip_prefix("socket:[")?
+            .strip_suffix(']')?
+            .parse()
+            .ok()?;
+        Some((fd, inode))
+    })
+    .collect()
+}
+
+/// An established TCP connection of a process that predates capture.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpenConn {
+    pub fd: i32,
+    pub peer: SocketAddr,
+    pub local_port: u16,
+    /// The local port is one the process listens on: it is the server side.
+    pub server_side: bool,
+}
+
+/// The established TCP connections of `pid`, and the ports it listens on.
+pub fn open_tcp(pid: u32) -> (Vec<OpenConn>, Vec<u16>) {
+    let table = tcp_table(pid);
+    let fds = socket_fds(pid);
+    let listening: Vec<u16> = fds
+        .iter()
+        .filter_map(|(_, ino)| table.get(ino))
+        .filter(|e| e.state == TCP_LISTEN)
+        .map(|e| e.local.port())
+        .collect();
+    let conns = fds
+        .iter()
+        .filter_map(|&(fd, ino)| {
+            let e = table.get(&ino)?;
+            (e.state == TCP_ESTABLISHED).then(|| OpenConn {
+                fd,
+                peer: e.remote,
+                local_port: e.local.port(),
+                server_side: listening.contains(&e.local.port()),
+            })
+        })
+        .collect();
+    let mut ports = listening;
+    ports.sort_unstable();
+    ports.dedup();
+    (conns, ports)
+}
+
+/// Whether this process runs in a child PID namespace (then the kernel's pids differ from
+/// the ones it sees in /proc, and inferscope must run with the host's PID namespace).
+pub fn in_child_pid_namespace() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("NSpid:"))
+                .map(|l| l.split_whitespace().count() > 2)
+        })
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcp_table_parses_v4_and_v6() {
+        let v4 = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+           0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 12345 1 0000000000000000 100 0 0 10 0\n\
+           1: 0100007F:1F90 0100007F:D2F0 01 00000000:00000000 00:00000000 00000000     0        0 12346 1 0000000000000000 20 4 30 10 -1\n";
+        let t = parse_tcp_table(v4);
+        assert_eq!(t[&12345].local, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(t[&12345].state, TCP_LISTEN);
+        assert_eq!(t[&12346].remote, "127.0.0.1:54000".parse().unwrap());
+        let v6 = "header\n   0: 00000000000000000000000001000000:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 777 1 0 100 0 0 10 0\n";
+        let t = parse_tcp_table(v6);
+        assert_eq!(t[&777].local, "[::1]:8080".parse().unwrap());
+        assert!(parse_tcp_table("garbage\n1 2 3\n").is_empty());
+    }
+
+    #[test]
+    fn classifies_engines() {
+        let v = |s: &str| s.split(' ').map(str::to_string).collect::<Vec<_>>();
+        assert_eq!(
+            classify(
+                "python",
+                &v("python -m vllm.entrypoints.openai.api_server --model m"),
+                &[]
+            ),
+            Some(Engine::Vllm)
+        );
+        assert_eq!(
+            classify("VLLM::EngineCor", &v("VLLM::EngineCore"), &[]),
+            Some(Engine::Vllm)
+        );
+        assert_eq!(
+            classify(
+                "vllm",
+                &v("/usr/bin/python3 /usr/local/bin/vllm serve m"),
+                &[]
+            ),
+            Some(Engine::Vllm)
+        );
+        assert_eq!(
+            classify(
+                "python3",
+                &v("python3 -m sglang.launch_server --model-path x"),
+                &[]
+            ),
+            Some(Engine::Sglang)
+        );
+        assert_eq!(
+            classify("sglang::schedul", &v("sglang::scheduler_TP0"), &[]),
+            Some(Engine::Sglang)
+        );
+        assert_eq!(classify("python", &v("python server.py"), &[]), None);
+        assert_eq!(
+            classify(
+                "python",
+                &v("python openai_server.py"),
+                &["openai_server".into()]
+            ),
+            Some(Engine::Other)
+        );
+    }
+
+    #[test]
+    fn stat_and_status() {
+        assert_eq!(
+            parse_stat_ppid("123 (a (weird) name) S 45 123 123 0"),
+            Some(45)
+        );
+        assert_eq!(
+            parse_status_ids("Name:\tx\nTgid:\t10\nPid:\t11\nPPid:\t1\n"),
+            Some((1, 10))
+        );
+        let parents = HashMap::from([(2, 1), (3, 2), (4, 3), (5, 1)]);
+        let mut t = tree(2, &parents);
+        t.sort();
+        assert_eq!(t, vec![2, 3, 4]);
+    }
+}

@@ -101,11 +101,30 @@ EOF
     [[ $(grep -c '+cpu' "$reqs") == 0 ]] || die "a +cpu pin survived in $reqs"
     done_step "$(wc -l < "$reqs") requirements, torch pin: $TORCH_PIN"
 
-    step "pip install dependencies (torch etc.; several GB on a cold cache)"
     cons=()
     if [[ $lock_sum != none ]]; then cons=(-c "$lock"); log "    constrained by $lock"; fi
-    "${pip[@]}" install -r "$reqs" "${cons[@]}" \
-        || die "pip could not install vLLM's dependencies (see above). If the lock file is stale, retry with INFERSCOPE_VLLM_NO_LOCK=1"
+
+    # A wheelhouse instead of relying on pip's HTTP cache: the registry proxy here
+    # sends no cache headers, so pip's cache stores nothing. `pip download` skips
+    # files already in the wheelhouse, and a stamp skips even the resolution.
+    step "download dependencies into $wheels (several GB on a cold start)"
+    if [[ -f $wheels/.stamp && "$(cat "$wheels/.stamp")" == "$want_stamp" ]]; then
+        done_step "already complete"
+    else
+        rm -f "$wheels/.stamp"
+        dl_log=$venv/.pip-download.log
+        if ! "${pip[@]}" download -d "$wheels" -r "$reqs" "${cons[@]}" > "$dl_log" 2>&1; then
+            tail -n 40 "$dl_log" >&2
+            die "pip could not download vLLM's dependencies (full log: $dl_log). If the lock file is stale, retry with INFERSCOPE_VLLM_NO_LOCK=1"
+        fi
+        log "    $(grep -c '^Saved' "$dl_log" || true) files downloaded, $(grep -c 'already downloaded' "$dl_log" || true) already there"
+        echo "$want_stamp" > "$wheels/.stamp"
+        done_step "$(du -sh "$wheels" | cut -f1) in $(ls "$wheels" | wc -l) files"
+    fi
+
+    step "pip install dependencies from the wheelhouse (offline)"
+    "${pip[@]}" install -q --no-index --find-links "$wheels" -r "$reqs" "${cons[@]}" \
+        || die "pip could not install vLLM's dependencies from $wheels (delete it to start over)"
     done_step
 
     step "pip install $(basename "$whl") --no-deps"

@@ -257,6 +257,9 @@ impl Daemon {
             if let Some(line) = console::loss_line(&self.last_health, &h) {
                 eprintln!("inferscope: {line}");
             }
+            if let Some(j) = &mut self.exporters.jsonl {
+                j.write(&jsonl::health_json(&h, self.exporters.clock.unix_ns(clock::monotonic_ns())));
+            }
             self.last_health = h;
             self.last_loss_report = std::time::Instant::now();
         }

@@ -61,6 +61,30 @@ pub fn request_json(r: &RequestRecord, clock: &Clock, engine: Option<&str>) -> V
     v
 }
 
+/// A health line: what inferscope saw and lost so far (counters are totals since start).
+pub fn health_json(h: &crate::export::Health, unix_ns: u64) -> Value {
+    use inferscope_common::stat;
+    json!({
+        "type": "health",
+        "ts_ns": unix_ns,
+        "attached_processes": h.attached_processes,
+        "connections": h.tracker.connections,
+        "in_flight": h.in_flight,
+        "data_events": h.bpf_stat(stat::DATA_EVENTS),
+        "ring_buffer_drops": h.bpf_stat(stat::RINGBUF_DROPS),
+        "socket_map_full": h.bpf_stat(stat::SOCKET_MAP_FULL),
+        "truncated_syscalls": h.bpf_stat(stat::TRUNCATED_SYSCALLS),
+        "captured_bytes": h.bpf_stat(stat::CAPTURED_BYTES),
+        "socket_bytes": h.bpf_stat(stat::SYSCALL_BYTES),
+        "lost_bytes": h.tracker.lost_bytes,
+        "gaps": h.tracker.gaps,
+        "incomplete_requests": h.tracker.incomplete,
+        "parse_errors": h.tracker.parse_errors.iter().map(|(c, n)| (c.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
+        "decode_errors": h.decode_errors.iter().map(|(c, n)| (c.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
+        "export_errors": h.export_errors.iter().map(|(c, n)| (c.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
+    })
+}
+
 /// Appends lines to a file (or stdout for `-`), flushing after every batch.
 pub struct JsonlWriter {
     out: Box<dyn Write + Send>,

@@ -1,1 +1,367 @@
-//! Harness shared by the integration tests.
+//! Harness shared by the integration tests: starts real processes (the fixture server on
+//! uvicorn, the load generator, inferscope itself, Prometheus, the OTLP receiver), stops them
+//! when dropped, and reads what they wrote. Tests that load BPF need root; `cargo xtask test`
+//! prepares everything (binary, virtualenvs, Prometheus) and runs them one at a time.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader, Read, Write},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the repository")
+        .to_path_buf()
+}
+
+fn must_exist(p: PathBuf, what: &str) -> PathBuf {
+    assert!(
+        p.exists(),
+        "{what} not found at {} — run `cargo xtask test` (it builds and installs what the tests need)",
+        p.display()
+    );
+    p
+}
+
+/// The inferscope binary under test (INFERSCOPE_BIN, else target/debug/inferscope).
+pub fn inferscope_bin() -> PathBuf {
+    let p = std::env::var_os("INFERSCOPE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/debug/inferscope"));
+    must_exist(p, "the inferscope binary")
+}
+
+/// Python with the fixture server's packages.
+pub fn python() -> PathBuf {
+    let p = std::env::var_os("INFERSCOPE_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".venv/bin/python"));
+    must_exist(p, "the test virtualenv's python")
+}
+
+/// Python with the OTLP receiver's packages.
+pub fn receiver_python() -> PathBuf {
+    must_exist(
+        repo_root().join("tests/receivers/.venv/bin/python"),
+        "the receivers' virtualenv",
+    )
+}
+
+/// A fresh scratch directory for one test.
+pub fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("inferscope-test-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&d);
+    fs::create_dir_all(&d).expect("scratch dir");
+    d
+}
+
+/// A child process that is stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc {
+            child,
+            name: name.to_string(),
+        }
+    }
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+    pub fn signal(&self, sig: i32) {
+        unsafe { libc_kill(self.child.id() as i32, sig) };
+    }
+    /// Sends `sig` and waits up to `timeout` for the exit; returns whether it exited.
+    pub fn stop_with(&mut self, sig: i32, timeout: Duration) -> bool {
+        self.signal(sig);
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.alive() && !self.stop_with(15, Duration::from_secs(5)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A plain HTTP/1.1 GET on loopback; returns (status, body).
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    http(port, "GET", path, &[], b"")
+}
+
+/// One HTTP/1.1 request with `Connection: close`; returns (status, body). Bodies in chunked
+/// encoding are returned raw.
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).ok()?;
+    s.write_all(body).ok()?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).ok()?;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// The OpenAI-compatible fixture server (FastAPI on uvicorn), on a free port.
+pub struct Fixture {
+    pub proc: Proc,
+    pub port: u16,
+}
+
+impl Fixture {
+    pub fn start(dir: &Path, args: &[&str]) -> Fixture {
+        let port_file = dir.join(format!("fixture-port-{}", args.len()));
+        let _ = fs::remove_file(&port_file);
+        let mut cmd = Command::new(python());
+        cmd.arg(repo_root().join("tests/fixtures/openai_server.py"))
+            .args(["--host", "127.0.0.1", "--port", "0", "--port-file"])
+            .arg(&port_file)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(dir.join("fixture.log")).expect("log"));
+        let mut proc = Proc::spawn("fixture server", &mut cmd);
+        let port = wait_for(
+            "the fixture server to listen",
+            Duration::from_secs(60),
+            || {
+                assert!(
+                    proc.alive(),
+                    "fixture server exited: {}",
+                    fs::read_to_string(dir.join("fixture.log")).unwrap_or_default()
+                );
+                fs::read_to_string(&port_file)
+                    .ok()?
+                    .trim()
+                    .parse::<u16>()
+                    .ok()
+            },
+        );
+        wait_for(
+            "the fixture server's /health",
+            Duration::from_secs(30),
+            || http_get(port, "/health").filter(|(s, _)| *s == 200),
+        );
+        Fixture { proc, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+/// inferscope running as a child process, writing JSONL into the scratch directory.
+pub struct Inferscope {
+    pub proc: Proc,
+    pub jsonl: PathBuf,
+    pub stderr: PathBuf,
+    pub stdout: PathBuf,
+}
+
+impl Inferscope {
+    /// `inferscope <args...> --jsonl <dir>/requests.jsonl --quiet`, waiting until it says
+    /// it traces `ready_pids` (or, if empty, until it started).
+    pub fn start(dir: &Path, args: &[String], ready_pids: &[u32]) -> Inferscope {
+        let jsonl = dir.join("requests.jsonl");
+        let stderr = dir.join("inferscope.stderr");
+        let stdout = dir.join("inferscope.stdout");
+        let _ = fs::remove_file(&jsonl);
+        let mut cmd = Command::new(inferscope_bin());
+        cmd.args(args)
+            .arg("--jsonl")
+            .arg(&jsonl)
+            .env("RUST_LOG", "warn")
+            .stdout(fs::File::create(&stdout).expect("stdout"))
+            .stderr(fs::File::create(&stderr).expect("stderr"));
+        let mut proc = Proc::spawn("inferscope", &mut cmd);
+        wait_for("inferscope to attach", Duration::from_secs(60), || {
+            let text = fs::read_to_string(&stderr).unwrap_or_default();
+            assert!(proc.alive(), "inferscope exited early:\n{text}");
+            let ready = if ready_pids.is_empty() {
+                text.contains("inferscope:")
+            } else {
+                ready_pids
+                    .iter()
+                    .all(|p| text.contains(&format!("tracing pid {p} ")))
+            };
+            ready.then_some(())
+        });
+        Inferscope {
+            proc,
+            jsonl,
+            stderr,
+            stdout,
+        }
+    }
+
+    pub fn attach(dir: &Path, pid: u32, extra: &[&str]) -> Inferscope {
+        let mut args = vec![
+            "attach".to_string(),
+            "--pid".to_string(),
+            pid.to_string(),
+            "--quiet".to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::start(dir, &args, &[pid])
+    }
+
+    /// Stops it with SIGINT and returns its stderr.
+    pub fn stop(&mut self) -> String {
+        assert!(
+            self.proc.stop_with(2, Duration::from_secs(20)),
+            "inferscope did not stop on SIGINT"
+        );
+        let status = self.proc.child.wait().expect("wait");
+        let err = fs::read_to_string(&self.stderr).unwrap_or_default();
+        assert!(status.success(), "inferscope failed ({status}):\n{err}");
+        assert!(!err.contains("panicked"), "inferscope panicked:\n{err}");
+        err
+    }
+
+    /// Every JSONL line of the given type written so far.
+    pub fn lines(&self, ty: &str) -> Vec<Value> {
+        read_jsonl(&self.jsonl)
+            .into_iter()
+            .filter(|v| v["type"] == ty)
+            .collect()
+    }
+
+    pub fn requests(&self) -> Vec<Value> {
+        self.lines("request")
+    }
+
+    /// Waits until at least `n` request lines were written.
+    pub fn wait_requests(&self, n: usize, timeout: Duration) -> Vec<Value> {
+        let start = Instant::now();
+        loop {
+            let r = self.requests();
+            if r.len() >= n || start.elapsed() > timeout {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+pub fn read_jsonl(path: &Path) -> Vec<Value> {
+    let Ok(f) = fs::File::open(path) else {
+        return Vec::new();
+    };
+    BufReader::new(f)
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|l| serde_json::from_str(&l).ok())
+        .collect()
+}
+
+/// Runs the load generator to completion; returns its truth lines (one per request).
+pub fn loadgen(dir: &Path, url: &str, args: &[&str]) -> Vec<Value> {
+    let out = dir.join("truth.jsonl");
+    let _ = fs::remove_file(&out);
+    let log = dir.join("loadgen.log");
+    let status = Command::new(python())
+        .arg(repo_root().join("tests/fixtures/loadgen.py"))
+        .args(["--url", url, "--quiet", "--out"])
+        .arg(&out)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).expect("log"))
+        .status()
+        .expect("loadgen");
+    assert!(
+        status.success(),
+        "loadgen failed: {}",
+        fs::read_to_string(&log).unwrap_or_default()
+    );
+    read_jsonl(&out)
+}
+
+/// Finds inferscope's record for a truth line, by request id.
+pub fn by_id<'a>(records: &'a [Value], id: &str) -> Option<&'a Value> {
+    records
+        .iter()
+        .find(|r| r["request_id"].as_str() == Some(id))
+}
+
+pub fn f(v: &Value) -> Option<f64> {
+    v.as_f64()
+}
+
+/// Median and maximum of absolute differences.
+pub fn stats(diffs: &mut [f64]) -> (f64, f64) {
+    if diffs.is_empty() {
+        return (0.0, 0.0);
+    }
+    diffs.sort_by(|a, b| a.abs().total_cmp(&b.abs()));
+    (diffs[diffs.len() / 2].abs(), diffs[diffs.len() - 1].abs())
+}
+
+/// Names of the BPF programs currently loaded in the kernel.
+pub fn loaded_bpf_programs() -> Vec<String> {
+    aya::programs::loaded_programs()
+        .filter_map(|p| p.ok())
+        .map(|p| p.name_as_str().unwrap_or("").to_string())
+        .collect()
+}

@@ -117,6 +117,9 @@ def build_tokenizer(out_dir: str):
 def build_model(out_dir: str, tok):
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     torch.manual_seed(0)
     torch.use_deterministic_algorithms(True)
@@ -136,7 +139,7 @@ def build_model(out_dir: str, tok):
         eos_token_id=tok.convert_tokens_to_ids(EOS),
         pad_token_id=tok.convert_tokens_to_ids(PAD),
     )
-    cfg.torch_dtype = "float32"
+    cfg.dtype = "float32"
     model = LlamaForCausalLM(cfg).to(torch.float32).eval()
     model.generation_config = GenerationConfig(
         bos_token_id=cfg.bos_token_id,

@@ -67,7 +67,8 @@ else
     rm -f "$stamp"
     done_step
 
-    pip=("$vpy" -m pip --disable-pip-version-check --no-input --progress-bar off)
+    export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 PIP_PROGRESS_BAR=off
+    pip=("$vpy" -m pip)
 
     step "download $VLLM_DIST==$VLLM_VERSION wheel (--no-deps)"
     mkdir -p "$wheels"

@@ -258,7 +258,10 @@ impl Daemon {
                 eprintln!("inferscope: {line}");
             }
             if let Some(j) = &mut self.exporters.jsonl {
-                j.write(&jsonl::health_json(&h, self.exporters.clock.unix_ns(clock::monotonic_ns())));
+                j.write(&jsonl::health_json(
+                    &h,
+                    self.exporters.clock.unix_ns(clock::monotonic_ns()),
+                ));
             }
             self.last_health = h;
             self.last_loss_report = std::time::Instant::now();

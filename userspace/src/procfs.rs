@@ -169,6 +169,9 @@ pub const TCP_LISTEN: u8 = 10;
 
 fn parse_hex_addr(s: &str) -> Option<SocketAddr> {
     let (ip, port) = s.split_once(':')?;
+    if !ip.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
     let port = u16::from_str_radix(port, 16).ok()?;
     let ip = match ip.len() {
         8 => IpAddr::V4(Ipv4Addr::from(
@@ -317,6 +320,10 @@ mod tests {
         let t = parse_tcp_table(v6);
         assert_eq!(t[&777].local, "[::1]:8080".parse().unwrap());
         assert!(parse_tcp_table("garbage\n1 2 3\n").is_empty());
+        // Found by fuzzing: a multi-byte character where hex digits belong.
+        let bad =
+            "h\n 0: 0000000000000000000000000000\u{e9}0:1F90 00000000:0000 0A 0 0 0 0 0 9 1\n";
+        assert!(parse_tcp_table(bad).is_empty());
     }
 
     #[test]

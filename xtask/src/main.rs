@@ -1,1 +1,91 @@
-fn main() {}
+//! Developer tasks, one obvious entry point each:
+//!
+//! - `cargo xtask setup`: install what building and testing need (idempotent).
+//! - `cargo xtask demo`: watch a real OpenAI-compatible server on uvicorn and show what inferscope sees.
+//! - `cargo xtask test`: the whole test suite (what CI runs).
+//! - `cargo xtask bench`: overhead and completeness, measured side by side.
+//! - `cargo xtask fuzz`: run every fuzz target for a while.
+//!
+//! Privileged steps (loading BPF) run the binaries directly when already root, else via `sudo -E`.
+
+mod bench;
+mod demo;
+mod setup;
+mod test;
+mod util;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "inferscope developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the toolchain pieces, system packages and Python environments the build and the
+    /// tests need. Safe to run again: it only installs what is missing.
+    Setup {
+        /// Also install the real vLLM (CPU build, several GB) and its tiny local model.
+        #[arg(long)]
+        vllm: bool,
+    },
+    /// Start a real OpenAI-compatible server (FastAPI on uvicorn), attach inferscope to it, send
+    /// requests, and show inferscope's per-request lines and metrics. With --vllm, a real vLLM.
+    Demo {
+        /// Use a real vLLM (CPU build, tiny local model) instead of the fixture server.
+        #[arg(long)]
+        vllm: bool,
+        /// Requests to send.
+        #[arg(long, default_value_t = 40)]
+        requests: u32,
+    },
+    /// Run the whole test suite: unit and property tests, fuzz smoke, integration tests with
+    /// real BPF programs against real servers, exporters against real Prometheus and OTLP
+    /// receivers, and the real vLLM tier.
+    Test {
+        /// Skip the real-vLLM tier.
+        #[arg(long)]
+        no_vllm: bool,
+        /// Seconds to run each fuzz target.
+        #[arg(long, default_value_t = 20)]
+        fuzz_seconds: u64,
+        /// Only these integration tests (substring filter passed to cargo test).
+        #[arg(long)]
+        filter: Option<String>,
+    },
+    /// Measure overhead (throughput with and without inferscope, side by side), completeness at
+    /// the highest sustained load, and inferscope's own CPU and memory.
+    Bench {
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 15)]
+        seconds: u64,
+        /// Alternating rounds (with, without) per configuration.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Write the report (markdown) here as well as to stdout.
+        #[arg(long)]
+        report: Option<std::path::PathBuf>,
+    },
+    /// Run each fuzz target for a while (cargo-fuzz, nightly).
+    Fuzz {
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only this target.
+        target: Option<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Setup { vllm } => setup::all(vllm),
+        Cmd::Demo { vllm, requests } => demo::run(vllm, requests),
+        Cmd::Test { no_vllm, fuzz_seconds, filter } => test::run(!no_vllm, fuzz_seconds, filter.as_deref()),
+        Cmd::Bench { seconds, rounds, report } => bench::run(seconds, rounds, report.as_deref()),
+        Cmd::Fuzz { seconds, target } => test::fuzz(seconds, target.as_deref()),
+    }
+}

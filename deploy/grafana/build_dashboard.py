@@ -1,0 +1,385 @@
+#!/usr/bin/env python3
+"""Writes inferscope-dashboard.json (the Grafana dashboard) next to this file.
+
+The JSON is generated so that every panel follows the same conventions (datasource variable,
+filters, units); edit this script, not the JSON, then run:
+
+    python3 deploy/grafana/build_dashboard.py
+    python3 deploy/grafana/check_dashboard.py --url http://HOST:9464/metrics
+
+Standard library only.
+"""
+import json
+import os
+
+DS = {"type": "prometheus", "uid": "${datasource}"}
+
+# Target filter (every inferscope series) and request filter (series with LLM labels).
+T = 'job=~"$job", instance=~"$instance"'
+R = T + ', gen_ai_request_model=~"$model", server_port=~"$server_port"'
+RI = "[$__rate_interval]"
+
+_next_id = [0]
+
+
+def _id():
+    _next_id[0] += 1
+    return _next_id[0]
+
+
+def target(expr, legend="", ref="A", instant=False):
+    t = {"datasource": DS, "expr": expr, "legendFormat": legend or "__auto", "refId": ref}
+    if instant:
+        t.update({"instant": True, "range": False, "format": "time_series"})
+    else:
+        t.update({"range": True})
+    return t
+
+
+def targets(*pairs):
+    return [target(e, l, chr(ord("A") + i)) for i, (e, l) in enumerate(pairs)]
+
+
+def timeseries(title, tgts, x, y, w=12, h=8, unit="short", desc="", stack=False, min0=True,
+               draw="line"):
+    return {
+        "id": _id(),
+        "type": "timeseries",
+        "title": title,
+        "description": desc,
+        "datasource": DS,
+        "gridPos": {"x": x, "y": y, "w": w, "h": h},
+        "targets": tgts,
+        "fieldConfig": {
+            "defaults": {
+                "unit": unit,
+                **({"min": 0} if min0 else {}),
+                "custom": {
+                    "drawStyle": draw,
+                    "lineWidth": 1,
+                    "fillOpacity": 20 if stack else 0,
+                    "showPoints": "never",
+                    "spanNulls": False,
+                    "stacking": {"mode": "normal" if stack else "none", "group": "A"},
+                },
+            },
+            "overrides": [],
+        },
+        "options": {
+            "legend": {"displayMode": "table", "placement": "bottom", "calcs": ["mean", "max", "lastNotNull"]},
+            "tooltip": {"mode": "multi", "sort": "desc"},
+        },
+    }
+
+
+def stat(title, tgts, x, y, w=4, h=4, unit="short", desc="", decimals=None, thresholds=None):
+    d = {"unit": unit, "color": {"mode": "thresholds"}}
+    if decimals is not None:
+        d["decimals"] = decimals
+    d["thresholds"] = {
+        "mode": "absolute",
+        "steps": thresholds or [{"color": "green", "value": None}],
+    }
+    return {
+        "id": _id(),
+        "type": "stat",
+        "title": title,
+        "description": desc,
+        "datasource": DS,
+        "gridPos": {"x": x, "y": y, "w": w, "h": h},
+        "targets": tgts,
+        "fieldConfig": {"defaults": d, "overrides": []},
+        "options": {
+            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+            "colorMode": "value",
+            "graphMode": "area",
+            "justifyMode": "auto",
+            "textMode": "auto",
+            "orientation": "auto",
+        },
+    }
+
+
+def piechart(title, tgts, x, y, w=6, h=8, desc=""):
+    return {
+        "id": _id(),
+        "type": "piechart",
+        "title": title,
+        "description": desc,
+        "datasource": DS,
+        "gridPos": {"x": x, "y": y, "w": w, "h": h},
+        "targets": tgts,
+        "fieldConfig": {"defaults": {"unit": "short"}, "overrides": []},
+        "options": {
+            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+            "pieType": "donut",
+            "legend": {"displayMode": "table", "placement": "right", "values": ["value", "percent"]},
+            "tooltip": {"mode": "single"},
+        },
+    }
+
+
+def row(title, y, collapsed=False):
+    return {"id": _id(), "type": "row", "title": title, "collapsed": collapsed,
+            "gridPos": {"x": 0, "y": y, "w": 24, "h": 1}, "panels": []}
+
+
+def quantiles(metric, flt=R, extra_by=""):
+    by = "le" + (", " + extra_by if extra_by else "")
+    return [
+        target(
+            f"histogram_quantile({q}, sum by ({by}) (rate({metric}_bucket{{{flt}}}{RI})))",
+            f"p{int(q * 100)}" + (" {{" + extra_by + "}}" if extra_by else ""),
+            chr(ord("A") + i),
+        )
+        for i, q in enumerate((0.5, 0.9, 0.99))
+    ]
+
+
+def variable_query(name, label, query, multi=True, all_value=None, hide=0, desc=""):
+    v = {
+        "name": name,
+        "label": label,
+        "description": desc,
+        "type": "query",
+        "datasource": DS,
+        "query": {"query": query, "refId": f"{name}-var"},
+        "definition": query,
+        "refresh": 2,
+        "sort": 1,
+        "multi": multi,
+        "includeAll": True,
+        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+        "hide": hide,
+        "options": [],
+        "regex": "",
+    }
+    if all_value is not None:
+        v["allValue"] = all_value
+    return v
+
+
+def build():
+    p = []
+    y = 0
+
+    # --- overview -----------------------------------------------------------------------
+    p.append(stat("Requests / s", [target(f"sum(rate(inferscope_requests_total{{{R}}}{RI}))", "req/s")],
+                  0, y, unit="reqps", desc="Finished HTTP requests per second (all routes).", decimals=2))
+    p.append(stat("LLM error ratio", [target(
+        f'sum(rate(gen_ai_server_request_duration_seconds_count{{{R}, error_type!=""}}{RI}))'
+        f" / sum(rate(gen_ai_server_request_duration_seconds_count{{{R}}}{RI}))", "errors")],
+        4, y, unit="percentunit", decimals=2,
+        desc="Share of LLM requests with an error_type (HTTP >= 400, error body, no response, incomplete response).",
+        thresholds=[{"color": "green", "value": None}, {"color": "orange", "value": 0.01},
+                    {"color": "red", "value": 0.05}]))
+    p.append(stat("In flight", [target(f"sum(inferscope_requests_in_flight{{{T}}})", "in flight")],
+                  8, y, desc="Requests whose head was seen and whose response has not ended (all models and ports: this gauge has no model label)."))
+    p.append(stat("TTFT p90", [target(
+        f"histogram_quantile(0.9, sum by (le) (rate(gen_ai_server_time_to_first_token_seconds_bucket{{{R}}}{RI})))", "p90")],
+        12, y, unit="s", decimals=3, desc="Time to first token, 90th percentile (streamed requests)."))
+    p.append(stat("Output tokens / s", [target(
+        f'sum(rate(gen_ai_server_token_usage_sum{{{R}, gen_ai_token_type="output"}}{RI}))', "tok/s")],
+        16, y, decimals=1, desc="Completion tokens per second, from `usage` (or counted stream chunks when the server sends no usage)."))
+    p.append(stat("Agents", [target(f"count(inferscope_build_info{{{T}}})", "agents")],
+                  20, y, desc="inferscope processes (nodes) reporting."))
+    y += 4
+
+    # --- traffic ------------------------------------------------------------------------
+    p.append(row("Traffic", y)); y += 1
+    p.append(timeseries("Request rate by route and status", [target(
+        f"sum by (http_route, http_response_status_code) (rate(inferscope_requests_total{{{R}}}{RI}))",
+        "{{http_route}} {{http_response_status_code}}")], 0, y, unit="reqps", stack=True,
+        desc="Finished HTTP requests per second. Routes outside the OpenAI/vLLM/SGLang set read `other`; status `none` = no response seen."))
+    p.append(timeseries("Error ratio", targets(
+        (f'sum(rate(gen_ai_server_request_duration_seconds_count{{{R}, error_type!=""}}{RI}))'
+         f" / sum(rate(gen_ai_server_request_duration_seconds_count{{{R}}}{RI}))", "LLM requests with an error"),
+        (f'sum(rate(inferscope_requests_total{{{R}, http_response_status_code=~"5.."}}{RI}))'
+         f" / sum(rate(inferscope_requests_total{{{R}}}{RI}))", "HTTP 5xx (all routes)"),
+        (f'sum(rate(inferscope_requests_total{{{R}, http_response_status_code=~"4.."}}{RI}))'
+         f" / sum(rate(inferscope_requests_total{{{R}}}{RI}))", "HTTP 4xx (all routes)"),
+    ), 12, y, unit="percentunit", desc="Share of requests that failed."))
+    y += 8
+    p.append(timeseries("In-flight requests", [target(
+        f"sum by (instance) (inferscope_requests_in_flight{{{T}}})", "{{instance}}")], 0, y, unit="short",
+        desc="Per agent (node). Not filtered by model or port: the gauge has no such labels."))
+    p.append(timeseries("LLM requests by model and operation", [target(
+        f"sum by (gen_ai_request_model, gen_ai_operation_name) (rate(gen_ai_server_request_duration_seconds_count{{{R}}}{RI}))",
+        "{{gen_ai_request_model}} {{gen_ai_operation_name}}")], 12, y, unit="reqps", stack=True))
+    y += 8
+
+    # --- latency ------------------------------------------------------------------------
+    p.append(row("Latency", y)); y += 1
+    p.append(timeseries("Time to first token (p50 / p90 / p99)",
+                        quantiles("gen_ai_server_time_to_first_token_seconds"), 0, y, unit="s",
+                        desc="From the first request byte to the first streamed chunk with output. Streamed requests only."))
+    p.append(timeseries("End-to-end request duration (p50 / p90 / p99)",
+                        quantiles("gen_ai_server_request_duration_seconds"), 12, y, unit="s",
+                        desc="From the first request byte to the last response byte, all LLM requests (errors included)."))
+    y += 8
+    p.append(timeseries("Time per output token (p50 / p90 / p99)",
+                        quantiles("gen_ai_server_time_per_output_token_seconds"), 0, y, unit="s",
+                        desc="Per request: (last token time - first token time) / (output tokens - 1)."))
+    p.append(timeseries("Inter-token latency (p50 / p90 / p99)",
+                        quantiles("gen_ai_server_inter_token_latency_seconds"), 12, y, unit="s",
+                        desc="Gap between consecutive streamed chunks of one choice (one observation per gap)."))
+    y += 8
+    p.append(timeseries("TTFT p90 by model",
+                        [target(
+                            f"histogram_quantile(0.9, sum by (le, gen_ai_request_model) (rate(gen_ai_server_time_to_first_token_seconds_bucket{{{R}}}{RI})))",
+                            "{{gen_ai_request_model}}")], 0, y, unit="s"))
+    p.append(timeseries("Duration p90 by model",
+                        [target(
+                            f"histogram_quantile(0.9, sum by (le, gen_ai_request_model) (rate(gen_ai_server_request_duration_seconds_bucket{{{R}}}{RI})))",
+                            "{{gen_ai_request_model}}")], 12, y, unit="s"))
+    y += 8
+
+    # --- tokens -------------------------------------------------------------------------
+    p.append(row("Tokens", y)); y += 1
+    p.append(timeseries("Tokens / s (input and output)", [target(
+        f"sum by (gen_ai_token_type) (rate(gen_ai_server_token_usage_sum{{{R}}}{RI}))", "{{gen_ai_token_type}}")],
+        0, y, unit="short",
+        desc="input = prompt tokens, output = completion tokens (from `usage`; for streams without usage, output counts chunks)."))
+    p.append(timeseries("Output tokens / s by model", [target(
+        f'sum by (gen_ai_request_model) (rate(gen_ai_server_token_usage_sum{{{R}, gen_ai_token_type="output"}}{RI}))',
+        "{{gen_ai_request_model}}")], 12, y, unit="short", stack=True))
+    y += 8
+    p.append(timeseries("Mean tokens per request", [target(
+        f"sum by (gen_ai_token_type) (rate(gen_ai_server_token_usage_sum{{{R}}}{RI}))"
+        f" / sum by (gen_ai_token_type) (rate(gen_ai_server_token_usage_count{{{R}}}{RI}))", "{{gen_ai_token_type}}")],
+        0, y, unit="short"))
+    p.append(timeseries("Output tokens per request (p50 / p90 / p99)", [target(
+        f'histogram_quantile({q}, sum by (le) (rate(gen_ai_server_token_usage_bucket{{{R}, gen_ai_token_type="output"}}{RI})))',
+        f"p{int(q * 100)}", chr(ord("A") + i)) for i, q in enumerate((0.5, 0.9, 0.99))],
+        12, y, unit="short", desc="Coarse: the token buckets are powers of 4."))
+    y += 8
+
+    # --- outcomes -----------------------------------------------------------------------
+    p.append(row("Outcomes", y)); y += 1
+    p.append(timeseries("Finish reasons", [target(
+        f'sum by (gen_ai_response_finish_reason) (rate(inferscope_requests_total{{{R}, gen_ai_operation_name!="other"}}{RI}))',
+        "{{gen_ai_response_finish_reason}}")], 0, y, w=9, unit="reqps", stack=True,
+        desc="stop, length, tool_calls, ...; abort = the client went away; none = no finish reason seen (errors, incomplete)."))
+    p.append(piechart("Finish reasons (time range)", [target(
+        f'sum by (gen_ai_response_finish_reason) (increase(inferscope_requests_total{{{R}, gen_ai_operation_name!="other"}}[$__range]))',
+        "{{gen_ai_response_finish_reason}}", instant=True)], 9, y, w=6))
+    p.append(timeseries("Aborted and incomplete requests", targets(
+        (f'sum by (gen_ai_request_model) (rate(inferscope_requests_total{{{R}, gen_ai_response_finish_reason="abort"}}{RI}))',
+         "aborted {{gen_ai_request_model}}"),
+        (f"sum(rate(inferscope_incomplete_requests_total{{{T}}}{RI}))", "incomplete (all models)"),
+    ), 15, y, w=9, unit="reqps",
+        desc="aborted: the client closed the connection before the response ended (finish_reason=\"abort\"). incomplete: reported without their end (lost bytes, closed connection, exited process)."))
+    y += 8
+    p.append(timeseries("LLM errors by type", [target(
+        f'sum by (error_type) (rate(gen_ai_server_request_duration_seconds_count{{{R}, error_type!=""}}{RI}))',
+        "{{error_type}}")], 0, y, w=24, unit="reqps", stack=True,
+        desc="error_type: HTTP status (>= 400), the error type from the response body, no_response or incomplete_response."))
+    y += 8
+
+    # --- inferscope health --------------------------------------------------------------
+    p.append(row("inferscope health", y)); y += 1
+    p.append(timeseries("Ring-buffer and kernel-side drops", [target(
+        f"sum by (instance, reason) (rate(inferscope_dropped_events_total{{{T}}}{RI}))", "{{instance}} {{reason}}")],
+        0, y, w=8, unit="short",
+        desc="Records lost before user space saw them. ring_buffer_full: raise --ring-buffer-size or give inferscope more CPU."))
+    p.append(timeseries("Lost stream bytes", targets(
+        (f"sum by (instance) (rate(inferscope_capture_lost_bytes_total{{{T}}}{RI}))", "lost bytes/s {{instance}}"),
+    ), 8, y, w=8, unit="Bps", desc="Stream bytes known to be missing (truncation or ring-buffer loss)."))
+    p.append(timeseries("Capture gaps and truncated syscalls", targets(
+        (f"sum by (instance) (rate(inferscope_capture_gaps_total{{{T}}}{RI}))", "gaps {{instance}}"),
+        (f"sum by (instance) (rate(inferscope_capture_truncated_syscalls_total{{{T}}}{RI}))", "truncated {{instance}}"),
+    ), 16, y, w=8, unit="short"))
+    y += 8
+    p.append(timeseries("Parse errors by cause", [target(
+        f"sum by (protocol, cause) (rate(inferscope_parse_errors_total{{{T}}}{RI}))", "{{protocol}} {{cause}}")],
+        0, y, w=8, unit="short"))
+    p.append(timeseries("Export errors", [target(
+        f"sum by (instance, exporter) (rate(inferscope_export_errors_total{{{T}}}{RI}))", "{{instance}} {{exporter}}")],
+        8, y, w=8, unit="short", desc="Failed exports (OTLP traces / metrics, JSONL). No series until the first failure."))
+    p.append(timeseries("Attached processes and tracked connections", targets(
+        (f"sum by (instance) (inferscope_attached_processes{{{T}}})", "processes {{instance}}"),
+        (f"sum by (instance) (inferscope_tracked_connections{{{T}}})", "connections {{instance}}"),
+    ), 16, y, w=8, unit="short", desc="0 attached processes = no vLLM / SGLang / --match server found on that node."))
+    y += 8
+    p.append(timeseries("inferscope CPU", [target(
+        f"rate(process_cpu_seconds_total{{{T}}}[5m]) and on (job, instance) inferscope_build_info",
+        "{{instance}}")], 0, y, w=8, unit="percentunit",
+        desc="CPU used by inferscope itself (cores). process_cpu_seconds_total is exported in whole seconds, so a 5m window is used."))
+    p.append(timeseries("inferscope RSS", [target(
+        f"process_resident_memory_bytes{{{T}}} and on (job, instance) inferscope_build_info", "{{instance}}")],
+        8, y, w=8, unit="bytes", desc="Resident memory of the inferscope process. Includes the touched pages of the mapped BPF ring buffer (16 MiB by default, mapped twice); heap is usually a few MiB."))
+    p.append(timeseries("BPF events and captured bytes", targets(
+        (f"sum by (kind) (rate(inferscope_bpf_events_total{{{T}}}{RI}))", "events {{kind}}"),
+        (f"sum(rate(inferscope_captured_bytes_total{{{T}}}{RI}))", "captured bytes"),
+        (f"sum(rate(inferscope_socket_bytes_total{{{T}}}{RI}))", "socket bytes"),
+    ), 16, y, w=8, unit="short"))
+    y += 8
+
+    templating = [
+        {
+            "name": "datasource",
+            "label": "Prometheus",
+            "type": "datasource",
+            "query": "prometheus",
+            "current": {},
+            "hide": 0,
+            "refresh": 1,
+            "regex": "",
+            "options": [],
+        },
+        variable_query("job", "Job", "label_values(inferscope_build_info, job)",
+                       desc="Scrape jobs that collect inferscope (jobs with inferscope_build_info)."),
+        variable_query("instance", "Agent", 'label_values(inferscope_build_info{job=~"$job"}, instance)',
+                       all_value=".*"),
+        variable_query("model", "Model",
+                       'label_values(inferscope_requests_total{job=~"$job", instance=~"$instance"}, gen_ai_request_model)',
+                       all_value=".*", desc="gen_ai_request_model (\"none\" for non-LLM routes, \"other\" past --max-models)."),
+        variable_query("server_port", "Server port",
+                       'label_values(inferscope_requests_total{job=~"$job", instance=~"$instance"}, server_port)',
+                       all_value=".*", desc="Port of the inference server (empty when inferscope could not read it)."),
+    ]
+
+    return {
+        "__requires": [
+            {"type": "grafana", "id": "grafana", "name": "Grafana", "version": "10.4.0"},
+            {"type": "datasource", "id": "prometheus", "name": "Prometheus", "version": "1.0.0"},
+            {"type": "panel", "id": "timeseries", "name": "Time series", "version": ""},
+            {"type": "panel", "id": "stat", "name": "Stat", "version": ""},
+            {"type": "panel", "id": "piechart", "name": "Pie chart", "version": ""},
+        ],
+        "uid": "inferscope-llm",
+        "title": "inferscope: LLM inference servers",
+        "description": "Per-request metrics of vLLM / SGLang / OpenAI-compatible servers, measured by inferscope with eBPF, and inferscope's own health.",
+        "tags": ["inferscope", "llm", "vllm", "sglang", "ebpf"],
+        "editable": True,
+        "graphTooltip": 1,
+        "schemaVersion": 39,
+        "version": 1,
+        "time": {"from": "now-1h", "to": "now"},
+        "refresh": "30s",
+        "timezone": "",
+        "fiscalYearStartMonth": 0,
+        "liveNow": False,
+        "weekStart": "",
+        "timepicker": {},
+        "links": [],
+        "annotations": {"list": [{
+            "builtIn": 1,
+            "datasource": {"type": "grafana", "uid": "-- Grafana --"},
+            "enable": True,
+            "hide": True,
+            "iconColor": "rgba(0, 211, 255, 1)",
+            "name": "Annotations & Alerts",
+            "type": "dashboard",
+        }]},
+        "templating": {"list": templating},
+        "panels": p,
+    }
+
+
+if __name__ == "__main__":
+    out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "inferscope-dashboard.json")
+    with open(out, "w") as f:
+        json.dump(build(), f, indent=2)
+        f.write("\n")
+    print(f"wrote {out}")

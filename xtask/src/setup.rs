@@ -1,0 +1,91 @@
+//! Installs what is missing, and nothing else: nightly with rust-src and bpf-linker 0.10.3 (to
+//! build the BPF programs), cargo-fuzz, Debian's prometheus and curl (tests), and the Python
+//! virtualenvs for the fixture server and the OTLP receiver. Optionally the real vLLM.
+
+use std::process::Command;
+
+use anyhow::{Context as _, Result};
+
+use crate::util::{self, output, root, run};
+
+const BPF_LINKER: &str = "0.10.3";
+
+pub fn toolchain() -> Result<()> {
+    let toolchains = output(Command::new("rustup").args(["toolchain", "list"])).context("rustup is required (https://rustup.rs)")?;
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal", "--component", "rust-src"]))?;
+    }
+    let components = output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"])).unwrap_or_default();
+    if !components.lines().any(|l| l.starts_with("rust-src")) {
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    }
+    let linker = output(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
+    if !linker.contains(BPF_LINKER) {
+        run(Command::new("cargo").args(["install", "bpf-linker", "--version", BPF_LINKER, "--locked", "--force"]))?;
+    }
+    Ok(())
+}
+
+pub fn cargo_fuzz() -> Result<()> {
+    if output(Command::new("cargo").args(["fuzz", "--version"])).is_none() {
+        run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
+    }
+    Ok(())
+}
+
+fn apt(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p])).is_none_or(|s| !s.contains("install ok installed")))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut update = util::privileged("apt-get");
+    update.args(["update", "-q"]).env("DEBIAN_FRONTEND", "noninteractive");
+    run(&mut update)?;
+    let mut install = util::privileged("apt-get");
+    install.args(["install", "-y", "-q", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive");
+    run(&mut install)
+}
+
+/// The virtualenv with the fixture server and load generator's packages.
+pub fn python_env() -> Result<()> {
+    let root = root();
+    let req = root.join("tests/requirements.txt");
+    let venv = root.join(".venv");
+    let stamp = venv.join(".requirements");
+    let want = std::fs::read_to_string(&req).context("tests/requirements.txt")?;
+    if util::python().exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(want.as_str()) {
+        return Ok(());
+    }
+    run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    run(Command::new(util::python()).args(["-m", "pip", "install", "-q", "--disable-pip-version-check", "-r"]).arg(&req))?;
+    std::fs::write(stamp, want)?;
+    Ok(())
+}
+
+/// The receivers' virtualenv and the Prometheus server binary.
+pub fn receivers() -> Result<()> {
+    let root = root();
+    run(Command::new(root.join("tests/receivers/venv.sh")).stdout(std::process::Stdio::null()))?;
+    run(util::privileged(root.join("tests/receivers/prometheus.sh")).arg("install"))
+}
+
+pub fn vllm() -> Result<()> {
+    run(&mut Command::new(root().join("tests/vllm/setup.sh")))
+}
+
+pub fn all(with_vllm: bool) -> Result<()> {
+    toolchain()?;
+    apt(&["curl"])?;
+    python_env()?;
+    receivers()?;
+    cargo_fuzz()?;
+    if with_vllm {
+        vllm()?;
+    }
+    eprintln!("setup: everything is installed");
+    Ok(())
+}

@@ -3,24 +3,14 @@
 use anyhow::{Context as _, anyhow};
 
 fn main() -> anyhow::Result<()> {
-    let metadata = cargo_metadata::MetadataCommand::new()
-        .no_deps()
-        .exec()
-        .context("cargo metadata")?;
+    let metadata = cargo_metadata::MetadataCommand::new().no_deps().exec().context("cargo metadata")?;
     let pkg = metadata
         .packages
         .into_iter()
         .find(|p| p.name.as_str() == "inferscope-ebpf")
         .ok_or_else(|| anyhow!("inferscope-ebpf package not found"))?;
-    let root = pkg
-        .manifest_path
-        .parent()
-        .ok_or_else(|| anyhow!("no parent for {}", pkg.manifest_path))?;
-    let package = aya_build::Package {
-        name: pkg.name.as_str(),
-        root_dir: root.as_str(),
-        ..Default::default()
-    };
+    let root = pkg.manifest_path.parent().ok_or_else(|| anyhow!("no parent for {}", pkg.manifest_path))?;
+    let package = aya_build::Package { name: pkg.name.as_str(), root_dir: root.as_str(), ..Default::default() };
     aya_build::build_ebpf([package], aya_build::Toolchain::default()).map_err(|e| {
         anyhow!(
             "building the BPF programs failed ({e:#}).\n\

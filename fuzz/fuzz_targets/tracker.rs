@@ -33,6 +33,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
                 bytes: &tail[..n],
                 truncated: hdr[0] & 16 != 0,
                 eof: hdr[0] & 32 != 0,
+                arrival_ns: 0,
             }),
         };
         t.handle(&ev, &mut out);

@@ -14,10 +14,7 @@ use std::{
 use serde_json::Value;
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ lives in the repository")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ lives in the repository").to_path_buf()
 }
 
 fn must_exist(p: PathBuf, what: &str) -> PathBuf {
@@ -47,10 +44,7 @@ pub fn python() -> PathBuf {
 
 /// Python with the OTLP receiver's packages.
 pub fn receiver_python() -> PathBuf {
-    must_exist(
-        repo_root().join("tests/receivers/.venv/bin/python"),
-        "the receivers' virtualenv",
-    )
+    must_exist(repo_root().join("tests/receivers/.venv/bin/python"), "the receivers' virtualenv")
 }
 
 /// A fresh scratch directory for one test.
@@ -61,7 +55,8 @@ pub fn scratch(name: &str) -> PathBuf {
     d
 }
 
-/// A child process that is stopped (SIGTERM, then SIGKILL) when dropped.
+/// A child process, in a process group of its own, stopped with its whole group (SIGTERM,
+/// then SIGKILL) when dropped: no grandchild outlives a test.
 pub struct Proc {
     pub child: Child,
     pub name: String,
@@ -69,13 +64,10 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Proc {
-            child,
-            name: name.to_string(),
-        }
+        use std::os::unix::process::CommandExt;
+        let child =
+            cmd.process_group(0).stdin(Stdio::null()).spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc { child, name: name.to_string() }
     }
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -102,10 +94,13 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        let group = -(self.child.id() as i32);
         if self.alive() && !self.stop_with(15, Duration::from_secs(5)) {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        // Whatever the process left behind in its group.
+        unsafe { libc_kill(group, 9) };
     }
 }
 
@@ -120,10 +115,7 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
         if let Some(v) = f() {
             return v;
         }
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -135,13 +127,7 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 
 /// One HTTP/1.1 request with `Connection: close`; returns (status, body). Bodies in chunked
 /// encoding are returned raw.
-pub fn http(
-    port: u16,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Option<(u16, String)> {
+pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Option<(u16, String)> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
     let mut req = format!(
@@ -158,10 +144,7 @@ pub fn http(
     s.read_to_end(&mut out).ok()?;
     let text = String::from_utf8_lossy(&out).into_owned();
     let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Some((status, body))
 }
 
@@ -183,27 +166,17 @@ impl Fixture {
             .stdout(Stdio::null())
             .stderr(fs::File::create(dir.join("fixture.log")).expect("log"));
         let mut proc = Proc::spawn("fixture server", &mut cmd);
-        let port = wait_for(
-            "the fixture server to listen",
-            Duration::from_secs(60),
-            || {
-                assert!(
-                    proc.alive(),
-                    "fixture server exited: {}",
-                    fs::read_to_string(dir.join("fixture.log")).unwrap_or_default()
-                );
-                fs::read_to_string(&port_file)
-                    .ok()?
-                    .trim()
-                    .parse::<u16>()
-                    .ok()
-            },
-        );
-        wait_for(
-            "the fixture server's /health",
-            Duration::from_secs(30),
-            || http_get(port, "/health").filter(|(s, _)| *s == 200),
-        );
+        let port = wait_for("the fixture server to listen", Duration::from_secs(60), || {
+            assert!(
+                proc.alive(),
+                "fixture server exited: {}",
+                fs::read_to_string(dir.join("fixture.log")).unwrap_or_default()
+            );
+            fs::read_to_string(&port_file).ok()?.trim().parse::<u16>().ok()
+        });
+        wait_for("the fixture server's /health", Duration::from_secs(30), || {
+            http_get(port, "/health").filter(|(s, _)| *s == 200)
+        });
         Fixture { proc, port }
     }
 
@@ -242,37 +215,22 @@ impl Inferscope {
             let ready = if ready_pids.is_empty() {
                 text.contains("inferscope:")
             } else {
-                ready_pids
-                    .iter()
-                    .all(|p| text.contains(&format!("tracing pid {p} ")))
+                ready_pids.iter().all(|p| text.contains(&format!("tracing pid {p} ")))
             };
             ready.then_some(())
         });
-        Inferscope {
-            proc,
-            jsonl,
-            stderr,
-            stdout,
-        }
+        Inferscope { proc, jsonl, stderr, stdout }
     }
 
     pub fn attach(dir: &Path, pid: u32, extra: &[&str]) -> Inferscope {
-        let mut args = vec![
-            "attach".to_string(),
-            "--pid".to_string(),
-            pid.to_string(),
-            "--quiet".to_string(),
-        ];
+        let mut args = vec!["attach".to_string(), "--pid".to_string(), pid.to_string(), "--quiet".to_string()];
         args.extend(extra.iter().map(|s| s.to_string()));
         Self::start(dir, &args, &[pid])
     }
 
     /// Stops it with SIGINT and returns its stderr.
     pub fn stop(&mut self) -> String {
-        assert!(
-            self.proc.stop_with(2, Duration::from_secs(20)),
-            "inferscope did not stop on SIGINT"
-        );
+        assert!(self.proc.stop_with(2, Duration::from_secs(20)), "inferscope did not stop on SIGINT");
         let status = self.proc.child.wait().expect("wait");
         let err = fs::read_to_string(&self.stderr).unwrap_or_default();
         assert!(status.success(), "inferscope failed ({status}):\n{err}");
@@ -282,10 +240,7 @@ impl Inferscope {
 
     /// Every JSONL line of the given type written so far.
     pub fn lines(&self, ty: &str) -> Vec<Value> {
-        read_jsonl(&self.jsonl)
-            .into_iter()
-            .filter(|v| v["type"] == ty)
-            .collect()
+        read_jsonl(&self.jsonl).into_iter().filter(|v| v["type"] == ty).collect()
     }
 
     pub fn requests(&self) -> Vec<Value> {
@@ -309,11 +264,7 @@ pub fn read_jsonl(path: &Path) -> Vec<Value> {
     let Ok(f) = fs::File::open(path) else {
         return Vec::new();
     };
-    BufReader::new(f)
-        .lines()
-        .map_while(Result::ok)
-        .filter_map(|l| serde_json::from_str(&l).ok())
-        .collect()
+    BufReader::new(f).lines().map_while(Result::ok).filter_map(|l| serde_json::from_str(&l).ok()).collect()
 }
 
 /// Runs the load generator to completion; returns its truth lines (one per request).
@@ -330,19 +281,37 @@ pub fn loadgen(dir: &Path, url: &str, args: &[&str]) -> Vec<Value> {
         .stderr(fs::File::create(&log).expect("log"))
         .status()
         .expect("loadgen");
-    assert!(
-        status.success(),
-        "loadgen failed: {}",
-        fs::read_to_string(&log).unwrap_or_default()
-    );
+    assert!(status.success(), "loadgen failed: {}", fs::read_to_string(&log).unwrap_or_default());
+    read_jsonl(&out)
+}
+
+/// Runs the Rust load client (tests/src/bin/inferscope-load.rs) to completion; returns its
+/// truth lines. Its timestamps are taken at its syscalls, so they stay accurate when a Python
+/// client on the same cores would lag.
+pub fn rust_load(dir: &Path, url: &str, args: &[&str]) -> Vec<Value> {
+    let out = dir.join("rust-truth.jsonl");
+    let _ = fs::remove_file(&out);
+    let log = dir.join("rust-load.log");
+    // Built by cargo next to the test executables (target/<profile>/inferscope-load).
+    let exe = std::env::current_exe().expect("test executable");
+    let bin = exe.parent().and_then(|d| d.parent()).expect("target dir").join("inferscope-load");
+    // A higher priority keeps its timestamps prompt when the server saturates the CPU.
+    let status = Command::new("nice")
+        .args(["-n", "-10"])
+        .arg(must_exist(bin, "the inferscope-load client"))
+        .args(["--url", url, "--out"])
+        .arg(&out)
+        .args(args)
+        .stderr(fs::File::create(&log).expect("log"))
+        .status()
+        .expect("inferscope-load");
+    assert!(status.success(), "inferscope-load failed: {}", fs::read_to_string(&log).unwrap_or_default());
     read_jsonl(&out)
 }
 
 /// Finds inferscope's record for a truth line, by request id.
 pub fn by_id<'a>(records: &'a [Value], id: &str) -> Option<&'a Value> {
-    records
-        .iter()
-        .find(|r| r["request_id"].as_str() == Some(id))
+    records.iter().find(|r| r["request_id"].as_str() == Some(id))
 }
 
 pub fn f(v: &Value) -> Option<f64> {
@@ -360,8 +329,5 @@ pub fn stats(diffs: &mut [f64]) -> (f64, f64) {
 
 /// Names of the BPF programs currently loaded in the kernel.
 pub fn loaded_bpf_programs() -> Vec<String> {
-    aya::programs::loaded_programs()
-        .filter_map(|p| p.ok())
-        .map(|p| p.name_as_str().unwrap_or("").to_string())
-        .collect()
+    aya::programs::loaded_programs().filter_map(|p| p.ok()).map(|p| p.name_as_str().unwrap_or("").to_string()).collect()
 }

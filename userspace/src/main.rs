@@ -17,34 +17,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let (target, opts) = match cli.command {
         Command::Doctor => return ExitCode::from(doctor::run() as u8),
-        Command::Attach {
-            pid,
-            no_children,
-            opts,
-        } => (
-            Target::Pid {
-                pid,
-                children: !no_children,
-            },
-            opts,
-        ),
-        Command::Run {
-            matches,
-            discover_interval,
-            opts,
-        } => (
-            Target::Discover {
-                matches,
-                interval: Duration::from_secs_f64(discover_interval.max(0.1)),
-            },
-            opts,
-        ),
+        Command::Attach { pid, no_children, opts } => (Target::Pid { pid, children: !no_children }, opts),
+        Command::Run { matches, discover_interval, opts } => {
+            (Target::Discover { matches, interval: Duration::from_secs_f64(discover_interval.max(0.1)) }, opts)
+        }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("inferscope: cannot start the async runtime: {e}");

@@ -2,6 +2,7 @@
 
 use anyhow::{Result, bail};
 
+pub const CAP_DAC_READ_SEARCH: u32 = 2;
 pub const CAP_SYS_ADMIN: u32 = 21;
 pub const CAP_SYS_PTRACE: u32 = 19;
 pub const CAP_PERFMON: u32 = 38;
@@ -15,10 +16,7 @@ pub fn effective_caps() -> u64 {
 
 /// Parses the `CapEff:` line of a /proc/PID/status text.
 pub fn parse_cap_eff(status: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    status.lines().find_map(|l| l.strip_prefix("CapEff:")).and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
 }
 
 pub fn has_cap(caps: u64, cap: u32) -> bool {
@@ -37,6 +35,29 @@ pub fn missing_for_bpf(caps: u64) -> Vec<&'static str> {
         missing.push("CAP_PERFMON");
     }
     missing
+}
+
+/// Capabilities that are not required but whose absence loses something, with what is lost.
+pub fn missing_optional(caps: u64) -> Vec<(&'static str, &'static str)> {
+    let mut out = Vec::new();
+    if !has_cap(caps, CAP_SYS_PTRACE) {
+        out.push((
+            "CAP_SYS_PTRACE",
+            "sockets opened before attaching and server ports of other users' processes are not seen",
+        ));
+    }
+    if !has_cap(caps, CAP_DAC_READ_SEARCH) {
+        out.push(("CAP_DAC_READ_SEARCH", "other users' /proc/PID/fd and /proc/PID/net are unreadable"));
+    }
+    out
+}
+
+/// Raises RLIMIT_MEMLOCK for kernels that still charge BPF maps to it (before 5.11); newer
+/// kernels charge memory cgroups and ignore it. Best effort.
+pub fn raise_memlock() {
+    let lim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: plain syscall with a valid pointer.
+    let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) };
 }
 
 /// Fails with one clear line if this process cannot load BPF programs.

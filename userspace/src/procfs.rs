@@ -30,9 +30,7 @@ impl Engine {
 }
 
 fn proc_root() -> PathBuf {
-    std::env::var_os("INFERSCOPE_PROC")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/proc"))
+    std::env::var_os("INFERSCOPE_PROC").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/proc"))
 }
 
 pub fn exists(pid: u32) -> bool {
@@ -44,27 +42,19 @@ pub fn pids() -> Vec<u32> {
     let Ok(dir) = fs::read_dir(proc_root()) else {
         return Vec::new();
     };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect()
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect()
 }
 
 pub fn comm(pid: u32) -> Option<String> {
-    fs::read_to_string(proc_root().join(pid.to_string()).join("comm"))
-        .ok()
-        .map(|s| s.trim_end().to_string())
+    fs::read_to_string(proc_root().join(pid.to_string()).join("comm")).ok().map(|s| s.trim_end().to_string())
 }
 
 pub fn cmdline(pid: u32) -> Vec<String> {
-    fs::read(proc_root().join(pid.to_string()).join("cmdline"))
-        .map(|b| parse_cmdline(&b))
-        .unwrap_or_default()
+    fs::read(proc_root().join(pid.to_string()).join("cmdline")).map(|b| parse_cmdline(&b)).unwrap_or_default()
 }
 
 pub fn parse_cmdline(b: &[u8]) -> Vec<String> {
-    b.split(|&c| c == 0)
-        .filter(|s| !s.is_empty())
-        .map(|s| String::from_utf8_lossy(s).into_owned())
-        .collect()
+    b.split(|&c| c == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect()
 }
 
 /// Parent pid and thread-group id from /proc/PID/status.
@@ -75,11 +65,7 @@ pub fn status_ids(pid: u32) -> Option<(u32, u32)> {
 
 /// (PPid, Tgid) from a status text.
 pub fn parse_status_ids(s: &str) -> Option<(u32, u32)> {
-    let field = |name: &str| {
-        s.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().parse().ok())
-    };
+    let field = |name: &str| s.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok());
     Some((field("PPid:")?, field("Tgid:")?))
 }
 
@@ -128,28 +114,17 @@ pub fn classify(comm: &str, argv: &[String], extra: &[String]) -> Option<Engine>
     let joined = argv.join(" ");
     if comm.starts_with("VLLM::")
         || joined.contains("vllm.entrypoints")
-        || argv
-            .iter()
-            .take(3)
-            .any(|a| a == "vllm" || a.ends_with("/vllm"))
-            && argv.iter().any(|a| a == "serve")
+        || argv.iter().take(3).any(|a| a == "vllm" || a.ends_with("/vllm")) && argv.iter().any(|a| a == "serve")
     {
         return Some(Engine::Vllm);
     }
     if comm.starts_with("sglang::")
         || joined.contains("sglang.launch_server")
-        || argv
-            .iter()
-            .take(3)
-            .any(|a| a == "sglang" || a.ends_with("/sglang"))
-            && argv.iter().any(|a| a == "serve")
+        || argv.iter().take(3).any(|a| a == "sglang" || a.ends_with("/sglang")) && argv.iter().any(|a| a == "serve")
     {
         return Some(Engine::Sglang);
     }
-    if extra
-        .iter()
-        .any(|m| !m.is_empty() && joined.contains(m.as_str()))
-    {
+    if extra.iter().any(|m| !m.is_empty() && joined.contains(m.as_str())) {
         return Some(Engine::Other);
     }
     None
@@ -174,9 +149,7 @@ fn parse_hex_addr(s: &str) -> Option<SocketAddr> {
     }
     let port = u16::from_str_radix(port, 16).ok()?;
     let ip = match ip.len() {
-        8 => IpAddr::V4(Ipv4Addr::from(
-            u32::from_str_radix(ip, 16).ok()?.to_le_bytes(),
-        )),
+        8 => IpAddr::V4(Ipv4Addr::from(u32::from_str_radix(ip, 16).ok()?.to_le_bytes())),
         32 => {
             let mut b = [0u8; 16];
             for w in 0..4 {
@@ -198,23 +171,13 @@ pub fn parse_tcp_table(text: &str) -> HashMap<u64, TcpEntry> {
         if f.len() < 10 {
             continue;
         }
-        let (Some(local), Some(remote), Ok(state), Ok(inode)) = (
-            parse_hex_addr(f[1]),
-            parse_hex_addr(f[2]),
-            u8::from_str_radix(f[3], 16),
-            f[9].parse::<u64>(),
-        ) else {
+        let (Some(local), Some(remote), Ok(state), Ok(inode)) =
+            (parse_hex_addr(f[1]), parse_hex_addr(f[2]), u8::from_str_radix(f[3], 16), f[9].parse::<u64>())
+        else {
             continue;
         };
         if inode != 0 {
-            out.insert(
-                inode,
-                TcpEntry {
-                    local,
-                    remote,
-                    state,
-                },
-            );
+            out.insert(inode, TcpEntry { local, remote, state });
         }
     }
     out
@@ -241,12 +204,7 @@ pub fn socket_fds(pid: u32) -> Vec<(i32, u64)> {
         let e = e.ok()?;
         let fd: i32 = e.file_name().to_str()?.parse().ok()?;
         let link = fs::read_link(e.path()).ok()?;
-        let inode = link
-            .to_str()?
-            .strip_prefix("socket:[")?
-            .strip_suffix(']')?
-            .parse()
-            .ok()?;
+        let inode = link.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()?;
         Some((fd, inode))
     })
     .collect()
@@ -293,13 +251,16 @@ pub fn open_tcp(pid: u32) -> (Vec<OpenConn>, Vec<u16>) {
 /// Whether this process runs in a child PID namespace (then the kernel's pids differ from
 /// the ones it sees in /proc, and inferscope must run with the host's PID namespace).
 pub fn in_child_pid_namespace() -> bool {
+    // `NSpid` alone misses containers that mount their own /proc: compare the namespace link
+    // with the initial PID namespace's (PROC_PID_INIT_INO, fixed in the kernel ABI).
+    if let Ok(link) = fs::read_link("/proc/self/ns/pid")
+        && link.to_str() != Some("pid:[4026531836]")
+    {
+        return true;
+    }
     fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("NSpid:"))
-                .map(|l| l.split_whitespace().count() > 2)
-        })
+        .and_then(|s| s.lines().find(|l| l.starts_with("NSpid:")).map(|l| l.split_whitespace().count() > 2))
         .unwrap_or(false)
 }
 
@@ -321,8 +282,7 @@ mod tests {
         assert_eq!(t[&777].local, "[::1]:8080".parse().unwrap());
         assert!(parse_tcp_table("garbage\n1 2 3\n").is_empty());
         // Found by fuzzing: a multi-byte character where hex digits belong.
-        let bad =
-            "h\n 0: 0000000000000000000000000000\u{e9}0:1F90 00000000:0000 0A 0 0 0 0 0 9 1\n";
+        let bad = "h\n 0: 0000000000000000000000000000\u{e9}0:1F90 00000000:0000 0A 0 0 0 0 0 9 1\n";
         assert!(parse_tcp_table(bad).is_empty());
     }
 
@@ -330,58 +290,24 @@ mod tests {
     fn classifies_engines() {
         let v = |s: &str| s.split(' ').map(str::to_string).collect::<Vec<_>>();
         assert_eq!(
-            classify(
-                "python",
-                &v("python -m vllm.entrypoints.openai.api_server --model m"),
-                &[]
-            ),
+            classify("python", &v("python -m vllm.entrypoints.openai.api_server --model m"), &[]),
             Some(Engine::Vllm)
         );
+        assert_eq!(classify("VLLM::EngineCor", &v("VLLM::EngineCore"), &[]), Some(Engine::Vllm));
+        assert_eq!(classify("vllm", &v("/usr/bin/python3 /usr/local/bin/vllm serve m"), &[]), Some(Engine::Vllm));
         assert_eq!(
-            classify("VLLM::EngineCor", &v("VLLM::EngineCore"), &[]),
-            Some(Engine::Vllm)
-        );
-        assert_eq!(
-            classify(
-                "vllm",
-                &v("/usr/bin/python3 /usr/local/bin/vllm serve m"),
-                &[]
-            ),
-            Some(Engine::Vllm)
-        );
-        assert_eq!(
-            classify(
-                "python3",
-                &v("python3 -m sglang.launch_server --model-path x"),
-                &[]
-            ),
+            classify("python3", &v("python3 -m sglang.launch_server --model-path x"), &[]),
             Some(Engine::Sglang)
         );
-        assert_eq!(
-            classify("sglang::schedul", &v("sglang::scheduler_TP0"), &[]),
-            Some(Engine::Sglang)
-        );
+        assert_eq!(classify("sglang::schedul", &v("sglang::scheduler_TP0"), &[]), Some(Engine::Sglang));
         assert_eq!(classify("python", &v("python server.py"), &[]), None);
-        assert_eq!(
-            classify(
-                "python",
-                &v("python openai_server.py"),
-                &["openai_server".into()]
-            ),
-            Some(Engine::Other)
-        );
+        assert_eq!(classify("python", &v("python openai_server.py"), &["openai_server".into()]), Some(Engine::Other));
     }
 
     #[test]
     fn stat_and_status() {
-        assert_eq!(
-            parse_stat_ppid("123 (a (weird) name) S 45 123 123 0"),
-            Some(45)
-        );
-        assert_eq!(
-            parse_status_ids("Name:\tx\nTgid:\t10\nPid:\t11\nPPid:\t1\n"),
-            Some((1, 10))
-        );
+        assert_eq!(parse_stat_ppid("123 (a (weird) name) S 45 123 123 0"), Some(45));
+        assert_eq!(parse_status_ids("Name:\tx\nTgid:\t10\nPid:\t11\nPPid:\t1\n"), Some((1, 10)));
         let parents = HashMap::from([(2, 1), (3, 2), (4, 3), (5, 1)]);
         let mut t = tree(2, &parents);
         t.sort();

@@ -27,13 +27,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            body_bytes: 256 * 1024,
-            tail_bytes: 16 * 1024,
-            itl_samples: 65536,
-            chunk_times: 4096,
-            content_bytes: 0,
-        }
+        Self { body_bytes: 256 * 1024, tail_bytes: 16 * 1024, itl_samples: 65536, chunk_times: 4096, content_bytes: 0 }
     }
 }
 
@@ -124,8 +118,7 @@ impl RequestRecord {
         Self::secs(self.end_ns.saturating_sub(self.start_ns))
     }
     pub fn ttft_s(&self) -> Option<f64> {
-        self.first_token_ns
-            .map(|t| Self::secs(t.saturating_sub(self.start_ns)))
+        self.first_token_ns.map(|t| Self::secs(t.saturating_sub(self.start_ns)))
     }
     /// Time per output token after the first: (last - first) / (tokens per choice - 1).
     pub fn tpot_s(&self) -> Option<f64> {
@@ -324,9 +317,7 @@ impl Exchange {
     }
 
     pub fn response_head(&mut self, head: Box<Head>) {
-        let sse = head
-            .header("content-type")
-            .is_some_and(|c| c.trim_start().starts_with("text/event-stream"));
+        let sse = head.header("content-type").is_some_and(|c| c.trim_start().starts_with("text/event-stream"));
         if sse {
             self.stream = Some(StreamAcc::default());
         }
@@ -357,9 +348,7 @@ impl Exchange {
 
     /// Chunks that failed to parse as JSON (counted by the caller).
     pub fn bad_chunks(&self) -> u64 {
-        self.stream
-            .as_ref()
-            .map_or(0, |s| s.bad_chunks + s.sse.dropped)
+        self.stream.as_ref().map_or(0, |s| s.bad_chunks + s.sse.dropped)
     }
 
     /// Builds the record. `pid`, `conn_id`, `peer` and `server_port` describe the connection.
@@ -393,12 +382,7 @@ impl Exchange {
             _ => None,
         });
         let header = |name: &str| self.req.header(name).map(str::to_string);
-        let resp_header = |name: &str| {
-            self.resp
-                .as_ref()
-                .and_then(|h| h.header(name))
-                .map(str::to_string)
-        };
+        let resp_header = |name: &str| self.resp.as_ref().and_then(|h| h.header(name)).map(str::to_string);
 
         let mut rec = RequestRecord {
             pid,
@@ -435,8 +419,7 @@ impl Exchange {
             top_p: req_info.top_p,
             aborted: self.aborted,
             complete: self.response_complete,
-            capture_gaps: self.capture_gaps
-                || self.req_body.broken && self.req_body.head.len() < lim.body_bytes,
+            capture_gaps: self.capture_gaps || self.req_body.broken && self.req_body.head.len() < lim.body_bytes,
             error_type: None,
             prompt: req_info.prompt.map(|mut p| {
                 p.truncate(floor_char_boundary(&p, lim.content_bytes));
@@ -470,18 +453,12 @@ impl Exchange {
                 let parsed = if !self.resp_body.broken {
                     openai::parse_response(&self.resp_body.head, keep)
                 } else {
-                    Some(openai::scan_response(&[
-                        &self.resp_body.head,
-                        &self.resp_body.tail,
-                    ]))
+                    Some(openai::scan_response(&[&self.resp_body.head, &self.resp_body.tail]))
                 };
                 if let Some(p) = &parsed {
                     let mut choices = p.choices.clone();
                     choices.sort_by_key(|c| c.index);
-                    rec.finish_reasons = choices
-                        .iter()
-                        .filter_map(|c| c.finish_reason.clone())
-                        .collect();
+                    rec.finish_reasons = choices.iter().filter_map(|c| c.finish_reason.clone()).collect();
                     if keep {
                         let text: String = choices.iter().filter_map(|c| c.text.clone()).collect();
                         if !text.is_empty() {
@@ -508,13 +485,9 @@ impl Exchange {
                 rec.error_type = Some(e);
             }
         }
-        if rec.tokens_from.is_none() && operation.generates() && rec.stream && rec.output_events > 0
-        {
+        if rec.tokens_from.is_none() && operation.generates() && rec.stream && rec.output_events > 0 {
             rec.completion_tokens = Some(rec.output_events);
             rec.tokens_from = Some(TokensFrom::Events);
-        }
-        if operation == Operation::Embeddings {
-            rec.completion_tokens = None;
         }
         if rec.request_id.is_none() {
             rec.request_id = header("x-request-id").or_else(|| resp_header("x-request-id"));

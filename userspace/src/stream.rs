@@ -45,11 +45,8 @@ impl StreamCursor {
         }
         self.next = end;
         if !bytes.is_empty() {
-            out(Segment::Data {
-                ts_ns: d.ts_ns,
-                bytes,
-                syscall_start,
-            });
+            let arrival_ns = if syscall_start { d.arrival_ns } else { 0 };
+            out(Segment::Data { ts_ns: d.ts_ns, bytes, syscall_start, arrival_ns });
         }
     }
 }
@@ -73,6 +70,7 @@ mod tests {
             bytes,
             truncated: false,
             eof: false,
+            arrival_ns: 0,
         }
     }
 
@@ -86,10 +84,6 @@ mod tests {
         assert_eq!(c.lost_bytes, 7);
         assert_eq!(segs.len(), 4);
         assert!(segs[1].contains("Gap { len: 7 }"));
-        assert!(
-            segs[3].contains("[119]"),
-            "only the new byte 'w' is passed on: {}",
-            segs[3]
-        );
+        assert!(segs[3].contains("[119]"), "only the new byte 'w' is passed on: {}", segs[3]);
     }
 }

@@ -37,6 +37,9 @@ pub struct TrackerStats {
     pub client_exchanges: u64,
     /// Exchanges dropped because too many were queued on one connection.
     pub pending_overflow: u64,
+    /// Bytes skipped by HTTP parsers while out of sync (before a first message head, or
+    /// after lost bytes until the next one).
+    pub discarded_bytes: u64,
     /// Connections currently tracked.
     pub connections: u64,
     /// Exchanges finished without a response end (lost, connection closed, process exited).
@@ -70,19 +73,9 @@ struct Connection {
 }
 
 impl Connection {
-    fn new(
-        fd: i32,
-        peer: Option<SocketAddr>,
-        local_port: Option<u16>,
-        mid_stream: bool,
-        ts: u64,
-    ) -> Self {
+    fn new(fd: i32, peer: Option<SocketAddr>, local_port: Option<u16>, mid_stream: bool, ts: u64) -> Self {
         let parser = || {
-            if mid_stream {
-                HttpParser::new_unsynced()
-            } else {
-                HttpParser::new()
-            }
+            if mid_stream { HttpParser::new_unsynced() } else { HttpParser::new() }
         };
         Self {
             fd,
@@ -124,10 +117,7 @@ pub struct Tracker {
 
 impl Tracker {
     pub fn new(lim: Limits) -> Self {
-        Self {
-            lim,
-            ..Default::default()
-        }
+        Self { lim, ..Default::default() }
     }
 
     /// Requests currently in flight (head seen, not finished).
@@ -138,9 +128,7 @@ impl Tracker {
     /// Registers a connection that existed before capture started: its parsers wait for the
     /// next message head.
     pub fn add_existing(&mut self, c: ExistingConn, ts: u64) {
-        self.conns
-            .entry((c.tgid, c.conn_id))
-            .or_insert_with(|| Connection::new(c.fd, c.peer, c.local_port, true, ts));
+        self.conns.entry((c.tgid, c.conn_id)).or_insert_with(|| Connection::new(c.fd, c.peer, c.local_port, true, ts));
         self.stats.connections = self.conns.len() as u64;
     }
 
@@ -162,12 +150,7 @@ impl Tracker {
 
     /// Finishes every connection of a process that is gone.
     pub fn process_gone(&mut self, tgid: u32, ts: u64, out: &mut Vec<RequestRecord>) {
-        let keys: Vec<Key> = self
-            .conns
-            .keys()
-            .filter(|(p, _)| *p == tgid)
-            .copied()
-            .collect();
+        let keys: Vec<Key> = self.conns.keys().filter(|(p, _)| *p == tgid).copied().collect();
         for k in keys {
             if let Some(conn) = self.conns.remove(&k) {
                 self.close(k.0, k.1, conn, ts, out);
@@ -178,12 +161,8 @@ impl Tracker {
 
     /// Finishes connections idle for longer than `idle_ns` (their close was never seen).
     pub fn expire(&mut self, now: u64, idle_ns: u64, out: &mut Vec<RequestRecord>) {
-        let keys: Vec<Key> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| now.saturating_sub(c.last_ts) > idle_ns)
-            .map(|(k, _)| *k)
-            .collect();
+        let keys: Vec<Key> =
+            self.conns.iter().filter(|(_, c)| now.saturating_sub(c.last_ts) > idle_ns).map(|(k, _)| *k).collect();
         for k in keys {
             if let Some(conn) = self.conns.remove(&k) {
                 let ts = conn.last_ts;
@@ -226,27 +205,29 @@ impl Tracker {
         self.conns.insert(key, conn);
     }
 
-    fn feed(
-        &mut self,
-        conn: &mut Connection,
-        d: &Data<'_>,
-        key: Key,
-        out: &mut Vec<RequestRecord>,
-    ) {
+    fn feed(&mut self, conn: &mut Connection, d: &Data<'_>, key: Key, out: &mut Vec<RequestRecord>) {
         conn.last_ts = d.ts_ns;
         let dir = d.direction;
         let i = dir.index();
-        let before = (conn.cursors[i].lost_bytes, conn.cursors[i].gaps);
+        let before = (conn.cursors[i].lost_bytes, conn.cursors[i].gaps, conn.parsers[i].discarded);
         let mut events = std::mem::take(&mut conn.events);
         {
-            let Connection {
-                cursors, parsers, ..
-            } = conn;
+            let Connection { cursors, parsers, .. } = conn;
             let parser = &mut parsers[i];
             cursors[i].feed(d, |seg: Segment<'_>| parser.feed(seg, &mut events));
         }
         self.stats.lost_bytes += conn.cursors[i].lost_bytes - before.0;
         self.stats.gaps += conn.cursors[i].gaps - before.1;
+        let discarded = conn.parsers[i].discarded - before.2;
+        if discarded > 0 {
+            self.stats.discarded_bytes += discarded;
+            if dir == Direction::Egress {
+                // Response bytes were not understood: whatever awaits a response is partial.
+                for ex in conn.pending.iter_mut().filter(|e| !e.response_complete) {
+                    ex.capture_gaps = true;
+                }
+            }
+        }
         for ev in events.drain(..) {
             self.http_event(conn, dir, ev, key, out);
         }
@@ -257,13 +238,7 @@ impl Tracker {
     }
 
     /// The peer stopped sending. If it is the client and responses are unfinished, it gave up.
-    fn peer_closed(
-        &mut self,
-        conn: &mut Connection,
-        ts: u64,
-        key: Key,
-        out: &mut Vec<RequestRecord>,
-    ) {
+    fn peer_closed(&mut self, conn: &mut Connection, ts: u64, key: Key, out: &mut Vec<RequestRecord>) {
         if conn.request_dir != Some(Direction::Ingress) {
             return;
         }
@@ -284,11 +259,7 @@ impl Tracker {
         key: Key,
         out: &mut Vec<RequestRecord>,
     ) {
-        let other = if dir == Direction::Ingress {
-            Direction::Egress
-        } else {
-            Direction::Ingress
-        };
+        let other = if dir == Direction::Ingress { Direction::Egress } else { Direction::Ingress };
         match ev {
             HttpEvent::Error(e) => self.stats.parse_error(e.cause()),
             HttpEvent::Head(head) => {
@@ -334,57 +305,34 @@ impl Tracker {
             }
             HttpEvent::Body { ts_ns, bytes } => {
                 if dir == Direction::Ingress && conn.request_dir == Some(Direction::Ingress) {
-                    if let Some(ex) = conn
-                        .pending
-                        .back_mut()
-                        .filter(|e| e.request_end_ns.is_none())
-                    {
+                    if let Some(ex) = conn.pending.back_mut().filter(|e| e.request_end_ns.is_none()) {
                         ex.request_body(&bytes, &self.lim);
                     }
                 } else if dir == Direction::Egress
-                    && let Some(ex) = conn
-                        .pending
-                        .iter_mut()
-                        .find(|e| e.has_response() && !e.response_complete)
+                    && let Some(ex) = conn.pending.iter_mut().find(|e| e.has_response() && !e.response_complete)
                 {
                     ex.response_body(ts_ns, &bytes, &self.lim);
                 }
             }
             HttpEvent::BodyGap { .. } => {
                 if dir == Direction::Ingress {
-                    if let Some(ex) = conn
-                        .pending
-                        .back_mut()
-                        .filter(|e| e.request_end_ns.is_none())
-                    {
+                    if let Some(ex) = conn.pending.back_mut().filter(|e| e.request_end_ns.is_none()) {
                         ex.request_gap();
                     }
-                } else if let Some(ex) = conn
-                    .pending
-                    .iter_mut()
-                    .find(|e| e.has_response() && !e.response_complete)
-                {
+                } else if let Some(ex) = conn.pending.iter_mut().find(|e| e.has_response() && !e.response_complete) {
                     ex.response_gap();
                 }
             }
             HttpEvent::End { ts_ns, complete } => {
                 if dir == Direction::Ingress {
-                    if let Some(ex) = conn
-                        .pending
-                        .back_mut()
-                        .filter(|e| e.request_end_ns.is_none())
-                    {
+                    if let Some(ex) = conn.pending.back_mut().filter(|e| e.request_end_ns.is_none()) {
                         ex.request_end_ns = Some(ts_ns);
                         if !complete {
                             ex.capture_gaps = true;
                         }
                     }
                 } else if conn.request_dir == Some(Direction::Ingress) {
-                    let Some(pos) = conn
-                        .pending
-                        .iter()
-                        .position(|e| e.has_response() && !e.response_complete)
-                    else {
+                    let Some(pos) = conn.pending.iter().position(|e| e.has_response() && !e.response_complete) else {
                         return;
                     };
                     // Responses come in request order; anything queued before it got no response.
@@ -410,9 +358,7 @@ impl Tracker {
     fn finish(&mut self, conn: &Connection, ex: Exchange, key: Key, out: &mut Vec<RequestRecord>) {
         self.in_flight = self.in_flight.saturating_sub(1);
         self.stats.bad_chunks += ex.bad_chunks();
-        let port = conn
-            .local_port
-            .or_else(|| self.listen_ports.get(&key.0).copied());
+        let port = conn.local_port.or_else(|| self.listen_ports.get(&key.0).copied());
         let rec = ex.finish(key.0, key.1, conn.peer, port, &self.lim);
         if !rec.complete && !rec.aborted {
             self.stats.incomplete += 1;
@@ -420,14 +366,7 @@ impl Tracker {
         out.push(rec);
     }
 
-    fn close(
-        &mut self,
-        tgid: u32,
-        conn_id: u64,
-        mut conn: Connection,
-        ts: u64,
-        out: &mut Vec<RequestRecord>,
-    ) {
+    fn close(&mut self, tgid: u32, conn_id: u64, mut conn: Connection, ts: u64, out: &mut Vec<RequestRecord>) {
         let key = (tgid, conn_id);
         // A response running until close ends here.
         let mut events = std::mem::take(&mut conn.events);

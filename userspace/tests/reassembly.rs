@@ -29,54 +29,29 @@ fn vllm_response() -> Vec<u8> {
 
 fn unary_exchange() -> (Vec<u8>, Vec<u8>) {
     let body = br#"{"model":"m","prompt":"hi","max_tokens":3}"#;
-    let mut req = format!(
-        "POST /v1/completions HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
+    let mut req = format!("POST /v1/completions HTTP/1.1\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
     req.extend_from_slice(body);
     let rbody = br#"{"id":"cmpl-7","object":"text_completion","model":"m","choices":[{"index":0,"text":"a b c","finish_reason":"length"}],"usage":{"prompt_tokens":2,"completion_tokens":3,"total_tokens":5}}"#;
-    let mut resp = format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-        rbody.len()
-    )
-    .into_bytes();
+    let mut resp =
+        format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", rbody.len())
+            .into_bytes();
     resp.extend_from_slice(rbody);
     (req, resp)
 }
 
 /// Feeds `messages` (direction, bytes) split at `cuts` into syscalls, as the BPF side would
 /// report them with a capture of `cap` head bytes and `tail` tail bytes.
-fn replay(
-    messages: &[(Direction, Vec<u8>)],
-    cuts: &[usize],
-    cap: usize,
-    tail: usize,
-) -> Vec<RequestRecord> {
+fn replay(messages: &[(Direction, Vec<u8>)], cuts: &[usize], cap: usize, tail: usize) -> Vec<RequestRecord> {
     let mut t = Tracker::new(Limits::default());
     let mut out = Vec::new();
-    t.handle(
-        &Event::ConnOpen(Conn {
-            tgid: 1,
-            fd: 5,
-            conn_id: 9,
-            ts_ns: 1,
-            role: Role::Server,
-            peer: None,
-        }),
-        &mut out,
-    );
+    t.handle(&Event::ConnOpen(Conn { tgid: 1, fd: 5, conn_id: 9, ts_ns: 1, role: Role::Server, peer: None }), &mut out);
     let mut pos = [0u64; 2];
     let mut ts = 10u64;
     let mut k = 0;
     for (dir, bytes) in messages {
         let mut start = 0;
         while start < bytes.len() {
-            let n = cuts
-                .get(k)
-                .copied()
-                .unwrap_or(usize::MAX)
-                .clamp(1, bytes.len() - start);
+            let n = cuts.get(k).copied().unwrap_or(usize::MAX).clamp(1, bytes.len() - start);
             k += 1;
             let sys = &bytes[start..start + n];
             ts += 1000;
@@ -103,6 +78,7 @@ fn replay(
                     bytes: piece,
                     truncated: sys.len() > cap,
                     eof: false,
+                    arrival_ns: 0,
                 };
                 t.handle(&Event::Data(d), &mut out);
             }
@@ -111,14 +87,7 @@ fn replay(
         }
     }
     t.handle(
-        &Event::ConnClose(Conn {
-            tgid: 1,
-            fd: 5,
-            conn_id: 9,
-            ts_ns: ts + 1,
-            role: Role::Server,
-            peer: None,
-        }),
+        &Event::ConnClose(Conn { tgid: 1, fd: 5, conn_id: 9, ts_ns: ts + 1, role: Role::Server, peer: None }),
         &mut out,
     );
     out
@@ -254,6 +223,7 @@ fn client_abort_mid_stream_is_reported() {
             bytes,
             truncated: false,
             eof,
+            arrival_ns: 0,
         })
     }
     for ev in [
@@ -276,40 +246,34 @@ fn capture_starting_mid_connection_waits_for_the_next_request() {
     let mut t = Tracker::new(Limits::default());
     let mut out = Vec::new();
     t.add_existing(
-        inferscope::tracker::ExistingConn {
-            tgid: 1,
-            fd: 5,
-            conn_id: 4,
-            peer: None,
-            local_port: Some(8000),
-        },
+        inferscope::tracker::ExistingConn { tgid: 1, fd: 5, conn_id: 4, peer: None, local_port: Some(8000) },
         0,
     );
     let resp = vllm_response();
     let (ureq, uresp) = unary_exchange();
     let mut pos = [0u64; 2];
-    let mut feed =
-        |t: &mut Tracker, dir: Direction, bytes: &[u8], ts: u64, out: &mut Vec<RequestRecord>| {
-            let i = dir.index();
-            t.handle(
-                &Event::Data(Data {
-                    tgid: 1,
-                    tid: 1,
-                    fd: 5,
-                    conn_id: 4,
-                    ts_ns: ts,
-                    direction: dir,
-                    syscall_pos: pos[i],
-                    syscall_len: bytes.len() as u64,
-                    offset: 0,
-                    bytes,
-                    truncated: false,
-                    eof: false,
-                }),
-                out,
-            );
-            pos[i] += bytes.len() as u64;
-        };
+    let mut feed = |t: &mut Tracker, dir: Direction, bytes: &[u8], ts: u64, out: &mut Vec<RequestRecord>| {
+        let i = dir.index();
+        t.handle(
+            &Event::Data(Data {
+                tgid: 1,
+                tid: 1,
+                fd: 5,
+                conn_id: 4,
+                ts_ns: ts,
+                direction: dir,
+                syscall_pos: pos[i],
+                syscall_len: bytes.len() as u64,
+                offset: 0,
+                bytes,
+                truncated: false,
+                eof: false,
+                arrival_ns: 0,
+            }),
+            out,
+        );
+        pos[i] += bytes.len() as u64;
+    };
     // The tail of a response to a request we never saw, then a whole new exchange.
     feed(&mut t, Direction::Egress, &resp[300..], 1, &mut out);
     feed(&mut t, Direction::Ingress, &ureq, 2, &mut out);

@@ -11,11 +11,22 @@ use crate::util::{self, output, root, run};
 const BPF_LINKER: &str = "0.10.3";
 
 pub fn toolchain() -> Result<()> {
-    let toolchains = output(Command::new("rustup").args(["toolchain", "list"])).context("rustup is required (https://rustup.rs)")?;
+    let toolchains =
+        output(Command::new("rustup").args(["toolchain", "list"])).context("rustup is required (https://rustup.rs)")?;
     if !toolchains.lines().any(|l| l.starts_with("nightly")) {
-        run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal", "--component", "rust-src"]))?;
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]))?;
     }
-    let components = output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"])).unwrap_or_default();
+    let components =
+        output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"]))
+            .unwrap_or_default();
     if !components.lines().any(|l| l.starts_with("rust-src")) {
         run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
     }
@@ -37,7 +48,10 @@ fn apt(packages: &[&str]) -> Result<()> {
     let missing: Vec<&str> = packages
         .iter()
         .copied()
-        .filter(|p| output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p])).is_none_or(|s| !s.contains("install ok installed")))
+        .filter(|p| {
+            output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .is_none_or(|s| !s.contains("install ok installed"))
+        })
         .collect();
     if missing.is_empty() {
         return Ok(());
@@ -46,7 +60,10 @@ fn apt(packages: &[&str]) -> Result<()> {
     update.args(["update", "-q"]).env("DEBIAN_FRONTEND", "noninteractive");
     run(&mut update)?;
     let mut install = util::privileged("apt-get");
-    install.args(["install", "-y", "-q", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive");
+    install
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive");
     run(&mut install)
 }
 
@@ -61,7 +78,9 @@ pub fn python_env() -> Result<()> {
         return Ok(());
     }
     run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-    run(Command::new(util::python()).args(["-m", "pip", "install", "-q", "--disable-pip-version-check", "-r"]).arg(&req))?;
+    run(Command::new(util::python())
+        .args(["-m", "pip", "install", "-q", "--disable-pip-version-check", "-r"])
+        .arg(&req))?;
     std::fs::write(stamp, want)?;
     Ok(())
 }

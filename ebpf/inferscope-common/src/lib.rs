@@ -83,6 +83,9 @@ pub struct DataEvent {
     pub offset: u32,
     /// Captured bytes following this header.
     pub len: u32,
+    /// For reads: CLOCK_MONOTONIC ns when the first unread segment of these bytes arrived on
+    /// the socket (from `tcp:tcp_probe`); 0 if unknown. Reads of a busy server lag arrivals.
+    pub arrival_ns: u64,
     pub direction: u8,
     pub syscall: u8,
     pub flags: u8,
@@ -172,8 +175,12 @@ pub mod stat {
     pub const SYSCALL_BYTES: u32 = 7;
     /// Connection open/close events written.
     pub const CONN_EVENTS: u32 = 8;
+    /// Segments to watched ports whose arrival time was recorded.
+    pub const ARRIVALS_RECORDED: u32 = 9;
+    /// Traced reads that took an arrival time.
+    pub const ARRIVALS_USED: u32 = 10;
     /// Number of slots.
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 11;
 }
 
 #[cfg(feature = "user")]

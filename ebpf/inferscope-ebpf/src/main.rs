@@ -8,7 +8,7 @@ mod probes;
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use inferscope_common::{DataEvent, MAX_CAPTURE, SockInfo, stat};
 
@@ -24,6 +24,15 @@ pub static TRACKED: HashMap<u32, u32> = HashMap::with_max_entries(8192, 0);
 /// Sockets of traced processes, keyed by `sock_key(tgid, fd)`.
 #[map]
 pub static SOCKETS: HashMap<u64, SockInfo> = HashMap::with_max_entries(65536, 0);
+
+/// Local TCP ports the traced servers listen on (value unused). Filled by user space; only
+/// segments to these ports get an arrival time.
+#[map]
+pub static WATCHED_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(1024, 0);
+
+/// Kernel socket address -> CLOCK_MONOTONIC ns of the oldest segment not yet read.
+#[map]
+pub static ARRIVALS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);
 
 /// Per-CPU counters, indexed by `inferscope_common::stat`.
 #[map]

@@ -7,17 +7,14 @@ fn ms(s: Option<f64>) -> String {
 }
 
 pub fn request_line(r: &RequestRecord) -> String {
-    let status = r
-        .status
-        .map_or_else(|| "---".to_string(), |s| s.to_string());
+    let status = r.status.map_or_else(|| "---".to_string(), |s| s.to_string());
     let tokens = match (r.prompt_tokens, r.completion_tokens) {
         (None, None) => "-".to_string(),
         (p, c) => format!(
             "{}+{}{}",
             p.map_or("?".to_string(), |v| v.to_string()),
             c.map_or("?".to_string(), |v| v.to_string()),
-            r.tokens_from
-                .map_or(String::new(), |t| format!("({})", t.as_str()))
+            r.tokens_from.map_or(String::new(), |t| format!("({})", t.as_str()))
         ),
     };
     let mut line = format!(
@@ -52,20 +49,13 @@ pub fn loss_line(prev: &Health, now: &Health) -> Option<String> {
     let d = |i| now.bpf_stat(i).saturating_sub(prev.bpf_stat(i));
     let ring = d(stat::RINGBUF_DROPS);
     let map = d(stat::SOCKET_MAP_FULL);
-    let lost = now
-        .tracker
-        .lost_bytes
-        .saturating_sub(prev.tracker.lost_bytes);
+    let lost = now.tracker.lost_bytes.saturating_sub(prev.tracker.lost_bytes);
     let mut parts = Vec::new();
     if ring > 0 {
-        parts.push(format!(
-            "{ring} events dropped because the ring buffer was full (raise --ring-buffer-size)"
-        ));
+        parts.push(format!("{ring} events dropped because the ring buffer was full (raise --ring-buffer-size)"));
     }
     if map > 0 {
-        parts.push(format!(
-            "{map} sockets not traced because the socket map was full"
-        ));
+        parts.push(format!("{map} sockets not traced because the socket map was full"));
     }
     let export: u64 = now
         .export_errors
@@ -74,9 +64,7 @@ pub fn loss_line(prev: &Health, now: &Health) -> Option<String> {
         .sum::<u64>()
         .saturating_sub(prev.export_errors.iter().map(|(_, n)| n).sum::<u64>());
     if export > 0 {
-        parts.push(format!(
-            "{export} export failures (is the OTLP collector reachable?)"
-        ));
+        parts.push(format!("{export} export failures (is the OTLP collector reachable?)"));
     }
     if parts.is_empty() {
         return None;

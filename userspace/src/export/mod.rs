@@ -21,21 +21,14 @@ pub struct BoundedLabel {
 
 impl BoundedLabel {
     pub fn new(max: usize) -> Self {
-        Self {
-            seen: HashSet::new(),
-            max,
-        }
+        Self { seen: HashSet::new(), max }
     }
 
     pub fn get(&mut self, v: Option<&str>) -> String {
         let Some(v) = v.filter(|v| !v.is_empty()) else {
             return "unknown".to_string();
         };
-        let v = if v.len() > 128 {
-            &v[..v.floor_char_boundary(128)]
-        } else {
-            v
-        };
+        let v = if v.len() > 128 { &v[..v.floor_char_boundary(128)] } else { v };
         if self.seen.contains(v) {
             return v.to_string();
         }
@@ -68,11 +61,7 @@ const KNOWN_ROUTES: &[&str] = &[
 
 pub fn route(path: &str) -> &'static str {
     let p = path.trim_end_matches('/');
-    KNOWN_ROUTES
-        .iter()
-        .find(|r| **r == p)
-        .copied()
-        .unwrap_or("other")
+    KNOWN_ROUTES.iter().find(|r| **r == p).copied().unwrap_or("other")
 }
 
 /// Label values of one request, computed once for every exporter.
@@ -92,15 +81,9 @@ impl Labels {
     pub fn of(r: &RequestRecord, models: &mut BoundedLabel, provider: &'static str) -> Self {
         Self {
             operation: r.operation.name(),
-            model: if r.operation == Operation::Other {
-                "none".to_string()
-            } else {
-                models.get(r.model_label())
-            },
+            model: if r.operation == Operation::Other { "none".to_string() } else { models.get(r.model_label()) },
             route: route(&r.path),
-            status: r
-                .status
-                .map_or_else(|| "none".to_string(), |s| s.to_string()),
+            status: r.status.map_or_else(|| "none".to_string(), |s| s.to_string()),
             finish_reason: r.finish_reason().unwrap_or("none").to_string(),
             server_port: r.server_port.map(|p| p.to_string()).unwrap_or_default(),
             error_type: r.error_type.clone().unwrap_or_default(),

@@ -16,22 +16,16 @@ use opentelemetry::{
     Array, Context, KeyValue, StringValue, Value,
     metrics::{Counter, Histogram, Meter, MeterProvider as _},
     trace::{
-        Event, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId,
-        TraceState, Tracer, TracerProvider as _,
+        Event, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState, Tracer,
+        TracerProvider as _,
     },
 };
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::{
     Resource,
     error::OTelSdkResult,
-    metrics::{
-        PeriodicReader, SdkMeterProvider, Temporality, data::ResourceMetrics,
-        exporter::PushMetricExporter,
-    },
-    trace::{
-        BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider, SpanData,
-        SpanExporter,
-    },
+    metrics::{PeriodicReader, SdkMeterProvider, Temporality, data::ResourceMetrics, exporter::PushMetricExporter},
+    trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider, SpanData, SpanExporter},
 };
 
 use super::Labels;
@@ -101,9 +95,7 @@ impl<E: PushMetricExporter> PushMetricExporter for CountingMetrics<E> {
     async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
         let r = self.inner.export(metrics).await;
         if r.is_err() {
-            self.counters
-                .metric_exports_failed
-                .fetch_add(1, Ordering::Relaxed);
+            self.counters.metric_exports_failed.fetch_add(1, Ordering::Relaxed);
         }
         r
     }
@@ -141,21 +133,14 @@ pub struct Otlp {
 fn http_url(endpoint: &str, signal: &str) -> String {
     let e = endpoint.trim_end_matches('/');
     let has_path = e.split("://").nth(1).is_some_and(|rest| rest.contains('/'));
-    if has_path {
-        e.to_string()
-    } else {
-        format!("{e}/v1/{signal}")
-    }
+    if has_path { e.to_string() } else { format!("{e}/v1/{signal}") }
 }
 
 impl Otlp {
     /// Must be called inside the tokio runtime (the gRPC client runs on it).
     pub fn new(opts: OtlpOptions) -> Result<Self> {
         if !(opts.endpoint.starts_with("http://") || opts.endpoint.starts_with("https://")) {
-            bail!(
-                "--otlp-endpoint must be a URL such as http://collector:4317 (got {:?})",
-                opts.endpoint
-            );
+            bail!("--otlp-endpoint must be a URL such as http://collector:4317 (got {:?})", opts.endpoint);
         }
         let counters = Arc::new(ExportCounters::default());
         let resource = Resource::builder()
@@ -182,18 +167,13 @@ impl Otlp {
                     .build(),
             }
             .context("building the OTLP span exporter")?;
-            let exporter = CountingSpans {
-                inner: exporter,
-                counters: counters.clone(),
-            };
+            let exporter = CountingSpans { inner: exporter, counters: counters.clone() };
             let batch = BatchConfigBuilder::default()
                 .with_max_queue_size(65536)
                 .with_max_export_batch_size(2048)
                 .with_scheduled_delay(Duration::from_millis(500))
                 .build();
-            let processor = BatchSpanProcessor::builder(exporter)
-                .with_batch_config(batch)
-                .build();
+            let processor = BatchSpanProcessor::builder(exporter).with_batch_config(batch).build();
             let provider = SdkTracerProvider::builder()
                 .with_resource(resource.clone())
                 .with_span_processor(processor)
@@ -219,31 +199,15 @@ impl Otlp {
                     .build(),
             }
             .context("building the OTLP metric exporter")?;
-            let exporter = CountingMetrics {
-                inner: exporter,
-                counters: counters.clone(),
-            };
-            let reader = PeriodicReader::builder(exporter)
-                .with_interval(opts.metrics_interval)
-                .build();
-            let provider = SdkMeterProvider::builder()
-                .with_resource(resource)
-                .with_reader(reader)
-                .build();
+            let exporter = CountingMetrics { inner: exporter, counters: counters.clone() };
+            let reader = PeriodicReader::builder(exporter).with_interval(opts.metrics_interval).build();
+            let provider = SdkMeterProvider::builder().with_resource(resource).with_reader(reader).build();
             let meter = provider.meter("inferscope");
             (Some(provider), Some(instruments(&meter)))
         } else {
             (None, None)
         };
-        Ok(Self {
-            opts,
-            tracer_provider,
-            tracer,
-            meter_provider,
-            instruments,
-            counters,
-            spans_submitted: 0,
-        })
+        Ok(Self { opts, tracer_provider, tracer, meter_provider, instruments, counters, spans_submitted: 0 })
     }
 
     pub fn record(&mut self, r: &RequestRecord, l: &Labels, clock: &Clock) {
@@ -270,58 +234,41 @@ impl Otlp {
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
 fn instruments(m: &Meter) -> Instruments {
     let secs = |name: &'static str, desc: &'static str, b: &[f64]| {
-        m.f64_histogram(name)
-            .with_unit("s")
-            .with_description(desc)
-            .with_boundaries(b.to_vec())
-            .build()
+        m.f64_histogram(name).with_unit("s").with_description(desc).with_boundaries(b.to_vec()).build()
     };
     Instruments {
         duration: secs(
             "gen_ai.server.request.duration",
             "Time from the first request byte to the last response byte.",
-            &[
-                0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96,
-                81.92,
-            ],
+            &[0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92],
         ),
         ttft: secs(
             "gen_ai.server.time_to_first_token",
             "Time from the first request byte to the first streamed chunk carrying output.",
-            &[
-                0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
-                7.5, 10.0,
-            ],
+            &[0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0],
         ),
         tpot: secs(
             "gen_ai.server.time_per_output_token",
             "Time per output token after the first.",
-            &[
-                0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
-            ],
+            &[0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5],
         ),
         itl: secs(
             "gen_ai.server.inter_token_latency",
             "Time between consecutive streamed output chunks of one choice.",
-            &[
-                0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4,
-                0.5, 0.75, 1.0, 2.5,
-            ],
+            &[0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5],
         ),
         tokens: m
             .u64_histogram("gen_ai.server.token.usage")
             .with_unit("{token}")
             .with_description("Tokens per request by type (input, output).")
             .with_boundaries(vec![
-                1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0,
-                4194304.0, 16777216.0, 67108864.0,
+                1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
+                16777216.0, 67108864.0,
             ])
             .build(),
         requests: m
@@ -339,18 +286,12 @@ fn record_metrics(i: &Instruments, r: &RequestRecord, l: &Labels) {
         KeyValue::new("gen_ai.provider.name", l.provider),
     ];
     if !l.server_port.is_empty() {
-        attrs.push(KeyValue::new(
-            "server.port",
-            l.server_port.parse::<i64>().unwrap_or(0),
-        ));
+        attrs.push(KeyValue::new("server.port", l.server_port.parse::<i64>().unwrap_or(0)));
     }
     let mut req_attrs = attrs.clone();
     req_attrs.push(KeyValue::new("http.route", l.route));
     req_attrs.push(KeyValue::new("http.response.status_code", l.status.clone()));
-    req_attrs.push(KeyValue::new(
-        "gen_ai.response.finish_reason",
-        l.finish_reason.clone(),
-    ));
+    req_attrs.push(KeyValue::new("gen_ai.response.finish_reason", l.finish_reason.clone()));
     i.requests.add(1, &req_attrs);
     if !r.operation.is_llm() {
         return;
@@ -377,7 +318,7 @@ fn record_metrics(i: &Instruments, r: &RequestRecord, l: &Labels) {
     if let Some(p) = r.prompt_tokens {
         i.tokens.record(p, &with_type("input"));
     }
-    if let Some(c) = r.completion_tokens {
+    if let Some(c) = r.completion_tokens.filter(|_| r.operation.generates()) {
         i.tokens.record(c, &with_type("output"));
     }
 }
@@ -386,12 +327,7 @@ fn record_metrics(i: &Instruments, r: &RequestRecord, l: &Labels) {
 pub fn parse_traceparent(v: &str) -> Option<SpanContext> {
     let mut it = v.trim().split('-');
     let (version, trace, span, flags) = (it.next()?, it.next()?, it.next()?, it.next()?);
-    if version.len() != 2
-        || version == "ff"
-        || trace.len() != 32
-        || span.len() != 16
-        || flags.len() != 2
-    {
+    if version.len() != 2 || version == "ff" || trace.len() != 32 || span.len() != 16 || flags.len() != 2 {
         return None;
     }
     let trace_id = TraceId::from_hex(trace).ok()?;
@@ -400,22 +336,10 @@ pub fn parse_traceparent(v: &str) -> Option<SpanContext> {
         return None;
     }
     let flags = u8::from_str_radix(flags, 16).ok()?;
-    Some(SpanContext::new(
-        trace_id,
-        span_id,
-        TraceFlags::new(flags),
-        true,
-        TraceState::default(),
-    ))
+    Some(SpanContext::new(trace_id, span_id, TraceFlags::new(flags), true, TraceState::default()))
 }
 
-fn emit_spans(
-    tracer: &SdkTracer,
-    opts: &OtlpOptions,
-    r: &RequestRecord,
-    l: &Labels,
-    clock: &Clock,
-) {
+fn emit_spans(tracer: &SdkTracer, opts: &OtlpOptions, r: &RequestRecord, l: &Labels, clock: &Clock) {
     let parent = match r.traceparent.as_deref().and_then(parse_traceparent) {
         Some(sc) => Context::new().with_remote_span_context(sc),
         None => Context::new(),
@@ -444,11 +368,7 @@ fn emit_spans(
     if !l.error_type.is_empty() {
         http_attrs.push(KeyValue::new("error.type", l.error_type.clone()));
     }
-    let name = if l.route == "other" {
-        r.method.clone()
-    } else {
-        format!("{} {}", r.method, l.route)
-    };
+    let name = if l.route == "other" { r.method.clone() } else { format!("{} {}", r.method, l.route) };
     let http_span = tracer
         .span_builder(name)
         .with_kind(SpanKind::Server)
@@ -473,66 +393,30 @@ fn emit_spans(
             }
         };
         opt("gen_ai.request.model", r.model.clone().map(Value::from));
-        opt(
-            "gen_ai.response.model",
-            r.response_model.clone().map(Value::from),
-        );
+        opt("gen_ai.response.model", r.response_model.clone().map(Value::from));
         opt("gen_ai.response.id", r.request_id.clone().map(Value::from));
         opt("gen_ai.request.id", r.request_id.clone().map(Value::from));
-        opt(
-            "gen_ai.usage.input_tokens",
-            r.prompt_tokens.map(|v| Value::I64(v as i64)),
-        );
-        opt(
-            "gen_ai.usage.output_tokens",
-            r.completion_tokens.map(|v| Value::I64(v as i64)),
-        );
-        opt(
-            "gen_ai.usage.cache_read.input_tokens",
-            r.cached_tokens.map(|v| Value::I64(v as i64)),
-        );
-        opt(
-            "inferscope.tokens_from",
-            r.tokens_from.map(|t| Value::from(t.as_str())),
-        );
-        opt(
-            "gen_ai.request.max_tokens",
-            r.max_tokens.map(|v| Value::I64(v as i64)),
-        );
+        opt("gen_ai.usage.input_tokens", r.prompt_tokens.map(|v| Value::I64(v as i64)));
+        opt("gen_ai.usage.output_tokens", r.completion_tokens.map(|v| Value::I64(v as i64)));
+        opt("gen_ai.usage.cache_read.input_tokens", r.cached_tokens.map(|v| Value::I64(v as i64)));
+        opt("inferscope.tokens_from", r.tokens_from.map(|t| Value::from(t.as_str())));
+        opt("gen_ai.request.max_tokens", r.max_tokens.map(|v| Value::I64(v as i64)));
         opt("gen_ai.request.temperature", r.temperature.map(Value::F64));
         opt("gen_ai.request.top_p", r.top_p.map(Value::F64));
-        opt(
-            "gen_ai.request.choice.count",
-            (r.n != 1).then_some(Value::I64(i64::from(r.n))),
-        );
-        opt(
-            "gen_ai.latency.time_to_first_token",
-            r.ttft_s().map(Value::F64),
-        );
-        opt(
-            "gen_ai.latency.time_per_output_token",
-            r.tpot_s().map(Value::F64),
-        );
+        opt("gen_ai.request.choice.count", (r.n != 1).then_some(Value::I64(i64::from(r.n))));
+        opt("gen_ai.latency.time_to_first_token", r.ttft_s().map(Value::F64));
+        opt("gen_ai.latency.time_per_output_token", r.tpot_s().map(Value::F64));
         opt("error.type", r.error_type.clone().map(Value::from));
         opt("gen_ai.prompt", r.prompt.clone().map(Value::from));
         opt("gen_ai.completion", r.completion.clone().map(Value::from));
         if !r.finish_reasons.is_empty() {
-            let arr: Vec<StringValue> = r
-                .finish_reasons
-                .iter()
-                .map(|f| StringValue::from(f.clone()))
-                .collect();
-            a.push(KeyValue::new(
-                "gen_ai.response.finish_reasons",
-                Value::Array(Array::String(arr)),
-            ));
+            let arr: Vec<StringValue> = r.finish_reasons.iter().map(|f| StringValue::from(f.clone())).collect();
+            a.push(KeyValue::new("gen_ai.response.finish_reasons", Value::Array(Array::String(arr))));
         }
         let mut b = tracer
             .span_builder("llm_request")
             .with_kind(SpanKind::Internal)
-            .with_start_time(
-                clock.system_time(r.request_end_ns.unwrap_or(r.start_ns).min(r.end_ns)),
-            )
+            .with_start_time(clock.system_time(r.request_end_ns.unwrap_or(r.start_ns).min(r.end_ns)))
             .with_attributes(a);
         if opts.tracing_level >= 2 {
             let events: Vec<Event> = r
@@ -556,10 +440,7 @@ fn emit_spans(
         }
         let mut llm = b.start_with_context(tracer, &cx);
         if failed {
-            opentelemetry::trace::Span::set_status(
-                &mut llm,
-                Status::error(r.error_type.clone().unwrap_or_default()),
-            );
+            opentelemetry::trace::Span::set_status(&mut llm, Status::error(r.error_type.clone().unwrap_or_default()));
         }
         opentelemetry::trace::Span::end_with_timestamp(&mut llm, clock.system_time(r.end_ns));
     }
@@ -576,32 +457,17 @@ mod tests {
 
     #[test]
     fn traceparent() {
-        let sc =
-            parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
-        assert_eq!(
-            sc.trace_id().to_string(),
-            "4bf92f3577b34da6a3ce929d0e0e4736"
-        );
+        let sc = parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        assert_eq!(sc.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert!(sc.is_sampled());
-        assert!(
-            parse_traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01").is_none()
-        );
+        assert!(parse_traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01").is_none());
         assert!(parse_traceparent("garbage").is_none());
     }
 
     #[test]
     fn http_urls() {
-        assert_eq!(
-            http_url("http://c:4318", "traces"),
-            "http://c:4318/v1/traces"
-        );
-        assert_eq!(
-            http_url("http://c:4318/", "metrics"),
-            "http://c:4318/v1/metrics"
-        );
-        assert_eq!(
-            http_url("http://c:4318/custom/v1/traces", "traces"),
-            "http://c:4318/custom/v1/traces"
-        );
+        assert_eq!(http_url("http://c:4318", "traces"), "http://c:4318/v1/traces");
+        assert_eq!(http_url("http://c:4318/", "metrics"), "http://c:4318/v1/metrics");
+        assert_eq!(http_url("http://c:4318/custom/v1/traces", "traces"), "http://c:4318/custom/v1/traces");
     }
 }

@@ -10,76 +10,51 @@ use http_body_util::Full;
 use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
 use inferscope_common::stat;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use super::{Health, Labels};
 use crate::request::RequestRecord;
 
 // Buckets recommended by the OpenTelemetry GenAI semantic conventions.
-const DURATION_BUCKETS: &[f64] = &[
-    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
-];
-const TTFT_BUCKETS: &[f64] = &[
-    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
-];
-const TPOT_BUCKETS: &[f64] = &[
-    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
-];
+const DURATION_BUCKETS: &[f64] =
+    &[0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92];
+const TTFT_BUCKETS: &[f64] =
+    &[0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0];
+const TPOT_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5];
 const TOKEN_BUCKETS: &[f64] = &[
-    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
-    16777216.0, 67108864.0,
+    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0,
+    67108864.0,
 ];
 // inferscope's own: inter-token latency needs resolution below 10 ms on fast hardware.
-const ITL_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75,
-    1.0, 2.5,
-];
+const ITL_BUCKETS: &[f64] =
+    &[0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5];
 // vLLM's own buckets, so its dashboards' quantiles mean the same.
 const VLLM_TTFT: &[f64] = &[
-    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
-    20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0,
+    160.0, 640.0, 2560.0,
 ];
-const VLLM_ITL: &[f64] = &[
-    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
-    40.0, 80.0,
-];
+const VLLM_ITL: &[f64] =
+    &[0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0];
 const VLLM_E2E: &[f64] = &[
-    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
-    480.0, 960.0, 1920.0, 7680.0,
+    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0,
+    1920.0, 7680.0,
 ];
 const VLLM_TOKENS: &[f64] = &[
-    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0, 20000.0,
-    50000.0, 100000.0,
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0, 20000.0, 50000.0, 100000.0,
 ];
 
-const GENAI_LABELS: &[&str] = &[
-    "gen_ai_operation_name",
-    "gen_ai_request_model",
-    "server_port",
-];
+const GENAI_LABELS: &[&str] = &["gen_ai_operation_name", "gen_ai_request_model", "server_port"];
 
-fn hist(
-    reg: &Registry,
-    name: &str,
-    help: &str,
-    buckets: &[f64],
-    labels: &[&str],
-) -> Result<HistogramVec> {
-    let h = HistogramVec::new(
-        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
-        labels,
-    )?;
-    reg.register(Box::new(h.clone()))
-        .with_context(|| format!("registering {name}"))?;
+fn hist(reg: &Registry, name: &str, help: &str, buckets: &[f64], labels: &[&str]) -> Result<HistogramVec> {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels)?;
+    reg.register(Box::new(h.clone())).with_context(|| format!("registering {name}"))?;
     Ok(h)
 }
 
 fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec> {
     let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-    reg.register(Box::new(c.clone()))
-        .with_context(|| format!("registering {name}"))?;
+    reg.register(Box::new(c.clone())).with_context(|| format!("registering {name}"))?;
     Ok(c)
 }
 
@@ -112,11 +87,13 @@ pub struct PromMetrics {
     in_flight: IntGauge,
     bpf_events: IntCounterVec,
     dropped: IntCounterVec,
+    arrivals: IntCounterVec,
     truncated: IntCounter,
     captured_bytes: IntCounter,
     syscall_bytes: IntCounter,
     lost_bytes: IntCounter,
     gaps: IntCounter,
+    discarded: IntCounter,
     parse_errors: IntCounterVec,
     incomplete: IntCounter,
     attached: IntGauge,
@@ -131,13 +108,8 @@ impl PromMetrics {
     pub fn new(vllm_names: bool) -> Result<Self> {
         let reg = Registry::new();
         #[cfg(target_os = "linux")]
-        reg.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ))?;
-        let build = IntGaugeVec::new(
-            Opts::new("inferscope_build_info", "inferscope version (value 1)"),
-            &["version"],
-        )?;
+        reg.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+        let build = IntGaugeVec::new(Opts::new("inferscope_build_info", "inferscope version (value 1)"), &["version"])?;
         reg.register(Box::new(build.clone()))?;
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
 
@@ -222,11 +194,13 @@ impl PromMetrics {
             in_flight: gauge(&reg, "inferscope_requests_in_flight", "Requests whose head was seen and whose response has not ended.")?,
             bpf_events: counter(&reg, "inferscope_bpf_events_total", "Records the BPF programs wrote to the ring buffer, by kind.", &["kind"])?,
             dropped: counter(&reg, "inferscope_dropped_events_total", "Records lost before user space saw them, by reason.", &["reason"])?,
+            arrivals: counter(&reg, "inferscope_arrival_times_total", "Segment arrival times recorded on watched ports, and used by reads of traced servers.", &["result"])?,
             truncated: IntCounter::new("inferscope_capture_truncated_syscalls_total", "Syscalls that moved more bytes than the capture size (head and tail kept).")?,
             captured_bytes: IntCounter::new("inferscope_captured_bytes_total", "Payload bytes copied from traced sockets.")?,
             syscall_bytes: IntCounter::new("inferscope_socket_bytes_total", "Bytes moved by syscalls on traced sockets, captured or not.")?,
             lost_bytes: IntCounter::new("inferscope_capture_lost_bytes_total", "Stream bytes known to be missing (truncation or ring-buffer loss).")?,
             gaps: IntCounter::new("inferscope_capture_gaps_total", "Gaps found in captured byte streams.")?,
+            discarded: IntCounter::new("inferscope_unparsed_bytes_total", "Captured bytes skipped while a parser was out of sync (not HTTP, or after lost bytes).")?,
             parse_errors: counter(&reg, "inferscope_parse_errors_total", "Input that could not be parsed, by protocol and cause.", &["protocol", "cause"])?,
             incomplete: IntCounter::new("inferscope_incomplete_requests_total", "Requests reported without their response end (lost bytes, closed connection, exited process).")?,
             attached: gauge(&reg, "inferscope_attached_processes", "Processes traced now.")?,
@@ -246,6 +220,7 @@ impl PromMetrics {
             &self.syscall_bytes,
             &self.lost_bytes,
             &self.gaps,
+            &self.discarded,
             &self.incomplete,
         ] {
             self.registry.register(Box::new(c.clone()))?;
@@ -255,22 +230,13 @@ impl PromMetrics {
 
     pub fn record(&self, r: &RequestRecord, l: &Labels) {
         self.requests
-            .with_label_values(&[
-                l.operation,
-                &l.model,
-                l.route,
-                &l.status,
-                &l.finish_reason,
-                &l.server_port,
-            ])
+            .with_label_values(&[l.operation, &l.model, l.route, &l.status, &l.finish_reason, &l.server_port])
             .inc();
         if !r.operation.is_llm() {
             return;
         }
         let g = [l.operation, l.model.as_str(), l.server_port.as_str()];
-        self.duration
-            .with_label_values(&[l.operation, &l.model, &l.server_port, &l.error_type])
-            .observe(r.e2e_s());
+        self.duration.with_label_values(&[l.operation, &l.model, &l.server_port, &l.error_type]).observe(r.e2e_s());
         if let Some(t) = r.ttft_s() {
             self.ttft.with_label_values(&g).observe(t);
         }
@@ -282,14 +248,10 @@ impl PromMetrics {
             itl.observe(gap as f64 / 1e9);
         }
         if let Some(p) = r.prompt_tokens {
-            self.tokens
-                .with_label_values(&[l.operation, &l.model, &l.server_port, "input"])
-                .observe(p as f64);
+            self.tokens.with_label_values(&[l.operation, &l.model, &l.server_port, "input"]).observe(p as f64);
         }
         if let Some(c) = r.completion_tokens {
-            self.tokens
-                .with_label_values(&[l.operation, &l.model, &l.server_port, "output"])
-                .observe(c as f64);
+            self.tokens.with_label_values(&[l.operation, &l.model, &l.server_port, "output"]).observe(c as f64);
         }
         if let Some(v) = &self.vllm {
             let m = [l.model.as_str()];
@@ -314,9 +276,7 @@ impl PromMetrics {
                     v.generation.with_label_values(&m).observe(c as f64);
                     v.generation_total.with_label_values(&m).inc_by(c);
                 }
-                v.success
-                    .with_label_values(&[&l.model, &l.finish_reason])
-                    .inc();
+                v.success.with_label_values(&[&l.model, &l.finish_reason]).inc();
             }
         }
     }
@@ -331,18 +291,8 @@ impl PromMetrics {
 
     pub fn health(&mut self, h: &Health) {
         let prev = &mut self.prev;
-        Self::advance(
-            prev,
-            "data",
-            h.bpf_stat(stat::DATA_EVENTS),
-            &self.bpf_events.with_label_values(&["data"]),
-        );
-        Self::advance(
-            prev,
-            "conn",
-            h.bpf_stat(stat::CONN_EVENTS),
-            &self.bpf_events.with_label_values(&["connection"]),
-        );
+        Self::advance(prev, "data", h.bpf_stat(stat::DATA_EVENTS), &self.bpf_events.with_label_values(&["data"]));
+        Self::advance(prev, "conn", h.bpf_stat(stat::CONN_EVENTS), &self.bpf_events.with_label_values(&["connection"]));
         Self::advance(
             prev,
             "ringbuf",
@@ -367,62 +317,35 @@ impl PromMetrics {
             h.bpf_stat(stat::IOV_OVERFLOW),
             &self.dropped.with_label_values(&["too_many_iovecs"]),
         );
+        Self::advance(prev, "trunc", h.bpf_stat(stat::TRUNCATED_SYSCALLS), &self.truncated);
+        Self::advance(prev, "captured", h.bpf_stat(stat::CAPTURED_BYTES), &self.captured_bytes);
+        Self::advance(prev, "sysbytes", h.bpf_stat(stat::SYSCALL_BYTES), &self.syscall_bytes);
         Self::advance(
             prev,
-            "trunc",
-            h.bpf_stat(stat::TRUNCATED_SYSCALLS),
-            &self.truncated,
+            "arr_rec",
+            h.bpf_stat(stat::ARRIVALS_RECORDED),
+            &self.arrivals.with_label_values(&["recorded"]),
         );
-        Self::advance(
-            prev,
-            "captured",
-            h.bpf_stat(stat::CAPTURED_BYTES),
-            &self.captured_bytes,
-        );
-        Self::advance(
-            prev,
-            "sysbytes",
-            h.bpf_stat(stat::SYSCALL_BYTES),
-            &self.syscall_bytes,
-        );
+        Self::advance(prev, "arr_used", h.bpf_stat(stat::ARRIVALS_USED), &self.arrivals.with_label_values(&["used"]));
         Self::advance(prev, "lost", h.tracker.lost_bytes, &self.lost_bytes);
         Self::advance(prev, "gaps", h.tracker.gaps, &self.gaps);
+        Self::advance(prev, "discarded", h.tracker.discarded_bytes, &self.discarded);
         Self::advance(prev, "incomplete", h.tracker.incomplete, &self.incomplete);
         for (cause, n) in &h.tracker.parse_errors {
-            Self::advance(
-                prev,
-                &format!("http/{cause}"),
-                *n,
-                &self.parse_errors.with_label_values(&["http", cause]),
-            );
+            Self::advance(prev, &format!("http/{cause}"), *n, &self.parse_errors.with_label_values(&["http", cause]));
         }
         for (proto, cause, n) in [
             ("http", "orphan_response", h.tracker.orphan_responses),
             ("openai", "bad_chunk", h.tracker.bad_chunks),
             ("http", "too_many_pipelined", h.tracker.pending_overflow),
         ] {
-            Self::advance(
-                prev,
-                &format!("{proto}/{cause}"),
-                n,
-                &self.parse_errors.with_label_values(&[proto, cause]),
-            );
+            Self::advance(prev, &format!("{proto}/{cause}"), n, &self.parse_errors.with_label_values(&[proto, cause]));
         }
         for (cause, n) in &h.decode_errors {
-            Self::advance(
-                prev,
-                &format!("event/{cause}"),
-                *n,
-                &self.parse_errors.with_label_values(&["event", cause]),
-            );
+            Self::advance(prev, &format!("event/{cause}"), *n, &self.parse_errors.with_label_values(&["event", cause]));
         }
         for (exp, n) in &h.export_errors {
-            Self::advance(
-                prev,
-                &format!("export/{exp}"),
-                *n,
-                &self.export_errors.with_label_values(&[exp]),
-            );
+            Self::advance(prev, &format!("export/{exp}"), *n, &self.export_errors.with_label_values(&[exp]));
         }
         self.attached.set(h.attached_processes as i64);
         self.connections.set(h.tracker.connections as i64);
@@ -436,10 +359,7 @@ impl PromMetrics {
     }
 }
 
-async fn serve_one(
-    registry: Arc<Registry>,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn serve_one(registry: Arc<Registry>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let resp = match req.uri().path() {
         "/metrics" => Response::builder()
             .header("content-type", prometheus::TEXT_FORMAT)
@@ -447,21 +367,17 @@ async fn serve_one(
         "/healthz" => Response::builder().body(Full::new(Bytes::from_static(b"ok\n"))),
         "/" => Response::builder()
             .header("content-type", "text/plain")
-            .body(Full::new(Bytes::from_static(
-                b"inferscope: metrics at /metrics, liveness at /healthz\n",
-            ))),
-        _ => Response::builder()
-            .status(StatusCode::NOT_FOUND)
-            .body(Full::new(Bytes::from_static(b"not found\n"))),
+            .body(Full::new(Bytes::from_static(b"inferscope: metrics at /metrics, liveness at /healthz\n"))),
+        _ => Response::builder().status(StatusCode::NOT_FOUND).body(Full::new(Bytes::from_static(b"not found\n"))),
     };
     Ok(resp.unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))))
 }
 
 /// Binds the metrics endpoint now (so a bad address fails at startup) and serves it forever.
 pub async fn serve(addr: SocketAddr, registry: Registry) -> Result<tokio::task::JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
-        format!("cannot listen on --prometheus-listen {addr} (in use? another inferscope?)")
-    })?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on --prometheus-listen {addr} (in use? another inferscope?)"))?;
     let registry = Arc::new(registry);
     Ok(tokio::spawn(async move {
         loop {
@@ -472,9 +388,7 @@ pub async fn serve(addr: SocketAddr, registry: Registry) -> Result<tokio::task::
             tokio::spawn(async move {
                 let io = hyper_util::rt::TokioIo::new(stream);
                 let svc = service_fn(move |req| serve_one(registry.clone(), req));
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, svc)
-                    .await;
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
             });
         }
     }))

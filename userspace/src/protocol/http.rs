@@ -38,24 +38,17 @@ pub struct Head {
 
 impl Head {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
     pub fn is_request(&self) -> bool {
         matches!(self.start, StartLine::Request { .. })
     }
     fn chunked(&self) -> bool {
-        self.header("transfer-encoding").is_some_and(|v| {
-            v.split(',')
-                .next_back()
-                .is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"))
-        })
+        self.header("transfer-encoding")
+            .is_some_and(|v| v.split(',').next_back().is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked")))
     }
     fn content_length(&self) -> Option<u64> {
-        self.header("content-length")
-            .and_then(|v| v.trim().parse().ok())
+        self.header("content-length").and_then(|v| v.trim().parse().ok())
     }
 }
 
@@ -144,6 +137,12 @@ pub struct HttpParser {
     synced_once: bool,
     /// Time of the last bytes fed.
     last_ts: u64,
+    /// Arrival time of the first byte of the segment being parsed (0: unknown or used).
+    arrival: u64,
+    /// A short syscall that may begin a message head, kept while resynchronising.
+    resync: Vec<u8>,
+    /// Bytes skipped while out of sync (after lost bytes, or before the first message head).
+    pub discarded: u64,
 }
 
 impl Default for HttpParser {
@@ -153,17 +152,8 @@ impl Default for HttpParser {
 }
 
 fn looks_like_start(b: &[u8]) -> bool {
-    const METHODS: &[&[u8]] = &[
-        b"GET ",
-        b"POST ",
-        b"PUT ",
-        b"DELETE ",
-        b"HEAD ",
-        b"OPTIONS ",
-        b"PATCH ",
-        b"CONNECT ",
-        b"TRACE ",
-    ];
+    const METHODS: &[&[u8]] =
+        &[b"GET ", b"POST ", b"PUT ", b"DELETE ", b"HEAD ", b"OPTIONS ", b"PATCH ", b"CONNECT ", b"TRACE "];
     b.starts_with(b"HTTP/1.") || METHODS.iter().any(|m| b.starts_with(m))
 }
 
@@ -189,10 +179,7 @@ fn could_be_start(b: &[u8]) -> bool {
 }
 
 fn parse_chunk_size(line: &[u8]) -> Option<u64> {
-    let end = line
-        .iter()
-        .position(|&c| c == b';' || c == b' ' || c == b'\t')
-        .unwrap_or(line.len());
+    let end = line.iter().position(|&c| c == b';' || c == b' ' || c == b'\t').unwrap_or(line.len());
     let hex = &line[..end];
     if hex.is_empty() || hex.len() > 15 {
         return None;
@@ -218,16 +205,16 @@ impl HttpParser {
             head_requests: VecDeque::new(),
             synced_once: false,
             last_ts: 0,
+            arrival: 0,
+            resync: Vec::new(),
+            discarded: 0,
         }
     }
 
     /// A parser for a connection whose capture starts mid-stream: it waits for a syscall that
     /// starts with a message head.
     pub fn new_unsynced() -> Self {
-        Self {
-            state: State::Unsynced,
-            ..Self::new()
-        }
+        Self { state: State::Unsynced, ..Self::new() }
     }
 
     /// Tells a response-side parser that a request was sent; `is_head` requests get no body.
@@ -258,12 +245,10 @@ impl HttpParser {
 
     pub fn feed(&mut self, seg: Segment<'_>, out: &mut Vec<HttpEvent>) {
         match seg {
-            Segment::Data {
-                ts_ns,
-                bytes,
-                syscall_start,
-            } => {
+            Segment::Data { ts_ns, bytes, syscall_start, arrival_ns } => {
                 self.last_ts = ts_ns;
+                // The arrival time belongs to the first byte of a read.
+                self.arrival = if syscall_start && arrival_ns != 0 && arrival_ns <= ts_ns { arrival_ns } else { 0 };
                 self.data(ts_ns, bytes, syscall_start, out)
             }
             Segment::Gap { len } => self.gap(len, out),
@@ -273,10 +258,7 @@ impl HttpParser {
 
     fn lose_sync(&mut self, out: &mut Vec<HttpEvent>, err: ParseError) {
         if self.in_message() && self.state != State::Head {
-            out.push(HttpEvent::End {
-                ts_ns: self.last_ts,
-                complete: false,
-            });
+            out.push(HttpEvent::End { ts_ns: self.last_ts, complete: false });
         }
         out.push(HttpEvent::Error(err));
         self.buf.clear();
@@ -287,6 +269,7 @@ impl HttpParser {
         if len == 0 {
             return;
         }
+        self.resync.clear();
         match self.state {
             State::Head => {
                 let had_partial = !self.buf.is_empty();
@@ -302,28 +285,18 @@ impl HttpParser {
                     self.state = State::Length(rem - len);
                 } else if len == rem {
                     out.push(HttpEvent::BodyGap { len });
-                    out.push(HttpEvent::End {
-                        ts_ns: self.last_ts,
-                        complete: true,
-                    });
+                    out.push(HttpEvent::End { ts_ns: self.last_ts, complete: true });
                     self.state = State::Head;
                 } else {
                     out.push(HttpEvent::BodyGap { len: rem });
-                    out.push(HttpEvent::End {
-                        ts_ns: self.last_ts,
-                        complete: false,
-                    });
+                    out.push(HttpEvent::End { ts_ns: self.last_ts, complete: false });
                     out.push(HttpEvent::Error(ParseError::LostSync));
                     self.state = State::Unsynced;
                 }
             }
             State::Chunked(Chunk::Data(rem)) if len <= rem => {
                 out.push(HttpEvent::BodyGap { len });
-                self.state = State::Chunked(if len == rem {
-                    Chunk::DataEnd
-                } else {
-                    Chunk::Data(rem - len)
-                });
+                self.state = State::Chunked(if len == rem { Chunk::DataEnd } else { Chunk::Data(rem - len) });
             }
             State::Chunked(_) | State::ChunkResync => {
                 out.push(HttpEvent::BodyGap { len: 0 });
@@ -338,17 +311,11 @@ impl HttpParser {
     fn eof(&mut self, ts_ns: u64, out: &mut Vec<HttpEvent>) {
         match self.state {
             State::UntilClose => {
-                out.push(HttpEvent::End {
-                    ts_ns,
-                    complete: true,
-                });
+                out.push(HttpEvent::End { ts_ns, complete: true });
                 self.state = State::Head;
             }
             State::Length(_) | State::Chunked(_) | State::ChunkResync => {
-                out.push(HttpEvent::End {
-                    ts_ns,
-                    complete: false,
-                });
+                out.push(HttpEvent::End { ts_ns, complete: false });
                 self.state = State::Head;
             }
             State::Head | State::Unsynced | State::Opaque => {}
@@ -356,49 +323,66 @@ impl HttpParser {
         self.buf.clear();
     }
 
-    fn data(&mut self, ts: u64, mut b: &[u8], syscall_start: bool, out: &mut Vec<HttpEvent>) {
-        // Resynchronisation happens only at syscall boundaries.
+    fn data(&mut self, ts: u64, b: &[u8], syscall_start: bool, out: &mut Vec<HttpEvent>) {
         match self.state {
-            State::Unsynced => {
-                if !(syscall_start && looks_like_start(b)) {
+            // Resynchronisation happens only at syscall boundaries. A syscall too short to tell
+            // (a head written byte by byte) is kept and judged with the bytes that follow it.
+            State::Unsynced | State::ChunkResync => {
+                if !syscall_start && self.resync.is_empty() {
+                    self.discarded += b.len() as u64;
                     return;
                 }
-                self.state = State::Head;
-            }
-            State::ChunkResync => {
-                if !syscall_start {
-                    return;
-                }
-                if looks_like_start(b) {
-                    // The terminator was lost; the next message begins here.
-                    out.push(HttpEvent::End {
-                        ts_ns: ts,
-                        complete: false,
-                    });
+                // A kept candidate continues with these bytes (a head written in several
+                // syscalls); if the join is no head, the new syscall is judged on its own.
+                let in_chunks = self.state == State::ChunkResync;
+                let joined =
+                    (!self.resync.is_empty()).then(|| [std::mem::take(&mut self.resync).as_slice(), b].concat());
+                let cand: &[u8] = match &joined {
+                    Some(j) if !syscall_start || could_be_start(j) || in_chunks && starts_with_chunk_header(j) => j,
+                    Some(j) => {
+                        self.discarded += (j.len() - b.len()) as u64;
+                        b
+                    }
+                    None => b,
+                };
+                if looks_like_start(cand) {
+                    if in_chunks {
+                        // The terminator was lost; the next message begins here.
+                        out.push(HttpEvent::End { ts_ns: ts, complete: false });
+                    }
                     self.state = State::Head;
-                } else if starts_with_chunk_header(b) {
+                    self.parse(ts, cand, out);
+                } else if in_chunks && starts_with_chunk_header(cand) {
                     self.state = State::Chunked(Chunk::Size);
+                    self.parse(ts, cand, out);
+                } else if cand.len() < 16
+                    && (could_be_start(cand)
+                        || in_chunks && cand.iter().all(|c| c.is_ascii_hexdigit() || b";\r".contains(c)))
+                {
+                    self.resync = cand.to_vec();
                 } else {
-                    return;
+                    self.discarded += cand.len() as u64;
                 }
             }
-            State::Opaque => return,
-            _ => {}
+            State::Opaque => {}
+            _ => self.parse(ts, b, out),
         }
+    }
+
+    fn parse(&mut self, ts: u64, mut b: &[u8], out: &mut Vec<HttpEvent>) {
         while !b.is_empty() {
             let used = match self.state {
-                State::Head => self.head(ts, b, out),
+                State::Head => {
+                    let used = self.head(ts, b, out);
+                    self.arrival = 0;
+                    used
+                }
                 State::Length(rem) => {
+                    self.arrival = 0;
                     let n = (rem.min(b.len() as u64)) as usize;
-                    out.push(HttpEvent::Body {
-                        ts_ns: ts,
-                        bytes: b[..n].to_vec(),
-                    });
+                    out.push(HttpEvent::Body { ts_ns: ts, bytes: b[..n].to_vec() });
                     if n as u64 == rem {
-                        out.push(HttpEvent::End {
-                            ts_ns: ts,
-                            complete: true,
-                        });
+                        out.push(HttpEvent::End { ts_ns: ts, complete: true });
                         self.state = State::Head;
                     } else {
                         self.state = State::Length(rem - n as u64);
@@ -407,10 +391,7 @@ impl HttpParser {
                 }
                 State::Chunked(c) => self.chunked(ts, c, b, out),
                 State::UntilClose => {
-                    out.push(HttpEvent::Body {
-                        ts_ns: ts,
-                        bytes: b.to_vec(),
-                    });
+                    out.push(HttpEvent::Body { ts_ns: ts, bytes: b.to_vec() });
                     b.len()
                 }
                 State::Unsynced | State::ChunkResync | State::Opaque => b.len(),
@@ -430,16 +411,13 @@ impl HttpParser {
             if skip == b.len() {
                 return skip;
             }
-            self.first_ts = ts;
+            // A message that starts a read starts when its bytes arrived, if known.
+            self.first_ts = if self.arrival != 0 { self.arrival } else { ts };
         }
         let old = self.buf.len();
         self.buf.extend_from_slice(&b[skip..]);
         if !could_be_start(&self.buf) {
-            let err = if self.synced_once {
-                ParseError::BadHead
-            } else {
-                ParseError::NotHttp
-            };
+            let err = if self.synced_once { ParseError::BadHead } else { ParseError::NotHttp };
             self.lose_sync(out, err);
             return b.len();
         }
@@ -449,8 +427,7 @@ impl HttpParser {
             return b.len();
         }
         let from = old.saturating_sub(3);
-        let Some(end) = memchr::memmem::find(&self.buf[from..], b"\r\n\r\n").map(|i| from + i + 4)
-        else {
+        let Some(end) = memchr::memmem::find(&self.buf[from..], b"\r\n\r\n").map(|i| from + i + 4) else {
             if self.buf.len() > MAX_HEAD {
                 self.lose_sync(out, ParseError::HeadTooLarge);
             }
@@ -471,10 +448,7 @@ impl HttpParser {
         let ends_now = self.state == State::Head;
         out.push(HttpEvent::Head(Box::new(head)));
         if ends_now {
-            out.push(HttpEvent::End {
-                ts_ns: ts,
-                complete: true,
-            });
+            out.push(HttpEvent::End { ts_ns: ts, complete: true });
         }
         consumed
     }
@@ -520,15 +494,8 @@ impl HttpParser {
         match c {
             Chunk::Data(rem) => {
                 let n = (rem.min(b.len() as u64)) as usize;
-                out.push(HttpEvent::Body {
-                    ts_ns: ts,
-                    bytes: b[..n].to_vec(),
-                });
-                self.state = State::Chunked(if n as u64 == rem {
-                    Chunk::DataEnd
-                } else {
-                    Chunk::Data(rem - n as u64)
-                });
+                out.push(HttpEvent::Body { ts_ns: ts, bytes: b[..n].to_vec() });
+                self.state = State::Chunked(if n as u64 == rem { Chunk::DataEnd } else { Chunk::Data(rem - n as u64) });
                 n
             }
             Chunk::Size | Chunk::DataEnd | Chunk::Trailers => {
@@ -556,10 +523,7 @@ impl HttpParser {
                     },
                     Chunk::Trailers => {
                         if line.is_empty() {
-                            out.push(HttpEvent::End {
-                                ts_ns: ts,
-                                complete: true,
-                            });
+                            out.push(HttpEvent::End { ts_ns: ts, complete: true });
                             self.state = State::Head;
                         }
                     }
@@ -596,22 +560,14 @@ fn parse_head(bytes: &[u8], first_ts: u64, ts: u64) -> Option<Head> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let to_vec = |hs: &[httparse::Header<'_>]| {
         hs.iter()
-            .map(|h| {
-                (
-                    h.name.to_ascii_lowercase(),
-                    String::from_utf8_lossy(h.value).into_owned(),
-                )
-            })
+            .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
             .collect::<Vec<_>>()
     };
     if bytes.starts_with(b"HTTP/") {
         let mut r = httparse::Response::new(&mut headers);
         match r.parse(bytes) {
             Ok(httparse::Status::Complete(_)) => Some(Head {
-                start: StartLine::Response {
-                    status: r.code?,
-                    reason: r.reason.unwrap_or("").to_string(),
-                },
+                start: StartLine::Response { status: r.code?, reason: r.reason.unwrap_or("").to_string() },
                 minor_version: r.version?,
                 headers: to_vec(r.headers),
                 first_ts_ns: first_ts,
@@ -623,10 +579,7 @@ fn parse_head(bytes: &[u8], first_ts: u64, ts: u64) -> Option<Head> {
         let mut r = httparse::Request::new(&mut headers);
         match r.parse(bytes) {
             Ok(httparse::Status::Complete(_)) => Some(Head {
-                start: StartLine::Request {
-                    method: r.method?.to_string(),
-                    target: r.path?.to_string(),
-                },
+                start: StartLine::Request { method: r.method?.to_string(), target: r.path?.to_string() },
                 minor_version: r.version?,
                 headers: to_vec(r.headers),
                 first_ts_ns: first_ts,
@@ -642,11 +595,7 @@ mod tests {
     use super::*;
 
     fn data(ts: u64, b: &[u8]) -> Segment<'_> {
-        Segment::Data {
-            ts_ns: ts,
-            bytes: b,
-            syscall_start: true,
-        }
+        Segment::Data { ts_ns: ts, bytes: b, syscall_start: true, arrival_ns: 0 }
     }
 
     fn run(p: &mut HttpParser, segs: &[Segment<'_>]) -> Vec<HttpEvent> {
@@ -659,13 +608,7 @@ mod tests {
 
     fn body(evs: &[HttpEvent]) -> Vec<u8> {
         evs.iter()
-            .filter_map(|e| {
-                if let HttpEvent::Body { bytes, .. } = e {
-                    Some(bytes.clone())
-                } else {
-                    None
-                }
-            })
+            .filter_map(|e| if let HttpEvent::Body { bytes, .. } = e { Some(bytes.clone()) } else { None })
             .flatten()
             .collect()
     }
@@ -673,35 +616,13 @@ mod tests {
     #[test]
     fn request_with_content_length() {
         let mut p = HttpParser::new();
-        let evs = run(
-            &mut p,
-            &[
-                data(
-                    1,
-                    b"POST /v1/x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhel",
-                ),
-                data(2, b"lo"),
-            ],
-        );
-        let HttpEvent::Head(h) = &evs[0] else {
-            panic!("{evs:?}")
-        };
-        assert_eq!(
-            h.start,
-            StartLine::Request {
-                method: "POST".into(),
-                target: "/v1/x".into()
-            }
-        );
+        let evs =
+            run(&mut p, &[data(1, b"POST /v1/x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhel"), data(2, b"lo")]);
+        let HttpEvent::Head(h) = &evs[0] else { panic!("{evs:?}") };
+        assert_eq!(h.start, StartLine::Request { method: "POST".into(), target: "/v1/x".into() });
         assert_eq!(h.header("host"), Some("a"));
         assert_eq!(body(&evs), b"hello");
-        assert_eq!(
-            evs.last(),
-            Some(&HttpEvent::End {
-                ts_ns: 2,
-                complete: true
-            })
-        );
+        assert_eq!(evs.last(), Some(&HttpEvent::End { ts_ns: 2, complete: true }));
     }
 
     #[test]
@@ -710,44 +631,47 @@ mod tests {
         for cut in 0..msg.len() {
             let mut p = HttpParser::new();
             let segs = [
-                Segment::Data {
-                    ts_ns: 1,
-                    bytes: &msg[..cut],
-                    syscall_start: true,
-                },
-                Segment::Data {
-                    ts_ns: 2,
-                    bytes: &msg[cut..],
-                    syscall_start: false,
-                },
+                Segment::Data { ts_ns: 1, bytes: &msg[..cut], syscall_start: true, arrival_ns: 0 },
+                Segment::Data { ts_ns: 2, bytes: &msg[cut..], syscall_start: false, arrival_ns: 0 },
             ];
             let evs = run(&mut p, &segs);
             assert_eq!(body(&evs), b"hello world", "cut at {cut}");
-            assert!(
-                matches!(evs.last(), Some(HttpEvent::End { complete: true, .. })),
-                "cut at {cut}: {evs:?}"
-            );
+            assert!(matches!(evs.last(), Some(HttpEvent::End { complete: true, .. })), "cut at {cut}: {evs:?}");
         }
+    }
+
+    #[test]
+    fn arrival_time_starts_a_message_that_begins_a_read() {
+        let mut p = HttpParser::new();
+        let evs = run(
+            &mut p,
+            &[Segment::Data {
+                ts_ns: 100,
+                bytes: b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n",
+                syscall_start: true,
+                arrival_ns: 40,
+            }],
+        );
+        let heads: Vec<&Head> =
+            evs.iter().filter_map(|e| if let HttpEvent::Head(h) = e { Some(&**h) } else { None }).collect();
+        assert_eq!(heads[0].first_ts_ns, 40, "the first message started arriving at 40");
+        assert_eq!(heads[1].first_ts_ns, 100, "a pipelined second message has no arrival of its own");
+        // An arrival after the read (clock oddity) is ignored.
+        let mut p = HttpParser::new();
+        let evs = run(
+            &mut p,
+            &[Segment::Data { ts_ns: 100, bytes: b"GET / HTTP/1.1\r\n\r\n", syscall_start: true, arrival_ns: 150 }],
+        );
+        assert!(matches!(&evs[0], HttpEvent::Head(h) if h.first_ts_ns == 100));
     }
 
     #[test]
     fn keep_alive_and_pipelined_messages_in_one_syscall() {
         let mut p = HttpParser::new();
-        let evs = run(
-            &mut p,
-            &[data(1, b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n")],
-        );
-        let heads: Vec<_> = evs
-            .iter()
-            .filter(|e| matches!(e, HttpEvent::Head(_)))
-            .collect();
+        let evs = run(&mut p, &[data(1, b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n")]);
+        let heads: Vec<_> = evs.iter().filter(|e| matches!(e, HttpEvent::Head(_))).collect();
         assert_eq!(heads.len(), 2);
-        assert_eq!(
-            evs.iter()
-                .filter(|e| matches!(e, HttpEvent::End { complete: true, .. }))
-                .count(),
-            2
-        );
+        assert_eq!(evs.iter().filter(|e| matches!(e, HttpEvent::End { complete: true, .. })).count(), 2);
     }
 
     #[test]
@@ -764,25 +688,14 @@ mod tests {
             ],
         );
         assert_eq!(body(&evs), b"abc");
-        assert_eq!(
-            evs.iter()
-                .filter(|e| matches!(e, HttpEvent::End { complete: true, .. }))
-                .count(),
-            2
-        );
+        assert_eq!(evs.iter().filter(|e| matches!(e, HttpEvent::End { complete: true, .. })).count(), 2);
     }
 
     #[test]
     fn garbage_is_counted_then_ignored_until_a_head() {
         let mut p = HttpParser::new();
-        let evs = run(
-            &mut p,
-            &[
-                data(1, b"\x00\x01binary junk"),
-                data(2, b"more junk"),
-                data(3, b"GET / HTTP/1.1\r\n\r\n"),
-            ],
-        );
+        let evs =
+            run(&mut p, &[data(1, b"\x00\x01binary junk"), data(2, b"more junk"), data(3, b"GET / HTTP/1.1\r\n\r\n")]);
         assert_eq!(evs[0], HttpEvent::Error(ParseError::NotHttp));
         assert!(matches!(evs[1], HttpEvent::Head(_)));
     }
@@ -794,10 +707,7 @@ mod tests {
             &mut p,
             &[
                 data(1, b"tail of a body\r\n"),
-                data(
-                    2,
-                    b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
-                ),
+                data(2, b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 0\r\n\r\n"),
             ],
         );
         assert!(matches!(&evs[0], HttpEvent::Head(h) if h.is_request()));
@@ -808,21 +718,11 @@ mod tests {
         let mut p = HttpParser::new();
         let evs = run(
             &mut p,
-            &[
-                data(1, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab"),
-                Segment::Gap { len: 6 },
-                data(2, b"yz"),
-            ],
+            &[data(1, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab"), Segment::Gap { len: 6 }, data(2, b"yz")],
         );
         assert_eq!(body(&evs), b"abyz");
         assert!(evs.contains(&HttpEvent::BodyGap { len: 6 }));
-        assert_eq!(
-            evs.last(),
-            Some(&HttpEvent::End {
-                ts_ns: 2,
-                complete: true
-            })
-        );
+        assert_eq!(evs.last(), Some(&HttpEvent::End { ts_ns: 2, complete: true }));
     }
 
     #[test]
@@ -834,30 +734,16 @@ mod tests {
                 data(1, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"),
                 data(2, b"a\r\n01"),
                 Segment::Gap { len: 4 },
-                Segment::Data {
-                    ts_ns: 3,
-                    bytes: b"6789\r\n",
-                    syscall_start: false,
-                },
+                Segment::Data { ts_ns: 3, bytes: b"6789\r\n", syscall_start: false, arrival_ns: 0 },
                 // a whole chunk lost across boundaries
                 Segment::Gap { len: 30 },
-                Segment::Data {
-                    ts_ns: 4,
-                    bytes: b"still lost",
-                    syscall_start: false,
-                },
+                Segment::Data { ts_ns: 4, bytes: b"still lost", syscall_start: false, arrival_ns: 0 },
                 data(5, b"3\r\nxyz\r\n"),
                 data(6, b"0\r\n\r\n"),
             ],
         );
         assert_eq!(body(&evs), b"016789xyz");
-        assert_eq!(
-            evs.last(),
-            Some(&HttpEvent::End {
-                ts_ns: 6,
-                complete: true
-            })
-        );
+        assert_eq!(evs.last(), Some(&HttpEvent::End { ts_ns: 6, complete: true }));
     }
 
     #[test]
@@ -871,26 +757,40 @@ mod tests {
                 data(2, b"HTTP/1.1 204 No Content\r\n\r\n"),
             ],
         );
-        assert!(evs.contains(&HttpEvent::End {
-            ts_ns: 2,
-            complete: false
-        }));
-        assert!(matches!(
-            evs.last(),
-            Some(HttpEvent::End { complete: true, .. })
-        ));
+        assert!(evs.contains(&HttpEvent::End { ts_ns: 2, complete: false }));
+        assert!(matches!(evs.last(), Some(HttpEvent::End { complete: true, .. })));
+    }
+
+    #[test]
+    fn resync_on_a_head_written_in_tiny_syscalls() {
+        let mut p = HttpParser::new();
+        let evs = run(
+            &mut p,
+            &[
+                data(1, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel"),
+                Segment::Gap { len: 40 },
+                data(2, b"H"),
+                data(3, b"TT"),
+                data(4, b"P/1.1 204 No Content\r\n\r\n"),
+            ],
+        );
+        assert!(
+            evs.contains(&HttpEvent::End { ts_ns: 3, complete: false })
+                || evs.contains(&HttpEvent::End { ts_ns: 4, complete: false }),
+            "{evs:?}"
+        );
+        assert!(evs.iter().any(|e| matches!(e, HttpEvent::Head(h) if h.start == StartLine::Response { status: 204, reason: "No Content".into() })), "{evs:?}");
+        // Bytes that are no head are counted as discarded.
+        let mut p = HttpParser::new_unsynced();
+        run(&mut p, &[data(1, b"xyz"), data(2, b"H"), data(3, b"ello world, not http")]);
+        assert_eq!(p.discarded, 3 + 1 + 20);
     }
 
     #[test]
     fn upgrade_and_h2_become_opaque() {
         let mut p = HttpParser::new();
-        let evs = run(
-            &mut p,
-            &[data(
-                1,
-                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x05hello",
-            )],
-        );
+        let evs =
+            run(&mut p, &[data(1, b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x05hello")]);
         assert!(matches!(evs[0], HttpEvent::Head(_)));
         assert!(p.is_opaque());
         let mut p = HttpParser::new();

@@ -50,10 +50,7 @@ impl Operation {
 
     /// Whether responses carry generated tokens.
     pub fn generates(self) -> bool {
-        matches!(
-            self,
-            Operation::Chat | Operation::TextCompletion | Operation::Generate
-        )
+        matches!(self, Operation::Chat | Operation::TextCompletion | Operation::Generate)
     }
 }
 
@@ -106,10 +103,7 @@ struct SamplingParams {
     top_p: Option<f64>,
 }
 
-fn prompt_text(
-    messages: Option<&serde_json::Value>,
-    prompt: Option<&serde_json::Value>,
-) -> Option<String> {
+fn prompt_text(messages: Option<&serde_json::Value>, prompt: Option<&serde_json::Value>) -> Option<String> {
     let mut out = String::new();
     if let Some(serde_json::Value::Array(ms)) = messages {
         for m in ms {
@@ -153,11 +147,7 @@ pub fn parse_request(body: &[u8], keep_prompt: bool) -> Option<RequestInfo> {
         stream: r.stream,
         include_usage: r.stream_options.and_then(|s| s.include_usage),
         n: r.n.or(sp.and_then(|s| s.n)),
-        max_tokens: r
-            .max_tokens
-            .or(r.max_completion_tokens)
-            .or(r.max_new_tokens)
-            .or(sp.and_then(|s| s.max_new_tokens)),
+        max_tokens: r.max_tokens.or(r.max_completion_tokens).or(r.max_new_tokens).or(sp.and_then(|s| s.max_new_tokens)),
         temperature: r.temperature.or(sp.and_then(|s| s.temperature)),
         top_p: r.top_p.or(sp.and_then(|s| s.top_p)),
         prompt: if keep_prompt {
@@ -182,8 +172,7 @@ pub fn scan_request(fragments: &[&[u8]]) -> RequestInfo {
             info.include_usage = scan_bool(f, "include_usage");
         }
         if info.max_tokens.is_none() {
-            info.max_tokens =
-                scan_u64(f, "max_tokens").or_else(|| scan_u64(f, "max_completion_tokens"));
+            info.max_tokens = scan_u64(f, "max_tokens").or_else(|| scan_u64(f, "max_completion_tokens"));
         }
         if info.n.is_none() {
             info.n = scan_u64(f, "n").and_then(|n| u32::try_from(n).ok());
@@ -279,18 +268,18 @@ pub struct ResponseInfo {
     pub error: Option<String>,
 }
 
+/// A short identifier for a body-reported error (`type`, else `code`), never free text: error
+/// messages would make unbounded metric label values.
 fn error_type(v: &serde_json::Value) -> String {
-    let pick = |k: &str| {
-        v.get(k).and_then(|x| {
-            x.as_str()
-                .map(str::to_string)
-                .or_else(|| x.as_i64().map(|n| n.to_string()))
-        })
+    let ident = |s: &String| {
+        !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-:".contains(&b))
     };
-    pick("type")
-        .or_else(|| pick("code"))
-        .or_else(|| v.as_str().map(str::to_string))
-        .unwrap_or_else(|| "error".to_string())
+    let pick = |k: &str| {
+        v.get(k)
+            .and_then(|x| x.as_str().map(str::to_string).or_else(|| x.as_i64().map(|n| n.to_string())))
+            .filter(ident)
+    };
+    pick("type").or_else(|| pick("code")).unwrap_or_else(|| "error".to_string())
 }
 
 fn nonempty(s: &Option<Cow<'_, str>>) -> bool {
@@ -309,21 +298,14 @@ pub fn parse_response(body: &[u8], keep_text: bool) -> Option<ResponseInfo> {
     };
     for (i, c) in r.choices.unwrap_or_default().into_iter().enumerate() {
         let d = c.delta.as_ref().or(c.message.as_ref());
-        let tools = d
-            .and_then(|d| d.tool_calls.as_ref())
-            .is_some_and(|t| t.as_array().is_some_and(|a| !a.is_empty()));
+        let tools = d.and_then(|d| d.tool_calls.as_ref()).is_some_and(|t| t.as_array().is_some_and(|a| !a.is_empty()));
         let has_output = nonempty(&c.text)
             || tools
-            || d.is_some_and(|d| {
-                nonempty(&d.content) || nonempty(&d.reasoning_content) || nonempty(&d.reasoning)
-            });
+            || d.is_some_and(|d| nonempty(&d.content) || nonempty(&d.reasoning_content) || nonempty(&d.reasoning));
         let text = if keep_text {
             let mut s = String::new();
             if let Some(d) = d {
-                for part in [&d.reasoning_content, &d.reasoning, &d.content]
-                    .into_iter()
-                    .flatten()
-                {
+                for part in [&d.reasoning_content, &d.reasoning, &d.content].into_iter().flatten() {
                     s.push_str(part);
                 }
             }
@@ -353,22 +335,16 @@ pub fn parse_response(body: &[u8], keep_text: bool) -> Option<ResponseInfo> {
         if info.id.is_none() {
             info.id = m.id;
         }
-        let finish = m.finish_reason.as_ref().and_then(|f| {
-            f.get("type")
-                .and_then(|t| t.as_str())
-                .or(f.as_str())
-                .map(str::to_string)
-        });
+        let finish = m
+            .finish_reason
+            .as_ref()
+            .and_then(|f| f.get("type").and_then(|t| t.as_str()).or(f.as_str()).map(str::to_string));
         if info.choices.is_empty() {
             info.choices.push(ChoiceInfo {
                 index: 0,
                 has_output: nonempty(&r.text),
                 finish_reason: finish,
-                text: if keep_text {
-                    r.text.map(Cow::into_owned)
-                } else {
-                    None
-                },
+                text: if keep_text { r.text.map(Cow::into_owned) } else { None },
             });
         }
     }
@@ -391,12 +367,7 @@ pub fn scan_response(fragments: &[&[u8]]) -> ResponseInfo {
         if info.choices.is_empty()
             && let Some(fr) = scan_string(f, "finish_reason")
         {
-            info.choices.push(ChoiceInfo {
-                index: 0,
-                has_output: true,
-                finish_reason: Some(fr),
-                text: None,
-            });
+            info.choices.push(ChoiceInfo { index: 0, has_output: true, finish_reason: Some(fr), text: None });
         }
     }
     info
@@ -448,10 +419,7 @@ pub fn scan_bool(b: &[u8], key: &str) -> Option<bool> {
 pub fn scan_u64(b: &[u8], key: &str) -> Option<u64> {
     let at = find_key(b, key)?;
     let rest = &b[at..];
-    let end = rest
-        .iter()
-        .position(|c| !c.is_ascii_digit())
-        .unwrap_or(rest.len());
+    let end = rest.iter().position(|c| !c.is_ascii_digit()).unwrap_or(rest.len());
     std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
 }
 
@@ -471,15 +439,8 @@ mod tests {
         assert_eq!(r.include_usage, Some(true));
         assert_eq!(r.max_tokens, Some(7));
         assert_eq!(r.n, Some(2));
-        assert_eq!(
-            r.prompt, None,
-            "prompt text is dropped unless capture is on"
-        );
-        let r = parse_request(
-            br#"{"messages":[{"role":"user","content":"hi"}],"model":"m"}"#,
-            true,
-        )
-        .unwrap();
+        assert_eq!(r.prompt, None, "prompt text is dropped unless capture is on");
+        let r = parse_request(br#"{"messages":[{"role":"user","content":"hi"}],"model":"m"}"#, true).unwrap();
         assert_eq!(r.prompt.as_deref(), Some("user: hi\n"));
     }
 
@@ -487,37 +448,35 @@ mod tests {
     fn chunk_output_detection() {
         let role = parse_response(br#"{"id":"c1","model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#, false).unwrap();
         assert!(!role.choices[0].has_output);
-        let tok = parse_response(
-            br#"{"id":"c1","choices":[{"index":0,"delta":{"content":" ]"}}]}"#,
-            false,
-        )
-        .unwrap();
+        let tok = parse_response(br#"{"id":"c1","choices":[{"index":0,"delta":{"content":" ]"}}]}"#, false).unwrap();
         assert!(tok.choices[0].has_output);
-        let reasoning = parse_response(
-            br#"{"choices":[{"index":0,"delta":{"reasoning_content":"think"}}]}"#,
+        let reasoning =
+            parse_response(br#"{"choices":[{"index":0,"delta":{"reasoning_content":"think"}}]}"#, false).unwrap();
+        assert!(reasoning.choices[0].has_output);
+        let tools = parse_response(
+            br#"{"choices":[{"index":1,"delta":{"tool_calls":[{"index":0,"function":{"name":"f"}}]}}]}"#,
             false,
         )
         .unwrap();
-        assert!(reasoning.choices[0].has_output);
-        let tools = parse_response(br#"{"choices":[{"index":1,"delta":{"tool_calls":[{"index":0,"function":{"name":"f"}}]}}]}"#, false).unwrap();
         assert!(tools.choices[0].has_output);
         assert_eq!(tools.choices[0].index, 1);
-        let usage = parse_response(br#"{"id":"c1","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":9,"total_tokens":14}}"#, false).unwrap();
-        assert_eq!(usage.usage.unwrap().completion_tokens, Some(9));
-        let err = parse_response(
-            br#"{"error":{"message":"boom","type":"InternalServerError","code":500}}"#,
+        let usage = parse_response(
+            br#"{"id":"c1","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":9,"total_tokens":14}}"#,
             false,
         )
         .unwrap();
+        assert_eq!(usage.usage.unwrap().completion_tokens, Some(9));
+        let err =
+            parse_response(br#"{"error":{"message":"boom","type":"InternalServerError","code":500}}"#, false).unwrap();
         assert_eq!(err.error.as_deref(), Some("InternalServerError"));
+        // Free-text errors never become label values.
+        let msg = parse_response(br#"{"error":"CUDA out of memory. Tried to allocate 2.00 GiB"}"#, false).unwrap();
+        assert_eq!(msg.error.as_deref(), Some("error"));
     }
 
     #[test]
     fn real_vllm_chunks_parse() {
-        let raw = std::fs::read(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../tests/data/vllm-0.32-sse.bin"
-        ));
+        let raw = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/vllm-0.32-sse.bin"));
         let Ok(raw) = raw else { return };
         let text = String::from_utf8_lossy(&raw);
         let mut outputs = 0;
@@ -553,18 +512,9 @@ mod tests {
 
     #[test]
     fn paths() {
-        assert_eq!(
-            Operation::from_path("/v1/chat/completions?x=1"),
-            Operation::Chat
-        );
-        assert_eq!(
-            Operation::from_path("/v1/completions"),
-            Operation::TextCompletion
-        );
-        assert_eq!(
-            Operation::from_path("/v1/embeddings"),
-            Operation::Embeddings
-        );
+        assert_eq!(Operation::from_path("/v1/chat/completions?x=1"), Operation::Chat);
+        assert_eq!(Operation::from_path("/v1/completions"), Operation::TextCompletion);
+        assert_eq!(Operation::from_path("/v1/embeddings"), Operation::Embeddings);
         assert_eq!(Operation::from_path("/health"), Operation::Other);
     }
 }

@@ -98,11 +98,7 @@ impl SseParser {
             if self.oversized {
                 self.dropped += 1;
             } else if self.has_data {
-                out.push(SseEvent {
-                    ts_ns,
-                    event: self.event.take(),
-                    data: std::mem::take(&mut self.data),
-                });
+                out.push(SseEvent { ts_ns, event: self.event.take(), data: std::mem::take(&mut self.data) });
             }
             self.reset_event();
             self.line = line;
@@ -153,9 +149,7 @@ mod tests {
 
     #[test]
     fn events_comments_multiline_and_done() {
-        let evs = parse(&[
-            b": ping\n\ndata: {\"a\":1}\n\nevent: x\ndata: l1\ndata: l2\n\ndata: [DONE]\n\n",
-        ]);
+        let evs = parse(&[b": ping\n\ndata: {\"a\":1}\n\nevent: x\ndata: l1\ndata: l2\n\ndata: [DONE]\n\n"]);
         assert_eq!(evs.len(), 3);
         assert_eq!(evs[0].data, b"{\"a\":1}");
         assert_eq!(evs[1].event.as_deref(), Some("x"));
@@ -169,11 +163,7 @@ mod tests {
         for cut in 0..whole.len() {
             let evs = parse(&[&whole[..cut], &whole[cut..]]);
             let datas: Vec<_> = evs.iter().map(|e| e.data.clone()).collect();
-            assert_eq!(
-                datas,
-                vec![b"one".to_vec(), b"two".to_vec(), b"three".to_vec()],
-                "cut {cut}"
-            );
+            assert_eq!(datas, vec![b"one".to_vec(), b"two".to_vec(), b"three".to_vec()], "cut {cut}");
         }
     }
 

@@ -31,13 +31,7 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     };
     let child = child as u32;
     let _ = TRACKED.insert(&child, &0, 0);
-    output(&ProcEvent {
-        kind: EventKind::ProcFork as u32,
-        tgid,
-        child,
-        _pad: 0,
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-    });
+    output(&ProcEvent { kind: EventKind::ProcFork as u32, tgid, child, _pad: 0, ts_ns: unsafe { bpf_ktime_get_ns() } });
     0
 }
 

@@ -21,13 +21,13 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use inferscope_common::{
-    ConnEvent, DATA_FLAG_EOF, DATA_FLAG_TRUNCATED, DATA_HEADER_LEN, DIR_EGRESS, DIR_INGRESS,
-    EventKind, MAX_CAPTURE, MAX_IOV, ROLE_CLIENT, ROLE_SERVER, SYS_READ, SYS_READV, SYS_RECVFROM,
-    SYS_RECVMSG, SYS_SENDMSG, SYS_SENDTO, SYS_WRITE, SYS_WRITEV, SockInfo, sock_key, stat,
+    ConnEvent, DATA_FLAG_EOF, DATA_FLAG_TRUNCATED, DATA_HEADER_LEN, DIR_EGRESS, DIR_INGRESS, EventKind, MAX_CAPTURE,
+    MAX_IOV, ROLE_CLIENT, ROLE_SERVER, SYS_READ, SYS_READV, SYS_RECVFROM, SYS_RECVMSG, SYS_SENDMSG, SYS_SENDTO,
+    SYS_WRITE, SYS_WRITEV, SockInfo, sock_key, stat,
 };
 
 use crate::{
-    CAPTURE_HEAD, CAPTURE_TAIL, CONN_SEQ, EVENTS, SCRATCH, SOCKETS, Scratch, TRACKED, count,
+    ARRIVALS, CAPTURE_HEAD, CAPTURE_TAIL, CONN_SEQ, EVENTS, SCRATCH, SOCKETS, Scratch, TRACKED, WATCHED_PORTS, count,
     read_global,
 };
 
@@ -52,6 +52,8 @@ pub struct IoArgs {
     buf: u64,
     /// iovec count for vectored calls.
     iovcnt: u64,
+    /// Arrival time of the bytes being read, set by `sock_recv_length` during the call.
+    arrival_ns: u64,
     fd: u32,
     syscall: u8,
     dir: u8,
@@ -122,15 +124,7 @@ fn enter_io(ctx: &TracePointContext, syscall: u8, dir: u8, shape: u8) -> u32 {
         }
         _ => {}
     }
-    let args = IoArgs {
-        buf,
-        iovcnt,
-        fd,
-        syscall,
-        dir,
-        shape,
-        _pad: 0,
-    };
+    let args = IoArgs { buf, iovcnt, arrival_ns: 0, fd, syscall, dir, shape, _pad: 0 };
     let _ = PENDING_IO.insert(&pid_tgid, &args, 0);
     0
 }
@@ -139,21 +133,11 @@ fn enter_io(ctx: &TracePointContext, syscall: u8, dir: u8, shape: u8) -> u32 {
 /// ring-buffer record whose header is already in `scratch`.
 #[inline(never)]
 fn emit(scratch: *mut Scratch, src: u64, offset: u64, len: u64, flags: u8) {
-    let n: u32 = if len > MAX_CAPTURE as u64 {
-        MAX_CAPTURE as u32
-    } else {
-        len as u32
-    };
+    let n: u32 = if len > MAX_CAPTURE as u64 { MAX_CAPTURE as u32 } else { len as u32 };
     let s = unsafe { &mut *scratch };
     s.hdr.offset = offset as u32;
     s.hdr.flags = flags;
-    let r = unsafe {
-        probe_read_user_raw(
-            s.data.as_mut_ptr().cast(),
-            n,
-            src as *const core::ffi::c_void,
-        )
-    };
+    let r = unsafe { probe_read_user_raw(s.data.as_mut_ptr().cast(), n, src as *const core::ffi::c_void) };
     if r != 0 {
         count(stat::READ_USER_FAILED, 1);
         s.hdr.len = 0;
@@ -162,11 +146,7 @@ fn emit(scratch: *mut Scratch, src: u64, offset: u64, len: u64, flags: u8) {
         s.hdr.len = n;
     }
     let total = DATA_HEADER_LEN + s.hdr.len as usize;
-    let total = if total > DATA_HEADER_LEN + MAX_CAPTURE {
-        DATA_HEADER_LEN + MAX_CAPTURE
-    } else {
-        total
-    };
+    let total = if total > DATA_HEADER_LEN + MAX_CAPTURE { DATA_HEADER_LEN + MAX_CAPTURE } else { total };
     let bytes = unsafe { core::slice::from_raw_parts(scratch as *const u8, total) };
     match EVENTS.output::<[u8]>(bytes, 0) {
         Ok(()) => {
@@ -184,11 +164,7 @@ fn emit_segment(scratch: *mut Scratch, src: u64, seg_off: u64, seg_len: u64) {
     if head_cap > MAX_CAPTURE as u64 {
         head_cap = MAX_CAPTURE as u64;
     }
-    let head = if seg_len < head_cap {
-        seg_len
-    } else {
-        head_cap
-    };
+    let head = if seg_len < head_cap { seg_len } else { head_cap };
     if seg_len <= head {
         emit(scratch, src, seg_off, head, 0);
         return;
@@ -225,15 +201,12 @@ fn exit_io(ctx: &TracePointContext) -> u32 {
     let Some(info) = SOCKETS.get_ptr_mut(&sock_key(tgid, args.fd)) else {
         return 0;
     };
-    let dir = if args.dir == DIR_EGRESS {
-        1usize
-    } else {
-        0usize
-    };
+    let dir = if args.dir == DIR_EGRESS { 1usize } else { 0usize };
     let info = unsafe { &mut *info };
     let pos = info.pos[dir];
     info.pos[dir] = pos + ret;
     let conn_id = info.conn_id;
+    let arrival_ns = args.arrival_ns;
 
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return 0;
@@ -250,6 +223,7 @@ fn exit_io(ctx: &TracePointContext) -> u32 {
         hdr.syscall_len = ret;
         hdr.offset = 0;
         hdr.len = 0;
+        hdr.arrival_ns = arrival_ns;
         hdr.direction = args.dir;
         hdr.syscall = args.syscall;
         hdr.flags = 0;
@@ -324,12 +298,7 @@ fn enter_conn(ctx: &TracePointContext, role: u8) -> u32 {
     }
     let fd = unsafe { ctx.read_at::<u64>(ARG0) }.unwrap_or(0) as u32;
     let addr = unsafe { ctx.read_at::<u64>(ARG1) }.unwrap_or(0);
-    let args = ConnArgs {
-        addr,
-        fd,
-        role,
-        _pad: [0; 3],
-    };
+    let args = ConnArgs { addr, fd, role, _pad: [0; 3] };
     let _ = PENDING_CONN.insert(&pid_tgid, &args, 0);
     0
 }
@@ -390,16 +359,6 @@ fn exit_conn(ctx: &TracePointContext) -> u32 {
         *seq += 1;
         ((*seq) << 8) | (cpu & 0xff)
     } & !inferscope_common::USER_CONN_ID_BIT;
-    let info = SockInfo {
-        conn_id,
-        pos: [0, 0],
-        role: args.role,
-        _pad: [0; 7],
-    };
-    if SOCKETS.insert(&sock_key(tgid, fd), &info, 0).is_err() {
-        count(stat::SOCKET_MAP_FULL, 1);
-        return 0;
-    }
     let mut ev = ConnEvent {
         kind: EventKind::ConnOpen as u32,
         tgid,
@@ -411,6 +370,11 @@ fn exit_conn(ctx: &TracePointContext) -> u32 {
         ..ConnEvent::default()
     };
     read_sockaddr(args.addr, &mut ev);
+    let info = SockInfo { conn_id, pos: [0, 0], role: args.role, _pad: [0; 7] };
+    if SOCKETS.insert(&sock_key(tgid, fd), &info, 0).is_err() {
+        count(stat::SOCKET_MAP_FULL, 1);
+        return 0;
+    }
     output_conn(&ev);
     0
 }
@@ -472,5 +436,72 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
         ..ConnEvent::default()
     };
     output_conn(&ev);
+    0
+}
+
+// Request arrival times. A busy server reads a request some time after its bytes arrived;
+// that queueing is latency the client sees. `tcp:tcp_probe` runs (in softirq context) for every
+// segment an ESTABLISHED TCP socket receives, with the socket's address `skaddr` (offset 128),
+// its local port `sport` (u16, host order, offset 64) and the payload size `data_len` (u16,
+// offset 76). `sock:sock_recv_length` runs inside the reading syscall (process context) with
+// the same socket address `sk` (offset 8), so the read can take the arrival time of the oldest
+// unread segment. `tcp:tcp_destroy_sock` (`skaddr` at 8, `sport` at 16) forgets a socket so a
+// reused address never inherits a stale time.
+
+const BPF_NOEXIST: u64 = 1;
+
+#[tracepoint]
+pub fn tcp_probe(ctx: TracePointContext) -> u32 {
+    let Ok(len) = (unsafe { ctx.read_at::<u16>(76) }) else {
+        return 0;
+    };
+    if len == 0 {
+        return 0;
+    }
+    let Ok(sport) = (unsafe { ctx.read_at::<u16>(64) }) else {
+        return 0;
+    };
+    if unsafe { WATCHED_PORTS.get(&sport) }.is_none() {
+        return 0;
+    }
+    let Ok(sk) = (unsafe { ctx.read_at::<u64>(128) }) else {
+        return 0;
+    };
+    // Only the oldest unread segment counts: keep an existing entry.
+    if ARRIVALS.insert(&sk, &unsafe { bpf_ktime_get_ns() }, BPF_NOEXIST).is_ok() {
+        count(stat::ARRIVALS_RECORDED, 1);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(args) = PENDING_IO.get_ptr_mut(&pid_tgid) else {
+        return 0;
+    };
+    let Ok(sk) = (unsafe { ctx.read_at::<u64>(8) }) else {
+        return 0;
+    };
+    if let Some(t) = unsafe { ARRIVALS.get(&sk) } {
+        let t = *t;
+        unsafe { (*args).arrival_ns = t };
+        let _ = ARRIVALS.remove(&sk);
+        count(stat::ARRIVALS_USED, 1);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
+    let Ok(sport) = (unsafe { ctx.read_at::<u16>(16) }) else {
+        return 0;
+    };
+    if unsafe { WATCHED_PORTS.get(&sport) }.is_none() {
+        return 0;
+    }
+    if let Ok(sk) = unsafe { ctx.read_at::<u64>(8) } {
+        let _ = ARRIVALS.remove(&sk);
+    }
     0
 }

@@ -283,9 +283,6 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
             "inferscope runs in a child PID namespace, where its PIDs do not match the kernel's: run it in the host PID namespace (Kubernetes: hostPID: true; docker: --pid=host)"
         );
     }
-    for (cap, loss) in crate::privileges::missing_optional(crate::privileges::effective_caps()) {
-        eprintln!("inferscope: warning: no {cap}: {loss}");
-    }
     let load = LoadOptions {
         capture_head: o.capture_bytes,
         capture_tail: o.capture_tail_bytes,
@@ -293,6 +290,9 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
         arrival_times: !o.no_arrival_times,
     };
     let mut probes = bpf::load(&load)?;
+    for (cap, loss) in crate::privileges::missing_optional(crate::privileges::effective_caps()) {
+        eprintln!("inferscope: warning: no {cap}: {loss}");
+    }
     let ring = probes.take_events()?;
     // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged, for its lifetime.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }

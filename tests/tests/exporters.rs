@@ -1,0 +1,219 @@
+//! Exporters against real receivers: a real Prometheus server (Debian's) scraping inferscope
+//! and answering PromQL, and a real OTLP receiver (the official OpenTelemetry protobufs on
+//! grpcio) getting spans and metrics over gRPC and HTTP. Needs root.
+
+use std::{
+    collections::HashMap,
+    io::BufRead,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use inferscope_tests::*;
+use serde_json::Value;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn promql(port: u16, q: &str) -> Option<f64> {
+    let out = Command::new(repo_root().join("tests/receivers/prometheus.sh")).args(["query", &port.to_string(), q]).output().ok()?;
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+}
+
+/// Prometheus scrapes inferscope; PromQL counts what the client sent, under the GenAI names
+/// and (with --vllm-metrics) the names vLLM's dashboards query.
+#[test]
+fn prometheus_scrapes_and_promql_counts() {
+    let dir = scratch("prom");
+    let server = Fixture::start(&dir, &[]);
+    let metrics_port = free_port();
+    let listen = format!("127.0.0.1:{metrics_port}");
+    let mut scope = Inferscope::attach(&dir, server.proc.pid(), &["--prometheus-listen", &listen, "--vllm-metrics"]);
+    let prom_port = free_port();
+    let _prom = Proc::spawn(
+        "prometheus",
+        Command::new(repo_root().join("tests/receivers/prometheus.sh"))
+            .args(["start", dir.join("prom-data").to_str().unwrap(), &prom_port.to_string(), &listen, "1s"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap()),
+    );
+    let truth = loadgen(&dir, &server.url(), &["--requests", "60", "--concurrency", "4", "--mix", "chat_stream=5,chat_nostream=1", "--seed", "5"]);
+    let streams = truth.iter().filter(|t| t["stream"] == true).count() as f64;
+    let tokens: u64 = truth.iter().filter_map(|t| t["completion_tokens"].as_u64()).sum();
+    scope.wait_requests(truth.len(), Duration::from_secs(20));
+    let want = [
+        ("sum(inferscope_requests_total{http_route=\"/v1/chat/completions\",http_response_status_code=\"200\"})", truth.len() as f64),
+        ("sum(gen_ai_server_time_to_first_token_seconds_count)", streams),
+        ("sum(gen_ai_server_request_duration_seconds_count{gen_ai_operation_name=\"chat\"})", truth.len() as f64),
+        ("sum(gen_ai_server_token_usage_sum{gen_ai_token_type=\"output\"})", tokens as f64),
+        ("sum(vllm:time_to_first_token_seconds_count{model_name=\"tiny-llama\"})", streams),
+        ("sum(vllm:generation_tokens_total)", tokens as f64),
+        ("sum(vllm:request_success_total{finished_reason=\"length\"})", truth.len() as f64),
+    ];
+    for (q, v) in want {
+        let got = wait_for(&format!("Prometheus to answer {q} = {v}"), Duration::from_secs(30), || promql(prom_port, q).filter(|g| (g - v).abs() < 1e-9));
+        assert_eq!(got, v, "{q}");
+    }
+    // The median TTFT as PromQL computes it from the buckets is near the client's.
+    let q = "histogram_quantile(0.5, sum by (le) (gen_ai_server_time_to_first_token_seconds_bucket))";
+    let p50 = promql(prom_port, q).expect("quantile");
+    assert!(p50 > 0.005 && p50 < 0.06, "p50 TTFT {p50}");
+    scope.stop();
+}
+
+struct Receiver {
+    _proc: Proc,
+    grpc: u16,
+    http: u16,
+    spans: std::path::PathBuf,
+    metrics: std::path::PathBuf,
+}
+
+fn receiver(dir: &std::path::Path) -> Receiver {
+    let spans = dir.join("spans.jsonl");
+    let metrics = dir.join("metrics.jsonl");
+    let mut cmd = Command::new(receiver_python());
+    cmd.arg(repo_root().join("tests/receivers/otlp_receiver.py"))
+        .args(["--grpc-port", "0", "--http-port", "0", "--spans-out"])
+        .arg(&spans)
+        .arg("--metrics-out")
+        .arg(&metrics)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.join("receiver.log")).unwrap());
+    let mut proc = Proc::spawn("otlp receiver", &mut cmd);
+    let mut line = String::new();
+    std::io::BufReader::new(proc.child.stdout.take().unwrap()).read_line(&mut line).expect("receiver ports");
+    let ports: Value = serde_json::from_str(&line).expect("ports line");
+    Receiver {
+        _proc: proc,
+        grpc: ports["grpc_port"].as_u64().unwrap() as u16,
+        http: ports["http_port"].as_u64().unwrap() as u16,
+        spans,
+        metrics,
+    }
+}
+
+/// Sends requests through inferscope to a receiver and checks every request's trace.
+fn otlp_round_trip(protocol: &str) {
+    let dir = scratch(&format!("otlp-{protocol}"));
+    let rx = receiver(&dir);
+    let endpoint = match protocol {
+        "grpc" => format!("http://127.0.0.1:{}", rx.grpc),
+        _ => format!("http://127.0.0.1:{}", rx.http),
+    };
+    let server = Fixture::start(&dir, &[]);
+    let mut scope = Inferscope::attach(
+        &dir,
+        server.proc.pid(),
+        &["--otlp-endpoint", &endpoint, "--otlp-protocol", protocol, "--otlp-metrics-interval", "1", "--tracing-level", "2"],
+    );
+    let truth = loadgen(&dir, &server.url(), &["--requests", "20", "--concurrency", "2", "--mix", "chat_stream=3,chat_nostream=1", "--seed", "9"]);
+    // One request continuing a caller's trace.
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let body = br#"{"model":"tiny-llama","messages":[{"role":"user","content":"traced"}],"max_tokens":4}"#;
+    let (status, _) = http(server.port, "POST", "/v1/chat/completions", &[("traceparent", traceparent), ("content-type", "application/json"), ("x-request-id", "traced-1")], body).expect("traced request");
+    assert_eq!(status, 200);
+    scope.wait_requests(truth.len() + 1, Duration::from_secs(20));
+    let spans = wait_for("all spans at the receiver", Duration::from_secs(30), || {
+        let s = read_jsonl(&rx.spans);
+        (s.len() >= 2 * (truth.len() + 1)).then_some(s)
+    });
+    assert!(spans.iter().all(|s| s["transport"] == protocol));
+    let by_id: HashMap<&str, &Value> = spans.iter().map(|s| (s["span_id"].as_str().unwrap(), s)).collect();
+    let llm: Vec<&Value> = spans.iter().filter(|s| s["name"] == "llm_request").collect();
+    assert_eq!(llm.len(), truth.len() + 1);
+    for t in &truth {
+        let span = llm.iter().find(|s| s["attributes"]["gen_ai.response.id"] == t["request_id"]).unwrap_or_else(|| panic!("no llm_request span for {t}"));
+        let a = &span["attributes"];
+        assert_eq!(a["gen_ai.operation.name"], "chat");
+        assert_eq!(a["gen_ai.request.model"], "tiny-llama");
+        assert_eq!(a["gen_ai.usage.output_tokens"], t["completion_tokens"]);
+        assert_eq!(a["gen_ai.usage.input_tokens"], t["prompt_tokens"]);
+        assert_eq!(a["gen_ai.response.finish_reasons"], serde_json::json!([t["finish_reason"]]));
+        assert!(a.get("gen_ai.prompt").is_none(), "content exported without --capture-content");
+        let parent = by_id[span["parent_span_id"].as_str().expect("llm_request has a parent")];
+        assert_eq!(parent["name"], "POST /v1/chat/completions");
+        assert_eq!(parent["kind"], "SPAN_KIND_SERVER");
+        assert_eq!(parent["trace_id"], span["trace_id"]);
+        assert_eq!(parent["attributes"]["http.response.status_code"], 200);
+        if t["stream"] == true {
+            let ttft = a["gen_ai.latency.time_to_first_token"].as_f64().expect("ttft attribute");
+            assert!((ttft - t["ttft_s"].as_f64().unwrap()).abs() < 0.01, "ttft {ttft} vs {t}");
+            // Tracing level 2: one event per streamed output chunk.
+            assert_eq!(span["events"].as_array().unwrap().len() as u64, t["output_events"].as_u64().unwrap());
+        }
+    }
+    let traced = llm.iter().find(|s| s["attributes"]["gen_ai.request.id"] == "chatcmpl-traced-1").expect("traced request");
+    let http_span = by_id[traced["parent_span_id"].as_str().unwrap()];
+    assert_eq!(http_span["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(http_span["parent_span_id"], "00f067aa0ba902b7");
+    // The same metrics as Prometheus, under OpenTelemetry names.
+    let streams = truth.iter().filter(|t| t["stream"] == true).count() as u64;
+    wait_for("the TTFT histogram at the receiver", Duration::from_secs(20), || {
+        let m = read_jsonl(&rx.metrics);
+        let last = m.iter().rev().find(|p| p["name"] == "gen_ai.server.time_to_first_token")?;
+        (last["count"].as_u64()? == streams && last["unit"] == "s").then_some(())
+    });
+    scope.stop();
+}
+
+#[test]
+fn otlp_grpc_spans_and_metrics() {
+    otlp_round_trip("grpc");
+}
+
+#[test]
+fn otlp_http_spans_and_metrics() {
+    otlp_round_trip("http");
+}
+
+/// A collector that is not there: inferscope keeps working, counts the failures, and says so
+/// in one line.
+#[test]
+fn unreachable_collector_is_counted_not_fatal() {
+    let dir = scratch("nocollector");
+    let server = Fixture::start(&dir, &[]);
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut scope = Inferscope::attach(
+        &dir,
+        server.proc.pid(),
+        &["--otlp-endpoint", "http://127.0.0.1:9", "--prometheus-listen", &listen, "--otlp-metrics-interval", "1"],
+    );
+    let truth = loadgen(&dir, &server.url(), &["--requests", "10", "--concurrency", "2"]);
+    assert_eq!(scope.wait_requests(truth.len(), Duration::from_secs(20)).len(), truth.len());
+    let failures = wait_for("export failures to be counted", Duration::from_secs(40), || {
+        let (_, body) = http_get(port, "/metrics")?;
+        let n: f64 = body
+            .lines()
+            .filter(|l| l.starts_with("inferscope_export_errors_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        (n > 0.0).then_some(n)
+    });
+    assert!(failures > 0.0);
+    wait_for("a warning line", Duration::from_secs(20), || {
+        std::fs::read_to_string(&scope.stderr).ok()?.contains("export failures (is the OTLP collector reachable?)").then_some(())
+    });
+    assert!(scope.proc.alive());
+    scope.stop();
+}
+
+/// Prompt and completion text leave the process only with --capture-content, bounded.
+#[test]
+fn content_is_exported_only_when_asked() {
+    let dir = scratch("content");
+    let server = Fixture::start(&dir, &[]);
+    let mut scope = Inferscope::attach(&dir, server.proc.pid(), &["--capture-content", "--max-content-bytes", "64"]);
+    let truth = loadgen(&dir, &server.url(), &["--requests", "6", "--concurrency", "1", "--mix", "chat_stream=1,chat_nostream=1", "--max-tokens", "40"]);
+    let recs = scope.wait_requests(truth.len(), Duration::from_secs(20));
+    scope.stop();
+    for r in &recs {
+        let p = r["prompt"].as_str().expect("prompt captured");
+        let c = r["completion"].as_str().expect("completion captured");
+        assert!(p.starts_with("user: ") && p.len() <= 64, "{p:?}");
+        assert!(!c.is_empty() && c.len() <= 64, "{c:?}");
+    }
+}

@@ -7,7 +7,11 @@ use inferscope_tests::*;
 
 fn run(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(inferscope_bin()).args(args).output().expect("inferscope");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Without privileges every command that needs BPF fails with one line saying what to do.
@@ -65,7 +69,14 @@ fn help_explains_every_flag() {
             }
         }
         assert!(flags >= 20, "{cmd}: only {flags} flags found");
-        for must in ["--prometheus-listen", "--otlp-endpoint", "--jsonl", "--capture-content", "--vllm-metrics", "--tracing-level"] {
+        for must in [
+            "--prometheus-listen",
+            "--otlp-endpoint",
+            "--jsonl",
+            "--capture-content",
+            "--vllm-metrics",
+            "--tracing-level",
+        ] {
             assert!(help.contains(must), "{cmd} --help lacks {must}");
         }
     }
@@ -79,7 +90,9 @@ fn doctor_tells_the_truth() {
     let (code, out, err) = run(&["doctor"]);
     assert_eq!(code, 0, "{out}{err}");
     let verdict = |name: &str| {
-        out.lines().find(|l| l.split_whitespace().nth(1) == Some(name)).map(|l| l.split_whitespace().next().unwrap().to_string())
+        out.lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(name))
+            .map(|l| l.split_whitespace().next().unwrap().to_string())
     };
     assert_eq!(verdict("tracepoints").as_deref(), Some("ok"), "{out}");
     let kprobe_pmu = std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists();

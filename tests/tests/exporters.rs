@@ -17,7 +17,10 @@ fn free_port() -> u16 {
 }
 
 fn promql(port: u16, q: &str) -> Option<f64> {
-    let out = Command::new(repo_root().join("tests/receivers/prometheus.sh")).args(["query", &port.to_string(), q]).output().ok()?;
+    let out = Command::new(repo_root().join("tests/receivers/prometheus.sh"))
+        .args(["query", &port.to_string(), q])
+        .output()
+        .ok()?;
     let v: Value = serde_json::from_slice(&out.stdout).ok()?;
     v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
 }
@@ -39,12 +42,19 @@ fn prometheus_scrapes_and_promql_counts() {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap()),
     );
-    let truth = loadgen(&dir, &server.url(), &["--requests", "60", "--concurrency", "4", "--mix", "chat_stream=5,chat_nostream=1", "--seed", "5"]);
+    let truth = loadgen(
+        &dir,
+        &server.url(),
+        &["--requests", "60", "--concurrency", "4", "--mix", "chat_stream=5,chat_nostream=1", "--seed", "5"],
+    );
     let streams = truth.iter().filter(|t| t["stream"] == true).count() as f64;
     let tokens: u64 = truth.iter().filter_map(|t| t["completion_tokens"].as_u64()).sum();
     scope.wait_requests(truth.len(), Duration::from_secs(20));
     let want = [
-        ("sum(inferscope_requests_total{http_route=\"/v1/chat/completions\",http_response_status_code=\"200\"})", truth.len() as f64),
+        (
+            "sum(inferscope_requests_total{http_route=\"/v1/chat/completions\",http_response_status_code=\"200\"})",
+            truth.len() as f64,
+        ),
         ("sum(gen_ai_server_time_to_first_token_seconds_count)", streams),
         ("sum(gen_ai_server_request_duration_seconds_count{gen_ai_operation_name=\"chat\"})", truth.len() as f64),
         ("sum(gen_ai_server_token_usage_sum{gen_ai_token_type=\"output\"})", tokens as f64),
@@ -53,7 +63,9 @@ fn prometheus_scrapes_and_promql_counts() {
         ("sum(vllm:request_success_total{finished_reason=\"length\"})", truth.len() as f64),
     ];
     for (q, v) in want {
-        let got = wait_for(&format!("Prometheus to answer {q} = {v}"), Duration::from_secs(30), || promql(prom_port, q).filter(|g| (g - v).abs() < 1e-9));
+        let got = wait_for(&format!("Prometheus to answer {q} = {v}"), Duration::from_secs(30), || {
+            promql(prom_port, q).filter(|g| (g - v).abs() < 1e-9)
+        });
         assert_eq!(got, v, "{q}");
     }
     // The median TTFT as PromQL computes it from the buckets is near the client's.
@@ -107,13 +119,33 @@ fn otlp_round_trip(protocol: &str) {
     let mut scope = Inferscope::attach(
         &dir,
         server.proc.pid(),
-        &["--otlp-endpoint", &endpoint, "--otlp-protocol", protocol, "--otlp-metrics-interval", "1", "--tracing-level", "2"],
+        &[
+            "--otlp-endpoint",
+            &endpoint,
+            "--otlp-protocol",
+            protocol,
+            "--otlp-metrics-interval",
+            "1",
+            "--tracing-level",
+            "2",
+        ],
     );
-    let truth = loadgen(&dir, &server.url(), &["--requests", "20", "--concurrency", "2", "--mix", "chat_stream=3,chat_nostream=1", "--seed", "9"]);
+    let truth = loadgen(
+        &dir,
+        &server.url(),
+        &["--requests", "20", "--concurrency", "2", "--mix", "chat_stream=3,chat_nostream=1", "--seed", "9"],
+    );
     // One request continuing a caller's trace.
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let body = br#"{"model":"tiny-llama","messages":[{"role":"user","content":"traced"}],"max_tokens":4}"#;
-    let (status, _) = http(server.port, "POST", "/v1/chat/completions", &[("traceparent", traceparent), ("content-type", "application/json"), ("x-request-id", "traced-1")], body).expect("traced request");
+    let (status, _) = http(
+        server.port,
+        "POST",
+        "/v1/chat/completions",
+        &[("traceparent", traceparent), ("content-type", "application/json"), ("x-request-id", "traced-1")],
+        body,
+    )
+    .expect("traced request");
     assert_eq!(status, 200);
     scope.wait_requests(truth.len() + 1, Duration::from_secs(20));
     let spans = wait_for("all spans at the receiver", Duration::from_secs(30), || {
@@ -125,7 +157,10 @@ fn otlp_round_trip(protocol: &str) {
     let llm: Vec<&Value> = spans.iter().filter(|s| s["name"] == "llm_request").collect();
     assert_eq!(llm.len(), truth.len() + 1);
     for t in &truth {
-        let span = llm.iter().find(|s| s["attributes"]["gen_ai.response.id"] == t["request_id"]).unwrap_or_else(|| panic!("no llm_request span for {t}"));
+        let span = llm
+            .iter()
+            .find(|s| s["attributes"]["gen_ai.response.id"] == t["request_id"])
+            .unwrap_or_else(|| panic!("no llm_request span for {t}"));
         let a = &span["attributes"];
         assert_eq!(a["gen_ai.operation.name"], "chat");
         assert_eq!(a["gen_ai.request.model"], "tiny-llama");
@@ -145,7 +180,8 @@ fn otlp_round_trip(protocol: &str) {
             assert_eq!(span["events"].as_array().unwrap().len() as u64, t["output_events"].as_u64().unwrap());
         }
     }
-    let traced = llm.iter().find(|s| s["attributes"]["gen_ai.request.id"] == "chatcmpl-traced-1").expect("traced request");
+    let traced =
+        llm.iter().find(|s| s["attributes"]["gen_ai.request.id"] == "chatcmpl-traced-1").expect("traced request");
     let http_span = by_id[traced["parent_span_id"].as_str().unwrap()];
     assert_eq!(http_span["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
     assert_eq!(http_span["parent_span_id"], "00f067aa0ba902b7");
@@ -195,7 +231,10 @@ fn unreachable_collector_is_counted_not_fatal() {
     });
     assert!(failures > 0.0);
     wait_for("a warning line", Duration::from_secs(20), || {
-        std::fs::read_to_string(&scope.stderr).ok()?.contains("export failures (is the OTLP collector reachable?)").then_some(())
+        std::fs::read_to_string(&scope.stderr)
+            .ok()?
+            .contains("export failures (is the OTLP collector reachable?)")
+            .then_some(())
     });
     assert!(scope.proc.alive());
     scope.stop();
@@ -207,7 +246,11 @@ fn content_is_exported_only_when_asked() {
     let dir = scratch("content");
     let server = Fixture::start(&dir, &[]);
     let mut scope = Inferscope::attach(&dir, server.proc.pid(), &["--capture-content", "--max-content-bytes", "64"]);
-    let truth = loadgen(&dir, &server.url(), &["--requests", "6", "--concurrency", "1", "--mix", "chat_stream=1,chat_nostream=1", "--max-tokens", "40"]);
+    let truth = loadgen(
+        &dir,
+        &server.url(),
+        &["--requests", "6", "--concurrency", "1", "--mix", "chat_stream=1,chat_nostream=1", "--max-tokens", "40"],
+    );
     let recs = scope.wait_requests(truth.len(), Duration::from_secs(20));
     scope.stop();
     for r in &recs {

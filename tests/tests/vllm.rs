@@ -1,0 +1,148 @@
+//! Against a real vLLM (CPU build, tiny local model; tests/vllm/setup.sh installs it), found by
+//! `inferscope run` the way an operator would run it. inferscope's request count and token
+//! totals must equal vLLM's own counters, and its TTFT must be vLLM's own figure plus the HTTP
+//! path's overhead. Ignored by plain `cargo test`: `cargo xtask test` installs vLLM and runs it.
+
+use std::{collections::HashMap, process::Command, time::Duration};
+
+use inferscope_tests::*;
+use serde_json::Value;
+
+/// Sums of the given families in a Prometheus text exposition, over all label sets.
+fn scrape(port: u16, names: &[&str]) -> HashMap<String, f64> {
+    let (_, body) = http_get(port, "/metrics").expect("vLLM /metrics");
+    let mut out: HashMap<String, f64> = names.iter().map(|n| (n.to_string(), 0.0)).collect();
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let name = line.split(['{', ' ']).next().unwrap_or("");
+        if let Some(v) = out.get_mut(name) {
+            *v += line.rsplit(' ').next().and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+        }
+    }
+    out
+}
+
+const COUNTERS: &[&str] = &[
+    "vllm:request_success_total",
+    "vllm:prompt_tokens_total",
+    "vllm:generation_tokens_total",
+    "vllm:time_to_first_token_seconds_count",
+    "vllm:time_to_first_token_seconds_sum",
+];
+
+fn delta(before: &HashMap<String, f64>, after: &HashMap<String, f64>, name: &str) -> f64 {
+    after[name] - before[name]
+}
+
+#[test]
+#[ignore = "needs the real vLLM: run `cargo xtask test` (it installs vLLM with tests/vllm/setup.sh)"]
+fn real_vllm_counts_tokens_and_ttft() {
+    let dir = scratch("vllm");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // inferscope first, as a DaemonSet would be: it finds vLLM when it starts.
+    let args: Vec<String> = ["run", "--discover-interval", "0.5", "--quiet"].iter().map(|s| s.to_string()).collect();
+    let mut scope = Inferscope::start(&dir, &args, &[]);
+    let mut vllm = Proc::spawn(
+        "vLLM",
+        Command::new(repo_root().join("tests/vllm/serve.sh"))
+            .arg(port.to_string())
+            .stdout(std::fs::File::create(dir.join("vllm.log")).unwrap())
+            .stderr(std::fs::File::create(dir.join("vllm.err")).unwrap()),
+    );
+    let api_pid = vllm.pid();
+    wait_for("vLLM to answer /health", Duration::from_secs(400), || {
+        assert!(vllm.alive(), "vLLM exited: {}", std::fs::read_to_string(dir.join("vllm.err")).unwrap_or_default());
+        http_get(port, "/health").filter(|(s, _)| *s == 200)
+    });
+    wait_for("inferscope to trace the vLLM API server", Duration::from_secs(20), || {
+        std::fs::read_to_string(&scope.stderr).ok()?.contains(&format!("tracing pid {api_pid} (")).then_some(())
+    });
+    let stderr = std::fs::read_to_string(&scope.stderr).unwrap();
+    assert!(stderr.contains("vllm"), "vLLM not recognised as vLLM: {stderr}");
+    let url = format!("http://127.0.0.1:{port}");
+
+    // Phase 1: every kind, with usage everywhere so counts are exact on both sides.
+    let before = scrape(port, COUNTERS);
+    let truth = loadgen(
+        &dir,
+        &url,
+        &[
+            "--no-fixture",
+            "--requests",
+            "40",
+            "--concurrency",
+            "8",
+            "--mix",
+            "chat_stream=3,chat_nostream=1,cmpl_stream=1,cmpl_nostream=1",
+            "--usage-ratio",
+            "1",
+            "--max-tokens",
+            "16",
+            "--seed",
+            "11",
+        ],
+    );
+    assert!(
+        truth.iter().all(|t| t["status"] == 200),
+        "vLLM rejected requests: {:?}",
+        truth.iter().find(|t| t["status"] != 200)
+    );
+    let recs = scope.wait_requests(truth.len(), Duration::from_secs(30));
+    let after = scrape(port, COUNTERS);
+    let llm: Vec<&Value> = recs.iter().filter(|r| r["path"].as_str().is_some_and(|p| p.starts_with("/v1/"))).collect();
+    assert_eq!(llm.len() as f64, delta(&before, &after, "vllm:request_success_total"), "requests: inferscope vs vLLM");
+    let prompt: u64 = llm.iter().filter_map(|r| r["prompt_tokens"].as_u64()).sum();
+    let generated: u64 = llm.iter().filter_map(|r| r["completion_tokens"].as_u64()).sum();
+    assert_eq!(prompt as f64, delta(&before, &after, "vllm:prompt_tokens_total"), "prompt tokens");
+    assert_eq!(generated as f64, delta(&before, &after, "vllm:generation_tokens_total"), "generation tokens");
+    assert!(llm.iter().all(|r| r["engine"] == "vllm" && r["tokens_from"] == "usage"), "{:?}", llm[0]);
+    eprintln!("vLLM: {} requests, {prompt} prompt and {generated} generation tokens, equal on both sides", llm.len());
+
+    // Phase 2: streams only, so both TTFT populations are the same requests.
+    let before = scrape(port, COUNTERS);
+    let n0 = scope.requests().len();
+    let truth = loadgen(
+        &dir,
+        &url,
+        &[
+            "--no-fixture",
+            "--requests",
+            "30",
+            "--concurrency",
+            "4",
+            "--mix",
+            "chat_stream",
+            "--usage-ratio",
+            "1",
+            "--max-tokens",
+            "16",
+            "--seed",
+            "12",
+        ],
+    );
+    let recs = scope.wait_requests(n0 + truth.len(), Duration::from_secs(30));
+    let after = scrape(port, COUNTERS);
+    let count = delta(&before, &after, "vllm:time_to_first_token_seconds_count");
+    assert_eq!(count, truth.len() as f64);
+    let vllm_mean = delta(&before, &after, "vllm:time_to_first_token_seconds_sum") / count;
+    let ours: Vec<f64> = recs[n0..].iter().filter_map(|r| r["ttft_s"].as_f64()).collect();
+    assert_eq!(ours.len(), truth.len());
+    let our_mean = ours.iter().sum::<f64>() / ours.len() as f64;
+    let client_mean = truth.iter().filter_map(|t| t["ttft_s"].as_f64()).sum::<f64>() / truth.len() as f64;
+    eprintln!(
+        "mean TTFT: vLLM {:.2} ms (from its arrival_time), inferscope {:.2} ms (from the first request byte), client {:.2} ms",
+        vllm_mean * 1e3,
+        our_mean * 1e3,
+        client_mean * 1e3
+    );
+    // vLLM starts its clock after parsing and tokenising; inferscope at the first byte. So
+    // inferscope's is longer by the HTTP path's overhead, which is small on loopback.
+    assert!(our_mean >= vllm_mean - 0.001, "inferscope's TTFT below vLLM's own");
+    assert!(our_mean - vllm_mean < 0.05, "HTTP overhead implausibly large: {our_mean} vs {vllm_mean}");
+    assert!((our_mean - client_mean).abs() < 0.005, "inferscope {our_mean} vs client {client_mean}");
+
+    assert!(vllm.stop_with(15, Duration::from_secs(30)), "vLLM did not stop");
+    wait_for("inferscope to notice vLLM's exit", Duration::from_secs(15), || {
+        std::fs::read_to_string(&scope.stderr).ok()?.contains(&format!("pid {api_pid} exited")).then_some(())
+    });
+    scope.stop();
+}

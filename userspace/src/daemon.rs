@@ -26,6 +26,10 @@ use crate::{
     tracker::{ExistingConn, Tracker},
 };
 
+/// How often the ring buffer is drained when no wakeup came (the BPF side wakes the reader only
+/// when `WAKEUP_BYTES` are waiting). Bounds how late a request is reported at low traffic.
+const DRAIN_MS: u64 = 10;
+
 /// What to trace.
 #[derive(Clone, Debug)]
 pub enum Target {
@@ -56,7 +60,7 @@ impl Exporters {
             o.record(r, &labels, &self.clock);
         }
         if let Some(j) = &mut self.jsonl {
-            j.write(&jsonl::request_json(r, &self.clock, engine.map(Engine::name)));
+            j.write(&jsonl::request_line(r, &self.clock, engine.map(Engine::name)));
         }
         if self.console {
             println!("{}", console::request_line(r));
@@ -68,6 +72,10 @@ struct Traced {
     engine: Engine,
     /// TCP ports it listens on (empty until it does).
     ports: Vec<u16>,
+    /// When to look for listening ports again, and the current back-off (reading
+    /// /proc/PID/net/tcp walks the kernel's whole TCP hash table: not for every tick).
+    next_port_check: std::time::Instant,
+    port_check_every: Duration,
 }
 
 struct Daemon {
@@ -81,7 +89,6 @@ struct Daemon {
     children: bool,
     last_health: Health,
     last_loss_report: std::time::Instant,
-    ticks: u64,
 }
 
 impl Daemon {
@@ -94,7 +101,15 @@ impl Daemon {
             warn!("cannot trace pid {pid}: {e:#}");
             return;
         }
-        self.procs.insert(pid, Traced { engine, ports: Vec::new() });
+        self.procs.insert(
+            pid,
+            Traced {
+                engine,
+                ports: Vec::new(),
+                next_port_check: std::time::Instant::now() + Duration::from_secs(5),
+                port_check_every: Duration::from_secs(5),
+            },
+        );
         let (conns, ports) = procfs::open_tcp(pid);
         self.set_ports(pid, &ports);
         let now = clock::monotonic_ns();
@@ -129,8 +144,15 @@ impl Daemon {
     /// Servers open their listening sockets after they start (vLLM: once the model is loaded);
     /// look again for processes that have none yet.
     fn refresh_ports(&mut self) {
-        let pids: Vec<u32> = self.procs.iter().filter(|(_, t)| t.ports.is_empty()).map(|(p, _)| *p).collect();
+        let now = std::time::Instant::now();
+        let pids: Vec<u32> =
+            self.procs.iter().filter(|(_, t)| t.ports.is_empty() && t.next_port_check <= now).map(|(p, _)| *p).collect();
         for pid in pids {
+            if let Some(t) = self.procs.get_mut(&pid) {
+                // 5 s, 10 s, 20 s ... up to 5 min: servers bind once they are ready; workers never.
+                t.port_check_every = (t.port_check_every * 2).min(Duration::from_secs(300));
+                t.next_port_check = now + t.port_check_every;
+            }
             let (_, ports) = procfs::open_tcp(pid);
             if !ports.is_empty() {
                 eprintln!(
@@ -226,7 +248,7 @@ impl Daemon {
         }
         Health {
             bpf: self.probes.stats().map(|s| s.to_vec()).unwrap_or_default(),
-            tracker: self.tracker.stats.clone(),
+            tracker: self.tracker.stats().clone(),
             decode_errors: self.decode_errors.iter().map(|(k, v)| (*k, *v)).collect(),
             attached_processes: self.procs.len() as u64,
             in_flight: self.tracker.in_flight(),
@@ -235,10 +257,7 @@ impl Daemon {
     }
 
     fn tick(&mut self, idle_ns: u64) {
-        self.ticks += 1;
-        if self.ticks % 5 == 1 {
-            self.refresh_ports();
-        }
+        self.refresh_ports();
         self.tracker.expire(clock::monotonic_ns(), idle_ns, &mut self.records);
         self.flush_records();
         let h = self.health();
@@ -347,7 +366,6 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
         children,
         last_health: Health::default(),
         last_loss_report: std::time::Instant::now(),
-        ticks: 0,
     };
     match &target {
         Target::Pid { pid, .. } => d.trace_tree(*pid, Engine::Other),
@@ -364,6 +382,9 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
 
     let idle_ns = (o.idle_timeout.max(1.0) * 1e9) as u64;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // Records below the BPF wakeup threshold arrive without a wakeup: drain them on a timer.
+    let mut drain = tokio::time::interval(Duration::from_millis(DRAIN_MS));
+    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let discover_every =
         discover.as_ref().map_or(Duration::from_secs(3600), |(_, i)| (*i).max(Duration::from_millis(100)));
     let mut discover_tick = tokio::time::interval(discover_every);
@@ -387,6 +408,12 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
                     d.on_record(&item);
                 }
                 guard.clear_ready();
+            }
+            _ = drain.tick() => {
+                let rb = ring.get_mut();
+                while let Some(item) = rb.next() {
+                    d.on_record(&item);
+                }
             }
             _ = tick.tick() => {
                 d.tick(idle_ns);

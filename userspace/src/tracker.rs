@@ -107,8 +107,15 @@ pub struct ExistingConn {
 #[derive(Debug, Default)]
 pub struct Tracker {
     conns: HashMap<Key, Connection>,
+    s: Shared,
+}
+
+/// What every connection's processing updates (kept apart from `conns` so a connection is
+/// processed in place, borrowed from the map, not moved out and back for every event).
+#[derive(Debug, Default)]
+struct Shared {
     lim: Limits,
-    pub stats: TrackerStats,
+    stats: TrackerStats,
     /// Requests whose head was seen and which have not finished.
     in_flight: u64,
     /// The one TCP port each traced server process listens on.
@@ -117,19 +124,24 @@ pub struct Tracker {
 
 impl Tracker {
     pub fn new(lim: Limits) -> Self {
-        Self { lim, ..Default::default() }
+        Self { conns: HashMap::new(), s: Shared { lim, ..Default::default() } }
+    }
+
+    /// What could not be used so far.
+    pub fn stats(&self) -> &TrackerStats {
+        &self.s.stats
     }
 
     /// Requests currently in flight (head seen, not finished).
     pub fn in_flight(&self) -> u64 {
-        self.in_flight
+        self.s.in_flight
     }
 
     /// Registers a connection that existed before capture started: its parsers wait for the
     /// next message head.
     pub fn add_existing(&mut self, c: ExistingConn, ts: u64) {
         self.conns.entry((c.tgid, c.conn_id)).or_insert_with(|| Connection::new(c.fd, c.peer, c.local_port, true, ts));
-        self.stats.connections = self.conns.len() as u64;
+        self.s.stats.connections = self.conns.len() as u64;
     }
 
     /// Processes one event; finished requests are appended to `out`.
@@ -139,13 +151,13 @@ impl Tracker {
             Event::ConnOpen(c) => self.open(c),
             Event::ConnClose(c) => {
                 if let Some(conn) = self.conns.remove(&(c.tgid, c.conn_id)) {
-                    self.close(c.tgid, c.conn_id, conn, c.ts_ns, out);
+                    self.s.close(c.tgid, c.conn_id, conn, c.ts_ns, out);
                 }
             }
             Event::ProcExit { tgid, ts_ns } => self.process_gone(*tgid, *ts_ns, out),
             Event::ProcFork { .. } => {}
         }
-        self.stats.connections = self.conns.len() as u64;
+        self.s.stats.connections = self.conns.len() as u64;
     }
 
     /// Finishes every connection of a process that is gone.
@@ -153,10 +165,10 @@ impl Tracker {
         let keys: Vec<Key> = self.conns.keys().filter(|(p, _)| *p == tgid).copied().collect();
         for k in keys {
             if let Some(conn) = self.conns.remove(&k) {
-                self.close(k.0, k.1, conn, ts, out);
+                self.s.close(k.0, k.1, conn, ts, out);
             }
         }
-        self.stats.connections = self.conns.len() as u64;
+        self.s.stats.connections = self.conns.len() as u64;
     }
 
     /// Finishes connections idle for longer than `idle_ns` (their close was never seen).
@@ -166,16 +178,16 @@ impl Tracker {
         for k in keys {
             if let Some(conn) = self.conns.remove(&k) {
                 let ts = conn.last_ts;
-                self.close(k.0, k.1, conn, ts, out);
+                self.s.close(k.0, k.1, conn, ts, out);
             }
         }
-        self.stats.connections = self.conns.len() as u64;
+        self.s.stats.connections = self.conns.len() as u64;
     }
 
     fn open(&mut self, c: &Conn) {
         // The role (who sends requests) is decided by the bytes, not by accept/connect: a
         // connection whose capture began mid-stream has no open event at all.
-        let local_port = self.listen_ports.get(&c.tgid).copied();
+        let local_port = self.s.listen_ports.get(&c.tgid).copied();
         let conn = Connection::new(c.fd, c.peer, local_port, false, c.ts_ns);
         self.conns.insert((c.tgid, c.conn_id), conn);
     }
@@ -184,27 +196,24 @@ impl Tracker {
     pub fn set_server_port(&mut self, tgid: u32, port: Option<u16>) {
         match port {
             Some(p) => {
-                self.listen_ports.insert(tgid, p);
+                self.s.listen_ports.insert(tgid, p);
             }
             None => {
-                self.listen_ports.remove(&tgid);
+                self.s.listen_ports.remove(&tgid);
             }
         }
     }
 
     fn data(&mut self, d: &Data<'_>, out: &mut Vec<RequestRecord>) {
         let key = (d.tgid, d.conn_id);
-        let Some(mut conn) = self.conns.remove(&key) else {
-            // Data for a connection whose open was lost (ring buffer) or that predates capture.
-            let mut conn = Connection::new(d.fd, None, None, true, d.ts_ns);
-            self.feed(&mut conn, d, key, out);
-            self.conns.insert(key, conn);
-            return;
-        };
-        self.feed(&mut conn, d, key, out);
-        self.conns.insert(key, conn);
+        // Data for a connection whose open was lost (ring buffer) or that predates capture
+        // starts a connection whose parsers wait for a message head.
+        let conn = self.conns.entry(key).or_insert_with(|| Connection::new(d.fd, None, None, true, d.ts_ns));
+        self.s.feed(conn, d, key, out);
     }
+}
 
+impl Shared {
     fn feed(&mut self, conn: &mut Connection, d: &Data<'_>, key: Key, out: &mut Vec<RequestRecord>) {
         conn.last_ts = d.ts_ns;
         let dir = d.direction;

@@ -1,1 +1,173 @@
-//! placeholder
+//! The whole test suite, in the order a failure is cheapest to find: unit and property tests,
+//! the Python fixtures' and receivers' self-tests, integration tests with real BPF programs
+//! against real servers and receivers, the real-vLLM tier, then every fuzz target for a while.
+//! Ends with one line, `N passed, M failed`.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Result, bail};
+
+use crate::{setup, util};
+
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+    failures: Vec<String>,
+}
+
+impl Tally {
+    /// Runs a command, echoing its output, and counts `test result:` lines (cargo test) or a
+    /// final `N passed, M failed` line (Python self-tests); a command that prints neither
+    /// counts as one test, passed or failed by its exit status.
+    fn run(&mut self, what: &str, cmd: &mut Command) {
+        eprintln!("\n=== {what}\n+ {}", util::show(cmd));
+        let child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn();
+        let Ok(mut child) = child else {
+            self.failed += 1;
+            self.failures.push(format!("{what}: could not start"));
+            return;
+        };
+        let mut counted = false;
+        if let Some(out) = child.stdout.take() {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                println!("{line}");
+                if let Some((p, f)) = parse_counts(&line) {
+                    self.passed += p;
+                    self.failed += f;
+                    counted = true;
+                }
+            }
+        }
+        let ok = child.wait().map(|s| s.success()).unwrap_or(false);
+        match (ok, counted) {
+            (true, false) => self.passed += 1,
+            (false, false) => self.failed += 1,
+            _ => {}
+        }
+        if !ok {
+            self.failures.push(what.to_string());
+        }
+    }
+}
+
+/// `test result: ok. 7 passed; 0 failed; ...` or `12 passed, 0 failed`.
+fn parse_counts(line: &str) -> Option<(u64, u64)> {
+    let num_before = |word: &str| -> Option<u64> {
+        let i = line.find(word)?;
+        line[..i].trim_end().rsplit([' ', '.', ';', ',']).next()?.parse().ok()
+    };
+    if line.starts_with("test result:") || line.trim_start().chars().next().is_some_and(|c| c.is_ascii_digit()) {
+        let p = num_before(" passed")?;
+        let f = num_before(" failed")?;
+        return Some((p, f));
+    }
+    None
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new("cargo");
+    c.current_dir(util::root());
+    c
+}
+
+pub fn run(vllm: bool, fuzz_seconds: u64, filter: Option<&str>) -> Result<()> {
+    if !util::is_root() {
+        bail!("the integration tests load BPF programs: run `cargo xtask test` as root (e.g. sudo -E env PATH=$PATH cargo xtask test)");
+    }
+    setup::all(vllm)?;
+    let root = util::root();
+    util::run(cargo().args(["build", "-p", "inferscope", "-p", "inferscope-tests", "--bins"]))?;
+    let mut t = Tally::default();
+    let env = |c: &mut Command| {
+        c.env("INFERSCOPE_BIN", root.join("target/debug/inferscope")).env("INFERSCOPE_PYTHON", util::python());
+    };
+
+    let mut unit = cargo();
+    unit.args(["test", "-p", "inferscope", "-p", "inferscope-common", "--no-fail-fast"]);
+    t.run("unit and property tests", &mut unit);
+
+    t.run(
+        "fixture server self-test",
+        Command::new(util::python()).arg(root.join("tests/fixtures/selftest.py")).current_dir(&root),
+    );
+    t.run(
+        "OTLP receiver self-test",
+        Command::new(util::receiver_python()).arg(root.join("tests/receivers/selftest.py")).current_dir(&root),
+    );
+
+    let mut integ = cargo();
+    integ.args(["test", "-p", "inferscope-tests", "--no-fail-fast"]);
+    if let Some(f) = filter {
+        integ.arg(f);
+    }
+    integ.args(["--", "--test-threads=1"]);
+    env(&mut integ);
+    t.run("integration tests (real BPF, real servers and receivers)", &mut integ);
+
+    if vllm {
+        let mut v = cargo();
+        v.args(["test", "-p", "inferscope-tests", "--test", "vllm", "--", "--ignored", "--test-threads=1"]);
+        env(&mut v);
+        t.run("real vLLM tier", &mut v);
+    }
+
+    if fuzz_seconds > 0 {
+        fuzz_into(&mut t, fuzz_seconds, None);
+    }
+
+    eprintln!();
+    for f in &t.failures {
+        eprintln!("FAILED: {f}");
+    }
+    println!("{} passed, {} failed", t.passed, t.failed);
+    if t.failed > 0 || !t.failures.is_empty() {
+        bail!("{} test(s) failed", t.failed.max(t.failures.len() as u64));
+    }
+    Ok(())
+}
+
+const FUZZ_TARGETS: &[&str] = &["decode_event", "http_parser", "sse_parser", "openai_json", "tracker", "procfs_tables"];
+
+fn fuzz_into(t: &mut Tally, seconds: u64, only: Option<&str>) {
+    let root = util::root();
+    let mut build = Command::new("cargo");
+    build.current_dir(root.join("fuzz")).args(["+nightly", "fuzz", "build", "--sanitizer", "none"]);
+    t.run("fuzz targets build", &mut build);
+    for target in FUZZ_TARGETS.iter().filter(|x| only.is_none_or(|o| o == **x)) {
+        let corpus = root.join("fuzz/corpus").join(target);
+        let _ = std::fs::create_dir_all(&corpus);
+        let mut c = Command::new("cargo");
+        c.current_dir(root.join("fuzz")).args(["+nightly", "fuzz", "run", "--sanitizer", "none", target]).arg(&corpus).arg("--").arg(format!("-max_total_time={seconds}"));
+        // libFuzzer prints no tally: a clean exit is one passed target.
+        t.run(&format!("fuzz {target} for {seconds}s"), &mut c);
+    }
+}
+
+pub fn fuzz(seconds: u64, only: Option<&str>) -> Result<()> {
+    setup::toolchain()?;
+    setup::cargo_fuzz()?;
+    let mut t = Tally::default();
+    fuzz_into(&mut t, seconds, only);
+    println!("{} passed, {} failed", t.passed, t.failed);
+    if !t.failures.is_empty() {
+        bail!("fuzzing found failures: {:?}", t.failures);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_counts;
+
+    #[test]
+    fn counts() {
+        assert_eq!(parse_counts("test result: ok. 7 passed; 0 failed; 1 ignored"), Some((7, 0)));
+        assert_eq!(parse_counts("test result: FAILED. 6 passed; 1 failed; 0 ignored"), Some((6, 1)));
+        assert_eq!(parse_counts("22 passed, 0 failed"), Some((22, 0)));
+        assert_eq!(parse_counts("some other line"), None);
+    }
+}

@@ -62,6 +62,22 @@ pub static CAPTURE_HEAD: u32 = 4096;
 #[unsafe(no_mangle)]
 pub static CAPTURE_TAIL: u32 = 1024;
 
+/// Unread bytes in `EVENTS` above which a record wakes the reader. Below it records are
+/// written without a wakeup and user space drains on a short timer: a wakeup per record would
+/// cost the traced process an irq_work and the reader an epoll round trip for every syscall.
+#[unsafe(no_mangle)]
+pub static WAKEUP_BYTES: u32 = 256 * 1024;
+
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+
+/// Flags for a ring-buffer write: wake the reader only when enough data waits.
+#[inline(always)]
+pub fn wakeup_flags() -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= read_global(&WAKEUP_BYTES) as u64 { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP }
+}
+
 #[inline(always)]
 pub fn count(index: u32, n: u64) {
     if let Some(p) = STATS.get_ptr_mut(index) {

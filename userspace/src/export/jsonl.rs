@@ -3,62 +3,106 @@
 
 use std::io::Write;
 
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::{clock::Clock, request::RequestRecord};
 
-/// Builds the JSON object for a finished request. Times are Unix-epoch nanoseconds.
-pub fn request_json(r: &RequestRecord, clock: &Clock, engine: Option<&str>) -> Value {
+/// One finished request as a JSON line. Field order is the order written; times are
+/// Unix-epoch nanoseconds. Serialized directly (no intermediate map): it is written for every
+/// request.
+#[derive(Serialize)]
+pub struct RequestLine<'a> {
+    #[serde(rename = "type")]
+    pub ty: &'static str,
+    pub pid: u32,
+    pub engine: Option<&'a str>,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub operation: &'static str,
+    pub status: Option<u16>,
+    pub model: Option<&'a str>,
+    pub response_model: Option<&'a str>,
+    pub stream: bool,
+    pub request_id: Option<&'a str>,
+    pub start_ns: u64,
+    pub request_end_ns: Option<u64>,
+    pub response_start_ns: Option<u64>,
+    pub first_token_ns: Option<u64>,
+    pub last_token_ns: Option<u64>,
+    pub end_ns: u64,
+    pub ttft_s: Option<f64>,
+    pub e2e_s: f64,
+    pub tpot_s: Option<f64>,
+    pub itl_mean_s: Option<f64>,
+    pub itl_max_s: Option<f64>,
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: Option<u64>,
+    pub cached_tokens: Option<u64>,
+    pub output_events: u64,
+    pub tokens_from: Option<&'static str>,
+    pub finish_reason: Option<&'a str>,
+    pub finish_reasons: &'a [String],
+    pub n: u32,
+    pub max_tokens: Option<u64>,
+    pub aborted: bool,
+    pub complete: bool,
+    pub capture_gaps: bool,
+    pub error_type: Option<&'a str>,
+    pub client: Option<String>,
+    pub server_port: Option<u16>,
+    pub conn_id: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completion: Option<&'a str>,
+}
+
+/// The JSON line for a finished request.
+pub fn request_line<'a>(r: &'a RequestRecord, clock: &Clock, engine: Option<&'a str>) -> RequestLine<'a> {
     let ns = |t: Option<u64>| t.map(|t| clock.unix_ns(t));
-    let mut v = json!({
-        "type": "request",
-        "pid": r.pid,
-        "engine": engine,
-        "method": r.method,
-        "path": r.path,
-        "operation": r.operation.name(),
-        "status": r.status,
-        "model": r.model,
-        "response_model": r.response_model,
-        "stream": r.stream,
-        "request_id": r.request_id,
-        "start_ns": clock.unix_ns(r.start_ns),
-        "request_end_ns": ns(r.request_end_ns),
-        "response_start_ns": ns(r.response_start_ns),
-        "first_token_ns": ns(r.first_token_ns),
-        "last_token_ns": ns(r.last_token_ns),
-        "end_ns": clock.unix_ns(r.end_ns),
-        "ttft_s": r.ttft_s(),
-        "e2e_s": r.e2e_s(),
-        "tpot_s": r.tpot_s(),
-        "itl_mean_s": (!r.itl_ns.is_empty()).then(|| r.itl_ns.iter().sum::<u64>() as f64 / r.itl_ns.len() as f64 / 1e9),
-        "itl_max_s": r.itl_ns.iter().max().map(|m| *m as f64 / 1e9),
-        "prompt_tokens": r.prompt_tokens,
-        "completion_tokens": r.completion_tokens,
-        "cached_tokens": r.cached_tokens,
-        "output_events": r.output_events,
-        "tokens_from": r.tokens_from.map(|t| t.as_str()),
-        "finish_reason": r.finish_reason(),
-        "finish_reasons": r.finish_reasons,
-        "n": r.n,
-        "max_tokens": r.max_tokens,
-        "aborted": r.aborted,
-        "complete": r.complete,
-        "capture_gaps": r.capture_gaps,
-        "error_type": r.error_type,
-        "client": r.peer.map(|p| p.to_string()),
-        "server_port": r.server_port,
-        "conn_id": r.conn_id,
-    });
-    if let Some(obj) = v.as_object_mut() {
-        if let Some(p) = &r.prompt {
-            obj.insert("prompt".into(), json!(p));
-        }
-        if let Some(c) = &r.completion {
-            obj.insert("completion".into(), json!(c));
-        }
+    RequestLine {
+        ty: "request",
+        pid: r.pid,
+        engine,
+        method: &r.method,
+        path: &r.path,
+        operation: r.operation.name(),
+        status: r.status,
+        model: r.model.as_deref(),
+        response_model: r.response_model.as_deref(),
+        stream: r.stream,
+        request_id: r.request_id.as_deref(),
+        start_ns: clock.unix_ns(r.start_ns),
+        request_end_ns: ns(r.request_end_ns),
+        response_start_ns: ns(r.response_start_ns),
+        first_token_ns: ns(r.first_token_ns),
+        last_token_ns: ns(r.last_token_ns),
+        end_ns: clock.unix_ns(r.end_ns),
+        ttft_s: r.ttft_s(),
+        e2e_s: r.e2e_s(),
+        tpot_s: r.tpot_s(),
+        itl_mean_s: (!r.itl_ns.is_empty()).then(|| r.itl_ns.iter().sum::<u64>() as f64 / r.itl_ns.len() as f64 / 1e9),
+        itl_max_s: r.itl_ns.iter().max().map(|m| *m as f64 / 1e9),
+        prompt_tokens: r.prompt_tokens,
+        completion_tokens: r.completion_tokens,
+        cached_tokens: r.cached_tokens,
+        output_events: r.output_events,
+        tokens_from: r.tokens_from.map(|t| t.as_str()),
+        finish_reason: r.finish_reason(),
+        finish_reasons: &r.finish_reasons,
+        n: r.n,
+        max_tokens: r.max_tokens,
+        aborted: r.aborted,
+        complete: r.complete,
+        capture_gaps: r.capture_gaps,
+        error_type: r.error_type.as_deref(),
+        client: r.peer.map(|p| p.to_string()),
+        server_port: r.server_port,
+        conn_id: r.conn_id,
+        prompt: r.prompt.as_deref(),
+        completion: r.completion.as_deref(),
     }
-    v
 }
 
 /// A health line: what inferscope saw and lost so far (counters are totals since start).
@@ -109,7 +153,7 @@ impl JsonlWriter {
         Ok(Self { out, errors: 0 })
     }
 
-    pub fn write(&mut self, v: &Value) {
+    pub fn write<T: Serialize>(&mut self, v: &T) {
         let r = serde_json::to_writer(&mut self.out, v)
             .map_err(std::io::Error::from)
             .and_then(|_| self.out.write_all(b"\n"));

@@ -15,7 +15,7 @@ use inferscope_common::{EventKind, ProcEvent, stat};
 use crate::{EVENTS, TRACKED, count};
 
 fn output(ev: &ProcEvent) {
-    if EVENTS.output::<ProcEvent>(ev, 0).is_err() {
+    if EVENTS.output::<ProcEvent>(ev, crate::wakeup_flags()).is_err() {
         count(stat::RINGBUF_DROPS, 1);
     }
 }

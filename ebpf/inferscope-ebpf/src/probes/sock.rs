@@ -148,7 +148,7 @@ fn emit(scratch: *mut Scratch, src: u64, offset: u64, len: u64, flags: u8) {
     let total = DATA_HEADER_LEN + s.hdr.len as usize;
     let total = if total > DATA_HEADER_LEN + MAX_CAPTURE { DATA_HEADER_LEN + MAX_CAPTURE } else { total };
     let bytes = unsafe { core::slice::from_raw_parts(scratch as *const u8, total) };
-    match EVENTS.output::<[u8]>(bytes, 0) {
+    match EVENTS.output::<[u8]>(bytes, crate::wakeup_flags()) {
         Ok(()) => {
             count(stat::DATA_EVENTS, 1);
             count(stat::CAPTURED_BYTES, s.hdr.len as u64);
@@ -381,7 +381,7 @@ fn exit_conn(ctx: &TracePointContext) -> u32 {
 
 #[inline(always)]
 fn output_conn(ev: &ConnEvent) {
-    match EVENTS.output::<ConnEvent>(ev, 0) {
+    match EVENTS.output::<ConnEvent>(ev, crate::wakeup_flags()) {
         Ok(()) => count(stat::CONN_EVENTS, 1),
         Err(_) => count(stat::RINGBUF_DROPS, 1),
     }

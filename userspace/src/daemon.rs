@@ -145,8 +145,12 @@ impl Daemon {
     /// look again for processes that have none yet.
     fn refresh_ports(&mut self) {
         let now = std::time::Instant::now();
-        let pids: Vec<u32> =
-            self.procs.iter().filter(|(_, t)| t.ports.is_empty() && t.next_port_check <= now).map(|(p, _)| *p).collect();
+        let pids: Vec<u32> = self
+            .procs
+            .iter()
+            .filter(|(_, t)| t.ports.is_empty() && t.next_port_check <= now)
+            .map(|(p, _)| *p)
+            .collect();
         for pid in pids {
             if let Some(t) = self.procs.get_mut(&pid) {
                 // 5 s, 10 s, 20 s ... up to 5 min: servers bind once they are ready; workers never.

@@ -40,15 +40,28 @@ fn usage(pid: u32) -> (f64, u64) {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit(')').next().unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
-    let cpu = f.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0) + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    let cpu = f.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
     let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let hwm = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok()).unwrap_or(0);
+    let hwm = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or(0);
     (cpu / CLOCK_TICKS, hwm)
 }
 
 fn load(root: &Path, port: u16, seconds: u64, args: &[&str], summary: &Path) -> Result<Value> {
     let status = Command::new(root.join("target/release/inferscope-load"))
-        .args(["--url", &format!("127.0.0.1:{port}"), "--duration", &seconds.to_string(), "--requests", "0", "--summary-json"])
+        .args([
+            "--url",
+            &format!("127.0.0.1:{port}"),
+            "--duration",
+            &seconds.to_string(),
+            "--requests",
+            "0",
+            "--summary-json",
+        ])
         .arg(summary)
         .args(args)
         .stderr(Stdio::null())
@@ -61,7 +74,14 @@ fn load(root: &Path, port: u16, seconds: u64, args: &[&str], summary: &Path) -> 
 
 fn start_inferscope(root: &Path, pid: u32, dir: &Path) -> Result<Child> {
     let mut c = Command::new(root.join("target/release/inferscope"))
-        .args(["attach", "--pid", &pid.to_string(), "--quiet", "--prometheus-listen", &format!("127.0.0.1:{}", util::free_port()?)])
+        .args([
+            "attach",
+            "--pid",
+            &pid.to_string(),
+            "--quiet",
+            "--prometheus-listen",
+            &format!("127.0.0.1:{}", util::free_port()?),
+        ])
         .arg("--jsonl")
         .arg(dir.join("bench.jsonl"))
         .stdout(Stdio::null())
@@ -73,13 +93,24 @@ fn start_inferscope(root: &Path, pid: u32, dir: &Path) -> Result<Child> {
             return Ok(c);
         }
         if c.try_wait()?.is_some() || start.elapsed() > Duration::from_secs(30) {
-            bail!("inferscope did not start: {}", fs::read_to_string(dir.join("inferscope.stderr")).unwrap_or_default());
+            bail!(
+                "inferscope did not start: {}",
+                fs::read_to_string(dir.join("inferscope.stderr")).unwrap_or_default()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
-fn one_round(root: &Path, dir: &Path, server_pid: u32, port: u16, seconds: u64, args: &[&str], with: bool) -> Result<Round> {
+fn one_round(
+    root: &Path,
+    dir: &Path,
+    server_pid: u32,
+    port: u16,
+    seconds: u64,
+    args: &[&str],
+    with: bool,
+) -> Result<Round> {
     let _ = fs::remove_file(dir.join("bench.jsonl"));
     let mut scope = if with { Some(start_inferscope(root, server_pid, dir)?) } else { None };
     let before = scope.as_ref().map(|c| usage(c.id()).0).unwrap_or(0.0);
@@ -107,7 +138,10 @@ fn one_round(root: &Path, dir: &Path, server_pid: u32, port: u16, seconds: u64, 
             .and_then(|p| p.split_whitespace().next()?.parse().ok())
             .unwrap_or(0);
         let lines = fs::read_to_string(dir.join("bench.jsonl")).unwrap_or_default();
-        r.reported = Some(lines.lines().filter(|l| l.contains("\"type\":\"request\"") && l.contains("/v1/chat/completions")).count() as u64);
+        r.reported = Some(
+            lines.lines().filter(|l| l.contains("\"type\":\"request\"") && l.contains("/v1/chat/completions")).count()
+                as u64,
+        );
     }
     Ok(r)
 }
@@ -135,7 +169,15 @@ pub fn run(seconds: u64, rounds: u32, report: Option<&Path>) -> Result<()> {
     setup::toolchain()?;
     setup::python_env()?;
     let root = util::root();
-    util::run(Command::new("cargo").current_dir(&root).args(["build", "--release", "-p", "inferscope", "-p", "inferscope-tests", "--bins"]))?;
+    util::run(Command::new("cargo").current_dir(&root).args([
+        "build",
+        "--release",
+        "-p",
+        "inferscope",
+        "-p",
+        "inferscope-tests",
+        "--bins",
+    ]))?;
     let dir = root.join("target/bench");
     fs::create_dir_all(&dir)?;
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
@@ -149,9 +191,18 @@ pub fn run(seconds: u64, rounds: u32, report: Option<&Path>) -> Result<()> {
     md.push_str("| workload | req/s off | req/s on | ratio | SSE events/s on | reported / completed | ring-buffer drops | inferscope CPU per 1000 req/s | inferscope peak RSS |\n|---|---|---|---|---|---|---|---|---|\n");
 
     let workloads: [(&str, &[&str]); 3] = [
-        ("stream, 16 tokens, 32 conns", &["--concurrency", "32", "--max-tokens", "16", "--ttft-ms", "0", "--itl-ms", "0"]),
-        ("stream, 4 tokens, 64 conns", &["--concurrency", "64", "--max-tokens", "4", "--ttft-ms", "0", "--itl-ms", "0"]),
-        ("unary, 16 tokens, 32 conns", &["--concurrency", "32", "--max-tokens", "16", "--stream-ratio", "0", "--ttft-ms", "0", "--itl-ms", "0"]),
+        (
+            "stream, 16 tokens, 32 conns",
+            &["--concurrency", "32", "--max-tokens", "16", "--ttft-ms", "0", "--itl-ms", "0"],
+        ),
+        (
+            "stream, 4 tokens, 64 conns",
+            &["--concurrency", "64", "--max-tokens", "4", "--ttft-ms", "0", "--itl-ms", "0"],
+        ),
+        (
+            "unary, 16 tokens, 32 conns",
+            &["--concurrency", "32", "--max-tokens", "16", "--stream-ratio", "0", "--ttft-ms", "0", "--itl-ms", "0"],
+        ),
     ];
     for (name, args) in workloads {
         let port = util::free_port()?;
@@ -174,7 +225,10 @@ pub fn run(seconds: u64, rounds: u32, report: Option<&Path>) -> Result<()> {
                     if with { "with inferscope" } else { "without" },
                     r.req_per_s,
                     r.events_per_s,
-                    r.reported.map_or(String::new(), |n| format!(", reported {n}/{} requests, {} drops, {:.2} s CPU", r.requests, r.drops, r.cpu_s))
+                    r.reported.map_or(String::new(), |n| format!(
+                        ", reported {n}/{} requests, {} drops, {:.2} s CPU",
+                        r.requests, r.drops, r.cpu_s
+                    ))
                 );
                 if with { on.push(r) } else { off.push(r) }
             }
@@ -186,7 +240,8 @@ pub fn run(seconds: u64, rounds: u32, report: Option<&Path>) -> Result<()> {
         let reported: u64 = on.iter().filter_map(|r| r.reported).sum();
         let completed: u64 = on.iter().map(|r| r.requests).sum();
         let drops: u64 = on.iter().map(|r| r.drops).sum();
-        let cpu_per_k = median(on.iter().map(|r| r.cpu_s / (seconds as f64) / (r.req_per_s / 1000.0) * 100.0).collect());
+        let cpu_per_k =
+            median(on.iter().map(|r| r.cpu_s / (seconds as f64) / (r.req_per_s / 1000.0) * 100.0).collect());
         let rss = on.iter().map(|r| r.rss_kib).max().unwrap_or(0);
         md.push_str(&format!(
             "| {name} | {off_rps:.0} | {on_rps:.0} | **{:.3}** | {ev:.0} | {reported} / {completed} | {drops} | {cpu_per_k:.1}% of a core | {:.1} MiB |\n",

@@ -45,9 +45,16 @@ pub fn run(vllm: bool, requests: u32) -> Result<()> {
     let port = util::free_port()?;
     let metrics_port = util::free_port()?;
 
-    eprintln!("\n=== starting {} on 127.0.0.1:{port}", if vllm { "a real vLLM (CPU, tiny local model)" } else { "an OpenAI-compatible server on uvicorn" });
+    eprintln!(
+        "\n=== starting {} on 127.0.0.1:{port}",
+        if vllm { "a real vLLM (CPU, tiny local model)" } else { "an OpenAI-compatible server on uvicorn" }
+    );
     let mut server = if vllm {
-        Command::new(root.join("tests/vllm/serve.sh")).arg(port.to_string()).stdout(Stdio::null()).stderr(fs::File::create(out.join("server.log"))?).spawn()?
+        Command::new(root.join("tests/vllm/serve.sh"))
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(out.join("server.log"))?)
+            .spawn()?
     } else {
         Command::new(util::python())
             .arg(root.join("tests/fixtures/openai_server.py"))
@@ -77,7 +84,20 @@ pub fn run(vllm: bool, requests: u32) -> Result<()> {
 
     eprintln!("=== sending {requests} requests (streaming and not, chat and completions, errors, aborts)\n");
     let mut load = Command::new(util::python());
-    load.arg(root.join("tests/fixtures/loadgen.py")).args(["--url", &format!("http://127.0.0.1:{port}"), "--requests", &requests.to_string(), "--concurrency", "4", "--quiet", "--seed", "1"]).arg("--out").arg(&truth);
+    load.arg(root.join("tests/fixtures/loadgen.py"))
+        .args([
+            "--url",
+            &format!("http://127.0.0.1:{port}"),
+            "--requests",
+            &requests.to_string(),
+            "--concurrency",
+            "4",
+            "--quiet",
+            "--seed",
+            "1",
+        ])
+        .arg("--out")
+        .arg(&truth);
     if vllm {
         load.args(["--no-fixture", "--mix", "chat_stream=3,chat_nostream=1,cmpl_stream=1"]);
     } else {
@@ -108,7 +128,10 @@ pub fn run(vllm: bool, requests: u32) -> Result<()> {
     let mut diffs = Vec::new();
     let mut matched = 0;
     for t in &client {
-        let r = t["request_id"].as_str().and_then(|i| by_id.get(i)).or_else(|| t["x_request_id"].as_str().and_then(|i| by_id.get(i)));
+        let r = t["request_id"]
+            .as_str()
+            .and_then(|i| by_id.get(i))
+            .or_else(|| t["x_request_id"].as_str().and_then(|i| by_id.get(i)));
         if let Some(r) = r {
             matched += 1;
             if let (Some(a), Some(b)) = (r["ttft_s"].as_f64(), t["ttft_s"].as_f64()) {

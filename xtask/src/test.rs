@@ -76,7 +76,9 @@ fn cargo() -> Command {
 
 pub fn run(vllm: bool, fuzz_seconds: u64, filter: Option<&str>) -> Result<()> {
     if !util::is_root() {
-        bail!("the integration tests load BPF programs: run `cargo xtask test` as root (e.g. sudo -E env PATH=$PATH cargo xtask test)");
+        bail!(
+            "the integration tests load BPF programs: run `cargo xtask test` as root (e.g. sudo -E env PATH=$PATH cargo xtask test)"
+        );
     }
     setup::all(vllm)?;
     let root = util::root();
@@ -141,7 +143,11 @@ fn fuzz_into(t: &mut Tally, seconds: u64, only: Option<&str>) {
         let corpus = root.join("fuzz/corpus").join(target);
         let _ = std::fs::create_dir_all(&corpus);
         let mut c = Command::new("cargo");
-        c.current_dir(root.join("fuzz")).args(["+nightly", "fuzz", "run", "--sanitizer", "none", target]).arg(&corpus).arg("--").arg(format!("-max_total_time={seconds}"));
+        c.current_dir(root.join("fuzz"))
+            .args(["+nightly", "fuzz", "run", "--sanitizer", "none", target])
+            .arg(&corpus)
+            .arg("--")
+            .arg(format!("-max_total_time={seconds}"));
         // libFuzzer prints no tally: a clean exit is one passed target.
         t.run(&format!("fuzz {target} for {seconds}s"), &mut c);
     }

@@ -75,7 +75,11 @@ const BPF_RB_AVAIL_DATA: u64 = 0;
 /// Flags for a ring-buffer write: wake the reader only when enough data waits.
 #[inline(always)]
 pub fn wakeup_flags() -> u64 {
-    if EVENTS.query(BPF_RB_AVAIL_DATA) >= read_global(&WAKEUP_BYTES) as u64 { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP }
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= read_global(&WAKEUP_BYTES) as u64 {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
 }
 
 #[inline(always)]

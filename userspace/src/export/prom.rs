@@ -184,7 +184,7 @@ impl PromMetrics {
         } else {
             None
         };
-        Ok(Self {
+        Self {
             duration: hist(&reg, "gen_ai_server_request_duration_seconds", "Time from the first request byte to the last response byte (OpenTelemetry gen_ai.server.request.duration).", DURATION_BUCKETS, &dur_labels)?,
             ttft: hist(&reg, "gen_ai_server_time_to_first_token_seconds", "Time from the first request byte to the first streamed chunk carrying output (gen_ai.server.time_to_first_token).", TTFT_BUCKETS, GENAI_LABELS)?,
             tpot: hist(&reg, "gen_ai_server_time_per_output_token_seconds", "Time per output token after the first, per request (gen_ai.server.time_per_output_token).", TPOT_BUCKETS, GENAI_LABELS)?,
@@ -210,7 +210,7 @@ impl PromMetrics {
             prev: HashMap::new(),
             registry: reg,
         }
-        .register_plain()?)
+        .register_plain()
     }
 
     fn register_plain(self) -> Result<Self> {
@@ -250,7 +250,7 @@ impl PromMetrics {
         if let Some(p) = r.prompt_tokens {
             self.tokens.with_label_values(&[l.operation, &l.model, &l.server_port, "input"]).observe(p as f64);
         }
-        if let Some(c) = r.completion_tokens {
+        if let Some(c) = r.completion_tokens.filter(|_| r.operation.generates()) {
             self.tokens.with_label_values(&[l.operation, &l.model, &l.server_port, "output"]).observe(c as f64);
         }
         if let Some(v) = &self.vllm {
@@ -392,4 +392,84 @@ pub async fn serve(addr: SocketAddr, registry: Registry) -> Result<tokio::task::
             });
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        export::BoundedLabel,
+        protocol::openai::Operation,
+        request::{RequestRecord, TokensFrom},
+    };
+
+    fn record(op: Operation, path: &str) -> RequestRecord {
+        RequestRecord {
+            pid: 1,
+            conn_id: 1,
+            peer: None,
+            server_port: Some(8000),
+            method: "POST".into(),
+            path: path.into(),
+            operation: op,
+            status: Some(200),
+            model: Some("m".into()),
+            response_model: Some("m".into()),
+            stream: op == Operation::Chat,
+            request_id: None,
+            traceparent: None,
+            user_agent: None,
+            start_ns: 1_000_000_000,
+            request_end_ns: Some(1_001_000_000),
+            response_start_ns: Some(1_002_000_000),
+            first_token_ns: (op == Operation::Chat).then_some(1_020_000_000),
+            last_token_ns: (op == Operation::Chat).then_some(1_050_000_000),
+            end_ns: 1_060_000_000,
+            output_events: 4,
+            itl_ns: vec![10_000_000; 3],
+            chunk_times: vec![],
+            prompt_tokens: Some(5),
+            completion_tokens: Some(if op == Operation::Chat { 4 } else { 0 }),
+            cached_tokens: None,
+            tokens_from: Some(TokensFrom::Usage),
+            finish_reasons: vec!["length".into()],
+            n: 1,
+            max_tokens: Some(4),
+            temperature: None,
+            top_p: None,
+            aborted: false,
+            complete: true,
+            capture_gaps: false,
+            error_type: None,
+            prompt: None,
+            completion: None,
+        }
+    }
+
+    #[test]
+    fn families_follow_the_record() {
+        let p = PromMetrics::new(true).unwrap();
+        let mut models = BoundedLabel::new(8);
+        for (op, path) in [(Operation::Chat, "/v1/chat/completions"), (Operation::Embeddings, "/v1/embeddings")] {
+            let r = record(op, path);
+            p.record(&r, &Labels::of(&r, &mut models, "vllm"));
+        }
+        let text = String::from_utf8(PromMetrics::encode(&p.registry)).unwrap();
+        let line = |prefix: &str| {
+            text.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no {prefix} in\n{text}")).to_string()
+        };
+        assert!(line("gen_ai_server_time_to_first_token_seconds_count{gen_ai_operation_name=\"chat\"").ends_with(" 1"));
+        assert!(
+            line("gen_ai_server_time_to_first_token_seconds_sum{gen_ai_operation_name=\"chat\"").ends_with(" 0.02")
+        );
+        assert!(line("gen_ai_server_inter_token_latency_seconds_count").ends_with(" 3"));
+        assert!(line("vllm:request_time_per_output_token_seconds_sum{model_name=\"m\"}").ends_with(" 0.01"));
+        // Embeddings generate nothing: no output-token observation, input tokens counted.
+        assert!(
+            !text.lines().any(|l| l.contains("embeddings") && l.contains("gen_ai_token_type=\"output\"")),
+            "{text}"
+        );
+        assert!(line("gen_ai_server_token_usage_sum{gen_ai_operation_name=\"embeddings\"").ends_with(" 5"));
+        assert!(line("inferscope_requests_total{gen_ai_operation_name=\"embeddings\"").ends_with(" 1"));
+    }
 }

@@ -29,6 +29,20 @@ const COUNTERS: &[&str] = &[
     "vllm:time_to_first_token_seconds_sum",
 ];
 
+/// inferscope's records of exactly the client's requests (its health polls and this test's
+/// /metrics scrapes are requests to vLLM too, and are reported as such).
+fn records_of(scope: &Inferscope, truth: &[Value]) -> Vec<Value> {
+    let ids: std::collections::HashSet<&str> = truth.iter().filter_map(|t| t["request_id"].as_str()).collect();
+    wait_for("inferscope to report every request", Duration::from_secs(30), || {
+        let recs: Vec<Value> = scope
+            .requests()
+            .into_iter()
+            .filter(|r| r["request_id"].as_str().is_some_and(|i| ids.contains(i)))
+            .collect();
+        (recs.len() == truth.len()).then_some(recs)
+    })
+}
+
 fn delta(before: &HashMap<String, f64>, after: &HashMap<String, f64>, name: &str) -> f64 {
     after[name] - before[name]
 }
@@ -86,9 +100,9 @@ fn real_vllm_counts_tokens_and_ttft() {
         "vLLM rejected requests: {:?}",
         truth.iter().find(|t| t["status"] != 200)
     );
-    let recs = scope.wait_requests(truth.len(), Duration::from_secs(30));
+    let recs = records_of(&scope, &truth);
     let after = scrape(port, COUNTERS);
-    let llm: Vec<&Value> = recs.iter().filter(|r| r["path"].as_str().is_some_and(|p| p.starts_with("/v1/"))).collect();
+    let llm: Vec<&Value> = recs.iter().collect();
     assert_eq!(llm.len() as f64, delta(&before, &after, "vllm:request_success_total"), "requests: inferscope vs vLLM");
     let prompt: u64 = llm.iter().filter_map(|r| r["prompt_tokens"].as_u64()).sum();
     let generated: u64 = llm.iter().filter_map(|r| r["completion_tokens"].as_u64()).sum();
@@ -99,7 +113,6 @@ fn real_vllm_counts_tokens_and_ttft() {
 
     // Phase 2: streams only, so both TTFT populations are the same requests.
     let before = scrape(port, COUNTERS);
-    let n0 = scope.requests().len();
     let truth = loadgen(
         &dir,
         &url,
@@ -119,12 +132,12 @@ fn real_vllm_counts_tokens_and_ttft() {
             "12",
         ],
     );
-    let recs = scope.wait_requests(n0 + truth.len(), Duration::from_secs(30));
+    let recs = records_of(&scope, &truth);
     let after = scrape(port, COUNTERS);
     let count = delta(&before, &after, "vllm:time_to_first_token_seconds_count");
     assert_eq!(count, truth.len() as f64);
     let vllm_mean = delta(&before, &after, "vllm:time_to_first_token_seconds_sum") / count;
-    let ours: Vec<f64> = recs[n0..].iter().filter_map(|r| r["ttft_s"].as_f64()).collect();
+    let ours: Vec<f64> = recs.iter().filter_map(|r| r["ttft_s"].as_f64()).collect();
     assert_eq!(ours.len(), truth.len());
     let our_mean = ours.iter().sum::<f64>() / ours.len() as f64;
     let client_mean = truth.iter().filter_map(|t| t["ttft_s"].as_f64()).sum::<f64>() / truth.len() as f64;

@@ -89,6 +89,8 @@ struct Daemon {
     children: bool,
     last_health: Health,
     last_loss_report: std::time::Instant,
+    /// Processes seen exiting, and when.
+    exited: HashMap<u32, std::time::Instant>,
 }
 
 impl Daemon {
@@ -172,6 +174,7 @@ impl Daemon {
         if self.procs.remove(&pid).is_some() {
             eprintln!("inferscope: pid {pid} exited");
         }
+        self.exited.insert(pid, std::time::Instant::now());
         self.probes.untrack(pid);
         self.tracker.process_gone(pid, ts, &mut self.records);
         self.tracker.set_server_port(pid, None);
@@ -184,21 +187,20 @@ impl Daemon {
         }
     }
 
-    fn discover(&mut self, matches: &[String]) {
-        let parents = procfs::parents();
-        let me = std::process::id();
-        for pid in procfs::pids() {
-            if self.procs.contains_key(&pid) || pid == me {
-                continue;
-            }
-            let comm = procfs::comm(pid).unwrap_or_default();
-            if let Some(engine) = procfs::classify(&comm, &procfs::cmdline(pid), matches) {
-                for p in procfs::tree(pid, &parents) {
-                    self.trace(p, engine);
-                }
+    /// Traces what a /proc scan found, except processes that exited moments ago (a dying
+    /// process is still listed while the kernel tears it down).
+    fn apply_discovery(&mut self, found: Vec<(u32, Engine)>) {
+        let now = std::time::Instant::now();
+        self.exited.retain(|_, t| now.duration_since(*t) < Duration::from_secs(30));
+        for (pid, engine) in found {
+            if !self.exited.contains_key(&pid) {
+                self.trace(pid, engine);
             }
         }
-        // Processes whose exit was not seen (events lost): forget them.
+    }
+
+    /// Forgets processes whose exit was not seen (events lost).
+    fn forget_gone(&mut self) {
         let gone: Vec<u32> = self.procs.keys().copied().filter(|p| !procfs::exists(*p)).collect();
         for p in gone {
             self.untrace(p, clock::monotonic_ns());
@@ -370,11 +372,12 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
         children,
         last_health: Health::default(),
         last_loss_report: std::time::Instant::now(),
+        exited: HashMap::new(),
     };
     match &target {
         Target::Pid { pid, .. } => d.trace_tree(*pid, Engine::Other),
         Target::Discover { matches, .. } => {
-            d.discover(matches);
+            d.apply_discovery(procfs::discover(matches, std::process::id()));
             if d.procs.is_empty() {
                 eprintln!("inferscope: no vLLM or SGLang process found yet; watching for new ones");
             }
@@ -392,6 +395,7 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
     let discover_every =
         discover.as_ref().map_or(Duration::from_secs(3600), |(_, i)| (*i).max(Duration::from_millis(100)));
     let mut discover_tick = tokio::time::interval(discover_every);
+    let mut scan: Option<tokio::task::JoinHandle<Vec<(u32, Engine)>>> = None;
     let deadline = o.duration.map(|s| tokio::time::Instant::now() + Duration::from_secs_f64(s));
     let sleep_until = async {
         match deadline {
@@ -428,9 +432,20 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
                     break;
                 }
             }
-            _ = discover_tick.tick(), if discover.is_some() => {
+            // The /proc scan runs on a blocking thread: reading a dying process's cmdline waits
+            // for its memory to be torn down, and the event loop must not.
+            _ = discover_tick.tick(), if discover.is_some() && scan.is_none() => {
                 if let Some((m, _)) = &discover {
-                    d.discover(m);
+                    let m = m.clone();
+                    let me = std::process::id();
+                    scan = Some(tokio::task::spawn_blocking(move || procfs::discover(&m, me)));
+                }
+                d.forget_gone();
+            }
+            found = async { scan.as_mut().expect("guarded").await }, if scan.is_some() => {
+                scan = None;
+                if let Ok(found) = found {
+                    d.apply_discovery(found);
                 }
             }
             _ = &mut sleep_until => break,

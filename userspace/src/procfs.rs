@@ -130,6 +130,28 @@ pub fn classify(comm: &str, argv: &[String], extra: &[String]) -> Option<Engine>
     None
 }
 
+/// Every process `classify` recognises, with its descendants: (pid, engine). Skips `me`.
+/// Reads /proc/PID/cmdline, which can block while a process tears down its memory: call it
+/// off the event loop.
+pub fn discover(matches: &[String], me: u32) -> Vec<(u32, Engine)> {
+    let parents = parents();
+    let mut out: Vec<(u32, Engine)> = Vec::new();
+    for pid in pids() {
+        if pid == me || out.iter().any(|(p, _)| *p == pid) {
+            continue;
+        }
+        let comm = comm(pid).unwrap_or_default();
+        if let Some(engine) = classify(&comm, &cmdline(pid), matches) {
+            for p in tree(pid, &parents) {
+                if p != me && !out.iter().any(|(q, _)| *q == p) {
+                    out.push((p, engine));
+                }
+            }
+        }
+    }
+    out
+}
+
 /// A TCP socket from /proc/net/tcp{,6}.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TcpEntry {

@@ -78,6 +78,10 @@ impl Proc {
     /// Sends `sig` and waits up to `timeout` for the exit; returns whether it exited.
     pub fn stop_with(&mut self, sig: i32, timeout: Duration) -> bool {
         self.signal(sig);
+        self.wait_for_exit(timeout)
+    }
+    /// Waits up to `timeout` for the process to exit; true when it did.
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> bool {
         let start = Instant::now();
         while start.elapsed() < timeout {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -231,7 +235,33 @@ impl Inferscope {
     /// Stops it with SIGINT and returns its stderr.
     pub fn stop(&mut self) -> String {
         // Detaching waits for RCU grace periods: ~1 s idle, several times that on a loaded VM.
-        assert!(self.proc.stop_with(2, Duration::from_secs(60)), "inferscope did not stop on SIGINT within 60 s");
+        let t0 = Instant::now();
+        let mut stopped = self.proc.stop_with(2, Duration::from_secs(10));
+        if !stopped {
+            // Say where it is stuck: every thread's kernel stack.
+            let pid = self.proc.pid();
+            for t in fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+                let p = t.path();
+                let comm = fs::read_to_string(p.join("comm")).unwrap_or_default();
+                let stack = fs::read_to_string(p.join("stack")).unwrap_or_default();
+                eprintln!("slow stop: thread {} {}{}", t.file_name().to_string_lossy(), comm, stack);
+            }
+            // And the user-space stacks, where gdb is installed.
+            if let Ok(out) = Command::new("gdb")
+                .args(["-p", &pid.to_string(), "-batch", "-ex", "thread apply all bt 20"])
+                .stdin(Stdio::null())
+                .output()
+            {
+                eprintln!("slow stop: gdb:\n{}", String::from_utf8_lossy(&out.stdout));
+            }
+            stopped = self.proc.wait_for_exit(Duration::from_secs(50));
+        }
+        // One SIGINT must be enough: the signal is never sent twice.
+        assert!(stopped, "inferscope did not stop on one SIGINT within 60 s");
+        let took = t0.elapsed().as_secs_f64();
+        if took > 5.0 {
+            eprintln!("inferscope took {took:.2} s to stop");
+        }
         let status = self.proc.child.wait().expect("wait");
         let err = fs::read_to_string(&self.stderr).unwrap_or_default();
         assert!(status.success(), "inferscope failed ({status}):\n{err}");

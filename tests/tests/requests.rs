@@ -2,7 +2,7 @@
 //! vLLM and SGLang use), with real BPF programs: inferscope's per-request values must match
 //! what the client measured. Needs root.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use inferscope_tests::*;
 use serde_json::Value;
@@ -177,9 +177,10 @@ fn aborts_and_errors() {
     for t in truth.iter().filter(|t| t["aborted"] == true) {
         let r = find(&recs, t).expect("aborted request reported");
         assert_eq!(r["finish_reason"], "abort", "{r}");
-        // inferscope sees the close when the server reads EOF: after the client's last byte.
+        // inferscope sees the close when the server reads EOF: after the client's last byte,
+        // by as long as the server takes to get to that read (tens of ms on a loaded 2-core VM).
         let d = f(&r["e2e_s"]).unwrap() - f(&t["e2e_s"]).unwrap();
-        assert!(d > -0.005 && d < 0.05, "abort time off by {d} s: {r}");
+        assert!(d > -0.005 && d < 0.25, "abort time off by {d} s: {r}");
     }
     for t in truth.iter().filter(|t| t["status"].as_u64().is_some_and(|s| s >= 400)) {
         let r = find(&recs, t).unwrap();
@@ -286,7 +287,7 @@ fn discovery_exit_and_detach() {
     let truth = loadgen(&dir, &server.url(), &["--requests", "30", "--concurrency", "3"]);
     let recs = scope.wait_requests(truth.len(), Duration::from_secs(20));
     compare(&truth, &recs);
-    assert!(recs.iter().all(|r| r["engine"] == "openai_compatible"));
+    assert!(recs.iter().all(|r| r["provider"] == "openai_compatible"));
     // A server started later is found too.
     let late = Fixture::start(&dir, &["--model-name", "late"]);
     wait_for("discovery of the late server", Duration::from_secs(10), || {
@@ -306,10 +307,24 @@ fn discovery_exit_and_detach() {
     });
     assert!(loaded_bpf_programs().iter().any(|n| n.starts_with("sys_enter_read")), "probes loaded while running");
     scope.stop();
-    let left: Vec<String> = loaded_bpf_programs()
-        .into_iter()
-        .filter(|n| n.starts_with("sys_e") || n.starts_with("sched_process"))
-        .collect();
+    // The kernel frees a closed program after an RCU grace period, so it may be listed for a
+    // moment after inferscope has exited; one that stays is a leak.
+    let ours = || -> Vec<String> {
+        loaded_bpf_programs()
+            .into_iter()
+            .filter(|n| {
+                n.starts_with("sys_e")
+                    || n.starts_with("sched_process")
+                    || n.starts_with("tcp_")
+                    || n.starts_with("sock_")
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ours().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let left = ours();
     assert!(left.is_empty(), "probes left behind after stopping: {left:?}");
 }
 

@@ -27,7 +27,41 @@ const COUNTERS: &[&str] = &[
     "vllm:generation_tokens_total",
     "vllm:time_to_first_token_seconds_count",
     "vllm:time_to_first_token_seconds_sum",
+    "vllm:request_queue_time_seconds_count",
+    "vllm:request_queue_time_seconds_sum",
+    "vllm:request_prefill_time_seconds_count",
+    "vllm:request_prefill_time_seconds_sum",
+    "vllm:request_decode_time_seconds_count",
+    "vllm:request_decode_time_seconds_sum",
+    "vllm:request_inference_time_seconds_count",
+    "vllm:request_inference_time_seconds_sum",
 ];
+
+/// The engine layer against vLLM's own histograms: one observation per request of each phase,
+/// and sums that agree (same engine timestamps; only float rounding differs).
+fn check_phases(recs: &[Value], before: &HashMap<String, f64>, after: &HashMap<String, f64>) {
+    for (field, family) in [
+        ("queue_s", "vllm:request_queue_time_seconds"),
+        ("prefill_s", "vllm:request_prefill_time_seconds"),
+        ("decode_s", "vllm:request_decode_time_seconds"),
+        ("inference_s", "vllm:request_inference_time_seconds"),
+    ] {
+        let ours: Vec<f64> = recs.iter().filter_map(|r| r[field].as_f64()).collect();
+        let count = delta(before, after, &format!("{family}_count"));
+        let sum = delta(before, after, &format!("{family}_sum"));
+        let our_sum: f64 = ours.iter().sum();
+        eprintln!("{family}: vLLM {count} observations, sum {sum:.6} s; inferscope {} and {our_sum:.6} s", ours.len());
+        assert_eq!(ours.len() as f64, count, "{field}: observations, inferscope vs vLLM");
+        assert!((our_sum - sum).abs() <= 0.02 * sum.abs() + 1e-4, "{field}: sum {our_sum} vs vLLM's {sum}");
+    }
+    for r in recs {
+        assert!(r["engine"].as_u64().is_some(), "engine index missing: {r}");
+        assert_eq!(r["preemptions"], 0, "{r}");
+        let engine_ids = r["engine_request_ids"].as_array().expect("engine request ids");
+        let id = r["request_id"].as_str().unwrap();
+        assert!(engine_ids.iter().all(|e| e.as_str().is_some_and(|e| e.contains(id))), "{r}");
+    }
+}
 
 /// inferscope's records of exactly the client's requests (its health polls and this test's
 /// /metrics scrapes are requests to vLLM too, and are reported as such).
@@ -108,8 +142,30 @@ fn real_vllm_counts_tokens_and_ttft() {
     let generated: u64 = llm.iter().filter_map(|r| r["completion_tokens"].as_u64()).sum();
     assert_eq!(prompt as f64, delta(&before, &after, "vllm:prompt_tokens_total"), "prompt tokens");
     assert_eq!(generated as f64, delta(&before, &after, "vllm:generation_tokens_total"), "generation tokens");
-    assert!(llm.iter().all(|r| r["engine"] == "vllm" && r["tokens_from"] == "usage"), "{:?}", llm[0]);
+    assert!(llm.iter().all(|r| r["provider"] == "vllm" && r["tokens_from"] == "usage"), "{:?}", llm[0]);
     eprintln!("vLLM: {} requests, {prompt} prompt and {generated} generation tokens, equal on both sides", llm.len());
+    check_phases(&recs, &before, &after);
+    // Engine steps: every generated token was produced by a step inferscope saw.
+    let ids: std::collections::HashSet<String> = llm
+        .iter()
+        .filter_map(|r| r["engine_request_ids"].as_array())
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
+    let steps: Vec<Value> = scope
+        .lines("step")
+        .into_iter()
+        .filter(|s| {
+            s["request_ids"].as_array().is_some_and(|a| a.iter().any(|i| i.as_str().is_some_and(|i| ids.contains(i))))
+        })
+        .collect();
+    assert!(!steps.is_empty(), "no engine step lines");
+    let step_tokens: u64 = steps.iter().filter_map(|s| s["tokens"].as_u64()).sum();
+    assert_eq!(step_tokens, generated, "tokens in step lines vs generated tokens");
+    assert!(steps.iter().all(|s| s["running"].is_u64() && s["kv_cache_usage"].is_f64()), "{}", steps[0]);
+    let max_batch = steps.iter().filter_map(|s| s["batch_size"].as_u64()).max().unwrap_or(0);
+    eprintln!("engine: {} steps, {step_tokens} tokens, largest batch {max_batch}", steps.len());
+    assert!(max_batch > 1, "8 concurrent requests never batched together?");
 
     // Phase 2: streams only, so both TTFT populations are the same requests.
     let before = scrape(port, COUNTERS);
@@ -152,6 +208,36 @@ fn real_vllm_counts_tokens_and_ttft() {
     assert!(our_mean >= vllm_mean - 0.001, "inferscope's TTFT below vLLM's own");
     assert!(our_mean - vllm_mean < 0.05, "HTTP overhead implausibly large: {our_mean} vs {vllm_mean}");
     assert!((our_mean - client_mean).abs() < 0.005, "inferscope {our_mean} vs client {client_mean}");
+    check_phases(&recs, &before, &after);
+
+    // Phase 3: a second inferscope attached to the running server, whose engine sockets were
+    // opened long before: it picks the ZMTP stream up mid-way and still joins every request.
+    let dir3 = scratch("vllm-late");
+    let mut late = Inferscope::attach(&dir3, api_pid, &[]);
+    let before = scrape(port, COUNTERS);
+    let truth = loadgen(
+        &dir,
+        &url,
+        &[
+            "--no-fixture",
+            "--requests",
+            "20",
+            "--concurrency",
+            "4",
+            "--mix",
+            "chat_stream=1,cmpl_nostream=1",
+            "--usage-ratio",
+            "1",
+            "--max-tokens",
+            "16",
+            "--seed",
+            "13",
+        ],
+    );
+    let recs = records_of(&late, &truth);
+    let after = scrape(port, COUNTERS);
+    check_phases(&recs, &before, &after);
+    late.stop();
 
     assert!(vllm.stop_with(15, Duration::from_secs(30)), "vLLM did not stop");
     wait_for("inferscope to notice vLLM's exit", Duration::from_secs(15), || {

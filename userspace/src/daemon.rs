@@ -14,6 +14,7 @@ use crate::{
     bpf::{self, LoadOptions, Probes},
     cli::RunOptions,
     clock::{self, Clock},
+    engine::{EngineEvent, EngineKind, EnginePhases, EngineTracker},
     events::{self, Event},
     export::{
         BoundedLabel, Health, Labels, console,
@@ -50,6 +51,15 @@ pub struct Exporters {
 }
 
 impl Exporters {
+    fn engine_event(&mut self, ev: &EngineEvent, model: &str) {
+        if let Some(p) = &self.prom {
+            p.engine.observe(ev, model);
+        }
+        if let (Some(j), EngineEvent::Step(s)) = (&mut self.jsonl, ev) {
+            j.write(&jsonl::step_json(s, &self.clock));
+        }
+    }
+
     fn emit(&mut self, r: &RequestRecord, engine: Option<Engine>) {
         let provider = engine.map_or("openai_compatible", Engine::name);
         let labels = Labels::of(r, &mut self.models, provider);
@@ -91,6 +101,13 @@ struct Daemon {
     last_loss_report: std::time::Instant,
     /// Processes seen exiting, and when.
     exited: HashMap<u32, std::time::Instant>,
+    /// The engine layer: requests and steps from engine IPC.
+    engine: EngineTracker,
+    engine_events: Vec<EngineEvent>,
+    /// Served model per process (its command line, else its last request), for engine metrics.
+    served_model: HashMap<u32, String>,
+    /// When a process's engine kind was last looked for (it can load vLLM after we attach).
+    kind_checked: HashMap<u32, std::time::Instant>,
 }
 
 impl Daemon {
@@ -118,18 +135,71 @@ impl Daemon {
         for c in conns.into_iter().filter(|c| c.server_side) {
             self.next_conn_id += 1;
             let conn_id = USER_CONN_ID_BIT | self.next_conn_id;
-            let info = SockInfo { conn_id, pos: [0, 0], role: inferscope_common::ROLE_SERVER, _pad: [0; 7] };
+            let info = SockInfo { conn_id, pos: [0, 0], role: inferscope_common::ROLE_SERVER, flags: 0, _pad: [0; 6] };
             match self.probes.add_socket(pid, c.fd as u32, info) {
                 Ok(true) => self.tracker.add_existing(
-                    ExistingConn { tgid: pid, fd: c.fd, conn_id, peer: Some(c.peer), local_port: Some(c.local_port) },
+                    ExistingConn {
+                        tgid: pid,
+                        fd: c.fd,
+                        conn_id,
+                        peer: Some(c.peer),
+                        local_port: Some(c.local_port),
+                        unix: false,
+                    },
                     now,
                 ),
                 Ok(false) => {}
                 Err(e) => debug!("pid {pid} fd {}: {e:#}", c.fd),
             }
         }
+        // Unix stream sockets: engine IPC (ZeroMQ ipc://), captured whole.
+        for fd in procfs::open_unix(pid) {
+            self.next_conn_id += 1;
+            let conn_id = USER_CONN_ID_BIT | self.next_conn_id;
+            let info = SockInfo {
+                conn_id,
+                pos: [0, 0],
+                role: inferscope_common::ROLE_UNKNOWN,
+                flags: inferscope_common::SOCK_FLAG_FULL,
+                _pad: [0; 6],
+            };
+            if let Ok(true) = self.probes.add_socket(pid, fd as u32, info) {
+                self.tracker.add_existing(
+                    ExistingConn { tgid: pid, fd, conn_id, peer: None, local_port: None, unix: true },
+                    now,
+                );
+            }
+        }
+        if let Some(m) = procfs::served_model(pid) {
+            self.served_model.insert(pid, m);
+        }
+        let version = self.detect_kind(pid);
         let comm = procfs::comm(pid).unwrap_or_default();
-        eprintln!("inferscope: tracing pid {pid} ({comm}, {}{})", engine.name(), ports_note(&ports));
+        eprintln!("inferscope: tracing pid {pid} ({comm}, {}{}{})", engine.name(), version, ports_note(&ports));
+    }
+
+    /// Looks for the engine a process runs (vLLM's release from its installed package);
+    /// returns a note for the operator.
+    fn detect_kind(&mut self, pid: u32) -> String {
+        self.kind_checked.insert(pid, std::time::Instant::now());
+        if let Some(v) = procfs::vllm_version(pid) {
+            self.engine.set_kind(pid, EngineKind::Vllm { version: Some(v) });
+            if let Some(t) = self.procs.get_mut(&pid) {
+                t.engine = Engine::Vllm;
+            }
+            let known = crate::engine::vllm_layouts::for_version(v).is_some();
+            return format!(
+                ", vLLM {}.{}.{}{}",
+                v.0,
+                v.1,
+                v.2,
+                if known { "" } else { " (unknown wire layout: steps and tokens only)" }
+            );
+        }
+        if self.procs.get(&pid).is_some_and(|t| t.engine == Engine::Sglang) {
+            self.engine.set_kind(pid, EngineKind::Sglang);
+        }
+        String::new()
     }
 
     /// Records the ports `pid` listens on: `server.port`, and arrival times for their traffic.
@@ -178,6 +248,9 @@ impl Daemon {
         self.probes.untrack(pid);
         self.tracker.process_gone(pid, ts, &mut self.records);
         self.tracker.set_server_port(pid, None);
+        self.engine.process_gone(pid);
+        self.served_model.remove(&pid);
+        self.kind_checked.remove(&pid);
     }
 
     fn trace_tree(&mut self, root: u32, engine: Engine) {
@@ -232,11 +305,47 @@ impl Daemon {
             Event::ProcExit { tgid, ts_ns } => self.untrace(*tgid, *ts_ns),
             _ => self.tracker.handle(&ev, &mut self.records),
         }
+        // Engine messages first: a request's last engine output precedes its last HTTP bytes,
+        // so the HTTP record finishing now finds its engine side already complete.
+        if self.tracker.has_ipc() {
+            self.engine_messages();
+        }
         self.flush_records();
     }
 
+    fn engine_messages(&mut self) {
+        for m in self.tracker.take_ipc() {
+            if self.engine.kind(m.tgid).is_none()
+                && self.kind_checked.get(&m.tgid).is_none_or(|t| t.elapsed() > Duration::from_secs(10))
+            {
+                let note = self.detect_kind(m.tgid);
+                if !note.is_empty() {
+                    eprintln!("inferscope: pid {} runs{}", m.tgid, note.trim_start_matches(','));
+                }
+            }
+            self.engine.message(m.tgid, m.direction, &m.msg, &mut self.engine_events);
+        }
+        for ev in std::mem::take(&mut self.engine_events) {
+            let pid = match &ev {
+                EngineEvent::Step(s) => s.pid,
+                EngineEvent::Gauges { pid, .. } => *pid,
+                EngineEvent::Finished(r) => r.pid,
+            };
+            let model = self.exporters.models.get(self.served_model.get(&pid).map(String::as_str));
+            self.exporters.engine_event(&ev, &model);
+        }
+    }
+
     fn flush_records(&mut self) {
-        for r in std::mem::take(&mut self.records) {
+        for mut r in std::mem::take(&mut self.records) {
+            if let Some(id) = &r.request_id {
+                r.engine = EnginePhases::merge(&self.engine.join(r.pid, id));
+            }
+            if let Some(m) = r.model_label()
+                && !self.served_model.contains_key(&r.pid)
+            {
+                self.served_model.insert(r.pid, m.to_string());
+            }
             let engine = self.procs.get(&r.pid).map(|t| t.engine);
             self.exporters.emit(&r, engine);
         }
@@ -265,10 +374,12 @@ impl Daemon {
     fn tick(&mut self, idle_ns: u64) {
         self.refresh_ports();
         self.tracker.expire(clock::monotonic_ns(), idle_ns, &mut self.records);
+        self.engine.expire(clock::monotonic_ns());
         self.flush_records();
         let h = self.health();
         if let Some(p) = &mut self.exporters.prom {
             p.health(&h);
+            p.engine.health(&self.engine.stats);
         }
         if let Some(j) = &mut self.exporters.jsonl {
             j.flush();
@@ -373,6 +484,10 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
         last_health: Health::default(),
         last_loss_report: std::time::Instant::now(),
         exited: HashMap::new(),
+        engine: EngineTracker::new(),
+        engine_events: Vec::new(),
+        served_model: HashMap::new(),
+        kind_checked: HashMap::new(),
     };
     match &target {
         Target::Pid { pid, .. } => d.trace_tree(*pid, Engine::Other),
@@ -404,8 +519,11 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
         }
     };
     tokio::pin!(sleep_until);
-    let mut sigterm =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("SIGTERM handler")?;
+    // Both signal streams live across loop iterations: a `ctrl_c()` future made afresh in each
+    // `select!` misses a signal that arrives while a record batch is being processed.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     info!("running");
     loop {
         tokio::select! {
@@ -449,7 +567,7 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
                 }
             }
             _ = &mut sleep_until => break,
-            _ = tokio::signal::ctrl_c() => break,
+            _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
     }

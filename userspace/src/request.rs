@@ -108,6 +108,8 @@ pub struct RequestRecord {
     /// Only with content capture.
     pub prompt: Option<String>,
     pub completion: Option<String>,
+    /// What the engine's own messages said about this request (engine layer), when seen.
+    pub engine: Option<crate::engine::EnginePhases>,
 }
 
 impl RequestRecord {
@@ -426,6 +428,7 @@ impl Exchange {
                 p
             }),
             completion: None,
+            engine: None,
         };
 
         let info: Option<ResponseInfo> = match self.stream {

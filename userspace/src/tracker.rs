@@ -12,6 +12,7 @@ use crate::{
     protocol::{
         Segment,
         http::{HttpEvent, HttpParser, StartLine},
+        zmtp::{self, ZmtpParser},
     },
     request::{Exchange, Limits, RequestRecord},
     stream::StreamCursor,
@@ -44,6 +45,12 @@ pub struct TrackerStats {
     pub connections: u64,
     /// Exchanges finished without a response end (lost, connection closed, process exited).
     pub incomplete: u64,
+    /// Connections carrying ZeroMQ (engine IPC) now.
+    pub ipc_connections: u64,
+    /// Bytes on IPC connections that could not be framed (out of sync, or not ZMTP).
+    pub ipc_discarded_bytes: u64,
+    /// ZMTP messages lost whole (start not captured, too many frames).
+    pub ipc_dropped_messages: u64,
 }
 
 impl TrackerStats {
@@ -70,6 +77,11 @@ struct Connection {
     last_ts: u64,
     /// Scratch for parser output.
     events: Vec<HttpEvent>,
+    /// Set once the connection is known to carry ZMTP (engine IPC): its messages go to the
+    /// engine layer, HTTP parsing stops.
+    zmtp: Option<Box<[ZmtpParser; 2]>>,
+    /// Captured from its start (not mid-stream): a ZMTP greeting can be recognised.
+    fresh: [bool; 2],
 }
 
 impl Connection {
@@ -87,8 +99,27 @@ impl Connection {
             pending: VecDeque::new(),
             last_ts: ts,
             events: Vec::new(),
+            zmtp: None,
+            fresh: [!mid_stream, !mid_stream],
         }
     }
+
+    /// A unix-domain socket: engine IPC, framed as ZMTP from the start.
+    fn new_ipc(fd: i32, mid_stream: bool, ts: u64) -> Self {
+        let mut c = Self::new(fd, None, None, mid_stream, ts);
+        let p = || if mid_stream { ZmtpParser::new_unsynced() } else { ZmtpParser::new() };
+        c.zmtp = Some(Box::new([p(), p()]));
+        c
+    }
+}
+
+/// A message of a ZMTP connection, for the engine layer.
+#[derive(Debug)]
+pub struct IpcMessage {
+    pub tgid: u32,
+    pub fd: i32,
+    pub direction: Direction,
+    pub msg: zmtp::Message,
 }
 
 /// Identity of a connection: process and the id the BPF side (or attach) gave it.
@@ -102,6 +133,8 @@ pub struct ExistingConn {
     pub conn_id: u64,
     pub peer: Option<SocketAddr>,
     pub local_port: Option<u16>,
+    /// A unix-domain socket (engine IPC).
+    pub unix: bool,
 }
 
 #[derive(Debug, Default)]
@@ -120,6 +153,8 @@ struct Shared {
     in_flight: u64,
     /// The one TCP port each traced server process listens on.
     listen_ports: HashMap<u32, u16>,
+    /// ZMTP messages, in capture order, until the caller takes them.
+    ipc: Vec<IpcMessage>,
 }
 
 impl Tracker {
@@ -140,8 +175,29 @@ impl Tracker {
     /// Registers a connection that existed before capture started: its parsers wait for the
     /// next message head.
     pub fn add_existing(&mut self, c: ExistingConn, ts: u64) {
-        self.conns.entry((c.tgid, c.conn_id)).or_insert_with(|| Connection::new(c.fd, c.peer, c.local_port, true, ts));
+        self.conns.entry((c.tgid, c.conn_id)).or_insert_with(|| {
+            if c.unix {
+                Connection::new_ipc(c.fd, true, ts)
+            } else {
+                Connection::new(c.fd, c.peer, c.local_port, true, ts)
+            }
+        });
+        self.count_conns();
+    }
+
+    fn count_conns(&mut self) {
         self.s.stats.connections = self.conns.len() as u64;
+        self.s.stats.ipc_connections = self.conns.values().filter(|c| c.zmtp.is_some()).count() as u64;
+    }
+
+    /// ZMTP messages decoded since the last call, in capture order.
+    pub fn take_ipc(&mut self) -> Vec<IpcMessage> {
+        std::mem::take(&mut self.s.ipc)
+    }
+
+    /// Whether ZMTP messages wait to be taken.
+    pub fn has_ipc(&self) -> bool {
+        !self.s.ipc.is_empty()
     }
 
     /// Processes one event; finished requests are appended to `out`.
@@ -157,7 +213,9 @@ impl Tracker {
             Event::ProcExit { tgid, ts_ns } => self.process_gone(*tgid, *ts_ns, out),
             Event::ProcFork { .. } => {}
         }
-        self.s.stats.connections = self.conns.len() as u64;
+        if !matches!(ev, Event::Data(_)) {
+            self.count_conns();
+        }
     }
 
     /// Finishes every connection of a process that is gone.
@@ -168,27 +226,34 @@ impl Tracker {
                 self.s.close(k.0, k.1, conn, ts, out);
             }
         }
-        self.s.stats.connections = self.conns.len() as u64;
+        self.count_conns();
     }
 
     /// Finishes connections idle for longer than `idle_ns` (their close was never seen).
     pub fn expire(&mut self, now: u64, idle_ns: u64, out: &mut Vec<RequestRecord>) {
         let keys: Vec<Key> =
-            self.conns.iter().filter(|(_, c)| now.saturating_sub(c.last_ts) > idle_ns).map(|(k, _)| *k).collect();
+            // Engine IPC connections live as long as the engine and may idle: never expired.
+            self.conns
+                .iter()
+                .filter(|(_, c)| c.zmtp.is_none() && now.saturating_sub(c.last_ts) > idle_ns)
+                .map(|(k, _)| *k)
+                .collect();
         for k in keys {
             if let Some(conn) = self.conns.remove(&k) {
                 let ts = conn.last_ts;
                 self.s.close(k.0, k.1, conn, ts, out);
             }
         }
-        self.s.stats.connections = self.conns.len() as u64;
+        self.count_conns();
     }
 
     fn open(&mut self, c: &Conn) {
         // The role (who sends requests) is decided by the bytes, not by accept/connect: a
         // connection whose capture began mid-stream has no open event at all.
         let local_port = self.s.listen_ports.get(&c.tgid).copied();
-        let conn = Connection::new(c.fd, c.peer, local_port, false, c.ts_ns);
+        // A connection seen from its start is HTTP until its first bytes are a ZMTP greeting
+        // (engine IPC, on unix or TCP sockets).
+        let conn = Connection::new(c.fd, c.peer, if c.unix { None } else { local_port }, false, c.ts_ns);
         self.conns.insert((c.tgid, c.conn_id), conn);
     }
 
@@ -218,6 +283,29 @@ impl Shared {
         conn.last_ts = d.ts_ns;
         let dir = d.direction;
         let i = dir.index();
+        if conn.fresh[i] {
+            conn.fresh[i] = false;
+            // ZeroMQ over TCP (multi-node engines) opens with its greeting.
+            if conn.zmtp.is_none() && d.pos() == 0 && zmtp::is_greeting(d.bytes) {
+                conn.zmtp = Some(Box::new([ZmtpParser::new(), ZmtpParser::new()]));
+            }
+        }
+        if let Some(z) = &mut conn.zmtp {
+            let before = (conn.cursors[i].lost_bytes, conn.cursors[i].gaps, z[i].discarded, z[i].dropped_messages);
+            let mut msgs = Vec::new();
+            {
+                let p = &mut z[i];
+                conn.cursors[i].feed(d, |seg: Segment<'_>| p.feed(seg, &mut msgs));
+            }
+            self.stats.lost_bytes += conn.cursors[i].lost_bytes - before.0;
+            self.stats.gaps += conn.cursors[i].gaps - before.1;
+            self.stats.ipc_discarded_bytes += z[i].discarded - before.2;
+            self.stats.ipc_dropped_messages += z[i].dropped_messages - before.3;
+            for msg in msgs {
+                self.ipc.push(IpcMessage { tgid: key.0, fd: conn.fd, direction: dir, msg });
+            }
+            return;
+        }
         let before = (conn.cursors[i].lost_bytes, conn.cursors[i].gaps, conn.parsers[i].discarded);
         let mut events = std::mem::take(&mut conn.events);
         {

@@ -44,7 +44,10 @@ fn unary_exchange() -> (Vec<u8>, Vec<u8>) {
 fn replay(messages: &[(Direction, Vec<u8>)], cuts: &[usize], cap: usize, tail: usize) -> Vec<RequestRecord> {
     let mut t = Tracker::new(Limits::default());
     let mut out = Vec::new();
-    t.handle(&Event::ConnOpen(Conn { tgid: 1, fd: 5, conn_id: 9, ts_ns: 1, role: Role::Server, peer: None }), &mut out);
+    t.handle(
+        &Event::ConnOpen(Conn { tgid: 1, fd: 5, conn_id: 9, ts_ns: 1, role: Role::Server, peer: None, unix: false }),
+        &mut out,
+    );
     let mut pos = [0u64; 2];
     let mut ts = 10u64;
     let mut k = 0;
@@ -87,7 +90,15 @@ fn replay(messages: &[(Direction, Vec<u8>)], cuts: &[usize], cap: usize, tail: u
         }
     }
     t.handle(
-        &Event::ConnClose(Conn { tgid: 1, fd: 5, conn_id: 9, ts_ns: ts + 1, role: Role::Server, peer: None }),
+        &Event::ConnClose(Conn {
+            tgid: 1,
+            fd: 5,
+            conn_id: 9,
+            ts_ns: ts + 1,
+            role: Role::Server,
+            peer: None,
+            unix: false,
+        }),
         &mut out,
     );
     out
@@ -246,7 +257,14 @@ fn capture_starting_mid_connection_waits_for_the_next_request() {
     let mut t = Tracker::new(Limits::default());
     let mut out = Vec::new();
     t.add_existing(
-        inferscope::tracker::ExistingConn { tgid: 1, fd: 5, conn_id: 4, peer: None, local_port: Some(8000) },
+        inferscope::tracker::ExistingConn {
+            tgid: 1,
+            fd: 5,
+            conn_id: 4,
+            peer: None,
+            local_port: Some(8000),
+            unix: false,
+        },
         0,
     );
     let resp = vllm_response();

@@ -69,6 +69,10 @@ enum Cmd {
         /// Write the report (markdown) here as well as to stdout.
         #[arg(long)]
         report: Option<std::path::PathBuf>,
+        /// Measure against the real vLLM (CPU, tiny model) instead of the fixture: the cost of
+        /// tracing its API server, engine IPC included (installs vLLM if missing).
+        #[arg(long)]
+        vllm: bool,
     },
     /// Run each fuzz target for a while (cargo-fuzz, nightly).
     Fuzz {
@@ -85,7 +89,8 @@ fn main() -> Result<()> {
         Cmd::Setup { vllm } => setup::all(vllm),
         Cmd::Demo { vllm, requests } => demo::run(vllm, requests),
         Cmd::Test { no_vllm, fuzz_seconds, filter } => test::run(!no_vllm, fuzz_seconds, filter.as_deref()),
-        Cmd::Bench { seconds, rounds, report } => bench::run(seconds, rounds, report.as_deref()),
+        Cmd::Bench { seconds, rounds, report, vllm: false } => bench::run(seconds, rounds, report.as_deref()),
+        Cmd::Bench { seconds, rounds, report, vllm: true } => bench::run_vllm(seconds, rounds, report.as_deref()),
         Cmd::Fuzz { seconds, target } => test::fuzz(seconds, target.as_deref()),
     }
 }

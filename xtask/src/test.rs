@@ -132,7 +132,8 @@ pub fn run(vllm: bool, fuzz_seconds: u64, filter: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-const FUZZ_TARGETS: &[&str] = &["decode_event", "http_parser", "sse_parser", "openai_json", "tracker", "procfs_tables"];
+const FUZZ_TARGETS: &[&str] =
+    &["decode_event", "http_parser", "sse_parser", "openai_json", "tracker", "procfs_tables", "zmtp_engine"];
 
 fn fuzz_into(t: &mut Tally, seconds: u64, only: Option<&str>) {
     let root = util::root();

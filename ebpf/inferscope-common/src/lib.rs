@@ -142,8 +142,18 @@ pub struct SockInfo {
     /// Bytes seen so far in each direction ([`DIR_INGRESS`], [`DIR_EGRESS`]).
     pub pos: [u64; 2],
     pub role: u8,
-    pub _pad: [u8; 7],
+    /// `SOCK_FLAG_*`.
+    pub flags: u8,
+    pub _pad: [u8; 6],
 }
+
+/// `SockInfo::flags`: capture every byte of plain-buffer syscalls (up to
+/// [`MAX_FULL_CHUNKS`] records of [`MAX_CAPTURE`] bytes), not only head and tail. Set for
+/// engine IPC sockets (unix sockets, ZMTP), where one message packs a whole batch.
+pub const SOCK_FLAG_FULL: u8 = 1;
+/// Records one syscall on a full-capture socket may produce; bytes past them are a counted gap
+/// (the last `CAPTURE_TAIL` bytes are still captured).
+pub const MAX_FULL_CHUNKS: usize = 16;
 
 /// Key of the `SOCKETS` map: thread group id and file descriptor.
 #[inline(always)]

@@ -16,7 +16,8 @@ pub struct RequestLine<'a> {
     #[serde(rename = "type")]
     pub ty: &'static str,
     pub pid: u32,
-    pub engine: Option<&'a str>,
+    /// Which server answered (`vllm`, `sglang`, `openai_compatible`).
+    pub provider: Option<&'a str>,
     pub method: &'a str,
     pub path: &'a str,
     pub operation: &'static str,
@@ -52,6 +53,19 @@ pub struct RequestLine<'a> {
     pub client: Option<String>,
     pub server_port: Option<u16>,
     pub conn_id: u64,
+    /// Engine layer (null when the engine's messages were not seen): data-parallel engine
+    /// index and the request's phases from the engine's own timestamps.
+    pub engine: Option<u32>,
+    pub engine_request_ids: Option<&'a [String]>,
+    pub queued_ns: Option<u64>,
+    pub scheduled_ns: Option<u64>,
+    pub engine_first_token_ns: Option<u64>,
+    pub engine_last_token_ns: Option<u64>,
+    pub queue_s: Option<f64>,
+    pub prefill_s: Option<f64>,
+    pub decode_s: Option<f64>,
+    pub inference_s: Option<f64>,
+    pub preemptions: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prompt: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -59,12 +73,13 @@ pub struct RequestLine<'a> {
 }
 
 /// The JSON line for a finished request.
-pub fn request_line<'a>(r: &'a RequestRecord, clock: &Clock, engine: Option<&'a str>) -> RequestLine<'a> {
+pub fn request_line<'a>(r: &'a RequestRecord, clock: &Clock, provider: Option<&'a str>) -> RequestLine<'a> {
     let ns = |t: Option<u64>| t.map(|t| clock.unix_ns(t));
+    let e = r.engine.as_ref();
     RequestLine {
         ty: "request",
         pid: r.pid,
-        engine,
+        provider,
         method: &r.method,
         path: &r.path,
         operation: r.operation.name(),
@@ -86,7 +101,7 @@ pub fn request_line<'a>(r: &'a RequestRecord, clock: &Clock, engine: Option<&'a 
         itl_max_s: r.itl_ns.iter().max().map(|m| *m as f64 / 1e9),
         prompt_tokens: r.prompt_tokens,
         completion_tokens: r.completion_tokens,
-        cached_tokens: r.cached_tokens,
+        cached_tokens: r.cached_tokens.or(e.and_then(|e| e.cached_tokens)),
         output_events: r.output_events,
         tokens_from: r.tokens_from.map(|t| t.as_str()),
         finish_reason: r.finish_reason(),
@@ -100,10 +115,46 @@ pub fn request_line<'a>(r: &'a RequestRecord, clock: &Clock, engine: Option<&'a 
         client: r.peer.map(|p| p.to_string()),
         server_port: r.server_port,
         conn_id: r.conn_id,
+        engine: e.and_then(|e| e.engine.or(Some(0))),
+        engine_request_ids: e.map(|e| e.request_ids.as_slice()),
+        queued_ns: ns(e.and_then(|e| e.queued_ns)),
+        scheduled_ns: ns(e.and_then(|e| e.scheduled_ns)),
+        engine_first_token_ns: ns(e.and_then(|e| e.first_token_ns)),
+        engine_last_token_ns: ns(e.and_then(|e| e.last_token_ns)),
+        queue_s: e.and_then(|e| e.queue_s()),
+        prefill_s: e.and_then(|e| e.prefill_s()),
+        decode_s: e.and_then(|e| e.decode_s()),
+        inference_s: e.and_then(|e| e.inference_s()),
+        preemptions: e.map(|e| e.preemptions),
         prompt: r.prompt.as_deref(),
         completion: r.completion.as_deref(),
     }
 }
+
+/// One engine step as a JSON line (`"type":"step"`). Request ids are capped at
+/// [`MAX_STEP_IDS`]; `batch_size` is always the full count.
+pub fn step_json(s: &crate::engine::EngineStep, clock: &Clock) -> Value {
+    let g = &s.gauges;
+    json!({
+        "type": "step",
+        "pid": s.pid,
+        "engine": s.engine.unwrap_or(0),
+        "ts_ns": clock.unix_ns(s.ts_ns),
+        "batch_size": s.batch_size(),
+        "request_ids": &s.request_ids[..s.request_ids.len().min(MAX_STEP_IDS)],
+        "tokens": s.tokens,
+        "prefill_tokens": s.prompt_tokens,
+        "finished": s.finished,
+        "running": g.running,
+        "waiting": g.waiting,
+        "kv_cache_usage": g.kv_cache_usage,
+        "prefix_cache_queries": g.prefix_cache_queries,
+        "prefix_cache_hits": g.prefix_cache_hits,
+    })
+}
+
+/// Most request ids written on one step line.
+pub const MAX_STEP_IDS: usize = 1024;
 
 /// A health line: what inferscope saw and lost so far (counters are totals since start).
 pub fn health_json(h: &crate::export::Health, unix_ns: u64) -> Value {

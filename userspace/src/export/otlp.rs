@@ -217,6 +217,9 @@ impl Otlp {
         if let Some(tracer) = &self.tracer {
             emit_spans(tracer, &self.opts, r, l, clock);
             self.spans_submitted += 2;
+            if self.opts.tracing_level >= 1 && r.engine.is_some() {
+                self.spans_submitted += 3;
+            }
         }
     }
 
@@ -407,6 +410,15 @@ fn emit_spans(tracer: &SdkTracer, opts: &OtlpOptions, r: &RequestRecord, l: &Lab
         opt("gen_ai.latency.time_to_first_token", r.ttft_s().map(Value::F64));
         opt("gen_ai.latency.time_per_output_token", r.tpot_s().map(Value::F64));
         opt("error.type", r.error_type.clone().map(Value::from));
+        // Engine layer: phases from the engine's own timestamps.
+        let e = r.engine.as_ref();
+        opt("gen_ai.latency.time_in_queue", e.and_then(|e| e.queue_s()).map(Value::F64));
+        opt("gen_ai.latency.time_in_scheduler", e.and_then(|e| e.inference_s()).map(Value::F64));
+        opt("gen_ai.latency.time_in_model_prefill", e.and_then(|e| e.prefill_s()).map(Value::F64));
+        opt("gen_ai.latency.time_in_model_decode", e.and_then(|e| e.decode_s()).map(Value::F64));
+        opt("inferscope.engine.index", e.map(|e| Value::I64(i64::from(e.engine.unwrap_or(0)))));
+        opt("inferscope.engine.preemptions", e.map(|e| Value::I64(i64::from(e.preemptions))));
+        opt("inferscope.engine.request_id", e.and_then(|e| e.request_ids.first()).map(|id| Value::from(id.clone())));
         opt("gen_ai.prompt", r.prompt.clone().map(Value::from));
         opt("gen_ai.completion", r.completion.clone().map(Value::from));
         if !r.finish_reasons.is_empty() {
@@ -438,11 +450,38 @@ fn emit_spans(tracer: &SdkTracer, opts: &OtlpOptions, r: &RequestRecord, l: &Lab
                 .collect();
             b = b.with_events(events);
         }
-        let mut llm = b.start_with_context(tracer, &cx);
-        if failed {
-            opentelemetry::trace::Span::set_status(&mut llm, Status::error(r.error_type.clone().unwrap_or_default()));
+        let llm = b.start_with_context(tracer, &cx);
+        let llm_cx = cx.with_span(llm);
+        // Tracing level 1: the engine's stages as child spans of `llm_request`.
+        if opts.tracing_level >= 1
+            && let Some(e) = &r.engine
+        {
+            for (name, from, to) in [
+                ("wait", e.queued_ns, e.scheduled_ns),
+                ("prefill", e.scheduled_ns, e.first_token_ns),
+                ("decode", e.first_token_ns, e.last_token_ns),
+            ] {
+                let (Some(from), Some(to)) = (from, to) else { continue };
+                if to < from {
+                    continue;
+                }
+                let mut s = tracer
+                    .span_builder(name)
+                    .with_kind(SpanKind::Internal)
+                    .with_start_time(clock.system_time(from))
+                    .with_attributes(vec![
+                        KeyValue::new("gen_ai.operation.name", l.operation),
+                        KeyValue::new("inferscope.engine.index", i64::from(e.engine.unwrap_or(0))),
+                    ])
+                    .start_with_context(tracer, &llm_cx);
+                opentelemetry::trace::Span::end_with_timestamp(&mut s, clock.system_time(to));
+            }
         }
-        opentelemetry::trace::Span::end_with_timestamp(&mut llm, clock.system_time(r.end_ns));
+        let llm = llm_cx.span();
+        if failed {
+            llm.set_status(Status::error(r.error_type.clone().unwrap_or_default()));
+        }
+        llm.end_with_timestamp(clock.system_time(r.end_ns));
     }
     let span = cx.span();
     if failed {

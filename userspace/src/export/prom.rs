@@ -13,7 +13,7 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use super::{Health, Labels};
+use super::{Health, Labels, prom_engine::EngineMetrics};
 use crate::request::RequestRecord;
 
 // Buckets recommended by the OpenTelemetry GenAI semantic conventions.
@@ -46,13 +46,13 @@ const VLLM_TOKENS: &[f64] = &[
 
 const GENAI_LABELS: &[&str] = &["gen_ai_operation_name", "gen_ai_request_model", "server_port"];
 
-fn hist(reg: &Registry, name: &str, help: &str, buckets: &[f64], labels: &[&str]) -> Result<HistogramVec> {
+pub(super) fn hist(reg: &Registry, name: &str, help: &str, buckets: &[f64], labels: &[&str]) -> Result<HistogramVec> {
     let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels)?;
     reg.register(Box::new(h.clone())).with_context(|| format!("registering {name}"))?;
     Ok(h)
 }
 
-fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec> {
+pub(super) fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec> {
     let c = IntCounterVec::new(Opts::new(name, help), labels)?;
     reg.register(Box::new(c.clone())).with_context(|| format!("registering {name}"))?;
     Ok(c)
@@ -98,8 +98,12 @@ pub struct PromMetrics {
     incomplete: IntCounter,
     attached: IntGauge,
     connections: IntGauge,
+    ipc_connections: IntGauge,
+    ipc_discarded: IntCounter,
     export_errors: IntCounterVec,
     vllm: Option<VllmCompat>,
+    /// The engine layer's families.
+    pub engine: EngineMetrics,
     /// Last absolute values seen, to turn health snapshots into counter increments.
     prev: HashMap<String, u64>,
 }
@@ -205,8 +209,11 @@ impl PromMetrics {
             incomplete: IntCounter::new("inferscope_incomplete_requests_total", "Requests reported without their response end (lost bytes, closed connection, exited process).")?,
             attached: gauge(&reg, "inferscope_attached_processes", "Processes traced now.")?,
             connections: gauge(&reg, "inferscope_tracked_connections", "Connections with parser state now.")?,
+            ipc_connections: gauge(&reg, "inferscope_ipc_connections", "Engine IPC (ZeroMQ) connections tracked now.")?,
+            ipc_discarded: IntCounter::new("inferscope_ipc_unparsed_bytes_total", "Bytes on engine IPC sockets that could not be framed (out of sync after attaching mid-stream or after lost bytes, or not ZeroMQ).")?,
             export_errors: counter(&reg, "inferscope_export_errors_total", "Failed exports, by exporter.", &["exporter"])?,
             vllm,
+            engine: EngineMetrics::new(&reg, vllm_names)?,
             prev: HashMap::new(),
             registry: reg,
         }
@@ -222,6 +229,7 @@ impl PromMetrics {
             &self.gaps,
             &self.discarded,
             &self.incomplete,
+            &self.ipc_discarded,
         ] {
             self.registry.register(Box::new(c.clone()))?;
         }
@@ -331,6 +339,13 @@ impl PromMetrics {
         Self::advance(prev, "gaps", h.tracker.gaps, &self.gaps);
         Self::advance(prev, "discarded", h.tracker.discarded_bytes, &self.discarded);
         Self::advance(prev, "incomplete", h.tracker.incomplete, &self.incomplete);
+        Self::advance(prev, "ipc_discarded", h.tracker.ipc_discarded_bytes, &self.ipc_discarded);
+        Self::advance(
+            prev,
+            "zmtp/dropped_message",
+            h.tracker.ipc_dropped_messages,
+            &self.parse_errors.with_label_values(&["zmtp", "dropped_message"]),
+        );
         for (cause, n) in &h.tracker.parse_errors {
             Self::advance(prev, &format!("http/{cause}"), *n, &self.parse_errors.with_label_values(&["http", cause]));
         }
@@ -349,6 +364,7 @@ impl PromMetrics {
         }
         self.attached.set(h.attached_processes as i64);
         self.connections.set(h.tracker.connections as i64);
+        self.ipc_connections.set(h.tracker.ipc_connections as i64);
         self.in_flight.set(h.in_flight as i64);
     }
 
@@ -443,6 +459,7 @@ mod tests {
             error_type: None,
             prompt: None,
             completion: None,
+            engine: None,
         }
     }
 

@@ -1,8 +1,10 @@
 //! Protocol parsers. Each takes bytes (with timestamps and gaps) and returns values; none
 //! touches the kernel, so all are unit-tested, property-tested and fuzzed without root.
 pub mod http;
+pub mod msgpack;
 pub mod openai;
 pub mod sse;
+pub mod zmtp;
 
 /// A piece of one direction of a connection's byte stream, in order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

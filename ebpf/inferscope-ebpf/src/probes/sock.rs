@@ -22,8 +22,8 @@ use aya_ebpf::{
 };
 use inferscope_common::{
     ConnEvent, DATA_FLAG_EOF, DATA_FLAG_TRUNCATED, DATA_HEADER_LEN, DIR_EGRESS, DIR_INGRESS, EventKind, MAX_CAPTURE,
-    MAX_IOV, ROLE_CLIENT, ROLE_SERVER, SYS_READ, SYS_READV, SYS_RECVFROM, SYS_RECVMSG, SYS_SENDMSG, SYS_SENDTO,
-    SYS_WRITE, SYS_WRITEV, SockInfo, sock_key, stat,
+    MAX_FULL_CHUNKS, MAX_IOV, ROLE_CLIENT, ROLE_SERVER, SOCK_FLAG_FULL, SYS_READ, SYS_READV, SYS_RECVFROM, SYS_RECVMSG,
+    SYS_SENDMSG, SYS_SENDTO, SYS_WRITE, SYS_WRITEV, SockInfo, sock_key, stat,
 };
 
 use crate::{
@@ -183,6 +183,38 @@ fn emit_segment(scratch: *mut Scratch, src: u64, seg_off: u64, seg_len: u64) {
     }
 }
 
+/// Emits every byte of a plain buffer in `MAX_CAPTURE`-sized records, up to `MAX_FULL_CHUNKS`
+/// of them; a longer buffer loses its middle (counted) and keeps its last `CAPTURE_TAIL` bytes.
+#[inline(always)]
+fn emit_full(scratch: *mut Scratch, src: u64, len: u64) {
+    let limit = (MAX_CAPTURE * MAX_FULL_CHUNKS) as u64;
+    let flags = if len > limit { DATA_FLAG_TRUNCATED } else { 0 };
+    let mut off: u64 = 0;
+    for _ in 0..MAX_FULL_CHUNKS {
+        if off >= len {
+            return;
+        }
+        let left = len - off;
+        let n = if left < MAX_CAPTURE as u64 { left } else { MAX_CAPTURE as u64 };
+        emit(scratch, src + off, off, n, flags);
+        off += n;
+    }
+    if off >= len {
+        return;
+    }
+    count(stat::TRUNCATED_SYSCALLS, 1);
+    let mut tail_cap = read_global(&CAPTURE_TAIL) as u64;
+    if tail_cap > MAX_CAPTURE as u64 {
+        tail_cap = MAX_CAPTURE as u64;
+    }
+    let rest = len - off;
+    let tail = if rest < tail_cap { rest } else { tail_cap };
+    if tail > 0 {
+        let at = len - tail;
+        emit(scratch, src + at, at, tail, DATA_FLAG_TRUNCATED);
+    }
+}
+
 #[inline(always)]
 fn exit_io(ctx: &TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -206,6 +238,16 @@ fn exit_io(ctx: &TracePointContext) -> u32 {
     let pos = info.pos[dir];
     info.pos[dir] = pos + ret;
     let conn_id = info.conn_id;
+    // A ZeroMQ connection (engine IPC) opens with its greeting: 0xFF, 8 bytes, 0x7F. Seen at
+    // the very start of a direction, the socket is captured whole from then on.
+    if pos == 0 && ret >= 10 && args.shape == SHAPE_BUF && info.flags & SOCK_FLAG_FULL == 0 {
+        if let Ok(sig) = unsafe { bpf_probe_read_user(args.buf as *const [u8; 10]) } {
+            if sig[0] == 0xff && sig[9] == 0x7f {
+                info.flags |= SOCK_FLAG_FULL;
+            }
+        }
+    }
+    let full = info.flags & SOCK_FLAG_FULL != 0;
     let arrival_ns = args.arrival_ns;
 
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
@@ -238,7 +280,11 @@ fn exit_io(ctx: &TracePointContext) -> u32 {
         return 0;
     }
     if args.shape == SHAPE_BUF {
-        emit_segment(scratch, args.buf, 0, ret);
+        if full {
+            emit_full(scratch, args.buf, ret);
+        } else {
+            emit_segment(scratch, args.buf, 0, ret);
+        }
         return 0;
     }
     let mut off: u64 = 0;
@@ -370,7 +416,7 @@ fn exit_conn(ctx: &TracePointContext) -> u32 {
         ..ConnEvent::default()
     };
     read_sockaddr(args.addr, &mut ev);
-    let info = SockInfo { conn_id, pos: [0, 0], role: args.role, _pad: [0; 7] };
+    let info = SockInfo { conn_id, pos: [0, 0], role: args.role, flags: 0, _pad: [0; 6] };
     if SOCKETS.insert(&sock_key(tgid, fd), &info, 0).is_err() {
         count(stat::SOCKET_MAP_FULL, 1);
         return 0;

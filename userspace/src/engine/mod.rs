@@ -1,0 +1,584 @@
+//! The engine layer: what happened to each request inside the engine (queue, prefill, decode,
+//! preemptions) and what every scheduler step did, decoded from the engine's own IPC messages
+//! (vLLM: ZMTP + msgpack between API server and EngineCore; SGLang: ZMTP + pickle).
+//!
+//! Messages come from [`crate::tracker`] (ZMTP connections) with the direction seen from the
+//! traced process. The engine's timestamps are `time.monotonic()`, the same CLOCK_MONOTONIC as
+//! the capture, so engine and HTTP times share one clock.
+
+// pub mod sglang; // TEMP until helper delivers
+pub mod vllm;
+pub mod vllm_layouts;
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::{events::Direction, protocol::zmtp::Message};
+
+/// Engine requests tracked per process at most; older ones are dropped and counted.
+const MAX_REQUESTS: usize = 65_536;
+/// A request with no message for this long is forgotten (its end was lost).
+const REQUEST_IDLE_NS: u64 = 600 * 1_000_000_000;
+/// Finished engine requests kept for joining with their HTTP request.
+const JOIN_WINDOW_NS: u64 = 120 * 1_000_000_000;
+const MAX_JOINABLE: usize = 100_000;
+
+/// Which engine's protocol a process speaks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EngineKind {
+    /// vLLM v1, with the version found in the process's installed package (None: unknown).
+    Vllm {
+        version: Option<(u16, u16, u16)>,
+    },
+    Sglang,
+}
+
+/// One request as the engine saw it. Times are CLOCK_MONOTONIC ns.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EngineRequest {
+    pub pid: u32,
+    /// The engine's request id (vLLM adds a random suffix to the API's id).
+    pub request_id: String,
+    /// The API's id, when the engine message carried it.
+    pub external_id: Option<String>,
+    /// Data-parallel engine index.
+    pub engine: Option<u32>,
+    pub prompt_tokens: Option<u64>,
+    pub queued_ns: Option<u64>,
+    pub scheduled_ns: Option<u64>,
+    pub first_token_ns: Option<u64>,
+    pub last_token_ns: Option<u64>,
+    pub output_tokens: u64,
+    pub preemptions: u32,
+    pub cached_tokens: Option<u64>,
+    pub finish_reason: Option<String>,
+    /// The API server gave up on it (client abort): its phases are not observed.
+    pub aborted: bool,
+    /// Its start (the ADD, or a QUEUED event) was seen.
+    pub seen_from_start: bool,
+    /// Last message about it, capture clock.
+    last_seen_ns: u64,
+}
+
+fn secs(a: Option<u64>, b: Option<u64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b >= a => Some((b - a) as f64 / 1e9),
+        _ => None,
+    }
+}
+
+impl EngineRequest {
+    /// First scheduling minus queueing (vLLM's `request_queue_time`).
+    pub fn queue_s(&self) -> Option<f64> {
+        secs(self.queued_ns, self.scheduled_ns)
+    }
+    /// First token minus first scheduling (preemptions during prefill included).
+    pub fn prefill_s(&self) -> Option<f64> {
+        secs(self.scheduled_ns, self.first_token_ns)
+    }
+    /// Last token minus first token.
+    pub fn decode_s(&self) -> Option<f64> {
+        secs(self.first_token_ns, self.last_token_ns)
+    }
+    /// Last token minus first scheduling.
+    pub fn inference_s(&self) -> Option<f64> {
+        secs(self.scheduled_ns, self.last_token_ns)
+    }
+    /// Time to first token as the engine saw it: from queueing to the first output.
+    pub fn engine_ttft_s(&self) -> Option<f64> {
+        secs(self.queued_ns, self.first_token_ns)
+    }
+    /// The id the API server answers with, for joining (the external id, or the engine id
+    /// without vLLM's parallel-sampling prefix `N_` and random suffix `-xxxxxxxx`).
+    pub fn join_key(&self) -> String {
+        if let Some(e) = &self.external_id {
+            return e.clone();
+        }
+        strip_engine_id(&self.request_id).to_string()
+    }
+}
+
+/// `0_chatcmpl-abc-1a2b3c4d` -> `chatcmpl-abc`.
+pub fn strip_engine_id(id: &str) -> &str {
+    let mut s = id;
+    if let Some((n, rest)) = s.split_once('_')
+        && !n.is_empty()
+        && n.bytes().all(|b| b.is_ascii_digit())
+        && rest.contains('-')
+    {
+        s = rest;
+    }
+    if let Some((head, tail)) = s.rsplit_once('-')
+        && tail.len() == 8
+        && tail.bytes().all(|b| b.is_ascii_alphanumeric())
+        && head.contains('-')
+    {
+        s = head;
+    }
+    s
+}
+
+/// What one engine step produced for the traced API server.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EngineStep {
+    pub pid: u32,
+    pub engine: Option<u32>,
+    /// The engine's timestamp of the step's outputs, else when they were received.
+    pub ts_ns: u64,
+    pub request_ids: Vec<String>,
+    /// Tokens generated in the step (all requests).
+    pub tokens: u64,
+    /// Prompt tokens of the requests whose first token came in this step (their prefill),
+    /// where known: vLLM counts these into `iteration_tokens`.
+    pub prompt_tokens: u64,
+    /// Requests that finished in the step.
+    pub finished: u32,
+    pub gauges: EngineGauges,
+}
+
+impl EngineStep {
+    pub fn batch_size(&self) -> usize {
+        self.request_ids.len()
+    }
+}
+
+/// What the engine reports of its scheduler, when it does.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EngineGauges {
+    pub running: Option<u64>,
+    pub waiting: Option<u64>,
+    /// Fraction of KV-cache blocks in use, 0..1.
+    pub kv_cache_usage: Option<f64>,
+    pub prefix_cache_queries: Option<u64>,
+    pub prefix_cache_hits: Option<u64>,
+}
+
+impl EngineGauges {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum EngineEvent {
+    Step(EngineStep),
+    /// Gauges reported without a step (an idle engine).
+    Gauges {
+        pid: u32,
+        engine: Option<u32>,
+        gauges: EngineGauges,
+    },
+    Finished(EngineRequest),
+}
+
+/// One decoded engine message, whatever the engine.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decoded {
+    /// A request entered the engine (vLLM ADD; SGLang tokenized request).
+    Add { request_id: String, external_id: Option<String>, prompt_tokens: Option<u64>, ts_ns: u64 },
+    /// The API server aborted these requests.
+    Abort { request_ids: Vec<String> },
+    /// One step's outputs (vLLM EngineCoreOutputs; SGLang batch outputs).
+    Outputs(Outputs),
+    /// A message of a known kind that carries nothing for us (utility calls, handshakes).
+    Ignored,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Outputs {
+    pub engine: Option<u32>,
+    /// The engine's timestamp, ns, when the message has one.
+    pub ts_ns: Option<u64>,
+    pub outputs: Vec<RequestOutput>,
+    pub gauges: EngineGauges,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RequestOutput {
+    pub request_id: String,
+    pub new_tokens: u64,
+    /// None: not finished (or the layout does not say).
+    pub finish_reason: Option<String>,
+    pub events: Vec<(EventType, u64)>,
+    pub cached_tokens: Option<u64>,
+    pub prompt_tokens: Option<u64>,
+    /// When the engine's own timestamps for this output are missing, the phases still follow
+    /// vLLM's rules with the message time.
+    pub ts_ns: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventType {
+    Queued,
+    Scheduled,
+    Preempted,
+}
+
+/// Why a message could not be used, for the health counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Undecodable {
+    /// Not a message of this engine (another ZMQ socket, or the engine's side of the pair).
+    Foreign,
+    /// Looked like one but did not match the layout.
+    Malformed,
+    /// Bytes of it were not captured.
+    Gaps,
+}
+
+impl Undecodable {
+    pub fn cause(self) -> &'static str {
+        match self {
+            Undecodable::Foreign => "foreign",
+            Undecodable::Malformed => "malformed",
+            Undecodable::Gaps => "capture_gaps",
+        }
+    }
+}
+
+/// Counters of the engine layer, for the health metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    pub messages: u64,
+    /// Messages not used, by cause.
+    pub undecodable: Vec<(&'static str, u64)>,
+    /// Requests forgotten without an end (idle too long, or too many).
+    pub lost_requests: u64,
+    /// Output messages about requests never seen before (capture began mid-request).
+    pub partial_requests: u64,
+}
+
+impl EngineStats {
+    fn undecodable(&mut self, why: Undecodable) {
+        let c = why.cause();
+        match self.undecodable.iter_mut().find(|(k, _)| *k == c) {
+            Some((_, n)) => *n += 1,
+            None => self.undecodable.push((c, 1)),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct ProcState {
+    requests: HashMap<String, EngineRequest>,
+}
+
+/// Rebuilds engine requests and steps from decoded messages, per process.
+#[derive(Debug, Default)]
+pub struct EngineTracker {
+    kinds: HashMap<u32, EngineKind>,
+    procs: HashMap<u32, ProcState>,
+    /// Finished engine requests waiting for their HTTP request: (pid, join key).
+    joinable: HashMap<(u32, String), Vec<EngineRequest>>,
+    join_order: VecDeque<(u64, u32, String)>,
+    pub stats: EngineStats,
+}
+
+impl EngineTracker {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Says which engine a process runs (from its command line and installed packages).
+    pub fn set_kind(&mut self, pid: u32, kind: EngineKind) {
+        self.kinds.insert(pid, kind);
+    }
+
+    pub fn kind(&self, pid: u32) -> Option<&EngineKind> {
+        self.kinds.get(&pid)
+    }
+
+    /// A ZMTP message on a connection of `pid`.
+    pub fn message(&mut self, pid: u32, dir: Direction, msg: &Message, out: &mut Vec<EngineEvent>) {
+        self.stats.messages += 1;
+        let decoded = match self.kinds.get(&pid) {
+            Some(EngineKind::Vllm { version }) => vllm::decode(*version, dir, msg),
+            Some(EngineKind::Sglang) => Err(Undecodable::Foreign), // TEMP
+            // Unknown process: try vLLM's stable layout.
+            None => vllm::decode(None, dir, msg),
+        };
+        match decoded {
+            Ok(d) => self.apply(pid, msg.ts_ns, d, out),
+            Err(why) => self.stats.undecodable(why),
+        }
+    }
+
+    fn apply(&mut self, pid: u32, now: u64, d: Decoded, out: &mut Vec<EngineEvent>) {
+        let st = self.procs.entry(pid).or_default();
+        match d {
+            Decoded::Ignored => {}
+            Decoded::Add { request_id, external_id, prompt_tokens, ts_ns } => {
+                if st.requests.len() >= MAX_REQUESTS {
+                    self.stats.lost_requests += 1;
+                    return;
+                }
+                let r = st.requests.entry(request_id.clone()).or_insert_with(|| EngineRequest {
+                    pid,
+                    request_id,
+                    ..Default::default()
+                });
+                r.external_id = external_id.or(r.external_id.take());
+                r.prompt_tokens = prompt_tokens.or(r.prompt_tokens);
+                r.seen_from_start = true;
+                r.last_seen_ns = ts_ns;
+            }
+            Decoded::Abort { request_ids } => {
+                for id in request_ids {
+                    if let Some(mut r) = st.requests.remove(&id) {
+                        r.aborted = true;
+                        r.finish_reason.get_or_insert_with(|| "abort".to_string());
+                        Self::finished(&mut self.joinable, &mut self.join_order, now, &r);
+                        out.push(EngineEvent::Finished(r));
+                    }
+                }
+            }
+            Decoded::Outputs(o) => {
+                if o.outputs.is_empty() {
+                    if !o.gauges.is_empty() {
+                        out.push(EngineEvent::Gauges { pid, engine: o.engine, gauges: o.gauges });
+                    }
+                    return;
+                }
+                let ts = o.ts_ns.unwrap_or(now);
+                let mut step = EngineStep { pid, engine: o.engine, ts_ns: ts, gauges: o.gauges, ..Default::default() };
+                for ro in o.outputs {
+                    step.tokens += ro.new_tokens;
+                    step.request_ids.push(ro.request_id.clone());
+                    if !st.requests.contains_key(&ro.request_id) {
+                        if st.requests.len() >= MAX_REQUESTS {
+                            self.stats.lost_requests += 1;
+                            continue;
+                        }
+                        st.requests.insert(
+                            ro.request_id.clone(),
+                            EngineRequest { pid, request_id: ro.request_id.clone(), ..Default::default() },
+                        );
+                    }
+                    let Some(r) = st.requests.get_mut(&ro.request_id) else { continue };
+                    r.last_seen_ns = now;
+                    r.engine = o.engine.or(r.engine);
+                    for (ty, t) in &ro.events {
+                        match ty {
+                            EventType::Queued => {
+                                r.queued_ns.get_or_insert(*t);
+                                r.seen_from_start = true;
+                            }
+                            EventType::Scheduled => {
+                                r.scheduled_ns.get_or_insert(*t);
+                            }
+                            EventType::Preempted => r.preemptions += 1,
+                        }
+                    }
+                    let t = ro.ts_ns.unwrap_or(ts);
+                    if r.first_token_ns.is_none() {
+                        if !r.seen_from_start {
+                            // Its first output may have gone by before capture began.
+                            self.stats.partial_requests += 1;
+                        }
+                        r.first_token_ns = Some(t);
+                        step.prompt_tokens += ro.prompt_tokens.or(r.prompt_tokens).unwrap_or(0);
+                    }
+                    r.last_token_ns = Some(t);
+                    r.output_tokens += ro.new_tokens;
+                    if ro.cached_tokens.is_some() {
+                        r.cached_tokens = ro.cached_tokens;
+                    }
+                    if ro.prompt_tokens.is_some() {
+                        r.prompt_tokens = ro.prompt_tokens;
+                    }
+                    if let Some(reason) = ro.finish_reason {
+                        r.finish_reason = Some(reason);
+                        if let Some(r) = st.requests.remove(&ro.request_id) {
+                            step.finished += 1;
+                            Self::finished(&mut self.joinable, &mut self.join_order, now, &r);
+                            out.push(EngineEvent::Finished(r));
+                        }
+                    }
+                }
+                out.push(EngineEvent::Step(step));
+            }
+        }
+    }
+
+    fn finished(
+        joinable: &mut HashMap<(u32, String), Vec<EngineRequest>>,
+        order: &mut VecDeque<(u64, u32, String)>,
+        now: u64,
+        r: &EngineRequest,
+    ) {
+        let key = r.join_key();
+        // `/v1/completions` sends prompt i of a request as `<id>-<i>`: index it under `<id>` too.
+        let batch = key
+            .rsplit_once('-')
+            .filter(|(head, i)| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()) && head.contains('-'))
+            .map(|(head, _)| head.to_string());
+        for k in std::iter::once(key).chain(batch) {
+            order.push_back((now, r.pid, k.clone()));
+            joinable.entry((r.pid, k)).or_default().push(r.clone());
+        }
+        while order.len() > MAX_JOINABLE {
+            if let Some((_, p, k)) = order.pop_front() {
+                joinable.remove(&(p, k));
+            }
+        }
+    }
+
+    /// The finished engine requests behind an HTTP response id of `pid` (several with n > 1),
+    /// taken out of the join table.
+    pub fn join(&mut self, pid: u32, response_id: &str) -> Vec<EngineRequest> {
+        self.joinable.remove(&(pid, response_id.to_string())).unwrap_or_default()
+    }
+
+    /// Forgets requests and join candidates past their time; a process that exited is dropped.
+    pub fn expire(&mut self, now: u64) {
+        for st in self.procs.values_mut() {
+            let before = st.requests.len();
+            st.requests.retain(|_, r| now.saturating_sub(r.last_seen_ns) < REQUEST_IDLE_NS);
+            self.stats.lost_requests += (before - st.requests.len()) as u64;
+        }
+        while let Some((t, _, _)) = self.join_order.front() {
+            if now.saturating_sub(*t) < JOIN_WINDOW_NS {
+                break;
+            }
+            if let Some((_, p, k)) = self.join_order.pop_front() {
+                self.joinable.remove(&(p, k));
+            }
+        }
+    }
+
+    pub fn process_gone(&mut self, pid: u32) {
+        if let Some(st) = self.procs.remove(&pid) {
+            self.stats.lost_requests += st.requests.len() as u64;
+        }
+        self.kinds.remove(&pid);
+    }
+
+    /// Requests inside the engine now, over all processes.
+    pub fn in_engine(&self) -> usize {
+        self.procs.values().map(|s| s.requests.len()).sum()
+    }
+}
+
+/// The engine side of a joined HTTP request: several engine requests (parallel sampling)
+/// merge into one view.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EnginePhases {
+    pub engine: Option<u32>,
+    pub request_ids: Vec<String>,
+    pub queued_ns: Option<u64>,
+    pub scheduled_ns: Option<u64>,
+    pub first_token_ns: Option<u64>,
+    pub last_token_ns: Option<u64>,
+    pub preemptions: u32,
+    pub cached_tokens: Option<u64>,
+    pub output_tokens: u64,
+}
+
+impl EnginePhases {
+    pub fn merge(reqs: &[EngineRequest]) -> Option<Self> {
+        let first = reqs.first()?;
+        let min = |f: fn(&EngineRequest) -> Option<u64>| reqs.iter().filter_map(f).min();
+        Some(Self {
+            engine: first.engine,
+            request_ids: reqs.iter().map(|r| r.request_id.clone()).collect(),
+            queued_ns: min(|r| r.queued_ns),
+            scheduled_ns: min(|r| r.scheduled_ns),
+            first_token_ns: min(|r| r.first_token_ns),
+            last_token_ns: reqs.iter().filter_map(|r| r.last_token_ns).max(),
+            preemptions: reqs.iter().map(|r| r.preemptions).sum(),
+            cached_tokens: reqs.iter().filter_map(|r| r.cached_tokens).min(),
+            output_tokens: reqs.iter().map(|r| r.output_tokens).sum(),
+        })
+    }
+    pub fn queue_s(&self) -> Option<f64> {
+        secs(self.queued_ns, self.scheduled_ns)
+    }
+    pub fn prefill_s(&self) -> Option<f64> {
+        secs(self.scheduled_ns, self.first_token_ns)
+    }
+    pub fn decode_s(&self) -> Option<f64> {
+        secs(self.first_token_ns, self.last_token_ns)
+    }
+    pub fn inference_s(&self) -> Option<f64> {
+        secs(self.scheduled_ns, self.last_token_ns)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_ids_join_the_api_id() {
+        assert_eq!(strip_engine_id("chatcmpl-826e64d80e7cb10e-a9a6b96e"), "chatcmpl-826e64d80e7cb10e");
+        assert_eq!(strip_engine_id("0_chatcmpl-826e64d80e7cb10e-a9a6b96e"), "chatcmpl-826e64d80e7cb10e");
+        assert_eq!(strip_engine_id("chatcmpl-826e64d80e7cb10e"), "chatcmpl-826e64d80e7cb10e");
+        // A bare id with no suffix is left alone, even if it has eight characters at the end.
+        assert_eq!(strip_engine_id("abcdefgh-12345678"), "abcdefgh-12345678");
+        assert_eq!(strip_engine_id("cmpl-1234-0"), "cmpl-1234-0");
+    }
+
+    fn out(id: &str, tokens: u64, finish: Option<&str>, events: Vec<(EventType, u64)>) -> RequestOutput {
+        RequestOutput {
+            request_id: id.into(),
+            new_tokens: tokens,
+            finish_reason: finish.map(str::to_string),
+            events,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn phases_follow_vllm_definitions() {
+        let mut t = EngineTracker::new();
+        let mut ev = Vec::new();
+        let id = "chatcmpl-1-abcdef12";
+        t.apply(
+            7,
+            100,
+            Decoded::Add { request_id: id.into(), external_id: None, prompt_tokens: Some(12), ts_ns: 100 },
+            &mut ev,
+        );
+        let step = |ts: u64, o: RequestOutput| {
+            Decoded::Outputs(Outputs { engine: Some(0), ts_ns: Some(ts), outputs: vec![o], ..Default::default() })
+        };
+        t.apply(
+            7,
+            0,
+            step(2_000, out(id, 1, None, vec![(EventType::Queued, 1_000), (EventType::Scheduled, 1_500)])),
+            &mut ev,
+        );
+        t.apply(7, 0, step(3_000, out(id, 1, None, vec![])), &mut ev);
+        t.apply(7, 0, step(4_000, out(id, 2, Some("length"), vec![(EventType::Preempted, 3_500)])), &mut ev);
+        let fin: Vec<_> = ev
+            .iter()
+            .filter_map(|e| match e {
+                EngineEvent::Finished(r) => Some(r.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(fin.len(), 1);
+        let r = &fin[0];
+        assert_eq!(r.queue_s(), Some(500e-9));
+        assert_eq!(r.prefill_s(), Some(500e-9));
+        assert_eq!(r.decode_s(), Some(2_000e-9));
+        assert_eq!(r.inference_s(), Some(2_500e-9));
+        assert_eq!((r.output_tokens, r.preemptions, r.prompt_tokens), (4, 1, Some(12)));
+        assert_eq!(ev.iter().filter(|e| matches!(e, EngineEvent::Step(_))).count(), 3);
+        let joined = t.join(7, "chatcmpl-1");
+        assert_eq!(joined.len(), 1);
+        assert!(t.join(7, "chatcmpl-1").is_empty(), "taken once");
+        assert_eq!(t.in_engine(), 0);
+    }
+
+    #[test]
+    fn abort_finishes_without_phases_and_unknown_ids_are_partial() {
+        let mut t = EngineTracker::new();
+        let mut ev = Vec::new();
+        let o = Outputs { outputs: vec![out("x-1-aaaaaaaa", 1, None, vec![])], ..Default::default() };
+        t.apply(1, 50, Decoded::Outputs(o), &mut ev);
+        assert_eq!(t.stats.partial_requests, 1);
+        t.apply(1, 60, Decoded::Abort { request_ids: vec!["x-1-aaaaaaaa".into(), "nope".into()] }, &mut ev);
+        let r = ev.iter().find_map(|e| if let EngineEvent::Finished(r) = e { Some(r) } else { None }).unwrap();
+        assert!(r.aborted && r.queue_s().is_none());
+        assert_eq!(r.finish_reason.as_deref(), Some("abort"));
+    }
+}

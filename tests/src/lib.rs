@@ -362,3 +362,36 @@ pub fn stats(diffs: &mut [f64]) -> (f64, f64) {
 pub fn loaded_bpf_programs() -> Vec<String> {
     aya::programs::loaded_programs().filter_map(|p| p.ok()).map(|p| p.name_as_str().unwrap_or("").to_string()).collect()
 }
+
+/// A real OTLP receiver (gRPC and HTTP/protobuf) writing what it gets as JSON lines.
+pub struct Receiver {
+    _proc: Proc,
+    pub grpc: u16,
+    pub http: u16,
+    pub spans: PathBuf,
+    pub metrics: PathBuf,
+}
+
+pub fn receiver(dir: &Path) -> Receiver {
+    let spans = dir.join("spans.jsonl");
+    let metrics = dir.join("metrics.jsonl");
+    let mut cmd = Command::new(receiver_python());
+    cmd.arg(repo_root().join("tests/receivers/otlp_receiver.py"))
+        .args(["--grpc-port", "0", "--http-port", "0", "--spans-out"])
+        .arg(&spans)
+        .arg("--metrics-out")
+        .arg(&metrics)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.join("receiver.log")).unwrap());
+    let mut proc = Proc::spawn("otlp receiver", &mut cmd);
+    let mut line = String::new();
+    std::io::BufReader::new(proc.child.stdout.take().unwrap()).read_line(&mut line).expect("receiver ports");
+    let ports: Value = serde_json::from_str(&line).expect("ports line");
+    Receiver {
+        _proc: proc,
+        grpc: ports["grpc_port"].as_u64().unwrap() as u16,
+        http: ports["http_port"].as_u64().unwrap() as u16,
+        spans,
+        metrics,
+    }
+}

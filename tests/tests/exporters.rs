@@ -4,7 +4,6 @@
 
 use std::{
     collections::HashMap,
-    io::BufRead,
     process::{Command, Stdio},
     time::Duration,
 };
@@ -73,38 +72,6 @@ fn prometheus_scrapes_and_promql_counts() {
     let p50 = promql(prom_port, q).expect("quantile");
     assert!(p50 > 0.005 && p50 < 0.06, "p50 TTFT {p50}");
     scope.stop();
-}
-
-struct Receiver {
-    _proc: Proc,
-    grpc: u16,
-    http: u16,
-    spans: std::path::PathBuf,
-    metrics: std::path::PathBuf,
-}
-
-fn receiver(dir: &std::path::Path) -> Receiver {
-    let spans = dir.join("spans.jsonl");
-    let metrics = dir.join("metrics.jsonl");
-    let mut cmd = Command::new(receiver_python());
-    cmd.arg(repo_root().join("tests/receivers/otlp_receiver.py"))
-        .args(["--grpc-port", "0", "--http-port", "0", "--spans-out"])
-        .arg(&spans)
-        .arg("--metrics-out")
-        .arg(&metrics)
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(dir.join("receiver.log")).unwrap());
-    let mut proc = Proc::spawn("otlp receiver", &mut cmd);
-    let mut line = String::new();
-    std::io::BufReader::new(proc.child.stdout.take().unwrap()).read_line(&mut line).expect("receiver ports");
-    let ports: Value = serde_json::from_str(&line).expect("ports line");
-    Receiver {
-        _proc: proc,
-        grpc: ports["grpc_port"].as_u64().unwrap() as u16,
-        http: ports["http_port"].as_u64().unwrap() as u16,
-        spans,
-        metrics,
-    }
 }
 
 /// Sends requests through inferscope to a receiver and checks every request's trace.

@@ -177,10 +177,12 @@ fn aborts_and_errors() {
     for t in truth.iter().filter(|t| t["aborted"] == true) {
         let r = find(&recs, t).expect("aborted request reported");
         assert_eq!(r["finish_reason"], "abort", "{r}");
-        // inferscope sees the close when the server reads EOF: after the client's last byte,
-        // by as long as the server takes to get to that read (tens of ms on a loaded 2-core VM).
+        // inferscope sees the close when the server next reads (EOF or reset) or writes (EPIPE):
+        // after the client's close, by as long as the server takes to get there. The Python
+        // client's own figure is loose too: it stamps its start before its busy event loop gets
+        // round to sending (up to tens of ms with 10 concurrent streams on 2 cores).
         let d = f(&r["e2e_s"]).unwrap() - f(&t["e2e_s"]).unwrap();
-        assert!(d > -0.005 && d < 0.25, "abort time off by {d} s: {r}");
+        assert!(d > -0.03 && d < 0.25, "abort time off by {d} s: {r}");
     }
     for t in truth.iter().filter(|t| t["status"].as_u64().is_some_and(|s| s >= 400)) {
         let r = find(&recs, t).unwrap();

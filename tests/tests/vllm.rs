@@ -212,8 +212,11 @@ fn real_vllm_counts_tokens_and_ttft() {
 
     // Phase 3: a second inferscope attached to the running server, whose engine sockets were
     // opened long before: it picks the ZMTP stream up mid-way and still joins every request.
+    // It also exports traces at tracing level 1: engine stage spans under each llm_request.
     let dir3 = scratch("vllm-late");
-    let mut late = Inferscope::attach(&dir3, api_pid, &[]);
+    let rx = receiver(&dir3);
+    let endpoint = format!("http://127.0.0.1:{}", rx.grpc);
+    let mut late = Inferscope::attach(&dir3, api_pid, &["--otlp-endpoint", &endpoint, "--tracing-level", "1"]);
     let before = scrape(port, COUNTERS);
     let truth = loadgen(
         &dir,
@@ -238,6 +241,28 @@ fn real_vllm_counts_tokens_and_ttft() {
     let after = scrape(port, COUNTERS);
     check_phases(&recs, &before, &after);
     late.stop();
+    let spans = read_jsonl(&rx.spans);
+    for r in &recs {
+        let id = r["request_id"].as_str().unwrap();
+        let llm = spans
+            .iter()
+            .find(|s| s["name"] == "llm_request" && s["attributes"]["gen_ai.response.id"] == id)
+            .unwrap_or_else(|| panic!("no llm_request span for {id}"));
+        let queue = llm["attributes"]["gen_ai.latency.time_in_queue"].as_f64().expect("time_in_queue");
+        assert!((queue - r["queue_s"].as_f64().unwrap()).abs() < 1e-6, "{llm}");
+        let children: HashMap<&str, &Value> = spans
+            .iter()
+            .filter(|s| s["parent_span_id"] == llm["span_id"])
+            .map(|s| (s["name"].as_str().unwrap(), s))
+            .collect();
+        for (name, field) in [("wait", "queue_s"), ("prefill", "prefill_s"), ("decode", "decode_s")] {
+            let s = children.get(name).unwrap_or_else(|| panic!("no {name} span under {id}: {children:?}"));
+            let ns = |k: &str| s[k].as_u64().unwrap_or_else(|| panic!("{k} in {s}"));
+            let dur = (ns("end_time_unix_nano") - ns("start_time_unix_nano")) as f64 / 1e9;
+            assert!((dur - r[field].as_f64().unwrap()).abs() < 2e-6, "{name}: span {dur} vs {field} {}", r[field]);
+        }
+    }
+    eprintln!("tracing level 1: wait/prefill/decode spans under all {} llm_request spans", recs.len());
 
     assert!(vllm.stop_with(15, Duration::from_secs(30)), "vLLM did not stop");
     wait_for("inferscope to notice vLLM's exit", Duration::from_secs(15), || {

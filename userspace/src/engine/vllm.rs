@@ -197,3 +197,154 @@ fn gauges(s: &Value<'_>, _layout: Option<&'static VllmLayout>) -> EngineGauges {
         prefix_cache_hits: prefix.and_then(|p| p.get("hits")).and_then(Value::as_u64),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::EventType;
+
+    /// A minimal msgpack writer for building messages in vLLM 0.32's layout.
+    enum M {
+        Nil,
+        I(i64),
+        F(f64),
+        S(&'static str),
+        A(Vec<M>),
+        Map(Vec<(&'static str, M)>),
+    }
+
+    fn enc(m: &M, out: &mut Vec<u8>) {
+        match m {
+            M::Nil => out.push(0xc0),
+            M::I(i) if (0..128).contains(i) => out.push(*i as u8),
+            M::I(i) => {
+                out.push(0xd3);
+                out.extend_from_slice(&i.to_be_bytes());
+            }
+            M::F(f) => {
+                out.push(0xcb);
+                out.extend_from_slice(&f.to_be_bytes());
+            }
+            M::S(s) => {
+                out.push(0xd9);
+                out.push(s.len() as u8);
+                out.extend_from_slice(s.as_bytes());
+            }
+            M::A(a) => {
+                out.push(0xdc);
+                out.extend_from_slice(&(a.len() as u16).to_be_bytes());
+                a.iter().for_each(|x| enc(x, out));
+            }
+            M::Map(kv) => {
+                out.push(0xde);
+                out.extend_from_slice(&(kv.len() as u16).to_be_bytes());
+                for (k, v) in kv {
+                    enc(&M::S(k), out);
+                    enc(v, out);
+                }
+            }
+        }
+    }
+
+    fn bytes(m: M) -> Vec<u8> {
+        let mut v = Vec::new();
+        enc(&m, &mut v);
+        v
+    }
+
+    fn msg(frames: Vec<Vec<u8>>) -> Message {
+        Message { ts_ns: 5_000_000_000, frames, gaps: false }
+    }
+
+    /// EngineCoreOutput (18 fields in 0.32); trailing defaults omitted as msgspec does.
+    fn output(id: &'static str, tokens: usize, finish: Option<i64>, events: Vec<(i64, f64)>) -> M {
+        let mut f = vec![M::S(id), M::A((0..tokens).map(|t| M::I(t as i64 + 100)).collect())];
+        f.extend([M::Nil, M::Nil, M::Nil]);
+        f.push(finish.map_or(M::Nil, M::I));
+        f.push(M::Nil);
+        f.push(if events.is_empty() {
+            M::Nil
+        } else {
+            M::A(events.into_iter().map(|(t, ts)| M::Map(vec![("type", M::I(t)), ("timestamp", M::F(ts))])).collect())
+        });
+        f.extend([M::Nil, M::Nil, M::Nil]);
+        f.push(M::Map(vec![("num_prompt_tokens", M::I(12)), ("num_cached_tokens", M::I(4))]));
+        M::A(f)
+    }
+
+    fn outputs(list: Vec<M>) -> M {
+        M::A(vec![
+            M::I(1),
+            M::A(list),
+            M::Map(vec![("num_running_reqs", M::I(2)), ("num_waiting_reqs", M::I(1)), ("kv_cache_usage", M::F(0.25))]),
+            M::F(100.5),
+        ])
+    }
+
+    const V032: Option<(u16, u16, u16)> = Some((0, 32, 0));
+
+    #[test]
+    fn outputs_of_0_32() {
+        let p = bytes(outputs(vec![
+            output("chatcmpl-a-12345678", 1, None, vec![(1, 100.25), (2, 100.375)]),
+            output("chatcmpl-b-87654321", 2, Some(1), vec![]),
+        ]));
+        let Ok(Decoded::Outputs(o)) = decode(V032, Direction::Ingress, &msg(vec![p.clone()])) else {
+            panic!("not decoded")
+        };
+        assert_eq!((o.engine, o.ts_ns), (Some(1), Some(100_500_000_000)));
+        assert_eq!((o.gauges.running, o.gauges.waiting, o.gauges.kv_cache_usage), (Some(2), Some(1), Some(0.25)));
+        assert_eq!(o.outputs.len(), 2);
+        let a = &o.outputs[0];
+        assert_eq!(a.events, vec![(EventType::Queued, 100_250_000_000), (EventType::Scheduled, 100_375_000_000)]);
+        assert_eq!((a.new_tokens, a.cached_tokens, a.prompt_tokens), (1, Some(4), Some(12)));
+        assert_eq!(o.outputs[1].finish_reason.as_deref(), Some("length"));
+        // An unknown release: ids and tokens only, never a guessed finish reason or event.
+        let Ok(Decoded::Outputs(o)) = decode(Some((9, 0, 0)), Direction::Ingress, &msg(vec![p])) else {
+            panic!("not decoded with the stable layout")
+        };
+        assert_eq!(o.outputs[1].new_tokens, 2);
+        assert!(o.outputs.iter().all(|r| r.finish_reason.is_none() && r.events.is_empty()));
+    }
+
+    #[test]
+    fn requests_of_0_32() {
+        let mut add = vec![M::S("chatcmpl-a-12345678"), M::A((0..7).map(M::I).collect())];
+        add.extend((2..16).map(|_| M::Nil));
+        add.push(M::S("chatcmpl-a"));
+        let m = msg(vec![vec![0], bytes(M::A(add))]);
+        assert_eq!(
+            decode(V032, Direction::Egress, &m),
+            Ok(Decoded::Add {
+                request_id: "chatcmpl-a-12345678".into(),
+                external_id: Some("chatcmpl-a".into()),
+                prompt_tokens: Some(7),
+                ts_ns: 5_000_000_000,
+            })
+        );
+        let m = msg(vec![vec![1], bytes(M::A(vec![M::S("x"), M::S("y")]))]);
+        assert_eq!(
+            decode(V032, Direction::Egress, &m),
+            Ok(Decoded::Abort { request_ids: vec!["x".into(), "y".into()] })
+        );
+        assert_eq!(decode(V032, Direction::Egress, &msg(vec![vec![3], vec![0x90]])), Ok(Decoded::Ignored));
+    }
+
+    #[test]
+    fn the_engines_side_and_garbage_are_not_misread() {
+        // The EngineCore receives ADDs (ingress) and sends outputs (egress): neither fits.
+        let add = msg(vec![vec![0], bytes(M::A(vec![M::S("id")]))]);
+        assert_eq!(decode(V032, Direction::Ingress, &add), Err(Undecodable::Foreign));
+        let out = msg(vec![bytes(outputs(vec![]))]);
+        assert_eq!(decode(V032, Direction::Egress, &out), Err(Undecodable::Foreign));
+        // More fields than the release declares: a different release, not this layout.
+        let long = M::A((0..12).map(M::I).collect());
+        assert_eq!(decode(V032, Direction::Ingress, &msg(vec![bytes(long)])), Err(Undecodable::Malformed));
+        // Truncated by a capture gap.
+        let mut p = bytes(outputs(vec![output("a", 1, None, vec![])]));
+        p.truncate(p.len() / 2);
+        let m = Message { gaps: true, ..msg(vec![p]) };
+        assert_eq!(decode(V032, Direction::Ingress, &m), Err(Undecodable::Gaps));
+        assert!(decode(V032, Direction::Ingress, &msg(vec![b"\x92garbage".to_vec()])).is_err());
+    }
+}

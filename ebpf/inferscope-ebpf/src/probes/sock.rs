@@ -39,6 +39,8 @@ const RET: usize = 16;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const EINPROGRESS: i64 = 115;
+const ECONNRESET: i64 = 104;
+const EPIPE: i64 = 32;
 
 /// How a syscall passes its buffer.
 const SHAPE_BUF: u8 = 0;
@@ -225,15 +227,23 @@ fn exit_io(ctx: &TracePointContext) -> u32 {
     let Ok(ret) = (unsafe { ctx.read_at::<i64>(RET) }) else {
         return 0;
     };
-    if ret < 0 {
+    // A peer that reset the connection (a client that closed with unread data sends RST, not
+    // FIN), or a write after the peer went away, ends the stream like a 0-byte read: it is how
+    // a server usually learns of a client abort.
+    let mut dir_byte = args.dir;
+    let ret: u64 = if ret >= 0 {
+        ret as u64
+    } else if ret == -ECONNRESET || ret == -EPIPE {
+        dir_byte = DIR_INGRESS;
+        0
+    } else {
         return 0;
-    }
-    let ret = ret as u64;
+    };
     let tgid = (pid_tgid >> 32) as u32;
     let Some(info) = SOCKETS.get_ptr_mut(&sock_key(tgid, args.fd)) else {
         return 0;
     };
-    let dir = if args.dir == DIR_EGRESS { 1usize } else { 0usize };
+    let dir = if dir_byte == DIR_EGRESS { 1usize } else { 0usize };
     let info = unsafe { &mut *info };
     let pos = info.pos[dir];
     info.pos[dir] = pos + ret;
@@ -266,7 +276,7 @@ fn exit_io(ctx: &TracePointContext) -> u32 {
         hdr.offset = 0;
         hdr.len = 0;
         hdr.arrival_ns = arrival_ns;
-        hdr.direction = args.dir;
+        hdr.direction = dir_byte;
         hdr.syscall = args.syscall;
         hdr.flags = 0;
         hdr._pad = [0; 5];
@@ -274,7 +284,7 @@ fn exit_io(ctx: &TracePointContext) -> u32 {
     count(stat::SYSCALL_BYTES, ret);
 
     if ret == 0 {
-        if args.dir == DIR_INGRESS {
+        if dir_byte == DIR_INGRESS {
             emit(scratch, 0, 0, 0, DATA_FLAG_EOF);
         }
         return 0;

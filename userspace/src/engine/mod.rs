@@ -55,6 +55,13 @@ pub struct EngineRequest {
     pub aborted: bool,
     /// Its start (the ADD, or a QUEUED event) was seen.
     pub seen_from_start: bool,
+    /// An output message of its process was lost while it was in flight (capture gap, or a
+    /// message too large): its token count is a lower bound. When that happened before its
+    /// first token, the first token is unknown and so are prefill and engine TTFT.
+    pub outputs_lost: bool,
+    first_output_lost: bool,
+    /// `queued_ns` came from the engine's own QUEUED stamp, not from the ADD's send time.
+    queued_by_engine: bool,
     /// Last message about it, capture clock.
     last_seen_ns: u64,
 }
@@ -97,16 +104,23 @@ impl EngineRequest {
     }
 }
 
-/// `0_chatcmpl-abc-1a2b3c4d` -> `chatcmpl-abc`.
-pub fn strip_engine_id(id: &str) -> &str {
-    let mut s = id;
-    if let Some((n, rest)) = s.split_once('_')
+/// `0_chatcmpl-abc` -> `chatcmpl-abc` (vLLM's parallel-sampling child prefix).
+pub fn strip_sampling_prefix(id: &str) -> &str {
+    if let Some((n, rest)) = id.split_once('_')
         && !n.is_empty()
         && n.bytes().all(|b| b.is_ascii_digit())
         && rest.contains('-')
     {
-        s = rest;
+        return rest;
     }
+    id
+}
+
+/// `0_chatcmpl-abc-1a2b3c4d` -> `chatcmpl-abc`: the sampling prefix, and the random suffix
+/// vLLM adds since 0.14. Only for engines whose ids may carry that suffix: an older release's
+/// id is the API's own, which may end in `-` and 8 characters of its own (an `X-Request-Id`).
+pub fn strip_engine_id(id: &str) -> &str {
+    let mut s = strip_sampling_prefix(id);
     if let Some((head, tail)) = s.rsplit_once('-')
         && tail.len() == 8
         && tail.bytes().all(|b| b.is_ascii_alphanumeric())
@@ -214,6 +228,9 @@ pub struct RequestOutput {
     /// When the engine's own timestamps for this output are missing, the phases still follow
     /// vLLM's rules with the message time.
     pub ts_ns: Option<u64>,
+    /// The engine's own stamp of the request's first token (SGLang's `prefill_finished_time`),
+    /// preferred to the time the first output arrived.
+    pub first_token_ns: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -308,11 +325,48 @@ impl EngineTracker {
         };
         match decoded {
             Ok(d) => self.apply(pid, msg.ts_ns, d, out),
-            Err(why) => self.stats.undecodable(why),
+            Err(why) => {
+                self.stats.undecodable(why);
+                if why == Undecodable::Gaps {
+                    self.lost(pid, dir);
+                }
+            }
+        }
+    }
+
+    /// Messages of `pid` in direction `dir` were lost. Outputs arrive on the API server's
+    /// ingress: every request in flight may have missed some, so none of them reports a
+    /// phase that the lost message could have changed.
+    pub fn lost(&mut self, pid: u32, dir: Direction) {
+        if dir != Direction::Ingress {
+            // A lost ADD or ABORT: its request shows up as partial, or expires.
+            return;
+        }
+        if let Some(st) = self.procs.get_mut(&pid) {
+            for r in st.requests.values_mut() {
+                r.outputs_lost = true;
+                if r.first_token_ns.is_none() {
+                    r.first_output_lost = true;
+                }
+            }
+        }
+    }
+
+    /// Whether `pid`'s engine adds no suffix of its own to the API's ids (vLLM before 0.14,
+    /// SGLang): its ids are then the API's, less a sampling prefix. False where it may add one.
+    fn unsuffixed(&self, pid: u32) -> bool {
+        match self.kinds.get(&pid) {
+            Some(EngineKind::Vllm { version: Some(v) }) => {
+                vllm_layouts::for_version(*v).is_some_and(|l| l.request.external_req_id.is_none())
+            }
+            Some(EngineKind::Sglang) => true,
+            _ => false,
         }
     }
 
     fn apply(&mut self, pid: u32, now: u64, d: Decoded, out: &mut Vec<EngineEvent>) {
+        let unsuffixed = self.unsuffixed(pid);
+        let api_id = |id: &str| unsuffixed.then(|| strip_sampling_prefix(id).to_string());
         let st = self.procs.entry(pid).or_default();
         match d {
             Decoded::Ignored => {}
@@ -331,7 +385,7 @@ impl EngineTracker {
                     request_id,
                     ..Default::default()
                 });
-                r.external_id = external_id.or(r.external_id.take());
+                r.external_id = external_id.or_else(|| api_id(&r.request_id)).or(r.external_id.take());
                 r.prompt_tokens = prompt_tokens.or(r.prompt_tokens);
                 if r.queued_ns.is_none() {
                     r.queued_ns = queued_ns;
@@ -368,7 +422,12 @@ impl EngineTracker {
                         }
                         st.requests.insert(
                             ro.request_id.clone(),
-                            EngineRequest { pid, request_id: ro.request_id.clone(), ..Default::default() },
+                            EngineRequest {
+                                pid,
+                                request_id: ro.request_id.clone(),
+                                external_id: api_id(&ro.request_id),
+                                ..Default::default()
+                            },
                         );
                     }
                     let Some(r) = st.requests.get_mut(&ro.request_id) else { continue };
@@ -377,7 +436,11 @@ impl EngineTracker {
                     for (ty, t) in &ro.events {
                         match ty {
                             EventType::Queued => {
-                                r.queued_ns.get_or_insert(*t);
+                                // The engine's stamp replaces the ADD's send time (SGLang).
+                                if !r.queued_by_engine {
+                                    r.queued_ns = Some(*t);
+                                    r.queued_by_engine = true;
+                                }
                                 r.seen_from_start = true;
                             }
                             EventType::Scheduled => {
@@ -387,12 +450,12 @@ impl EngineTracker {
                         }
                     }
                     let t = ro.ts_ns.unwrap_or(ts);
-                    if r.first_token_ns.is_none() {
+                    if r.first_token_ns.is_none() && !r.first_output_lost {
                         if !r.seen_from_start {
                             // Its first output may have gone by before capture began.
                             self.stats.partial_requests += 1;
                         }
-                        r.first_token_ns = Some(t);
+                        r.first_token_ns = Some(ro.first_token_ns.unwrap_or(t));
                         step.prompt_tokens += ro.prompt_tokens.or(r.prompt_tokens).unwrap_or(0);
                     }
                     r.last_token_ns = Some(t);
@@ -489,6 +552,8 @@ pub struct EnginePhases {
     pub preemptions: u32,
     pub cached_tokens: Option<u64>,
     pub output_tokens: u64,
+    /// An output message was lost while one of them was in flight.
+    pub outputs_lost: bool,
 }
 
 impl EnginePhases {
@@ -505,6 +570,7 @@ impl EnginePhases {
             preemptions: reqs.iter().map(|r| r.preemptions).sum(),
             cached_tokens: reqs.iter().filter_map(|r| r.cached_tokens).min(),
             output_tokens: reqs.iter().map(|r| r.output_tokens).sum(),
+            outputs_lost: reqs.iter().any(|r| r.outputs_lost),
         })
     }
     pub fn queue_s(&self) -> Option<f64> {
@@ -518,6 +584,9 @@ impl EnginePhases {
     }
     pub fn inference_s(&self) -> Option<f64> {
         secs(self.scheduled_ns, self.last_token_ns)
+    }
+    pub fn engine_ttft_s(&self) -> Option<f64> {
+        secs(self.queued_ns, self.first_token_ns)
     }
 }
 
@@ -605,5 +674,72 @@ mod tests {
         let r = ev.iter().find_map(|e| if let EngineEvent::Finished(r) = e { Some(r) } else { None }).unwrap();
         assert!(r.aborted && r.queue_s().is_none());
         assert_eq!(r.finish_reason.as_deref(), Some("abort"));
+    }
+
+    #[test]
+    fn the_engines_own_stamps_win_over_message_times() {
+        // SGLang: the ADD's send time stands in for queueing until the scheduler's stamps come.
+        let mut t = EngineTracker::new();
+        t.set_kind(1, EngineKind::Sglang);
+        let mut ev = Vec::new();
+        let add = Decoded::Add {
+            request_id: "abc".into(),
+            external_id: None,
+            prompt_tokens: Some(3),
+            ts_ns: 10,
+            queued_ns: Some(10),
+        };
+        t.apply(1, 10, add, &mut ev);
+        let mut o = out("abc", 1, None, vec![(EventType::Queued, 12), (EventType::Scheduled, 15)]);
+        o.first_token_ns = Some(30);
+        t.apply(1, 40, Decoded::Outputs(Outputs { outputs: vec![o], ..Default::default() }), &mut ev);
+        let o = out("abc", 1, Some("stop"), vec![(EventType::Queued, 12), (EventType::Scheduled, 15)]);
+        t.apply(1, 50, Decoded::Outputs(Outputs { outputs: vec![o], ..Default::default() }), &mut ev);
+        let r = ev.iter().find_map(|e| if let EngineEvent::Finished(r) = e { Some(r) } else { None }).unwrap();
+        assert_eq!(
+            (r.queued_ns, r.scheduled_ns, r.first_token_ns, r.last_token_ns),
+            (Some(12), Some(15), Some(30), Some(50))
+        );
+        // SGLang's ids are the API's own.
+        assert_eq!(t.join(1, "abc").len(), 1);
+    }
+
+    #[test]
+    fn a_lost_output_message_never_yields_a_wrong_first_token() {
+        let mut t = EngineTracker::new();
+        let mut ev = Vec::new();
+        for id in ["a-1-aaaaaaaa", "b-1-bbbbbbbb"] {
+            let add = Decoded::Add {
+                request_id: id.into(),
+                external_id: None,
+                prompt_tokens: Some(3),
+                ts_ns: 10,
+                queued_ns: None,
+            };
+            t.apply(1, 10, add, &mut ev);
+        }
+        // a's first token arrives; then a message is lost (it may have held b's first token).
+        let o = Outputs {
+            outputs: vec![out("a-1-aaaaaaaa", 1, None, vec![(EventType::Queued, 11), (EventType::Scheduled, 12)])],
+            ..Default::default()
+        };
+        t.apply(1, 20, Decoded::Outputs(o), &mut ev);
+        t.lost(1, Direction::Egress);
+        t.lost(1, Direction::Ingress);
+        let o = Outputs {
+            outputs: vec![out("a-1-aaaaaaaa", 1, Some("stop"), vec![]), out("b-1-bbbbbbbb", 1, Some("stop"), vec![])],
+            ..Default::default()
+        };
+        t.apply(1, 40, Decoded::Outputs(o), &mut ev);
+        let fin: Vec<&EngineRequest> =
+            ev.iter().filter_map(|e| if let EngineEvent::Finished(r) = e { Some(r) } else { None }).collect();
+        let (a, b) = (fin[0], fin[1]);
+        assert!(a.outputs_lost && b.outputs_lost);
+        // a's first token was seen before the loss: its phases stand.
+        assert_eq!((a.first_token_ns, a.last_token_ns), (Some(20), Some(40)));
+        assert!(a.prefill_s().is_some());
+        // b's was not: the first token seen after the loss is not taken for its first.
+        assert_eq!((b.first_token_ns, b.last_token_ns), (None, Some(40)));
+        assert!(b.prefill_s().is_none() && b.decode_s().is_none() && b.engine_ttft_s().is_none());
     }
 }

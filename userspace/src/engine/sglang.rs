@@ -6,14 +6,17 @@
 //!   request enters the engine: `rid`, `input_ids`), their `Batch...` forms, `AbortReq`;
 //! - ingress from the detokenizer: `BatchStrOutput` / `BatchEmbeddingOutput` (`BatchStrOut`...
 //!   before 0.4.7): per `rids[i]` the new `output_ids[i]`, `finished_reasons[i]`
-//!   (`{"type": "stop"|"length"|"abort", ...}` or None), `prompt_tokens`, `cached_tokens`.
+//!   (`{"type": "stop"|"length"|"abort", ...}` or None), `prompt_tokens`, `cached_tokens`, and
+//!   with `--enable-metrics` `time_stats[i]`, the scheduler's `SchedulerReqTimeStats`:
+//!   `wait_queue_entry_time`, `forward_entry_time`, `prefill_finished_time` (`time.perf_counter()`,
+//!   which is CLOCK_MONOTONIC on Linux, the clock of every other timestamp here).
 //!
 //! Classes are found by name whatever their form: dataclasses (NEWOBJ + BUILD with a dict
 //! state, older releases) or msgspec Structs (`msgspec._utils.rebuild(cls, {field: value})`,
 //! 0.5.x). Other processes' messages (scheduler -> detokenizer) are counted as foreign, so the
 //! whole process tree can be traced without double counting.
 
-use super::{Decoded, Outputs, RequestOutput, Undecodable};
+use super::{Decoded, EventType, Outputs, RequestOutput, Undecodable};
 use crate::{
     events::Direction,
     protocol::{
@@ -83,6 +86,7 @@ fn outputs(fields: &PyValue) -> Result<Decoded, Undecodable> {
     let rids = list(fields, "rids");
     let (reasons, out_ids) = (list(fields, "finished_reasons"), list(fields, "output_ids"));
     let (prompt, cached) = (list(fields, "prompt_tokens"), list(fields, "cached_tokens"));
+    let stats = list(fields, "time_stats");
     let u = |l: &[PyValue], i: usize| l.get(i).and_then(PyValue::as_i64).and_then(|n| u64::try_from(n).ok());
     let mut outputs = Vec::with_capacity(rids.len());
     for (i, rid) in rids.iter().enumerate() {
@@ -91,18 +95,31 @@ fn outputs(fields: &PyValue) -> Result<Decoded, Undecodable> {
             let ty = r.get("type").and_then(PyValue::as_str).or_else(|| r.as_str());
             ty.unwrap_or("unknown").to_string()
         });
+        // The scheduler's stamps, when it keeps them (0.0 until a stage is reached).
+        let st = stats.get(i).and_then(object).map(|(_, f)| f);
+        let stamp = |k: &str| st.and_then(|f| get(f, k)).and_then(PyValue::as_f64).and_then(monotonic_ns);
+        let events = [(EventType::Queued, "wait_queue_entry_time"), (EventType::Scheduled, "forward_entry_time")]
+            .into_iter()
+            .filter_map(|(ty, k)| Some((ty, stamp(k)?)))
+            .collect();
         outputs.push(RequestOutput {
             request_id,
             new_tokens: out_ids.get(i).and_then(PyValue::as_list).map_or(0, |l| l.len() as u64),
             finish_reason,
-            events: Vec::new(),
+            events,
             cached_tokens: u(cached, i),
             prompt_tokens: u(prompt, i),
             ts_ns: None,
+            first_token_ns: stamp("prefill_finished_time"),
         });
     }
     let engine = list(fields, "dp_ranks").first().and_then(PyValue::as_i64).and_then(|n| u32::try_from(n).ok());
     Ok(Decoded::Outputs(Outputs { engine, ts_ns: None, outputs, gauges: Default::default() }))
+}
+
+/// `time.perf_counter()` seconds to ns; 0.0 (not reached) and nonsense are None.
+fn monotonic_ns(s: f64) -> Option<u64> {
+    (s.is_finite() && s > 0.0 && s < 1e10).then(|| (s * 1e9).round() as u64)
 }
 
 #[cfg(test)]
@@ -147,6 +164,20 @@ mod tests {
             );
             assert_eq!(o.outputs[1].prompt_tokens, Some(6), "{ver}");
             assert_eq!(o.outputs[2].cached_tokens, Some(2), "{ver}");
+            assert!(o.outputs.iter().all(|r| r.events.is_empty() && r.first_token_ns.is_none()), "{ver}");
+            // With the scheduler's timestamps (--enable-metrics).
+            if let Some(timed) = s["batch_out_timed"].as_str() {
+                let Ok(Decoded::Outputs(o)) = decode_message(Direction::Ingress, &msg(timed)) else {
+                    panic!("{ver}: timed batch output not decoded")
+                };
+                let a = &o.outputs[0];
+                assert_eq!(
+                    a.events,
+                    vec![(EventType::Queued, 100_250_000_000), (EventType::Scheduled, 100_500_000_000)]
+                );
+                assert_eq!(a.first_token_ns, Some(101_000_000_000), "{ver}");
+                assert_eq!(o.outputs[1].first_token_ns, Some(101_500_000_000), "{ver}");
+            }
             assert_eq!(
                 decode_message(Direction::Egress, &msg(s["abort"].as_str().unwrap())),
                 Ok(Decoded::Abort { request_ids: vec!["rid-2".into()] }),

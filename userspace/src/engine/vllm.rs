@@ -53,22 +53,33 @@ fn decode_request(layout: Option<&'static VllmLayout>, msg: &Message) -> Result<
     let types = layout.map(|l| &l.request_types);
     let (add, abort) = types.map(|t| (t.add, t.abort)).unwrap_or((0, 1));
     if ty == add {
-        let (v, _) = msgpack::decode(payload).map_err(|_| gaps_or(msg, Undecodable::Malformed))?;
-        let a = v.as_array().ok_or(Undecodable::Malformed)?;
         let st = vllm_layouts::stable();
         let rl = layout.map(|l| &l.request);
         let id_at = rl.map(|r| r.request_id).or(st.request_id).ok_or(Undecodable::Malformed)?;
-        let request_id = field(a, Some(id_at)).and_then(Value::as_str).ok_or(Undecodable::Malformed)?.to_string();
         let prompt_at = match rl {
             Some(r) => r.prompt_token_ids,
             None => st.prompt_token_ids,
         };
-        let prompt_tokens = field(a, prompt_at).and_then(Value::as_array).map(|p| p.len() as u64);
-        let external_id = rl
-            .and_then(|r| r.external_req_id)
-            .and_then(|i| field(a, Some(i)))
+        let external_at = rl.and_then(|r| r.external_req_id);
+        let whole;
+        let prefix;
+        // A long prompt makes an ADD larger than one capture: its head (request id, then the
+        // prompt's token count in the array header) still arrives, so read as far as it goes.
+        let (a, cut_prompt_len): (&[Value<'_>], Option<usize>) = if msg.gaps {
+            prefix = msgpack::decode_array_prefix(payload).map_err(|_| Undecodable::Gaps)?;
+            let cut = (prompt_at == Some(prefix.items.len())).then_some(prefix.cut_array_len).flatten();
+            (&prefix.items, cut)
+        } else {
+            whole = msgpack::decode(payload).map_err(|_| Undecodable::Malformed)?.0;
+            (whole.as_array().ok_or(Undecodable::Malformed)?, None)
+        };
+        let request_id = field(a, Some(id_at))
             .and_then(Value::as_str)
-            .map(str::to_string);
+            .ok_or(if msg.gaps { Undecodable::Gaps } else { Undecodable::Malformed })?
+            .to_string();
+        let prompt_tokens =
+            field(a, prompt_at).and_then(Value::as_array).map(|p| p.len()).or(cut_prompt_len).map(|n| n as u64);
+        let external_id = field(a, external_at).and_then(Value::as_str).map(str::to_string);
         Ok(Decoded::Add { request_id, external_id, prompt_tokens, ts_ns: msg.ts_ns, queued_ns: None })
     } else if ty == abort {
         let (v, _) = msgpack::decode(payload).map_err(|_| gaps_or(msg, Undecodable::Malformed))?;
@@ -337,6 +348,33 @@ mod tests {
     }
 
     #[test]
+    fn an_add_larger_than_the_capture_keeps_its_id_and_prompt_length() {
+        // 60,000 prompt tokens (about 180 KB of msgpack), cut after 128 KiB by the capture.
+        let mut add = vec![M::S("cmpl-long-12345678"), M::A((0..60_000).map(|i| M::I(1000 + i % 30_000)).collect())];
+        add.extend((2..16).map(|_| M::Nil));
+        add.push(M::S("cmpl-long"));
+        let mut p = bytes(M::A(add));
+        assert!(p.len() > 170_000);
+        p.truncate(128 << 10);
+        let m = Message { gaps: true, ..msg(vec![vec![0], p.clone()]) };
+        assert_eq!(
+            decode(V032, Direction::Egress, &m),
+            Ok(Decoded::Add {
+                request_id: "cmpl-long-12345678".into(),
+                // The external id is past the cut: the join falls back to the engine id.
+                external_id: None,
+                prompt_tokens: Some(60_000),
+                ts_ns: 5_000_000_000,
+                queued_ns: None,
+            })
+        );
+        // Cut inside the id itself: nothing is guessed.
+        p.truncate(6);
+        let m = Message { gaps: true, ..msg(vec![vec![0], p]) };
+        assert_eq!(decode(V032, Direction::Egress, &m), Err(Undecodable::Gaps));
+    }
+
+    #[test]
     fn the_engines_side_and_garbage_are_not_misread() {
         // The EngineCore receives ADDs (ingress) and sends outputs (egress): neither fits.
         let add = msg(vec![vec![0], bytes(M::A(vec![M::S("id")]))]);
@@ -442,6 +480,85 @@ mod samples {
             assert_eq!(a.cached_tokens, e["cached_tokens"].as_u64(), "{ver}");
             assert_eq!((b.new_tokens, b.finish_reason.as_deref()), (3, e["finish_reason"].as_str()), "{ver}");
             assert_eq!(b.events, vec![(EventType::Preempted, 1_000_750_000_000)], "{ver}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod real_captures {
+    use std::collections::HashMap;
+
+    use crate::{
+        engine::{EngineEvent, EngineKind, EnginePhases, EngineTracker},
+        events::Direction,
+        protocol::{Segment, zmtp::ZmtpParser},
+    };
+
+    /// Replays the API server's sendto/recvfrom bytes of real vLLM releases, captured with
+    /// strace after the server started (tests/vllm/capture.py), through the ZMTP parser and the
+    /// release's layout; every HTTP response of the capture must find its engine requests,
+    /// with the response's token counts and all four phases.
+    #[test]
+    fn every_response_of_real_releases_finds_its_engine_requests() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/vllm");
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("real-") && n.ends_with(".json"))
+            })
+            .collect();
+        files.sort();
+        assert!(files.len() >= 2, "{files:?}");
+        for f in &files {
+            let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(f).unwrap()).unwrap();
+            let ver = doc["vllm_version"].as_str().unwrap();
+            let version = crate::procfs::parse_version(ver);
+            assert!(super::vllm_layouts::for_version(version.unwrap()).is_some(), "{ver}: no layout");
+            let mut t = EngineTracker::new();
+            t.set_kind(1, EngineKind::Vllm { version });
+            let mut parsers: HashMap<(i64, String), ZmtpParser> = HashMap::new();
+            let mut events = Vec::new();
+            for c in doc["calls"].as_array().unwrap() {
+                let call = c["call"].as_str().unwrap();
+                let dir = if call == "sendto" { Direction::Egress } else { Direction::Ingress };
+                let hex = c["hex"].as_str().unwrap();
+                let bytes: Vec<u8> =
+                    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+                let p = parsers
+                    .entry((c["fd"].as_i64().unwrap(), call.to_string()))
+                    .or_insert_with(ZmtpParser::new_unsynced);
+                let mut msgs = Vec::new();
+                let ts_ns = c["ts_ns"].as_u64().unwrap();
+                p.feed(Segment::Data { ts_ns, bytes: &bytes, syscall_start: true, arrival_ns: 0 }, &mut msgs);
+                for m in &msgs {
+                    t.message(1, dir, m, &mut events);
+                }
+            }
+            let malformed: Vec<_> = t.stats.undecodable.iter().filter(|(k, _)| *k != "foreign").collect();
+            assert!(malformed.is_empty(), "{ver}: {malformed:?}");
+            let steps = events.iter().filter(|e| matches!(e, EngineEvent::Step(_))).count();
+            let responses = doc["responses"].as_array().unwrap();
+            assert!(responses.len() >= 7);
+            for r in responses {
+                let id = r["id"].as_str().unwrap();
+                let kind = r["kind"].as_str().unwrap();
+                let reqs = t.join(1, id);
+                assert_eq!(reqs.len() as u64, r["n"].as_u64().unwrap(), "{ver} {kind} {id}: engine requests");
+                for q in &reqs {
+                    assert!(q.seen_from_start && !q.outputs_lost && !q.aborted, "{ver} {kind}: {q:?}");
+                    assert_eq!(q.prompt_tokens, r["prompt_tokens"].as_u64(), "{ver} {kind}: prompt tokens");
+                    assert_eq!(q.finish_reason.as_deref(), Some("length"), "{ver} {kind}");
+                }
+                let e = EnginePhases::merge(&reqs).unwrap();
+                assert_eq!(e.output_tokens, r["completion_tokens"].as_u64().unwrap(), "{ver} {kind}: output tokens");
+                for (name, v) in [("queue", e.queue_s()), ("prefill", e.prefill_s()), ("decode", e.decode_s())] {
+                    assert!(v.is_some_and(|v| (0.0..30.0).contains(&v)), "{ver} {kind}: {name} {v:?}");
+                }
+                // The engine's own clock: first token after scheduling after queueing.
+                assert!(e.queued_ns <= e.scheduled_ns && e.scheduled_ns <= e.first_token_ns, "{ver} {kind}: {e:?}");
+            }
+            eprintln!("{ver}: {} responses joined, {steps} steps, {} messages", responses.len(), t.stats.messages);
         }
     }
 }

@@ -65,7 +65,12 @@ pub struct RequestLine<'a> {
     pub prefill_s: Option<f64>,
     pub decode_s: Option<f64>,
     pub inference_s: Option<f64>,
+    /// Queueing to first token, engine clock (vLLM's TTFT without tokenisation and HTTP).
+    pub engine_ttft_s: Option<f64>,
     pub preemptions: Option<u32>,
+    /// True when an engine output message was lost while the request ran: phases that it
+    /// could have changed are null, and engine token counts are lower bounds.
+    pub engine_outputs_lost: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prompt: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -125,7 +130,9 @@ pub fn request_line<'a>(r: &'a RequestRecord, clock: &Clock, provider: Option<&'
         prefill_s: e.and_then(|e| e.prefill_s()),
         decode_s: e.and_then(|e| e.decode_s()),
         inference_s: e.and_then(|e| e.inference_s()),
+        engine_ttft_s: e.and_then(|e| e.engine_ttft_s()),
         preemptions: e.map(|e| e.preemptions),
+        engine_outputs_lost: e.map(|e| e.outputs_lost),
         prompt: r.prompt.as_deref(),
         completion: r.completion.as_deref(),
     }

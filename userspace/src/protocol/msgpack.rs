@@ -78,6 +78,8 @@ pub enum Error {
     TooDeep,
     /// More elements in total than the limit.
     TooMany,
+    /// Not an array where one was required.
+    NotArray,
 }
 
 impl Error {
@@ -87,6 +89,7 @@ impl Error {
             Error::Reserved => "reserved_byte",
             Error::TooDeep => "too_deep",
             Error::TooMany => "too_many_items",
+            Error::NotArray => "not_an_array",
         }
     }
 }
@@ -109,6 +112,49 @@ pub fn decode(data: &[u8]) -> Result<(Value<'_>, usize), Error> {
     let mut r = Reader { data, pos: 0, items: 0 };
     let v = r.value(0)?;
     Ok((v, r.pos))
+}
+
+/// What can be read of an array whose end is missing (a message cut short by a capture gap).
+#[derive(Debug, PartialEq)]
+pub struct ArrayPrefix<'a> {
+    /// The element count its header claims.
+    pub len: usize,
+    /// The elements complete before the cut, in order.
+    pub items: Vec<Value<'a>>,
+    /// When the first incomplete element is an array: the count its header claims.
+    pub cut_array_len: Option<usize>,
+}
+
+/// Reads the complete leading elements of the array at the start of `data`, which may end
+/// anywhere. Anything but an array, and any error other than running out of input, is an error.
+pub fn decode_array_prefix(data: &[u8]) -> Result<ArrayPrefix<'_>, Error> {
+    let mut r = Reader { data, pos: 0, items: 0 };
+    let len = match r.u8()? {
+        b @ 0x90..=0x9f => (b & 0x0f) as usize,
+        0xdc => r.len(2)?,
+        0xdd => r.len(4)?,
+        _ => return Err(Error::NotArray),
+    };
+    let mut items = Vec::new();
+    let mut cut_array_len = None;
+    for _ in 0..len.min(MAX_ITEMS) {
+        let at = r.pos;
+        match r.value(1) {
+            Ok(v) => items.push(v),
+            Err(Error::Truncated) => {
+                r.pos = at;
+                cut_array_len = match r.u8() {
+                    Ok(b @ 0x90..=0x9f) => Some((b & 0x0f) as usize),
+                    Ok(0xdc) => r.len(2).ok(),
+                    Ok(0xdd) => r.len(4).ok(),
+                    _ => None,
+                };
+                break;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(ArrayPrefix { len, items, cut_array_len })
 }
 
 struct Reader<'a> {
@@ -275,6 +321,24 @@ mod tests {
             decode(&[0xdc, 0x00, 0x02, 0x01, 0x02]).unwrap().0,
             Value::Array(vec![Value::Int(1), Value::Int(2)])
         );
+    }
+
+    #[test]
+    fn an_array_cut_short_yields_its_complete_leading_elements() {
+        // ["req-1", [10, 11, 12, 13], 7] cut inside the inner array.
+        let full = b"\x93\xa5req-1\x94\x0a\x0b\x0c\x0d\x07";
+        let p = decode_array_prefix(&full[..10]).unwrap();
+        assert_eq!(p.len, 3);
+        assert_eq!(p.items, vec![Value::Str("req-1")]);
+        assert_eq!(p.cut_array_len, Some(4));
+        let whole = decode_array_prefix(full).unwrap();
+        assert_eq!(whole.items.len(), 3);
+        assert_eq!(whole.cut_array_len, None);
+        assert_eq!(decode_array_prefix(b"\xa1x"), Err(Error::NotArray));
+        assert_eq!(decode_array_prefix(b""), Err(Error::Truncated));
+        // A wide header over little data: no allocation from the claim.
+        let p = decode_array_prefix(&[0xdd, 0xff, 0xff, 0xff, 0xff, 0x01]).unwrap();
+        assert_eq!((p.len, p.items.len()), (u32::MAX as usize, 1));
     }
 
     #[test]

@@ -29,7 +29,9 @@ pub struct Message {
     /// When the syscall that completed the message ended.
     pub ts_ns: u64,
     pub frames: Vec<Vec<u8>>,
-    /// Some bytes of a frame were not captured (or were past [`MAX_FRAME`]).
+    /// Some bytes of a frame were not captured (or were past [`MAX_FRAME`]). A frame with a gap
+    /// holds only the bytes before it: what follows is kept out, so that a frame's bytes are
+    /// always a true prefix of what was sent and can be read as far as they go.
     pub gaps: bool,
 }
 
@@ -58,6 +60,8 @@ pub struct ZmtpParser {
     /// The frame being read.
     frame: Vec<u8>,
     frame_flags: u8,
+    /// The frame being read lost bytes: later ones are not appended.
+    frame_cut: bool,
     frames: Vec<Vec<u8>>,
     gaps: bool,
     /// The frames of the current message are being dropped (too many, or its start was lost).
@@ -87,6 +91,7 @@ impl ZmtpParser {
             hdr: Vec::new(),
             frame: Vec::new(),
             frame_flags: 0,
+            frame_cut: false,
             frames: Vec::new(),
             gaps: false,
             dropping: false,
@@ -115,6 +120,7 @@ impl ZmtpParser {
     fn reset_message(&mut self) {
         self.frames.clear();
         self.frame.clear();
+        self.frame_cut = false;
         self.hdr.clear();
         self.gaps = false;
         self.dropping = false;
@@ -125,9 +131,11 @@ impl ZmtpParser {
             State::Body { remaining } if len < *remaining => {
                 *remaining -= len;
                 self.gaps = true;
+                self.frame_cut = true;
             }
             State::Body { remaining } if len == *remaining => {
                 self.gaps = true;
+                self.frame_cut = true;
                 self.state = State::Header;
                 self.end_frame(None);
             }
@@ -200,10 +208,11 @@ impl ZmtpParser {
                 State::Body { remaining } => {
                     let n = (*remaining).min(b.len() as u64) as usize;
                     let room = MAX_FRAME.saturating_sub(self.frame.len());
-                    if !self.dropping && self.frame_flags & FLAG_COMMAND == 0 {
+                    if !self.dropping && !self.frame_cut && self.frame_flags & FLAG_COMMAND == 0 {
                         self.frame.extend_from_slice(&b[..n.min(room)]);
                         if n > room {
                             self.gaps = true;
+                            self.frame_cut = true;
                         }
                     }
                     *remaining -= n as u64;
@@ -225,6 +234,7 @@ impl ZmtpParser {
     fn end_frame(&mut self, out: Option<(u64, &mut Vec<Message>)>) {
         let flags = self.frame_flags;
         let frame = std::mem::take(&mut self.frame);
+        self.frame_cut = false;
         if flags & FLAG_COMMAND != 0 {
             return;
         }
@@ -383,7 +393,8 @@ mod tests {
         p.feed(data(&frame(b"next", false), true), &mut out);
         assert_eq!(out.len(), 2);
         assert!(out[0].gaps);
-        assert_eq!(out[0].frames[0].len(), 8192 - 9 + 1024);
+        // Only the bytes before the gap: a true prefix of the frame.
+        assert_eq!(out[0].frames[0], big[..8192 - 9]);
         assert_eq!(out[1].frames, vec![b"next".to_vec()]);
     }
 

@@ -92,7 +92,7 @@ fn real_vllm_counts_tokens_and_ttft() {
     let mut vllm = Proc::spawn(
         "vLLM",
         Command::new(repo_root().join("tests/vllm/serve.sh"))
-            .arg(port.to_string())
+            .args([&port.to_string(), "--max-model-len", "2048"])
             .stdout(std::fs::File::create(dir.join("vllm.log")).unwrap())
             .stderr(std::fs::File::create(dir.join("vllm.err")).unwrap()),
     );
@@ -263,6 +263,60 @@ fn real_vllm_counts_tokens_and_ttft() {
         }
     }
     eprintln!("tracing level 1: wait/prefill/decode spans under all {} llm_request spans", recs.len());
+
+    // Phase 4: engine messages larger than one capture. Prompt logprobs of a 2000-token prompt
+    // make an output message of ~160 KB that the API server reads in one recvfrom, past the
+    // 128 KiB captured per syscall. vLLM sends the logprobs as tensor frames after the
+    // msgpack frame, and ZMTP framing survives the gap: the outputs frame is whole, so every
+    // phase of every request, the large one too, must still match vLLM's own histograms.
+    // (A cut outputs frame itself withholds phases instead: unit-tested in engine::tests.)
+    let before = scrape(port, COUNTERS);
+    let big = std::thread::spawn(move || {
+        let prompt: Vec<u32> = (0..2000).map(|i| 100 + (i * 7) % 1800).collect();
+        let body = serde_json::json!({"model": "tiny-llama", "prompt": prompt, "max_tokens": 4,
+            "prompt_logprobs": 20, "ignore_eos": true});
+        let (status, text) =
+            http(port, "POST", "/v1/completions", &[("Content-Type", "application/json")], body.to_string().as_bytes())
+                .expect("big request");
+        assert_eq!(status, 200, "{}", &text[..text.len().min(500)]);
+        let v: Value = serde_json::from_str(&text).unwrap();
+        v["id"].as_str().unwrap().to_string()
+    });
+    let truth = loadgen(
+        &dir,
+        &url,
+        &[
+            "--no-fixture",
+            "--requests",
+            "12",
+            "--concurrency",
+            "4",
+            "--mix",
+            "chat_stream",
+            "--usage-ratio",
+            "1",
+            "--max-tokens",
+            "24",
+            "--seed",
+            "14",
+        ],
+    );
+    let big_id = big.join().unwrap();
+    let mut recs = records_of(&scope, &truth);
+    let big_rec = wait_for("the large request's record", Duration::from_secs(30), || {
+        scope.requests().into_iter().find(|r| r["request_id"] == big_id.as_str())
+    });
+    recs.push(big_rec.clone());
+    let after = scrape(port, COUNTERS);
+    assert_eq!(big_rec["prompt_tokens"], 2000, "{big_rec}");
+    assert_eq!(big_rec["completion_tokens"], 4, "{big_rec}");
+    let engine_health = wait_for("a health line counting an engine message with gaps", Duration::from_secs(25), || {
+        let h = scope.lines("health").pop()?;
+        (h["engine"]["messages_with_gaps"].as_u64()? > 0).then(|| h["engine"].clone())
+    });
+    eprintln!("large outputs: engine health {engine_health}");
+    check_phases(&recs, &before, &after);
+    assert!(big_rec["prefill_s"].is_f64() && big_rec["engine_outputs_lost"] == false, "{big_rec}");
 
     assert!(vllm.stop_with(15, Duration::from_secs(30)), "vLLM did not stop");
     wait_for("inferscope to notice vLLM's exit", Duration::from_secs(15), || {

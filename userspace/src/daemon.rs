@@ -372,6 +372,7 @@ impl Daemon {
             attached_processes: self.procs.len() as u64,
             in_flight: self.tracker.in_flight(),
             export_errors,
+            engine: self.engine.stats.clone(),
         }
     }
 

@@ -265,6 +265,9 @@ impl Undecodable {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EngineStats {
     pub messages: u64,
+    /// Messages with bytes missing (a capture gap). Their frames stay delimited, so those
+    /// whose needed frame is whole (vLLM's tensor frames come after it) are still used.
+    pub messages_with_gaps: u64,
     /// Messages not used, by cause.
     pub undecodable: Vec<(&'static str, u64)>,
     /// Requests forgotten without an end (idle too long, or too many).
@@ -316,6 +319,7 @@ impl EngineTracker {
     /// A ZMTP message on a connection of `pid`.
     pub fn message(&mut self, pid: u32, dir: Direction, msg: &Message, out: &mut Vec<EngineEvent>) {
         self.stats.messages += 1;
+        self.stats.messages_with_gaps += msg.gaps as u64;
         let decoded = match self.kinds.get(&pid) {
             Some(EngineKind::Vllm { version }) => vllm::decode(*version, dir, msg),
             Some(EngineKind::Sglang) => sglang::decode_message(dir, msg),

@@ -187,6 +187,15 @@ pub fn health_json(h: &crate::export::Health, unix_ns: u64) -> Value {
         "parse_errors": h.tracker.parse_errors.iter().map(|(c, n)| (c.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
         "decode_errors": h.decode_errors.iter().map(|(c, n)| (c.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
         "export_errors": h.export_errors.iter().map(|(c, n)| (c.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
+        "engine": {
+            "messages": h.engine.messages,
+            "messages_with_gaps": h.engine.messages_with_gaps,
+            "undecodable": h.engine.undecodable.iter().map(|(c, n)| (c.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
+            "lost_requests": h.engine.lost_requests,
+            "partial_requests": h.engine.partial_requests,
+            "ipc_dropped_messages": h.tracker.ipc_dropped_messages,
+            "ipc_unparsed_bytes": h.tracker.ipc_discarded_bytes,
+        },
     })
 }
 

@@ -105,6 +105,8 @@ pub struct Health {
     pub in_flight: u64,
     /// Export failures by exporter.
     pub export_errors: Vec<(&'static str, u64)>,
+    /// The engine layer's counters.
+    pub engine: crate::engine::EngineStats,
 }
 
 impl Health {

@@ -8,17 +8,58 @@ use std::{collections::HashMap, process::Command, time::Duration};
 use inferscope_tests::*;
 use serde_json::Value;
 
+/// (family, value, whole line) of every sample in a Prometheus text exposition.
+fn samples(port: u16) -> Vec<(String, f64, String)> {
+    let (_, body) = http_get(port, "/metrics").expect("/metrics");
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|line| {
+            let name = line.split(['{', ' ']).next()?;
+            let v = line.rsplit(' ').next().and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+            Some((name.to_string(), v, line.to_string()))
+        })
+        .collect()
+}
+
 /// Sums of the given families in a Prometheus text exposition, over all label sets.
 fn scrape(port: u16, names: &[&str]) -> HashMap<String, f64> {
-    let (_, body) = http_get(port, "/metrics").expect("vLLM /metrics");
     let mut out: HashMap<String, f64> = names.iter().map(|n| (n.to_string(), 0.0)).collect();
-    for line in body.lines().filter(|l| !l.starts_with('#')) {
-        let name = line.split(['{', ' ']).next().unwrap_or("");
-        if let Some(v) = out.get_mut(name) {
-            *v += line.rsplit(' ').next().and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    for (name, v, _) in samples(port) {
+        if let Some(sum) = out.get_mut(&name) {
+            *sum += v;
         }
     }
     out
+}
+
+/// The client's requests to a real vLLM (Python loadgen), token usage in every response so
+/// that counts are exact on both sides.
+fn load(
+    dir: &std::path::Path,
+    url: &str,
+    requests: u32,
+    concurrency: u32,
+    mix: &str,
+    max_tokens: u32,
+    seed: u32,
+) -> Vec<Value> {
+    let (r, c, t, s) = (requests.to_string(), concurrency.to_string(), max_tokens.to_string(), seed.to_string());
+    let args = [
+        "--no-fixture",
+        "--requests",
+        &r,
+        "--concurrency",
+        &c,
+        "--mix",
+        mix,
+        "--usage-ratio",
+        "1",
+        "--max-tokens",
+        &t,
+        "--seed",
+        &s,
+    ];
+    loadgen(dir, url, &args)
 }
 
 const COUNTERS: &[&str] = &[
@@ -110,25 +151,7 @@ fn real_vllm_counts_tokens_and_ttft() {
 
     // Phase 1: every kind, with usage everywhere so counts are exact on both sides.
     let before = scrape(port, COUNTERS);
-    let truth = loadgen(
-        &dir,
-        &url,
-        &[
-            "--no-fixture",
-            "--requests",
-            "40",
-            "--concurrency",
-            "8",
-            "--mix",
-            "chat_stream=3,chat_nostream=1,cmpl_stream=1,cmpl_nostream=1",
-            "--usage-ratio",
-            "1",
-            "--max-tokens",
-            "16",
-            "--seed",
-            "11",
-        ],
-    );
+    let truth = load(&dir, &url, 40, 8, "chat_stream=3,chat_nostream=1,cmpl_stream=1,cmpl_nostream=1", 16, 11);
     assert!(
         truth.iter().all(|t| t["status"] == 200),
         "vLLM rejected requests: {:?}",
@@ -169,25 +192,7 @@ fn real_vllm_counts_tokens_and_ttft() {
 
     // Phase 2: streams only, so both TTFT populations are the same requests.
     let before = scrape(port, COUNTERS);
-    let truth = loadgen(
-        &dir,
-        &url,
-        &[
-            "--no-fixture",
-            "--requests",
-            "30",
-            "--concurrency",
-            "4",
-            "--mix",
-            "chat_stream",
-            "--usage-ratio",
-            "1",
-            "--max-tokens",
-            "16",
-            "--seed",
-            "12",
-        ],
-    );
+    let truth = load(&dir, &url, 30, 4, "chat_stream", 16, 12);
     let recs = records_of(&scope, &truth);
     let after = scrape(port, COUNTERS);
     let count = delta(&before, &after, "vllm:time_to_first_token_seconds_count");
@@ -218,25 +223,7 @@ fn real_vllm_counts_tokens_and_ttft() {
     let endpoint = format!("http://127.0.0.1:{}", rx.grpc);
     let mut late = Inferscope::attach(&dir3, api_pid, &["--otlp-endpoint", &endpoint, "--tracing-level", "1"]);
     let before = scrape(port, COUNTERS);
-    let truth = loadgen(
-        &dir,
-        &url,
-        &[
-            "--no-fixture",
-            "--requests",
-            "20",
-            "--concurrency",
-            "4",
-            "--mix",
-            "chat_stream=1,cmpl_nostream=1",
-            "--usage-ratio",
-            "1",
-            "--max-tokens",
-            "16",
-            "--seed",
-            "13",
-        ],
-    );
+    let truth = load(&dir, &url, 20, 4, "chat_stream=1,cmpl_nostream=1", 16, 13);
     let recs = records_of(&late, &truth);
     let after = scrape(port, COUNTERS);
     check_phases(&recs, &before, &after);
@@ -282,25 +269,7 @@ fn real_vllm_counts_tokens_and_ttft() {
         let v: Value = serde_json::from_str(&text).unwrap();
         v["id"].as_str().unwrap().to_string()
     });
-    let truth = loadgen(
-        &dir,
-        &url,
-        &[
-            "--no-fixture",
-            "--requests",
-            "12",
-            "--concurrency",
-            "4",
-            "--mix",
-            "chat_stream",
-            "--usage-ratio",
-            "1",
-            "--max-tokens",
-            "24",
-            "--seed",
-            "14",
-        ],
-    );
+    let truth = load(&dir, &url, 12, 4, "chat_stream", 24, 14);
     let big_id = big.join().unwrap();
     let mut recs = records_of(&scope, &truth);
     let big_rec = wait_for("the large request's record", Duration::from_secs(30), || {
@@ -327,16 +296,13 @@ fn real_vllm_counts_tokens_and_ttft() {
 
 /// Per data-parallel engine sums of the given families (label `engine`).
 fn scrape_engines(port: u16, names: &[&str]) -> HashMap<(String, String), f64> {
-    let (_, body) = http_get(port, "/metrics").expect("/metrics");
     let mut out = HashMap::new();
-    for line in body.lines().filter(|l| !l.starts_with('#')) {
-        let name = line.split(['{', ' ']).next().unwrap_or("");
-        if !names.contains(&name) {
+    for (name, v, line) in samples(port) {
+        if !names.contains(&name.as_str()) {
             continue;
         }
         let Some(engine) = line.split("engine=\"").nth(1).and_then(|s| s.split('"').next()) else { continue };
-        let v = line.rsplit(' ').next().and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
-        *out.entry((name.to_string(), engine.to_string())).or_insert(0.0) += v;
+        *out.entry((name, engine.to_string())).or_insert(0.0) += v;
     }
     out
 }
@@ -370,25 +336,7 @@ fn real_vllm_data_parallel_engines_are_told_apart() {
     ];
     let before = scrape_engines(port, &families);
     let url = format!("http://127.0.0.1:{port}");
-    let truth = loadgen(
-        &dir,
-        &url,
-        &[
-            "--no-fixture",
-            "--requests",
-            "32",
-            "--concurrency",
-            "8",
-            "--mix",
-            "chat_stream=1,cmpl_nostream=1",
-            "--usage-ratio",
-            "1",
-            "--max-tokens",
-            "12",
-            "--seed",
-            "21",
-        ],
-    );
+    let truth = load(&dir, &url, 32, 8, "chat_stream=1,cmpl_nostream=1", 12, 21);
     assert!(truth.iter().all(|t| t["status"] == 200), "vLLM rejected requests");
     let recs = records_of(&scope, &truth);
     let after = scrape_engines(port, &families);

@@ -73,27 +73,50 @@ fn secs(a: Option<u64>, b: Option<u64>) -> Option<f64> {
     }
 }
 
-impl EngineRequest {
+/// Seconds of an engine's monotonic clock (Python `time.monotonic()` / `perf_counter()`, both
+/// CLOCK_MONOTONIC on Linux) to ns; 0.0 (a stage not reached) and nonsense are None.
+pub(crate) fn engine_secs_to_ns(s: f64) -> Option<u64> {
+    (s.is_finite() && s > 0.0 && s < 1e10).then(|| (s * 1e9).round() as u64)
+}
+
+/// A request's four engine timestamps, and the phases vLLM defines on them.
+pub trait Phases {
+    /// (queued, first scheduled, first token, last token), CLOCK_MONOTONIC ns.
+    fn stamps(&self) -> [Option<u64>; 4];
     /// First scheduling minus queueing (vLLM's `request_queue_time`).
-    pub fn queue_s(&self) -> Option<f64> {
-        secs(self.queued_ns, self.scheduled_ns)
+    fn queue_s(&self) -> Option<f64> {
+        let [q, s, _, _] = self.stamps();
+        secs(q, s)
     }
     /// First token minus first scheduling (preemptions during prefill included).
-    pub fn prefill_s(&self) -> Option<f64> {
-        secs(self.scheduled_ns, self.first_token_ns)
+    fn prefill_s(&self) -> Option<f64> {
+        let [_, s, f, _] = self.stamps();
+        secs(s, f)
     }
     /// Last token minus first token.
-    pub fn decode_s(&self) -> Option<f64> {
-        secs(self.first_token_ns, self.last_token_ns)
+    fn decode_s(&self) -> Option<f64> {
+        let [_, _, f, l] = self.stamps();
+        secs(f, l)
     }
     /// Last token minus first scheduling.
-    pub fn inference_s(&self) -> Option<f64> {
-        secs(self.scheduled_ns, self.last_token_ns)
+    fn inference_s(&self) -> Option<f64> {
+        let [_, s, _, l] = self.stamps();
+        secs(s, l)
     }
     /// Time to first token as the engine saw it: from queueing to the first output.
-    pub fn engine_ttft_s(&self) -> Option<f64> {
-        secs(self.queued_ns, self.first_token_ns)
+    fn engine_ttft_s(&self) -> Option<f64> {
+        let [q, _, f, _] = self.stamps();
+        secs(q, f)
     }
+}
+
+impl Phases for EngineRequest {
+    fn stamps(&self) -> [Option<u64>; 4] {
+        [self.queued_ns, self.scheduled_ns, self.first_token_ns, self.last_token_ns]
+    }
+}
+
+impl EngineRequest {
     /// The id the API server answers with, for joining (the external id, or the engine id
     /// without vLLM's parallel-sampling prefix `N_` and random suffix `-xxxxxxxx`).
     pub fn join_key(&self) -> String {
@@ -577,20 +600,11 @@ impl EnginePhases {
             outputs_lost: reqs.iter().any(|r| r.outputs_lost),
         })
     }
-    pub fn queue_s(&self) -> Option<f64> {
-        secs(self.queued_ns, self.scheduled_ns)
-    }
-    pub fn prefill_s(&self) -> Option<f64> {
-        secs(self.scheduled_ns, self.first_token_ns)
-    }
-    pub fn decode_s(&self) -> Option<f64> {
-        secs(self.first_token_ns, self.last_token_ns)
-    }
-    pub fn inference_s(&self) -> Option<f64> {
-        secs(self.scheduled_ns, self.last_token_ns)
-    }
-    pub fn engine_ttft_s(&self) -> Option<f64> {
-        secs(self.queued_ns, self.first_token_ns)
+}
+
+impl Phases for EnginePhases {
+    fn stamps(&self) -> [Option<u64>; 4] {
+        [self.queued_ns, self.scheduled_ns, self.first_token_ns, self.last_token_ns]
     }
 }
 

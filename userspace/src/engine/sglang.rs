@@ -97,7 +97,7 @@ fn outputs(fields: &PyValue) -> Result<Decoded, Undecodable> {
         });
         // The scheduler's stamps, when it keeps them (0.0 until a stage is reached).
         let st = stats.get(i).and_then(object).map(|(_, f)| f);
-        let stamp = |k: &str| st.and_then(|f| get(f, k)).and_then(PyValue::as_f64).and_then(monotonic_ns);
+        let stamp = |k: &str| st.and_then(|f| get(f, k)).and_then(PyValue::as_f64).and_then(super::engine_secs_to_ns);
         let events = [(EventType::Queued, "wait_queue_entry_time"), (EventType::Scheduled, "forward_entry_time")]
             .into_iter()
             .filter_map(|(ty, k)| Some((ty, stamp(k)?)))
@@ -115,11 +115,6 @@ fn outputs(fields: &PyValue) -> Result<Decoded, Undecodable> {
     }
     let engine = list(fields, "dp_ranks").first().and_then(PyValue::as_i64).and_then(|n| u32::try_from(n).ok());
     Ok(Decoded::Outputs(Outputs { engine, ts_ns: None, outputs, gauges: Default::default() }))
-}
-
-/// `time.perf_counter()` seconds to ns; 0.0 (not reached) and nonsense are None.
-fn monotonic_ns(s: f64) -> Option<u64> {
-    (s.is_finite() && s > 0.0 && s < 1e10).then(|| (s * 1e9).round() as u64)
 }
 
 #[cfg(test)]

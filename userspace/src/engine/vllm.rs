@@ -25,8 +25,7 @@ use crate::{
 
 /// Seconds (Python `time.monotonic()`) to ns.
 fn ns(v: &Value<'_>) -> Option<u64> {
-    let s = v.as_f64()?;
-    (s.is_finite() && s > 0.0 && s < 1e10).then(|| (s * 1e9).round() as u64)
+    super::engine_secs_to_ns(v.as_f64()?)
 }
 
 /// Field `i` of an array-like struct; a missing trailing field is its default (omitted by
@@ -489,7 +488,7 @@ mod real_captures {
     use std::collections::HashMap;
 
     use crate::{
-        engine::{EngineEvent, EngineKind, EnginePhases, EngineTracker},
+        engine::{EngineEvent, EngineKind, EnginePhases, EngineTracker, Phases},
         events::Direction,
         protocol::{Segment, zmtp::ZmtpParser},
     };

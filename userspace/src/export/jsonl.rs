@@ -6,6 +6,8 @@ use std::io::Write;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::engine::Phases;
+
 use crate::{clock::Clock, request::RequestRecord};
 
 /// One finished request as a JSON line. Field order is the order written; times are

@@ -29,7 +29,7 @@ use opentelemetry_sdk::{
 };
 
 use super::Labels;
-use crate::{clock::Clock, request::RequestRecord};
+use crate::{clock::Clock, engine::Phases, request::RequestRecord};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum OtlpProtocol {

@@ -6,7 +6,7 @@ use anyhow::Result;
 use prometheus::{GaugeVec, HistogramVec, IntCounterVec, Opts, Registry};
 
 use super::prom::{counter, hist};
-use crate::engine::{EngineEvent, EngineGauges, EngineStats};
+use crate::engine::{EngineEvent, EngineGauges, EngineStats, Phases as _};
 
 /// Phase durations: from 1 ms (a CPU-only test engine) to two hours (vLLM's longest bucket).
 const PHASE_BUCKETS: &[f64] = &[

@@ -7,10 +7,14 @@ use std::{os::fd::AsRawFd, path::Path};
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::{TracePoint, trace_point::TracePointLinkId},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::{
+        TracePoint, UProbe,
+        trace_point::TracePointLinkId,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
+    },
 };
-use inferscope_common::{MAX_CAPTURE, SockInfo, sock_key, stat};
+use inferscope_common::{MAX_CAPTURE, MAX_DEVICE_PROBES, ProbeSpec, SockInfo, sock_key, stat};
 
 /// The BPF object, compiled from ebpf/inferscope-ebpf by build.rs.
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/inferscope"));
@@ -27,11 +31,13 @@ pub struct LoadOptions {
     /// Stamp request arrival times from `tcp:tcp_probe` (runs for every TCP segment the host
     /// receives; one hash lookup each) and `sock:sock_recv_length`.
     pub arrival_times: bool,
+    /// Load the device-runtime uprobe programs and follow `dlopen` (the `mmap` tracepoints).
+    pub device: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { capture_head: 4096, capture_tail: 1024, ring_buffer_bytes: 16 << 20, arrival_times: true }
+        Self { capture_head: 4096, capture_tail: 1024, ring_buffer_bytes: 16 << 20, arrival_times: true, device: true }
     }
 }
 
@@ -65,6 +71,16 @@ pub const SOCKET_TRACEPOINTS: &[&str] = &[
 pub const ARRIVAL_TRACEPOINTS: &[(&str, &str)] =
     &[("tcp", "tcp_probe"), ("sock", "sock_recv_length"), ("tcp", "tcp_destroy_sock")];
 pub const SCHED_TRACEPOINTS: &[&str] = &["sched_process_fork", "sched_process_exit"];
+/// Executable mappings of traced processes (libraries loaded with `dlopen`), for the device layer.
+pub const MMAP_TRACEPOINTS: &[&str] = &["sys_enter_mmap", "sys_exit_mmap"];
+
+/// The device layer's programs and maps (see `probes/device.rs`).
+struct DeviceProgs {
+    specs: Array<MapData, ProbeSpec>,
+    hits: PerCpuArray<MapData, u64>,
+    /// Attachments per probe id: the entry probe, and the return probe if any.
+    links: std::collections::HashMap<u32, (UProbeLinkId, Option<UProbeLinkId>)>,
+}
 
 /// A loaded and attached set of probes. Dropping it detaches everything: no probe is left
 /// behind in the kernel.
@@ -78,6 +94,7 @@ pub struct Probes {
     stats: PerCpuArray<MapData, u64>,
     /// Whether request arrival times are stamped (tcp:tcp_probe attached).
     pub arrival_times: bool,
+    device: Option<DeviceProgs>,
 }
 
 /// Makes sure tracefs is reachable where aya looks for it (mounting it if needed).
@@ -152,11 +169,39 @@ pub fn load(opts: &LoadOptions) -> Result<Probes> {
             ),
         }
     }
+    let device = if opts.device {
+        match load_device(&mut ebpf, &mut links) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                eprintln!("inferscope: warning: device layer unavailable ({e:#}); no accelerator-runtime probes");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let tracked = BpfHashMap::try_from(ebpf.take_map("TRACKED").context("map TRACKED")?)?;
     let sockets = BpfHashMap::try_from(ebpf.take_map("SOCKETS").context("map SOCKETS")?)?;
     let watched_ports = BpfHashMap::try_from(ebpf.take_map("WATCHED_PORTS").context("map WATCHED_PORTS")?)?;
     let stats = PerCpuArray::try_from(ebpf.take_map("STATS").context("map STATS")?)?;
-    Ok(Probes { ebpf, links, tracked, sockets, watched_ports, stats, arrival_times })
+    Ok(Probes { ebpf, links, tracked, sockets, watched_ports, stats, arrival_times, device })
+}
+
+/// Loads the two device programs and attaches the `mmap` tracepoints that announce new libraries.
+fn load_device(ebpf: &mut Ebpf, links: &mut Vec<(&'static str, TracePointLinkId)>) -> Result<DeviceProgs> {
+    for name in ["device_enter", "device_exit"] {
+        let prog: &mut UProbe = ebpf.program_mut(name).context(name)?.try_into()?;
+        prog.load().map_err(|e| anyhow!("the kernel rejected BPF program {name}: {e:#}"))?;
+    }
+    for name in MMAP_TRACEPOINTS {
+        let prog: &mut TracePoint = ebpf.program_mut(name).context(name)?.try_into()?;
+        prog.load().map_err(|e| anyhow!("the kernel rejected BPF program {name}: {e:#}"))?;
+        let link = prog.attach("syscalls", name).with_context(|| format!("attaching to tracepoint syscalls:{name}"))?;
+        links.push((name, link));
+    }
+    let specs = Array::try_from(ebpf.take_map("DEVICE_SPECS").context("map DEVICE_SPECS")?)?;
+    let hits = PerCpuArray::try_from(ebpf.take_map("DEVICE_HITS").context("map DEVICE_HITS")?)?;
+    Ok(DeviceProgs { specs, hits, links: std::collections::HashMap::new() })
 }
 
 impl Drop for Probes {
@@ -164,6 +209,10 @@ impl Drop for Probes {
     /// on an idle VM, seconds under load); one after another, 28 of them made stopping take
     /// from 2 s to over 20 s. Dropped on parallel threads, the grace periods overlap.
     fn drop(&mut self) {
+        let ids: Vec<u32> = self.device.as_ref().map(|d| d.links.keys().copied().collect()).unwrap_or_default();
+        for id in ids {
+            self.detach_device(id);
+        }
         let mut owned = Vec::new();
         for (name, id) in self.links.drain(..) {
             let prog: Option<&mut TracePoint> = self.ebpf.program_mut(name).and_then(|p| p.try_into().ok());
@@ -233,6 +282,73 @@ impl Probes {
             *slot = values.iter().sum();
         }
         Ok(out)
+    }
+
+    /// Whether the device programs are loaded.
+    pub fn has_device(&self) -> bool {
+        self.device.is_some()
+    }
+
+    /// Attaches device probe `id` (the attach cookie, an index into `DEVICE_SPECS`) at
+    /// `file_offset` of the library at `path`, for process `pid` only; with a return probe when
+    /// the spec asks for one.
+    pub fn attach_device(&mut self, id: u32, spec: &ProbeSpec, path: &Path, file_offset: u64, pid: u32) -> Result<()> {
+        if id >= MAX_DEVICE_PROBES {
+            bail!("device probe id {id} out of range");
+        }
+        let Some(dev) = self.device.as_mut() else { bail!("device programs not loaded") };
+        dev.specs.set(id, spec, 0).with_context(|| format!("writing the spec of device probe {id}"))?;
+        let scope = UProbeScope::OneProcess(std::num::NonZeroU32::new(pid).context("pid 0")?);
+        let point = || UProbeAttachPoint { location: UProbeAttachLocation::AbsoluteOffset(file_offset), cookie: Some(id as u64) };
+        let enter: &mut UProbe = self.ebpf.program_mut("device_enter").context("device_enter")?.try_into()?;
+        let entry = enter.attach(point(), path, scope).map_err(|e| anyhow!("{e:#}"))?;
+        let mut ret = None;
+        if spec.flags & inferscope_common::SPEC_RETURN != 0 {
+            let exit: &mut UProbe = self.ebpf.program_mut("device_exit").context("device_exit")?.try_into()?;
+            match exit.attach(point(), path, scope) {
+                Ok(l) => ret = Some(l),
+                Err(e) => {
+                    let enter: &mut UProbe = self.ebpf.program_mut("device_enter").context("device_enter")?.try_into()?;
+                    let _ = enter.detach(entry);
+                    bail!("return probe: {e:#}");
+                }
+            }
+        }
+        let dev = self.device.as_mut().expect("checked above");
+        dev.links.insert(id, (entry, ret));
+        Ok(())
+    }
+
+    /// Detaches device probe `id` (nothing if it is not attached).
+    pub fn detach_device(&mut self, id: u32) {
+        let Some((entry, ret)) = self.device.as_mut().and_then(|d| d.links.remove(&id)) else { return };
+        if let Some(p) = self.ebpf.program_mut("device_enter").and_then(|p| <&mut UProbe>::try_from(p).ok()) {
+            let _ = p.detach(entry);
+        }
+        if let (Some(r), Some(p)) =
+            (ret, self.ebpf.program_mut("device_exit").and_then(|p| <&mut UProbe>::try_from(p).ok()))
+        {
+            let _ = p.detach(r);
+        }
+        if let Some(d) = self.device.as_mut() {
+            let _ = d.specs.set(id, ProbeSpec::default(), 0);
+        }
+    }
+
+    /// Hits of device probe `id` since it was attached (all CPUs).
+    pub fn device_hits(&self, id: u32) -> u64 {
+        self.device.as_ref().and_then(|d| d.hits.get(&id, 0).ok()).map_or(0, |v| v.iter().sum())
+    }
+
+    /// Zeroes the hit counter of a probe id before it is reused.
+    pub fn reset_device_hits(&mut self, id: u32) {
+        if let Some(d) = self.device.as_mut() {
+            let n = aya::util::nr_cpus().unwrap_or(1);
+            let zeros = aya::maps::PerCpuValues::try_from(vec![0u64; n]);
+            if let Ok(z) = zeros {
+                let _ = d.hits.set(id, z, 0);
+            }
+        }
     }
 
     /// A file descriptor usable to wait for readiness of the ring buffer.

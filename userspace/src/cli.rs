@@ -143,6 +143,47 @@ pub struct RunOptions {
     #[arg(long, default_value_t = 600.0, value_name = "SECONDS")]
     pub idle_timeout: f64,
 
+    /// Do not probe accelerator runtimes (CUDA, NCCL, Ascend CANN, HCCL): no kernel launches,
+    /// copies, collectives or synchronisation waits.
+    #[arg(long)]
+    pub no_device: bool,
+
+    /// Device probes to attach, comma-separated: `default` (graph launches, copies,
+    /// synchronisations, allocations, collectives, kernel names), `all`, `none`, groups
+    /// (launch, graph, copy, sync, alloc, collective, names, ops) or function names
+    /// (cuLaunchKernel, aclnnMatmul...). Eager kernel launches (`launch`) and Ascend operators
+    /// (`ops`) are off by default: an eager engine makes 10^4-10^5 of them a second.
+    #[arg(long, default_value = "default", value_name = "LIST")]
+    pub device_probes: String,
+
+    /// Never probe this function or group (repeatable), e.g. --no-device-probe cuMemAlloc_v2.
+    #[arg(long = "no-device-probe", value_name = "NAME")]
+    pub no_device_probe: Vec<String>,
+
+    /// Most calls per second one device probe reports; more are counted, not reported (0: no
+    /// limit). Kernel-name lookups are never limited.
+    #[arg(long, default_value_t = 20_000, value_name = "CALLS")]
+    pub device_rate_limit: u32,
+
+    /// Largest share of one CPU the device probes of one process may cost (probe hits times
+    /// the cost of a hit, measured at start-up). Over it, the costliest probes of that process
+    /// are switched off, with one line saying which. 0 disables the check.
+    #[arg(long, default_value_t = 0.01, value_name = "FRACTION")]
+    pub device_overhead_budget: f64,
+
+    /// Kernels labelled by name in device metrics per process; the rest are `other`.
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub device_top_kernels: usize,
+
+    /// How often device activity is summed into a JSONL `device` line per process, in seconds.
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    pub device_interval: f64,
+
+    /// With --tracing-level 1 or more, also send one `device` span per engine step (what the
+    /// accelerator was asked in the step).
+    #[arg(long)]
+    pub device_spans: bool,
+
     /// Stop after this many seconds (default: run until interrupted).
     #[arg(long, value_name = "SECONDS")]
     pub duration: Option<f64>,

@@ -14,6 +14,10 @@ use crate::{
     bpf::{self, LoadOptions, Probes},
     cli::RunOptions,
     clock::{self, Clock},
+    device::{
+        DeviceRecord, IntervalReport,
+        manager::{self, DeviceManager, DeviceOptions},
+    },
     engine::{EngineEvent, EngineKind, EnginePhases, EngineTracker},
     events::{self, Event},
     export::{
@@ -48,15 +52,30 @@ pub struct Exporters {
     pub otlp: Option<Otlp>,
     pub jsonl: Option<JsonlWriter>,
     console: bool,
+    /// Send a `device` span per engine step.
+    device_spans: bool,
 }
 
 impl Exporters {
-    fn engine_event(&mut self, ev: &EngineEvent, model: &str) {
+    fn engine_event(&mut self, ev: &EngineEvent, model: &str, device: Option<&crate::device::summary::DeviceSummary>) {
         if let Some(p) = &self.prom {
             p.engine.observe(ev, model);
         }
-        if let (Some(j), EngineEvent::Step(s)) = (&mut self.jsonl, ev) {
-            j.write(&jsonl::step_json(s, &self.clock));
+        if let EngineEvent::Step(s) = ev {
+            if let Some(j) = &mut self.jsonl {
+                j.write(&jsonl::step_json_with_device(s, device, &self.clock));
+            }
+            if let (Some(o), Some(d), true) = (&mut self.otlp, device, self.device_spans) {
+                o.device_step(s, d, &self.clock);
+            }
+        }
+    }
+
+    fn device_records(&mut self, recs: &[DeviceRecord]) {
+        if let Some(m) = self.prom.as_ref().and_then(|p| p.device.as_ref()) {
+            for r in recs {
+                m.record(r);
+            }
         }
     }
 
@@ -108,6 +127,12 @@ struct Daemon {
     served_model: HashMap<u32, String>,
     /// When a process's engine kind was last looked for (it can load vLLM after we attach).
     kind_checked: HashMap<u32, std::time::Instant>,
+    /// The device layer (None with --no-device or when its programs could not load).
+    device: Option<DeviceManager>,
+    device_recs: Vec<DeviceRecord>,
+    device_interval: Duration,
+    last_device_interval: std::time::Instant,
+    last_device_account: std::time::Instant,
 }
 
 impl Daemon {
@@ -172,6 +197,12 @@ impl Daemon {
         }
         if let Some(m) = procfs::served_model(pid) {
             self.served_model.insert(pid, m);
+        }
+        if let Some(dm) = &mut self.device {
+            dm.add_process(&mut self.probes, pid, procfs::ancestors(pid));
+            if let Some(m) = self.exporters.prom.as_ref().and_then(|p| p.device.as_ref()) {
+                m.attached(pid, dm.attached(pid).0);
+            }
         }
         let version = self.detect_kind(pid);
         let comm = procfs::comm(pid).unwrap_or_default();
@@ -246,6 +277,20 @@ impl Daemon {
         }
         self.exited.insert(pid, std::time::Instant::now());
         self.probes.untrack(pid);
+        if let Some(dm) = &mut self.device {
+            let (n, libs) = dm.attached(pid);
+            let disabled = dm.disabled(pid);
+            dm.remove_process(&mut self.probes, pid);
+            let mut recs = Vec::new();
+            let last = dm.tracker.process_gone(pid, &mut recs);
+            self.exporters.device_records(&recs);
+            if let Some(r) = last {
+                self.device_interval_line(&r, (n, &libs), &disabled, true);
+            }
+            if let Some(m) = self.exporters.prom.as_mut().and_then(|p| p.device.as_mut()) {
+                m.forget(pid);
+            }
+        }
         self.tracker.process_gone(pid, ts, &mut self.records);
         self.tracker.set_server_port(pid, None);
         self.engine.process_gone(pid);
@@ -303,6 +348,30 @@ impl Daemon {
                 }
             }
             Event::ProcExit { tgid, ts_ns } => self.untrace(*tgid, *ts_ns),
+            Event::ProcMmap { tgid, .. } => {
+                if let Some(d) = &mut self.device {
+                    d.mark_dirty(*tgid);
+                }
+                return;
+            }
+            Event::Device(c) => {
+                if let Some(d) = &mut self.device {
+                    d.tracker.on_call(c, &mut self.device_recs);
+                    if !self.device_recs.is_empty() {
+                        let recs = std::mem::take(&mut self.device_recs);
+                        self.exporters.device_records(&recs);
+                        self.device_recs = recs;
+                        self.device_recs.clear();
+                    }
+                }
+                return;
+            }
+            Event::DeviceName { tgid, probe, handle, name } => {
+                if let Some(d) = &mut self.device {
+                    d.tracker.on_name(*tgid, *probe, *handle, name.clone());
+                }
+                return;
+            }
             _ => self.tracker.handle(&ev, &mut self.records),
         }
         // Engine messages first: a request's last engine output precedes its last HTTP bytes,
@@ -335,8 +404,21 @@ impl Daemon {
                 EngineEvent::Gauges { pid, .. } => *pid,
                 EngineEvent::Finished(r) => r.pid,
             };
+            // What the device did for the step: calls of the process and its descendants (the
+            // engine core, its workers) since the previous step, up to this step's outputs.
+            let device = match (&ev, &mut self.device) {
+                (EngineEvent::Step(s), Some(d)) => {
+                    d.tracker.flush_held(u64::MAX, 0, &mut self.device_recs);
+                    d.tracker.take_step(s.pid, s.ts_ns)
+                }
+                _ => None,
+            };
+            if !self.device_recs.is_empty() {
+                let recs = std::mem::take(&mut self.device_recs);
+                self.exporters.device_records(&recs);
+            }
             let model = self.exporters.models.get(self.served_model.get(&pid).map(String::as_str));
-            self.exporters.engine_event(&ev, &model);
+            self.exporters.engine_event(&ev, &model, device.as_ref());
         }
     }
 
@@ -376,8 +458,67 @@ impl Daemon {
         }
     }
 
+    /// Attaches to libraries loaded since the last look, and reports driver calls no runtime
+    /// call claimed. Runs on the drain timer.
+    fn device_drain(&mut self) {
+        let Some(d) = &mut self.device else { return };
+        d.rescan_dirty(&mut self.probes, procfs::ancestors);
+        // A driver call is held until the next call on its thread (it may be the inside of a
+        // runtime call); 50 ms later it was not.
+        d.tracker.flush_held(clock::monotonic_ns(), 50_000_000, &mut self.device_recs);
+        if !self.device_recs.is_empty() {
+            let recs = std::mem::take(&mut self.device_recs);
+            self.exporters.device_records(&recs);
+        }
+    }
+
+    fn device_interval_line(&mut self, r: &IntervalReport, probes: (usize, &[String]), disabled: &[String], last: bool) {
+        let secs = self.last_device_interval.elapsed().as_secs_f64();
+        if let Some(m) = self.exporters.prom.as_mut().and_then(|p| p.device.as_mut()) {
+            m.interval(r);
+        }
+        if let Some(j) = &mut self.exporters.jsonl {
+            let top = self.device.as_ref().map_or(20, |d| d.opts.top_kernels);
+            let ts = self.exporters.clock.unix_ns(clock::monotonic_ns());
+            j.write(&jsonl::device_json(r, ts, secs, top, probes, disabled, last));
+        }
+    }
+
+    /// Overhead budget and probe hits every second; interval lines every --device-interval.
+    fn device_tick(&mut self, force_interval: bool) {
+        let Some(d) = &mut self.device else { return };
+        let elapsed = self.last_device_account.elapsed().as_secs_f64();
+        self.last_device_account = std::time::Instant::now();
+        let (hits, off) = d.account(&mut self.probes, elapsed);
+        if let Some(m) = self.exporters.prom.as_ref().and_then(|p| p.device.as_ref()) {
+            for (pid, f, n) in &hits {
+                m.probe_hits(*pid, f, *n);
+            }
+            for b in &off {
+                m.disabled(b.pid, &b.symbol);
+                m.attached(b.pid, d.attached(b.pid).0);
+            }
+        }
+        if !force_interval && self.last_device_interval.elapsed() < self.device_interval {
+            return;
+        }
+        d.tracker.flush_held(u64::MAX, 0, &mut self.device_recs);
+        let reports = d.tracker.take_intervals();
+        let meta: Vec<((usize, Vec<String>), Vec<String>)> =
+            reports.iter().map(|r| (d.attached(r.pid), d.disabled(r.pid))).collect();
+        if !self.device_recs.is_empty() {
+            let recs = std::mem::take(&mut self.device_recs);
+            self.exporters.device_records(&recs);
+        }
+        for (r, ((n, libs), dis)) in reports.iter().zip(meta) {
+            self.device_interval_line(r, (n, &libs), &dis, false);
+        }
+        self.last_device_interval = std::time::Instant::now();
+    }
+
     fn tick(&mut self, idle_ns: u64) {
         self.refresh_ports();
+        self.device_tick(false);
         self.tracker.expire(clock::monotonic_ns(), idle_ns, &mut self.records);
         self.engine.expire(clock::monotonic_ns());
         self.flush_records();
@@ -429,18 +570,53 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
         capture_tail: o.capture_tail_bytes,
         ring_buffer_bytes: o.ring_buffer_size,
         arrival_times: !o.no_arrival_times,
+        device: !o.no_device,
+    };
+    let device_opts = if o.no_device {
+        None
+    } else {
+        let (groups, symbols) = DeviceOptions::parse_probes(&o.device_probes).map_err(|e| anyhow::anyhow!("--device-probes: {e}"))?;
+        for n in &o.no_device_probe {
+            if crate::device::catalog::Group::parse(n).is_none() && crate::device::catalog::lookup_symbol(n).is_none() {
+                bail!("--no-device-probe {n}: not a device probe group or function inferscope knows (see --help)");
+            }
+        }
+        Some(DeviceOptions {
+            groups,
+            symbols,
+            off: o.no_device_probe.iter().cloned().collect(),
+            rate_limit: o.device_rate_limit,
+            overhead_budget: o.device_overhead_budget.max(0.0),
+            top_kernels: o.device_top_kernels.max(1),
+        })
     };
     let mut probes = bpf::load(&load)?;
     for (cap, loss) in crate::privileges::missing_optional(crate::privileges::effective_caps()) {
         eprintln!("inferscope: warning: no {cap}: {loss}");
     }
+    let device = match device_opts {
+        Some(opts) if probes.has_device() => {
+            let cost = manager::calibrate(&mut probes, inferscope_common::MAX_DEVICE_PROBES - 1);
+            eprintln!(
+                "inferscope: device probes: {} (a probe hit costs {:.1} us here, {:.1} us with its return probe)",
+                opts.describe(),
+                cost.entry_ns / 1e3,
+                cost.pair_ns / 1e3
+            );
+            Some(DeviceManager::new(opts, cost))
+        }
+        _ => None,
+    };
     let ring = probes.take_events()?;
     // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged, for its lifetime.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
 
-    let prom =
+    let mut prom =
         if o.vllm_metrics || o.prometheus_listen.is_some() { Some(PromMetrics::new(o.vllm_metrics)?) } else { None };
+    if let (Some(p), Some(d)) = (&mut prom, &device) {
+        p.device = Some(crate::export::prom_device::DeviceMetrics::new(&p.registry, d.opts.top_kernels)?);
+    }
     if let (Some(addr), Some(p)) = (o.prometheus_listen, &prom) {
         prom::serve(addr, p.registry.clone()).await?;
         eprintln!("inferscope: Prometheus metrics at http://{addr}/metrics");
@@ -480,6 +656,7 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
             otlp,
             jsonl,
             console,
+            device_spans: o.device_spans,
         },
         procs: HashMap::new(),
         decode_errors: HashMap::new(),
@@ -493,6 +670,11 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
         engine_events: Vec::new(),
         served_model: HashMap::new(),
         kind_checked: HashMap::new(),
+        device,
+        device_recs: Vec::new(),
+        device_interval: Duration::from_secs_f64(o.device_interval.max(0.1)),
+        last_device_interval: std::time::Instant::now(),
+        last_device_account: std::time::Instant::now(),
     };
     match &target {
         Target::Pid { pid, .. } => d.trace_tree(*pid, Engine::Other),
@@ -545,6 +727,7 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
                 while let Some(item) = rb.next() {
                     d.on_record(&item);
                 }
+                d.device_drain();
             }
             _ = tick.tick() => {
                 d.tick(idle_ns);
@@ -586,6 +769,7 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
     // Requests still in flight are not reported: they did not end while we watched.
     d.flush_records();
     d.tick(idle_ns);
+    d.device_tick(true);
     if let Some(o) = &mut d.exporters.otlp {
         o.shutdown();
     }

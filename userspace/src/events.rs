@@ -2,7 +2,8 @@
 //! over: short, unknown or inconsistent records become [`DecodeError`]s, never panics.
 
 use inferscope_common::{
-    ConnEvent, DATA_FLAG_EOF, DATA_FLAG_TRUNCATED, DATA_HEADER_LEN, DIR_EGRESS, DataEvent, EventKind, ProcEvent,
+    ConnEvent, DATA_FLAG_EOF, DATA_FLAG_TRUNCATED, DATA_HEADER_LEN, DIR_EGRESS, DataEvent, DeviceEvent, DeviceName,
+    EventKind, ProcEvent,
 };
 
 /// Which way bytes moved, seen from the traced process.
@@ -80,6 +81,26 @@ pub enum Event<'a> {
     ConnClose(Conn),
     ProcFork { tgid: u32, child: u32, ts_ns: u64 },
     ProcExit { tgid: u32, ts_ns: u64 },
+    /// A traced process mapped an executable file (a library loaded with `dlopen`).
+    ProcMmap { tgid: u32, ts_ns: u64 },
+    /// A probed accelerator-runtime call.
+    Device(DeviceCall),
+    /// A runtime gave a kernel handle a name.
+    DeviceName { tgid: u32, probe: u32, handle: u64, name: String },
+}
+
+/// One call of a probed accelerator-runtime function, as the BPF side reported it. What
+/// `args` mean depends on the probe (see `device::catalog`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceCall {
+    pub tgid: u32,
+    pub tid: u32,
+    pub probe: u32,
+    pub start_ns: u64,
+    /// None when the probe has no return probe.
+    pub end_ns: Option<u64>,
+    pub args: [u64; 4],
+    pub ret: i64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -178,6 +199,37 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
         Some(EventKind::ProcExit) => {
             let p: ProcEvent = read_pod(bytes)?;
             Ok(Event::ProcExit { tgid: p.tgid, ts_ns: p.ts_ns })
+        }
+        Some(EventKind::ProcMmap) => {
+            let p: ProcEvent = read_pod(bytes)?;
+            Ok(Event::ProcMmap { tgid: p.tgid, ts_ns: p.ts_ns })
+        }
+        Some(EventKind::Device) => {
+            let d: DeviceEvent = read_pod(bytes)?;
+            if d.end_ns != 0 && d.end_ns < d.start_ns {
+                return Err(DecodeError::BadLength);
+            }
+            Ok(Event::Device(DeviceCall {
+                tgid: d.tgid,
+                tid: d.tid,
+                probe: d.probe,
+                start_ns: d.start_ns,
+                end_ns: (d.end_ns != 0).then_some(d.end_ns),
+                args: d.args,
+                ret: d.ret,
+            }))
+        }
+        Some(EventKind::DeviceName) => {
+            let n: DeviceName = read_pod(bytes)?;
+            let len = (n.len as usize).min(n.name.len());
+            let raw = &n.name[..len];
+            let raw = raw.split(|b| *b == 0).next().unwrap_or_default();
+            Ok(Event::DeviceName {
+                tgid: n.tgid,
+                probe: n.probe,
+                handle: n.handle,
+                name: String::from_utf8_lossy(raw).into_owned(),
+            })
         }
         None => Err(DecodeError::UnknownKind(kind)),
     }

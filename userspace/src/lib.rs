@@ -7,6 +7,7 @@ pub mod bpf;
 pub mod cli;
 pub mod clock;
 pub mod daemon;
+pub mod device;
 pub mod doctor;
 pub mod engine;
 pub mod events;

@@ -112,6 +112,28 @@ pub fn parents() -> HashMap<u32, u32> {
         .collect()
 }
 
+/// The parent, grandparent, ... of `pid`, nearest first (up to 64; stops at pid 1 or a
+/// process that is gone).
+pub fn ancestors(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut p = pid;
+    while out.len() < 64 {
+        let Some(pp) = fs::read_to_string(proc_root().join(p.to_string()).join("stat")).ok().and_then(|s| parse_stat_ppid(&s))
+        else {
+            break;
+        };
+        if pp == 0 || out.contains(&pp) {
+            break;
+        }
+        out.push(pp);
+        if pp == 1 {
+            break;
+        }
+        p = pp;
+    }
+    out
+}
+
 /// `root` and all its descendants that exist now.
 pub fn tree(root: u32, parents: &HashMap<u32, u32>) -> Vec<u32> {
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();

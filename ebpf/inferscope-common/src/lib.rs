@@ -20,6 +20,13 @@ pub enum EventKind {
     ProcFork = 4,
     /// [`ProcEvent`]: a tracked process exited (its whole thread group is gone).
     ProcExit = 5,
+    /// [`DeviceEvent`]: a probed accelerator-runtime call (launch, copy, wait, ...).
+    Device = 6,
+    /// [`DeviceName`]: a runtime call that names a kernel handle (module lookups, registration).
+    DeviceName = 7,
+    /// [`ProcEvent`]: a tracked process mapped an executable file (`dlopen`): its libraries
+    /// are looked at again for runtime symbols.
+    ProcMmap = 8,
 }
 
 impl EventKind {
@@ -30,6 +37,9 @@ impl EventKind {
             3 => Self::ConnClose,
             4 => Self::ProcFork,
             5 => Self::ProcExit,
+            6 => Self::Device,
+            7 => Self::DeviceName,
+            8 => Self::ProcMmap,
             _ => return None,
         })
     }
@@ -189,12 +199,133 @@ pub mod stat {
     pub const ARRIVALS_RECORDED: u32 = 9;
     /// Traced reads that took an arrival time.
     pub const ARRIVALS_USED: u32 = 10;
+    /// Device-runtime probe hits (all probes; per-probe hits are in `DEVICE_HITS`).
+    pub const DEVICE_HITS: u32 = 11;
+    /// Device calls not reported because their probe was over its rate limit.
+    pub const DEVICE_RATE_LIMITED: u32 = 12;
+    /// Executable mappings (`dlopen`) announced to user space.
+    pub const MMAP_EVENTS: u32 = 13;
     /// Number of slots.
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 14;
+}
+
+/// Most device probes (one per process, library and symbol) attached at once; probe ids index
+/// `DEVICE_SPECS`, `DEVICE_HITS` and `DEVICE_RATE`.
+pub const MAX_DEVICE_PROBES: u32 = 4096;
+
+/// Where a device probe finds one value at function entry. `ARG_*` says how; the values are
+/// chosen by user space per symbol and architecture, so BPF code knows no runtime signature.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ArgSpec {
+    /// `ARG_NONE`, `ARG_REG`, `ARG_STACK` or `ARG_DEREF`.
+    pub src: u8,
+    /// Register argument number (`ARG_REG`, `ARG_DEREF`) or stack slot (`ARG_STACK`: slot 0 is
+    /// the first argument passed on the stack).
+    pub index: u8,
+    /// Bytes of the value: 8, or 4 (the low half of a register, or a `u32` in memory).
+    pub width: u8,
+    pub _pad: u8,
+    /// For `ARG_DEREF`: byte offset from the pointer held in register argument `index`.
+    pub offset: u32,
+}
+
+/// No value (reads as 0).
+pub const ARG_NONE: u8 = 0;
+/// A register argument.
+pub const ARG_REG: u8 = 1;
+/// An argument passed on the stack (x86-64: from the 7th on; aarch64: from the 9th on).
+pub const ARG_STACK: u8 = 2;
+/// A field of a struct that a register argument points to (`cuLaunchKernelEx`'s config).
+pub const ARG_DEREF: u8 = 3;
+
+/// What a device probe reads at entry: four values (their meaning depends on the call's
+/// class: handle, stream, size, extra) and, optionally, a string (a kernel or op name).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProbeSpec {
+    pub args: [ArgSpec; 4],
+    /// Pointer to a NUL-terminated name, read into a [`DeviceName`] record.
+    pub name: ArgSpec,
+    /// `SPEC_*`.
+    pub flags: u32,
+    /// Most records per second this probe sends (0: unlimited). Calls over it are counted,
+    /// not reported.
+    pub max_per_sec: u32,
+    /// The process the probe was attached for: hits from any other are ignored (a library
+    /// file shared by several processes is one set of breakpoints in the kernel).
+    pub tgid: u32,
+    pub _pad: u32,
+}
+
+/// A return probe is attached too: the entry stashes its values and the return reports the
+/// call with its duration and return value.
+pub const SPEC_RETURN: u32 = 1;
+/// Send a [`DeviceName`] for the call (the name from `ProbeSpec::name`).
+pub const SPEC_NAME: u32 = 2;
+/// At return, `args[0]` is a pointer to the handle the call wrote (`CUfunction* hfunc`): read
+/// it. Only with `SPEC_RETURN`.
+pub const SPEC_OUT_HANDLE: u32 = 4;
+/// Count hits only; send nothing (overhead calibration).
+pub const SPEC_COUNT_ONLY: u32 = 8;
+
+/// One call of a probed accelerator-runtime function.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DeviceEvent {
+    pub kind: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    /// Probe id (index into user space's table of attached probes).
+    pub probe: u32,
+    /// CLOCK_MONOTONIC ns at entry.
+    pub start_ns: u64,
+    /// CLOCK_MONOTONIC ns at return; 0 when no return probe is attached.
+    pub end_ns: u64,
+    /// The values named by `ProbeSpec::args`.
+    pub args: [u64; 4],
+    /// The call's return value (0 without a return probe).
+    pub ret: i64,
+}
+
+/// Longest name carried by a [`DeviceName`], including the NUL.
+pub const MAX_DEVICE_NAME: usize = 256;
+
+/// A handle and the name a runtime gave it (`cuModuleGetFunction`, `__cudaRegisterFunction`,
+/// `aclrtBinaryGetFunction`, ...).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceName {
+    pub kind: u32,
+    pub tgid: u32,
+    pub probe: u32,
+    /// Bytes of `name` before its NUL (0 if unreadable).
+    pub len: u32,
+    pub handle: u64,
+    pub name: [u8; MAX_DEVICE_NAME],
+}
+
+/// A call in flight between a device probe's entry and return, keyed by
+/// `(tid << 32) | probe id`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DeviceInflight {
+    pub start_ns: u64,
+    pub args: [u64; 4],
+    pub name_ptr: u64,
+}
+
+/// Rate-limit state of one device probe: the current one-second window and its count.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DeviceRate {
+    pub window_start_ns: u64,
+    pub count: u64,
 }
 
 #[cfg(feature = "user")]
 mod user {
     use super::*;
     unsafe impl aya::Pod for SockInfo {}
+    unsafe impl aya::Pod for ProbeSpec {}
 }

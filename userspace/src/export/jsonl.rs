@@ -162,6 +162,82 @@ pub fn step_json(s: &crate::engine::EngineStep, clock: &Clock) -> Value {
     })
 }
 
+/// A step line with what the device did in the step (device layer), as a `device` object.
+pub fn step_json_with_device(
+    s: &crate::engine::EngineStep,
+    d: Option<&crate::device::summary::DeviceSummary>,
+    clock: &Clock,
+) -> Value {
+    let mut v = step_json(s, clock);
+    if let (Some(d), Some(o)) = (d, v.as_object_mut()) {
+        let mut dj = d.json();
+        if let Some(m) = dj.as_object_mut() {
+            m.insert("first_call_ns".into(), json!(clock.unix_ns(d.first_ns)));
+            m.insert("last_call_ns".into(), json!(clock.unix_ns(d.last_ns)));
+        }
+        o.insert("device".into(), dj);
+    }
+    v
+}
+
+/// A `device` interval line: what one process asked of its accelerator over the interval.
+pub fn device_json(
+    r: &crate::device::IntervalReport,
+    ts_unix_ns: u64,
+    interval_s: f64,
+    top: usize,
+    probes: (usize, &[String]),
+    disabled: &[String],
+    final_line: bool,
+) -> Value {
+    let mut v = r.summary.json();
+    let s = |ns: u64| ns as f64 / 1e9;
+    let streams: Vec<Value> = r
+        .streams
+        .iter()
+        .map(|(name, st)| {
+            json!({
+                "stream": name,
+                "launches": st.launches,
+                "graph_launches": st.graph_launches,
+                "launch_seconds": s(st.launch_ns),
+                "launch_gaps": st.gaps,
+                "launch_gap_seconds": s(st.gap_ns),
+                "max_launch_gap_seconds": s(st.max_gap_ns),
+            })
+        })
+        .collect();
+    let top_k = r.kernels.top(top);
+    let (mut other_n, mut other_ns) = r.kernels.overflow;
+    for (name, (n, ns)) in &r.kernels.by_name {
+        if !top_k.iter().any(|(k, _, _)| k == name) {
+            other_n += n;
+            other_ns += ns;
+        }
+    }
+    let kernels: Vec<Value> =
+        top_k.iter().map(|(k, n, ns)| json!({"name": k, "launches": n, "launch_seconds": s(*ns)})).collect();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("type".into(), json!("device"));
+        o.insert("pid".into(), json!(r.pid));
+        o.insert("ts_ns".into(), json!(ts_unix_ns));
+        o.insert("interval_seconds".into(), json!(interval_s));
+        let rate = |n: u64| if interval_s > 0.0 { n as f64 / interval_s } else { 0.0 };
+        o.insert("launches_per_second".into(), json!(rate(r.summary.launches)));
+        o.insert("graph_launches_per_second".into(), json!(rate(r.summary.graph_launches)));
+        o.insert("streams".into(), json!(streams));
+        o.insert("kernels".into(), json!(kernels));
+        o.insert("kernels_other".into(), json!({"launches": other_n, "launch_seconds": s(other_ns)}));
+        o.insert("probes_attached".into(), json!(probes.0));
+        o.insert("libraries".into(), json!(probes.1));
+        o.insert("probes_disabled".into(), json!(disabled));
+        if final_line {
+            o.insert("final".into(), json!(true));
+        }
+    }
+    v
+}
+
 /// Most request ids written on one step line.
 pub const MAX_STEP_IDS: usize = 1024;
 

@@ -6,6 +6,7 @@ pub mod console;
 pub mod jsonl;
 pub mod otlp;
 pub mod prom;
+pub mod prom_device;
 pub mod prom_engine;
 
 use std::collections::HashSet;

@@ -223,6 +223,40 @@ impl Otlp {
         }
     }
 
+    /// A `device` span for one engine step: from the step's first accelerator-runtime call to
+    /// its last, with what the step asked of the device as attributes (tracing level 1+).
+    pub fn device_step(&mut self, step: &crate::engine::EngineStep, d: &crate::device::summary::DeviceSummary, clock: &Clock) {
+        let Some(tracer) = &self.tracer else { return };
+        if self.opts.tracing_level < 1 || d.is_empty() {
+            return;
+        }
+        let i = |v: u64| Value::I64(v.min(i64::MAX as u64) as i64);
+        let f = |ns: u64| Value::F64(ns as f64 / 1e9);
+        let attrs = vec![
+            KeyValue::new("process.pid", i64::from(step.pid)),
+            KeyValue::new("inferscope.engine.index", i64::from(step.engine.unwrap_or(0))),
+            KeyValue::new("inferscope.step.batch_size", step.batch_size() as i64),
+            KeyValue::new("inferscope.step.tokens", i(step.tokens)),
+            KeyValue::new("inferscope.device.launches", i(d.launches)),
+            KeyValue::new("inferscope.device.graph_launches", i(d.graph_launches)),
+            KeyValue::new("inferscope.device.launch_time", f(d.launch_ns)),
+            KeyValue::new("inferscope.device.launch_gap_time", f(d.gap_ns)),
+            KeyValue::new("inferscope.device.copy_bytes", i(d.copy_bytes())),
+            KeyValue::new("inferscope.device.sync_wait_time", f(d.sync_ns)),
+            KeyValue::new("inferscope.device.collectives", i(d.collectives)),
+            KeyValue::new("inferscope.device.collective_bytes", i(d.collective_bytes)),
+            KeyValue::new("inferscope.device.errors", i(d.errors)),
+        ];
+        let mut span = tracer
+            .span_builder("device")
+            .with_kind(SpanKind::Internal)
+            .with_start_time(clock.system_time(d.first_ns))
+            .with_attributes(attrs)
+            .start(tracer);
+        opentelemetry::trace::Span::end_with_timestamp(&mut span, clock.system_time(d.last_ns.max(d.first_ns)));
+        self.spans_submitted += 1;
+    }
+
     /// Flushes and stops the exporters (bounded by their timeouts).
     pub fn shutdown(&mut self) {
         if let Some(p) = self.tracer_provider.take() {

@@ -104,6 +104,8 @@ pub struct PromMetrics {
     vllm: Option<VllmCompat>,
     /// The engine layer's families.
     pub engine: EngineMetrics,
+    /// The device layer's families (when it runs).
+    pub device: Option<super::prom_device::DeviceMetrics>,
     /// Last absolute values seen, to turn health snapshots into counter increments.
     prev: HashMap<String, u64>,
 }
@@ -214,6 +216,7 @@ impl PromMetrics {
             export_errors: counter(&reg, "inferscope_export_errors_total", "Failed exports, by exporter.", &["exporter"])?,
             vllm,
             engine: EngineMetrics::new(&reg, vllm_names)?,
+            device: None,
             prev: HashMap::new(),
             registry: reg,
         }

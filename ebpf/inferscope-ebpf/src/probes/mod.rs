@@ -1,4 +1,5 @@
 //! One module per probe family.
+pub mod device;
 pub mod doctor;
 pub mod proc;
 pub mod sock;

@@ -7,7 +7,8 @@
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::tracepoint,
+    macros::{map, tracepoint},
+    maps::LruHashMap,
     programs::TracePointContext,
 };
 use inferscope_common::{EventKind, ProcEvent, stat};
@@ -49,6 +50,53 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     output(&ProcEvent {
         kind: EventKind::ProcExit as u32,
         tgid,
+        child: 0,
+        _pad: 0,
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+    });
+    0
+}
+
+/// Threads of traced processes inside an `mmap` of a file with `PROT_EXEC` (value unused).
+#[map]
+static EXEC_MMAPS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(4096, 0);
+
+const PROT_EXEC: u64 = 4;
+
+/// `syscalls:sys_enter_mmap`: `prot` at offset 32, `fd` at 48.
+#[tracepoint]
+pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if unsafe { TRACKED.get(&tgid) }.is_none() {
+        return 0;
+    }
+    let prot = unsafe { ctx.read_at::<u64>(32) }.unwrap_or(0);
+    let fd = unsafe { ctx.read_at::<u64>(48) }.unwrap_or(u64::MAX) as i64;
+    if prot & PROT_EXEC != 0 && fd >= 0 {
+        let _ = EXEC_MMAPS.insert(&(pid_tgid as u32), &0, 0);
+    }
+    0
+}
+
+/// `syscalls:sys_exit_mmap`: a library's code is mapped; user space looks at it for runtime
+/// symbols (a library loaded with `dlopen` after inferscope attached).
+#[tracepoint]
+pub fn sys_exit_mmap(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    if unsafe { EXEC_MMAPS.get(&tid) }.is_none() {
+        return 0;
+    }
+    let _ = EXEC_MMAPS.remove(&tid);
+    let ret = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1);
+    if ret < 0 && ret > -4096 {
+        return 0;
+    }
+    count(stat::MMAP_EVENTS, 1);
+    output(&ProcEvent {
+        kind: EventKind::ProcMmap as u32,
+        tgid: (pid_tgid >> 32) as u32,
         child: 0,
         _pad: 0,
         ts_ns: unsafe { bpf_ktime_get_ns() },

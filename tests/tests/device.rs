@@ -1,0 +1,246 @@
+//! The device layer against stand-in runtimes (no GPU or NPU here): libcuda.so.1, libnccl.so.2
+//! and four Ascend CANN libraries built from tests/fixtures/device/*.c with the real exported
+//! names and signatures, loaded with dlopen by a fixture process after inferscope attached, and
+//! driven the way engines drive them. The fixture writes what it did; inferscope must count the
+//! same, exactly, and measure the waits the fixture measured. The real CUDA runtime
+//! (libcudart.so.12 from PyPI's nvidia-cuda-runtime-cu12) is probed in its own test.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use inferscope_tests::*;
+use serde_json::Value;
+
+const STUBS: &[(&str, &str, &str)] = &[
+    ("stub_cuda.c", "libcuda.so.1", ""),
+    ("stub_nccl.c", "libnccl.so.2", ""),
+    ("stub_ascend.c", "libascendcl.so", "-DSTUB_ACL"),
+    ("stub_ascend.c", "libopapi.so", "-DSTUB_OPAPI"),
+    ("stub_ascend.c", "libhccl.so", "-DSTUB_HCCL"),
+    ("stub_ascend.c", "libruntime.so", "-DSTUB_RT"),
+];
+
+/// Builds the stand-ins and the fixture into `dir`; returns the fixture's path.
+fn build(dir: &Path) -> PathBuf {
+    let src = repo_root().join("tests/fixtures/device");
+    for (c, lib, def) in STUBS {
+        let mut cmd = Command::new("cc");
+        cmd.args(["-shared", "-fPIC", "-O1"]);
+        if !def.is_empty() {
+            cmd.arg(def);
+        }
+        cmd.arg("-o").arg(dir.join(lib)).arg(src.join(c)).arg(format!("-Wl,-soname,{lib}"));
+        let st = cmd.status().expect("cc (apt install gcc)");
+        assert!(st.success(), "building {lib} failed");
+    }
+    let exe = dir.join("device_fixture");
+    let st = Command::new("cc")
+        .args(["-O1", "-o"])
+        .arg(&exe)
+        .arg(src.join("device_fixture.c"))
+        .args(["-ldl", "-lpthread"])
+        .status()
+        .expect("cc");
+    assert!(st.success(), "building device_fixture failed");
+    exe
+}
+
+fn touch(p: PathBuf) {
+    fs::write(p, b"").expect("control file");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or(0)
+}
+
+/// Sums a numeric field over the device lines.
+fn sum(lines: &[Value], f: impl Fn(&Value) -> f64) -> f64 {
+    lines.iter().map(f).sum()
+}
+
+/// Starts the fixture and inferscope on it, lets the fixture load its libraries and waits until
+/// inferscope has attached to all of them.
+fn start(dir: &Path, mode: &[&str], extra: &[&str]) -> (Proc, Inferscope, PathBuf) {
+    let exe = build(dir);
+    let ctl = dir.join("ctl");
+    fs::create_dir_all(&ctl).unwrap();
+    let fixture = Proc::spawn("device_fixture", Command::new(&exe).arg(dir).arg(&ctl).args(mode));
+    let mut args = vec!["--device-interval", "0.5"];
+    args.extend_from_slice(extra);
+    let scope = Inferscope::attach(dir, fixture.pid(), &args);
+    // The libraries are loaded after inferscope attached: it must follow the dlopen.
+    touch(ctl.join("go1"));
+    let libs: Vec<&str> = if mode.is_empty() { STUBS.iter().map(|s| s.1).collect() } else { vec!["libcuda.so.1"] };
+    wait_for("device probes on every library the fixture loaded", Duration::from_secs(30), || {
+        let err = fs::read_to_string(&scope.stderr).unwrap_or_default();
+        libs.iter().all(|l| err.contains(&format!(" in {l}"))).then_some(())
+    });
+    (fixture, scope, ctl)
+}
+
+#[test]
+fn device_calls_of_stand_in_runtimes_are_counted_exactly() {
+    let dir = scratch("device");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let (mut fixture, mut scope, ctl) =
+        start(&dir, &[], &["--device-probes", "all", "--device-overhead-budget", "0", "--prometheus-listen", &listen]);
+    let err = fs::read_to_string(&scope.stderr).unwrap();
+    assert!(err.contains("16 in libcuda.so.1"), "every catalogued driver function the stand-in exports:\n{err}");
+    touch(ctl.join("go2"));
+    wait_for("the fixture's workload", Duration::from_secs(30), || ctl.join("done").exists().then_some(()));
+    let truth: Value = serde_json::from_str(&fs::read_to_string(ctl.join("truth.json")).unwrap()).unwrap();
+
+    // Prometheus, while the process still runs.
+    let metrics = wait_for("device metrics", Duration::from_secs(10), || {
+        let (_, body) = http_get(port, "/metrics")?;
+        let n: f64 = body
+            .lines()
+            .filter(|l| l.starts_with("inferscope_device_launches_total{") && l.contains("kind=\"kernel\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        // Probe hits are counted once a second.
+        (n as u64 == u(&truth["launches"]) && body.contains("inferscope_device_probe_hits_total{")).then_some(body)
+    });
+    for want in [
+        "inferscope_device_collectives_total{api=\"nccl\",op=\"all_reduce\",pid=",
+        "inferscope_device_copy_bytes_total{api=\"cuda_driver\",direction=\"h2d\",pid=",
+        "inferscope_device_sync_wait_seconds_count{api=\"cuda_driver\",kind=\"device\",pid=",
+        "inferscope_device_alloc_bytes_total{api=\"acl\",pid=",
+        "inferscope_device_probe_hits_total{function=\"cuLaunchKernel\",pid=",
+    ] {
+        assert!(metrics.contains(want), "{want} missing from /metrics");
+    }
+
+    touch(ctl.join("go3"));
+    assert!(fixture.wait_for_exit(Duration::from_secs(10)));
+    // The target is gone: inferscope writes its last interval and stops by itself.
+    assert!(scope.proc.wait_for_exit(Duration::from_secs(30)), "inferscope did not stop after its target exited");
+    let err = fs::read_to_string(&scope.stderr).unwrap();
+    assert!(!err.contains("panicked"), "{err}");
+    let pid = fixture.pid();
+    let lines: Vec<Value> = scope.lines("device").into_iter().filter(|l| u(&l["pid"]) == pid as u64).collect();
+    assert!(!lines.is_empty(), "no device lines:\n{err}");
+
+    let total = |k: &str| sum(&lines, |l| l[k].as_f64().unwrap_or(0.0)) as u64;
+    for k in ["launches", "graph_launches", "syncs", "allocs", "alloc_bytes", "collectives", "collective_bytes"] {
+        assert_eq!(total(k), u(&truth[k]), "{k}");
+    }
+    assert_eq!(total("errors"), 0);
+    for dir_ in ["h2d", "d2h", "d2d", "default"] {
+        let n = sum(&lines, |l| l["copies"][dir_]["count"].as_f64().unwrap_or(0.0)) as u64;
+        let b = sum(&lines, |l| l["copies"][dir_]["bytes"].as_f64().unwrap_or(0.0)) as u64;
+        assert_eq!((n, b), (u(&truth["copies"][dir_][0]), u(&truth["copies"][dir_][1])), "copies {dir_}");
+    }
+    // Streams: launches and graph launches per stream handle.
+    for (stream, want) in truth["streams"].as_object().unwrap() {
+        let (mut k, mut g) = (0, 0);
+        for l in &lines {
+            for s in l["streams"].as_array().unwrap() {
+                if s["stream"] == stream.as_str() {
+                    k += u(&s["launches"]);
+                    g += u(&s["graph_launches"]);
+                }
+            }
+        }
+        assert_eq!((k, g), (u(&want[0]), u(&want[1])), "stream {stream}");
+    }
+    // Kernel names: from module lookups (demangled), registrations, operators' own symbols and
+    // the names passed to aclopExecuteV2.
+    for (name, want) in truth["kernels"].as_object().unwrap() {
+        let n: u64 = lines
+            .iter()
+            .flat_map(|l| l["kernels"].as_array().unwrap().iter())
+            .filter(|k| k["name"] == name.as_str())
+            .map(|k| u(&k["launches"]))
+            .sum();
+        assert_eq!(n, u(want), "kernel {name}");
+    }
+    // Waits: inferscope times entry to return; the fixture timed around the call.
+    for kind in ["stream", "device", "event"] {
+        let got = sum(&lines, |l| l["sync_wait_seconds_by_kind"][kind].as_f64().unwrap_or(0.0));
+        let want = truth["sync_ns"][kind].as_f64().unwrap() / 1e9;
+        assert!(
+            (got - want).abs() <= want * 0.1 + 0.0005,
+            "{kind} waits: inferscope {got:.6} s, fixture {want:.6} s"
+        );
+        assert!(want > 0.0);
+    }
+    // Gaps between launches: the fixture launches back to back, so each is well under 1 s
+    // and there is one fewer gap than launches per stream.
+    assert!(total("launch_gaps") > 0);
+    assert!(sum(&lines, |l| l["max_launch_gap_seconds"].as_f64().unwrap_or(0.0)) < 1.0);
+}
+
+/// An eager engine launching as fast as it can: the launch probe costs more than the budget and
+/// is switched off, with a line saying so; the process runs on unprobed.
+#[test]
+fn the_overhead_budget_switches_off_a_hot_probe() {
+    let dir = scratch("device-hot");
+    let (mut fixture, scope, ctl) =
+        start(&dir, &["hot", "4"], &["--device-probes", "launch", "--device-overhead-budget", "0.01"]);
+    touch(ctl.join("go2"));
+    wait_for("the hot loop", Duration::from_secs(30), || ctl.join("done").exists().then_some(()));
+    touch(ctl.join("go3"));
+    assert!(fixture.wait_for_exit(Duration::from_secs(10)));
+    let mut scope = scope;
+    assert!(scope.proc.wait_for_exit(Duration::from_secs(30)));
+    let err = fs::read_to_string(&scope.stderr).unwrap();
+    assert!(err.contains("device probe cuLaunchKernel switched off"), "no back-off line:\n{err}");
+    assert!(err.contains("--device-overhead-budget"), "the line names the flag:\n{err}");
+    let truth: Value = serde_json::from_str(&fs::read_to_string(ctl.join("truth.json")).unwrap()).unwrap();
+    let lines = scope.lines("device");
+    let seen: u64 = lines.iter().map(|l| u(&l["launches"])).sum();
+    assert!(seen > 0 && seen < u(&truth["launches"]), "seen {seen} of {} launches", truth["launches"]);
+    assert!(
+        lines.iter().any(|l| l["probes_disabled"].as_array().is_some_and(|a| a.iter().any(|s| s == "cuLaunchKernel"))),
+        "device lines list the probe switched off"
+    );
+}
+
+/// The real CUDA runtime from PyPI: without a driver its calls fail, but entry probes see the
+/// real arguments. A host stub that is a C++ function of libstdc++ names the "kernel".
+#[test]
+fn real_libcudart_launches_are_seen_with_stream_and_kernel_name() {
+    let dir = scratch("cudart");
+    let py = python();
+    let ctl = dir.join("ctl");
+    fs::create_dir_all(&ctl).unwrap();
+    let script = repo_root().join("tests/fixtures/cudart_calls.py");
+    let mut child = Proc::spawn("cudart_calls", Command::new(&py).arg(&script).arg(&ctl).arg("25"));
+    wait_for("libcudart loaded", Duration::from_secs(30), || ctl.join("loaded").exists().then_some(()));
+    let mut scope = Inferscope::attach(&dir, child.pid(), &["--device-probes", "default,launch", "--device-interval", "0.5"]);
+    wait_for("probes on libcudart", Duration::from_secs(30), || {
+        let err = fs::read_to_string(&scope.stderr).unwrap_or_default();
+        err.contains(" in libcudart.so.12").then_some(())
+    });
+    touch(ctl.join("go"));
+    assert!(child.wait_for_exit(Duration::from_secs(30)));
+    assert!(scope.proc.wait_for_exit(Duration::from_secs(30)));
+    let err = fs::read_to_string(&scope.stderr).unwrap();
+    let report: Value = serde_json::from_str(&fs::read_to_string(ctl.join("report.json")).unwrap()).unwrap();
+    assert_ne!(report["launch_ret"], 0, "no driver here: cudaLaunchKernel fails");
+    let lines = scope.lines("device");
+    let launches: u64 = lines.iter().map(|l| u(&l["launches"])).sum();
+    assert_eq!(launches, 25, "{err}");
+    // Failed calls are counted as errors.
+    assert_eq!(lines.iter().map(|l| u(&l["errors"])).sum::<u64>(), 25 + u(&report["syncs"]));
+    let stream = format!("{:#x}", u(&report["stream"]));
+    assert!(
+        lines.iter().flat_map(|l| l["streams"].as_array().unwrap()).any(|s| s["stream"] == stream.as_str()
+            && u(&s["launches"]) == 25),
+        "the stream passed on the stack ({stream}) is read"
+    );
+    let names: Vec<&str> =
+        lines.iter().flat_map(|l| l["kernels"].as_array().unwrap()).filter_map(|k| k["name"].as_str()).collect();
+    assert!(names.contains(&"std::chrono::_V2::system_clock::now"), "kernel names: {names:?}");
+    assert_eq!(lines.iter().map(|l| u(&l["syncs"])).sum::<u64>(), u(&report["syncs"]));
+}

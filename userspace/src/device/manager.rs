@@ -1,0 +1,451 @@
+//! Which device probes are attached where. Per traced process: the runtime functions its
+//! mapped libraries export (looked for again when it maps new code), each attached once with its
+//! own probe id; probes switched off by the operator never attached; probes that cost more than
+//! the overhead budget detached, with one line saying so.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use inferscope_common::{MAX_DEVICE_PROBES, ProbeSpec, SPEC_NAME, SPEC_OUT_HANDLE, SPEC_RETURN};
+use log::debug;
+
+use super::{
+    DeviceTracker, ProbeInfo,
+    catalog::{self, Entry, Group},
+    libs::{self, FileKey, LibCache, Mapping},
+};
+use crate::bpf::Probes;
+
+/// What the operator asked of the device layer.
+#[derive(Clone, Debug)]
+pub struct DeviceOptions {
+    /// Groups probed (`--device-probes`).
+    pub groups: BTreeSet<Group>,
+    /// Single functions probed in addition (`--device-probes cuLaunchKernel`).
+    pub symbols: BTreeSet<String>,
+    /// Functions and groups never probed (`--no-device-probe`).
+    pub off: BTreeSet<String>,
+    /// Most reported calls per second per probe (0: unlimited).
+    pub rate_limit: u32,
+    /// Largest share of one CPU the probes of one process may cost before some are detached.
+    pub overhead_budget: f64,
+    /// Kernels labelled by name in metrics (the rest read `other`).
+    pub top_kernels: usize,
+}
+
+impl Default for DeviceOptions {
+    fn default() -> Self {
+        Self {
+            groups: Group::ALL.into_iter().filter(|g| g.default_on()).collect(),
+            symbols: BTreeSet::new(),
+            off: BTreeSet::new(),
+            rate_limit: 20_000,
+            overhead_budget: 0.01,
+            top_kernels: 20,
+        }
+    }
+}
+
+impl DeviceOptions {
+    /// Parses `--device-probes`: `default`, `all`, `none`, group names and function names,
+    /// comma-separated.
+    pub fn parse_probes(list: &str) -> Result<(BTreeSet<Group>, BTreeSet<String>), String> {
+        let mut groups = BTreeSet::new();
+        let mut symbols = BTreeSet::new();
+        for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            match item {
+                "default" => groups.extend(Group::ALL.into_iter().filter(|g| g.default_on())),
+                "all" => groups.extend(Group::ALL),
+                "none" => {}
+                s => {
+                    if let Some(g) = Group::parse(s) {
+                        groups.insert(g);
+                    } else if catalog::lookup_symbol(s).is_some() {
+                        symbols.insert(s.to_string());
+                    } else {
+                        return Err(format!(
+                            "unknown device probe `{s}`: use default, all, none, a group ({}) or a function name such as cuLaunchKernel",
+                            Group::ALL.map(Group::name).join(", ")
+                        ));
+                    }
+                }
+            }
+        }
+        Ok((groups, symbols))
+    }
+
+    /// The probed set in words, for the start-up line.
+    pub fn describe(&self) -> String {
+        let mut v: Vec<String> = self.groups.iter().map(|g| g.name().to_string()).collect();
+        v.extend(self.symbols.iter().cloned());
+        if v.is_empty() {
+            v.push("none".into());
+        }
+        let mut s = v.join(",");
+        if !self.off.is_empty() {
+            s += &format!(" except {}", self.off.iter().cloned().collect::<Vec<_>>().join(","));
+        }
+        if self.rate_limit > 0 {
+            s += &format!("; at most {} calls/s reported per probe", self.rate_limit);
+        }
+        if self.overhead_budget > 0.0 {
+            s += &format!("; budget {:.1}% of a CPU per process", self.overhead_budget * 100.0);
+        }
+        s
+    }
+
+    /// Whether a function is probed.
+    pub fn wants(&self, entry: &Entry, symbol: &str) -> bool {
+        if self.off.contains(symbol) || self.off.contains(entry.group.name()) || self.off.contains(entry.symbol) {
+            return false;
+        }
+        self.groups.contains(&entry.group) || self.symbols.contains(symbol) || self.symbols.contains(entry.symbol)
+    }
+
+    /// What the BPF side reads for a function.
+    pub fn spec(&self, entry: &Entry, pid: u32) -> ProbeSpec {
+        let mut flags = 0;
+        if entry.ret {
+            flags |= SPEC_RETURN;
+        }
+        if entry.name != catalog::Arg::None {
+            flags |= SPEC_NAME;
+        }
+        if entry.out_handle {
+            flags |= SPEC_OUT_HANDLE;
+        }
+        // Names are rare and each one matters: never rate limited.
+        let max_per_sec = if entry.group == Group::Names { 0 } else { self.rate_limit };
+        ProbeSpec {
+            args: entry.args.map(catalog::Arg::spec),
+            name: entry.name.spec(),
+            flags,
+            max_per_sec,
+            tgid: pid,
+            _pad: 0,
+        }
+    }
+}
+
+/// Cost of one probe hit, in ns: measured at start-up (see [`calibrate`]) or the figures of
+/// ../shared/notes/machine.md.
+#[derive(Clone, Copy, Debug)]
+pub struct ProbeCost {
+    pub entry_ns: f64,
+    pub pair_ns: f64,
+}
+
+impl Default for ProbeCost {
+    fn default() -> Self {
+        Self { entry_ns: 5_000.0, pair_ns: 7_000.0 }
+    }
+}
+
+type MapsCache = std::sync::Arc<std::sync::Mutex<HashMap<u32, Vec<Mapping>>>>;
+
+struct Attached {
+    id: u32,
+    symbol: String,
+    ret: bool,
+    last_hits: u64,
+}
+
+#[derive(Default)]
+struct ProcProbes {
+    /// (file, offset) -> the probe there.
+    at: HashMap<(FileKey, u64), Attached>,
+    /// Executable files already looked at.
+    seen: HashSet<FileKey>,
+    /// Functions detached by the budget: not attached again.
+    disabled: BTreeSet<String>,
+    /// Libraries with probes, by file name.
+    libraries: BTreeSet<String>,
+    maps: Vec<Mapping>,
+    /// An `mmap` of code was seen: look at the maps again.
+    dirty: bool,
+}
+
+/// A probe switched off by the overhead budget.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Backoff {
+    pub pid: u32,
+    pub symbol: String,
+    pub calls_per_sec: f64,
+    pub share: f64,
+}
+
+pub struct DeviceManager {
+    pub opts: DeviceOptions,
+    pub cost: ProbeCost,
+    pub tracker: DeviceTracker,
+    libs: std::sync::Arc<std::sync::Mutex<LibCache>>,
+    maps_cache: MapsCache,
+    procs: HashMap<u32, ProcProbes>,
+    free_ids: Vec<u32>,
+    next_id: u32,
+    /// Attach failures (counted; the first few are logged).
+    pub attach_errors: u64,
+    /// Probes switched off by the budget so far.
+    pub backoffs: Vec<Backoff>,
+}
+
+impl DeviceManager {
+    pub fn new(opts: DeviceOptions, cost: ProbeCost) -> Self {
+        let libs = std::sync::Arc::new(std::sync::Mutex::new(LibCache::default()));
+        let mut tracker = DeviceTracker::new();
+        let resolver_libs = libs.clone();
+        let maps_cache: MapsCache = Default::default();
+        let resolver_maps = maps_cache.clone();
+        // Host stubs of runtime launches are named from the ELF symbols of the library that
+        // holds them (PyTorch's libtorch_cuda.so, a custom op's .so). The maps of the last scan
+        // first: the process may be gone by the time its last calls are read.
+        tracker.set_resolver(move |pid, addr| {
+            let cached = resolver_maps.lock().ok()?.get(&pid).cloned();
+            let maps = match cached {
+                Some(m) if m.iter().any(|m| addr >= m.start && addr < m.end) => m,
+                _ => libs::read_maps(pid),
+            };
+            resolver_libs.lock().ok()?.symbolize(pid, &maps, addr)
+        });
+        Self {
+            opts,
+            cost,
+            tracker,
+            libs,
+            maps_cache,
+            procs: HashMap::new(),
+            free_ids: Vec::new(),
+            next_id: 0,
+            attach_errors: 0,
+            backoffs: Vec::new(),
+        }
+    }
+
+    /// The process mapped new code: look at it on the next [`Self::rescan_dirty`].
+    pub fn mark_dirty(&mut self, pid: u32) {
+        if let Some(p) = self.procs.get_mut(&pid) {
+            p.dirty = true;
+        }
+    }
+
+    /// Starts watching a process: attaches to the runtimes it has mapped now.
+    pub fn add_process(&mut self, probes: &mut Probes, pid: u32, ancestors: Vec<u32>) {
+        self.procs.entry(pid).or_default();
+        self.scan(probes, pid, &ancestors);
+    }
+
+    pub fn rescan_dirty(&mut self, probes: &mut Probes, parents: impl Fn(u32) -> Vec<u32>) {
+        let dirty: Vec<u32> = self.procs.iter().filter(|(_, p)| p.dirty).map(|(k, _)| *k).collect();
+        for pid in dirty {
+            let anc = parents(pid);
+            self.scan(probes, pid, &anc);
+        }
+    }
+
+    fn alloc_id(&mut self) -> Option<u32> {
+        if let Some(id) = self.free_ids.pop() {
+            return Some(id);
+        }
+        // The last id is the calibration probe's.
+        (self.next_id < MAX_DEVICE_PROBES - 1).then(|| {
+            self.next_id += 1;
+            self.next_id - 1
+        })
+    }
+
+    fn scan(&mut self, probes: &mut Probes, pid: u32, ancestors: &[u32]) {
+        let maps = libs::read_maps(pid);
+        let Some(p) = self.procs.get_mut(&pid) else { return };
+        p.dirty = false;
+        let mut new_files: Vec<Mapping> = Vec::new();
+        for m in maps.iter().filter(|m| m.exec) {
+            if p.seen.insert(m.file.clone()) {
+                new_files.push(m.clone());
+            }
+        }
+        if let Ok(mut c) = self.maps_cache.lock() {
+            c.insert(pid, maps.clone());
+        }
+        p.maps = maps;
+        let mut attached = Vec::new();
+        for m in new_files {
+            let found = match self.libs.lock() {
+                Ok(mut l) => l.runtime_symbols(pid, &m),
+                Err(_) => continue,
+            };
+            if found.is_empty() {
+                continue;
+            }
+            let path = libs::host_path(pid, &m.path);
+            let library = m.path.rsplit('/').next().unwrap_or(&m.path).to_string();
+            let mut n = 0;
+            for f in found.iter() {
+                let p = self.procs.get(&pid).expect("present");
+                if !self.opts.wants(f.entry, &f.symbol)
+                    || p.disabled.contains(&f.symbol)
+                    || p.at.contains_key(&(m.file.clone(), f.file_offset))
+                {
+                    continue;
+                }
+                let Some(id) = self.alloc_id() else {
+                    self.attach_errors += 1;
+                    continue;
+                };
+                let spec = self.opts.spec(f.entry, pid);
+                probes.reset_device_hits(id);
+                match probes.attach_device(id, &spec, &path, f.file_offset, pid) {
+                    Ok(()) => {
+                        n += 1;
+                        let info =
+                            ProbeInfo { pid, entry: f.entry, symbol: f.symbol.clone(), library: library.clone() };
+                        self.tracker.add_probe(id, info, ancestors.to_vec());
+                        let p = self.procs.get_mut(&pid).expect("present");
+                        p.at.insert(
+                            (m.file.clone(), f.file_offset),
+                            Attached { id, symbol: f.symbol.clone(), ret: f.entry.ret, last_hits: 0 },
+                        );
+                    }
+                    Err(e) => {
+                        self.free_ids.push(id);
+                        self.attach_errors += 1;
+                        if self.attach_errors <= 5 {
+                            eprintln!("inferscope: pid {pid}: cannot probe {} in {}: {e:#}", f.symbol, m.path);
+                        }
+                    }
+                }
+            }
+            if n > 0 {
+                self.procs.get_mut(&pid).expect("present").libraries.insert(library.clone());
+                attached.push(format!("{n} in {library}"));
+            }
+        }
+        if !attached.is_empty() {
+            eprintln!("inferscope: pid {pid}: device probes attached: {}", attached.join(", "));
+        }
+    }
+
+    /// Detaches everything attached for a process that is gone.
+    pub fn remove_process(&mut self, probes: &mut Probes, pid: u32) {
+        if let Ok(mut c) = self.maps_cache.lock() {
+            c.remove(&pid);
+        }
+        let Some(p) = self.procs.remove(&pid) else { return };
+        for (_, a) in p.at {
+            probes.detach_device(a.id);
+            self.tracker.remove_probe(a.id);
+            self.free_ids.push(a.id);
+        }
+    }
+
+    /// Probes attached to a process, and libraries they are in.
+    pub fn attached(&self, pid: u32) -> (usize, Vec<String>) {
+        self.procs.get(&pid).map_or((0, Vec::new()), |p| (p.at.len(), p.libraries.iter().cloned().collect()))
+    }
+
+    /// Functions the budget switched off in a process.
+    pub fn disabled(&self, pid: u32) -> Vec<String> {
+        self.procs.get(&pid).map(|p| p.disabled.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Per-function hits since the last call, per process: (pid, symbol, hits). Also checks
+    /// the overhead budget over `elapsed_s` and detaches the costliest probes of a process over
+    /// it; each one switched off is returned (and logged).
+    pub fn account(&mut self, probes: &mut Probes, elapsed_s: f64) -> (Vec<(u32, String, u64)>, Vec<Backoff>) {
+        let mut hits_out = Vec::new();
+        let mut off = Vec::new();
+        let elapsed_s = elapsed_s.max(1e-3);
+        for (pid, p) in &mut self.procs {
+            let mut costs: Vec<((FileKey, u64), String, f64, f64)> = Vec::new();
+            let mut total = 0.0;
+            for (key, a) in &mut p.at {
+                let h = probes.device_hits(a.id);
+                let d = h.saturating_sub(a.last_hits);
+                a.last_hits = h;
+                if d == 0 {
+                    continue;
+                }
+                hits_out.push((*pid, a.symbol.clone(), d));
+                let per = if a.ret { self.cost.pair_ns } else { self.cost.entry_ns };
+                let share = d as f64 * per / 1e9 / elapsed_s;
+                total += share;
+                costs.push((key.clone(), a.symbol.clone(), d as f64 / elapsed_s, share));
+            }
+            if self.opts.overhead_budget <= 0.0 || total <= self.opts.overhead_budget {
+                continue;
+            }
+            costs.sort_by(|a, b| b.3.total_cmp(&a.3));
+            for (key, symbol, rate, share) in costs {
+                if total <= self.opts.overhead_budget {
+                    break;
+                }
+                if let Some(a) = p.at.remove(&key) {
+                    probes.detach_device(a.id);
+                    self.tracker.remove_probe(a.id);
+                    self.free_ids.push(a.id);
+                }
+                total -= share;
+                p.disabled.insert(symbol.clone());
+                let b = Backoff { pid: *pid, symbol, calls_per_sec: rate, share };
+                eprintln!(
+                    "inferscope: pid {pid}: device probe {} switched off: {:.0} calls/s cost about {:.1}% of a CPU, over the budget of {:.1}% (--device-overhead-budget; --no-device-probe {} silences this)",
+                    b.symbol,
+                    b.calls_per_sec,
+                    b.share * 100.0,
+                    self.opts.overhead_budget * 100.0,
+                    b.symbol
+                );
+                off.push(b);
+            }
+        }
+        self.backoffs.extend(off.iter().cloned());
+        (hits_out, off)
+    }
+
+    pub fn probe_count(&self) -> usize {
+        self.procs.values().map(|p| p.at.len()).sum()
+    }
+
+    pub fn unreadable_files(&self) -> u64 {
+        self.libs.lock().map(|l| l.unreadable).unwrap_or(0)
+    }
+
+    pub fn maps(&self, pid: u32) -> &[Mapping] {
+        self.procs.get(&pid).map_or(&[], |p| &p.maps)
+    }
+}
+
+/// Measures what one probe hit costs here: a probe that only counts, on `getppid` in libc, in
+/// this process; the time per call with it minus without. Falls back to the defaults.
+pub fn calibrate(probes: &mut Probes, id: u32) -> ProbeCost {
+    let measure = |n: u32| {
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            unsafe { libc::getppid() };
+        }
+        t.elapsed().as_nanos() as f64 / n as f64
+    };
+    let me = std::process::id();
+    let maps = libs::read_maps(me);
+    let addr = libc::getppid as *const () as u64;
+    let Some(m) = maps.iter().find(|m| addr >= m.start && addr < m.end) else {
+        return ProbeCost::default();
+    };
+    let off = addr - m.start + m.offset;
+    let path = std::path::PathBuf::from(&m.path);
+    let n = 4000;
+    let base = measure(n);
+    let mut one = |flags: u32| -> Option<f64> {
+        let spec = ProbeSpec { flags: flags | inferscope_common::SPEC_COUNT_ONLY, tgid: me, ..Default::default() };
+        probes.attach_device(id, &spec, &path, off, me).ok()?;
+        measure(100);
+        let t = measure(n);
+        probes.detach_device(id);
+        Some((t - base).max(0.0))
+    };
+    match (one(0), one(SPEC_RETURN)) {
+        (Some(e), Some(p)) if e > 0.0 && p > 0.0 => {
+            debug!("device probe cost: entry {e:.0} ns, entry+return {p:.0} ns");
+            ProbeCost { entry_ns: e, pair_ns: p.max(e) }
+        }
+        _ => ProbeCost::default(),
+    }
+}

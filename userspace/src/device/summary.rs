@@ -1,0 +1,263 @@
+//! Sums of device activity over a span of time: an interval line, an engine step.
+
+use std::collections::HashMap;
+
+use serde_json::{Value, json};
+
+use super::catalog::{CopyDir, SyncKind};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CopyAgg {
+    pub count: u64,
+    pub bytes: u64,
+    /// Host time inside the copy calls (enqueueing, for async copies).
+    pub ns: u64,
+}
+
+/// What one process asked of its accelerator over some time.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DeviceSummary {
+    pub launches: u64,
+    pub graph_launches: u64,
+    /// Host time inside launch calls (kernel and graph launches that had a return probe).
+    pub launch_ns: u64,
+    /// Gaps between consecutive launches on a stream: count, sum, largest.
+    pub gaps: u64,
+    pub gap_ns: u64,
+    pub max_gap_ns: u64,
+    pub copies: [CopyAgg; 5],
+    pub syncs: u64,
+    pub sync_ns: u64,
+    pub max_sync_ns: u64,
+    /// Wait time by what was waited for (stream, device, event).
+    pub sync_ns_by_kind: [u64; 3],
+    pub allocs: u64,
+    pub alloc_bytes: u64,
+    pub collectives: u64,
+    pub collective_bytes: u64,
+    pub collective_ns: u64,
+    /// Calls the runtime refused (non-zero return).
+    pub errors: u64,
+    /// First call's start and last call's end (CLOCK_MONOTONIC ns; 0 when empty).
+    pub first_ns: u64,
+    pub last_ns: u64,
+}
+
+/// One call, reduced to what summaries need.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sample {
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub what: What,
+    pub error: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum What {
+    Launch { graph: bool, host_ns: Option<u64>, gap_ns: Option<u64> },
+    Copy { dir: CopyDir, bytes: u64, ns: u64 },
+    Sync { kind: SyncKind, ns: u64 },
+    Alloc { bytes: u64 },
+    Collective { bytes: u64, ns: u64 },
+}
+
+impl DeviceSummary {
+    pub fn is_empty(&self) -> bool {
+        self.first_ns == 0
+    }
+
+    pub fn add(&mut self, s: &Sample) {
+        if self.first_ns == 0 || s.start_ns < self.first_ns {
+            self.first_ns = s.start_ns;
+        }
+        self.last_ns = self.last_ns.max(s.end_ns.max(s.start_ns));
+        if s.error {
+            self.errors += 1;
+        }
+        match s.what {
+            What::Launch { graph, host_ns, gap_ns } => {
+                if graph {
+                    self.graph_launches += 1;
+                } else {
+                    self.launches += 1;
+                }
+                self.launch_ns += host_ns.unwrap_or(0);
+                if let Some(g) = gap_ns {
+                    self.gaps += 1;
+                    self.gap_ns += g;
+                    self.max_gap_ns = self.max_gap_ns.max(g);
+                }
+            }
+            What::Copy { dir, bytes, ns } => {
+                let c = &mut self.copies[dir.index()];
+                c.count += 1;
+                c.bytes += bytes;
+                c.ns += ns;
+            }
+            What::Sync { kind, ns } => {
+                self.syncs += 1;
+                self.sync_ns += ns;
+                self.max_sync_ns = self.max_sync_ns.max(ns);
+                self.sync_ns_by_kind[kind as usize] += ns;
+            }
+            What::Alloc { bytes } => {
+                self.allocs += 1;
+                self.alloc_bytes += bytes;
+            }
+            What::Collective { bytes, ns } => {
+                self.collectives += 1;
+                self.collective_bytes += bytes;
+                self.collective_ns += ns;
+            }
+        }
+    }
+
+    pub fn merge(&mut self, o: &DeviceSummary) {
+        if o.is_empty() {
+            return;
+        }
+        if self.first_ns == 0 || o.first_ns < self.first_ns {
+            self.first_ns = o.first_ns;
+        }
+        self.last_ns = self.last_ns.max(o.last_ns);
+        self.launches += o.launches;
+        self.graph_launches += o.graph_launches;
+        self.launch_ns += o.launch_ns;
+        self.gaps += o.gaps;
+        self.gap_ns += o.gap_ns;
+        self.max_gap_ns = self.max_gap_ns.max(o.max_gap_ns);
+        for (a, b) in self.copies.iter_mut().zip(o.copies.iter()) {
+            a.count += b.count;
+            a.bytes += b.bytes;
+            a.ns += b.ns;
+        }
+        self.syncs += o.syncs;
+        self.sync_ns += o.sync_ns;
+        self.max_sync_ns = self.max_sync_ns.max(o.max_sync_ns);
+        for (a, b) in self.sync_ns_by_kind.iter_mut().zip(o.sync_ns_by_kind.iter()) {
+            *a += b;
+        }
+        self.allocs += o.allocs;
+        self.alloc_bytes += o.alloc_bytes;
+        self.collectives += o.collectives;
+        self.collective_bytes += o.collective_bytes;
+        self.collective_ns += o.collective_ns;
+        self.errors += o.errors;
+    }
+
+    pub fn copy_bytes(&self) -> u64 {
+        self.copies.iter().map(|c| c.bytes).sum()
+    }
+
+    /// The summary as a JSON object (seconds as floats, bytes and counts as integers).
+    pub fn json(&self) -> Value {
+        let s = |ns: u64| ns as f64 / 1e9;
+        let mut copies = serde_json::Map::new();
+        for d in CopyDir::ALL {
+            let c = &self.copies[d.index()];
+            if c.count > 0 {
+                copies.insert(d.name().into(), json!({"count": c.count, "bytes": c.bytes, "seconds": s(c.ns)}));
+            }
+        }
+        json!({
+            "launches": self.launches,
+            "graph_launches": self.graph_launches,
+            "launch_seconds": s(self.launch_ns),
+            "launch_gaps": self.gaps,
+            "launch_gap_seconds": s(self.gap_ns),
+            "max_launch_gap_seconds": s(self.max_gap_ns),
+            "copies": copies,
+            "syncs": self.syncs,
+            "sync_wait_seconds": s(self.sync_ns),
+            "max_sync_wait_seconds": s(self.max_sync_ns),
+            "sync_wait_seconds_by_kind": {
+                "stream": s(self.sync_ns_by_kind[SyncKind::Stream as usize]),
+                "device": s(self.sync_ns_by_kind[SyncKind::Device as usize]),
+                "event": s(self.sync_ns_by_kind[SyncKind::Event as usize]),
+            },
+            "allocs": self.allocs,
+            "alloc_bytes": self.alloc_bytes,
+            "collectives": self.collectives,
+            "collective_bytes": self.collective_bytes,
+            "collective_seconds": s(self.collective_ns),
+            "errors": self.errors,
+        })
+    }
+}
+
+/// Launch count and host time per kernel name.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct KernelStats {
+    pub by_name: HashMap<String, (u64, u64)>,
+    /// Launches whose name was not kept (more distinct names than the bound).
+    pub overflow: (u64, u64),
+}
+
+impl KernelStats {
+    /// Most distinct names kept per interval.
+    pub const MAX_NAMES: usize = 4096;
+
+    pub fn add(&mut self, name: &str, host_ns: u64) {
+        if let Some(v) = self.by_name.get_mut(name) {
+            v.0 += 1;
+            v.1 += host_ns;
+        } else if self.by_name.len() < Self::MAX_NAMES {
+            self.by_name.insert(name.to_string(), (1, host_ns));
+        } else {
+            self.overflow.0 += 1;
+            self.overflow.1 += host_ns;
+        }
+    }
+
+    /// The `n` names launched most, then by host time, then by name (a stable order).
+    pub fn top(&self, n: usize) -> Vec<(&str, u64, u64)> {
+        let mut v: Vec<(&str, u64, u64)> = self.by_name.iter().map(|(k, (c, ns))| (k.as_str(), *c, *ns)).collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(b.2.cmp(&a.2)).then(a.0.cmp(b.0)));
+        v.truncate(n);
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_and_merges() {
+        let mut a = DeviceSummary::default();
+        a.add(&Sample {
+            start_ns: 100,
+            end_ns: 110,
+            what: What::Launch { graph: false, host_ns: Some(10), gap_ns: Some(5) },
+            error: false,
+        });
+        a.add(&Sample {
+            start_ns: 120,
+            end_ns: 150,
+            what: What::Copy { dir: CopyDir::HostToDevice, bytes: 4096, ns: 30 },
+            error: false,
+        });
+        let mut b = DeviceSummary::default();
+        b.add(&Sample { start_ns: 90, end_ns: 400, what: What::Sync { kind: SyncKind::Stream, ns: 310 }, error: true });
+        a.merge(&b);
+        assert_eq!((a.launches, a.launch_ns, a.gaps, a.gap_ns), (1, 10, 1, 5));
+        assert_eq!(a.copies[CopyDir::HostToDevice.index()], CopyAgg { count: 1, bytes: 4096, ns: 30 });
+        assert_eq!((a.syncs, a.sync_ns, a.errors), (1, 310, 1));
+        assert_eq!((a.first_ns, a.last_ns), (90, 400));
+        let j = a.json();
+        assert_eq!(j["copies"]["h2d"]["bytes"], 4096);
+        assert!(j["copies"].get("d2h").is_none());
+    }
+
+    #[test]
+    fn kernel_names_are_bounded() {
+        let mut k = KernelStats::default();
+        for i in 0..KernelStats::MAX_NAMES + 10 {
+            k.add(&format!("k{i}"), 1);
+        }
+        k.add("k0", 5);
+        assert_eq!(k.by_name.len(), KernelStats::MAX_NAMES);
+        assert_eq!(k.overflow, (10, 10));
+        assert_eq!(k.top(1), vec![("k0", 2, 6)]);
+    }
+}

@@ -12,7 +12,10 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         ts += 1;
         let n = (ctl as usize >> 2).min(tail.len());
         match ctl & 3 {
-            0 | 1 => p.feed(Segment::Data { ts_ns: ts, bytes: &tail[..n], syscall_start: ctl & 1 == 0, arrival_ns: ts / 2 }, &mut out),
+            0 | 1 => p.feed(
+                Segment::Data { ts_ns: ts, bytes: &tail[..n], syscall_start: ctl & 1 == 0, arrival_ns: ts / 2 },
+                &mut out,
+            ),
             2 => p.feed(Segment::Gap { len: n as u64 }, &mut out),
             _ => p.feed(Segment::Eof { ts_ns: ts }, &mut out),
         }

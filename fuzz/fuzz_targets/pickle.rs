@@ -1,6 +1,10 @@
 //! The pickle reader and SGLang's decoder on arbitrary bytes: never a panic, never code.
 #![no_main]
-use inferscope::{engine::sglang, events::Direction, protocol::{pickle, zmtp::Message}};
+use inferscope::{
+    engine::sglang,
+    events::Direction,
+    protocol::{pickle, zmtp::Message},
+};
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let _ = pickle::parse(data);

@@ -19,7 +19,15 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         let conn = u64::from(hdr[3] & 3);
         let ev = match hdr[0] & 7 {
             0 => Event::ProcExit { tgid: 1, ts_ns: ts },
-            1 => Event::ConnClose(inferscope::events::Conn { tgid: 1, fd: 3, conn_id: conn, ts_ns: ts, role: inferscope::events::Role::Server, peer: None, unix: false }),
+            1 => Event::ConnClose(inferscope::events::Conn {
+                tgid: 1,
+                fd: 3,
+                conn_id: conn,
+                ts_ns: ts,
+                role: inferscope::events::Role::Server,
+                peer: None,
+                unix: false,
+            }),
             _ => Event::Data(Data {
                 tgid: 1,
                 tid: 1,

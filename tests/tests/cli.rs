@@ -76,10 +76,28 @@ fn help_explains_every_flag() {
             "--capture-content",
             "--vllm-metrics",
             "--tracing-level",
+            "--no-device",
+            "--device-probes",
+            "--no-device-probe",
+            "--device-overhead-budget",
+            "--device-rate-limit",
         ] {
             assert!(help.contains(must), "{cmd} --help lacks {must}");
         }
     }
+}
+
+/// A device probe inferscope does not know is refused with one line that says what is known.
+#[test]
+fn unknown_device_probes_are_refused_clearly() {
+    let me = std::process::id().to_string();
+    let (code, _, err) = run(&["attach", "--pid", &me, "--device-probes", "default,cuLaunchKernal"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("unknown device probe `cuLaunchKernal`") && err.contains("launch, graph"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let (code, _, err) = run(&["attach", "--pid", &me, "--no-device-probe", "cudaMallocc"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--no-device-probe cudaMallocc"), "{err}");
 }
 
 /// The doctor's verdicts match this machine (see shared notes: tracepoints, uprobes, perf

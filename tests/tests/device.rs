@@ -168,10 +168,7 @@ fn device_calls_of_stand_in_runtimes_are_counted_exactly() {
     for kind in ["stream", "device", "event"] {
         let got = sum(&lines, |l| l["sync_wait_seconds_by_kind"][kind].as_f64().unwrap_or(0.0));
         let want = truth["sync_ns"][kind].as_f64().unwrap() / 1e9;
-        assert!(
-            (got - want).abs() <= want * 0.1 + 0.0005,
-            "{kind} waits: inferscope {got:.6} s, fixture {want:.6} s"
-        );
+        assert!((got - want).abs() <= want * 0.1 + 0.0005, "{kind} waits: inferscope {got:.6} s, fixture {want:.6} s");
         assert!(want > 0.0);
     }
     // Gaps between launches: the fixture launches back to back, so each is well under 1 s
@@ -217,7 +214,8 @@ fn real_libcudart_launches_are_seen_with_stream_and_kernel_name() {
     let script = repo_root().join("tests/fixtures/cudart_calls.py");
     let mut child = Proc::spawn("cudart_calls", Command::new(&py).arg(&script).arg(&ctl).arg("25"));
     wait_for("libcudart loaded", Duration::from_secs(30), || ctl.join("loaded").exists().then_some(()));
-    let mut scope = Inferscope::attach(&dir, child.pid(), &["--device-probes", "default,launch", "--device-interval", "0.5"]);
+    let mut scope =
+        Inferscope::attach(&dir, child.pid(), &["--device-probes", "default,launch", "--device-interval", "0.5"]);
     wait_for("probes on libcudart", Duration::from_secs(30), || {
         let err = fs::read_to_string(&scope.stderr).unwrap_or_default();
         err.contains(" in libcudart.so.12").then_some(())
@@ -235,8 +233,10 @@ fn real_libcudart_launches_are_seen_with_stream_and_kernel_name() {
     assert_eq!(lines.iter().map(|l| u(&l["errors"])).sum::<u64>(), 25 + u(&report["syncs"]));
     let stream = format!("{:#x}", u(&report["stream"]));
     assert!(
-        lines.iter().flat_map(|l| l["streams"].as_array().unwrap()).any(|s| s["stream"] == stream.as_str()
-            && u(&s["launches"]) == 25),
+        lines
+            .iter()
+            .flat_map(|l| l["streams"].as_array().unwrap())
+            .any(|s| s["stream"] == stream.as_str() && u(&s["launches"]) == 25),
         "the stream passed on the stack ({stream}) is read"
     );
     let names: Vec<&str> =

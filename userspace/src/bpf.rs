@@ -299,7 +299,10 @@ impl Probes {
         let Some(dev) = self.device.as_mut() else { bail!("device programs not loaded") };
         dev.specs.set(id, spec, 0).with_context(|| format!("writing the spec of device probe {id}"))?;
         let scope = UProbeScope::OneProcess(std::num::NonZeroU32::new(pid).context("pid 0")?);
-        let point = || UProbeAttachPoint { location: UProbeAttachLocation::AbsoluteOffset(file_offset), cookie: Some(id as u64) };
+        let point = || UProbeAttachPoint {
+            location: UProbeAttachLocation::AbsoluteOffset(file_offset),
+            cookie: Some(id as u64),
+        };
         let enter: &mut UProbe = self.ebpf.program_mut("device_enter").context("device_enter")?.try_into()?;
         let entry = enter.attach(point(), path, scope).map_err(|e| anyhow!("{e:#}"))?;
         let mut ret = None;
@@ -308,7 +311,8 @@ impl Probes {
             match exit.attach(point(), path, scope) {
                 Ok(l) => ret = Some(l),
                 Err(e) => {
-                    let enter: &mut UProbe = self.ebpf.program_mut("device_enter").context("device_enter")?.try_into()?;
+                    let enter: &mut UProbe =
+                        self.ebpf.program_mut("device_enter").context("device_enter")?.try_into()?;
                     let _ = enter.detach(entry);
                     bail!("return probe: {e:#}");
                 }

@@ -472,7 +472,13 @@ impl Daemon {
         }
     }
 
-    fn device_interval_line(&mut self, r: &IntervalReport, probes: (usize, &[String]), disabled: &[String], last: bool) {
+    fn device_interval_line(
+        &mut self,
+        r: &IntervalReport,
+        probes: (usize, &[String]),
+        disabled: &[String],
+        last: bool,
+    ) {
         let secs = self.last_device_interval.elapsed().as_secs_f64();
         if let Some(m) = self.exporters.prom.as_mut().and_then(|p| p.device.as_mut()) {
             m.interval(r);
@@ -504,8 +510,9 @@ impl Daemon {
         }
         d.tracker.flush_held(u64::MAX, 0, &mut self.device_recs);
         let reports = d.tracker.take_intervals();
-        let meta: Vec<((usize, Vec<String>), Vec<String>)> =
-            reports.iter().map(|r| (d.attached(r.pid), d.disabled(r.pid))).collect();
+        // (probes attached, their libraries) and probes switched off, per reported process.
+        type Meta = ((usize, Vec<String>), Vec<String>);
+        let meta: Vec<Meta> = reports.iter().map(|r| (d.attached(r.pid), d.disabled(r.pid))).collect();
         if !self.device_recs.is_empty() {
             let recs = std::mem::take(&mut self.device_recs);
             self.exporters.device_records(&recs);
@@ -575,7 +582,8 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
     let device_opts = if o.no_device {
         None
     } else {
-        let (groups, symbols) = DeviceOptions::parse_probes(&o.device_probes).map_err(|e| anyhow::anyhow!("--device-probes: {e}"))?;
+        let (groups, symbols) =
+            DeviceOptions::parse_probes(&o.device_probes).map_err(|e| anyhow::anyhow!("--device-probes: {e}"))?;
         for n in &o.no_device_probe {
             if crate::device::catalog::Group::parse(n).is_none() && crate::device::catalog::lookup_symbol(n).is_none() {
                 bail!("--no-device-probe {n}: not a device probe group or function inferscope knows (see --help)");

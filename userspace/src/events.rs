@@ -79,14 +79,29 @@ pub enum Event<'a> {
     Data(Data<'a>),
     ConnOpen(Conn),
     ConnClose(Conn),
-    ProcFork { tgid: u32, child: u32, ts_ns: u64 },
-    ProcExit { tgid: u32, ts_ns: u64 },
+    ProcFork {
+        tgid: u32,
+        child: u32,
+        ts_ns: u64,
+    },
+    ProcExit {
+        tgid: u32,
+        ts_ns: u64,
+    },
     /// A traced process mapped an executable file (a library loaded with `dlopen`).
-    ProcMmap { tgid: u32, ts_ns: u64 },
+    ProcMmap {
+        tgid: u32,
+        ts_ns: u64,
+    },
     /// A probed accelerator-runtime call.
     Device(DeviceCall),
     /// A runtime gave a kernel handle a name.
-    DeviceName { tgid: u32, probe: u32, handle: u64, name: String },
+    DeviceName {
+        tgid: u32,
+        probe: u32,
+        handle: u64,
+        name: String,
+    },
 }
 
 /// One call of a probed accelerator-runtime function, as the BPF side reported it. What

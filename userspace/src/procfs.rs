@@ -118,7 +118,8 @@ pub fn ancestors(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
     let mut p = pid;
     while out.len() < 64 {
-        let Some(pp) = fs::read_to_string(proc_root().join(p.to_string()).join("stat")).ok().and_then(|s| parse_stat_ppid(&s))
+        let Some(pp) =
+            fs::read_to_string(proc_root().join(p.to_string()).join("stat")).ok().and_then(|s| parse_stat_ppid(&s))
         else {
             break;
         };

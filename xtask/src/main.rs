@@ -73,6 +73,10 @@ enum Cmd {
         /// tracing its API server, engine IPC included (installs vLLM if missing).
         #[arg(long)]
         vllm: bool,
+        /// Measure the device probes instead: what each adds per call of the stand-in CUDA
+        /// driver, and the call rate at which they cost 1% of a core.
+        #[arg(long, conflicts_with = "vllm")]
+        device: bool,
     },
     /// Run each fuzz target for a while (cargo-fuzz, nightly).
     Fuzz {
@@ -89,8 +93,11 @@ fn main() -> Result<()> {
         Cmd::Setup { vllm } => setup::all(vllm),
         Cmd::Demo { vllm, requests } => demo::run(vllm, requests),
         Cmd::Test { no_vllm, fuzz_seconds, filter } => test::run(!no_vllm, fuzz_seconds, filter.as_deref()),
-        Cmd::Bench { seconds, rounds, report, vllm: false } => bench::run(seconds, rounds, report.as_deref()),
-        Cmd::Bench { seconds, rounds, report, vllm: true } => bench::run_vllm(seconds, rounds, report.as_deref()),
+        Cmd::Bench { seconds, rounds, report, device: true, .. } => {
+            bench::run_device(seconds, rounds, report.as_deref())
+        }
+        Cmd::Bench { seconds, rounds, report, vllm: false, .. } => bench::run(seconds, rounds, report.as_deref()),
+        Cmd::Bench { seconds, rounds, report, vllm: true, .. } => bench::run_vllm(seconds, rounds, report.as_deref()),
         Cmd::Fuzz { seconds, target } => test::fuzz(seconds, target.as_deref()),
     }
 }

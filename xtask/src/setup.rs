@@ -98,7 +98,8 @@ pub fn vllm() -> Result<()> {
 
 pub fn all(with_vllm: bool) -> Result<()> {
     toolchain()?;
-    apt(&["curl"])?;
+    // gcc: the device tests build stand-in runtime libraries from C.
+    apt(&["curl", "gcc", "libc6-dev"])?;
     python_env()?;
     receivers()?;
     cargo_fuzz()?;

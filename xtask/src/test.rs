@@ -132,8 +132,17 @@ pub fn run(vllm: bool, fuzz_seconds: u64, filter: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-const FUZZ_TARGETS: &[&str] =
-    &["decode_event", "http_parser", "sse_parser", "openai_json", "tracker", "procfs_tables", "zmtp_engine", "pickle"];
+const FUZZ_TARGETS: &[&str] = &[
+    "decode_event",
+    "http_parser",
+    "sse_parser",
+    "openai_json",
+    "tracker",
+    "procfs_tables",
+    "zmtp_engine",
+    "pickle",
+    "device_tracker",
+];
 
 fn fuzz_into(t: &mut Tally, seconds: u64, only: Option<&str>) {
     let root = util::root();

@@ -203,8 +203,16 @@ pub enum Group {
 }
 
 impl Group {
-    pub const ALL: [Group; 8] =
-        [Group::Launch, Group::Graph, Group::Copy, Group::Sync, Group::Alloc, Group::Collective, Group::Names, Group::Ops];
+    pub const ALL: [Group; 8] = [
+        Group::Launch,
+        Group::Graph,
+        Group::Copy,
+        Group::Sync,
+        Group::Alloc,
+        Group::Collective,
+        Group::Names,
+        Group::Ops,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {

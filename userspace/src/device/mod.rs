@@ -115,6 +115,9 @@ pub struct DeviceStats {
     pub names: u64,
 }
 
+/// Names a code address of a process (pid, address), for host stubs no registration named.
+pub type Resolver = Box<dyn FnMut(u32, u64) -> Option<String> + Send>;
+
 /// Turns reported calls into summaries, per process.
 #[derive(Default)]
 pub struct DeviceTracker {
@@ -123,7 +126,7 @@ pub struct DeviceTracker {
     pub stats: DeviceStats,
     /// Host-stub addresses to kernel names, by process (runtime launches); filled by the caller
     /// from ELF symbols when no registration was seen.
-    resolver: Option<Box<dyn FnMut(u32, u64) -> Option<String> + Send>>,
+    resolver: Option<Resolver>,
 }
 
 impl DeviceTracker {
@@ -162,7 +165,7 @@ impl DeviceTracker {
         if !self.probes.contains_key(&probe) || name.is_empty() {
             return;
         }
-        self.stats.names += 1;
+        self.stats.names = self.stats.names.saturating_add(1);
         let p = self.procs.entry(tgid).or_default();
         if p.names.len() >= MAX_NAMES && !p.names.contains_key(&handle) {
             return;
@@ -173,10 +176,10 @@ impl DeviceTracker {
     /// One reported call; what is final goes to `out`.
     pub fn on_call(&mut self, c: &DeviceCall, out: &mut Vec<DeviceRecord>) {
         let Some(info) = self.probes.get(&c.probe) else {
-            self.stats.unknown_probe += 1;
+            self.stats.unknown_probe = self.stats.unknown_probe.saturating_add(1);
             return;
         };
-        self.stats.calls += 1;
+        self.stats.calls = self.stats.calls.saturating_add(1);
         let entry = info.entry;
         let symbol_name = (entry.api == Api::AclOp && entry.symbol == "aclnn*").then(|| info.symbol.clone());
         if entry.class == Class::Name {
@@ -244,7 +247,7 @@ impl DeviceTracker {
                 && prev.rec.sample.start_ns >= c.start_ns
                 && prev.rec.sample.end_ns <= end;
             if inside {
-                self.stats.nested += 1;
+                self.stats.nested = self.stats.nested.saturating_add(1);
             } else {
                 commit(p, prev, out);
             }
@@ -306,7 +309,7 @@ impl DeviceTracker {
             // Unclaimed calls from long ago: no steps come for this process.
             while p.step_queue.front().is_some_and(|f| f.start_ns.saturating_add(STEP_QUEUE_AGE_NS) < until_ns) {
                 p.step_queue.pop_front();
-                self.stats.unclaimed += 1;
+                self.stats.unclaimed = self.stats.unclaimed.saturating_add(1);
             }
         }
         (any && !s.is_empty()).then_some(s)
@@ -349,20 +352,18 @@ fn stream_label(p: &mut Proc, s: u64) -> String {
 fn commit(p: &mut Proc, mut h: Held, out: &mut Vec<DeviceRecord>) {
     if let What::Launch { graph, host_ns, gap_ns: _ } = h.rec.sample.what {
         let prev = p.last_launch_end.insert(h.stream, h.rec.sample.end_ns);
-        let gap = prev
-            .and_then(|e| h.rec.sample.start_ns.checked_sub(e))
-            .filter(|g| *g <= MAX_GAP_NS);
+        let gap = prev.and_then(|e| h.rec.sample.start_ns.checked_sub(e)).filter(|g| *g <= MAX_GAP_NS);
         h.rec.sample.what = What::Launch { graph, host_ns, gap_ns: gap };
         let st = p.interval.streams.entry(h.rec.stream.clone()).or_default();
         if graph {
-            st.graph_launches += 1;
+            st.graph_launches = st.graph_launches.saturating_add(1);
         } else {
-            st.launches += 1;
+            st.launches = st.launches.saturating_add(1);
         }
-        st.launch_ns += host_ns.unwrap_or(0);
+        st.launch_ns = st.launch_ns.saturating_add(host_ns.unwrap_or(0));
         if let Some(g) = gap {
-            st.gaps += 1;
-            st.gap_ns += g;
+            st.gaps = st.gaps.saturating_add(1);
+            st.gap_ns = st.gap_ns.saturating_add(g);
             st.max_gap_ns = st.max_gap_ns.max(g);
         }
         if let Some(k) = &h.kernel {

@@ -72,42 +72,42 @@ impl DeviceSummary {
         }
         self.last_ns = self.last_ns.max(s.end_ns.max(s.start_ns));
         if s.error {
-            self.errors += 1;
+            self.errors = self.errors.saturating_add(1);
         }
         match s.what {
             What::Launch { graph, host_ns, gap_ns } => {
                 if graph {
-                    self.graph_launches += 1;
+                    self.graph_launches = self.graph_launches.saturating_add(1);
                 } else {
-                    self.launches += 1;
+                    self.launches = self.launches.saturating_add(1);
                 }
-                self.launch_ns += host_ns.unwrap_or(0);
+                self.launch_ns = self.launch_ns.saturating_add(host_ns.unwrap_or(0));
                 if let Some(g) = gap_ns {
-                    self.gaps += 1;
-                    self.gap_ns += g;
+                    self.gaps = self.gaps.saturating_add(1);
+                    self.gap_ns = self.gap_ns.saturating_add(g);
                     self.max_gap_ns = self.max_gap_ns.max(g);
                 }
             }
             What::Copy { dir, bytes, ns } => {
                 let c = &mut self.copies[dir.index()];
-                c.count += 1;
-                c.bytes += bytes;
-                c.ns += ns;
+                c.count = c.count.saturating_add(1);
+                c.bytes = c.bytes.saturating_add(bytes);
+                c.ns = c.ns.saturating_add(ns);
             }
             What::Sync { kind, ns } => {
-                self.syncs += 1;
-                self.sync_ns += ns;
+                self.syncs = self.syncs.saturating_add(1);
+                self.sync_ns = self.sync_ns.saturating_add(ns);
                 self.max_sync_ns = self.max_sync_ns.max(ns);
-                self.sync_ns_by_kind[kind as usize] += ns;
+                self.sync_ns_by_kind[kind as usize] = self.sync_ns_by_kind[kind as usize].saturating_add(ns);
             }
             What::Alloc { bytes } => {
-                self.allocs += 1;
-                self.alloc_bytes += bytes;
+                self.allocs = self.allocs.saturating_add(1);
+                self.alloc_bytes = self.alloc_bytes.saturating_add(bytes);
             }
             What::Collective { bytes, ns } => {
-                self.collectives += 1;
-                self.collective_bytes += bytes;
-                self.collective_ns += ns;
+                self.collectives = self.collectives.saturating_add(1);
+                self.collective_bytes = self.collective_bytes.saturating_add(bytes);
+                self.collective_ns = self.collective_ns.saturating_add(ns);
             }
         }
     }
@@ -120,29 +120,29 @@ impl DeviceSummary {
             self.first_ns = o.first_ns;
         }
         self.last_ns = self.last_ns.max(o.last_ns);
-        self.launches += o.launches;
-        self.graph_launches += o.graph_launches;
-        self.launch_ns += o.launch_ns;
-        self.gaps += o.gaps;
-        self.gap_ns += o.gap_ns;
+        self.launches = self.launches.saturating_add(o.launches);
+        self.graph_launches = self.graph_launches.saturating_add(o.graph_launches);
+        self.launch_ns = self.launch_ns.saturating_add(o.launch_ns);
+        self.gaps = self.gaps.saturating_add(o.gaps);
+        self.gap_ns = self.gap_ns.saturating_add(o.gap_ns);
         self.max_gap_ns = self.max_gap_ns.max(o.max_gap_ns);
         for (a, b) in self.copies.iter_mut().zip(o.copies.iter()) {
-            a.count += b.count;
-            a.bytes += b.bytes;
-            a.ns += b.ns;
+            a.count = a.count.saturating_add(b.count);
+            a.bytes = a.bytes.saturating_add(b.bytes);
+            a.ns = a.ns.saturating_add(b.ns);
         }
-        self.syncs += o.syncs;
-        self.sync_ns += o.sync_ns;
+        self.syncs = self.syncs.saturating_add(o.syncs);
+        self.sync_ns = self.sync_ns.saturating_add(o.sync_ns);
         self.max_sync_ns = self.max_sync_ns.max(o.max_sync_ns);
         for (a, b) in self.sync_ns_by_kind.iter_mut().zip(o.sync_ns_by_kind.iter()) {
-            *a += b;
+            *a = a.saturating_add(*b);
         }
-        self.allocs += o.allocs;
-        self.alloc_bytes += o.alloc_bytes;
-        self.collectives += o.collectives;
-        self.collective_bytes += o.collective_bytes;
-        self.collective_ns += o.collective_ns;
-        self.errors += o.errors;
+        self.allocs = self.allocs.saturating_add(o.allocs);
+        self.alloc_bytes = self.alloc_bytes.saturating_add(o.alloc_bytes);
+        self.collectives = self.collectives.saturating_add(o.collectives);
+        self.collective_bytes = self.collective_bytes.saturating_add(o.collective_bytes);
+        self.collective_ns = self.collective_ns.saturating_add(o.collective_ns);
+        self.errors = self.errors.saturating_add(o.errors);
     }
 
     pub fn copy_bytes(&self) -> u64 {
@@ -199,13 +199,13 @@ impl KernelStats {
 
     pub fn add(&mut self, name: &str, host_ns: u64) {
         if let Some(v) = self.by_name.get_mut(name) {
-            v.0 += 1;
-            v.1 += host_ns;
+            v.0 = v.0.saturating_add(1);
+            v.1 = v.1.saturating_add(host_ns);
         } else if self.by_name.len() < Self::MAX_NAMES {
             self.by_name.insert(name.to_string(), (1, host_ns));
         } else {
-            self.overflow.0 += 1;
-            self.overflow.1 += host_ns;
+            self.overflow.0 = self.overflow.0.saturating_add(1);
+            self.overflow.1 = self.overflow.1.saturating_add(host_ns);
         }
     }
 

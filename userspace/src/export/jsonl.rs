@@ -211,8 +211,8 @@ pub fn device_json(
     let (mut other_n, mut other_ns) = r.kernels.overflow;
     for (name, (n, ns)) in &r.kernels.by_name {
         if !top_k.iter().any(|(k, _, _)| k == name) {
-            other_n += n;
-            other_ns += ns;
+            other_n = other_n.saturating_add(*n);
+            other_ns = other_ns.saturating_add(*ns);
         }
     }
     let kernels: Vec<Value> =

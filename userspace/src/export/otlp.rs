@@ -225,7 +225,12 @@ impl Otlp {
 
     /// A `device` span for one engine step: from the step's first accelerator-runtime call to
     /// its last, with what the step asked of the device as attributes (tracing level 1+).
-    pub fn device_step(&mut self, step: &crate::engine::EngineStep, d: &crate::device::summary::DeviceSummary, clock: &Clock) {
+    pub fn device_step(
+        &mut self,
+        step: &crate::engine::EngineStep,
+        d: &crate::device::summary::DeviceSummary,
+        clock: &Clock,
+    ) {
         let Some(tracer) = &self.tracer else { return };
         if self.opts.tracing_level < 1 || d.is_empty() {
             return;

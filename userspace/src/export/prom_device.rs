@@ -9,10 +9,7 @@ use anyhow::Result;
 use prometheus::{HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 use super::prom::{counter, hist};
-use crate::device::{
-    DeviceRecord, IntervalReport,
-    summary::What,
-};
+use crate::device::{DeviceRecord, IntervalReport, summary::What};
 
 /// Host time of launch and copy calls: microseconds to tens of milliseconds.
 const CALL_BUCKETS: &[f64] =
@@ -122,12 +119,7 @@ impl DeviceMetrics {
                 WAIT_BUCKETS,
                 &["pid", "api", "op"],
             )?,
-            errors: counter(
-                reg,
-                "inferscope_device_call_errors_total",
-                "Runtime calls that returned an error.",
-                pa,
-            )?,
+            errors: counter(reg, "inferscope_device_call_errors_total", "Runtime calls that returned an error.", pa)?,
             kernel_launches: counter(
                 reg,
                 "inferscope_device_kernel_launches_total",

@@ -33,11 +33,20 @@ pub struct LoadOptions {
     pub arrival_times: bool,
     /// Load the device-runtime uprobe programs and follow `dlopen` (the `mmap` tracepoints).
     pub device: bool,
+    /// Attach device probes with one `uprobe_multi` link per library where the kernel can.
+    pub uprobe_multi: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { capture_head: 4096, capture_tail: 1024, ring_buffer_bytes: 16 << 20, arrival_times: true, device: true }
+        Self {
+            capture_head: 4096,
+            capture_tail: 1024,
+            ring_buffer_bytes: 16 << 20,
+            arrival_times: true,
+            device: true,
+            uprobe_multi: true,
+        }
     }
 }
 
@@ -78,8 +87,30 @@ pub const MMAP_TRACEPOINTS: &[&str] = &["sys_enter_mmap", "sys_exit_mmap"];
 struct DeviceProgs {
     specs: Array<MapData, ProbeSpec>,
     hits: PerCpuArray<MapData, u64>,
-    /// Attachments per probe id: the entry probe, and the return probe if any.
+    /// Attachments per probe id (aya's perf-event uprobes): the entry probe, and the return
+    /// probe if any.
     links: std::collections::HashMap<u32, (UProbeLinkId, Option<UProbeLinkId>)>,
+    /// The same programs loaded for `uprobe_multi` links, when the kernel has them.
+    multi: Option<crate::uprobe_multi::MultiProgs>,
+    /// Groups of probes attached together (one library of one process).
+    groups: std::collections::HashMap<u64, Group>,
+    next_group: u64,
+}
+
+/// Probes attached together: by one or two `uprobe_multi` links, or one perf event each.
+struct Group {
+    ids: Vec<u32>,
+    multi: Vec<std::os::fd::OwnedFd>,
+}
+
+/// One function to probe in a library.
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceProbe {
+    /// Probe id: the attach cookie, an index into `DEVICE_SPECS`.
+    pub id: u32,
+    pub spec: ProbeSpec,
+    /// File offset of the function's first instruction.
+    pub offset: u64,
 }
 
 /// A loaded and attached set of probes. Dropping it detaches everything: no probe is left
@@ -170,7 +201,7 @@ pub fn load(opts: &LoadOptions) -> Result<Probes> {
         }
     }
     let device = if opts.device {
-        match load_device(&mut ebpf, &mut links) {
+        match load_device(&mut ebpf, &mut links, opts.uprobe_multi) {
             Ok(d) => Some(d),
             Err(e) => {
                 eprintln!("inferscope: warning: device layer unavailable ({e:#}); no accelerator-runtime probes");
@@ -188,7 +219,20 @@ pub fn load(opts: &LoadOptions) -> Result<Probes> {
 }
 
 /// Loads the two device programs and attaches the `mmap` tracepoints that announce new libraries.
-fn load_device(ebpf: &mut Ebpf, links: &mut Vec<(&'static str, TracePointLinkId)>) -> Result<DeviceProgs> {
+fn load_device(
+    ebpf: &mut Ebpf,
+    links: &mut Vec<(&'static str, TracePointLinkId)>,
+    uprobe_multi: bool,
+) -> Result<DeviceProgs> {
+    // Before any map is taken: the second load is relocated against all of them.
+    let multi = match uprobe_multi.then(|| crate::uprobe_multi::load(ebpf, BPF_OBJECT)) {
+        Some(Ok(m)) => Some(m),
+        Some(Err(e)) => {
+            log::info!("uprobe_multi unavailable ({e:#}); device probes attach one by one");
+            None
+        }
+        None => None,
+    };
     for name in ["device_enter", "device_exit"] {
         let prog: &mut UProbe = ebpf.program_mut(name).context(name)?.try_into()?;
         prog.load().map_err(|e| anyhow!("the kernel rejected BPF program {name}: {e:#}"))?;
@@ -201,7 +245,14 @@ fn load_device(ebpf: &mut Ebpf, links: &mut Vec<(&'static str, TracePointLinkId)
     }
     let specs = Array::try_from(ebpf.take_map("DEVICE_SPECS").context("map DEVICE_SPECS")?)?;
     let hits = PerCpuArray::try_from(ebpf.take_map("DEVICE_HITS").context("map DEVICE_HITS")?)?;
-    Ok(DeviceProgs { specs, hits, links: std::collections::HashMap::new() })
+    Ok(DeviceProgs {
+        specs,
+        hits,
+        links: std::collections::HashMap::new(),
+        multi,
+        groups: std::collections::HashMap::new(),
+        next_group: 1,
+    })
 }
 
 impl Drop for Probes {
@@ -209,10 +260,22 @@ impl Drop for Probes {
     /// on an idle VM, seconds under load); one after another, 28 of them made stopping take
     /// from 2 s to over 20 s. Dropped on parallel threads, the grace periods overlap.
     fn drop(&mut self) {
+        let multi: Vec<std::os::fd::OwnedFd> =
+            self.device.as_mut().map(|d| d.groups.drain().flat_map(|(_, g)| g.multi).collect()).unwrap_or_default();
         let ids: Vec<u32> = self.device.as_ref().map(|d| d.links.keys().copied().collect()).unwrap_or_default();
+        let mut uprobes = Vec::new();
         for id in ids {
-            self.detach_device(id);
+            uprobes.extend(self.take_device_links(id));
         }
+        // Grace periods overlap when links are dropped on parallel threads (at most 64).
+        let per = uprobes.len().div_ceil(64).max(1);
+        std::thread::scope(|s| {
+            let _ = std::thread::Builder::new().spawn_scoped(s, move || drop(multi));
+            while !uprobes.is_empty() {
+                let batch: Vec<_> = uprobes.drain(..per.min(uprobes.len())).collect();
+                let _ = std::thread::Builder::new().spawn_scoped(s, move || drop(batch));
+            }
+        });
         let mut owned = Vec::new();
         for (name, id) in self.links.drain(..) {
             let prog: Option<&mut TracePoint> = self.ebpf.program_mut(name).and_then(|p| p.try_into().ok());
@@ -324,19 +387,117 @@ impl Probes {
     }
 
     /// Detaches device probe `id` (nothing if it is not attached).
+    ///
+    /// Detaching a uprobe waits for an RCU grace period (~0.1 s here; 44 probes one after
+    /// another took 9 s): the links are dropped on a thread of their own, so neither the event
+    /// loop nor other detaches wait.
     pub fn detach_device(&mut self, id: u32) {
-        let Some((entry, ret)) = self.device.as_mut().and_then(|d| d.links.remove(&id)) else { return };
-        if let Some(p) = self.ebpf.program_mut("device_enter").and_then(|p| <&mut UProbe>::try_from(p).ok()) {
-            let _ = p.detach(entry);
+        let links = self.take_device_links(id);
+        if links.is_empty() {
+            return;
+        }
+        // No thread to be had: the closure, and the links with it, are dropped here (slow, but
+        // never leaves a probe behind).
+        let _ = std::thread::Builder::new().name("uprobe-detach".into()).spawn(move || drop(links));
+    }
+
+    /// Takes the links of device probe `id` out of the programs (dropping them detaches) and
+    /// clears its spec.
+    fn take_device_links(&mut self, id: u32) -> Vec<aya::programs::uprobe::UProbeLink> {
+        let mut out = Vec::new();
+        let Some((entry, ret)) = self.device.as_mut().and_then(|d| d.links.remove(&id)) else { return out };
+        if let Some(p) = self.ebpf.program_mut("device_enter").and_then(|p| <&mut UProbe>::try_from(p).ok())
+            && let Ok(l) = p.take_link(entry)
+        {
+            out.push(l);
         }
         if let (Some(r), Some(p)) =
             (ret, self.ebpf.program_mut("device_exit").and_then(|p| <&mut UProbe>::try_from(p).ok()))
+            && let Ok(l) = p.take_link(r)
         {
-            let _ = p.detach(r);
+            out.push(l);
         }
         if let Some(d) = self.device.as_mut() {
             let _ = d.specs.set(id, ProbeSpec::default(), 0);
         }
+        out
+    }
+
+    /// Attaches the probes of one library of process `pid` together: two `uprobe_multi` links
+    /// (entries, returns) where the kernel has them, else one perf-event uprobe (pair) each.
+    /// Returns the group, for [`Self::detach_device_group`].
+    pub fn attach_device_group(&mut self, probes: &[DeviceProbe], path: &Path, pid: u32) -> Result<u64> {
+        let Some(dev) = self.device.as_mut() else { bail!("device programs not loaded") };
+        for p in probes {
+            if p.id >= MAX_DEVICE_PROBES {
+                bail!("device probe id {} out of range", p.id);
+            }
+            dev.specs.set(p.id, p.spec, 0).with_context(|| format!("writing the spec of device probe {}", p.id))?;
+        }
+        let group = dev.next_group;
+        dev.next_group += 1;
+        if let Some(m) = &dev.multi {
+            let offsets: Vec<u64> = probes.iter().map(|p| p.offset).collect();
+            let cookies: Vec<u64> = probes.iter().map(|p| u64::from(p.id)).collect();
+            let rets: Vec<&DeviceProbe> =
+                probes.iter().filter(|p| p.spec.flags & inferscope_common::SPEC_RETURN != 0).collect();
+            let linked = m.attach(path, &offsets, &cookies, pid, false).and_then(|enter| {
+                let mut fds = vec![enter];
+                if !rets.is_empty() {
+                    let o: Vec<u64> = rets.iter().map(|p| p.offset).collect();
+                    let c: Vec<u64> = rets.iter().map(|p| u64::from(p.id)).collect();
+                    fds.push(m.attach(path, &o, &c, pid, true)?);
+                }
+                Ok(fds)
+            });
+            match linked {
+                Ok(fds) => {
+                    dev.groups.insert(group, Group { ids: probes.iter().map(|p| p.id).collect(), multi: fds });
+                    return Ok(group);
+                }
+                Err(e) => log::debug!("pid {pid}: {e:#}; attaching one by one"),
+            }
+        }
+        let mut ids = Vec::new();
+        let mut first_err = None;
+        for p in probes {
+            match self.attach_device(p.id, &p.spec, path, p.offset, pid) {
+                Ok(()) => ids.push(p.id),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if ids.is_empty()
+            && let Some(e) = first_err
+        {
+            return Err(e);
+        }
+        if let Some(d) = self.device.as_mut() {
+            d.groups.insert(group, Group { ids, multi: Vec::new() });
+        }
+        Ok(group)
+    }
+
+    /// Detaches a group of probes (links dropped on a thread of their own).
+    pub fn detach_device_group(&mut self, group: u64) {
+        let Some(g) = self.device.as_mut().and_then(|d| d.groups.remove(&group)) else { return };
+        for id in &g.ids {
+            if g.multi.is_empty() {
+                self.detach_device(*id);
+            } else if let Some(d) = self.device.as_mut() {
+                let _ = d.specs.set(*id, ProbeSpec::default(), 0);
+            }
+        }
+        if !g.multi.is_empty() {
+            let fds = g.multi;
+            let _ = std::thread::Builder::new().name("uprobe-detach".into()).spawn(move || drop(fds));
+        }
+    }
+
+    /// Whether device probes attach with `uprobe_multi` links.
+    pub fn device_multi(&self) -> bool {
+        self.device.as_ref().is_some_and(|d| d.multi.is_some())
     }
 
     /// Hits of device probe `id` since it was attached (all CPUs).

@@ -179,6 +179,12 @@ pub struct RunOptions {
     #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
     pub device_interval: f64,
 
+    /// Attach each device probe as a perf event of its own instead of one `uprobe_multi` link
+    /// per library (what kernels before 6.6 get anyway). Each one then takes ~0.1 s to detach,
+    /// one after another, when a process exits or inferscope stops.
+    #[arg(long)]
+    pub no_uprobe_multi: bool,
+
     /// With --tracing-level 1 or more, also send one `device` span per engine step (what the
     /// accelerator was asked in the step).
     #[arg(long)]

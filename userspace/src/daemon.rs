@@ -578,6 +578,7 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
         ring_buffer_bytes: o.ring_buffer_size,
         arrival_times: !o.no_arrival_times,
         device: !o.no_device,
+        uprobe_multi: !o.no_uprobe_multi,
     };
     let device_opts = if o.no_device {
         None
@@ -606,8 +607,9 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
         Some(opts) if probes.has_device() => {
             let cost = manager::calibrate(&mut probes, inferscope_common::MAX_DEVICE_PROBES - 1);
             eprintln!(
-                "inferscope: device probes: {} (a probe hit costs {:.1} us here, {:.1} us with its return probe)",
+                "inferscope: device probes: {}; attached {} (a probe hit costs {:.1} us here, {:.1} us with its return probe)",
                 opts.describe(),
+                if probes.device_multi() { "with one uprobe_multi link per library" } else { "one perf event each" },
                 cost.entry_ns / 1e3,
                 cost.pair_ns / 1e3
             );

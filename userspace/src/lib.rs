@@ -18,3 +18,4 @@ pub mod protocol;
 pub mod request;
 pub mod stream;
 pub mod tracker;
+pub mod uprobe_multi;

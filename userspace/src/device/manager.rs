@@ -13,7 +13,7 @@ use super::{
     catalog::{self, Entry, Group},
     libs::{self, FileKey, LibCache, Mapping},
 };
-use crate::bpf::Probes;
+use crate::bpf::{DeviceProbe, Probes};
 
 /// What the operator asked of the device layer.
 #[derive(Clone, Debug)]
@@ -140,6 +140,9 @@ impl Default for ProbeCost {
     }
 }
 
+/// How long a detached probe's id stays unused.
+const ID_QUARANTINE: std::time::Duration = std::time::Duration::from_secs(10);
+
 type MapsCache = std::sync::Arc<std::sync::Mutex<HashMap<u32, Vec<Mapping>>>>;
 
 struct Attached {
@@ -147,6 +150,8 @@ struct Attached {
     symbol: String,
     ret: bool,
     last_hits: u64,
+    /// The attachment group (one library of the process) it belongs to.
+    group: u64,
 }
 
 #[derive(Default)]
@@ -180,7 +185,9 @@ pub struct DeviceManager {
     libs: std::sync::Arc<std::sync::Mutex<LibCache>>,
     maps_cache: MapsCache,
     procs: HashMap<u32, ProcProbes>,
-    free_ids: Vec<u32>,
+    /// Ids of detached probes and when: reused only after [`ID_QUARANTINE`], once the old
+    /// link (dropped on another thread) can no longer fire with it.
+    free_ids: std::collections::VecDeque<(u32, std::time::Instant)>,
     next_id: u32,
     /// Attach failures (counted; the first few are logged).
     pub attach_errors: u64,
@@ -213,7 +220,7 @@ impl DeviceManager {
             libs,
             maps_cache,
             procs: HashMap::new(),
-            free_ids: Vec::new(),
+            free_ids: Default::default(),
             next_id: 0,
             attach_errors: 0,
             backoffs: Vec::new(),
@@ -241,9 +248,13 @@ impl DeviceManager {
         }
     }
 
+    fn free_id(&mut self, id: u32) {
+        self.free_ids.push_back((id, std::time::Instant::now()));
+    }
+
     fn alloc_id(&mut self) -> Option<u32> {
-        if let Some(id) = self.free_ids.pop() {
-            return Some(id);
+        if self.free_ids.front().is_some_and(|(_, t)| t.elapsed() >= ID_QUARANTINE) {
+            return self.free_ids.pop_front().map(|(id, _)| id);
         }
         // The last id is the calibration probe's.
         (self.next_id < MAX_DEVICE_PROBES - 1).then(|| {
@@ -277,7 +288,8 @@ impl DeviceManager {
             }
             let path = libs::host_path(pid, &m.path);
             let library = m.path.rsplit('/').next().unwrap_or(&m.path).to_string();
-            let mut n = 0;
+            // Every wanted function of the library, attached together (one link pair).
+            let mut batch: Vec<(DeviceProbe, &super::libs::Found)> = Vec::new();
             for f in found.iter() {
                 let p = self.procs.get(&pid).expect("present");
                 if !self.opts.wants(f.entry, &f.symbol)
@@ -290,29 +302,38 @@ impl DeviceManager {
                     self.attach_errors += 1;
                     continue;
                 };
-                let spec = self.opts.spec(f.entry, pid);
                 probes.reset_device_hits(id);
-                match probes.attach_device(id, &spec, &path, f.file_offset, pid) {
-                    Ok(()) => {
-                        n += 1;
+                batch.push((DeviceProbe { id, spec: self.opts.spec(f.entry, pid), offset: f.file_offset }, f));
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            let list: Vec<DeviceProbe> = batch.iter().map(|(d, _)| *d).collect();
+            let n = match probes.attach_device_group(&list, &path, pid) {
+                Ok(group) => {
+                    for (d, f) in &batch {
                         let info =
                             ProbeInfo { pid, entry: f.entry, symbol: f.symbol.clone(), library: library.clone() };
-                        self.tracker.add_probe(id, info, ancestors.to_vec());
+                        self.tracker.add_probe(d.id, info, ancestors.to_vec());
                         let p = self.procs.get_mut(&pid).expect("present");
                         p.at.insert(
                             (m.file.clone(), f.file_offset),
-                            Attached { id, symbol: f.symbol.clone(), ret: f.entry.ret, last_hits: 0 },
+                            Attached { id: d.id, symbol: f.symbol.clone(), ret: f.entry.ret, last_hits: 0, group },
                         );
                     }
-                    Err(e) => {
-                        self.free_ids.push(id);
-                        self.attach_errors += 1;
-                        if self.attach_errors <= 5 {
-                            eprintln!("inferscope: pid {pid}: cannot probe {} in {}: {e:#}", f.symbol, m.path);
-                        }
-                    }
+                    batch.len()
                 }
-            }
+                Err(e) => {
+                    for (d, _) in &batch {
+                        self.free_id(d.id);
+                    }
+                    self.attach_errors += 1;
+                    if self.attach_errors <= 5 {
+                        eprintln!("inferscope: pid {pid}: cannot probe {}: {e:#}", m.path);
+                    }
+                    0
+                }
+            };
             if n > 0 {
                 self.procs.get_mut(&pid).expect("present").libraries.insert(library.clone());
                 attached.push(format!("{n} in {library}"));
@@ -329,10 +350,13 @@ impl DeviceManager {
             c.remove(&pid);
         }
         let Some(p) = self.procs.remove(&pid) else { return };
+        let groups: BTreeSet<u64> = p.at.values().map(|a| a.group).collect();
+        for g in groups {
+            probes.detach_device_group(g);
+        }
         for (_, a) in p.at {
-            probes.detach_device(a.id);
             self.tracker.remove_probe(a.id);
-            self.free_ids.push(a.id);
+            self.free_id(a.id);
         }
     }
 
@@ -373,14 +397,13 @@ impl DeviceManager {
                 continue;
             }
             costs.sort_by(|a, b| b.3.total_cmp(&a.3));
+            let mut groups = BTreeSet::new();
             for (key, symbol, rate, share) in costs {
                 if total <= self.opts.overhead_budget {
                     break;
                 }
-                if let Some(a) = p.at.remove(&key) {
-                    probes.detach_device(a.id);
-                    self.tracker.remove_probe(a.id);
-                    self.free_ids.push(a.id);
+                if let Some(a) = p.at.get(&key) {
+                    groups.insert((a.group, key.0.clone()));
                 }
                 total -= share;
                 p.disabled.insert(symbol.clone());
@@ -394,6 +417,21 @@ impl DeviceManager {
                     b.symbol
                 );
                 off.push(b);
+            }
+            // Probes of a library are attached together: detach the group, and attach what is
+            // still wanted of that library again on the next scan (fresh ids).
+            for (group, file) in groups {
+                probes.detach_device_group(group);
+                let keys: Vec<(FileKey, u64)> =
+                    p.at.iter().filter(|(_, a)| a.group == group).map(|(k, _)| k.clone()).collect();
+                for k in keys {
+                    if let Some(a) = p.at.remove(&k) {
+                        self.tracker.remove_probe(a.id);
+                        self.free_ids.push_back((a.id, std::time::Instant::now()));
+                    }
+                }
+                p.seen.remove(&file);
+                p.dirty = true;
             }
         }
         self.backoffs.extend(off.iter().cloned());

@@ -276,6 +276,43 @@ def build():
         desc="error_type: HTTP status (>= 400), the error type from the response body, no_response or incomplete_response."))
     y += 8
 
+    # --- device layer -------------------------------------------------------------------
+    p.append(row("Accelerator runtime (device layer)", y)); y += 1
+    p.append(timeseries("Launches / s by kind", [target(
+        f"sum by (instance, pid, kind) (rate(inferscope_device_launches_total{{{T}}}{RI}))", "{{instance}} pid {{pid}} {{kind}}")],
+        0, y, w=8, unit="short",
+        desc="Kernel launches (group `launch`, off by default) and CUDA-graph / model replays the engine asked of its accelerator, per process."))
+    p.append(timeseries("Host time waiting for the device", [target(
+        f"sum by (instance, pid, kind) (rate(inferscope_device_sync_wait_seconds_sum{{{T}}}{RI}))", "{{instance}} pid {{pid}} {{kind}}")],
+        8, y, w=8, unit="percentunit",
+        desc="Seconds per second host threads spent in stream / device / event synchronisation (1 = one thread always waiting)."))
+    p.append(timeseries("Launch gap p90 by stream", [target(
+        f"histogram_quantile(0.9, sum by (le, instance, pid, stream) (rate(inferscope_device_launch_gap_seconds_bucket{{{T}}}{RI})))",
+        "{{instance}} pid {{pid}} {{stream}}")], 16, y, w=8, unit="s",
+        desc="Time between one launch call's return and the next launch on the same stream (up to 1 s): where the host keeps the device waiting."))
+    y += 8
+    p.append(timeseries("Copy bandwidth by direction", [target(
+        f"sum by (instance, pid, direction) (rate(inferscope_device_copy_bytes_total{{{T}}}{RI}))", "{{instance}} pid {{pid}} {{direction}}")],
+        0, y, w=8, unit="Bps", desc="Bytes of asynchronous copies enqueued per second (h2d, d2h, d2d, h2h, default)."))
+    p.append(timeseries("Collective bytes / s by operation", [target(
+        f"sum by (instance, pid, op) (rate(inferscope_device_collective_bytes_total{{{T}}}{RI}))", "{{instance}} pid {{pid}} {{op}}")],
+        8, y, w=8, unit="Bps", desc="NCCL / HCCL collectives: element count x element size, per second."))
+    p.append(timeseries("Top kernels (launches / s)", [target(
+        f"topk(10, sum by (kernel) (rate(inferscope_device_kernel_launches_total{{{T}}}{RI})))", "{{kernel}}")],
+        16, y, w=8, unit="short",
+        desc="Kernel names from ELF symbols of host stubs and module lookups; each process's top kernels keep their name, the rest read `other`."))
+    y += 8
+    p.append(timeseries("Device probe hits / s", [target(
+        f"sum by (instance, function) (rate(inferscope_device_probe_hits_total{{{T}}}{RI}))", "{{instance}} {{function}}")],
+        0, y, w=12, unit="short",
+        desc="Calls of each probed runtime function. Each costs a uprobe trap (inferscope measures its cost at start-up; see its first lines)."))
+    p.append(timeseries("Device probes switched off / rate-limited", targets(
+        (f"sum by (instance, function) (increase(inferscope_device_probes_disabled_total{{{T}}}{RI}))", "off {{instance}} {{function}}"),
+        (f'sum by (instance) (rate(inferscope_dropped_events_total{{{T}, reason="device_rate_limited"}}{RI}))', "rate-limited calls/s {{instance}}"),
+    ), 12, y, w=12, unit="short",
+        desc="Probes the overhead budget detached (--device-overhead-budget), and calls over --device-rate-limit (counted, not reported)."))
+    y += 8
+
     # --- inferscope health --------------------------------------------------------------
     p.append(row("inferscope health", y)); y += 1
     p.append(timeseries("Ring-buffer and kernel-side drops", [target(

@@ -66,10 +66,10 @@ def known_from_prom_rs(path):
     """(metric names, label names) declared in prom.rs."""
     src = open(path).read()
     names, labels = set(), set()
-    for m in re.finditer(r'\bhist\(\s*&reg,\s*"([^"]+)"', src):
+    for m in re.finditer(r'\bhist\(\s*&?reg,\s*"([^"]+)"', src):
         n = m.group(1)
         names |= {n + "_bucket", n + "_sum", n + "_count"}
-    for pat in (r'\bcounter\(\s*&reg,\s*"([^"]+)"', r'\bgauge\(\s*&reg,\s*"([^"]+)"',
+    for pat in (r'\bcounter\(\s*&?reg,\s*"([^"]+)"', r'\bgauge\(\s*&?reg,\s*"([^"]+)"',
                 r'IntCounter::new\(\s*"([^"]+)"', r'Opts::new\(\s*"([^"]+)"'):
         names |= set(re.findall(pat, src))
     # Label names: every identifier-like string literal inside a &[...] slice or a .push().
@@ -174,7 +174,8 @@ def prom_query(base, expr):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dashboard", default=os.path.join(HERE, "inferscope-dashboard.json"))
-    ap.add_argument("--prom-rs", default=os.path.join(REPO, "userspace", "src", "export", "prom.rs"))
+    ap.add_argument("--prom-rs", action="append", default=[],
+                    help="a Rust source registering metric families (repeatable; default: export/prom*.rs)")
     ap.add_argument("--url", action="append", default=[], help="a running inferscope's /metrics URL (repeatable)")
     ap.add_argument("--file", action="append", default=[], help="a saved /metrics scrape (repeatable)")
     ap.add_argument("--prometheus", help="Prometheus base URL: run every expression through /api/v1/query")
@@ -182,8 +183,15 @@ def main():
     a = ap.parse_args()
 
     dash = json.load(open(a.dashboard))
-    names, labels = known_from_prom_rs(a.prom_rs)
-    src_counts = {"prom.rs": len(names)}
+    export = os.path.join(REPO, "userspace", "src", "export")
+    sources = a.prom_rs or sorted(os.path.join(export, f) for f in os.listdir(export)
+                                  if f.startswith("prom") and f.endswith(".rs"))
+    names, labels = set(), set()
+    for src in sources:
+        n, l = known_from_prom_rs(src)
+        names |= n
+        labels |= l
+    src_counts = {"prom*.rs": len(names)}
     scraped = set()
     for u in a.url:
         with urllib.request.urlopen(u, timeout=10) as r:

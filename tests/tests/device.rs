@@ -178,6 +178,50 @@ fn device_calls_of_stand_in_runtimes_are_counted_exactly() {
     assert!(sum(&lines, |l| l["max_launch_gap_seconds"].as_f64().unwrap_or(0.0)) < 1.0);
 }
 
+/// Over --device-rate-limit, calls are counted, not reported: what was reported plus what was
+/// counted is every call, and the operator is told in one line.
+#[test]
+fn rate_limited_calls_are_counted_and_reported_as_dropped() {
+    let dir = scratch("device-rate");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let (mut fixture, mut scope, ctl) = start(
+        &dir,
+        &[],
+        &[
+            "--device-probes",
+            "all",
+            "--device-overhead-budget",
+            "0",
+            "--device-rate-limit",
+            "100",
+            "--prometheus-listen",
+            &listen,
+        ],
+    );
+    touch(ctl.join("go2"));
+    wait_for("the fixture's workload", Duration::from_secs(30), || ctl.join("done").exists().then_some(()));
+    let truth: Value = serde_json::from_str(&fs::read_to_string(ctl.join("truth.json")).unwrap()).unwrap();
+    // Only cuLaunchKernel (451 calls in well under a second) goes over 100 calls/s.
+    let limited = wait_for("the rate-limited count", Duration::from_secs(10), || {
+        let (_, body) = http_get(port, "/metrics")?;
+        let line =
+            body.lines().find(|l| l.starts_with("inferscope_dropped_events_total{reason=\"device_rate_limited\"}"))?;
+        let n: u64 = line.rsplit(' ').next()?.parse().ok()?;
+        (n > 0).then_some(n)
+    });
+    touch(ctl.join("go3"));
+    assert!(fixture.wait_for_exit(Duration::from_secs(10)));
+    assert!(scope.proc.wait_for_exit(Duration::from_secs(30)));
+    let reported: u64 = scope.lines("device").iter().map(|l| u(&l["launches"])).sum();
+    assert_eq!(reported + limited, u(&truth["launches"]), "reported {reported} + rate-limited {limited}");
+    let err = fs::read_to_string(&scope.stderr).unwrap();
+    assert!(
+        err.contains(&format!("{limited} device calls counted but not reported: over --device-rate-limit")),
+        "{err}"
+    );
+}
+
 /// An eager engine launching as fast as it can: the launch probe costs more than the budget and
 /// is switched off, with a line saying so; the process runs on unprobed.
 #[test]

@@ -455,6 +455,7 @@ impl Daemon {
             in_flight: self.tracker.in_flight(),
             export_errors,
             engine: self.engine.stats.clone(),
+            device: self.device.as_ref().map(|d| d.health()).unwrap_or_default(),
         }
     }
 
@@ -787,6 +788,10 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
         j.flush();
     }
     let h = d.health();
+    // What was lost since the last periodic report (they come every 10 s).
+    if let Some(line) = console::loss_line(&d.last_health, &h) {
+        eprintln!("inferscope: {line}");
+    }
     let drops = h.bpf_stat(inferscope_common::stat::RINGBUF_DROPS);
     eprintln!(
         "inferscope: stopped; {} data events, {} ring-buffer drops, {} stream bytes missing",

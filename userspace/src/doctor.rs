@@ -124,10 +124,21 @@ pub fn run() -> i32 {
     if privileged {
         let tp = bpf::load(&bpf::LoadOptions::default());
         tracepoints_ok = tp.is_ok();
+        let device = tp.as_ref().ok().map(|p| (p.has_device(), p.device_multi()));
         checks.push(check(
             "tracepoints",
             tp.map(|_| "syscall and sched tracepoints attached; ring buffer created".to_string()).map_err(err),
         ));
+        if let Some((loaded, multi)) = device {
+            checks.push(check(
+                "device probes",
+                match (loaded, multi) {
+                    (true, true) => Ok("runtime uprobe programs loaded; one uprobe_multi link per library".into()),
+                    (true, false) => Ok("runtime uprobe programs loaded; no uprobe_multi (Linux < 6.6): one perf event per probe, ~0.1 s each to detach".into()),
+                    (false, _) => Err("the device-layer programs did not load: no CUDA / NCCL / Ascend probes".into()),
+                },
+            ));
+        }
         match bpf::open(&bpf::LoadOptions { ring_buffer_bytes: 1 << 16, ..Default::default() }) {
             Ok(mut ebpf) => {
                 let r = (|| -> Result<String, String> {

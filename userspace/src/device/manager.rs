@@ -438,12 +438,17 @@ impl DeviceManager {
         (hits_out, off)
     }
 
-    pub fn probe_count(&self) -> usize {
-        self.procs.values().map(|p| p.at.len()).sum()
-    }
-
-    pub fn unreadable_files(&self) -> u64 {
-        self.libs.lock().map(|l| l.unreadable).unwrap_or(0)
+    /// Counters for the health line.
+    pub fn health(&self) -> crate::export::DeviceHealth {
+        crate::export::DeviceHealth {
+            probes_attached: self.procs.values().map(|p| p.at.len() as u64).sum(),
+            attach_errors: self.attach_errors,
+            unreadable_files: self.libs.lock().map(|l| l.unreadable).unwrap_or(0),
+            unknown_probe: self.tracker.stats.unknown_probe,
+            nested: self.tracker.stats.nested,
+            unclaimed: self.tracker.stats.unclaimed,
+            disabled: self.backoffs.len() as u64,
+        }
     }
 
     pub fn maps(&self, pid: u32) -> &[Mapping] {

@@ -57,6 +57,12 @@ pub fn loss_line(prev: &Health, now: &Health) -> Option<String> {
     if map > 0 {
         parts.push(format!("{map} sockets not traced because the socket map was full"));
     }
+    let limited = d(stat::DEVICE_RATE_LIMITED);
+    if limited > 0 {
+        parts.push(format!(
+            "{limited} device calls counted but not reported: over --device-rate-limit (raise it, or switch the busiest probe off)"
+        ));
+    }
     let export: u64 = now
         .export_errors
         .iter()

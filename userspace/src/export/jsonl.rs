@@ -274,6 +274,18 @@ pub fn health_json(h: &crate::export::Health, unix_ns: u64) -> Value {
             "ipc_dropped_messages": h.tracker.ipc_dropped_messages,
             "ipc_unparsed_bytes": h.tracker.ipc_discarded_bytes,
         },
+        "device": {
+            "probe_hits": h.bpf_stat(stat::DEVICE_HITS),
+            "rate_limited": h.bpf_stat(stat::DEVICE_RATE_LIMITED),
+            "mmap_events": h.bpf_stat(stat::MMAP_EVENTS),
+            "probes_attached": h.device.probes_attached,
+            "attach_errors": h.device.attach_errors,
+            "unreadable_files": h.device.unreadable_files,
+            "unknown_probe_calls": h.device.unknown_probe,
+            "nested_driver_calls": h.device.nested,
+            "unclaimed_step_calls": h.device.unclaimed,
+            "probes_disabled": h.device.disabled,
+        },
     })
 }
 
@@ -311,5 +323,50 @@ impl JsonlWriter {
         if self.out.flush().is_err() {
             self.errors += 1;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::{
+        IntervalReport, StreamStats,
+        catalog::CopyDir,
+        summary::{Sample, What},
+    };
+
+    #[test]
+    fn device_lines_carry_sums_streams_and_bounded_kernels() {
+        let clock = Clock::new();
+        let mut r = IntervalReport { pid: 7, ..Default::default() };
+        r.summary.add(&Sample {
+            start_ns: 10,
+            end_ns: 20,
+            what: What::Copy { dir: CopyDir::DeviceToHost, bytes: 1 << 20, ns: 10 },
+            error: false,
+        });
+        r.streams.insert("0x50".into(), StreamStats { launches: 3, gaps: 2, gap_ns: 4_000, ..Default::default() });
+        for (k, n) in [("a", 5), ("b", 3), ("c", 1)] {
+            for _ in 0..n {
+                r.kernels.add(k, 1_000);
+            }
+        }
+        let v = device_json(&r, 99, 2.0, 2, (4, &["libcuda.so.1".to_string()]), &[], false);
+        assert_eq!(v["type"], "device");
+        assert_eq!(v["pid"], 7);
+        assert_eq!(v["copies"]["d2h"]["bytes"], 1 << 20);
+        assert_eq!(v["streams"][0]["stream"], "0x50");
+        assert_eq!(v["streams"][0]["launch_gap_seconds"], 4e-6);
+        let names: Vec<&str> = v["kernels"].as_array().unwrap().iter().map(|k| k["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(v["kernels_other"]["launches"], 1);
+        assert_eq!(v["probes_attached"], 4);
+        assert!(v.get("final").is_none());
+
+        let step = crate::engine::EngineStep { pid: 7, ts_ns: 30, ..Default::default() };
+        let s = step_json_with_device(&step, Some(&r.summary), &clock);
+        assert_eq!(s["device"]["copies"]["d2h"]["count"], 1);
+        assert_eq!(s["device"]["first_call_ns"], clock.unix_ns(10));
+        assert!(step_json_with_device(&step, None, &clock).get("device").is_none());
     }
 }

@@ -108,6 +108,26 @@ pub struct Health {
     pub export_errors: Vec<(&'static str, u64)>,
     /// The engine layer's counters.
     pub engine: crate::engine::EngineStats,
+    /// The device layer's counters.
+    pub device: DeviceHealth,
+}
+
+/// What the device layer attached, could not attach, and could not use.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeviceHealth {
+    pub probes_attached: u64,
+    /// Libraries (or single functions) that could not be probed.
+    pub attach_errors: u64,
+    /// Mapped files whose ELF symbols could not be read.
+    pub unreadable_files: u64,
+    /// Calls from a probe no longer attached (late records of a detached probe).
+    pub unknown_probe: u64,
+    /// Driver calls folded into the runtime call that made them (not lost: counted once).
+    pub nested: u64,
+    /// Calls no engine step claimed within 30 s.
+    pub unclaimed: u64,
+    /// Probes switched off by the overhead budget.
+    pub disabled: u64,
 }
 
 impl Health {

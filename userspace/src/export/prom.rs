@@ -318,6 +318,12 @@ impl PromMetrics {
         );
         Self::advance(
             prev,
+            "device_rate",
+            h.bpf_stat(stat::DEVICE_RATE_LIMITED),
+            &self.dropped.with_label_values(&["device_rate_limited"]),
+        );
+        Self::advance(
+            prev,
             "readfail",
             h.bpf_stat(stat::READ_USER_FAILED),
             &self.dropped.with_label_values(&["user_memory_unreadable"]),

@@ -164,7 +164,10 @@ fn cookie(ctx: &impl EbpfContext) -> u32 {
 /// Counts the hit; returns false when the probe is over its rate limit this second.
 #[inline(always)]
 fn admit(probe: u32, spec: &ProbeSpec, now: u64) -> bool {
-    count(stat::DEVICE_HITS, 1);
+    // The calibration probe counts in its own slot only.
+    if spec.flags & SPEC_COUNT_ONLY == 0 {
+        count(stat::DEVICE_HITS, 1);
+    }
     if let Some(h) = DEVICE_HITS.get_ptr_mut(probe) {
         unsafe { *h += 1 };
     }

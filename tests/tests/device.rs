@@ -275,10 +275,25 @@ fn real_libcudart_launches_are_seen_with_stream_and_kernel_name() {
     let report: Value = serde_json::from_str(&fs::read_to_string(ctl.join("report.json")).unwrap()).unwrap();
     assert_ne!(report["launch_ret"], 0, "no driver here: cudaLaunchKernel fails");
     let lines = scope.lines("device");
-    let launches: u64 = lines.iter().map(|l| u(&l["launches"])).sum();
-    assert_eq!(launches, 25, "{err}");
-    // Failed calls are counted as errors.
-    assert_eq!(lines.iter().map(|l| u(&l["errors"])).sum::<u64>(), 25 + u(&report["syncs"]));
+    let total = |k: &str| lines.iter().map(|l| u(&l[k])).sum::<u64>();
+    assert_eq!(total("launches"), 25 + u(&report["ex_launches"]), "{err}");
+    assert_eq!(total("graph_launches"), u(&report["graph_launches"]));
+    let h2d = |k: &str| lines.iter().map(|l| u(&l["copies"]["h2d"][k])).sum::<u64>();
+    assert_eq!((h2d("count"), h2d("bytes")), (u(&report["copies"]), u(&report["copy_bytes"])));
+    // Every call failed (no driver), and each is counted as an error.
+    assert_eq!(
+        total("errors"),
+        total("launches") + total("graph_launches") + u(&report["copies"]) + u(&report["syncs"])
+    );
+    // cudaLaunchKernelExC's stream is read from its launch config.
+    let ex_stream = format!("{:#x}", u(&report["ex_stream"]));
+    assert!(
+        lines
+            .iter()
+            .flat_map(|l| l["streams"].as_array().unwrap())
+            .any(|s| s["stream"] == ex_stream.as_str() && u(&s["launches"]) == u(&report["ex_launches"])),
+        "the stream in cudaLaunchKernelExC's config ({ex_stream})"
+    );
     let stream = format!("{:#x}", u(&report["stream"]));
     assert!(
         lines

@@ -384,3 +384,39 @@ fn real_vllm_data_parallel_engines_are_told_apart() {
     scope.stop();
     assert!(vllm.stop_with(15, Duration::from_secs(30)), "vLLM did not stop");
 }
+
+/// The real NCCL that vLLM's install brings (no GPU: calls fail, arguments are real): every
+/// collective is seen, with its bytes from count and data type, and its failure counted.
+#[test]
+#[ignore = "needs the real vLLM install (its NCCL wheel): run `cargo xtask test`"]
+fn real_libnccl_collectives_are_seen() {
+    let dir = scratch("nccl");
+    let venv = std::env::var_os("INFERSCOPE_VLLM_VENV")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".venv-vllm"));
+    let ctl = dir.join("ctl");
+    std::fs::create_dir_all(&ctl).unwrap();
+    let mut child = Proc::spawn(
+        "nccl_calls",
+        Command::new(venv.join("bin/python")).arg(repo_root().join("tests/fixtures/nccl_calls.py")).arg(&ctl),
+    );
+    wait_for("libnccl loaded", Duration::from_secs(60), || {
+        assert!(child.alive(), "nccl_calls.py exited early");
+        ctl.join("loaded").exists().then_some(())
+    });
+    let mut scope = Inferscope::attach(&dir, child.pid(), &["--device-interval", "0.5"]);
+    wait_for("probes on libnccl", Duration::from_secs(30), || {
+        std::fs::read_to_string(&scope.stderr).ok()?.contains(" in libnccl.so.2").then_some(())
+    });
+    std::fs::write(ctl.join("go"), "").unwrap();
+    assert!(child.wait_for_exit(Duration::from_secs(30)));
+    assert!(scope.proc.wait_for_exit(Duration::from_secs(30)));
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(ctl.join("report.json")).unwrap()).unwrap();
+    assert!(report["rets"].as_array().unwrap().iter().all(|r| r != 0), "no communicator: every call fails");
+    let lines = scope.lines("device");
+    let total = |k: &str| lines.iter().map(|l| l[k].as_u64().unwrap_or(0)).sum::<u64>();
+    let err = std::fs::read_to_string(&scope.stderr).unwrap();
+    assert_eq!(total("collectives"), report["collectives"].as_u64().unwrap(), "NCCL {}:\n{err}", report["version"]);
+    assert_eq!(total("collective_bytes"), report["bytes"].as_u64().unwrap());
+    assert_eq!(total("errors"), report["collectives"].as_u64().unwrap());
+}

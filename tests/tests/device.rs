@@ -307,3 +307,78 @@ fn real_libcudart_launches_are_seen_with_stream_and_kernel_name() {
     assert!(names.contains(&"std::chrono::_V2::system_clock::now"), "kernel names: {names:?}");
     assert_eq!(lines.iter().map(|l| u(&l["syncs"])).sum::<u64>(), u(&report["syncs"]));
 }
+
+/// Engine steps carry what the device did for them: a stand-in SGLang (tests/fixtures/device/
+/// fake_sglang.py) whose scheduler process replays a graph, waits for it and copies 4 KiB back
+/// before each step's output reaches the tokenizer manager. Each step line has exactly that,
+/// the wait as the scheduler timed it, and each step is a `device` span over OTLP.
+#[test]
+fn engine_steps_carry_the_device_calls_made_for_them() {
+    const STEPS: u64 = 6;
+    let dir = scratch("device-steps");
+    build(&dir);
+    let rx = receiver(&dir);
+    let ctl = dir.join("ctl");
+    fs::create_dir_all(&ctl).unwrap();
+    let engine = Proc::spawn(
+        "fake_sglang",
+        Command::new(python())
+            .arg(repo_root().join("tests/fixtures/device/fake_sglang.py"))
+            .arg("sglang.launch_server")
+            .arg(dir.join("libcuda.so.1"))
+            .arg(&ctl)
+            .arg(STEPS.to_string()),
+    );
+    let parent = engine.pid();
+    let endpoint = format!("http://127.0.0.1:{}", rx.grpc);
+    let args: Vec<String> = [
+        "run",
+        "--discover-interval",
+        "0.3",
+        "--quiet",
+        "--otlp-endpoint",
+        &endpoint,
+        "--no-otlp-metrics",
+        "--tracing-level",
+        "1",
+        "--device-spans",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut scope = Inferscope::start(&dir, &args, &[parent]);
+    wait_for("probes on the scheduler's libcuda", Duration::from_secs(30), || {
+        fs::read_to_string(&scope.stderr).ok()?.contains(" in libcuda.so.1").then_some(())
+    });
+    touch(ctl.join("go"));
+    wait_for("the engine's steps", Duration::from_secs(30), || ctl.join("report.json").exists().then_some(()));
+    let report: Value = serde_json::from_str(&fs::read_to_string(ctl.join("report.json")).unwrap()).unwrap();
+    assert_eq!(u(&report["steps"]), STEPS);
+    let steps = wait_for("step lines", Duration::from_secs(15), || {
+        let s: Vec<Value> = scope.lines("step").into_iter().filter(|l| u(&l["pid"]) == parent as u64).collect();
+        (s.len() as u64 >= STEPS).then_some(s)
+    });
+    let err = fs::read_to_string(&scope.stderr).unwrap();
+    assert!(err.contains("sglang"), "recognised as SGLang:\n{err}");
+    for (i, s) in steps.iter().enumerate() {
+        let d = &s["device"];
+        assert_eq!(u(&d["graph_launches"]), 1, "step {i}: {s}");
+        assert_eq!(u(&d["syncs"]), 1, "step {i}: {s}");
+        assert_eq!((u(&d["copies"]["d2h"]["count"]), u(&d["copies"]["d2h"]["bytes"])), (1, 4096), "step {i}");
+        let want = report["waits_ns"][i].as_f64().unwrap() / 1e9;
+        let got = d["sync_wait_seconds"].as_f64().unwrap();
+        assert!((got - want).abs() <= want * 0.1 + 0.0005, "step {i}: waited {got} s, the scheduler timed {want} s");
+        assert!(u(&d["first_call_ns"]) <= u(&s["ts_ns"]), "step {i}: device calls precede the step's output");
+    }
+    let spans = wait_for("device spans", Duration::from_secs(30), || {
+        let s: Vec<Value> = read_jsonl(&rx.spans).into_iter().filter(|s| s["name"] == "device").collect();
+        (s.len() as u64 >= STEPS).then_some(s)
+    });
+    for s in &spans {
+        assert_eq!(s["attributes"]["inferscope.device.graph_launches"], 1, "{s}");
+        assert_eq!(s["attributes"]["inferscope.device.copy_bytes"], 4096, "{s}");
+        assert_eq!(s["attributes"]["process.pid"], parent as i64, "{s}");
+    }
+    touch(ctl.join("exit"));
+    scope.stop();
+}

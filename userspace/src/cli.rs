@@ -15,7 +15,10 @@ use crate::export::otlp::OtlpProtocol;
 its flags or its code. From the socket syscalls of the serving process it rebuilds every HTTP request of \
 the OpenAI-compatible API and its server-sent-event stream, and reports time to first token, inter-token \
 latency, time per output token, duration, tokens, model and finish reason as Prometheus metrics, \
-OpenTelemetry traces and metrics (OTLP), and JSON lines.\n\n\
+OpenTelemetry traces and metrics (OTLP), and JSON lines. From the engine's own IPC it reads queueing, \
+prefill, decode and every scheduler step; with uprobes on the accelerator runtimes the engine has loaded \
+(CUDA driver and runtime, NCCL, Ascend CANN and HCCL) it shows kernel and graph launches, copies, \
+collectives and the time the host waits for the device, per process, stream and engine step.\n\n\
 It needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE). Run `inferscope doctor` to see what this host supports.\n\n\
 Prompt and completion text are never exported unless --capture-content is given.",
     after_help = "Examples:\n  inferscope attach --pid 4242 --prometheus-listen 0.0.0.0:9464\n  \

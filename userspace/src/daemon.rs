@@ -133,6 +133,8 @@ struct Daemon {
     device_interval: Duration,
     last_device_interval: std::time::Instant,
     last_device_account: std::time::Instant,
+    /// Library scans done on blocking threads come back here.
+    scan_tx: tokio::sync::mpsc::UnboundedSender<crate::device::manager::ScanResult>,
 }
 
 impl Daemon {
@@ -198,11 +200,8 @@ impl Daemon {
         if let Some(m) = procfs::served_model(pid) {
             self.served_model.insert(pid, m);
         }
-        if let Some(dm) = &mut self.device {
-            dm.add_process(&mut self.probes, pid, procfs::ancestors(pid));
-            if let Some(m) = self.exporters.prom.as_ref().and_then(|p| p.device.as_ref()) {
-                m.attached(pid, dm.attached(pid).0);
-            }
+        if let Some(job) = self.device.as_mut().and_then(|dm| dm.add_process(pid, procfs::ancestors(pid))) {
+            self.spawn_scan(job);
         }
         let version = self.detect_kind(pid);
         let comm = procfs::comm(pid).unwrap_or_default();
@@ -459,11 +458,31 @@ impl Daemon {
         }
     }
 
+    /// Looks at a process's libraries for runtime symbols on a blocking thread; the result
+    /// comes back through `scan_rx` to [`Self::device_scanned`].
+    fn spawn_scan(&self, job: crate::device::manager::ScanJob) {
+        let tx = self.scan_tx.clone();
+        tokio::task::spawn_blocking(move || drop(tx.send(job.run())));
+    }
+
+    /// Attaches the probes a scan found.
+    fn device_scanned(&mut self, r: crate::device::manager::ScanResult) {
+        let Some(dm) = &mut self.device else { return };
+        let pid = r.pid();
+        dm.apply(&mut self.probes, r);
+        if let Some(m) = self.exporters.prom.as_ref().and_then(|p| p.device.as_ref()) {
+            m.attached(pid, dm.attached(pid).0);
+        }
+    }
+
     /// Attaches to libraries loaded since the last look, and reports driver calls no runtime
     /// call claimed. Runs on the drain timer.
     fn device_drain(&mut self) {
         let Some(d) = &mut self.device else { return };
-        d.rescan_dirty(&mut self.probes, procfs::ancestors);
+        for job in d.dirty_jobs(procfs::ancestors) {
+            self.spawn_scan(job);
+        }
+        let Some(d) = &mut self.device else { return };
         // A driver call is held until the next call on its thread (it may be the inside of a
         // runtime call); 50 ms later it was not.
         d.tracker.flush_held(clock::monotonic_ns(), 50_000_000, &mut self.device_recs);
@@ -657,6 +676,7 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
         Target::Pid { children, .. } => (*children, None),
         Target::Discover { matches, interval } => (true, Some((matches.clone(), *interval))),
     };
+    let (scan_tx, mut scan_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut d = Daemon {
         probes,
         tracker: Tracker::new(limits),
@@ -686,6 +706,7 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
         device_interval: Duration::from_secs_f64(o.device_interval.max(0.1)),
         last_device_interval: std::time::Instant::now(),
         last_device_account: std::time::Instant::now(),
+        scan_tx,
     };
     match &target {
         Target::Pid { pid, .. } => d.trace_tree(*pid, Engine::Other),
@@ -765,6 +786,7 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
                     d.apply_discovery(found);
                 }
             }
+            Some(r) = scan_rx.recv() => d.device_scanned(r),
             _ = &mut sleep_until => break,
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,

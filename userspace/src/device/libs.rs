@@ -191,21 +191,25 @@ pub struct LibCache {
 }
 
 impl LibCache {
-    /// The catalogued functions of a mapped file (empty for most libraries).
-    pub fn runtime_symbols(&mut self, pid: u32, m: &Mapping) -> Arc<Vec<Found>> {
-        if let Some(f) = self.runtime.get(&m.file) {
-            return f.clone();
+    /// The catalogued functions of a mapped file (empty for most libraries), each file read
+    /// once. The cache is shared with other threads: the file is read without holding the lock
+    /// (kernel names are looked up meanwhile).
+    pub fn runtime_symbols_shared(cache: &std::sync::Mutex<LibCache>, pid: u32, m: &Mapping) -> Arc<Vec<Found>> {
+        if let Some(f) = cache.lock().ok().and_then(|c| c.runtime.get(&m.file).cloned()) {
+            return f;
         }
-        let found = match scan_runtime_symbols(&host_path(pid, &m.path)) {
-            Ok(f) => f,
+        let (found, unreadable) = match scan_runtime_symbols(&host_path(pid, &m.path)) {
+            Ok(f) => (f, false),
             Err(e) => {
                 log::debug!("pid {pid}: cannot read {}: {e:#}", m.path);
-                self.unreadable += 1;
-                Vec::new()
+                (Vec::new(), true)
             }
         };
         let found = Arc::new(found);
-        self.runtime.insert(m.file.clone(), found.clone());
+        if let Ok(mut c) = cache.lock() {
+            c.unreadable += u64::from(unreadable);
+            c.runtime.insert(m.file.clone(), found.clone());
+        }
         found
     }
 

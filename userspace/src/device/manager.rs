@@ -143,6 +143,42 @@ impl Default for ProbeCost {
 /// How long a detached probe's id stays unused.
 const ID_QUARANTINE: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Executable files of one process to look at for runtime symbols, off the event loop: reading
+/// the dynamic symbols of a large library (libtorch_cuda.so) takes tens of milliseconds.
+pub struct ScanJob {
+    pid: u32,
+    ancestors: Vec<u32>,
+    files: Vec<Mapping>,
+    libs: std::sync::Arc<std::sync::Mutex<LibCache>>,
+}
+
+/// What a [`ScanJob`] found: the files that export catalogued functions.
+pub struct ScanResult {
+    pid: u32,
+    ancestors: Vec<u32>,
+    found: Vec<(Mapping, std::sync::Arc<Vec<libs::Found>>)>,
+}
+
+impl ScanResult {
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+}
+
+impl ScanJob {
+    /// Blocking: reads ELF files (each file once per daemon run, shared by every process).
+    pub fn run(self) -> ScanResult {
+        let mut found = Vec::new();
+        for m in self.files {
+            let f = LibCache::runtime_symbols_shared(&self.libs, self.pid, &m);
+            if !f.is_empty() {
+                found.push((m, f));
+            }
+        }
+        ScanResult { pid: self.pid, ancestors: self.ancestors, found }
+    }
+}
+
 type MapsCache = std::sync::Arc<std::sync::Mutex<HashMap<u32, Vec<Mapping>>>>;
 
 struct Attached {
@@ -234,18 +270,35 @@ impl DeviceManager {
         }
     }
 
-    /// Starts watching a process: attaches to the runtimes it has mapped now.
-    pub fn add_process(&mut self, probes: &mut Probes, pid: u32, ancestors: Vec<u32>) {
+    /// Starts watching a process: the files it has mapped now, to be looked at for runtime
+    /// symbols ([`ScanJob::run`], on a blocking thread) and attached to ([`Self::apply`]).
+    pub fn add_process(&mut self, pid: u32, ancestors: Vec<u32>) -> Option<ScanJob> {
         self.procs.entry(pid).or_default();
-        self.scan(probes, pid, &ancestors);
+        self.plan(pid, ancestors)
     }
 
-    pub fn rescan_dirty(&mut self, probes: &mut Probes, parents: impl Fn(u32) -> Vec<u32>) {
+    /// Jobs for processes that mapped new code since they were last looked at.
+    pub fn dirty_jobs(&mut self, parents: impl Fn(u32) -> Vec<u32>) -> Vec<ScanJob> {
         let dirty: Vec<u32> = self.procs.iter().filter(|(_, p)| p.dirty).map(|(k, _)| *k).collect();
-        for pid in dirty {
-            let anc = parents(pid);
-            self.scan(probes, pid, &anc);
+        dirty.into_iter().filter_map(|pid| self.plan(pid, parents(pid))).collect()
+    }
+
+    /// Reads the process's maps (cheap) and picks the executable files not looked at yet.
+    fn plan(&mut self, pid: u32, ancestors: Vec<u32>) -> Option<ScanJob> {
+        let maps = libs::read_maps(pid);
+        let p = self.procs.get_mut(&pid)?;
+        p.dirty = false;
+        let mut files: Vec<Mapping> = Vec::new();
+        for m in maps.iter().filter(|m| m.exec) {
+            if p.seen.insert(m.file.clone()) {
+                files.push(m.clone());
+            }
         }
+        if let Ok(mut c) = self.maps_cache.lock() {
+            c.insert(pid, maps.clone());
+        }
+        p.maps = maps;
+        (!files.is_empty()).then(|| ScanJob { pid, ancestors, files, libs: self.libs.clone() })
     }
 
     fn free_id(&mut self, id: u32) {
@@ -263,29 +316,14 @@ impl DeviceManager {
         })
     }
 
-    fn scan(&mut self, probes: &mut Probes, pid: u32, ancestors: &[u32]) {
-        let maps = libs::read_maps(pid);
-        let Some(p) = self.procs.get_mut(&pid) else { return };
-        p.dirty = false;
-        let mut new_files: Vec<Mapping> = Vec::new();
-        for m in maps.iter().filter(|m| m.exec) {
-            if p.seen.insert(m.file.clone()) {
-                new_files.push(m.clone());
-            }
+    /// Attaches to what a [`ScanJob`] found (nothing if the process is gone meanwhile).
+    pub fn apply(&mut self, probes: &mut Probes, r: ScanResult) {
+        let (pid, ancestors) = (r.pid, r.ancestors.as_slice());
+        if !self.procs.contains_key(&pid) {
+            return;
         }
-        if let Ok(mut c) = self.maps_cache.lock() {
-            c.insert(pid, maps.clone());
-        }
-        p.maps = maps;
         let mut attached = Vec::new();
-        for m in new_files {
-            let found = match self.libs.lock() {
-                Ok(mut l) => l.runtime_symbols(pid, &m),
-                Err(_) => continue,
-            };
-            if found.is_empty() {
-                continue;
-            }
+        for (m, found) in r.found {
             let path = libs::host_path(pid, &m.path);
             let library = m.path.rsplit('/').next().unwrap_or(&m.path).to_string();
             // Every wanted function of the library, attached together (one link pair).

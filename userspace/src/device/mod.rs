@@ -29,8 +29,8 @@ pub const MAX_GAP_NS: u64 = 1_000_000_000;
 pub const MAX_STREAMS: usize = 16;
 /// Most handle names remembered per process (kernel handles from module lookups).
 pub const MAX_NAMES: usize = 65536;
-/// Most calls kept per process waiting for an engine step to claim them.
-pub const MAX_STEP_QUEUE: usize = 200_000;
+/// Most calls kept per process waiting for an engine step to claim them (~56 bytes each).
+pub const MAX_STEP_QUEUE: usize = 50_000;
 /// Calls older than this that no step claimed are dropped from the step queue.
 pub const STEP_QUEUE_AGE_NS: u64 = 30_000_000_000;
 
@@ -351,6 +351,10 @@ fn stream_label(p: &mut Proc, s: u64) -> String {
 
 fn commit(p: &mut Proc, mut h: Held, out: &mut Vec<DeviceRecord>) {
     if let What::Launch { graph, host_ns, gap_ns: _ } = h.rec.sample.what {
+        // A process that makes streams without end (one per request) forgets their gaps' start.
+        if p.last_launch_end.len() >= 4096 && !p.last_launch_end.contains_key(&h.stream) {
+            p.last_launch_end.clear();
+        }
         let prev = p.last_launch_end.insert(h.stream, h.rec.sample.end_ns);
         let gap = prev.and_then(|e| h.rec.sample.start_ns.checked_sub(e)).filter(|g| *g <= MAX_GAP_NS);
         h.rec.sample.what = What::Launch { graph, host_ns, gap_ns: gap };
@@ -371,7 +375,12 @@ fn commit(p: &mut Proc, mut h: Held, out: &mut Vec<DeviceRecord>) {
         }
     }
     p.interval.summary.add(&h.rec.sample);
-    if p.step_queue.len() >= MAX_STEP_QUEUE {
+    // Bounded by count and by age: a process whose steps are not seen (no engine layer) keeps
+    // only its last 30 s, at most.
+    let start = h.rec.sample.start_ns;
+    while p.step_queue.len() >= MAX_STEP_QUEUE
+        || p.step_queue.front().is_some_and(|f| f.start_ns.saturating_add(STEP_QUEUE_AGE_NS) < start)
+    {
         p.step_queue.pop_front();
     }
     p.step_queue.push_back(h.rec.sample);
@@ -478,6 +487,18 @@ mod tests {
         assert!(streams.contains("other"));
         let r = t.take_intervals();
         assert_eq!(r[0].kernels.top(1)[0].0, "aclnnMatmul");
+    }
+
+    #[test]
+    fn unclaimed_calls_are_kept_for_30_s_at_most() {
+        let mut t = tracker();
+        let mut out = Vec::new();
+        t.on_call(&call(6, 11, 110, 1_000, 2_000, [0x9, 0x60, 0, 0]), &mut out);
+        t.on_call(&call(6, 11, 110, 40_000_000_000, 40_000_001_000, [0x9, 0x60, 0, 0]), &mut out);
+        t.flush_held(u64::MAX, 0, &mut out);
+        // The first call was dropped when the second came, 40 s later.
+        let s = t.take_step(11, u64::MAX).unwrap();
+        assert_eq!(s.graph_launches, 1);
     }
 
     #[test]

@@ -56,6 +56,19 @@ pub enum Command {
     },
     /// Check privileges and kernel features, and say what will and will not work here.
     Doctor,
+    /// Show the CPython a process runs, read from outside without stopping it: version, where
+    /// its layout came from, its threads and each thread's current Python stack.
+    PythonInfo {
+        /// Process to read (as seen from the host's PID namespace).
+        #[arg(long, short = 'p', value_name = "PID")]
+        pid: u32,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Most frames shown per thread.
+        #[arg(long, default_value_t = 64, value_name = "N")]
+        max_frames: usize,
+    },
 }
 
 #[derive(Args, Debug, Clone)]

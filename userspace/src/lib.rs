@@ -15,6 +15,7 @@ pub mod export;
 pub mod privileges;
 pub mod procfs;
 pub mod protocol;
+pub mod python;
 pub mod request;
 pub mod stream;
 pub mod tracker;

@@ -17,6 +17,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let (target, opts) = match cli.command {
         Command::Doctor => return ExitCode::from(doctor::run() as u8),
+        Command::PythonInfo { pid, json, max_frames } => {
+            return match inferscope::python::info(pid, json, max_frames) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("inferscope: error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Command::Attach { pid, no_children, opts } => (Target::Pid { pid, children: !no_children }, opts),
         Command::Run { matches, discover_interval, opts } => {
             (Target::Discover { matches, interval: Duration::from_secs_f64(discover_interval.max(0.1)) }, opts)

@@ -1,0 +1,83 @@
+//! The Python layer's interpreter reader against real interpreters: `inferscope python-info`
+//! reads a running CPython from outside (no injection, no stop) and must find what the
+//! interpreter itself reports (tests/fixtures/python_stacks.py): every thread, its ids, and its
+//! stack frame by frame. Run on pyenv's 3.11 (shared libpython), Debian's python3.11 (the
+//! interpreter linked into the executable), and every other pyenv CPython 3.9+ present.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Command, Stdio},
+};
+
+use inferscope_tests::*;
+use serde_json::Value;
+
+fn interpreters() -> Vec<PathBuf> {
+    let mut v = vec![PathBuf::from("/usr/bin/python3.11")];
+    let root = std::env::var_os("PYENV_ROOT").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root/.pyenv"));
+    let mut pyenv: Vec<PathBuf> = std::fs::read_dir(root.join("versions"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy().to_string();
+            let minor = n.strip_prefix("3.").and_then(|r| r.split('.').next()?.parse::<u32>().ok());
+            minor.is_some_and(|m| (9..=13).contains(&m))
+        })
+        .map(|p| p.join("bin/python"))
+        .filter(|p| p.exists())
+        .collect();
+    pyenv.sort();
+    v.extend(pyenv);
+    v
+}
+
+#[test]
+fn python_info_reads_threads_and_stacks_of_real_interpreters() {
+    let all = interpreters();
+    let names: Vec<String> = all.iter().map(|p| p.display().to_string()).collect();
+    assert!(all[0].exists(), "Debian's /usr/bin/python3.11 is missing");
+    assert!(names.iter().any(|n| n.contains("/3.11.")), "no pyenv 3.11 (shared libpython) in {names:?}");
+    let mut checked = Vec::new();
+    for py in &all {
+        let mut child = Command::new(py)
+            .arg(repo_root().join("tests/fixtures/python_stacks.py"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python");
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+        let truth: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{}: {e}: {line}", py.display()));
+        let pid = child.id();
+        let out = Command::new(inferscope_bin())
+            .args(["python-info", "--pid", &pid.to_string(), "--json"])
+            .output()
+            .expect("inferscope");
+        drop(child.stdin.take());
+        let _ = child.wait();
+        assert!(out.status.success(), "{}: {}", py.display(), String::from_utf8_lossy(&out.stderr));
+        let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let v = &truth["version"];
+        let want_version = format!("{}.{}", v[0], v[1]);
+        assert!(got["version"].as_str().unwrap().starts_with(&want_version), "{}: {got}", py.display());
+        let threads = got["threads"].as_array().unwrap();
+        for t in truth["threads"].as_array().unwrap() {
+            let found = threads
+                .iter()
+                .find(|g| g["thread_id"] == t["thread_id"])
+                .unwrap_or_else(|| panic!("{}: thread {} not found in {got}", py.display(), t["thread_id"]));
+            if v[1].as_u64().unwrap() >= 11 {
+                assert_eq!(found["native_thread_id"], t["native_thread_id"], "{}", py.display());
+            }
+            assert_eq!(found["stack"], t["stack"], "{}: stack of thread {}", py.display(), t["thread_id"]);
+            assert_eq!(found["main"], t["native_thread_id"] == pid && v[1].as_u64().unwrap() >= 11);
+        }
+        // The watcher (not in the truth) is the only other thread.
+        assert_eq!(threads.len(), truth["threads"].as_array().unwrap().len() + 1, "{}", py.display());
+        checked.push(format!("{} ({})", got["version"].as_str().unwrap(), got["layout"].as_str().unwrap()));
+    }
+    eprintln!("python-info checked against: {}", checked.join(", "));
+}

@@ -287,6 +287,26 @@ fn real_vllm_counts_tokens_and_ttft() {
     check_phases(&recs, &before, &after);
     assert!(big_rec["prefill_s"].is_f64() && big_rec["engine_outputs_lost"] == false, "{big_rec}");
 
+    // The Python layer's reader on the real engine: EngineCore's busy loop runs on the main
+    // thread of its process, read from outside while it serves.
+    let core = engine_core_pid(api_pid).expect("vLLM's EngineCore process");
+    let out = Command::new(inferscope_bin())
+        .args(["python-info", "--pid", &core.to_string(), "--json"])
+        .output()
+        .expect("inferscope python-info");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let info: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let main = info["threads"].as_array().unwrap().iter().find(|t| t["main"] == true).expect("a main thread");
+    assert!(
+        main["stack"].as_array().unwrap().iter().any(|f| f["name"].as_str().unwrap_or("").contains("EngineCore")),
+        "EngineCore's main thread: {main}"
+    );
+    eprintln!(
+        "python-info of EngineCore (pid {core}): CPython {}, {} threads",
+        info["version"],
+        info["threads"].as_array().unwrap().len()
+    );
+
     assert!(vllm.stop_with(15, Duration::from_secs(30)), "vLLM did not stop");
     wait_for("inferscope to notice vLLM's exit", Duration::from_secs(15), || {
         std::fs::read_to_string(&scope.stderr).ok()?.contains(&format!("pid {api_pid} exited")).then_some(())
@@ -383,6 +403,17 @@ fn real_vllm_data_parallel_engines_are_told_apart() {
     }
     scope.stop();
     assert!(vllm.stop_with(15, Duration::from_secs(30)), "vLLM did not stop");
+}
+
+/// The EngineCore child of a vLLM API server (`VLLM::EngineCore` in its comm).
+fn engine_core_pid(api: u32) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (comm, rest) = stat.split_once(" (")?.1.rsplit_once(") ")?;
+        let ppid: u32 = rest.split_whitespace().nth(1)?.parse().ok()?;
+        (ppid == api && comm.starts_with("VLLM::EngineCor")).then_some(pid)
+    })
 }
 
 /// The real NCCL that vLLM's install brings (no GPU: calls fail, arguments are real): every

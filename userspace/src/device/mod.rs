@@ -58,15 +58,7 @@ pub struct DeviceRecord {
 }
 
 /// Per-stream sums over an interval.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct StreamStats {
-    pub launches: u64,
-    pub graph_launches: u64,
-    pub launch_ns: u64,
-    pub gaps: u64,
-    pub gap_ns: u64,
-    pub max_gap_ns: u64,
-}
+pub type StreamStats = summary::LaunchStats;
 
 /// What one process did over an interval.
 #[derive(Clone, Debug, Default)]
@@ -358,18 +350,7 @@ fn commit(p: &mut Proc, mut h: Held, out: &mut Vec<DeviceRecord>) {
         let prev = p.last_launch_end.insert(h.stream, h.rec.sample.end_ns);
         let gap = prev.and_then(|e| h.rec.sample.start_ns.checked_sub(e)).filter(|g| *g <= MAX_GAP_NS);
         h.rec.sample.what = What::Launch { graph, host_ns, gap_ns: gap };
-        let st = p.interval.streams.entry(h.rec.stream.clone()).or_default();
-        if graph {
-            st.graph_launches = st.graph_launches.saturating_add(1);
-        } else {
-            st.launches = st.launches.saturating_add(1);
-        }
-        st.launch_ns = st.launch_ns.saturating_add(host_ns.unwrap_or(0));
-        if let Some(g) = gap {
-            st.gaps = st.gaps.saturating_add(1);
-            st.gap_ns = st.gap_ns.saturating_add(g);
-            st.max_gap_ns = st.max_gap_ns.max(g);
-        }
+        p.interval.streams.entry(h.rec.stream.clone()).or_default().add(graph, host_ns, gap);
         if let Some(k) = &h.kernel {
             p.interval.kernels.add(k, host_ns.unwrap_or(0));
         }
@@ -449,7 +430,7 @@ mod tests {
         t.flush_held(u64::MAX, 0, &mut out);
         assert_eq!(out.len(), 2);
         let r = t.take_intervals();
-        assert_eq!(r[0].summary.launches, 2);
+        assert_eq!(r[0].summary.launch.launches, 2);
         assert_eq!(r[0].kernels.top(2), vec![("my_kernel", 1, 1000), ("unknown", 1, 100)]);
     }
 
@@ -464,9 +445,9 @@ mod tests {
         assert_eq!(out[0].op, Some("all_reduce"));
         assert_eq!(out[0].sample.what, What::Collective { bytes: 4096, ns: 4_000 });
         let s = t.take_step(10, 9_000).unwrap();
-        assert_eq!((s.collectives, s.collective_bytes, s.graph_launches), (1, 4096, 0));
+        assert_eq!((s.collectives, s.collective_bytes, s.launch.graph_launches), (1, 4096, 0));
         let s = t.take_step(10, 20_000).unwrap();
-        assert_eq!(s.graph_launches, 1);
+        assert_eq!(s.launch.graph_launches, 1);
         assert!(t.take_step(10, 30_000).is_none());
         // A step of an unrelated process claims nothing.
         t.on_call(&call(6, 11, 110, 40_000, 40_100, [0x9, 0x60, 0, 0]), &mut out);
@@ -498,7 +479,7 @@ mod tests {
         t.flush_held(u64::MAX, 0, &mut out);
         // The first call was dropped when the second came, 40 s later.
         let s = t.take_step(11, u64::MAX).unwrap();
-        assert_eq!(s.graph_launches, 1);
+        assert_eq!(s.launch.graph_launches, 1);
     }
 
     #[test]

@@ -14,9 +14,9 @@ pub struct CopyAgg {
     pub ns: u64,
 }
 
-/// What one process asked of its accelerator over some time.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct DeviceSummary {
+/// Kernel and graph launches, over a process or one of its streams.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LaunchStats {
     pub launches: u64,
     pub graph_launches: u64,
     /// Host time inside launch calls (kernel and graph launches that had a return probe).
@@ -25,6 +25,50 @@ pub struct DeviceSummary {
     pub gaps: u64,
     pub gap_ns: u64,
     pub max_gap_ns: u64,
+}
+
+impl LaunchStats {
+    pub fn add(&mut self, graph: bool, host_ns: Option<u64>, gap_ns: Option<u64>) {
+        if graph {
+            self.graph_launches = self.graph_launches.saturating_add(1);
+        } else {
+            self.launches = self.launches.saturating_add(1);
+        }
+        self.launch_ns = self.launch_ns.saturating_add(host_ns.unwrap_or(0));
+        if let Some(g) = gap_ns {
+            self.gaps = self.gaps.saturating_add(1);
+            self.gap_ns = self.gap_ns.saturating_add(g);
+            self.max_gap_ns = self.max_gap_ns.max(g);
+        }
+    }
+
+    pub fn merge(&mut self, o: &LaunchStats) {
+        self.launches = self.launches.saturating_add(o.launches);
+        self.graph_launches = self.graph_launches.saturating_add(o.graph_launches);
+        self.launch_ns = self.launch_ns.saturating_add(o.launch_ns);
+        self.gaps = self.gaps.saturating_add(o.gaps);
+        self.gap_ns = self.gap_ns.saturating_add(o.gap_ns);
+        self.max_gap_ns = self.max_gap_ns.max(o.max_gap_ns);
+    }
+
+    /// The JSON fields (seconds as floats), the same in interval, stream and step objects.
+    pub fn json_fields(&self) -> serde_json::Map<String, Value> {
+        let s = |ns: u64| ns as f64 / 1e9;
+        let mut m = serde_json::Map::new();
+        m.insert("launches".into(), json!(self.launches));
+        m.insert("graph_launches".into(), json!(self.graph_launches));
+        m.insert("launch_seconds".into(), json!(s(self.launch_ns)));
+        m.insert("launch_gaps".into(), json!(self.gaps));
+        m.insert("launch_gap_seconds".into(), json!(s(self.gap_ns)));
+        m.insert("max_launch_gap_seconds".into(), json!(s(self.max_gap_ns)));
+        m
+    }
+}
+
+/// What one process asked of its accelerator over some time.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DeviceSummary {
+    pub launch: LaunchStats,
     pub copies: [CopyAgg; 5],
     pub syncs: u64,
     pub sync_ns: u64,
@@ -75,19 +119,7 @@ impl DeviceSummary {
             self.errors = self.errors.saturating_add(1);
         }
         match s.what {
-            What::Launch { graph, host_ns, gap_ns } => {
-                if graph {
-                    self.graph_launches = self.graph_launches.saturating_add(1);
-                } else {
-                    self.launches = self.launches.saturating_add(1);
-                }
-                self.launch_ns = self.launch_ns.saturating_add(host_ns.unwrap_or(0));
-                if let Some(g) = gap_ns {
-                    self.gaps = self.gaps.saturating_add(1);
-                    self.gap_ns = self.gap_ns.saturating_add(g);
-                    self.max_gap_ns = self.max_gap_ns.max(g);
-                }
-            }
+            What::Launch { graph, host_ns, gap_ns } => self.launch.add(graph, host_ns, gap_ns),
             What::Copy { dir, bytes, ns } => {
                 let c = &mut self.copies[dir.index()];
                 c.count = c.count.saturating_add(1);
@@ -120,12 +152,7 @@ impl DeviceSummary {
             self.first_ns = o.first_ns;
         }
         self.last_ns = self.last_ns.max(o.last_ns);
-        self.launches = self.launches.saturating_add(o.launches);
-        self.graph_launches = self.graph_launches.saturating_add(o.graph_launches);
-        self.launch_ns = self.launch_ns.saturating_add(o.launch_ns);
-        self.gaps = self.gaps.saturating_add(o.gaps);
-        self.gap_ns = self.gap_ns.saturating_add(o.gap_ns);
-        self.max_gap_ns = self.max_gap_ns.max(o.max_gap_ns);
+        self.launch.merge(&o.launch);
         for (a, b) in self.copies.iter_mut().zip(o.copies.iter()) {
             a.count = a.count.saturating_add(b.count);
             a.bytes = a.bytes.saturating_add(b.bytes);
@@ -159,13 +186,7 @@ impl DeviceSummary {
                 copies.insert(d.name().into(), json!({"count": c.count, "bytes": c.bytes, "seconds": s(c.ns)}));
             }
         }
-        json!({
-            "launches": self.launches,
-            "graph_launches": self.graph_launches,
-            "launch_seconds": s(self.launch_ns),
-            "launch_gaps": self.gaps,
-            "launch_gap_seconds": s(self.gap_ns),
-            "max_launch_gap_seconds": s(self.max_gap_ns),
+        let mut v = json!({
             "copies": copies,
             "syncs": self.syncs,
             "sync_wait_seconds": s(self.sync_ns),
@@ -181,7 +202,11 @@ impl DeviceSummary {
             "collective_bytes": self.collective_bytes,
             "collective_seconds": s(self.collective_ns),
             "errors": self.errors,
-        })
+        });
+        if let Some(m) = v.as_object_mut() {
+            m.extend(self.launch.json_fields());
+        }
+        v
     }
 }
 
@@ -240,7 +265,7 @@ mod tests {
         let mut b = DeviceSummary::default();
         b.add(&Sample { start_ns: 90, end_ns: 400, what: What::Sync { kind: SyncKind::Stream, ns: 310 }, error: true });
         a.merge(&b);
-        assert_eq!((a.launches, a.launch_ns, a.gaps, a.gap_ns), (1, 10, 1, 5));
+        assert_eq!((a.launch.launches, a.launch.launch_ns, a.launch.gaps, a.launch.gap_ns), (1, 10, 1, 5));
         assert_eq!(a.copies[CopyDir::HostToDevice.index()], CopyAgg { count: 1, bytes: 4096, ns: 30 });
         assert_eq!((a.syncs, a.sync_ns, a.errors), (1, 310, 1));
         assert_eq!((a.first_ns, a.last_ns), (90, 400));

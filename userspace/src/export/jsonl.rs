@@ -196,15 +196,9 @@ pub fn device_json(
         .streams
         .iter()
         .map(|(name, st)| {
-            json!({
-                "stream": name,
-                "launches": st.launches,
-                "graph_launches": st.graph_launches,
-                "launch_seconds": s(st.launch_ns),
-                "launch_gaps": st.gaps,
-                "launch_gap_seconds": s(st.gap_ns),
-                "max_launch_gap_seconds": s(st.max_gap_ns),
-            })
+            let mut m = st.json_fields();
+            m.insert("stream".into(), json!(name));
+            Value::Object(m)
         })
         .collect();
     let top_k = r.kernels.top(top);
@@ -223,8 +217,8 @@ pub fn device_json(
         o.insert("ts_ns".into(), json!(ts_unix_ns));
         o.insert("interval_seconds".into(), json!(interval_s));
         let rate = |n: u64| if interval_s > 0.0 { n as f64 / interval_s } else { 0.0 };
-        o.insert("launches_per_second".into(), json!(rate(r.summary.launches)));
-        o.insert("graph_launches_per_second".into(), json!(rate(r.summary.graph_launches)));
+        o.insert("launches_per_second".into(), json!(rate(r.summary.launch.launches)));
+        o.insert("graph_launches_per_second".into(), json!(rate(r.summary.launch.graph_launches)));
         o.insert("streams".into(), json!(streams));
         o.insert("kernels".into(), json!(kernels));
         o.insert("kernels_other".into(), json!({"launches": other_n, "launch_seconds": s(other_ns)}));

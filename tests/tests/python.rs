@@ -81,3 +81,59 @@ fn python_info_reads_threads_and_stacks_of_real_interpreters() {
     }
     eprintln!("python-info checked against: {}", checked.join(", "));
 }
+
+/// The BPF sampler puts the right share of time in the right function: a process spends
+/// (by its own clock) about 70% of its time in `hot_a` and 30% in `hot_b`; `inferscope
+/// profile` must find the same split within 8 points, with the whole call path, on every
+/// CPython 3.11+ present.
+#[test]
+fn profile_puts_the_right_share_of_time_in_the_right_function() {
+    let all: Vec<PathBuf> = interpreters()
+        .into_iter()
+        .filter(|p| {
+            let out = Command::new(p).args(["-c", "import sys; print(sys.version_info[1])"]).output().unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().parse::<u32>().is_ok_and(|m| m >= 11)
+        })
+        .collect();
+    assert!(all.len() >= 2, "pyenv 3.11 and Debian's 3.11 at least: {all:?}");
+    let dir = scratch("profile");
+    let mut checked = Vec::new();
+    for py in &all {
+        let mut child = Command::new(py)
+            .arg(repo_root().join("tests/fixtures/python_burn.py"))
+            .arg("5")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        let pid = first["pid"].as_u64().unwrap();
+        let folded = dir.join("profile.folded");
+        let out = Command::new(inferscope_bin())
+            .args(["profile", "--pid", &pid.to_string(), "--duration", "3", "--rate", "199", "-o"])
+            .arg(&folded)
+            .output()
+            .expect("inferscope");
+        assert!(out.status.success(), "{}: {}", py.display(), String::from_utf8_lossy(&out.stderr));
+        let truth: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        let _ = child.wait();
+        let text = std::fs::read_to_string(&folded).unwrap();
+        let (mut a, mut b) = (0u64, 0u64);
+        for line in text.lines() {
+            let (stack, n) = line.rsplit_once(' ').unwrap();
+            let n: u64 = n.parse().unwrap();
+            let frames: Vec<&str> = stack.split(';').map(|f| f.split(" (").next().unwrap()).collect();
+            match frames.as_slice() {
+                ["<module>", "Loop.run", "hot_a", "spin"] => a += n,
+                ["<module>", "Loop.run", "hot_b", "spin"] => b += n,
+                _ => {}
+            }
+        }
+        let share = a as f64 / (a + b).max(1) as f64;
+        let want = truth["hot_a"].as_f64().unwrap();
+        assert!(a + b > 300, "{}: only {} samples in hot_a/hot_b:\n{text}", py.display(), a + b);
+        assert!((share - want).abs() < 0.08, "{}: hot_a {share:.3} sampled, {want:.3} measured", py.display());
+        checked.push(format!("{} {:.3} vs {:.3}", py.display(), share, want));
+    }
+    eprintln!("profile shares (sampled vs measured): {}", checked.join("; "));
+}

@@ -56,6 +56,22 @@ pub enum Command {
     },
     /// Check privileges and kernel features, and say what will and will not work here.
     Doctor,
+    /// Sample the Python stacks of a CPython process (3.11+) with a BPF perf-event program on
+    /// each of its threads, and write them as folded stacks (for flame graph tools).
+    Profile {
+        /// Process to profile (as seen from the host's PID namespace).
+        #[arg(long, short = 'p', value_name = "PID")]
+        pid: u32,
+        /// How long to sample, in seconds.
+        #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+        duration: f64,
+        /// Samples per second of each thread's CPU time.
+        #[arg(long, default_value_t = 99, value_name = "HZ")]
+        rate: u64,
+        /// Write the folded stacks here instead of standard output.
+        #[arg(long, short = 'o', value_name = "PATH")]
+        output: Option<std::path::PathBuf>,
+    },
     /// Show the CPython a process runs, read from outside without stopping it: version, where
     /// its layout came from, its threads and each thread's current Python stack.
     PythonInfo {

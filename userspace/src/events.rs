@@ -3,7 +3,7 @@
 
 use inferscope_common::{
     ConnEvent, DATA_FLAG_EOF, DATA_FLAG_TRUNCATED, DATA_HEADER_LEN, DIR_EGRESS, DataEvent, DeviceEvent, DeviceName,
-    EventKind, ProcEvent,
+    EventKind, MAX_PY_FRAMES, ProcEvent, PySample,
 };
 
 /// Which way bytes moved, seen from the traced process.
@@ -101,6 +101,13 @@ pub enum Event<'a> {
         probe: u32,
         handle: u64,
         name: String,
+    },
+    /// A sampled Python stack: code-object pointers, innermost first.
+    PySample {
+        tgid: u32,
+        tid: u32,
+        ts_ns: u64,
+        codes: Vec<u64>,
     },
 }
 
@@ -245,6 +252,14 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
                 handle: n.handle,
                 name: String::from_utf8_lossy(raw).into_owned(),
             })
+        }
+        Some(EventKind::PySample) => {
+            let s: PySample = read_pod(bytes)?;
+            let depth = s.depth as usize;
+            if depth > MAX_PY_FRAMES {
+                return Err(DecodeError::BadLength);
+            }
+            Ok(Event::PySample { tgid: s.tgid, tid: s.tid, ts_ns: s.ts_ns, codes: s.codes[..depth].to_vec() })
         }
         None => Err(DecodeError::UnknownKind(kind)),
     }

@@ -17,6 +17,24 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let (target, opts) = match cli.command {
         Command::Doctor => return ExitCode::from(doctor::run() as u8),
+        Command::Profile { pid, duration, rate, output } => {
+            let o = inferscope::python::profile::ProfileOptions {
+                pid,
+                duration: Duration::from_secs_f64(duration.max(0.1)),
+                rate: rate.clamp(1, 10_000),
+                output,
+            };
+            return match inferscope::python::profile::run(&o) {
+                Ok(summary) => {
+                    eprint!("{summary}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("inferscope: error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Command::PythonInfo { pid, json, max_frames } => {
             return match inferscope::python::info(pid, json, max_frames) {
                 Ok(text) => {

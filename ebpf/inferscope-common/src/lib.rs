@@ -27,6 +27,8 @@ pub enum EventKind {
     /// [`ProcEvent`]: a tracked process mapped an executable file (`dlopen`): its libraries
     /// are looked at again for runtime symbols.
     ProcMmap = 8,
+    /// [`PySample`]: a Python stack sampled by the profiler.
+    PySample = 9,
 }
 
 impl EventKind {
@@ -40,6 +42,7 @@ impl EventKind {
             6 => Self::Device,
             7 => Self::DeviceName,
             8 => Self::ProcMmap,
+            9 => Self::PySample,
             _ => return None,
         })
     }
@@ -323,9 +326,43 @@ pub struct DeviceRate {
     pub count: u64,
 }
 
+/// Most Python frames one sample carries (innermost first).
+pub const MAX_PY_FRAMES: usize = 64;
+
+/// Where the profiler finds a thread's frames in one process's CPython (bytes; see
+/// userspace's `python::Layout`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PyLayout {
+    /// Offset in the thread state of the current frame pointer, or of the `_PyCFrame` pointer.
+    pub tstate_frame: u32,
+    /// With a `_PyCFrame` (3.11, 3.12): offset of the frame pointer in it; `u32::MAX` otherwise.
+    pub cframe_frame: u32,
+    pub frame_code: u32,
+    pub frame_previous: u32,
+    /// Offset of the frame's owner byte (3.12+; a value of 3 marks a C-stack shim), or
+    /// `u32::MAX`.
+    pub frame_owner: u32,
+    pub _pad: u32,
+}
+
+/// One sampled Python stack: code-object pointers, innermost first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PySample {
+    pub kind: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    /// Frames in `codes`.
+    pub depth: u32,
+    pub ts_ns: u64,
+    pub codes: [u64; MAX_PY_FRAMES],
+}
+
 #[cfg(feature = "user")]
 mod user {
     use super::*;
     unsafe impl aya::Pod for SockInfo {}
     unsafe impl aya::Pod for ProbeSpec {}
+    unsafe impl aya::Pod for PyLayout {}
 }

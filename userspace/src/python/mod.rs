@@ -9,6 +9,8 @@
 //! table), tables as data for 3.9-3.12, observed on real interpreters
 //! (tests/python/layout_probe.py, docs/PYTHON-LAYER.md).
 
+pub mod profile;
+
 use std::path::Path;
 
 use anyhow::{Context as _, Result, bail};
@@ -373,7 +375,7 @@ impl Interpreter {
         Ok(out)
     }
 
-    fn code_frame(&self, mem: &Memory, code: u64) -> Result<PyFrame> {
+    pub(crate) fn code_frame(&self, mem: &Memory, code: u64) -> Result<PyFrame> {
         let l = &self.layout;
         let name_ptr = mem.u64(code + l.code_qualname.unwrap_or(l.code_name))?;
         Ok(PyFrame {

@@ -2,4 +2,5 @@
 pub mod device;
 pub mod doctor;
 pub mod proc;
+pub mod python;
 pub mod sock;

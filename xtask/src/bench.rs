@@ -526,3 +526,76 @@ pub fn run_device(seconds: u64, rounds: u32, report: Option<&Path>) -> Result<()
     }
     Ok(())
 }
+
+/// A CPU-bound Python loop for `seconds`: prints how many calls it made.
+const PY_LOOP: &str = "import sys, time\ndef f(x):\n    return x + 1\nend = time.time() + float(sys.argv[1])\nn = 0\nwhile time.time() < end:\n    for _ in range(1000):\n        f(n)\n    n += 1000\nprint(n, flush=True)\n";
+
+/// One round: calls per second of the Python loop, profiled at `rate` Hz or not.
+fn python_round(root: &Path, seconds: u64, rate: Option<u64>) -> Result<f64> {
+    let mut py = Command::new("python3")
+        .args(["-c", PY_LOOP, &seconds.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("python3")?;
+    let mut prof = None;
+    if let Some(r) = rate {
+        std::thread::sleep(Duration::from_millis(200));
+        prof = Some(
+            Command::new(root.join("target/release/inferscope"))
+                .args(["profile", "--pid", &py.id().to_string(), "--duration", &(seconds + 5).to_string()])
+                .args(["--rate", &r.to_string(), "-o", "/dev/null"])
+                .stderr(Stdio::null())
+                .spawn()?,
+        );
+    }
+    let mut out = String::new();
+    std::io::Read::read_to_string(py.stdout.as_mut().context("stdout")?, &mut out)?;
+    let _ = py.wait();
+    if let Some(mut p) = prof {
+        let _ = p.wait();
+    }
+    Ok(out.trim().parse::<f64>().context("the loop's count")? / seconds as f64)
+}
+
+/// `cargo xtask bench --python`: what the Python sampler costs the profiled process, side by
+/// side (alternating rounds without and with `inferscope profile`), at two sampling rates.
+pub fn run_python(seconds: u64, rounds: u32, report: Option<&Path>) -> Result<()> {
+    if !util::is_root() {
+        bail!("the benchmark loads BPF programs: run it as root");
+    }
+    setup::toolchain()?;
+    let root = util::root();
+    util::run(Command::new("cargo").current_dir(&root).args(["build", "--release", "-p", "inferscope"]))?;
+    let version = util::output(Command::new("python3").arg("--version")).unwrap_or_default();
+    let mut md = format!(
+        "## inferscope Python sampler benchmark\n\n{}, kernel {}. Command: `cargo xtask bench --python --seconds {seconds} --rounds {rounds}`.\n\
+         Target: a CPU-bound loop of Python calls (one thread); rounds alternate without/with `inferscope profile`.\n\n\
+         | rate | calls/s without | calls/s with | ratio | cost per sample |\n|---|---|---|---|---|\n",
+        version.trim(),
+        fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim()
+    );
+    for rate in [99u64, 999] {
+        let (mut off, mut on) = (Vec::new(), Vec::new());
+        for i in 0..rounds {
+            let order = if i % 2 == 0 { [false, true] } else { [true, false] };
+            for with in order {
+                let r = python_round(&root, seconds, with.then_some(rate))?;
+                eprintln!(
+                    "bench: python {rate} Hz round {i} {}: {r:.0} calls/s",
+                    if with { "profiled" } else { "plain" }
+                );
+                if with { on.push(r) } else { off.push(r) }
+            }
+        }
+        let (off, on) = (median(off), median(on));
+        let ratio = on / off.max(1e-9);
+        let per_sample_us = (1.0 - ratio).max(0.0) / rate as f64 * 1e6;
+        md.push_str(&format!("| {rate} Hz | {off:.0} | {on:.0} | **{ratio:.3}** | {per_sample_us:.1} us |\n"));
+    }
+    println!("\n{md}");
+    if let Some(p) = report {
+        fs::write(p, &md)?;
+        eprintln!("bench: report written to {}", p.display());
+    }
+    Ok(())
+}

@@ -77,6 +77,10 @@ enum Cmd {
         /// driver, and the call rate at which they cost 1% of a core.
         #[arg(long, conflicts_with = "vllm")]
         device: bool,
+        /// Measure the Python sampler instead: what `inferscope profile` costs a CPU-bound
+        /// Python process, at 99 and 999 samples per second.
+        #[arg(long, conflicts_with_all = ["vllm", "device"])]
+        python: bool,
     },
     /// Run each fuzz target for a while (cargo-fuzz, nightly).
     Fuzz {
@@ -95,6 +99,9 @@ fn main() -> Result<()> {
         Cmd::Test { no_vllm, fuzz_seconds, filter } => test::run(!no_vllm, fuzz_seconds, filter.as_deref()),
         Cmd::Bench { seconds, rounds, report, device: true, .. } => {
             bench::run_device(seconds, rounds, report.as_deref())
+        }
+        Cmd::Bench { seconds, rounds, report, python: true, .. } => {
+            bench::run_python(seconds, rounds, report.as_deref())
         }
         Cmd::Bench { seconds, rounds, report, vllm: false, .. } => bench::run(seconds, rounds, report.as_deref()),
         Cmd::Bench { seconds, rounds, report, vllm: true, .. } => bench::run_vllm(seconds, rounds, report.as_deref()),

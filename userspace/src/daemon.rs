@@ -356,12 +356,7 @@ impl Daemon {
             Event::Device(c) => {
                 if let Some(d) = &mut self.device {
                     d.tracker.on_call(c, &mut self.device_recs);
-                    if !self.device_recs.is_empty() {
-                        let recs = std::mem::take(&mut self.device_recs);
-                        self.exporters.device_records(&recs);
-                        self.device_recs = recs;
-                        self.device_recs.clear();
-                    }
+                    self.export_device_recs();
                 }
                 return;
             }
@@ -412,10 +407,7 @@ impl Daemon {
                 }
                 _ => None,
             };
-            if !self.device_recs.is_empty() {
-                let recs = std::mem::take(&mut self.device_recs);
-                self.exporters.device_records(&recs);
-            }
+            self.export_device_recs();
             let model = self.exporters.models.get(self.served_model.get(&pid).map(String::as_str));
             self.exporters.engine_event(&ev, &model, device.as_ref());
         }
@@ -458,6 +450,14 @@ impl Daemon {
         }
     }
 
+    /// Hands the calls the device tracker committed to the exporters (the buffer is kept).
+    fn export_device_recs(&mut self) {
+        if !self.device_recs.is_empty() {
+            self.exporters.device_records(&self.device_recs);
+            self.device_recs.clear();
+        }
+    }
+
     /// Looks at a process's libraries for runtime symbols on a blocking thread; the result
     /// comes back through `scan_rx` to [`Self::device_scanned`].
     fn spawn_scan(&self, job: crate::device::manager::ScanJob) {
@@ -486,10 +486,7 @@ impl Daemon {
         // A driver call is held until the next call on its thread (it may be the inside of a
         // runtime call); 50 ms later it was not.
         d.tracker.flush_held(clock::monotonic_ns(), 50_000_000, &mut self.device_recs);
-        if !self.device_recs.is_empty() {
-            let recs = std::mem::take(&mut self.device_recs);
-            self.exporters.device_records(&recs);
-        }
+        self.export_device_recs();
     }
 
     fn device_interval_line(
@@ -533,10 +530,7 @@ impl Daemon {
         // (probes attached, their libraries) and probes switched off, per reported process.
         type Meta = ((usize, Vec<String>), Vec<String>);
         let meta: Vec<Meta> = reports.iter().map(|r| (d.attached(r.pid), d.disabled(r.pid))).collect();
-        if !self.device_recs.is_empty() {
-            let recs = std::mem::take(&mut self.device_recs);
-            self.exporters.device_records(&recs);
-        }
+        self.export_device_recs();
         for (r, ((n, libs), dis)) in reports.iter().zip(meta) {
             self.device_interval_line(r, (n, &libs), &dis, false);
         }

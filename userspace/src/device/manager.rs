@@ -200,7 +200,6 @@ struct ProcProbes {
     disabled: BTreeSet<String>,
     /// Libraries with probes, by file name.
     libraries: BTreeSet<String>,
-    maps: Vec<Mapping>,
     /// An `mmap` of code was seen: look at the maps again.
     dirty: bool,
 }
@@ -228,7 +227,7 @@ pub struct DeviceManager {
     /// Attach failures (counted; the first few are logged).
     pub attach_errors: u64,
     /// Probes switched off by the budget so far.
-    pub backoffs: Vec<Backoff>,
+    pub disabled_total: u64,
 }
 
 impl DeviceManager {
@@ -259,7 +258,7 @@ impl DeviceManager {
             free_ids: Default::default(),
             next_id: 0,
             attach_errors: 0,
-            backoffs: Vec::new(),
+            disabled_total: 0,
         }
     }
 
@@ -295,9 +294,8 @@ impl DeviceManager {
             }
         }
         if let Ok(mut c) = self.maps_cache.lock() {
-            c.insert(pid, maps.clone());
+            c.insert(pid, maps);
         }
-        p.maps = maps;
         (!files.is_empty()).then(|| ScanJob { pid, ancestors, files, libs: self.libs.clone() })
     }
 
@@ -472,7 +470,7 @@ impl DeviceManager {
                 p.dirty = true;
             }
         }
-        self.backoffs.extend(off.iter().cloned());
+        self.disabled_total += off.len() as u64;
         (hits_out, off)
     }
 
@@ -485,12 +483,8 @@ impl DeviceManager {
             unknown_probe: self.tracker.stats.unknown_probe,
             nested: self.tracker.stats.nested,
             unclaimed: self.tracker.stats.unclaimed,
-            disabled: self.backoffs.len() as u64,
+            disabled: self.disabled_total,
         }
-    }
-
-    pub fn maps(&self, pid: u32) -> &[Mapping] {
-        self.procs.get(&pid).map_or(&[], |p| &p.maps)
     }
 }
 

@@ -147,11 +147,6 @@ impl DeviceTracker {
         self.probes.get(&id)
     }
 
-    /// Processes with device activity state.
-    pub fn pids(&self) -> Vec<u32> {
-        self.procs.keys().copied().collect()
-    }
-
     /// A runtime named a handle.
     pub fn on_name(&mut self, tgid: u32, probe: u32, handle: u64, name: String) {
         if !self.probes.contains_key(&probe) || name.is_empty() {

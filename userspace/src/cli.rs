@@ -72,6 +72,25 @@ pub enum Command {
         #[arg(long, short = 'o', value_name = "PATH")]
         output: Option<std::path::PathBuf>,
     },
+    /// Time Python functions of a CPython 3.11-3.13 process exactly, without changing it: a
+    /// hardware watchpoint on each function's first instruction and on each of its returns,
+    /// on every Python thread. Writes one JSON line per call; prints a summary at the end.
+    Timers {
+        /// Process to watch (as seen from the host's PID namespace).
+        #[arg(long, short = 'p', value_name = "PID")]
+        pid: u32,
+        /// Functions to time: a YAML list of `- symbol: module:Class.method` entries (optional
+        /// min_version, max_version, metrics: [{type: timer|counter}]), or `default` for the
+        /// built-in vLLM and SGLang set.
+        #[arg(long, default_value = "default", value_name = "PATH")]
+        config: String,
+        /// How long to watch, in seconds (it also stops when the process exits).
+        #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+        duration: f64,
+        /// Write the calls here instead of standard output.
+        #[arg(long, short = 'o', value_name = "PATH")]
+        output: Option<std::path::PathBuf>,
+    },
     /// Show the CPython a process runs, read from outside without stopping it: version, where
     /// its layout came from, its threads and each thread's current Python stack.
     PythonInfo {

@@ -3,7 +3,7 @@
 
 use inferscope_common::{
     ConnEvent, DATA_FLAG_EOF, DATA_FLAG_TRUNCATED, DATA_HEADER_LEN, DIR_EGRESS, DataEvent, DeviceEvent, DeviceName,
-    EventKind, MAX_PY_FRAMES, ProcEvent, PySample,
+    EventKind, MAX_PY_FRAMES, ProcEvent, PyCall, PySample,
 };
 
 /// Which way bytes moved, seen from the traced process.
@@ -108,6 +108,20 @@ pub enum Event<'a> {
         tid: u32,
         ts_ns: u64,
         codes: Vec<u64>,
+    },
+    /// A hardware breakpoint on a timed Python function's entry or return fired.
+    PyCall {
+        tgid: u32,
+        tid: u32,
+        ts_ns: u64,
+        /// The watched code unit.
+        addr: u64,
+        /// The thread's current interpreter frame (0 when it could not be read).
+        frame: u64,
+        /// The code unit at `addr` after the access (`u32::MAX`: unreadable).
+        unit: u32,
+        /// The instruction pointer after the access.
+        ip: u64,
     },
 }
 
@@ -260,6 +274,18 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
                 return Err(DecodeError::BadLength);
             }
             Ok(Event::PySample { tgid: s.tgid, tid: s.tid, ts_ns: s.ts_ns, codes: s.codes[..depth].to_vec() })
+        }
+        Some(EventKind::PyCall) => {
+            let c: PyCall = read_pod(bytes)?;
+            Ok(Event::PyCall {
+                tgid: c.tgid,
+                tid: c.tid,
+                ts_ns: c.ts_ns,
+                addr: c.addr,
+                frame: c.frame,
+                unit: c.unit,
+                ip: c.ip,
+            })
         }
         None => Err(DecodeError::UnknownKind(kind)),
     }

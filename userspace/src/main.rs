@@ -35,6 +35,26 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Command::Timers { pid, config, duration, output } => {
+            let r = inferscope::python::timers::load_config(&config).and_then(|specs| {
+                inferscope::python::timers::run_cli(
+                    pid,
+                    specs,
+                    Duration::from_secs_f64(duration.max(0.1)),
+                    output.as_deref(),
+                )
+            });
+            return match r {
+                Ok(summary) => {
+                    eprint!("{summary}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("inferscope: error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Command::PythonInfo { pid, json, max_frames } => {
             return match inferscope::python::info(pid, json, max_frames) {
                 Ok(text) => {

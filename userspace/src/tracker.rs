@@ -216,7 +216,11 @@ impl Tracker {
             Event::ProcExit { tgid, ts_ns } => self.process_gone(*tgid, *ts_ns, out),
             Event::ProcFork { .. } => {}
             // Not about connections (the device layer takes these).
-            Event::ProcMmap { .. } | Event::Device(_) | Event::DeviceName { .. } | Event::PySample { .. } => return,
+            Event::ProcMmap { .. }
+            | Event::Device(_)
+            | Event::DeviceName { .. }
+            | Event::PySample { .. }
+            | Event::PyCall { .. } => return,
         }
         if !matches!(ev, Event::Data(_)) {
             self.count_conns();

@@ -29,6 +29,9 @@ pub enum EventKind {
     ProcMmap = 8,
     /// [`PySample`]: a Python stack sampled by the profiler.
     PySample = 9,
+    /// [`PyCall`]: a watched Python function's first or return instruction was fetched (a
+    /// hardware breakpoint fired).
+    PyCall = 10,
 }
 
 impl EventKind {
@@ -43,6 +46,7 @@ impl EventKind {
             7 => Self::DeviceName,
             8 => Self::ProcMmap,
             9 => Self::PySample,
+            10 => Self::PyCall,
             _ => return None,
         })
     }
@@ -357,6 +361,24 @@ pub struct PySample {
     pub depth: u32,
     pub ts_ns: u64,
     pub codes: [u64; MAX_PY_FRAMES],
+}
+
+/// A hardware breakpoint on a watched code unit fired: the thread fetched a timed function's
+/// RESUME (entry) or one of its returns. `addr` is the watched address; `frame` the thread's
+/// current interpreter frame then (tells nested and recursive calls apart); `unit` the code
+/// unit found there after the access (a changed one means the interpreter wrote it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PyCall {
+    pub kind: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    pub unit: u32,
+    pub ts_ns: u64,
+    pub addr: u64,
+    pub frame: u64,
+    /// The user instruction pointer after the access (data breakpoints trap after it).
+    pub ip: u64,
 }
 
 #[cfg(feature = "user")]

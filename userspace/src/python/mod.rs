@@ -9,7 +9,10 @@
 //! table), tables as data for 3.9-3.12, observed on real interpreters
 //! (tests/python/layout_probe.py, docs/PYTHON-LAYER.md).
 
+pub mod objects;
+mod opcodes;
 pub mod profile;
+pub mod timers;
 
 use std::path::Path;
 
@@ -38,6 +41,14 @@ pub struct Layout {
     pub code_firstlineno: u64,
     /// Where a compact ASCII string's characters start.
     pub unicode_ascii_data: u64,
+    /// The interpreter state's `modules` (`sys.modules`).
+    pub interp_modules: u64,
+    pub code_flags: u64,
+    /// Where the (quickened) bytecode starts in a code object (3.11+; before, `co_code` is a
+    /// separate bytes object).
+    pub code_adaptive: Option<u64>,
+    /// `func_code` in a function object.
+    pub func_code: u64,
 }
 
 /// How a thread state leads to its current frame.
@@ -66,9 +77,14 @@ pub fn table(major: u32, minor: u32) -> Option<Layout> {
         code_qualname: None,
         code_firstlineno: 40,
         unicode_ascii_data: 48,
+        interp_modules: 856,
+        code_flags: 36,
+        code_adaptive: None,
+        func_code: 48,
     };
     Some(match (major, minor) {
-        (3, 9) | (3, 10) => base,
+        (3, 9) => Layout { func_code: 16, ..base },
+        (3, 10) => base,
         (3, 11) => Layout {
             runtime_interpreters_head: 40,
             interp_threads_head: 16,
@@ -82,6 +98,9 @@ pub fn table(major: u32, minor: u32) -> Option<Layout> {
             code_name: 120,
             code_qualname: Some(128),
             code_firstlineno: 72,
+            interp_modules: 888,
+            code_flags: 48,
+            code_adaptive: Some(184),
             ..base
         },
         (3, 12) => Layout {
@@ -98,6 +117,9 @@ pub fn table(major: u32, minor: u32) -> Option<Layout> {
             code_qualname: Some(128),
             code_firstlineno: 68,
             unicode_ascii_data: 40,
+            interp_modules: 944,
+            code_flags: 48,
+            code_adaptive: Some(192),
             ..base
         },
         _ => return None,
@@ -258,10 +280,12 @@ fn debug_offsets(mem: &Memory, runtime: u64, version: (u32, u32, Option<u32>)) -
     }
     let w = |i: u64| mem.u64(runtime + 8 * i);
     // 3.13: cookie, version, free_threaded, runtime_state{size, finalizing, interpreters_head},
-    // interpreter_state{size, id, next, threads_head, ...13 fields}, thread_state{size, prev,
+    // interpreter_state{size, id, next, threads_head, gc, imports_modules, ...13 fields},
+    // thread_state{size, prev,
     // next, interp, current_frame, thread_id, native_thread_id, datastack_chunk, status},
     // interpreter_frame{size, previous, executable, instr_ptr, localsplus, owner},
-    // code_object{size, filename, name, qualname, linetable, firstlineno, ...}.
+    // code_object{size, filename, name, qualname, linetable, firstlineno, argcount,
+    // localsplus_names, localsplus_kinds, co_code_adaptive}, ...
     // 3.14 inserts fields; only 3.13's order is known to be checked here.
     if version.1 != 13 {
         bail!(
@@ -289,6 +313,10 @@ fn debug_offsets(mem: &Memory, runtime: u64, version: (u32, u32, Option<u32>)) -
         code_qualname: Some(w(code + 3)?),
         code_firstlineno: w(code + 5)?,
         unicode_ascii_data: 40,
+        interp_modules: w(interp + 5)?,
+        code_flags: 48,
+        code_adaptive: Some(w(code + 9)?),
+        func_code: 48,
     })
 }
 

@@ -35,7 +35,7 @@ pub struct ProfileOptions {
 }
 
 /// What the BPF walker needs of a layout.
-fn bpf_layout(i: &Interpreter) -> PyLayout {
+pub(crate) fn bpf_layout(i: &Interpreter) -> PyLayout {
     let l = &i.layout;
     let (tstate_frame, cframe_frame) = match l.tstate_frame {
         FramePath::Direct(o) => (o as u32, u32::MAX),

@@ -1,6 +1,8 @@
-//! The Python profiler's sampler: a perf-event program on each sampled thread walks the thread's
-//! CPython frames (offsets from `PY_LAYOUTS`, the thread state from `PY_TSTATES`, both written
-//! by user space) and sends the code-object pointers; user space names them.
+//! The Python layer's programs. `py_sample`: the profiler's sampler, a perf-event program on each
+//! sampled thread walks the thread's CPython frames (offsets from `PY_LAYOUTS`, the thread state
+//! from `PY_TSTATES`, both written by user space) and sends the code-object pointers; user space
+//! names them. `py_call`: runs when a hardware breakpoint on a watched code unit (a timed
+//! function's RESUME or return) fires, and sends the address and the thread's current frame.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
@@ -8,7 +10,7 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray},
     programs::PerfEventContext,
 };
-use inferscope_common::{EventKind, MAX_PY_FRAMES, PyLayout, PySample, stat};
+use inferscope_common::{EventKind, MAX_PY_FRAMES, PyCall, PyLayout, PySample, stat};
 
 use crate::{EVENTS, count};
 
@@ -23,9 +25,59 @@ pub static PY_TSTATES: HashMap<u32, u64> = HashMap::with_max_entries(16384, 0);
 #[map]
 static PY_SCRATCH: PerCpuArray<PySample> = PerCpuArray::with_max_entries(1, 0);
 
+/// Offset of `addr` (the breakpoint's address) in `struct bpf_perf_event_data`: after the
+/// registers and `sample_period`.
+#[cfg(bpf_target_arch = "aarch64")]
+const PERF_DATA_ADDR: usize = 34 * 8 + 8;
+#[cfg(not(bpf_target_arch = "aarch64"))]
+const PERF_DATA_ADDR: usize = 21 * 8 + 8;
+
+/// Offset of the user instruction pointer in the context's registers (x86-64 `pt_regs.ip`,
+/// arm64 `user_pt_regs.pc`).
+#[cfg(bpf_target_arch = "aarch64")]
+const PERF_DATA_IP: usize = 32 * 8;
+#[cfg(not(bpf_target_arch = "aarch64"))]
+const PERF_DATA_IP: usize = 16 * 8;
+
 #[inline(always)]
 fn read_u64(addr: u64) -> u64 {
     unsafe { bpf_probe_read_user(addr as *const u64) }.unwrap_or(0)
+}
+
+#[inline(always)]
+fn current_frame(layout: &PyLayout, tstate: u64) -> u64 {
+    let mut frame = read_u64(tstate + layout.tstate_frame as u64);
+    if layout.cframe_frame != u32::MAX && frame != 0 {
+        frame = read_u64(frame + layout.cframe_frame as u64);
+    }
+    frame
+}
+
+#[perf_event]
+pub fn py_call(ctx: PerfEventContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    // SAFETY: a constant offset into the context, rewritten by the verifier.
+    let addr = unsafe { core::ptr::read_volatile((ctx.ctx as *const u8).add(PERF_DATA_ADDR) as *const u64) };
+    let frame = match (unsafe { PY_LAYOUTS.get(&tgid) }, unsafe { PY_TSTATES.get(&tid) }) {
+        (Some(layout), Some(tstate)) => current_frame(layout, *tstate),
+        _ => 0,
+    };
+    let ev = PyCall {
+        kind: EventKind::PyCall as u32,
+        tgid,
+        tid,
+        unit: unsafe { bpf_probe_read_user(addr as *const u16) }.map_or(u32::MAX, u32::from),
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        addr,
+        frame,
+        // SAFETY: `regs` starts the context; `ip` is a constant offset into it.
+        ip: unsafe { core::ptr::read_volatile((ctx.ctx as *const u8).add(PERF_DATA_IP) as *const u64) },
+    };
+    if EVENTS.output::<PyCall>(&ev, crate::wakeup_flags()).is_err() {
+        count(stat::RINGBUF_DROPS, 1);
+    }
+    0
 }
 
 #[perf_event]
@@ -46,10 +98,7 @@ pub fn py_sample(_ctx: PerfEventContext) -> u32 {
     s.tgid = tgid;
     s.tid = tid;
     s.ts_ns = unsafe { bpf_ktime_get_ns() };
-    let mut frame = read_u64(tstate + layout.tstate_frame as u64);
-    if layout.cframe_frame != u32::MAX && frame != 0 {
-        frame = read_u64(frame + layout.cframe_frame as u64);
-    }
+    let mut frame = current_frame(&layout, tstate);
     // Every frame takes a slot (0 for a C-stack shim, skipped by user space): no branch on
     // what a frame holds, so the verifier walks the loop once per slot.
     let has_owner = layout.frame_owner != u32::MAX;

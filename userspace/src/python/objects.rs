@@ -1,0 +1,278 @@
+//! Python objects read from outside: dicts, modules, classes, functions and code objects, enough
+//! to turn `module:Class.method` into the code object the interpreter runs, and a code object
+//! into the addresses of its RESUME and return instructions. Every read is checked: a target
+//! changing under the reader gives an error, never a wrong answer taken for right.
+
+use anyhow::{Context as _, Result, bail};
+
+use super::{Interpreter, Memory, opcodes};
+
+/// Most entries of one dict looked at (sys.modules of a large engine holds ~5,000).
+const MAX_DICT_ENTRIES: u64 = 1 << 16;
+
+/// `PyTypeObject` fields, the same from 3.9 to 3.14 on LP64.
+const TP_NAME: u64 = 24;
+const TP_FLAGS: u64 = 168;
+const TP_DICT: u64 = 264;
+const TP_MRO: u64 = 344;
+const TPFLAGS_TYPE_SUBCLASS: u64 = 1 << 31;
+/// `PyModuleObject.md_dict`.
+const MD_DICT: u64 = 16;
+/// `staticmethod` / `classmethod`: the wrapped callable.
+const SM_CALLABLE: u64 = 16;
+/// Code flags of functions that are not called like plain functions (their RESUME runs on
+/// every resumption, their returns are yields too).
+pub const CO_GENERATOR_LIKE: u32 = 0x20 | 0x80 | 0x100 | 0x200;
+
+/// What `module:Class.method` resolved to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resolved {
+    pub code: u64,
+    pub qualname: String,
+    pub filename: String,
+    pub first_line: u32,
+    pub flags: u32,
+}
+
+/// Where a code object's entry and return instructions are: address and code unit (opcode in
+/// the low byte, oparg in the high byte) of each.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bytecode {
+    pub resume: (u64, u32),
+    pub returns: Vec<(u64, u32)>,
+}
+
+impl Interpreter {
+    fn str_eq(&self, mem: &Memory, s: u64, want: &str) -> bool {
+        mem.u64(s + 16).is_ok_and(|len| len == want.len() as u64) && self.ascii(mem, s).is_ok_and(|t| t == want)
+    }
+
+    /// The name of an object's type (`ob_type->tp_name`).
+    pub fn type_name(&self, mem: &Memory, obj: u64) -> Result<String> {
+        let t = mem.u64(obj + 8)?;
+        cstr(mem, mem.u64(t + TP_NAME)?)
+    }
+
+    /// Looks a `str` key up in a dict by scanning its entries (no hashing: the reader does not
+    /// know the target's hash seed). None when absent.
+    pub fn dict_get(&self, mem: &Memory, dict: u64, key: &str) -> Result<Option<u64>> {
+        let keys = mem.u64(dict + 32)?;
+        let values = mem.u64(dict + 40)?;
+        if keys == 0 {
+            bail!("dict {dict:#x} has no keys table");
+        }
+        // (entries start, entry size, key offset, value offset, entry count)
+        let (entries, size, key_at, value_at, n) = if self.version.1 >= 11 {
+            let mut h = [0u8; 32];
+            mem.read(keys, &mut h)?;
+            let log2_index_bytes = u32::from(h[9]);
+            let kind = h[10];
+            let n = u64::from_le_bytes(h[24..32].try_into().unwrap_or_default());
+            if log2_index_bytes > 40 || kind > 2 {
+                bail!("dict keys at {keys:#x} look corrupt");
+            }
+            let entries = keys + 32 + (1u64 << log2_index_bytes);
+            if kind == 0 { (entries, 24, 8, 16, n) } else { (entries, 16, 0, 8, n) }
+        } else {
+            let size = mem.u64(keys + 8)?;
+            let n = mem.u64(keys + 32)?;
+            let ib = match size {
+                0..=0xff => 1,
+                0x100..=0xffff => 2,
+                0x1_0000..=0xffff_ffff => 4,
+                _ => 8,
+            };
+            (keys + 40 + size.saturating_mul(ib), 24, 8, 16, n)
+        };
+        if n > MAX_DICT_ENTRIES {
+            bail!("dict at {dict:#x} has {n} entries: too many to scan");
+        }
+        // Read the entry table at once: one system call for thousands of entries.
+        let mut buf = vec![0u8; (n * size) as usize];
+        mem.read(entries, &mut buf)?;
+        for i in 0..n as usize {
+            let e = &buf[i * size as usize..][..size as usize];
+            let k = u64::from_le_bytes(e[key_at..key_at + 8].try_into().unwrap_or_default());
+            if k == 0 || !self.str_eq(mem, k, key) {
+                continue;
+            }
+            let v = if values != 0 {
+                // A split table: values live apart (3.13 puts a 8-byte header first).
+                let header = if self.version.1 >= 13 { 8 } else { 0 };
+                mem.u64(values + header + 8 * i as u64)?
+            } else {
+                u64::from_le_bytes(e[value_at..value_at + 8].try_into().unwrap_or_default())
+            };
+            return Ok((v != 0).then_some(v));
+        }
+        Ok(None)
+    }
+
+    /// `sys.modules[name]`.
+    pub fn module(&self, mem: &Memory, name: &str) -> Result<Option<u64>> {
+        let interp = mem.u64(self.runtime + self.layout.runtime_interpreters_head)?;
+        if interp == 0 {
+            bail!("no interpreter yet (still starting?)");
+        }
+        let modules = mem.u64(interp + self.layout.interp_modules)?;
+        if modules == 0 {
+            bail!("the interpreter has no sys.modules yet");
+        }
+        self.dict_get(mem, modules, name)
+    }
+
+    /// An attribute of a module or a class, as its `__dict__` holds it (for a class, also its
+    /// bases in method resolution order).
+    pub fn attr(&self, mem: &Memory, obj: u64, name: &str) -> Result<Option<u64>> {
+        let tname = self.type_name(mem, obj)?;
+        if tname == "module" {
+            let d = mem.u64(obj + MD_DICT)?;
+            return if d == 0 { Ok(None) } else { self.dict_get(mem, d, name) };
+        }
+        let flags = mem.u64(mem.u64(obj + 8)? + TP_FLAGS)?;
+        if flags & TPFLAGS_TYPE_SUBCLASS == 0 {
+            bail!("not a module or a class (a {tname})");
+        }
+        let mro = mem.u64(obj + TP_MRO)?;
+        let classes = if mro == 0 {
+            vec![obj]
+        } else {
+            let n = mem.u64(mro + 16)?.min(64);
+            (0..n).map(|i| mem.u64(mro + 24 + 8 * i)).collect::<Result<Vec<_>>>()?
+        };
+        for c in classes {
+            let d = mem.u64(c + TP_DICT)?;
+            if d != 0
+                && let Some(v) = self.dict_get(mem, d, name)?
+            {
+                return Ok(Some(v));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The code object `module:Qual.name` runs. Follows staticmethod/classmethod and
+    /// `functools.wraps` decorators (`__wrapped__`) to the function whose name matches.
+    pub fn resolve(&self, mem: &Memory, symbol: &str) -> Result<Option<Resolved>> {
+        let (module, qual) = symbol
+            .split_once(':')
+            .with_context(|| format!("{symbol}: expected module:Class.method or module:function"))?;
+        let Some(mut obj) = self.module(mem, module)? else { return Ok(None) };
+        let parts: Vec<&str> = qual.split('.').collect();
+        for p in &parts {
+            match self.attr(mem, obj, p).with_context(|| format!("{symbol}: looking up {p}"))? {
+                Some(o) => obj = o,
+                None => bail!("{symbol}: {module} has no {qual} (renamed in this version of the engine?)"),
+            }
+        }
+        let last = parts.last().copied().unwrap_or_default();
+        for _ in 0..8 {
+            match self.type_name(mem, obj)?.as_str() {
+                "staticmethod" | "classmethod" => obj = mem.u64(obj + SM_CALLABLE)?,
+                "function" => {
+                    let code = mem.u64(obj + self.layout.func_code)?;
+                    let f = self.code_frame(mem, code)?;
+                    let short = f.name.rsplit('.').next().unwrap_or(&f.name);
+                    if short == last {
+                        let flags = mem.u32(code + self.layout.code_flags)?;
+                        return Ok(Some(Resolved {
+                            code,
+                            qualname: f.name,
+                            filename: f.filename,
+                            first_line: f.first_line,
+                            flags,
+                        }));
+                    }
+                    // A decorator's wrapper: its `__dict__` (after func_doc) may name the
+                    // function it wraps.
+                    let fdict_at = if self.version.1 >= 10 { self.layout.func_code + 40 } else { 72 };
+                    let fdict = mem.u64(obj + fdict_at)?;
+                    match (fdict != 0).then(|| self.dict_get(mem, fdict, "__wrapped__")).transpose()?.flatten() {
+                        Some(w) => obj = w,
+                        None => {
+                            bail!("{symbol}: the class holds a wrapper ({}) that does not say what it wraps", f.name)
+                        }
+                    }
+                }
+                other => bail!("{symbol} is a {other}, not a Python function"),
+            }
+        }
+        bail!("{symbol}: too many decorators")
+    }
+
+    /// Decodes a code object's live bytecode (3.11+) into the addresses of its RESUME (the
+    /// entry) and its return instructions, skipping inline caches.
+    pub fn bytecode(&self, mem: &Memory, code: u64) -> Result<Bytecode> {
+        let Some(adaptive) = self.layout.code_adaptive else {
+            bail!("CPython {}: no inline bytecode before 3.11", self.version_string());
+        };
+        let (caches, resume_ops, return_ops) = match self.version.1 {
+            11 => (&opcodes::CACHES_3_11, opcodes::RESUME_3_11, opcodes::RETURN_3_11),
+            12 => (&opcodes::CACHES_3_12, opcodes::RESUME_3_12, opcodes::RETURN_3_12),
+            13 => (&opcodes::CACHES_3_13, opcodes::RESUME_3_13, opcodes::RETURN_3_13),
+            _ => bail!("CPython {}: no opcode table for this version", self.version_string()),
+        };
+        let units = mem.u64(code + 16)?;
+        if units == 0 || units > 1 << 20 {
+            bail!("code object at {code:#x} has {units} code units");
+        }
+        let start = code + adaptive;
+        let mut bc = vec![0u8; 2 * units as usize];
+        mem.read(start, &mut bc)?;
+        let (resume, returns) = decode(&bc, caches, resume_ops, return_ops);
+        let resume = resume.context("no RESUME instruction in the function's bytecode")?;
+        if returns.is_empty() {
+            bail!("no return instruction in the function's bytecode (it only raises or loops forever)");
+        }
+        let at = |i: usize| (start + 2 * i as u64, u32::from(u16::from_le_bytes([bc[2 * i], bc[2 * i + 1]])));
+        Ok(Bytecode { resume: at(resume), returns: returns.iter().map(|r| at(*r)).collect() })
+    }
+}
+
+/// The first RESUME and every return, as code-unit indexes.
+pub fn decode(bc: &[u8], caches: &[u8; 256], resume_ops: &[u8], return_ops: &[u8]) -> (Option<usize>, Vec<usize>) {
+    let (mut resume, mut returns) = (None, Vec::new());
+    let mut i = 0;
+    while 2 * i + 1 < bc.len() {
+        let op = bc[2 * i];
+        if resume.is_none() && resume_ops.contains(&op) {
+            resume = Some(i);
+        }
+        if return_ops.contains(&op) {
+            returns.push(i);
+        }
+        i += 1 + caches[op as usize] as usize;
+    }
+    (resume, returns)
+}
+
+fn cstr(mem: &Memory, addr: u64) -> Result<String> {
+    let mut b = [0u8; 64];
+    mem.read(addr, &mut b)?;
+    let end = b.iter().position(|c| *c == 0).unwrap_or(b.len());
+    Ok(String::from_utf8_lossy(&b[..end]).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_skips_caches_and_finds_returns() {
+        // 3.12: RESUME 0, LOAD_ATTR (9 caches), RETURN_VALUE, RETURN_CONST.
+        let mut bc = vec![151, 0, 106, 0];
+        bc.extend(std::iter::repeat_n([83u8, 0], 9).flatten()); // caches that look like returns
+        bc.extend([83, 0, 121, 0]);
+        let (r, rets) = decode(&bc, &opcodes::CACHES_3_12, opcodes::RESUME_3_12, opcodes::RETURN_3_12);
+        assert_eq!(r, Some(0));
+        assert_eq!(rets, vec![11, 12]);
+    }
+
+    #[test]
+    fn decode_never_reads_past_the_end() {
+        for len in 0..8 {
+            let bc = vec![106u8; len]; // LOAD_ATTR claims 9 caches
+            let _ = decode(&bc, &opcodes::CACHES_3_12, opcodes::RESUME_3_12, opcodes::RETURN_3_12);
+        }
+    }
+}

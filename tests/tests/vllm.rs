@@ -287,9 +287,45 @@ fn real_vllm_counts_tokens_and_ttft() {
     check_phases(&recs, &before, &after);
     assert!(big_rec["prefill_s"].is_f64() && big_rec["engine_outputs_lost"] == false, "{big_rec}");
 
+    // Phase 5: function timers on the real engine. A third inferscope attaches with the default
+    // timer set: hardware breakpoints on Scheduler.schedule and Scheduler.update_from_output in
+    // EngineCore's main thread. Every engine iteration calls schedule() once, and with stats on
+    // vLLM sends one outputs message per iteration: the two counts, from two unrelated
+    // mechanisms (debug traps in EngineCore, IPC bytes read by the API server), must be equal.
+    let core = engine_core_pid(api_pid).expect("vLLM's EngineCore process");
+    let dir5 = scratch("vllm-timers");
+    let mut timed = Inferscope::attach(&dir5, api_pid, &["--python-timers", "default"]);
+    wait_for("the scheduler's breakpoints", Duration::from_secs(30), || {
+        let e = std::fs::read_to_string(&timed.stderr).ok()?;
+        (e.contains("timing Scheduler.schedule") && e.contains("timing Scheduler.update_from_output")).then_some(())
+    });
+    let truth = load(&dir, &url, 24, 6, "chat_stream=2,cmpl_nostream=1", 16, 15);
+    assert!(truth.iter().all(|t| t["status"] == 200));
+    records_of(&timed, &truth);
+    let stderr = timed.stop();
+    let calls = timed.lines("python_call");
+    let schedule: Vec<&Value> = calls.iter().filter(|c| c["function"] == "Scheduler.schedule").collect();
+    let update = calls.iter().filter(|c| c["function"] == "Scheduler.update_from_output").count();
+    let health = timed.lines("health").pop().expect("a final health line");
+    let iterations = health["engine"]["output_messages"].as_u64().unwrap();
+    assert!(!schedule.is_empty(), "no Scheduler.schedule calls: {stderr}");
+    assert_eq!(schedule.len() as u64, iterations, "schedule() calls vs engine iterations on the IPC");
+    assert_eq!(update, schedule.len(), "update_from_output() calls vs schedule() calls");
+    assert!(
+        schedule.iter().all(|c| c["pid"] == core && c["tid"] == core && c["mode"] == "breakpoint"),
+        "schedule() runs on EngineCore's main thread: {}",
+        schedule[0]
+    );
+    let mut ms: Vec<f64> = schedule.iter().map(|c| c["duration_ns"].as_u64().unwrap() as f64 / 1e6).collect();
+    let (p50, max) = stats(&mut ms);
+    assert_eq!(health["python_timers"]["unfinished_calls"], 0, "{health}");
+    eprintln!(
+        "function timers: {} schedule() calls = {iterations} engine iterations on the IPC; schedule() p50 {p50:.3} ms, max {max:.3} ms",
+        schedule.len()
+    );
+
     // The Python layer's reader on the real engine: EngineCore's busy loop runs on the main
     // thread of its process, read from outside while it serves.
-    let core = engine_core_pid(api_pid).expect("vLLM's EngineCore process");
     let out = Command::new(inferscope_bin())
         .args(["python-info", "--pid", &core.to_string(), "--json"])
         .output()

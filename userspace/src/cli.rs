@@ -241,6 +241,13 @@ pub struct RunOptions {
     #[arg(long)]
     pub device_spans: bool,
 
+    /// Time Python functions of the traced CPython 3.11-3.13 processes exactly, with hardware
+    /// breakpoints on each function's entry and returns: `default` (vLLM and SGLang scheduler
+    /// functions) or a YAML file of `- symbol: module:Class.method` entries (see `inferscope
+    /// timers --help`). Each timed call costs one debug trap at entry and one at return.
+    #[arg(long, value_name = "PATH|default")]
+    pub python_timers: Option<String>,
+
     /// Stop after this many seconds (default: run until interrupted).
     #[arg(long, value_name = "SECONDS")]
     pub duration: Option<f64>,

@@ -27,6 +27,7 @@ use crate::{
         prom::{self, PromMetrics},
     },
     procfs::{self, Engine},
+    python::timers::PyTimers,
     request::{Limits, RequestRecord},
     tracker::{ExistingConn, Tracker},
 };
@@ -135,6 +136,9 @@ struct Daemon {
     last_device_account: std::time::Instant,
     /// Library scans done on blocking threads come back here.
     scan_tx: tokio::sync::mpsc::UnboundedSender<crate::device::manager::ScanResult>,
+    /// The Python layer's function timers (with --python-timers).
+    python: Option<PyTimers>,
+    python_recs: Vec<crate::python::timers::CallRecord>,
 }
 
 impl Daemon {
@@ -202,6 +206,17 @@ impl Daemon {
         }
         if let Some(job) = self.device.as_mut().and_then(|dm| dm.add_process(pid, procfs::ancestors(pid))) {
             self.spawn_scan(job);
+        }
+        if let Some(t) = &mut self.python
+            && let Err(e) = t.add_process(pid)
+        {
+            // Most traced processes that are not CPython 3.11-3.13 are not Python at all.
+            let e = format!("{e:#}");
+            if e.starts_with("CPython") {
+                eprintln!("inferscope: pid {pid}: {e}");
+            } else {
+                debug!("pid {pid}: no function timers: {e}");
+            }
         }
         let version = self.detect_kind(pid);
         let comm = procfs::comm(pid).unwrap_or_default();
@@ -276,6 +291,12 @@ impl Daemon {
         }
         self.exited.insert(pid, std::time::Instant::now());
         self.probes.untrack(pid);
+        if let Some(t) = &mut self.python {
+            t.remove_process(pid);
+            if let Some(m) = self.exporters.prom.as_ref().and_then(|p| p.python.as_ref()) {
+                m.forget(pid, &t.specs, &["breakpoint", "breakpoint_entry"]);
+            }
+        }
         if let Some(dm) = &mut self.device {
             let (n, libs) = dm.attached(pid);
             let disabled = dm.disabled(pid);
@@ -447,6 +468,42 @@ impl Daemon {
             export_errors,
             engine: self.engine.stats.clone(),
             device: self.device.as_ref().map(|d| d.health()).unwrap_or_default(),
+            python: self.python.as_ref().map(|t| t.health()).unwrap_or_default(),
+        }
+    }
+
+    /// Breakpoint hits of the function timers -> calls -> exporters.
+    fn python_drain(&mut self) {
+        let Some(t) = &mut self.python else { return };
+        t.poll(&mut self.python_recs);
+        for n in t.notes.drain(..) {
+            eprintln!("{n}");
+        }
+        if self.python_recs.is_empty() {
+            return;
+        }
+        let e = &mut self.exporters;
+        let prom = e.prom.as_ref().and_then(|p| p.python.as_ref());
+        let mut pids = Vec::new();
+        for r in self.python_recs.drain(..) {
+            let Some(spec) = t.specs.get(r.spec) else { continue };
+            if let Some(m) = prom {
+                m.record(&r, spec);
+            }
+            if let Some(j) = &mut e.jsonl {
+                j.write(&crate::python::timers::call_json(&r, spec, Some(e.clock.unix_ns(r.start_ns))));
+            }
+            if let Some(o) = &mut e.otlp {
+                o.python_call(&r, spec, t.location(r.pid, r.spec), &e.clock);
+            }
+            if !pids.contains(&r.pid) {
+                pids.push(r.pid);
+            }
+        }
+        if let Some(m) = prom {
+            for pid in pids {
+                m.unfinished(pid, t.unfinished(pid));
+            }
         }
     }
 
@@ -631,6 +688,25 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
         }
         _ => None,
     };
+    let python = match &o.python_timers {
+        Some(arg) => {
+            let specs = crate::python::timers::load_config(arg).with_context(|| format!("--python-timers {arg}"))?;
+            let n = specs.len();
+            match PyTimers::new(specs) {
+                Ok(t) => {
+                    eprintln!(
+                        "inferscope: Python function timers: {n} function(s) from {arg}, looked for in every traced CPython 3.11-3.13"
+                    );
+                    Some(t)
+                }
+                Err(e) => {
+                    eprintln!("inferscope: warning: Python function timers unavailable ({e:#})");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
     let ring = probes.take_events()?;
     // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged, for its lifetime.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
@@ -640,6 +716,9 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
         if o.vllm_metrics || o.prometheus_listen.is_some() { Some(PromMetrics::new(o.vllm_metrics)?) } else { None };
     if let (Some(p), Some(d)) = (&mut prom, &device) {
         p.device = Some(crate::export::prom_device::DeviceMetrics::new(&p.registry, d.opts.top_kernels)?);
+    }
+    if let (Some(p), Some(_)) = (&mut prom, &python) {
+        p.python = Some(crate::export::prom_python::PythonMetrics::new(&p.registry)?);
     }
     if let (Some(addr), Some(p)) = (o.prometheus_listen, &prom) {
         prom::serve(addr, p.registry.clone()).await?;
@@ -701,6 +780,8 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
         last_device_interval: std::time::Instant::now(),
         last_device_account: std::time::Instant::now(),
         scan_tx,
+        python,
+        python_recs: Vec::new(),
     };
     match &target {
         Target::Pid { pid, .. } => d.trace_tree(*pid, Engine::Other),
@@ -754,6 +835,7 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
                     d.on_record(&item);
                 }
                 d.device_drain();
+                d.python_drain();
             }
             _ = tick.tick() => {
                 d.tick(idle_ns);
@@ -793,6 +875,7 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
             d.on_record(&item);
         }
     }
+    d.python_drain();
     // Requests still in flight are not reported: they did not end while we watched.
     d.flush_records();
     d.tick(idle_ns);
@@ -804,6 +887,11 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
         j.flush();
     }
     let h = d.health();
+    // The final counters, for JSONL readers.
+    if let Some(j) = &mut d.exporters.jsonl {
+        j.write(&jsonl::health_json(&h, d.exporters.clock.unix_ns(clock::monotonic_ns())));
+        j.flush();
+    }
     // What was lost since the last periodic report (they come every 10 s).
     if let Some(line) = console::loss_line(&d.last_health, &h) {
         eprintln!("inferscope: {line}");

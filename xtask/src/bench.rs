@@ -527,26 +527,45 @@ pub fn run_device(seconds: u64, rounds: u32, report: Option<&Path>) -> Result<()
     Ok(())
 }
 
-/// A CPU-bound Python loop for `seconds`: prints how many calls it made.
-const PY_LOOP: &str = "import sys, time\ndef f(x):\n    return x + 1\nend = time.time() + float(sys.argv[1])\nn = 0\nwhile time.time() < end:\n    for _ in range(1000):\n        f(n)\n    n += 1000\nprint(n, flush=True)\n";
+/// A CPU-bound Python loop for `seconds`: `f` 1000 times, then `g` once; prints how many
+/// calls of `f` it made.
+const PY_LOOP: &str = "import sys, time\ndef f(x):\n    return x + 1\ndef g(x):\n    return x\nend = time.time() + float(sys.argv[1])\nn = 0\nwhile time.time() < end:\n    for _ in range(1000):\n        f(n)\n    n = g(n) + 1000\nprint(n, flush=True)\n";
 
-/// One round: calls per second of the Python loop, profiled at `rate` Hz or not.
-fn python_round(root: &Path, seconds: u64, rate: Option<u64>) -> Result<f64> {
+/// What watches the loop in a round.
+#[derive(Clone, Copy)]
+enum Watch {
+    None,
+    /// `inferscope profile` at this rate.
+    Profile(u64),
+    /// `inferscope timers` on this function of the loop.
+    Timer(&'static str),
+}
+
+/// One round: calls per second of the Python loop, watched as `watch` says.
+fn python_round(root: &Path, seconds: u64, watch: Watch) -> Result<f64> {
     let mut py = Command::new("python3")
         .args(["-c", PY_LOOP, &seconds.to_string()])
         .stdout(Stdio::piped())
         .spawn()
         .context("python3")?;
     let mut prof = None;
-    if let Some(r) = rate {
+    let pid = py.id().to_string();
+    let duration = (seconds + 5).to_string();
+    let mut cmd = Command::new(root.join("target/release/inferscope"));
+    match watch {
+        Watch::None => {}
+        Watch::Profile(r) => {
+            cmd.args(["profile", "--pid", &pid, "--duration", &duration, "--rate", &r.to_string(), "-o", "/dev/null"]);
+        }
+        Watch::Timer(f) => {
+            let cfg = std::env::temp_dir().join(format!("inferscope-bench-{f}.yaml"));
+            fs::write(&cfg, format!("- symbol: __main__:{f}\n"))?;
+            cmd.args(["timers", "--pid", &pid, "--duration", &duration, "-o", "/dev/null", "--config"]).arg(cfg);
+        }
+    }
+    if !matches!(watch, Watch::None) {
         std::thread::sleep(Duration::from_millis(200));
-        prof = Some(
-            Command::new(root.join("target/release/inferscope"))
-                .args(["profile", "--pid", &py.id().to_string(), "--duration", &(seconds + 5).to_string()])
-                .args(["--rate", &r.to_string(), "-o", "/dev/null"])
-                .stderr(Stdio::null())
-                .spawn()?,
-        );
+        prof = Some(cmd.stderr(Stdio::null()).spawn()?);
     }
     let mut out = String::new();
     std::io::Read::read_to_string(py.stdout.as_mut().context("stdout")?, &mut out)?;
@@ -557,8 +576,9 @@ fn python_round(root: &Path, seconds: u64, rate: Option<u64>) -> Result<f64> {
     Ok(out.trim().parse::<f64>().context("the loop's count")? / seconds as f64)
 }
 
-/// `cargo xtask bench --python`: what the Python sampler costs the profiled process, side by
-/// side (alternating rounds without and with `inferscope profile`), at two sampling rates.
+/// `cargo xtask bench --python`: what the Python sampler (at two rates) and the function
+/// timers (on a function called all the time, and on one called rarely) cost the watched
+/// process, side by side: rounds alternate without and with inferscope.
 pub fn run_python(seconds: u64, rounds: u32, report: Option<&Path>) -> Result<()> {
     if !util::is_root() {
         bail!("the benchmark loads BPF programs: run it as root");
@@ -568,7 +588,7 @@ pub fn run_python(seconds: u64, rounds: u32, report: Option<&Path>) -> Result<()
     util::run(Command::new("cargo").current_dir(&root).args(["build", "--release", "-p", "inferscope"]))?;
     let version = util::output(Command::new("python3").arg("--version")).unwrap_or_default();
     let mut md = format!(
-        "## inferscope Python sampler benchmark\n\n{}, kernel {}. Command: `cargo xtask bench --python --seconds {seconds} --rounds {rounds}`.\n\
+        "## inferscope Python layer benchmark\n\n{}, kernel {}. Command: `cargo xtask bench --python --seconds {seconds} --rounds {rounds}`.\n\
          Target: a CPU-bound loop of Python calls (one thread); rounds alternate without/with `inferscope profile`.\n\n\
          | rate | calls/s without | calls/s with | ratio | cost per sample |\n|---|---|---|---|---|\n",
         version.trim(),
@@ -579,7 +599,7 @@ pub fn run_python(seconds: u64, rounds: u32, report: Option<&Path>) -> Result<()
         for i in 0..rounds {
             let order = if i % 2 == 0 { [false, true] } else { [true, false] };
             for with in order {
-                let r = python_round(&root, seconds, with.then_some(rate))?;
+                let r = python_round(&root, seconds, if with { Watch::Profile(rate) } else { Watch::None })?;
                 eprintln!(
                     "bench: python {rate} Hz round {i} {}: {r:.0} calls/s",
                     if with { "profiled" } else { "plain" }
@@ -591,6 +611,29 @@ pub fn run_python(seconds: u64, rounds: u32, report: Option<&Path>) -> Result<()
         let ratio = on / off.max(1e-9);
         let per_sample_us = (1.0 - ratio).max(0.0) / rate as f64 * 1e6;
         md.push_str(&format!("| {rate} Hz | {off:.0} | {on:.0} | **{ratio:.3}** | {per_sample_us:.1} us |\n"));
+    }
+    // Function timers: every call of `f` trapped (entry and return), or only `g`, called once
+    // per 1000 calls of `f` (what an unwatched function pays: nothing but the rare trap).
+    md.push_str(
+        "\nFunction timers (`inferscope timers`, hardware breakpoints on entry and return):\n\n\
+         | watched | calls/s without | calls/s with | ratio | cost per watched call |\n|---|---|---|---|---|\n",
+    );
+    for (f, watched_per_call) in [("f", 1.0), ("g", 0.001)] {
+        let (mut off, mut on) = (Vec::new(), Vec::new());
+        for i in 0..rounds {
+            let order = if i % 2 == 0 { [false, true] } else { [true, false] };
+            for with in order {
+                let r = python_round(&root, seconds, if with { Watch::Timer(f) } else { Watch::None })?;
+                eprintln!("bench: timers on {f} round {i} {}: {r:.0} calls/s", if with { "watched" } else { "plain" });
+                if with { on.push(r) } else { off.push(r) }
+            }
+        }
+        let (off, on) = (median(off), median(on));
+        let ratio = on / off.max(1e-9);
+        // Extra seconds per loop call, divided among the watched calls in it.
+        let per_call_us = (1.0 / on.max(1e-9) - 1.0 / off.max(1e-9)).max(0.0) / watched_per_call * 1e6;
+        let what = if f == "f" { "every call (`f`)" } else { "1 call in 1001 (`g`)" };
+        md.push_str(&format!("| {what} | {off:.0} | {on:.0} | **{ratio:.3}** | {per_call_us:.1} us |\n"));
     }
     println!("\n{md}");
     if let Some(p) = report {

@@ -297,6 +297,9 @@ pub struct EngineStats {
     pub lost_requests: u64,
     /// Output messages about requests never seen before (capture began mid-request).
     pub partial_requests: u64,
+    /// Output messages decoded: one per engine iteration that had something to report (with
+    /// the engine's stats on, vLLM reports every iteration).
+    pub output_messages: u64,
 }
 
 impl EngineStats {
@@ -431,6 +434,7 @@ impl EngineTracker {
                 }
             }
             Decoded::Outputs(o) => {
+                self.stats.output_messages += 1;
                 if o.outputs.is_empty() {
                     if !o.gauges.is_empty() {
                         out.push(EngineEvent::Gauges { pid, engine: o.engine, gauges: o.gauges });

@@ -8,6 +8,7 @@ pub mod otlp;
 pub mod prom;
 pub mod prom_device;
 pub mod prom_engine;
+pub mod prom_python;
 
 use std::collections::HashSet;
 
@@ -110,6 +111,8 @@ pub struct Health {
     pub engine: crate::engine::EngineStats,
     /// The device layer's counters.
     pub device: DeviceHealth,
+    /// The Python function timers' counters.
+    pub python: crate::python::timers::TimerHealth,
 }
 
 /// What the device layer attached, could not attach, and could not use.

@@ -262,6 +262,41 @@ impl Otlp {
         self.spans_submitted += 1;
     }
 
+    /// One span per call of a timed Python function (tracing level 1 and up), named after the
+    /// function, on the thread that ran it.
+    pub fn python_call(
+        &mut self,
+        r: &crate::python::timers::CallRecord,
+        spec: &crate::python::timers::TimerSpec,
+        location: Option<(&str, &str, u32)>,
+        clock: &Clock,
+    ) {
+        let Some(tracer) = &self.tracer else { return };
+        let Some(end) = r.end_ns else { return };
+        if self.opts.tracing_level < 1 {
+            return;
+        }
+        let mut attrs = vec![
+            KeyValue::new("process.pid", i64::from(r.pid)),
+            KeyValue::new("thread.id", i64::from(r.tid)),
+            KeyValue::new("code.function.name", spec.symbol.clone()),
+            KeyValue::new("inferscope.python.mode", r.mode.label()),
+            KeyValue::new("inferscope.python.depth", i64::from(r.depth)),
+        ];
+        if let Some((_, file, line)) = location {
+            attrs.push(KeyValue::new("code.file.path", file.to_string()));
+            attrs.push(KeyValue::new("code.line.number", i64::from(line)));
+        }
+        let mut span = tracer
+            .span_builder(format!("python {}", spec.function()))
+            .with_kind(SpanKind::Internal)
+            .with_start_time(clock.system_time(r.start_ns))
+            .with_attributes(attrs)
+            .start(tracer);
+        opentelemetry::trace::Span::end_with_timestamp(&mut span, clock.system_time(end));
+        self.spans_submitted += 1;
+    }
+
     /// Flushes and stops the exporters (bounded by their timeouts).
     pub fn shutdown(&mut self) {
         if let Some(p) = self.tracer_provider.take() {

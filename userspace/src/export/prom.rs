@@ -106,6 +106,8 @@ pub struct PromMetrics {
     pub engine: EngineMetrics,
     /// The device layer's families (when it runs).
     pub device: Option<super::prom_device::DeviceMetrics>,
+    /// The Python layer's function timers (with --python-timers).
+    pub python: Option<super::prom_python::PythonMetrics>,
     /// Last absolute values seen, to turn health snapshots into counter increments.
     prev: HashMap<String, u64>,
 }
@@ -217,6 +219,7 @@ impl PromMetrics {
             vllm,
             engine: EngineMetrics::new(&reg, vllm_names)?,
             device: None,
+            python: None,
             prev: HashMap::new(),
             registry: reg,
         }

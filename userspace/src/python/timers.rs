@@ -352,6 +352,7 @@ struct Proc {
     /// Threads a watchpoint could not be set on (reported once).
     refused: HashSet<u32>,
     next_resolve: Instant,
+    resolve_every: Duration,
     next_threads: Instant,
     matcher: Matcher,
     calls: u64,
@@ -429,6 +430,7 @@ impl PyTimers {
                 threads: HashMap::new(),
                 refused: HashSet::new(),
                 next_resolve: now,
+                resolve_every: Duration::from_secs(1),
                 next_threads: now,
                 matcher: Matcher::default(),
                 calls: 0,
@@ -456,6 +458,17 @@ impl PyTimers {
         self.procs.get(&pid).map(|p| (p.states.as_slice(), p.watched.as_slice()))
     }
 
+    /// Calls of `pid` seen leaving without a return so far.
+    pub fn unfinished(&self, pid: u32) -> u64 {
+        self.procs.get(&pid).map_or(0, |p| p.matcher.stats.unfinished)
+    }
+
+    /// Where `spec` is watched in `pid`: (qualified name, file, first line).
+    pub fn location(&self, pid: u32, spec: usize) -> Option<(&str, &str, u32)> {
+        let p = self.procs.get(&pid)?;
+        p.watched.iter().find(|w| w.spec == spec).map(|w| (w.qualname.as_str(), w.filename.as_str(), w.first_line))
+    }
+
     pub fn health(&self) -> TimerHealth {
         let mut h = TimerHealth { undecodable: self.undecodable, ..Default::default() };
         for p in self.procs.values() {
@@ -480,8 +493,12 @@ impl PyTimers {
             let Some(mut p) = self.procs.remove(&pid) else { continue };
             let mut changed = false;
             if now >= p.next_resolve && p.states.contains(&SpecState::Pending) {
-                p.next_resolve = now + Duration::from_secs(2);
+                // Every second at first, backing off to 8 s while nothing new turns up (a
+                // process that never imports the module costs one sys.modules scan per 8 s).
                 changed = self.resolve(pid, &mut p);
+                p.resolve_every =
+                    if changed { Duration::from_secs(1) } else { (p.resolve_every * 2).min(Duration::from_secs(8)) };
+                p.next_resolve = now + p.resolve_every;
             }
             if changed || now >= p.next_threads {
                 p.next_threads = now + Duration::from_secs(1);
@@ -725,6 +742,26 @@ impl PyTimers {
     }
 }
 
+/// The JSON line of one call: `start_ns` on the monotonic clock (what BPF and
+/// `time.monotonic_ns()` read), and `ts_ns` in Unix time when the caller knows it.
+pub fn call_json(r: &CallRecord, spec: &TimerSpec, unix_start_ns: Option<u64>) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "type": "python_call",
+        "pid": r.pid,
+        "tid": r.tid,
+        "function": spec.function(),
+        "symbol": spec.symbol,
+        "mode": r.mode.label(),
+        "start_ns": r.start_ns,
+        "duration_ns": r.end_ns.map(|e| e.saturating_sub(r.start_ns)),
+        "depth": r.depth,
+    });
+    if let Some(ts) = unix_start_ns {
+        v["ts_ns"] = ts.into();
+    }
+    v
+}
+
 /// `inferscope timers`: watches one process for `duration` (or until it exits) and writes one
 /// JSON line per call; returns the summary for the operator.
 pub fn run_cli(
@@ -762,21 +799,7 @@ pub fn run_cli(
             if let Some(end) = r.end_ns {
                 per[r.spec].push(end - r.start_ns);
             }
-            writeln!(
-                out,
-                "{}",
-                serde_json::json!({
-                    "type": "python_call",
-                    "pid": r.pid,
-                    "tid": r.tid,
-                    "function": spec.function(),
-                    "symbol": spec.symbol,
-                    "mode": r.mode.label(),
-                    "start_ns": r.start_ns,
-                    "duration_ns": r.end_ns.map(|e| e - r.start_ns),
-                    "depth": r.depth,
-                })
-            )?;
+            writeln!(out, "{}", call_json(&r, spec, None))?;
         }
         if !crate::procfs::exists(pid) {
             // Hits already in the ring are read once more.

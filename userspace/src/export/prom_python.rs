@@ -1,0 +1,78 @@
+//! Prometheus families of the Python layer's function timers: a duration histogram and a call
+//! count per process, function and mode (how the numbers were obtained), and the calls that
+//! left without a return.
+
+use anyhow::Result;
+use prometheus::{HistogramVec, IntCounterVec, Registry};
+
+use super::prom::{counter, hist};
+use crate::python::timers::{CallRecord, TimerSpec};
+
+/// Python function durations: tens of microseconds to tens of seconds.
+const BUCKETS: &[f64] = &[
+    2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+pub struct PythonMetrics {
+    duration: HistogramVec,
+    calls: IntCounterVec,
+    unfinished: IntCounterVec,
+}
+
+impl PythonMetrics {
+    pub fn new(reg: &Registry) -> Result<Self> {
+        let l = &["pid", "function", "mode"];
+        Ok(Self {
+            duration: hist(
+                reg,
+                "inferscope_python_function_duration_seconds",
+                "Duration of calls of timed Python functions (entry to return), by process, function \
+                 (module:qualname as configured) and mode (breakpoint: exact, from hardware breakpoints)",
+                BUCKETS,
+                l,
+            )?,
+            calls: counter(
+                reg,
+                "inferscope_python_function_calls_total",
+                "Calls of timed Python functions (returned ones; entered ones in mode breakpoint_entry)",
+                l,
+            )?,
+            unfinished: counter(
+                reg,
+                "inferscope_python_function_unfinished_total",
+                "Calls of timed Python functions seen leaving without a return instruction (an exception), per process",
+                &["pid"],
+            )?,
+        })
+    }
+
+    pub fn record(&self, r: &CallRecord, spec: &TimerSpec) {
+        let pid = r.pid.to_string();
+        let v = [pid.as_str(), spec.symbol.as_str(), r.mode.label()];
+        self.calls.with_label_values(&v).inc();
+        if let Some(end) = r.end_ns {
+            self.duration.with_label_values(&v).observe(end.saturating_sub(r.start_ns) as f64 / 1e9);
+        }
+    }
+
+    /// Sets the unfinished count of a process (a running total kept by the timers).
+    pub fn unfinished(&self, pid: u32, total: u64) {
+        let c = self.unfinished.with_label_values(&[&pid.to_string()]);
+        let have = c.get();
+        if total > have {
+            c.inc_by(total - have);
+        }
+    }
+
+    /// Drops the series of a process that is gone.
+    pub fn forget(&self, pid: u32, specs: &[TimerSpec], modes: &[&str]) {
+        let p = pid.to_string();
+        for s in specs {
+            for m in modes {
+                let _ = self.calls.remove_label_values(&[p.as_str(), s.symbol.as_str(), m]);
+                let _ = self.duration.remove_label_values(&[p.as_str(), s.symbol.as_str(), m]);
+            }
+        }
+        let _ = self.unfinished.remove_label_values(&[&p]);
+    }
+}

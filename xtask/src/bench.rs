@@ -527,9 +527,9 @@ pub fn run_device(seconds: u64, rounds: u32, report: Option<&Path>) -> Result<()
     Ok(())
 }
 
-/// A CPU-bound Python loop for `seconds`: `f` 1000 times, then `g` once; prints how many
-/// calls of `f` it made.
-const PY_LOOP: &str = "import sys, time\ndef f(x):\n    return x + 1\ndef g(x):\n    return x\nend = time.time() + float(sys.argv[1])\nn = 0\nwhile time.time() < end:\n    for _ in range(1000):\n        f(n)\n    n = g(n) + 1000\nprint(n, flush=True)\n";
+/// A CPU-bound Python loop for `seconds` once a line arrives on stdin (inferscope is watching
+/// by then): `f` 1000 times, then `g` once; prints how many calls of `f` it made.
+const PY_LOOP: &str = "import sys, time\ndef f(x):\n    return x + 1\ndef g(x):\n    return x\nfor _ in range(50):\n    g(f(0))\nsys.stdin.readline()\nend = time.time() + float(sys.argv[1])\nn = 0\nwhile time.time() < end:\n    for _ in range(1000):\n        f(n)\n    n = g(n) + 1000\nprint(n, flush=True)\n";
 
 /// What watches the loop in a round.
 #[derive(Clone, Copy)]
@@ -545,12 +545,13 @@ enum Watch {
 fn python_round(root: &Path, seconds: u64, watch: Watch) -> Result<f64> {
     let mut py = Command::new("python3")
         .args(["-c", PY_LOOP, &seconds.to_string()])
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .context("python3")?;
     let mut prof = None;
     let pid = py.id().to_string();
-    let duration = (seconds + 5).to_string();
+    let duration = (seconds + 8).to_string();
     let mut cmd = Command::new(root.join("target/release/inferscope"));
     match watch {
         Watch::None => {}
@@ -567,6 +568,9 @@ fn python_round(root: &Path, seconds: u64, watch: Watch) -> Result<f64> {
         std::thread::sleep(Duration::from_millis(200));
         prof = Some(cmd.stderr(Stdio::null()).spawn()?);
     }
+    // BPF loaded and attached (and the plain rounds wait as long).
+    std::thread::sleep(Duration::from_millis(2500));
+    std::io::Write::write_all(py.stdin.as_mut().context("stdin")?, b"go\n")?;
     let mut out = String::new();
     std::io::Read::read_to_string(py.stdout.as_mut().context("stdout")?, &mut out)?;
     let _ = py.wait();
@@ -615,10 +619,12 @@ pub fn run_python(seconds: u64, rounds: u32, report: Option<&Path>) -> Result<()
     // Function timers: every call of `f` trapped (entry and return), or only `g`, called once
     // per 1000 calls of `f` (what an unwatched function pays: nothing but the rare trap).
     md.push_str(
-        "\nFunction timers (`inferscope timers`, hardware breakpoints on entry and return):\n\n\
+        "\nFunction timers (`inferscope timers`, hardware breakpoints on entry and return; calls/s are the loop's \
+         calls of `f`, which calls `g` once per 1000):\n\n\
          | watched | calls/s without | calls/s with | ratio | cost per watched call |\n|---|---|---|---|---|\n",
     );
     for (f, watched_per_call) in [("f", 1.0), ("g", 0.001)] {
+        // Each round: the loop's calls of f per second.
         let (mut off, mut on) = (Vec::new(), Vec::new());
         for i in 0..rounds {
             let order = if i % 2 == 0 { [false, true] } else { [true, false] };

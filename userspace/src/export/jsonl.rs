@@ -278,6 +278,7 @@ pub fn health_json(h: &crate::export::Health, unix_ns: u64) -> Value {
             "unmatched_returns": h.python.unmatched_returns,
             "write_hits": h.python.write_hits,
             "other_accesses": h.python.other_accesses,
+            "throttled_ticks": h.python.throttled,
             "undecodable": h.python.undecodable,
         },
         "device": {

@@ -51,6 +51,58 @@ pub const DEFAULT_CONFIG: &str = include_str!("default-timers.yaml");
 /// Debug registers per thread (x86: DR0-DR3).
 pub const SLOTS_PER_THREAD: usize = 4;
 
+/// The kernel stops a perf event that fires more than `perf_event_max_sample_rate / HZ` times
+/// in one scheduler tick until the next tick: a breakpoint hit then is lost, not counted. A
+/// watched function called that fast is undercounted, and the operator is told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ThrottleLimit {
+    pub per_tick: usize,
+    pub tick_ns: u64,
+}
+
+impl ThrottleLimit {
+    /// From `kernel.perf_event_max_sample_rate` and the kernel's HZ (its config, else 1000:
+    /// the shortest tick, the earliest warning).
+    pub fn of_this_kernel() -> Self {
+        let rate: u64 = std::fs::read_to_string("/proc/sys/kernel/perf_event_max_sample_rate")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100_000);
+        Self::new(rate, kernel_hz().unwrap_or(1000))
+    }
+
+    pub fn new(max_sample_rate: u64, hz: u64) -> Self {
+        let hz = hz.max(1);
+        Self { per_tick: max_sample_rate.div_ceil(hz).max(1) as usize, tick_ns: 1_000_000_000 / hz }
+    }
+}
+
+/// CONFIG_HZ of the running kernel, from its config file or /proc/config.gz (uncompressed
+/// there only by `zcat`: not tried).
+fn kernel_hz() -> Option<u64> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    let config = std::fs::read_to_string(format!("/boot/config-{}", release.trim())).ok()?;
+    config.lines().find_map(|l| l.strip_prefix("CONFIG_HZ=")?.trim().parse().ok())
+}
+
+/// Hits of one watchpoint on one thread, to notice the kernel's throttling.
+#[derive(Default)]
+struct Burst {
+    recent: std::collections::VecDeque<u64>,
+}
+
+impl Burst {
+    /// True when this hit makes `per_tick` hits within one tick: the kernel has stopped (or is
+    /// about to stop) the event until the next tick.
+    fn hit(&mut self, ts: u64, limit: ThrottleLimit) -> bool {
+        self.recent.push_back(ts);
+        if self.recent.len() > limit.per_tick {
+            self.recent.pop_front();
+        }
+        self.recent.len() == limit.per_tick && ts.saturating_sub(self.recent[0]) < limit.tick_ns
+    }
+}
+
 /// One function to time, as the operator wrote it.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -245,6 +297,9 @@ pub struct MatchStats {
     pub write_hits: u64,
     /// Hits by instructions other than a plain load (compares, same-value stores).
     pub other_accesses: u64,
+    /// Ticks in which a watchpoint fired as often as the kernel allows: later hits in the
+    /// tick are lost (calls undercounted).
+    pub throttled: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -347,6 +402,10 @@ struct Proc {
     /// Instruction pointers of hits: whether the access was a plain load (an instruction fetch
     /// of the dispatch loop).
     fetch_ips: HashMap<u64, bool>,
+    /// Recent hits per (thread, watched address), and the functions already said to be
+    /// throttled.
+    bursts: HashMap<(u32, u64), Burst>,
+    throttled_said: HashSet<usize>,
     slots_used: usize,
     threads: HashMap<u32, Vec<PerfEventLinkId>>,
     /// Threads a watchpoint could not be set on (reported once).
@@ -369,6 +428,7 @@ pub struct TimerHealth {
     pub unmatched_returns: u64,
     pub write_hits: u64,
     pub other_accesses: u64,
+    pub throttled: u64,
     pub undecodable: u64,
 }
 
@@ -382,6 +442,7 @@ pub struct PyTimers {
     pub specs: Vec<TimerSpec>,
     procs: HashMap<u32, Proc>,
     undecodable: u64,
+    throttle: ThrottleLimit,
     /// Lines for the operator (one per event worth knowing), taken by the caller.
     pub notes: Vec<String>,
 }
@@ -396,7 +457,17 @@ impl PyTimers {
         let layouts = BpfHashMap::try_from(ebpf.take_map("PY_LAYOUTS").context("PY_LAYOUTS")?)?;
         let tstates = BpfHashMap::try_from(ebpf.take_map("PY_TSTATES").context("PY_TSTATES")?)?;
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS")?)?;
-        Ok(Self { ebpf, ring, layouts, tstates, specs, procs: HashMap::new(), undecodable: 0, notes: Vec::new() })
+        Ok(Self {
+            ebpf,
+            ring,
+            layouts,
+            tstates,
+            specs,
+            procs: HashMap::new(),
+            undecodable: 0,
+            throttle: ThrottleLimit::of_this_kernel(),
+            notes: Vec::new(),
+        })
     }
 
     /// Starts watching `pid` (its functions are looked for now and every 2 s until found).
@@ -426,6 +497,8 @@ impl PyTimers {
                 watched: Vec::new(),
                 addrs: HashMap::new(),
                 fetch_ips: HashMap::new(),
+                bursts: HashMap::new(),
+                throttled_said: HashSet::new(),
                 slots_used: 0,
                 threads: HashMap::new(),
                 refused: HashSet::new(),
@@ -480,6 +553,7 @@ impl PyTimers {
             h.unmatched_returns += p.matcher.stats.unmatched_returns;
             h.write_hits += p.matcher.stats.write_hits;
             h.other_accesses += p.matcher.stats.other_accesses;
+            h.throttled += p.matcher.stats.throttled;
         }
         h
     }
@@ -534,6 +608,19 @@ impl PyTimers {
                     }
                     let watched = &p.watched[w];
                     let (spec, mode) = (watched.spec, watched.mode);
+                    if p.bursts.entry((tid, addr)).or_default().hit(ts_ns, self.throttle) {
+                        p.matcher.stats.throttled += 1;
+                        if p.throttled_said.insert(spec) {
+                            self.notes.push(format!(
+                                "inferscope: pid {tgid}: {} is called faster than the kernel lets a breakpoint fire \
+                                 ({} times in {} ms; kernel.perf_event_max_sample_rate / HZ): its calls are undercounted \
+                                 from now on. Raise the sysctl, or time a function called less often",
+                                watched.qualname,
+                                self.throttle.per_tick,
+                                self.throttle.tick_ns / 1_000_000
+                            ));
+                        }
+                    }
                     if mode == Mode::BreakpointEntry {
                         p.calls += 1;
                         out.push(CallRecord { pid: tgid, tid, spec, mode, start_ns: ts_ns, end_ns: None, depth: 0 });
@@ -815,12 +902,17 @@ pub fn run_cli(
     let h = t.health();
     let mut s = format!(
         "inferscope: pid {pid}: {} calls of {} function(s) in {:.1} s; {} left without a return (exceptions), \
-         {} returns of calls begun before the watch\n",
+         {} returns of calls begun before the watch{}\n",
         h.calls,
         h.watched_functions,
         start.elapsed().as_secs_f64(),
         h.unfinished,
-        h.unmatched_returns
+        h.unmatched_returns,
+        if h.throttled > 0 {
+            format!("; throttled by the kernel in {} ticks: calls undercounted", h.throttled)
+        } else {
+            String::new()
+        }
     );
     for (i, spec) in t.specs.iter().enumerate() {
         let mut d = std::mem::take(&mut per[i]);
@@ -891,6 +983,19 @@ mod tests {
         assert!(!ends_with_plain_load(&ending(&[0x41, 0x80, 0x7f, 0xfe, 0x95])));
         // A store of the opcode: movb $0xcf,-0x2(%r15).
         assert!(!ends_with_plain_load(&ending(&[0x41, 0xc6, 0x47, 0xfe, 0xcf])));
+    }
+
+    #[test]
+    fn throttling_is_noticed_at_the_kernels_limit() {
+        let limit = ThrottleLimit::new(100_000, 250);
+        assert_eq!(limit, ThrottleLimit { per_tick: 400, tick_ns: 4_000_000 });
+        let mut b = Burst::default();
+        // 399 hits in a tick: fine; the 400th within the same tick: throttled.
+        assert!(!(0..399u64).any(|i| b.hit(i * 1_000, limit)));
+        assert!(b.hit(399_000, limit));
+        // Spread out (one per 20 us = 200 per tick): never.
+        let mut b = Burst::default();
+        assert!(!(0..10_000u64).any(|i| b.hit(i * 20_000, limit)));
     }
 
     #[test]

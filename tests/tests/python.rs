@@ -276,3 +276,52 @@ fn function_timers_are_exact_on_real_interpreters() {
     }
     eprintln!("function timers checked on: {}", checked.join(", "));
 }
+
+/// Live engine state read from the engine's objects: a stand-in with vLLM's file path, class
+/// and attribute names (tests/fixtures/fake_vllm) sets its scheduler queues and KV block pool
+/// to known values; `inferscope python-info --json` must read exactly those, on every CPython
+/// 3.9+ present (instance attributes live in a different place in each of 3.9/3.10, 3.11, 3.12
+/// and 3.13), with vLLM's FCFS (deque) and priority (heap list) waiting queues.
+#[test]
+fn engine_state_is_read_from_the_engines_objects() {
+    use std::io::Write as _;
+    let mut checked = Vec::new();
+    for py in &interpreters() {
+        for priority in [false, true] {
+            let mut cmd = Command::new(py);
+            cmd.arg(repo_root().join("tests/fixtures/fake_vllm/vllm/v1/engine/core.py"));
+            if priority {
+                cmd.arg("--priority");
+            }
+            let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("python");
+            let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+            let pid: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+            let pid = pid["pid"].as_u64().unwrap();
+            for (running, waiting, free) in [(0u64, 0u64, 4680u64), (3, 7, 4000), (256, 1000, 0), (1, 0, 1 << 35)] {
+                writeln!(child.stdin.as_mut().unwrap(), "{running} {waiting} {free}").unwrap();
+                let truth: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+                let out = Command::new(inferscope_bin())
+                    .args(["python-info", "--pid", &pid.to_string(), "--json"])
+                    .output()
+                    .expect("inferscope");
+                assert!(out.status.success(), "{}: {}", py.display(), String::from_utf8_lossy(&out.stderr));
+                let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+                let s = &got["engine_state"];
+                assert_eq!(s["engine"], "vllm", "{}: {got}", py.display());
+                assert_eq!(s["problem"], Value::Null, "{}: {s}", py.display());
+                for (k, want) in [
+                    ("running_requests", "running"),
+                    ("waiting_requests", "waiting"),
+                    ("kv_cache_free_blocks", "kv_cache_free_blocks"),
+                    ("kv_cache_total_blocks", "kv_cache_total_blocks"),
+                ] {
+                    assert_eq!(s[k], truth[want], "{} (priority queue: {priority}): {k}", py.display());
+                }
+            }
+            drop(child.stdin.take());
+            let _ = child.wait();
+        }
+        checked.push(py.display().to_string());
+    }
+    eprintln!("engine state read on: {}", checked.join(", "));
+}

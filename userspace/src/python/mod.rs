@@ -12,6 +12,7 @@
 pub mod objects;
 mod opcodes;
 pub mod profile;
+pub mod state;
 pub mod timers;
 
 use std::path::Path;
@@ -49,6 +50,10 @@ pub struct Layout {
     pub code_adaptive: Option<u64>,
     /// `func_code` in a function object.
     pub func_code: u64,
+    /// Where a frame's local variables start (`self` is the first of a method's).
+    pub frame_localsplus: u64,
+    /// `ht_cached_keys` of a heap type: the shared keys of its instances' attribute values.
+    pub heaptype_cached_keys: u64,
 }
 
 /// How a thread state leads to its current frame.
@@ -81,9 +86,11 @@ pub fn table(major: u32, minor: u32) -> Option<Layout> {
         code_flags: 36,
         code_adaptive: None,
         func_code: 48,
+        frame_localsplus: 352,
+        heaptype_cached_keys: 872,
     };
     Some(match (major, minor) {
-        (3, 9) => Layout { func_code: 16, ..base },
+        (3, 9) => Layout { func_code: 16, frame_localsplus: 360, heaptype_cached_keys: 864, ..base },
         (3, 10) => base,
         (3, 11) => Layout {
             runtime_interpreters_head: 40,
@@ -101,6 +108,8 @@ pub fn table(major: u32, minor: u32) -> Option<Layout> {
             interp_modules: 888,
             code_flags: 48,
             code_adaptive: Some(184),
+            frame_localsplus: 72,
+            heaptype_cached_keys: 872,
             ..base
         },
         (3, 12) => Layout {
@@ -120,6 +129,8 @@ pub fn table(major: u32, minor: u32) -> Option<Layout> {
             interp_modules: 944,
             code_flags: 48,
             code_adaptive: Some(192),
+            frame_localsplus: 72,
+            heaptype_cached_keys: 880,
             ..base
         },
         _ => return None,
@@ -317,6 +328,8 @@ fn debug_offsets(mem: &Memory, runtime: u64, version: (u32, u32, Option<u32>)) -
         code_flags: 48,
         code_adaptive: Some(w(code + 9)?),
         func_code: 48,
+        frame_localsplus: w(frame + 4)?,
+        heaptype_cached_keys: 880,
     })
 }
 
@@ -369,9 +382,9 @@ impl Interpreter {
         Ok(out)
     }
 
-    /// The thread's Python stack, innermost first (at most `max` frames). Empty when the
-    /// thread runs no Python code now.
-    pub fn stack(&self, t: &PyThread, max: usize) -> Result<Vec<PyFrame>> {
+    /// The thread's frames, innermost first: (frame address, code object), C-stack shims left
+    /// out (at most `max`).
+    pub fn frames(&self, t: &PyThread, max: usize) -> Result<Vec<(u64, u64)>> {
         let mem = Memory::new(self.pid);
         let l = &self.layout;
         let mut f = match l.tstate_frame {
@@ -385,8 +398,7 @@ impl Interpreter {
         let mut steps = 0;
         while f != 0 && out.len() < max && steps < 4 * max {
             steps += 1;
-            let code = mem.u64(f + l.frame_code)? & !3; // 3.14 tags stack references
-            // FRAME_OWNED_BY_CSTACK (3) marks the shim frame of an entry from C (3.12+).
+            let code = mem.u64(f + l.frame_code)? & !3;
             let shim = match l.frame_owner {
                 Some(o) => {
                     let mut b = [0u8; 1];
@@ -396,11 +408,18 @@ impl Interpreter {
                 None => false,
             };
             if code != 0 && !shim {
-                out.push(self.code_frame(&mem, code)?);
+                out.push((f, code));
             }
             f = mem.u64(f + l.frame_previous)?;
         }
         Ok(out)
+    }
+
+    /// The thread's Python stack, innermost first (at most `max` frames). Empty when the
+    /// thread runs no Python code now.
+    pub fn stack(&self, t: &PyThread, max: usize) -> Result<Vec<PyFrame>> {
+        let mem = Memory::new(self.pid);
+        self.frames(t, max)?.into_iter().map(|(_, code)| self.code_frame(&mem, code)).collect()
     }
 
     pub(crate) fn code_frame(&self, mem: &Memory, code: u64) -> Result<PyFrame> {
@@ -442,6 +461,15 @@ pub fn info(pid: u32, json: bool, max_frames: usize) -> Result<String> {
         rows.push((t, stack, error));
     }
     let main = |t: &PyThread| t.native_thread_id == Some(u64::from(pid));
+    // The engine's live state, when this is an engine process.
+    let state = match state::StateReader::new(pid).and_then(|r| r.read()) {
+        Ok(Some(s)) => Some(s),
+        Ok(None) => None,
+        Err(e) => {
+            log::debug!("pid {pid}: engine state: {e:#}");
+            None
+        }
+    };
     if json {
         let threads: Vec<serde_json::Value> = rows
             .iter()
@@ -461,6 +489,15 @@ pub fn info(pid: u32, json: bool, max_frames: usize) -> Result<String> {
             "file": i.file,
             "layout": i.layout_source,
             "threads": threads,
+            "engine_state": state.as_ref().map(|s| {
+                let mut m = serde_json::Map::new();
+                m.insert("engine".into(), s.engine.into());
+                for (k, v) in &s.values {
+                    m.insert((*k).into(), (*v).into());
+                }
+                m.insert("problem".into(), s.problem.clone().into());
+                serde_json::Value::Object(m)
+            }),
         });
         return Ok(format!("{v}\n"));
     }
@@ -471,6 +508,14 @@ pub fn info(pid: u32, json: bool, max_frames: usize) -> Result<String> {
         i.layout_source,
         rows.len()
     );
+    if let Some(s) = &state {
+        let vals: Vec<String> =
+            s.values.iter().map(|(k, v)| format!("{k}={}", v.map_or("?".into(), |v| v.to_string()))).collect();
+        out += &format!("{} engine state: {}\n", s.engine, vals.join(" "));
+        if let Some(p) = &s.problem {
+            out += &format!("    (not understood: {p})\n");
+        }
+    }
     for (t, s, e) in &rows {
         let id = t.native_thread_id.map_or(format!("{:#x}", t.thread_id), |n| n.to_string());
         out += &format!("\nthread {id}{}\n", if main(t) { " (main)" } else { "" });

@@ -12,7 +12,14 @@ const MAX_DICT_ENTRIES: u64 = 1 << 16;
 
 /// `PyTypeObject` fields, the same from 3.9 to 3.14 on LP64.
 const TP_NAME: u64 = 24;
+const TP_BASICSIZE: u64 = 32;
 const TP_FLAGS: u64 = 168;
+const TP_BASE: u64 = 256;
+const TP_DICTOFFSET: u64 = 288;
+/// Instances keep their attributes before the object (3.11+).
+const TPFLAGS_MANAGED_DICT: u64 = 1 << 4;
+/// ... and their values after it (3.13+).
+const TPFLAGS_INLINE_VALUES: u64 = 1 << 2;
 const TP_DICT: u64 = 264;
 const TP_MRO: u64 = 344;
 const TPFLAGS_TYPE_SUBCLASS: u64 = 1 << 31;
@@ -106,6 +113,122 @@ impl Interpreter {
             return Ok((v != 0).then_some(v));
         }
         Ok(None)
+    }
+
+    /// An attribute of an instance of a Python class, where the interpreter keeps it: a
+    /// managed dict or values array (3.11+: before the object; 3.13: values inline after it,
+    /// keyed by the class's shared keys), or a `__dict__` at `tp_dictoffset`. None when the
+    /// instance has no such attribute.
+    pub fn instance_attr(&self, mem: &Memory, obj: u64, name: &str) -> Result<Option<u64>> {
+        let ty = mem.u64(obj + 8)?;
+        let flags = mem.u64(ty + TP_FLAGS)?;
+        let minor = self.version.1;
+        if minor >= 11 && flags & TPFLAGS_MANAGED_DICT != 0 {
+            // (dict, values array, 8-byte header before the values)
+            let (dict, values, header) = match minor {
+                11 => (mem.u64(obj - 24)?, mem.u64(obj - 32)?, 0),
+                12 => {
+                    // `_PyDictOrValues`: values are stored as their address minus one (odd).
+                    let dv = mem.u64(obj - 24)?;
+                    if dv & 1 == 1 { (0, dv + 1, 0) } else { (dv, 0, 0) }
+                }
+                _ => {
+                    let dict = mem.u64(obj - 24)?;
+                    let inline = flags & TPFLAGS_INLINE_VALUES != 0;
+                    let values = if inline { obj + mem.u64(ty + TP_BASICSIZE)? } else { 0 };
+                    // `valid` (4th header byte) is cleared once a dict took the values over.
+                    let mut h = [0u8; 4];
+                    if values != 0 {
+                        mem.read(values, &mut h)?;
+                    }
+                    (dict, if h[3] != 0 { values } else { 0 }, 8)
+                }
+            };
+            if dict != 0 {
+                return self.dict_get(mem, dict, name);
+            }
+            if values == 0 {
+                return Ok(None);
+            }
+            let keys = mem.u64(ty + self.layout.heaptype_cached_keys)?;
+            let Some(i) = self.keys_index(mem, keys, name)? else { return Ok(None) };
+            let v = mem.u64(values + header + 8 * i)?;
+            return Ok((v != 0).then_some(v));
+        }
+        let off = mem.u64(ty + TP_DICTOFFSET)? as i64;
+        if off <= 0 {
+            bail!("instances of {} keep no attribute dict inferscope can find", self.type_name(mem, obj)?);
+        }
+        let dict = mem.u64(obj + off as u64)?;
+        if dict == 0 { Ok(None) } else { self.dict_get(mem, dict, name) }
+    }
+
+    /// The position of `name` in a shared (split) keys table of 3.11+ (unicode entries).
+    fn keys_index(&self, mem: &Memory, keys: u64, name: &str) -> Result<Option<u64>> {
+        if keys == 0 {
+            return Ok(None);
+        }
+        let mut h = [0u8; 32];
+        mem.read(keys, &mut h)?;
+        let n = u64::from_le_bytes(h[24..32].try_into().unwrap_or_default());
+        if h[9] > 40 || n > 4096 {
+            bail!("shared keys at {keys:#x} look corrupt");
+        }
+        let entries = keys + 32 + (1u64 << h[9]);
+        let size = if h[10] == 0 { 24 } else { 16 };
+        let key_at = if h[10] == 0 { 8 } else { 0 };
+        let mut buf = vec![0u8; (n * size) as usize];
+        mem.read(entries, &mut buf)?;
+        for i in 0..n {
+            let e = &buf[(i * size) as usize..][..size as usize];
+            let k = u64::from_le_bytes(e[key_at..key_at + 8].try_into().unwrap_or_default());
+            if k != 0 && self.str_eq(mem, k, name) {
+                return Ok(Some(i));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The value of a Python `int` that fits in 62 bits.
+    pub fn int_value(&self, mem: &Memory, obj: u64) -> Result<i64> {
+        let tname = self.type_name(mem, obj)?;
+        if tname != "int" && tname != "bool" {
+            bail!("a {tname}, not an int");
+        }
+        let head = mem.u64(obj + 16)?;
+        let (negative, ndigits) = if self.version.1 >= 12 {
+            // lv_tag: digit count << 3 | sign (0 positive, 1 zero, 2 negative).
+            (head & 3 == 2, head >> 3)
+        } else {
+            let size = head as i64;
+            (size < 0, size.unsigned_abs())
+        };
+        if ndigits > 2 {
+            bail!("an int too large to export");
+        }
+        let mut v: u64 = 0;
+        for i in (0..ndigits).rev() {
+            v = (v << 30) | u64::from(mem.u32(obj + 24 + 4 * i)? & 0x3fff_ffff);
+        }
+        let v = v as i64;
+        Ok(if negative { -v } else { v })
+    }
+
+    /// The length of a `list` or `collections.deque` (or of a subclass of either): their
+    /// `ob_size`.
+    pub fn len_of(&self, mem: &Memory, obj: u64) -> Result<i64> {
+        let mut ty = mem.u64(obj + 8)?;
+        for _ in 0..8 {
+            if ty == 0 {
+                break;
+            }
+            let n = cstr(mem, mem.u64(ty + TP_NAME)?)?;
+            if n == "list" || n == "collections.deque" {
+                return Ok(mem.u64(obj + 16)? as i64);
+            }
+            ty = mem.u64(ty + TP_BASE)?;
+        }
+        bail!("a {}, not a list or a deque", self.type_name(mem, obj)?)
     }
 
     /// `sys.modules[name]`.

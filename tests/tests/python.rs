@@ -13,8 +13,68 @@ use std::{
 use inferscope_tests::*;
 use serde_json::Value;
 
-fn interpreters() -> Vec<PathBuf> {
-    let mut v = vec![PathBuf::from("/usr/bin/python3.11")];
+/// One CPython to test against: an executable of this host, or one inside a Debian chroot
+/// that `cargo xtask setup` builds (.cache/chroots/SUITE), run with chroot(8) as an ordinary
+/// process of this host.
+#[derive(Clone, Debug)]
+struct Py {
+    exe: PathBuf,
+    chroot: Option<PathBuf>,
+}
+
+impl Py {
+    fn name(&self) -> String {
+        match &self.chroot {
+            Some(r) => format!("{} in {}", self.exe.display(), r.display()),
+            None => self.exe.display().to_string(),
+        }
+    }
+
+    /// A command running `fixture` (a path under tests/fixtures; for a chroot, its first
+    /// component is copied into the chroot's /fx first).
+    fn run(&self, fixture: &str) -> Command {
+        match &self.chroot {
+            None => {
+                let mut c = Command::new(&self.exe);
+                c.arg(repo_root().join("tests/fixtures").join(fixture));
+                c
+            }
+            Some(root) => {
+                let top = fixture.split('/').next().unwrap();
+                let fx = root.join("fx");
+                std::fs::create_dir_all(&fx).unwrap();
+                let ok = Command::new("cp")
+                    .arg("-r")
+                    .arg(repo_root().join("tests/fixtures").join(top))
+                    .arg(&fx)
+                    .status()
+                    .unwrap();
+                assert!(ok.success(), "copying {top} into {}", fx.display());
+                let mut c = Command::new("chroot");
+                c.arg(root).arg(&self.exe).arg(format!("/fx/{fixture}"));
+                c
+            }
+        }
+    }
+
+    fn minor(&self) -> u32 {
+        let mut c = match &self.chroot {
+            None => Command::new(&self.exe),
+            Some(root) => {
+                let mut c = Command::new("chroot");
+                c.arg(root).arg(&self.exe);
+                c
+            }
+        };
+        let out = c.args(["-c", "import sys; print(sys.version_info[1])"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
+    }
+}
+
+/// Debian's python3.11 (static), every pyenv CPython 3.9+ present, and the Debian chroots'
+/// system pythons (bullseye 3.9, trixie 3.13: static builds of other releases).
+fn interpreters() -> Vec<Py> {
+    let mut v = vec![Py { exe: PathBuf::from("/usr/bin/python3.11"), chroot: None }];
     let root = std::env::var_os("PYENV_ROOT").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root/.pyenv"));
     let mut pyenv: Vec<PathBuf> = std::fs::read_dir(root.join("versions"))
         .into_iter()
@@ -30,27 +90,32 @@ fn interpreters() -> Vec<PathBuf> {
         .filter(|p| p.exists())
         .collect();
     pyenv.sort();
-    v.extend(pyenv);
+    v.extend(pyenv.into_iter().map(|exe| Py { exe, chroot: None }));
+    for (suite, exe) in [("bullseye", "/usr/bin/python3.9"), ("trixie", "/usr/bin/python3.13")] {
+        let root = repo_root().join(".cache/chroots").join(suite);
+        assert!(
+            root.join(exe.trim_start_matches('/')).exists(),
+            "no Debian {suite} chroot with {exe} in {}: run `cargo xtask setup`",
+            root.display()
+        );
+        v.push(Py { exe: PathBuf::from(exe), chroot: Some(root) });
+    }
     v
 }
 
 #[test]
 fn python_info_reads_threads_and_stacks_of_real_interpreters() {
     let all = interpreters();
-    let names: Vec<String> = all.iter().map(|p| p.display().to_string()).collect();
-    assert!(all[0].exists(), "Debian's /usr/bin/python3.11 is missing");
+    let names: Vec<String> = all.iter().map(Py::name).collect();
+    assert!(all[0].exe.exists(), "Debian's /usr/bin/python3.11 is missing");
     assert!(names.iter().any(|n| n.contains("/3.11.")), "no pyenv 3.11 (shared libpython) in {names:?}");
     let mut checked = Vec::new();
     for py in &all {
-        let mut child = Command::new(py)
-            .arg(repo_root().join("tests/fixtures/python_stacks.py"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python");
+        let mut child =
+            py.run("python_stacks.py").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("python");
         let mut line = String::new();
         BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
-        let truth: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{}: {e}: {line}", py.display()));
+        let truth: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{}: {e}: {line}", py.name()));
         let pid = child.id();
         let out = Command::new(inferscope_bin())
             .args(["python-info", "--pid", &pid.to_string(), "--json"])
@@ -58,25 +123,25 @@ fn python_info_reads_threads_and_stacks_of_real_interpreters() {
             .expect("inferscope");
         drop(child.stdin.take());
         let _ = child.wait();
-        assert!(out.status.success(), "{}: {}", py.display(), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{}: {}", py.name(), String::from_utf8_lossy(&out.stderr));
         let got: Value = serde_json::from_slice(&out.stdout).unwrap();
         let v = &truth["version"];
         let want_version = format!("{}.{}", v[0], v[1]);
-        assert!(got["version"].as_str().unwrap().starts_with(&want_version), "{}: {got}", py.display());
+        assert!(got["version"].as_str().unwrap().starts_with(&want_version), "{}: {got}", py.name());
         let threads = got["threads"].as_array().unwrap();
         for t in truth["threads"].as_array().unwrap() {
             let found = threads
                 .iter()
                 .find(|g| g["thread_id"] == t["thread_id"])
-                .unwrap_or_else(|| panic!("{}: thread {} not found in {got}", py.display(), t["thread_id"]));
+                .unwrap_or_else(|| panic!("{}: thread {} not found in {got}", py.name(), t["thread_id"]));
             if v[1].as_u64().unwrap() >= 11 {
-                assert_eq!(found["native_thread_id"], t["native_thread_id"], "{}", py.display());
+                assert_eq!(found["native_thread_id"], t["native_thread_id"], "{}", py.name());
             }
-            assert_eq!(found["stack"], t["stack"], "{}: stack of thread {}", py.display(), t["thread_id"]);
+            assert_eq!(found["stack"], t["stack"], "{}: stack of thread {}", py.name(), t["thread_id"]);
             assert_eq!(found["main"], t["native_thread_id"] == pid && v[1].as_u64().unwrap() >= 11);
         }
         // The watcher (not in the truth) is the only other thread.
-        assert_eq!(threads.len(), truth["threads"].as_array().unwrap().len() + 1, "{}", py.display());
+        assert_eq!(threads.len(), truth["threads"].as_array().unwrap().len() + 1, "{}", py.name());
         checked.push(format!("{} ({})", got["version"].as_str().unwrap(), got["layout"].as_str().unwrap()));
     }
     eprintln!("python-info checked against: {}", checked.join(", "));
@@ -88,23 +153,12 @@ fn python_info_reads_threads_and_stacks_of_real_interpreters() {
 /// CPython 3.11+ present.
 #[test]
 fn profile_puts_the_right_share_of_time_in_the_right_function() {
-    let all: Vec<PathBuf> = interpreters()
-        .into_iter()
-        .filter(|p| {
-            let out = Command::new(p).args(["-c", "import sys; print(sys.version_info[1])"]).output().unwrap();
-            String::from_utf8_lossy(&out.stdout).trim().parse::<u32>().is_ok_and(|m| m >= 11)
-        })
-        .collect();
+    let all = interpreters_3_11_plus();
     assert!(all.len() >= 2, "pyenv 3.11 and Debian's 3.11 at least: {all:?}");
     let dir = scratch("profile");
     let mut checked = Vec::new();
     for py in &all {
-        let mut child = Command::new(py)
-            .arg(repo_root().join("tests/fixtures/python_burn.py"))
-            .arg("5")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python");
+        let mut child = py.run("python_burn.py").arg("5").stdout(Stdio::piped()).spawn().expect("python");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
         let pid = first["pid"].as_u64().unwrap();
@@ -114,7 +168,7 @@ fn profile_puts_the_right_share_of_time_in_the_right_function() {
             .arg(&folded)
             .output()
             .expect("inferscope");
-        assert!(out.status.success(), "{}: {}", py.display(), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{}: {}", py.name(), String::from_utf8_lossy(&out.stderr));
         let truth: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
         let _ = child.wait();
         let text = std::fs::read_to_string(&folded).unwrap();
@@ -131,37 +185,26 @@ fn profile_puts_the_right_share_of_time_in_the_right_function() {
         }
         let share = a as f64 / (a + b).max(1) as f64;
         let want = truth["hot_a"].as_f64().unwrap();
-        assert!(a + b > 300, "{}: only {} samples in hot_a/hot_b:\n{text}", py.display(), a + b);
-        assert!((share - want).abs() < 0.08, "{}: hot_a {share:.3} sampled, {want:.3} measured", py.display());
-        checked.push(format!("{} {:.3} vs {:.3}", py.display(), share, want));
+        assert!(a + b > 300, "{}: only {} samples in hot_a/hot_b:\n{text}", py.name(), a + b);
+        assert!((share - want).abs() < 0.08, "{}: hot_a {share:.3} sampled, {want:.3} measured", py.name());
+        checked.push(format!("{} {:.3} vs {:.3}", py.name(), share, want));
     }
     eprintln!("profile shares (sampled vs measured): {}", checked.join("; "));
 }
 
 /// CPython 3.11+ interpreters present (Debian's static 3.11 first).
-fn interpreters_3_11_plus() -> Vec<PathBuf> {
-    interpreters()
-        .into_iter()
-        .filter(|p| {
-            let out = Command::new(p).args(["-c", "import sys; print(sys.version_info[1])"]).output().unwrap();
-            String::from_utf8_lossy(&out.stdout).trim().parse::<u32>().is_ok_and(|m| m >= 11)
-        })
-        .collect()
+fn interpreters_3_11_plus() -> Vec<Py> {
+    interpreters().into_iter().filter(|p| p.minor() >= 11).collect()
 }
 
 /// Runs tests/fixtures/python_timers.py SCENARIO under `inferscope timers` with `config`:
 /// (the fixture's own truth, the calls inferscope wrote, inferscope's standard error).
-fn timed_run(py: &PathBuf, scenario: &str, config: &str, dir: &std::path::Path) -> (Value, Vec<Value>, String) {
+fn timed_run(py: &Py, scenario: &str, config: &str, dir: &std::path::Path) -> (Value, Vec<Value>, String) {
     use std::io::Write as _;
     let cfg = dir.join(format!("{scenario}.yaml"));
     std::fs::write(&cfg, config).unwrap();
-    let mut child = Command::new(py)
-        .arg(repo_root().join("tests/fixtures/python_timers.py"))
-        .arg(scenario)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python");
+    let mut child =
+        py.run("python_timers.py").arg(scenario).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("python");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let ready: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
     let pid = ready["pid"].as_u64().unwrap();
@@ -194,8 +237,8 @@ fn timed_run(py: &PathBuf, scenario: &str, config: &str, dir: &std::path::Path) 
     let _ = child.wait();
     let status = timers.wait().unwrap();
     let err = reader.join().unwrap();
-    assert!(watching.is_ok(), "{}: inferscope never said it was watching:\n{err}", py.display());
-    assert!(status.success(), "{}: {err}", py.display());
+    assert!(watching.is_ok(), "{}: inferscope never said it was watching:\n{err}", py.name());
+    assert!(status.success(), "{}: {err}", py.name());
     (truth, read_jsonl(&calls), err)
 }
 
@@ -215,7 +258,7 @@ fn function_timers_are_exact_on_real_interpreters() {
     let dir = scratch("timers");
     let mut checked = Vec::new();
     for py in &all {
-        let name = py.display().to_string();
+        let name = py.name();
         // basic: 200 inlined calls with known durations, and 465 recursive calls.
         let (truth, calls, err) =
             timed_run(py, "basic", "- symbol: __main__:Engine.step\n- symbol: __main__:fib\n", &dir);
@@ -288,8 +331,7 @@ fn engine_state_is_read_from_the_engines_objects() {
     let mut checked = Vec::new();
     for py in &interpreters() {
         for priority in [false, true] {
-            let mut cmd = Command::new(py);
-            cmd.arg(repo_root().join("tests/fixtures/fake_vllm/vllm/v1/engine/core.py"));
+            let mut cmd = py.run("fake_vllm/vllm/v1/engine/core.py");
             if priority {
                 cmd.arg("--priority");
             }
@@ -304,24 +346,95 @@ fn engine_state_is_read_from_the_engines_objects() {
                     .args(["python-info", "--pid", &pid.to_string(), "--json"])
                     .output()
                     .expect("inferscope");
-                assert!(out.status.success(), "{}: {}", py.display(), String::from_utf8_lossy(&out.stderr));
+                assert!(out.status.success(), "{}: {}", py.name(), String::from_utf8_lossy(&out.stderr));
                 let got: Value = serde_json::from_slice(&out.stdout).unwrap();
                 let s = &got["engine_state"];
-                assert_eq!(s["engine"], "vllm", "{}: {got}", py.display());
-                assert_eq!(s["problem"], Value::Null, "{}: {s}", py.display());
+                assert_eq!(s["engine"], "vllm", "{}: {got}", py.name());
+                assert_eq!(s["problem"], Value::Null, "{}: {s}", py.name());
                 for (k, want) in [
                     ("running_requests", "running"),
                     ("waiting_requests", "waiting"),
                     ("kv_cache_free_blocks", "kv_cache_free_blocks"),
                     ("kv_cache_total_blocks", "kv_cache_total_blocks"),
                 ] {
-                    assert_eq!(s[k], truth[want], "{} (priority queue: {priority}): {k}", py.display());
+                    assert_eq!(s[k], truth[want], "{} (priority queue: {priority}): {k}", py.name());
                 }
             }
             drop(child.stdin.take());
             let _ = child.wait();
         }
-        checked.push(py.display().to_string());
+        checked.push(py.name());
     }
     eprintln!("engine state read on: {}", checked.join(", "));
+}
+
+/// The same sampled profile as a flame graph (SVG, parsed as XML by Python's own parser) and
+/// as pprof (decoded by Google's protobuf runtime, tests/python/pprof_read.py): both put the
+/// fixture's 70/30 split in hot_a and hot_b, with the whole call path.
+#[test]
+fn profile_writes_svg_and_pprof() {
+    let dir = scratch("profile-formats");
+    let mut child = Command::new(python())
+        .arg(repo_root().join("tests/fixtures/python_burn.py"))
+        .arg("9")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let pid = first["pid"].as_u64().unwrap().to_string();
+    let (svg, pb) = (dir.join("profile.svg"), dir.join("profile.pb"));
+    for out in [&svg, &pb] {
+        let o = Command::new(inferscope_bin())
+            .args(["profile", "--pid", &pid, "--duration", "3.5", "--rate", "199", "-o"])
+            .arg(out)
+            .output()
+            .expect("inferscope");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let truth: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let _ = child.wait();
+    let want = truth["hot_a"].as_f64().unwrap();
+
+    // SVG: well-formed, and each function's <title> carries its share.
+    let check = Command::new(python())
+        .arg("-c")
+        .arg(
+            "import sys, json, re, xml.etree.ElementTree as E\n\
+             t = E.parse(sys.argv[1])\n\
+             titles = [e.text for e in t.iter('{http://www.w3.org/2000/svg}title')]\n\
+             share = lambda f: sum(float(re.search(r'([0-9.]+)%\\)$', x).group(1)) for x in titles if x.startswith(f + ' ('))\n\
+             print(json.dumps({'frames': len(titles), 'hot_a': share('hot_a'), 'hot_b': share('hot_b')}))",
+        )
+        .arg(&svg)
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    let s: Value = serde_json::from_slice(&check.stdout).unwrap();
+    let (a, b) = (s["hot_a"].as_f64().unwrap() / 100.0, s["hot_b"].as_f64().unwrap() / 100.0);
+    assert!((a / (a + b) - want).abs() < 0.08, "SVG: hot_a {a}, hot_b {b}; measured {want}");
+
+    // pprof: decoded by protobuf's runtime.
+    let out =
+        Command::new(receiver_python()).arg(repo_root().join("tests/python/pprof_read.py")).arg(&pb).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let p: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(p["sample_types"], serde_json::json!([["samples", "count"], ["cpu", "nanoseconds"]]));
+    let period = p["period"].as_u64().unwrap();
+    assert_eq!(period, 1_000_000_000 / 199);
+    let (mut pa, mut pb_) = (0u64, 0u64);
+    for smp in p["samples"].as_array().unwrap() {
+        let stack: Vec<&str> = smp["stack"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
+        let n = smp["values"][0].as_u64().unwrap();
+        assert_eq!(smp["values"][1].as_u64().unwrap(), n * period, "cpu = samples x period");
+        match stack.as_slice() {
+            ["<module>", "Loop.run", "hot_a", "spin"] => pa += n,
+            ["<module>", "Loop.run", "hot_b", "spin"] => pb_ += n,
+            _ => {}
+        }
+    }
+    assert!(pa + pb_ > 200, "pprof: {pa} + {pb_} samples");
+    let share = pa as f64 / (pa + pb_) as f64;
+    assert!((share - want).abs() < 0.08, "pprof: hot_a {share:.3}, measured {want:.3}");
+    eprintln!("SVG: {} frames, hot_a {:.3}; pprof: hot_a {share:.3}; measured {want:.3}", s["frames"], a / (a + b));
 }

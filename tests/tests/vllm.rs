@@ -294,7 +294,9 @@ fn real_vllm_counts_tokens_and_ttft() {
     // mechanisms (debug traps in EngineCore, IPC bytes read by the API server), must be equal.
     let core = engine_core_pid(api_pid).expect("vLLM's EngineCore process");
     let dir5 = scratch("vllm-timers");
-    let mut timed = Inferscope::attach(&dir5, api_pid, &["--python-timers", "default"]);
+    // It also reads the engine's live state from its objects every 50 ms.
+    let mut timed =
+        Inferscope::attach(&dir5, api_pid, &["--python-timers", "default", "--engine-state-interval", "0.05"]);
     wait_for("the scheduler's breakpoints", Duration::from_secs(30), || {
         let e = std::fs::read_to_string(&timed.stderr).ok()?;
         (e.contains("timing Scheduler.schedule") && e.contains("timing Scheduler.update_from_output")).then_some(())
@@ -322,6 +324,30 @@ fn real_vllm_counts_tokens_and_ttft() {
     eprintln!(
         "function timers: {} schedule() calls = {iterations} engine iterations on the IPC; schedule() p50 {p50:.3} ms, max {max:.3} ms",
         schedule.len()
+    );
+    // Engine state: idle before and after the load, busy during it, the block pool's size as
+    // vLLM's own cache_config_info says.
+    let states: Vec<Value> = timed.lines("engine_state").into_iter().filter(|s| s["pid"] == core).collect();
+    assert!(states.len() >= 5, "engine_state lines of EngineCore: {}", states.len());
+    let total = samples(port)
+        .into_iter()
+        .find(|(n, _, _)| n == "vllm:cache_config_info")
+        .and_then(|(_, _, line)| line.split("num_gpu_blocks=\"").nth(1)?.split('"').next()?.parse::<i64>().ok())
+        .expect("vllm:cache_config_info num_gpu_blocks");
+    let v = |s: &Value, k: &str| s[k].as_i64().unwrap_or_else(|| panic!("{k} in {s}"));
+    assert!(states.iter().all(|s| v(s, "kv_cache_total_blocks") == total), "total blocks vs vLLM's {total}");
+    for idle in [&states[0], states.last().unwrap()] {
+        assert_eq!((v(idle, "running_requests"), v(idle, "waiting_requests")), (0, 0), "idle engine: {idle}");
+        // One block is vLLM's reserved null block.
+        assert_eq!(v(idle, "kv_cache_free_blocks"), total - 1, "idle engine: {idle}");
+    }
+    let busiest = states.iter().map(|s| v(s, "running_requests") + v(s, "waiting_requests")).max().unwrap();
+    let fewest_free = states.iter().map(|s| v(s, "kv_cache_free_blocks")).min().unwrap();
+    assert!((2..=6).contains(&busiest), "6 concurrent requests: at most {busiest} seen in the queues");
+    assert!(fewest_free < total - 1, "no KV block ever taken under load");
+    eprintln!(
+        "engine state: {} readings, up to {busiest} requests queued or running, KV free down to {fewest_free} of {total}",
+        states.len()
     );
 
     // The Python layer's reader on the real engine: EngineCore's busy loop runs on the main

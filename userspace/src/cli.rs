@@ -57,7 +57,7 @@ pub enum Command {
     /// Check privileges and kernel features, and say what will and will not work here.
     Doctor,
     /// Sample the Python stacks of a CPython process (3.11+) with a BPF perf-event program on
-    /// each of its threads, and write them as folded stacks (for flame graph tools).
+    /// each of its threads, and write them as folded stacks, a flame graph (SVG) or pprof.
     Profile {
         /// Process to profile (as seen from the host's PID namespace).
         #[arg(long, short = 'p', value_name = "PID")]
@@ -68,9 +68,13 @@ pub enum Command {
         /// Samples per second of each thread's CPU time.
         #[arg(long, default_value_t = 99, value_name = "HZ")]
         rate: u64,
-        /// Write the folded stacks here instead of standard output.
+        /// Write the profile here instead of standard output.
         #[arg(long, short = 'o', value_name = "PATH")]
         output: Option<std::path::PathBuf>,
+        /// Output format (default: from the file's extension: .svg a flame graph, .pb or
+        /// .pprof pprof, anything else folded stacks).
+        #[arg(long, value_enum, value_name = "FORMAT")]
+        format: Option<crate::python::profile::Format>,
     },
     /// Time Python functions of a CPython 3.11-3.13 process exactly, without changing it: a
     /// hardware watchpoint on each function's first instruction and on each of its returns,
@@ -247,6 +251,13 @@ pub struct RunOptions {
     /// timers --help`). Each timed call costs one debug trap at entry and one at return.
     #[arg(long, value_name = "PATH|default")]
     pub python_timers: Option<String>,
+
+    /// How often the engine's live state (vLLM: scheduler running/waiting queues, KV-cache
+    /// free/total blocks; SGLang: running/waiting queues) is read from the engine's own
+    /// objects in memory, in seconds; 0 disables. Gauges inferscope_engine_state_* and JSONL
+    /// `engine_state` lines.
+    #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
+    pub engine_state_interval: f64,
 
     /// Stop after this many seconds (default: run until interrupted).
     #[arg(long, value_name = "SECONDS")]

@@ -139,6 +139,19 @@ struct Daemon {
     /// The Python layer's function timers (with --python-timers).
     python: Option<PyTimers>,
     python_recs: Vec<crate::python::timers::CallRecord>,
+    /// Engine state readers per traced CPython process (with --engine-state-interval > 0).
+    state: HashMap<u32, StateSlot>,
+    state_interval: Option<Duration>,
+    last_state: std::time::Instant,
+}
+
+/// One process's engine-state reader.
+struct StateSlot {
+    reader: crate::python::state::StateReader,
+    /// Readings without an engine loop in a row (such processes are looked at less often).
+    misses: u32,
+    /// The layout problem already said for this process.
+    said: bool,
 }
 
 impl Daemon {
@@ -207,16 +220,20 @@ impl Daemon {
         if let Some(job) = self.device.as_mut().and_then(|dm| dm.add_process(pid, procfs::ancestors(pid))) {
             self.spawn_scan(job);
         }
-        if let Some(t) = &mut self.python
-            && let Err(e) = t.add_process(pid)
+        // The Python layer: the process's CPython, found once for timers and state.
+        let interp = if self.python.is_some() || self.state_interval.is_some() {
+            crate::python::find(pid).map_err(|e| debug!("pid {pid}: no CPython: {e:#}")).ok()
+        } else {
+            None
+        };
+        if let (Some(t), Some(i)) = (&mut self.python, &interp)
+            && let Err(e) = t.add_interpreter(i.clone())
         {
-            // Most traced processes that are not CPython 3.11-3.13 are not Python at all.
-            let e = format!("{e:#}");
-            if e.starts_with("CPython") {
-                eprintln!("inferscope: pid {pid}: {e}");
-            } else {
-                debug!("pid {pid}: no function timers: {e}");
-            }
+            eprintln!("inferscope: pid {pid}: {e:#}");
+        }
+        if let (Some(_), Some(i)) = (self.state_interval, interp) {
+            self.state
+                .insert(pid, StateSlot { reader: crate::python::state::StateReader::of(i), misses: 0, said: false });
         }
         let version = self.detect_kind(pid);
         let comm = procfs::comm(pid).unwrap_or_default();
@@ -291,6 +308,11 @@ impl Daemon {
         }
         self.exited.insert(pid, std::time::Instant::now());
         self.probes.untrack(pid);
+        if self.state.remove(&pid).is_some()
+            && let Some(m) = self.exporters.prom.as_ref().and_then(|p| p.engine_state.as_ref())
+        {
+            m.forget(pid);
+        }
         if let Some(t) = &mut self.python {
             t.remove_process(pid);
             if let Some(m) = self.exporters.prom.as_ref().and_then(|p| p.python.as_ref()) {
@@ -469,6 +491,47 @@ impl Daemon {
             engine: self.engine.stats.clone(),
             device: self.device.as_ref().map(|d| d.health()).unwrap_or_default(),
             python: self.python.as_ref().map(|t| t.health()).unwrap_or_default(),
+        }
+    }
+
+    /// Reads the engine state of every traced CPython process, every --engine-state-interval.
+    fn read_engine_state(&mut self) {
+        let Some(every) = self.state_interval else { return };
+        if self.last_state.elapsed() < every {
+            return;
+        }
+        self.last_state = std::time::Instant::now();
+        let now = self.exporters.clock.unix_ns(clock::monotonic_ns());
+        for (pid, slot) in &mut self.state {
+            // Processes without an engine loop (API servers, workers): every 8th interval.
+            if slot.misses >= 8 && slot.misses % 8 != 0 {
+                slot.misses += 1;
+                continue;
+            }
+            match slot.reader.read() {
+                Ok(Some(s)) => {
+                    slot.misses = 0;
+                    if let (Some(p), false) = (&s.problem, slot.said) {
+                        slot.said = true;
+                        eprintln!(
+                            "inferscope: pid {pid}: {} engine state not understood ({p}); those gauges are not exported \
+                             (an engine release newer than inferscope knows?)",
+                            s.engine
+                        );
+                    }
+                    if let Some(m) = self.exporters.prom.as_ref().and_then(|p| p.engine_state.as_ref()) {
+                        m.record(&s);
+                    }
+                    if let Some(j) = &mut self.exporters.jsonl {
+                        j.write(&jsonl::engine_state_json(&s, now));
+                    }
+                }
+                Ok(None) => slot.misses += 1,
+                Err(e) => {
+                    slot.misses += 1;
+                    debug!("pid {pid}: engine state: {e:#}");
+                }
+            }
         }
     }
 
@@ -720,6 +783,11 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
     if let (Some(p), Some(_)) = (&mut prom, &python) {
         p.python = Some(crate::export::prom_python::PythonMetrics::new(&p.registry)?);
     }
+    let state_interval =
+        (o.engine_state_interval > 0.0).then(|| Duration::from_secs_f64(o.engine_state_interval.max(0.05)));
+    if let (Some(p), Some(_)) = (&mut prom, state_interval) {
+        p.engine_state = Some(crate::export::prom_python::EngineStateMetrics::new(&p.registry)?);
+    }
     if let (Some(addr), Some(p)) = (o.prometheus_listen, &prom) {
         prom::serve(addr, p.registry.clone()).await?;
         eprintln!("inferscope: Prometheus metrics at http://{addr}/metrics");
@@ -782,6 +850,9 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
         scan_tx,
         python,
         python_recs: Vec::new(),
+        state: HashMap::new(),
+        state_interval,
+        last_state: std::time::Instant::now(),
     };
     match &target {
         Target::Pid { pid, .. } => d.trace_tree(*pid, Engine::Other),
@@ -836,6 +907,7 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
                 }
                 d.device_drain();
                 d.python_drain();
+                d.read_engine_state();
             }
             _ = tick.tick() => {
                 d.tick(idle_ns);

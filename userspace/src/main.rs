@@ -17,12 +17,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let (target, opts) = match cli.command {
         Command::Doctor => return ExitCode::from(doctor::run() as u8),
-        Command::Profile { pid, duration, rate, output } => {
+        Command::Profile { pid, duration, rate, output, format } => {
+            let format = format.unwrap_or_else(|| inferscope::python::profile::Format::from_path(output.as_deref()));
             let o = inferscope::python::profile::ProfileOptions {
                 pid,
                 duration: Duration::from_secs_f64(duration.max(0.1)),
                 rate: rate.clamp(1, 10_000),
                 output,
+                format,
             };
             return match inferscope::python::profile::run(&o) {
                 Ok(summary) => {

@@ -1,6 +1,7 @@
 //! Installs what is missing, and nothing else: nightly with rust-src and bpf-linker 0.10.3 (to
 //! build the BPF programs), cargo-fuzz, Debian's prometheus and curl (tests), and the Python
-//! virtualenvs for the fixture server and the OTLP receiver. Optionally the real vLLM.
+//! virtualenvs for the fixture server and the OTLP receiver, and Debian chroots with the system
+//! CPython of other releases (the Python layer's tests). Optionally the real vLLM.
 
 use std::process::Command;
 
@@ -92,6 +93,33 @@ pub fn receivers() -> Result<()> {
     run(util::privileged(root.join("tests/receivers/prometheus.sh")).arg("install"))
 }
 
+/// Debian releases whose system CPython the Python layer is tested against, in chroots under
+/// .cache/chroots: (suite, interpreter inside).
+pub const CHROOTS: &[(&str, &str)] = &[("bullseye", "/usr/bin/python3.9"), ("trixie", "/usr/bin/python3.13")];
+
+/// Builds each missing chroot with debootstrap (minbase + python3, ~40 s and ~250 MB each).
+pub fn chroots() -> Result<()> {
+    apt(&["debootstrap"])?;
+    for (suite, python) in CHROOTS {
+        let dir = root().join(".cache/chroots").join(suite);
+        let stamp = dir.join(".inferscope-ready");
+        if stamp.exists() && dir.join(python.trim_start_matches('/')).exists() {
+            continue;
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.parent().context("chroot dir")?)?;
+        eprintln!("setup: building a Debian {suite} chroot with its python3 (debootstrap)");
+        let mut cmd = util::privileged("debootstrap");
+        cmd.args(["--variant=minbase", "--include=python3", suite])
+            .arg(&dir)
+            .arg("http://deb.debian.org/debian")
+            .stdout(std::process::Stdio::null());
+        run(&mut cmd).with_context(|| format!("debootstrap {suite}"))?;
+        std::fs::write(&stamp, "")?;
+    }
+    Ok(())
+}
+
 pub fn vllm() -> Result<()> {
     run(&mut Command::new(root().join("tests/vllm/setup.sh")))
 }
@@ -103,6 +131,7 @@ pub fn all(with_vllm: bool) -> Result<()> {
     python_env()?;
     receivers()?;
     cargo_fuzz()?;
+    chroots()?;
     if with_vllm {
         vllm()?;
     }

@@ -73,7 +73,10 @@ pub fn read_maps(pid: u32) -> Vec<Mapping> {
 /// The path through which inferscope opens a file a process maps (its root may be a
 /// container's).
 pub fn host_path(pid: u32, path: &str) -> PathBuf {
-    PathBuf::from(format!("/proc/{pid}/root{path}"))
+    let inside = PathBuf::from(format!("/proc/{pid}/root{path}"));
+    // A process in a chroot (same mount namespace, another root) has its files listed in
+    // /proc/PID/maps by their path from our root already.
+    if !inside.exists() && Path::new(path).exists() { PathBuf::from(path) } else { inside }
 }
 
 /// A catalogued runtime function a library exports.

@@ -296,6 +296,15 @@ pub fn health_json(h: &crate::export::Health, unix_ns: u64) -> Value {
     })
 }
 
+/// An `engine_state` line: the engine's live state read from its objects.
+pub fn engine_state_json(s: &crate::python::state::EngineState, unix_ns: u64) -> Value {
+    let mut v = json!({"type": "engine_state", "pid": s.pid, "engine": s.engine, "ts_ns": unix_ns});
+    for (k, val) in &s.values {
+        v[*k] = json!(val);
+    }
+    v
+}
+
 /// Appends lines to a file (or stdout for `-`), flushing after every batch.
 pub struct JsonlWriter {
     out: Box<dyn Write + Send>,

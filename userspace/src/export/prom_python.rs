@@ -76,3 +76,63 @@ impl PythonMetrics {
         let _ = self.unfinished.remove_label_values(&[&p]);
     }
 }
+
+/// Gauges of the engine's live state, read from its objects (python/state.rs).
+pub struct EngineStateMetrics {
+    requests: prometheus::IntGaugeVec,
+    kv_blocks: prometheus::IntGaugeVec,
+}
+
+impl EngineStateMetrics {
+    pub fn new(reg: &Registry) -> Result<Self> {
+        let requests = prometheus::IntGaugeVec::new(
+            prometheus::Opts::new(
+                "inferscope_engine_state_requests",
+                "Requests in the engine scheduler's queues (queue=running|waiting), read from the engine's memory",
+            ),
+            &["pid", "engine", "queue"],
+        )?;
+        reg.register(Box::new(requests.clone()))?;
+        let kv_blocks = prometheus::IntGaugeVec::new(
+            prometheus::Opts::new(
+                "inferscope_engine_state_kv_cache_blocks",
+                "KV-cache blocks of the engine's block pool (state=free|total), read from the engine's memory",
+            ),
+            &["pid", "engine", "state"],
+        )?;
+        reg.register(Box::new(kv_blocks.clone()))?;
+        Ok(Self { requests, kv_blocks })
+    }
+
+    pub fn record(&self, s: &crate::python::state::EngineState) {
+        let pid = s.pid.to_string();
+        for (name, v) in &s.values {
+            let (family, label) = match *name {
+                "running_requests" => (&self.requests, "running"),
+                "waiting_requests" => (&self.requests, "waiting"),
+                "kv_cache_free_blocks" => (&self.kv_blocks, "free"),
+                "kv_cache_total_blocks" => (&self.kv_blocks, "total"),
+                _ => continue,
+            };
+            match v {
+                Some(v) => family.with_label_values(&[pid.as_str(), s.engine, label]).set(*v),
+                // A value no longer read is not left standing at its last reading.
+                None => {
+                    let _ = family.remove_label_values(&[pid.as_str(), s.engine, label]);
+                }
+            }
+        }
+    }
+
+    pub fn forget(&self, pid: u32) {
+        let p = pid.to_string();
+        for engine in ["vllm", "sglang"] {
+            for q in ["running", "waiting"] {
+                let _ = self.requests.remove_label_values(&[p.as_str(), engine, q]);
+            }
+            for st in ["free", "total"] {
+                let _ = self.kv_blocks.remove_label_values(&[p.as_str(), engine, st]);
+            }
+        }
+    }
+}

@@ -9,6 +9,7 @@
 //! table), tables as data for 3.9-3.12, observed on real interpreters
 //! (tests/python/layout_probe.py, docs/PYTHON-LAYER.md).
 
+pub mod flame;
 pub mod objects;
 mod opcodes;
 pub mod profile;

@@ -1,6 +1,7 @@
 //! `inferscope profile`: samples a CPython process's Python stacks with a BPF perf-event program
 //! on each of its threads (`probes/python.rs`), and writes them as folded stacks (the input of
-//! flamegraph tools: `frame;frame;frame count` per line, outermost first).
+//! flamegraph tools: `frame;frame;frame count` per line, outermost first), a flame graph (SVG)
+//! or pprof (python/flame.rs).
 
 use std::{
     collections::HashMap,
@@ -19,7 +20,10 @@ use aya::{
 };
 use inferscope_common::PyLayout;
 
-use super::{FramePath, Interpreter, Memory, find};
+use super::{
+    FramePath, Interpreter, Memory, find,
+    flame::{self, Frame},
+};
 use crate::{
     bpf::{self, LoadOptions},
     events::{self, Event},
@@ -30,8 +34,31 @@ pub struct ProfileOptions {
     pub duration: Duration,
     /// Samples per second per thread.
     pub rate: u64,
-    /// Folded stacks go here (standard output when None).
+    /// The profile goes here (standard output when None).
     pub output: Option<PathBuf>,
+    pub format: Format,
+}
+
+/// What `inferscope profile` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// `frame;frame;frame count` lines, outermost first (flamegraph.pl, speedscope, ...).
+    Folded,
+    /// A flame graph, an SVG file for a browser.
+    Svg,
+    /// pprof protobuf (`go tool pprof`, Pyroscope, ...).
+    Pprof,
+}
+
+impl Format {
+    /// From the output file's extension: `.svg`, `.pb`/`.pprof`, anything else folded.
+    pub fn from_path(p: Option<&std::path::Path>) -> Self {
+        match p.and_then(|p| p.extension()).and_then(|e| e.to_str()) {
+            Some("svg") => Format::Svg,
+            Some("pb" | "pprof") => Format::Pprof,
+            _ => Format::Folded,
+        }
+    }
 }
 
 /// What the BPF walker needs of a layout.
@@ -55,18 +82,18 @@ pub(crate) fn bpf_layout(i: &Interpreter) -> PyLayout {
 struct Names<'a> {
     interp: &'a Interpreter,
     mem: Memory,
-    cache: HashMap<u64, String>,
+    cache: HashMap<u64, Frame>,
 }
 
 impl Names<'_> {
-    fn name(&mut self, code: u64) -> String {
+    fn frame(&mut self, code: u64) -> Frame {
         if let Some(n) = self.cache.get(&code) {
             return n.clone();
         }
         let n = match self.interp.code_frame(&self.mem, code) {
-            Ok(f) => format!("{} ({}:{})", f.name, f.filename, f.first_line),
+            Ok(f) => Frame { name: f.name, filename: f.filename, line: f.first_line },
             // A code object freed since the sample: counted under one name.
-            Err(_) => "<unreadable>".to_string(),
+            Err(_) => Frame { name: "<unreadable>".into(), filename: String::new(), line: 0 },
         };
         self.cache.insert(code, n.clone());
         n
@@ -95,7 +122,10 @@ pub fn run(o: &ProfileOptions) -> Result<String> {
     layouts.insert(o.pid, bpf_layout(&interp), 0)?;
 
     let mut sampled: HashMap<u32, aya::programs::perf_event::PerfEventLinkId> = HashMap::new();
-    let mut folded: HashMap<String, u64> = HashMap::new();
+    // Stacks of code objects, outermost first, and their samples.
+    let mut folded: HashMap<Vec<u64>, u64> = HashMap::new();
+    let start_unix_ns =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     let mut names = Names { interp: &interp, mem: Memory::new(o.pid), cache: HashMap::new() };
     let (mut samples, mut empty, mut undecodable) = (0u64, 0u64, 0u64);
     let start = Instant::now();
@@ -139,8 +169,12 @@ pub fn run(o: &ProfileOptions) -> Result<String> {
                         empty += 1;
                         continue;
                     }
-                    let stack: Vec<String> = codes.iter().rev().map(|c| names.name(*c)).collect();
-                    *folded.entry(stack.join(";")).or_default() += 1;
+                    // Named now, while the process (and its code objects) are there.
+                    for c in &codes {
+                        names.frame(*c);
+                    }
+                    codes.reverse();
+                    *folded.entry(codes).or_default() += 1;
                 }
                 _ => undecodable += 1,
             }
@@ -150,20 +184,37 @@ pub fn run(o: &ProfileOptions) -> Result<String> {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    let mut lines: Vec<(&String, &u64)> = folded.iter().collect();
-    lines.sort();
+    let frames: Vec<(Vec<Frame>, u64)> =
+        folded.iter().map(|(codes, n)| (codes.iter().map(|c| names.frame(*c)).collect(), *n)).collect();
+    let mut named: Vec<(Vec<String>, u64)> =
+        frames.iter().map(|(fs, n)| (fs.iter().map(Frame::label).collect(), *n)).collect();
+    named.sort();
+    let lines: Vec<(String, u64)> = named.iter().map(|(s, n)| (s.join(";"), *n)).collect();
     let mut out: Box<dyn std::io::Write> = match &o.output {
         Some(p) => Box::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?),
         None => Box::new(std::io::stdout().lock()),
     };
-    for (stack, n) in &lines {
-        writeln!(out, "{stack} {n}")?;
+    match o.format {
+        Format::Folded => {
+            for (stack, n) in &lines {
+                writeln!(out, "{stack} {n}")?;
+            }
+        }
+        Format::Svg => {
+            let title =
+                format!("pid {}: CPython {}, {} samples at {} Hz", o.pid, interp.version_string(), samples, o.rate);
+            out.write_all(flame::svg(&named, &title).as_bytes())?;
+        }
+        Format::Pprof => {
+            let period = 1_000_000_000 / o.rate.max(1);
+            out.write_all(&flame::pprof(&frames, period, start_unix_ns, start.elapsed().as_nanos() as u64))?;
+        }
     }
     out.flush()?;
     // The functions most often on top of the stack.
     let mut leaf: HashMap<&str, u64> = HashMap::new();
     for (stack, n) in &lines {
-        *leaf.entry(stack.rsplit(';').next().unwrap_or(stack)).or_default() += **n;
+        *leaf.entry(stack.rsplit(';').next().unwrap_or(stack)).or_default() += *n;
     }
     let mut top: Vec<(&str, u64)> = leaf.into_iter().collect();
     top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));

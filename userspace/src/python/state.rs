@@ -90,8 +90,11 @@ pub struct StateReader {
 
 impl StateReader {
     pub fn new(pid: u32) -> Result<Self> {
-        let interp = find(pid)?;
-        Ok(Self { mem: Memory::new(pid), interp })
+        Ok(Self::of(find(pid)?))
+    }
+
+    pub fn of(interp: Interpreter) -> Self {
+        Self { mem: Memory::new(interp.pid), interp }
     }
 
     /// The engine loop's `self` on the main thread, and which engine it is. None when the

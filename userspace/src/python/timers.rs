@@ -476,7 +476,15 @@ impl PyTimers {
         if self.procs.contains_key(&pid) {
             return Ok(());
         }
-        let interp = find(pid)?;
+        self.add_interpreter(find(pid)?)
+    }
+
+    /// [`Self::add_process`] with the interpreter already found.
+    pub fn add_interpreter(&mut self, interp: Interpreter) -> Result<()> {
+        let pid = interp.pid;
+        if self.procs.contains_key(&pid) {
+            return Ok(());
+        }
         if interp.version.1 < 11 || interp.version.1 > 13 {
             bail!(
                 "CPython {}: exact function timers need 3.11-3.13 (inline RESUME instructions); not timed",

@@ -116,8 +116,11 @@ pub enum Event<'a> {
         ts_ns: u64,
         /// The watched code unit.
         addr: u64,
-        /// The thread's current interpreter frame (0 when it could not be read).
+        /// The thread's current interpreter frame (0 when it could not be read), its caller,
+        /// and its instruction pointer.
         frame: u64,
+        frame_prev: u64,
+        frame_instr: u64,
         /// The code unit at `addr` after the access (`u32::MAX`: unreadable).
         unit: u32,
         /// The instruction pointer after the access.
@@ -283,6 +286,8 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
                 ts_ns: c.ts_ns,
                 addr: c.addr,
                 frame: c.frame,
+                frame_prev: c.frame_prev,
+                frame_instr: c.frame_instr,
                 unit: c.unit,
                 ip: c.ip,
             })

@@ -142,6 +142,7 @@ const FUZZ_TARGETS: &[&str] = &[
     "zmtp_engine",
     "pickle",
     "device_tracker",
+    "python_timers",
 ];
 
 fn fuzz_into(t: &mut Tally, seconds: u64, only: Option<&str>) {

@@ -347,7 +347,9 @@ pub struct PyLayout {
     /// Offset of the frame's owner byte (3.12+; a value of 3 marks a C-stack shim), or
     /// `u32::MAX`.
     pub frame_owner: u32,
-    pub _pad: u32,
+    /// Offset of the frame's instruction pointer (`prev_instr` 3.11-3.12, `instr_ptr` 3.13),
+    /// or `u32::MAX`.
+    pub frame_instr: u32,
 }
 
 /// One sampled Python stack: code-object pointers, innermost first.
@@ -377,6 +379,10 @@ pub struct PyCall {
     pub ts_ns: u64,
     pub addr: u64,
     pub frame: u64,
+    /// `frame`'s caller frame and its instruction pointer (0 when unreadable): which frame
+    /// `frame` is (the new callee's, or still its caller's) is told from these.
+    pub frame_prev: u64,
+    pub frame_instr: u64,
     /// The user instruction pointer after the access (data breakpoints trap after it).
     pub ip: u64,
 }

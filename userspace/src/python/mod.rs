@@ -11,7 +11,7 @@
 
 pub mod flame;
 pub mod objects;
-mod opcodes;
+pub mod opcodes;
 pub mod profile;
 pub mod state;
 pub mod timers;
@@ -53,6 +53,8 @@ pub struct Layout {
     pub func_code: u64,
     /// Where a frame's local variables start (`self` is the first of a method's).
     pub frame_localsplus: u64,
+    /// A 3.11+ frame's instruction pointer (`prev_instr`, 3.13 `instr_ptr`).
+    pub frame_instr: Option<u64>,
     /// `ht_cached_keys` of a heap type: the shared keys of its instances' attribute values.
     pub heaptype_cached_keys: u64,
 }
@@ -89,6 +91,7 @@ pub fn table(major: u32, minor: u32) -> Option<Layout> {
         func_code: 48,
         frame_localsplus: 352,
         heaptype_cached_keys: 872,
+        frame_instr: None,
     };
     Some(match (major, minor) {
         (3, 9) => Layout { func_code: 16, frame_localsplus: 360, heaptype_cached_keys: 864, ..base },
@@ -111,6 +114,7 @@ pub fn table(major: u32, minor: u32) -> Option<Layout> {
             code_adaptive: Some(184),
             frame_localsplus: 72,
             heaptype_cached_keys: 872,
+            frame_instr: Some(56),
             ..base
         },
         (3, 12) => Layout {
@@ -132,6 +136,7 @@ pub fn table(major: u32, minor: u32) -> Option<Layout> {
             code_adaptive: Some(192),
             frame_localsplus: 72,
             heaptype_cached_keys: 880,
+            frame_instr: Some(56),
             ..base
         },
         _ => return None,
@@ -331,6 +336,7 @@ fn debug_offsets(mem: &Memory, runtime: u64, version: (u32, u32, Option<u32>)) -
         func_code: 48,
         frame_localsplus: w(frame + 4)?,
         heaptype_cached_keys: 880,
+        frame_instr: Some(w(frame + 3)?),
     })
 }
 

@@ -45,6 +45,8 @@ pub struct Resolved {
 /// the low byte, oparg in the high byte) of each.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Bytecode {
+    /// The first code unit.
+    pub start: u64,
     pub resume: (u64, u32),
     pub returns: Vec<(u64, u32)>,
 }
@@ -348,7 +350,7 @@ impl Interpreter {
             bail!("no return instruction in the function's bytecode (it only raises or loops forever)");
         }
         let at = |i: usize| (start + 2 * i as u64, u32::from(u16::from_le_bytes([bc[2 * i], bc[2 * i + 1]])));
-        Ok(Bytecode { resume: at(resume), returns: returns.iter().map(|r| at(*r)).collect() })
+        Ok(Bytecode { start, resume: at(resume), returns: returns.iter().map(|r| at(*r)).collect() })
     }
 }
 

@@ -74,161 +74,306 @@ pub(crate) fn bpf_layout(i: &Interpreter) -> PyLayout {
         frame_code: l.frame_code as u32,
         frame_previous: l.frame_previous as u32,
         frame_owner: l.frame_owner.map_or(u32::MAX, |o| o as u32),
-        _pad: 0,
+        frame_instr: l.frame_instr.map_or(u32::MAX, |o| o as u32),
     }
 }
 
-/// Names code objects, each read once.
-struct Names<'a> {
-    interp: &'a Interpreter,
-    mem: Memory,
+/// Names code objects, each read once (per process: a code address means nothing elsewhere).
+#[derive(Default)]
+struct Names {
     cache: HashMap<u64, Frame>,
 }
 
-impl Names<'_> {
-    fn frame(&mut self, code: u64) -> Frame {
+impl Names {
+    fn frame(&mut self, interp: &Interpreter, mem: &Memory, code: u64) -> Frame {
         if let Some(n) = self.cache.get(&code) {
             return n.clone();
         }
-        let n = match self.interp.code_frame(&self.mem, code) {
+        let n = match interp.code_frame(mem, code) {
             Ok(f) => Frame { name: f.name, filename: f.filename, line: f.first_line },
             // A code object freed since the sample: counted under one name.
             Err(_) => Frame { name: "<unreadable>".into(), filename: String::new(), line: 0 },
         };
+        // Bounded: a process that makes code objects forever (exec, lambdas in loops).
+        if self.cache.len() > 100_000 {
+            self.cache.clear();
+        }
         self.cache.insert(code, n.clone());
         n
     }
 }
 
-/// Samples for `o.duration`; returns a summary for the operator.
-pub fn run(o: &ProfileOptions) -> Result<String> {
-    crate::privileges::require_bpf()?;
-    crate::privileges::raise_memlock();
-    let interp = find(o.pid)?;
-    if interp.layout.tstate_native_thread_id.is_none() {
-        bail!(
-            "profiling CPython {} is not supported yet: its thread states do not record native thread ids (3.11 and later do)",
-            interp.version_string()
-        );
-    }
-    let mut ebpf = bpf::open(&LoadOptions { ring_buffer_bytes: 4 << 20, ..Default::default() })?;
-    let prog: &mut PerfEvent = ebpf.program_mut("py_sample").context("py_sample missing")?.try_into()?;
-    prog.load().map_err(|e| anyhow!("the kernel rejected the Python sampler: {e:#}"))?;
-    let mut layouts: BpfHashMap<_, u32, PyLayout> =
-        BpfHashMap::try_from(ebpf.take_map("PY_LAYOUTS").context("PY_LAYOUTS")?)?;
-    let mut tstates: BpfHashMap<_, u32, u64> =
-        BpfHashMap::try_from(ebpf.take_map("PY_TSTATES").context("PY_TSTATES")?)?;
-    let mut ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS")?)?;
-    layouts.insert(o.pid, bpf_layout(&interp), 0)?;
+/// What one process's samples came to.
+#[derive(Clone, Debug, Default)]
+pub struct Profile {
+    /// Stacks (outermost first) and their samples.
+    pub stacks: Vec<(Vec<Frame>, u64)>,
+    pub samples: u64,
+    /// Samples taken while the thread ran no Python code.
+    pub empty: u64,
+    pub threads: usize,
+    pub start_unix_ns: u64,
+    pub duration_ns: u64,
+}
 
-    let mut sampled: HashMap<u32, aya::programs::perf_event::PerfEventLinkId> = HashMap::new();
-    // Stacks of code objects, outermost first, and their samples.
-    let mut folded: HashMap<Vec<u64>, u64> = HashMap::new();
-    let start_unix_ns =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-    let mut names = Names { interp: &interp, mem: Memory::new(o.pid), cache: HashMap::new() };
-    let (mut samples, mut empty, mut undecodable) = (0u64, 0u64, 0u64);
-    let start = Instant::now();
-    let mut next_threads = start;
-    while start.elapsed() < o.duration {
-        // New threads: a thread state and a perf event each.
-        if Instant::now() >= next_threads {
-            next_threads = Instant::now() + Duration::from_millis(500);
-            match interp.threads() {
-                Ok(threads) => {
-                    for t in threads {
-                        let Some(tid) = t.native_thread_id.and_then(|n| u32::try_from(n).ok()) else { continue };
-                        if tid == 0 || sampled.contains_key(&tid) {
-                            continue;
-                        }
-                        tstates.insert(tid, t.tstate, 0)?;
-                        let prog: &mut PerfEvent = ebpf.program_mut("py_sample").context("py_sample")?.try_into()?;
-                        match prog.attach(
-                            PerfEventConfig::Software(SoftwareEvent::CpuClock),
-                            PerfEventScope::OneProcess { pid: tid, cpu: None },
-                            SamplePolicy::Frequency(o.rate),
-                            false,
-                        ) {
-                            Ok(link) => {
-                                sampled.insert(tid, link);
-                            }
-                            Err(e) => log::debug!("thread {tid}: {e:#}"),
-                        }
-                    }
-                }
-                Err(_) if !crate::procfs::exists(o.pid) => break,
-                Err(e) => log::debug!("pid {}: {e:#}", o.pid),
+impl Profile {
+    /// Folded lines (`a;b;c n`), sorted.
+    pub fn folded(&self) -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> =
+            self.stacks.iter().map(|(fs, n)| (fs.iter().map(Frame::label).collect::<Vec<_>>().join(";"), *n)).collect();
+        v.sort();
+        v
+    }
+
+    /// The functions most often on top of the stack, with their share of Python samples.
+    pub fn top(&self, n: usize) -> Vec<(String, f64)> {
+        let mut leaf: HashMap<String, u64> = HashMap::new();
+        for (fs, c) in &self.stacks {
+            if let Some(f) = fs.last() {
+                *leaf.entry(f.label()).or_default() += c;
             }
         }
-        while let Some(item) = ring.next() {
+        let with_python = (self.samples - self.empty).max(1) as f64;
+        let mut v: Vec<(String, u64)> = leaf.into_iter().collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v.into_iter().take(n).map(|(f, c)| (f, 100.0 * c as f64 / with_python)).collect()
+    }
+
+    /// The profile in `format`.
+    pub fn render(&self, format: Format, title: &str, rate: u64) -> Vec<u8> {
+        match format {
+            Format::Folded => self.folded().iter().map(|(s, n)| format!("{s} {n}\n")).collect::<String>().into_bytes(),
+            Format::Svg => {
+                let named: Vec<(Vec<String>, u64)> =
+                    self.stacks.iter().map(|(fs, n)| (fs.iter().map(Frame::label).collect(), *n)).collect();
+                flame::svg(&named, title).into_bytes()
+            }
+            Format::Pprof => {
+                flame::pprof(&self.stacks, 1_000_000_000 / rate.max(1), self.start_unix_ns, self.duration_ns)
+            }
+        }
+    }
+}
+
+struct Sampled {
+    interp: Interpreter,
+    mem: Memory,
+    names: Names,
+    threads: HashMap<u32, aya::programs::perf_event::PerfEventLinkId>,
+    folded: HashMap<Vec<u64>, u64>,
+    samples: u64,
+    empty: u64,
+    since: Instant,
+    since_unix_ns: u64,
+}
+
+fn unix_now_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Samples the Python stacks of any number of processes (CPython 3.11+): a cpu-clock perf
+/// event per thread, `rate` samples per second of each thread's CPU time. Owns its own copy of
+/// the BPF object.
+pub struct Sampler {
+    ebpf: aya::Ebpf,
+    ring: RingBuf<aya::maps::MapData>,
+    layouts: BpfHashMap<aya::maps::MapData, u32, PyLayout>,
+    tstates: BpfHashMap<aya::maps::MapData, u32, u64>,
+    procs: HashMap<u32, Sampled>,
+    rate: u64,
+    next_threads: Instant,
+    pub undecodable: u64,
+}
+
+impl Sampler {
+    pub fn new(rate: u64, ring_bytes: u32) -> Result<Self> {
+        crate::privileges::require_bpf()?;
+        crate::privileges::raise_memlock();
+        let mut ebpf = bpf::open(&LoadOptions { ring_buffer_bytes: ring_bytes, ..Default::default() })?;
+        let prog: &mut PerfEvent = ebpf.program_mut("py_sample").context("py_sample missing")?.try_into()?;
+        prog.load().map_err(|e| anyhow!("the kernel rejected the Python sampler: {e:#}"))?;
+        let layouts = BpfHashMap::try_from(ebpf.take_map("PY_LAYOUTS").context("PY_LAYOUTS")?)?;
+        let tstates = BpfHashMap::try_from(ebpf.take_map("PY_TSTATES").context("PY_TSTATES")?)?;
+        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS")?)?;
+        Ok(Self {
+            ebpf,
+            ring,
+            layouts,
+            tstates,
+            procs: HashMap::new(),
+            rate: rate.clamp(1, 10_000),
+            next_threads: Instant::now(),
+            undecodable: 0,
+        })
+    }
+
+    /// Starts sampling the process `interp` belongs to. Err: its CPython cannot be sampled.
+    pub fn add(&mut self, interp: Interpreter) -> Result<()> {
+        if interp.layout.tstate_native_thread_id.is_none() {
+            bail!(
+                "profiling CPython {} is not supported yet: its thread states do not record native thread ids (3.11 and later do)",
+                interp.version_string()
+            );
+        }
+        let pid = interp.pid;
+        self.layouts.insert(pid, bpf_layout(&interp), 0)?;
+        self.procs.insert(
+            pid,
+            Sampled {
+                mem: Memory::new(pid),
+                interp,
+                names: Names::default(),
+                threads: HashMap::new(),
+                folded: HashMap::new(),
+                samples: 0,
+                empty: 0,
+                since: Instant::now(),
+                since_unix_ns: unix_now_ns(),
+            },
+        );
+        self.next_threads = Instant::now();
+        Ok(())
+    }
+
+    pub fn remove(&mut self, pid: u32) {
+        let Some(p) = self.procs.remove(&pid) else { return };
+        let _ = self.layouts.remove(&pid);
+        if let Some(prog) = self.ebpf.program_mut("py_sample").and_then(|p| <&mut PerfEvent>::try_from(p).ok()) {
+            for (tid, link) in p.threads {
+                let _ = prog.detach(link);
+                let _ = self.tstates.remove(&tid);
+            }
+        }
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        self.procs.keys().copied().collect()
+    }
+
+    pub fn version(&self, pid: u32) -> Option<String> {
+        self.procs.get(&pid).map(|p| p.interp.version_string())
+    }
+
+    /// Follows new threads (every 500 ms) and takes the samples waiting in the ring.
+    pub fn poll(&mut self) {
+        if Instant::now() >= self.next_threads {
+            self.next_threads = Instant::now() + Duration::from_millis(500);
+            let pids: Vec<u32> = self.procs.keys().copied().collect();
+            for pid in pids {
+                self.sync_threads(pid);
+            }
+        }
+        while let Some(item) = self.ring.next() {
             match events::decode(&item) {
-                Ok(Event::PySample { mut codes, .. }) => {
-                    samples += 1;
+                Ok(Event::PySample { tgid, mut codes, .. }) => {
+                    let Some(p) = self.procs.get_mut(&tgid) else { continue };
+                    p.samples += 1;
                     codes.retain(|c| *c != 0); // C-stack shims
                     if codes.is_empty() {
-                        empty += 1;
+                        p.empty += 1;
                         continue;
                     }
                     // Named now, while the process (and its code objects) are there.
                     for c in &codes {
-                        names.frame(*c);
+                        p.names.frame(&p.interp, &p.mem, *c);
                     }
                     codes.reverse();
-                    *folded.entry(codes).or_default() += 1;
+                    *p.folded.entry(codes).or_default() += 1;
                 }
-                _ => undecodable += 1,
+                _ => self.undecodable += 1,
             }
         }
+    }
+
+    fn sync_threads(&mut self, pid: u32) {
+        let Some(p) = self.procs.get_mut(&pid) else { return };
+        let threads = match p.interp.threads() {
+            Ok(t) => t,
+            Err(e) => {
+                log::debug!("pid {pid}: {e:#}");
+                return;
+            }
+        };
+        let Some(prog) = self.ebpf.program_mut("py_sample").and_then(|p| <&mut PerfEvent>::try_from(p).ok()) else {
+            return;
+        };
+        for t in threads {
+            let Some(tid) = t.native_thread_id.and_then(|n| u32::try_from(n).ok()) else { continue };
+            if tid == 0 || p.threads.contains_key(&tid) {
+                continue;
+            }
+            let _ = self.tstates.insert(tid, t.tstate, 0);
+            match prog.attach(
+                PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                PerfEventScope::OneProcess { pid: tid, cpu: None },
+                SamplePolicy::Frequency(self.rate),
+                false,
+            ) {
+                Ok(link) => {
+                    p.threads.insert(tid, link);
+                }
+                Err(e) => log::debug!("thread {tid}: {e:#}"),
+            }
+        }
+    }
+
+    /// The process's profile since the last take (or since it was added), and a fresh start.
+    pub fn take(&mut self, pid: u32) -> Option<Profile> {
+        let p = self.procs.get_mut(&pid)?;
+        let folded = std::mem::take(&mut p.folded);
+        let stacks = folded
+            .into_iter()
+            .map(|(codes, n)| (codes.iter().map(|c| p.names.frame(&p.interp, &p.mem, *c)).collect(), n))
+            .collect();
+        let prof = Profile {
+            stacks,
+            samples: std::mem::take(&mut p.samples),
+            empty: std::mem::take(&mut p.empty),
+            threads: p.threads.len(),
+            start_unix_ns: p.since_unix_ns,
+            duration_ns: p.since.elapsed().as_nanos() as u64,
+        };
+        p.since = Instant::now();
+        p.since_unix_ns = unix_now_ns();
+        Some(prof)
+    }
+}
+
+/// Samples for `o.duration`; returns a summary for the operator.
+pub fn run(o: &ProfileOptions) -> Result<String> {
+    let interp = find(o.pid)?;
+    let version = interp.version_string();
+    let mut sampler = Sampler::new(o.rate, 4 << 20)?;
+    sampler.add(interp)?;
+    let start = Instant::now();
+    while start.elapsed() < o.duration {
+        sampler.poll();
         if !crate::procfs::exists(o.pid) {
             break;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    let frames: Vec<(Vec<Frame>, u64)> =
-        folded.iter().map(|(codes, n)| (codes.iter().map(|c| names.frame(*c)).collect(), *n)).collect();
-    let mut named: Vec<(Vec<String>, u64)> =
-        frames.iter().map(|(fs, n)| (fs.iter().map(Frame::label).collect(), *n)).collect();
-    named.sort();
-    let lines: Vec<(String, u64)> = named.iter().map(|(s, n)| (s.join(";"), *n)).collect();
+    sampler.poll();
+    let prof = sampler.take(o.pid).context("the process")?;
+    let title = format!("pid {}: CPython {version}, {} samples at {} Hz", o.pid, prof.samples, o.rate);
+    let bytes = prof.render(o.format, &title, o.rate);
     let mut out: Box<dyn std::io::Write> = match &o.output {
         Some(p) => Box::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?),
         None => Box::new(std::io::stdout().lock()),
     };
-    match o.format {
-        Format::Folded => {
-            for (stack, n) in &lines {
-                writeln!(out, "{stack} {n}")?;
-            }
-        }
-        Format::Svg => {
-            let title =
-                format!("pid {}: CPython {}, {} samples at {} Hz", o.pid, interp.version_string(), samples, o.rate);
-            out.write_all(flame::svg(&named, &title).as_bytes())?;
-        }
-        Format::Pprof => {
-            let period = 1_000_000_000 / o.rate.max(1);
-            out.write_all(&flame::pprof(&frames, period, start_unix_ns, start.elapsed().as_nanos() as u64))?;
-        }
-    }
+    out.write_all(&bytes)?;
     out.flush()?;
-    // The functions most often on top of the stack.
-    let mut leaf: HashMap<&str, u64> = HashMap::new();
-    for (stack, n) in &lines {
-        *leaf.entry(stack.rsplit(';').next().unwrap_or(stack)).or_default() += *n;
-    }
-    let mut top: Vec<(&str, u64)> = leaf.into_iter().collect();
-    top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-    let with_python = samples - empty;
     let mut summary = format!(
-        "inferscope: pid {}: CPython {}: {samples} samples of {} thread(s) in {:.1} s ({empty} outside Python code{}); most on top:\n",
+        "inferscope: pid {}: CPython {version}: {} samples of {} thread(s) in {:.1} s ({} outside Python code{}); most on top:\n",
         o.pid,
-        interp.version_string(),
-        sampled.len(),
+        prof.samples,
+        prof.threads,
         start.elapsed().as_secs_f64(),
-        if undecodable > 0 { format!(", {undecodable} undecodable records") } else { String::new() },
+        prof.empty,
+        if sampler.undecodable > 0 { format!(", {} undecodable records", sampler.undecodable) } else { String::new() },
     );
-    for (f, n) in top.iter().take(10) {
-        summary += &format!("  {:5.1}%  {f}\n", 100.0 * *n as f64 / with_python.max(1) as f64);
+    for (f, pct) in prof.top(10) {
+        summary += &format!("  {pct:5.1}%  {f}\n");
     }
     Ok(summary)
 }

@@ -305,8 +305,33 @@ pub struct MatchStats {
 #[derive(Clone, Copy, Debug)]
 struct Open {
     spec: usize,
-    frame: u64,
+    key: CallKey,
     ts: u64,
+}
+
+/// Which call an entry hit belongs to: the callee's frame and its caller's, where known (0:
+/// unknown). At a RESUME fetch the thread's current frame is the new callee's on most builds,
+/// but some compilers fetch the callee's first instruction before storing the new frame
+/// (Debian's 3.13, for inlined calls): then it is still the caller's, and only the caller is
+/// known. The hit says which (the frame's instruction pointer is at the callee's start, or at
+/// the caller's CALL).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CallKey {
+    pub callee: u64,
+    pub caller: u64,
+}
+
+impl CallKey {
+    /// Whether a call with this key, still open, must have ended for `new` to begin: its
+    /// callee frame is reused, or its caller calls again (a frame runs one call at a time).
+    fn ended_by(&self, new: &CallKey) -> bool {
+        (new.callee != 0 && self.callee == new.callee) || (new.caller != 0 && self.caller == new.caller)
+    }
+
+    /// Whether a return from `frame`, called by `caller`, ends this call.
+    fn returns_from(&self, frame: u64, caller: u64) -> bool {
+        frame == 0 || if self.callee != 0 { self.callee == frame } else { self.caller == 0 || self.caller == caller }
+    }
 }
 
 /// Pairs entry and return hits per thread. Pure: fed by [`PyTimers`], tested and fuzzed alone.
@@ -321,13 +346,11 @@ const MAX_OPEN: usize = 256;
 
 impl Matcher {
     /// A watched function was entered.
-    pub fn entry(&mut self, tid: u32, spec: usize, frame: u64, ts: u64) {
+    pub fn entry(&mut self, tid: u32, spec: usize, key: CallKey, ts: u64) {
         let stack = self.stacks.entry(tid).or_default();
-        // A frame is reused only after its call ended: what is open on it (and above it) left
-        // without a return.
-        if frame != 0
-            && let Some(i) = stack.iter().position(|o| o.frame == frame)
-        {
+        // A callee frame is reused, and a caller calls again, only after the call ended: what
+        // is open with the same key (and above it) left without a return.
+        if let Some(i) = stack.iter().position(|o| o.key.ended_by(&key)) {
             self.stats.unfinished += (stack.len() - i) as u64;
             stack.truncate(i);
         }
@@ -335,13 +358,14 @@ impl Matcher {
             stack.remove(0);
             self.stats.unfinished += 1;
         }
-        stack.push(Open { spec, frame, ts });
+        stack.push(Open { spec, key, ts });
     }
 
-    /// A watched function returned. The finished call: (start, depth).
-    pub fn exit(&mut self, tid: u32, spec: usize, frame: u64, ts: u64) -> Option<(u64, u32)> {
+    /// A watched function returned from `frame`, called by `caller`. The finished call:
+    /// (start, depth).
+    pub fn exit(&mut self, tid: u32, spec: usize, frame: u64, caller: u64, ts: u64) -> Option<(u64, u32)> {
         let stack = self.stacks.entry(tid).or_default();
-        let found = stack.iter().rposition(|o| o.spec == spec && (frame == 0 || o.frame == 0 || o.frame == frame));
+        let found = stack.iter().rposition(|o| o.spec == spec && o.key.returns_from(frame, caller));
         let Some(i) = found else {
             self.stats.unmatched_returns += 1;
             return None;
@@ -367,6 +391,8 @@ pub struct Watched {
     pub qualname: String,
     pub filename: String,
     pub first_line: u32,
+    /// Where its bytecode starts.
+    code_start: u64,
     /// Address and code unit (as read when the function was found) of the RESUME and returns.
     resume: (u64, u32),
     returns: Vec<(u64, u32)>,
@@ -590,7 +616,7 @@ impl PyTimers {
         }
         while let Some(item) = self.ring.next() {
             match events::decode(&item) {
-                Ok(Event::PyCall { tgid, tid, ts_ns, addr, frame, unit, ip }) => {
+                Ok(Event::PyCall { tgid, tid, ts_ns, addr, frame, frame_prev, frame_instr, unit, ip }) => {
                     let Some(p) = self.procs.get_mut(&tgid) else { continue };
                     let Some(&mut (w, is_entry, ref mut seen)) = p.addrs.get_mut(&addr) else { continue };
                     log::trace!(
@@ -633,8 +659,15 @@ impl PyTimers {
                         p.calls += 1;
                         out.push(CallRecord { pid: tgid, tid, spec, mode, start_ns: ts_ns, end_ns: None, depth: 0 });
                     } else if is_entry {
-                        p.matcher.entry(tid, spec, frame, ts_ns);
-                    } else if let Some((start, depth)) = p.matcher.exit(tid, spec, frame, ts_ns) {
+                        let callee_current = frame_instr == 0
+                            || (frame_instr >= watched.code_start.saturating_sub(2) && frame_instr <= watched.resume.0);
+                        let key = if callee_current {
+                            CallKey { callee: frame, caller: frame_prev }
+                        } else {
+                            CallKey { callee: 0, caller: frame }
+                        };
+                        p.matcher.entry(tid, spec, key, ts_ns);
+                    } else if let Some((start, depth)) = p.matcher.exit(tid, spec, frame, frame_prev, ts_ns) {
                         p.calls += 1;
                         out.push(CallRecord {
                             pid: tgid,
@@ -749,6 +782,7 @@ impl PyTimers {
             qualname: r.qualname,
             filename: r.filename,
             first_line: r.first_line,
+            code_start: bc.start,
             resume: bc.resume,
             returns: bc.returns,
         })
@@ -1006,31 +1040,64 @@ mod tests {
         assert!(!(0..10_000u64).any(|i| b.hit(i * 20_000, limit)));
     }
 
+    /// Entry keys as hits give them: the callee frame current (its caller known too), or the
+    /// caller's frame still current.
+    fn callee(f: u64) -> CallKey {
+        CallKey { callee: f, caller: f / 2 }
+    }
+    fn caller(c: u64) -> CallKey {
+        CallKey { callee: 0, caller: c }
+    }
+
     #[test]
     fn matcher_pairs_recursion_by_frame() {
         let mut m = Matcher::default();
-        m.entry(1, 0, 100, 1_000_000);
-        m.entry(1, 0, 200, 2_000_000);
-        assert_eq!(m.exit(1, 0, 200, 3_000_000), Some((2_000_000, 1)));
-        assert_eq!(m.exit(1, 0, 100, 4_000_000), Some((1_000_000, 0)));
+        m.entry(1, 0, callee(100), 1_000_000);
+        m.entry(1, 0, callee(200), 2_000_000);
+        assert_eq!(m.exit(1, 0, 200, 100, 3_000_000), Some((2_000_000, 1)));
+        assert_eq!(m.exit(1, 0, 100, 50, 4_000_000), Some((1_000_000, 0)));
+        assert_eq!(m.stats, MatchStats::default());
+        // The same recursion seen with callers' frames at entry (100 called 200 called 300).
+        m.entry(1, 0, caller(50), 1);
+        m.entry(1, 0, caller(100), 2);
+        m.entry(1, 0, caller(200), 3);
+        assert_eq!(m.exit(1, 0, 300, 200, 4), Some((3, 2)));
+        assert_eq!(m.exit(1, 0, 200, 100, 5), Some((2, 1)));
+        assert_eq!(m.exit(1, 0, 100, 50, 5), Some((1, 0)));
+        // A call from C into the function (callee frame at entry) that calls itself inline
+        // (caller frame at entry, the same address): two calls, not a reuse.
+        m.entry(1, 0, callee(100), 6);
+        m.entry(1, 0, caller(100), 7);
+        assert_eq!(m.exit(1, 0, 400, 100, 8), Some((7, 1)));
+        assert_eq!(m.exit(1, 0, 100, 50, 9), Some((6, 0)));
         assert_eq!(m.stats, MatchStats::default());
     }
 
     #[test]
     fn matcher_counts_exception_exits() {
         let mut m = Matcher::default();
-        m.entry(1, 0, 100, 1_000_000);
+        m.entry(1, 0, callee(100), 1_000_000);
         // Raised: no return; the frame is reused by the next call.
-        m.entry(1, 0, 100, 5_000_000);
+        m.entry(1, 0, callee(100), 5_000_000);
         assert_eq!(m.stats.unfinished, 1);
-        assert_eq!(m.exit(1, 0, 100, 6_000_000), Some((5_000_000, 0)));
+        assert_eq!(m.exit(1, 0, 100, 50, 6_000_000), Some((5_000_000, 0)));
+        // The same with callers' frames: the caller called again.
+        m.entry(1, 0, caller(50), 7_000_000);
+        m.entry(1, 0, caller(50), 8_000_000);
+        assert_eq!(m.stats.unfinished, 2);
+        assert_eq!(m.exit(1, 0, 100, 50, 9_000_000), Some((8_000_000, 0)));
         // A return of a call begun before the watch.
-        assert_eq!(m.exit(1, 0, 300, 7_000_000), None);
+        assert_eq!(m.exit(1, 0, 300, 50, 7_000_000), None);
         assert_eq!(m.stats.unmatched_returns, 1);
         // An inner call raised, the outer returned.
-        m.entry(2, 0, 100, 1_000_000);
-        m.entry(2, 1, 200, 2_000_000);
-        assert_eq!(m.exit(2, 0, 100, 3_000_000), Some((1_000_000, 0)));
-        assert_eq!(m.stats.unfinished, 2);
+        m.entry(2, 0, callee(100), 1_000_000);
+        m.entry(2, 1, callee(200), 2_000_000);
+        assert_eq!(m.exit(2, 0, 100, 50, 3_000_000), Some((1_000_000, 0)));
+        assert_eq!(m.stats.unfinished, 3);
+        // Raised in a call seen by its callee frame; the next call is seen by its caller's.
+        m.entry(3, 0, callee(100), 1);
+        m.entry(3, 0, caller(50), 2);
+        assert_eq!(m.stats.unfinished, 4);
+        assert_eq!(m.exit(3, 0, 100, 50, 3), Some((2, 0)));
     }
 }

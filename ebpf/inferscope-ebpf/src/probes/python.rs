@@ -59,10 +59,16 @@ pub fn py_call(ctx: PerfEventContext) -> u32 {
     let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
     // SAFETY: a constant offset into the context, rewritten by the verifier.
     let addr = unsafe { core::ptr::read_volatile((ctx.ctx as *const u8).add(PERF_DATA_ADDR) as *const u64) };
-    let frame = match (unsafe { PY_LAYOUTS.get(&tgid) }, unsafe { PY_TSTATES.get(&tid) }) {
-        (Some(layout), Some(tstate)) => current_frame(layout, *tstate),
-        _ => 0,
-    };
+    let (mut frame, mut frame_prev, mut frame_instr) = (0, 0, 0);
+    if let (Some(layout), Some(tstate)) = (unsafe { PY_LAYOUTS.get(&tgid) }, unsafe { PY_TSTATES.get(&tid) }) {
+        frame = current_frame(layout, *tstate);
+        if frame != 0 {
+            frame_prev = read_u64(frame + layout.frame_previous as u64);
+            if layout.frame_instr != u32::MAX {
+                frame_instr = read_u64(frame + layout.frame_instr as u64);
+            }
+        }
+    }
     let ev = PyCall {
         kind: EventKind::PyCall as u32,
         tgid,
@@ -71,6 +77,8 @@ pub fn py_call(ctx: PerfEventContext) -> u32 {
         ts_ns: unsafe { bpf_ktime_get_ns() },
         addr,
         frame,
+        frame_prev,
+        frame_instr,
         // SAFETY: `regs` starts the context; `ip` is a constant offset into it.
         ip: unsafe { core::ptr::read_volatile((ctx.ctx as *const u8).add(PERF_DATA_IP) as *const u64) },
     };

@@ -134,11 +134,11 @@ fn python_info_reads_threads_and_stacks_of_real_interpreters() {
                 .iter()
                 .find(|g| g["thread_id"] == t["thread_id"])
                 .unwrap_or_else(|| panic!("{}: thread {} not found in {got}", py.name(), t["thread_id"]));
-            if v[1].as_u64().unwrap() >= 11 {
-                assert_eq!(found["native_thread_id"], t["native_thread_id"], "{}", py.name());
-            }
+            // 3.11+ keep it in the thread state; before, it comes from the C library's
+            // thread descriptor.
+            assert_eq!(found["native_thread_id"], t["native_thread_id"], "{}", py.name());
             assert_eq!(found["stack"], t["stack"], "{}: stack of thread {}", py.name(), t["thread_id"]);
-            assert_eq!(found["main"], t["native_thread_id"] == pid && v[1].as_u64().unwrap() >= 11);
+            assert_eq!(found["main"], t["native_thread_id"] == pid, "{}", py.name());
         }
         // The watcher (not in the truth) is the only other thread.
         assert_eq!(threads.len(), truth["threads"].as_array().unwrap().len() + 1, "{}", py.name());
@@ -150,10 +150,10 @@ fn python_info_reads_threads_and_stacks_of_real_interpreters() {
 /// The BPF sampler puts the right share of time in the right function: a process spends
 /// (by its own clock) about 70% of its time in `hot_a` and 30% in `hot_b`; `inferscope
 /// profile` must find the same split within 8 points, with the whole call path, on every
-/// CPython 3.11+ present.
+/// CPython present (3.9 and 3.10 through their threads' C-library descriptors).
 #[test]
 fn profile_puts_the_right_share_of_time_in_the_right_function() {
-    let all = interpreters_3_11_plus();
+    let all = interpreters();
     assert!(all.len() >= 2, "pyenv 3.11 and Debian's 3.11 at least: {all:?}");
     let dir = scratch("profile");
     let mut checked = Vec::new();
@@ -176,10 +176,15 @@ fn profile_puts_the_right_share_of_time_in_the_right_function() {
         for line in text.lines() {
             let (stack, n) = line.rsplit_once(' ').unwrap();
             let n: u64 = n.parse().unwrap();
-            let frames: Vec<&str> = stack.split(';').map(|f| f.split(" (").next().unwrap()).collect();
+            // Before 3.11 code objects have no qualified name: `run`, not `Loop.run`.
+            let frames: Vec<&str> = stack
+                .split(';')
+                .map(|f| f.split(" (").next().unwrap())
+                .map(|f| if f == "Loop.run" { "run" } else { f })
+                .collect();
             match frames.as_slice() {
-                ["<module>", "Loop.run", "hot_a", "spin"] => a += n,
-                ["<module>", "Loop.run", "hot_b", "spin"] => b += n,
+                ["<module>", "run", "hot_a", "spin"] => a += n,
+                ["<module>", "run", "hot_b", "spin"] => b += n,
                 _ => {}
             }
         }

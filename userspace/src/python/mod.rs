@@ -386,7 +386,51 @@ impl Interpreter {
             out.push(PyThread { tstate: t, thread_id: mem.u64(t + l.tstate_thread_id)?, native_thread_id: native });
             t = mem.u64(t + l.tstate_next)?;
         }
+        if l.tstate_native_thread_id.is_none() {
+            self.native_ids_from_pthreads(&mem, &mut out);
+        }
         Ok(out)
+    }
+
+    /// Before 3.11 a thread state holds only `pthread_self()`: the address of the C library's
+    /// thread descriptor, which holds the kernel's thread id at an offset of that library's
+    /// own. The offset is found in the main thread's descriptor (the one holding the process
+    /// id where every other descriptor holds its own thread id), then read for every thread.
+    fn native_ids_from_pthreads(&self, mem: &Memory, threads: &mut [PyThread]) {
+        // glibc keeps the id at 720 on x86-64; the descriptor may end its mapping soon after.
+        const SPAN: usize = 1024;
+        let tasks: std::collections::HashSet<u64> = std::fs::read_dir(format!("/proc/{}/task", self.pid))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect();
+        let descriptors: Vec<Option<Vec<u8>>> = threads
+            .iter()
+            .map(|t| {
+                let mut b = vec![0u8; SPAN];
+                mem.read(t.thread_id, &mut b).ok().map(|_| b)
+            })
+            .collect();
+        let at = |b: &[u8], off: usize| u64::from(u32::from_le_bytes(b[off..off + 4].try_into().unwrap_or_default()));
+        // Offsets where the main thread's descriptor holds the pid and every other descriptor
+        // holds a thread id of this process other than the pid.
+        let offset = (0..SPAN - 4).step_by(4).find(|&off| {
+            let mut main = 0;
+            for d in descriptors.iter().flatten() {
+                let v = at(d, off);
+                if v == u64::from(self.pid) {
+                    main += 1;
+                } else if !tasks.contains(&v) {
+                    return false;
+                }
+            }
+            main == 1
+        });
+        let Some(off) = offset else { return };
+        for (t, d) in threads.iter_mut().zip(&descriptors) {
+            t.native_thread_id = d.as_ref().map(|d| at(d, off));
+        }
     }
 
     /// The thread's frames, innermost first: (frame address, code object), C-stack shims left

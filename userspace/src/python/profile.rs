@@ -209,9 +209,11 @@ impl Sampler {
 
     /// Starts sampling the process `interp` belongs to. Err: its CPython cannot be sampled.
     pub fn add(&mut self, interp: Interpreter) -> Result<()> {
-        if interp.layout.tstate_native_thread_id.is_none() {
+        let threads = interp.threads()?;
+        if !threads.is_empty() && threads.iter().all(|t| t.native_thread_id.is_none()) {
             bail!(
-                "profiling CPython {} is not supported yet: its thread states do not record native thread ids (3.11 and later do)",
+                "CPython {}: no thread of the process could be matched to a kernel thread id (its C library's \
+                 thread descriptors are not understood): its threads cannot be sampled",
                 interp.version_string()
             );
         }

@@ -443,3 +443,61 @@ fn profile_writes_svg_and_pprof() {
     assert!((share - want).abs() < 0.08, "pprof: hot_a {share:.3}, measured {want:.3}");
     eprintln!("SVG: {} frames, hot_a {:.3}; pprof: hot_a {share:.3}; measured {want:.3}", s["frames"], a / (a + b));
 }
+
+/// The daemon's rolling profile: attached to a process with --python-profile-rate, it writes a
+/// `python_profile` JSONL line per window and replaces the window's pprof and SVG files; each
+/// window finds the fixture's 70/30 split.
+#[test]
+fn daemon_keeps_a_rolling_profile() {
+    let dir = scratch("rolling-profile");
+    let mut child = Command::new(python())
+        .arg(repo_root().join("tests/fixtures/python_burn.py"))
+        .arg("12")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let pid = first["pid"].as_u64().unwrap().to_string();
+    let jsonl = dir.join("out.jsonl");
+    let out = Command::new(inferscope_bin())
+        .args(["attach", "--pid", &pid, "--quiet", "--no-device", "--duration", "8"])
+        .args(["--python-profile-rate", "199", "--python-profile-window", "3", "--python-profile-dir"])
+        .arg(dir.join("profiles"))
+        .arg("--jsonl")
+        .arg(&jsonl)
+        .output()
+        .expect("inferscope");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let truth: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let _ = child.wait();
+    let windows: Vec<Value> = read_jsonl(&jsonl).into_iter().filter(|v| v["type"] == "python_profile").collect();
+    // Two full windows and the part window written at the stop.
+    assert!(windows.len() >= 2, "{} windows: {}", windows.len(), String::from_utf8_lossy(&out.stderr));
+    for w in &windows {
+        assert_eq!(w["pid"].as_u64().unwrap().to_string(), pid);
+        let top = &w["top"][0];
+        assert!(top["function"].as_str().unwrap().starts_with("spin ("), "{w}");
+        assert!(top["percent"].as_f64().unwrap() > 90.0, "{w}");
+    }
+    let pb = dir.join(format!("profiles/pid-{pid}.pb"));
+    assert!(dir.join(format!("profiles/pid-{pid}.svg")).exists());
+    let read =
+        Command::new(receiver_python()).arg(repo_root().join("tests/python/pprof_read.py")).arg(&pb).output().unwrap();
+    assert!(read.status.success(), "{}", String::from_utf8_lossy(&read.stderr));
+    let p: Value = serde_json::from_slice(&read.stdout).unwrap();
+    let n = |f: &str| -> u64 {
+        p["samples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["stack"].as_array().unwrap().iter().any(|x| x == f))
+            .map(|s| s["values"][0].as_u64().unwrap())
+            .sum()
+    };
+    let (a, b) = (n("hot_a"), n("hot_b"));
+    let share = a as f64 / (a + b).max(1) as f64;
+    let want = truth["hot_a"].as_f64().unwrap();
+    assert!(a + b > 100 && (share - want).abs() < 0.1, "last window: hot_a {a}, hot_b {b}; measured {want:.3}");
+    eprintln!("rolling profile: {} windows; last window hot_a {share:.3} (measured {want:.3})", windows.len());
+}

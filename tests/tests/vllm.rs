@@ -294,9 +294,22 @@ fn real_vllm_counts_tokens_and_ttft() {
     // mechanisms (debug traps in EngineCore, IPC bytes read by the API server), must be equal.
     let core = engine_core_pid(api_pid).expect("vLLM's EngineCore process");
     let dir5 = scratch("vllm-timers");
-    // It also reads the engine's live state from its objects every 50 ms.
-    let mut timed =
-        Inferscope::attach(&dir5, api_pid, &["--python-timers", "default", "--engine-state-interval", "0.05"]);
+    // It also reads the engine's live state from its objects every 50 ms, and keeps a rolling
+    // profile of every process (1 s windows).
+    let mut timed = Inferscope::attach(
+        &dir5,
+        api_pid,
+        &[
+            "--python-timers",
+            "default",
+            "--engine-state-interval",
+            "0.05",
+            "--python-profile-rate",
+            "99",
+            "--python-profile-window",
+            "1",
+        ],
+    );
     wait_for("the scheduler's breakpoints", Duration::from_secs(30), || {
         let e = std::fs::read_to_string(&timed.stderr).ok()?;
         (e.contains("timing Scheduler.schedule") && e.contains("timing Scheduler.update_from_output")).then_some(())
@@ -348,6 +361,16 @@ fn real_vllm_counts_tokens_and_ttft() {
     eprintln!(
         "engine state: {} readings, up to {busiest} requests queued or running, KV free down to {fewest_free} of {total}",
         states.len()
+    );
+    // The rolling profile saw EngineCore's busy loop (whatever is on CPU, the loop is below).
+    let profiles: Vec<Value> = timed.lines("python_profile").into_iter().filter(|p| p["pid"] == core).collect();
+    assert!(!profiles.is_empty(), "no python_profile line for EngineCore");
+    let samples: u64 = profiles.iter().map(|p| p["samples"].as_u64().unwrap()).sum();
+    assert!(samples > 0, "{profiles:?}");
+    eprintln!(
+        "rolling profile of EngineCore: {} windows, {samples} samples, top: {}",
+        profiles.len(),
+        profiles[0]["top"][0]
     );
 
     // The Python layer's reader on the real engine: EngineCore's busy loop runs on the main

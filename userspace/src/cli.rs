@@ -252,6 +252,22 @@ pub struct RunOptions {
     #[arg(long, value_name = "PATH|default")]
     pub python_timers: Option<String>,
 
+    /// Keep a rolling profile of every traced CPython process: sample its Python stacks at
+    /// this rate (per thread, of its CPU time; 0: off). Each --python-profile-window, a JSONL
+    /// `python_profile` line per process gives the functions most on CPU, and with
+    /// --python-profile-dir the window's pprof and SVG flame graph are written there.
+    #[arg(long, default_value_t = 0, value_name = "HZ")]
+    pub python_profile_rate: u64,
+
+    /// Length of one rolling-profile window, in seconds.
+    #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
+    pub python_profile_window: f64,
+
+    /// Write each process's latest profile window here as pid-PID.pb (pprof) and pid-PID.svg
+    /// (flame graph), replaced every window.
+    #[arg(long, value_name = "DIR")]
+    pub python_profile_dir: Option<std::path::PathBuf>,
+
     /// How often the engine's live state (vLLM: scheduler running/waiting queues, KV-cache
     /// free/total blocks; SGLang: running/waiting queues) is read from the engine's own
     /// objects in memory, in seconds; 0 disables. Gauges inferscope_engine_state_* and JSONL

@@ -143,6 +143,12 @@ struct Daemon {
     state: HashMap<u32, StateSlot>,
     state_interval: Option<Duration>,
     last_state: std::time::Instant,
+    /// The rolling Python profile (with --python-profile-rate).
+    sampler: Option<crate::python::profile::Sampler>,
+    profile_rate: u64,
+    profile_window: Duration,
+    profile_dir: Option<std::path::PathBuf>,
+    last_profile: std::time::Instant,
 }
 
 /// One process's engine-state reader.
@@ -221,7 +227,7 @@ impl Daemon {
             self.spawn_scan(job);
         }
         // The Python layer: the process's CPython, found once for timers and state.
-        let interp = if self.python.is_some() || self.state_interval.is_some() {
+        let interp = if self.python.is_some() || self.state_interval.is_some() || self.sampler.is_some() {
             crate::python::find(pid).map_err(|e| debug!("pid {pid}: no CPython: {e:#}")).ok()
         } else {
             None
@@ -230,6 +236,11 @@ impl Daemon {
             && let Err(e) = t.add_interpreter(i.clone())
         {
             eprintln!("inferscope: pid {pid}: {e:#}");
+        }
+        if let (Some(s), Some(i)) = (&mut self.sampler, &interp)
+            && let Err(e) = s.add(i.clone())
+        {
+            eprintln!("inferscope: pid {pid}: not profiled: {e:#}");
         }
         if let (Some(_), Some(i)) = (self.state_interval, interp) {
             self.state
@@ -312,6 +323,9 @@ impl Daemon {
             && let Some(m) = self.exporters.prom.as_ref().and_then(|p| p.engine_state.as_ref())
         {
             m.forget(pid);
+        }
+        if let Some(s) = &mut self.sampler {
+            s.remove(pid);
         }
         if let Some(t) = &mut self.python {
             t.remove_process(pid);
@@ -535,6 +549,45 @@ impl Daemon {
         }
     }
 
+    /// Rolling profile: samples in; every window, one JSONL line (and files) per process.
+    fn profile_tick(&mut self, force: bool) {
+        let Some(s) = &mut self.sampler else { return };
+        s.poll();
+        if !force && self.last_profile.elapsed() < self.profile_window {
+            return;
+        }
+        self.last_profile = std::time::Instant::now();
+        let now = self.exporters.clock.unix_ns(clock::monotonic_ns());
+        for pid in s.pids() {
+            let Some(p) = s.take(pid) else { continue };
+            if p.samples == 0 {
+                continue;
+            }
+            let mut files = None;
+            if let Some(dir) = &self.profile_dir {
+                let title = format!(
+                    "pid {pid}: CPython {}, {} samples at {} Hz in {:.0} s",
+                    s.version(pid).unwrap_or_default(),
+                    p.samples,
+                    self.profile_rate,
+                    p.duration_ns as f64 / 1e9
+                );
+                let pb = dir.join(format!("pid-{pid}.pb"));
+                let svg = dir.join(format!("pid-{pid}.svg"));
+                let fmt = crate::python::profile::Format::Pprof;
+                match write_replacing(&pb, &p.render(fmt, &title, self.profile_rate)).and_then(|_| {
+                    write_replacing(&svg, &p.render(crate::python::profile::Format::Svg, &title, self.profile_rate))
+                }) {
+                    Ok(()) => files = Some((pb.display().to_string(), svg.display().to_string())),
+                    Err(e) => warn!("writing the profile of pid {pid} in {}: {e}", dir.display()),
+                }
+            }
+            if let Some(j) = &mut self.exporters.jsonl {
+                j.write(&jsonl::profile_json(pid, &p, now, files.as_ref().map(|(a, b)| (a.as_str(), b.as_str()))));
+            }
+        }
+    }
+
     /// Breakpoint hits of the function timers -> calls -> exporters.
     fn python_drain(&mut self) {
         let Some(t) = &mut self.python else { return };
@@ -684,6 +737,13 @@ impl Daemon {
     }
 }
 
+/// Writes `path` whole or not at all (a reader never sees half a profile).
+fn write_replacing(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
 fn ports_note(ports: &[u16]) -> String {
     if ports.is_empty() {
         String::new()
@@ -783,6 +843,28 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
     if let (Some(p), Some(_)) = (&mut prom, &python) {
         p.python = Some(crate::export::prom_python::PythonMetrics::new(&p.registry)?);
     }
+    let sampler = if o.python_profile_rate > 0 {
+        if let Some(dir) = &o.python_profile_dir {
+            std::fs::create_dir_all(dir).with_context(|| format!("--python-profile-dir {}", dir.display()))?;
+        }
+        match crate::python::profile::Sampler::new(o.python_profile_rate, 4 << 20) {
+            Ok(s) => {
+                eprintln!(
+                    "inferscope: rolling Python profile: {} Hz per thread, {:.0} s windows{}",
+                    o.python_profile_rate,
+                    o.python_profile_window,
+                    o.python_profile_dir.as_ref().map_or(String::new(), |d| format!(", written to {}", d.display()))
+                );
+                Some(s)
+            }
+            Err(e) => {
+                eprintln!("inferscope: warning: rolling Python profile unavailable ({e:#})");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let state_interval =
         (o.engine_state_interval > 0.0).then(|| Duration::from_secs_f64(o.engine_state_interval.max(0.05)));
     if let (Some(p), Some(_)) = (&mut prom, state_interval) {
@@ -853,6 +935,11 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
         state: HashMap::new(),
         state_interval,
         last_state: std::time::Instant::now(),
+        sampler,
+        profile_rate: o.python_profile_rate,
+        profile_window: Duration::from_secs_f64(o.python_profile_window.max(1.0)),
+        profile_dir: o.python_profile_dir.clone(),
+        last_profile: std::time::Instant::now(),
     };
     match &target {
         Target::Pid { pid, .. } => d.trace_tree(*pid, Engine::Other),
@@ -908,6 +995,7 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
                 d.device_drain();
                 d.python_drain();
                 d.read_engine_state();
+                d.profile_tick(false);
             }
             _ = tick.tick() => {
                 d.tick(idle_ns);
@@ -948,6 +1036,7 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
         }
     }
     d.python_drain();
+    d.profile_tick(true);
     // Requests still in flight are not reported: they did not end while we watched.
     d.flush_records();
     d.tick(idle_ns);

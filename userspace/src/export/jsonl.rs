@@ -296,6 +296,22 @@ pub fn health_json(h: &crate::export::Health, unix_ns: u64) -> Value {
     })
 }
 
+/// A `python_profile` line: one rolling-profile window of one process.
+pub fn profile_json(pid: u32, p: &crate::python::profile::Profile, unix_ns: u64, files: Option<(&str, &str)>) -> Value {
+    json!({
+        "type": "python_profile",
+        "pid": pid,
+        "ts_ns": unix_ns,
+        "window_s": p.duration_ns as f64 / 1e9,
+        "samples": p.samples,
+        "samples_outside_python": p.empty,
+        "threads": p.threads,
+        "top": p.top(10).into_iter().map(|(f, share)| json!({"function": f, "percent": (share * 100.0).round() / 100.0})).collect::<Vec<_>>(),
+        "pprof": files.map(|f| f.0),
+        "svg": files.map(|f| f.1),
+    })
+}
+
 /// An `engine_state` line: the engine's live state read from its objects.
 pub fn engine_state_json(s: &crate::python::state::EngineState, unix_ns: u64) -> Value {
     let mut v = json!({"type": "engine_state", "pid": s.pid, "engine": s.engine, "ts_ns": unix_ns});

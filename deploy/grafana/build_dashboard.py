@@ -313,6 +313,31 @@ def build():
         desc="Probes the overhead budget detached (--device-overhead-budget), and calls over --device-rate-limit (counted, not reported)."))
     y += 8
 
+    # --- Python layer ---------------------------------------------------------------------
+    p.append(row("Inside the engine's Python (Python layer)", y)); y += 1
+    p.append(timeseries("Engine queues (from the engine's objects)", [target(
+        f"sum by (instance, pid, queue) (inferscope_engine_state_requests{{{T}}})", "{{instance}} pid {{pid}} {{queue}}")],
+        0, y, w=8, unit="short",
+        desc="Requests in the scheduler's running and waiting queues, read from the engine's memory every --engine-state-interval (no engine metrics needed)."))
+    p.append(timeseries("KV-cache blocks in use", [target(
+        f'1 - sum by (instance, pid) (inferscope_engine_state_kv_cache_blocks{{{T}, state="free"}}) '
+        f'/ sum by (instance, pid) (inferscope_engine_state_kv_cache_blocks{{{T}, state="total"}})',
+        "{{instance}} pid {{pid}}")], 8, y, w=8, unit="percentunit",
+        desc="Share of the KV-cache block pool not free, read from the engine's block pool (vLLM)."))
+    p.append(timeseries("Timed Python functions: p90", [target(
+        f"histogram_quantile(0.9, sum by (le, instance, function) (rate(inferscope_python_function_duration_seconds_bucket{{{T}}}{RI})))",
+        "{{instance}} {{function}}")], 16, y, w=8, unit="s",
+        desc="Exact durations of the functions named in --python-timers (hardware breakpoints on entry and return; CPython 3.11-3.13)."))
+    y += 8
+    p.append(timeseries("Timed Python functions: calls / s", [target(
+        f"sum by (instance, function, mode) (rate(inferscope_python_function_calls_total{{{T}}}{RI}))",
+        "{{instance}} {{function}} {{mode}}")], 0, y, w=12, unit="short",
+        desc="Calls per second; mode breakpoint_entry: counted without durations (its returns did not fit the debug registers)."))
+    p.append(timeseries("Timed calls left by an exception", [target(
+        f"sum by (instance, pid) (rate(inferscope_python_function_unfinished_total{{{T}}}{RI}))", "{{instance}} pid {{pid}}")],
+        12, y, w=12, unit="short", desc="Timed calls seen leaving without a return instruction."))
+    y += 8
+
     # --- inferscope health --------------------------------------------------------------
     p.append(row("inferscope health", y)); y += 1
     p.append(timeseries("Ring-buffer and kernel-side drops", [target(

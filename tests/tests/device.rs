@@ -306,6 +306,22 @@ fn real_libcudart_launches_are_seen_with_stream_and_kernel_name() {
         lines.iter().flat_map(|l| l["kernels"].as_array().unwrap()).filter_map(|k| k["name"].as_str()).collect();
     assert!(names.contains(&"std::chrono::_V2::system_clock::now"), "kernel names: {names:?}");
     assert_eq!(lines.iter().map(|l| u(&l["syncs"])).sum::<u64>(), u(&report["syncs"]));
+    // Launch call sites: each launch names the Python function that made it, and its caller.
+    let mut sites: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    for l in scope.lines("python_launch_sites") {
+        for s in l["sites"].as_array().unwrap() {
+            let site = s["site"].as_str().unwrap().split(" (").next().unwrap().to_string();
+            assert!(s["caller"].as_str().unwrap_or("").starts_with("<module> ("), "{s}");
+            *sites.entry(site).or_default() += u(&s["launches"]);
+        }
+    }
+    let want: std::collections::HashMap<String, u64> = [
+        ("decode_step".to_string(), 25),
+        ("launch_with_config".to_string(), u(&report["ex_launches"])),
+        ("replay_graphs".to_string(), u(&report["graph_launches"])),
+    ]
+    .into();
+    assert_eq!(sites, want, "launches by Python call site\n{err}");
 }
 
 /// Engine steps carry what the device did for them: a stand-in SGLang (tests/fixtures/device/

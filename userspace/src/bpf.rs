@@ -123,6 +123,9 @@ pub struct Probes {
     sockets: BpfHashMap<MapData, u64, SockInfo>,
     watched_ports: BpfHashMap<MapData, u16, u8>,
     stats: PerCpuArray<MapData, u64>,
+    /// CPython layouts per process and thread states per thread, for launch call sites.
+    py_layouts: BpfHashMap<MapData, u32, inferscope_common::PyLayout>,
+    py_tstates: BpfHashMap<MapData, u32, u64>,
     /// Whether request arrival times are stamped (tcp:tcp_probe attached).
     pub arrival_times: bool,
     device: Option<DeviceProgs>,
@@ -215,7 +218,9 @@ pub fn load(opts: &LoadOptions) -> Result<Probes> {
     let sockets = BpfHashMap::try_from(ebpf.take_map("SOCKETS").context("map SOCKETS")?)?;
     let watched_ports = BpfHashMap::try_from(ebpf.take_map("WATCHED_PORTS").context("map WATCHED_PORTS")?)?;
     let stats = PerCpuArray::try_from(ebpf.take_map("STATS").context("map STATS")?)?;
-    Ok(Probes { ebpf, links, tracked, sockets, watched_ports, stats, arrival_times, device })
+    let py_layouts = BpfHashMap::try_from(ebpf.take_map("PY_LAYOUTS").context("map PY_LAYOUTS")?)?;
+    let py_tstates = BpfHashMap::try_from(ebpf.take_map("PY_TSTATES").context("map PY_TSTATES")?)?;
+    Ok(Probes { ebpf, links, tracked, sockets, watched_ports, stats, py_layouts, py_tstates, arrival_times, device })
 }
 
 /// Loads the two device programs and attaches the `mmap` tracepoints that announce new libraries.
@@ -315,6 +320,23 @@ impl Probes {
     /// Stamps arrival times on segments to this local TCP port (a traced server listens on it).
     pub fn watch_port(&mut self, port: u16) {
         let _ = self.watched_ports.insert(port, 1, 0);
+    }
+
+    /// Lets launches of `pid` carry Python frames (its CPython's layout).
+    pub fn set_py_layout(&mut self, pid: u32, layout: inferscope_common::PyLayout) {
+        let _ = self.py_layouts.insert(pid, layout, 0);
+    }
+
+    /// The thread state of a Python thread (its launches' frames are read from it).
+    pub fn set_py_tstate(&mut self, tid: u32, tstate: u64) {
+        let _ = self.py_tstates.insert(tid, tstate, 0);
+    }
+
+    pub fn forget_py(&mut self, pid: u32, tids: &[u32]) {
+        let _ = self.py_layouts.remove(&pid);
+        for t in tids {
+            let _ = self.py_tstates.remove(t);
+        }
     }
 
     pub fn is_tracked(&self, tgid: u32) -> bool {

@@ -143,6 +143,12 @@ struct Daemon {
     state: HashMap<u32, StateSlot>,
     state_interval: Option<Duration>,
     last_state: std::time::Instant,
+    /// Launch call sites (with the device layer).
+    sites: Option<crate::python::sites::LaunchSites>,
+    site_labels: crate::export::BoundedLabel,
+    /// Site label values exported per process (to drop them when it exits).
+    site_series: HashMap<u32, Vec<String>>,
+    last_sites: std::time::Instant,
     /// The rolling Python profile (with --python-profile-rate).
     sampler: Option<crate::python::profile::Sampler>,
     profile_rate: u64,
@@ -227,15 +233,21 @@ impl Daemon {
             self.spawn_scan(job);
         }
         // The Python layer: the process's CPython, found once for timers and state.
-        let interp = if self.python.is_some() || self.state_interval.is_some() || self.sampler.is_some() {
-            crate::python::find(pid).map_err(|e| debug!("pid {pid}: no CPython: {e:#}")).ok()
-        } else {
-            None
-        };
+        let interp =
+            if self.python.is_some() || self.state_interval.is_some() || self.sampler.is_some() || self.sites.is_some()
+            {
+                crate::python::find(pid).map_err(|e| debug!("pid {pid}: no CPython: {e:#}")).ok()
+            } else {
+                None
+            };
         if let (Some(t), Some(i)) = (&mut self.python, &interp)
             && let Err(e) = t.add_interpreter(i.clone())
         {
             eprintln!("inferscope: pid {pid}: {e:#}");
+        }
+        if let (Some(s), Some(i)) = (&mut self.sites, &interp) {
+            s.add(i.clone(), &mut self.probes);
+            s.sync_threads(&mut self.probes);
         }
         if let (Some(s), Some(i)) = (&mut self.sampler, &interp)
             && let Err(e) = s.add(i.clone())
@@ -327,6 +339,16 @@ impl Daemon {
         if let Some(s) = &mut self.sampler {
             s.remove(pid);
         }
+        // Its last launch sites, then its maps.
+        self.exporters_sites_interval(Some(pid));
+        if let Some(s) = &mut self.sites {
+            s.remove(pid, &mut self.probes);
+        }
+        if let (Some(series), Some(m)) =
+            (self.site_series.remove(&pid), self.exporters.prom.as_ref().and_then(|p| p.sites.as_ref()))
+        {
+            m.forget(pid, &series);
+        }
         if let Some(t) = &mut self.python {
             t.remove_process(pid);
             if let Some(m) = self.exporters.prom.as_ref().and_then(|p| p.python.as_ref()) {
@@ -414,6 +436,19 @@ impl Daemon {
                 if let Some(d) = &mut self.device {
                     d.tracker.on_call(c, &mut self.device_recs);
                     self.export_device_recs();
+                }
+                return;
+            }
+            Event::PySite { tgid, codes, .. } => {
+                if let Some(site) = self.sites.as_mut().and_then(|s| s.on_site(*tgid, codes)) {
+                    let label = self.site_labels.get(Some(&site));
+                    if let Some(m) = self.exporters.prom.as_ref().and_then(|p| p.sites.as_ref()) {
+                        m.record(*tgid, &label);
+                        let series = self.site_series.entry(*tgid).or_default();
+                        if !series.contains(&label) {
+                            series.push(label);
+                        }
+                    }
                 }
                 return;
             }
@@ -707,11 +742,37 @@ impl Daemon {
         for (r, ((n, libs), dis)) in reports.iter().zip(meta) {
             self.device_interval_line(r, (n, &libs), &dis, false);
         }
+        self.exporters_sites_interval(None);
         self.last_device_interval = std::time::Instant::now();
+    }
+
+    /// A `python_launch_sites` line per process with launches since the last (or for `only`).
+    fn exporters_sites_interval(&mut self, only: Option<u32>) {
+        let Some(s) = &mut self.sites else { return };
+        let secs = self.last_sites.elapsed().as_secs_f64();
+        if only.is_none() {
+            self.last_sites = std::time::Instant::now();
+        }
+        let now = self.exporters.clock.unix_ns(clock::monotonic_ns());
+        for pid in s.pids() {
+            if only.is_some_and(|o| o != pid) {
+                continue;
+            }
+            let sites = s.take(pid);
+            if sites.is_empty() {
+                continue;
+            }
+            if let Some(j) = &mut self.exporters.jsonl {
+                j.write(&jsonl::sites_json(pid, &sites, now, secs));
+            }
+        }
     }
 
     fn tick(&mut self, idle_ns: u64) {
         self.refresh_ports();
+        if let Some(s) = &mut self.sites {
+            s.sync_threads(&mut self.probes);
+        }
         self.device_tick(false);
         self.tracker.expire(clock::monotonic_ns(), idle_ns, &mut self.records);
         self.engine.expire(clock::monotonic_ns());
@@ -830,6 +891,7 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
         }
         None => None,
     };
+    let has_device = device.is_some();
     let ring = probes.take_events()?;
     // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged, for its lifetime.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
@@ -839,6 +901,7 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
         if o.vllm_metrics || o.prometheus_listen.is_some() { Some(PromMetrics::new(o.vllm_metrics)?) } else { None };
     if let (Some(p), Some(d)) = (&mut prom, &device) {
         p.device = Some(crate::export::prom_device::DeviceMetrics::new(&p.registry, d.opts.top_kernels)?);
+        p.sites = Some(crate::export::prom_python::SiteMetrics::new(&p.registry)?);
     }
     if let (Some(p), Some(_)) = (&mut prom, &python) {
         p.python = Some(crate::export::prom_python::PythonMetrics::new(&p.registry)?);
@@ -935,6 +998,10 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
         state: HashMap::new(),
         state_interval,
         last_state: std::time::Instant::now(),
+        sites: has_device.then(crate::python::sites::LaunchSites::default),
+        site_labels: crate::export::BoundedLabel::new(200),
+        site_series: HashMap::new(),
+        last_sites: std::time::Instant::now(),
         sampler,
         profile_rate: o.python_profile_rate,
         profile_window: Duration::from_secs_f64(o.python_profile_window.max(1.0)),

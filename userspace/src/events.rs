@@ -3,7 +3,7 @@
 
 use inferscope_common::{
     ConnEvent, DATA_FLAG_EOF, DATA_FLAG_TRUNCATED, DATA_HEADER_LEN, DIR_EGRESS, DataEvent, DeviceEvent, DeviceName,
-    EventKind, MAX_PY_FRAMES, ProcEvent, PyCall, PySample,
+    EventKind, MAX_PY_FRAMES, ProcEvent, PyCall, PySample, PySite,
 };
 
 /// Which way bytes moved, seen from the traced process.
@@ -108,6 +108,16 @@ pub enum Event<'a> {
         tid: u32,
         ts_ns: u64,
         codes: Vec<u64>,
+    },
+    /// The innermost Python frames of a thread entering a probed launch (innermost first; 0 for
+    /// a shim or past the outermost frame).
+    PySite {
+        tgid: u32,
+        tid: u32,
+        probe: u32,
+        ts_ns: u64,
+        handle: u64,
+        codes: [u64; inferscope_common::PY_SITE_FRAMES],
     },
     /// A hardware breakpoint on a timed Python function's entry or return fired.
     PyCall {
@@ -277,6 +287,17 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
                 return Err(DecodeError::BadLength);
             }
             Ok(Event::PySample { tgid: s.tgid, tid: s.tid, ts_ns: s.ts_ns, codes: s.codes[..depth].to_vec() })
+        }
+        Some(EventKind::PySite) => {
+            let s: PySite = read_pod(bytes)?;
+            Ok(Event::PySite {
+                tgid: s.tgid,
+                tid: s.tid,
+                probe: s.probe,
+                ts_ns: s.ts_ns,
+                handle: s.handle,
+                codes: s.codes,
+            })
         }
         Some(EventKind::PyCall) => {
             let c: PyCall = read_pod(bytes)?;

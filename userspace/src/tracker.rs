@@ -220,7 +220,8 @@ impl Tracker {
             | Event::Device(_)
             | Event::DeviceName { .. }
             | Event::PySample { .. }
-            | Event::PyCall { .. } => return,
+            | Event::PyCall { .. }
+            | Event::PySite { .. } => return,
         }
         if !matches!(ev, Event::Data(_)) {
             self.count_conns();

@@ -32,6 +32,8 @@ pub enum EventKind {
     /// [`PyCall`]: a watched Python function's first or return instruction was fetched (a
     /// hardware breakpoint fired).
     PyCall = 10,
+    /// [`PySite`]: the Python frames of a thread entering a probed launch.
+    PySite = 11,
 }
 
 impl EventKind {
@@ -47,6 +49,7 @@ impl EventKind {
             8 => Self::ProcMmap,
             9 => Self::PySample,
             10 => Self::PyCall,
+            11 => Self::PySite,
             _ => return None,
         })
     }
@@ -275,6 +278,28 @@ pub const SPEC_NAME: u32 = 2;
 pub const SPEC_OUT_HANDLE: u32 = 4;
 /// Count hits only; send nothing (overhead calibration).
 pub const SPEC_COUNT_ONLY: u32 = 8;
+/// Also send the calling thread's innermost Python frames ([`PySite`]) when its process runs a
+/// CPython inferscope knows (launches: which Python function launched which kernels).
+pub const SPEC_PY_SITE: u32 = 16;
+
+/// Python frames a [`PySite`] carries.
+pub const PY_SITE_FRAMES: usize = 4;
+
+/// The innermost Python frames (code-object pointers, innermost first; 0 for a C-stack shim or
+/// past the outermost frame) of a thread as it entered a probed launch.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PySite {
+    pub kind: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    pub probe: u32,
+    /// The call's start (the same value as its [`DeviceEvent::start_ns`]).
+    pub ts_ns: u64,
+    /// The launch's first argument (a kernel handle or host stub, a graph).
+    pub handle: u64,
+    pub codes: [u64; PY_SITE_FRAMES],
+}
 
 /// One call of a probed accelerator-runtime function.
 #[repr(C)]

@@ -113,6 +113,11 @@ impl DeviceOptions {
         if entry.out_handle {
             flags |= SPEC_OUT_HANDLE;
         }
+        // Launches carry the launching thread's Python frames (where the process's CPython is
+        // known to inferscope).
+        if matches!(entry.group, Group::Launch | Group::Graph) {
+            flags |= inferscope_common::SPEC_PY_SITE;
+        }
         // Names are rare and each one matters: never rate limited.
         let max_per_sec = if entry.group == Group::Names { 0 } else { self.rate_limit };
         ProbeSpec {

@@ -312,6 +312,18 @@ pub fn profile_json(pid: u32, p: &crate::python::profile::Profile, unix_ns: u64,
     })
 }
 
+/// A `python_launch_sites` line: launches of one process by Python call site, in an interval.
+pub fn sites_json(pid: u32, sites: &[crate::python::sites::SiteCount], unix_ns: u64, secs: f64) -> Value {
+    json!({
+        "type": "python_launch_sites",
+        "pid": pid,
+        "ts_ns": unix_ns,
+        "interval_seconds": secs,
+        "launches": sites.iter().map(|s| s.launches).sum::<u64>(),
+        "sites": sites.iter().take(20).map(|s| json!({"site": s.site, "caller": s.caller, "launches": s.launches})).collect::<Vec<_>>(),
+    })
+}
+
 /// An `engine_state` line: the engine's live state read from its objects.
 pub fn engine_state_json(s: &crate::python::state::EngineState, unix_ns: u64) -> Value {
     let mut v = json!({"type": "engine_state", "pid": s.pid, "engine": s.engine, "ts_ns": unix_ns});

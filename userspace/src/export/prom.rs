@@ -108,6 +108,8 @@ pub struct PromMetrics {
     pub device: Option<super::prom_device::DeviceMetrics>,
     /// The Python layer's function timers (with --python-timers).
     pub python: Option<super::prom_python::PythonMetrics>,
+    /// Launch call sites (device layer on).
+    pub sites: Option<super::prom_python::SiteMetrics>,
     /// Engine state read from the engine's objects (with --engine-state-interval > 0).
     pub engine_state: Option<super::prom_python::EngineStateMetrics>,
     /// Last absolute values seen, to turn health snapshots into counter increments.
@@ -223,6 +225,7 @@ impl PromMetrics {
             device: None,
             python: None,
             engine_state: None,
+            sites: None,
             prev: HashMap::new(),
             registry: reg,
         }

@@ -136,3 +136,33 @@ impl EngineStateMetrics {
         }
     }
 }
+
+/// Launches by the Python function that made them (device layer + Python layer).
+pub struct SiteMetrics {
+    launches: IntCounterVec,
+}
+
+impl SiteMetrics {
+    pub fn new(reg: &Registry) -> Result<Self> {
+        Ok(Self {
+            launches: counter(
+                reg,
+                "inferscope_device_python_site_launches_total",
+                "Kernel and graph launches by the innermost Python function of the launching thread (qualname (file:line); \
+                 past 200 distinct sites, `other`)",
+                &["pid", "site"],
+            )?,
+        })
+    }
+
+    pub fn record(&self, pid: u32, site: &str) {
+        self.launches.with_label_values(&[pid.to_string().as_str(), site]).inc();
+    }
+
+    pub fn forget(&self, pid: u32, sites: &[String]) {
+        let p = pid.to_string();
+        for s in sites {
+            let _ = self.launches.remove_label_values(&[p.as_str(), s.as_str()]);
+        }
+    }
+}

@@ -13,6 +13,7 @@ pub mod flame;
 pub mod objects;
 pub mod opcodes;
 pub mod profile;
+pub mod sites;
 pub mod state;
 pub mod timers;
 

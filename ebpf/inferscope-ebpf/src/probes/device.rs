@@ -23,7 +23,8 @@ use aya_ebpf::{
 };
 use inferscope_common::{
     ARG_DEREF, ARG_REG, ARG_STACK, ArgSpec, DeviceEvent, DeviceInflight, DeviceName, DeviceRate, EventKind,
-    MAX_DEVICE_NAME, MAX_DEVICE_PROBES, ProbeSpec, SPEC_COUNT_ONLY, SPEC_NAME, SPEC_OUT_HANDLE, SPEC_RETURN, stat,
+    MAX_DEVICE_NAME, MAX_DEVICE_PROBES, ProbeSpec, SPEC_COUNT_ONLY, SPEC_NAME, SPEC_OUT_HANDLE, SPEC_PY_SITE,
+    SPEC_RETURN, stat,
 };
 
 use crate::{EVENTS, count};
@@ -243,6 +244,9 @@ pub fn device_enter(ctx: ProbeContext) -> u32 {
         read_arg(regs, &spec.args[3]),
     ];
     let name_ptr = if spec.flags & SPEC_NAME != 0 { read_arg(regs, &spec.name) } else { 0 };
+    if spec.flags & SPEC_PY_SITE != 0 {
+        crate::probes::python::emit_site(tgid, tid, probe, now, args[0]);
+    }
     if spec.flags & SPEC_RETURN != 0 {
         let key = ((tid as u64) << 32) | probe as u64;
         let _ = DEVICE_INFLIGHT.insert(&key, &DeviceInflight { start_ns: now, args, name_ptr }, 0);

@@ -10,7 +10,7 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray},
     programs::PerfEventContext,
 };
-use inferscope_common::{EventKind, MAX_PY_FRAMES, PyCall, PyLayout, PySample, stat};
+use inferscope_common::{EventKind, MAX_PY_FRAMES, PY_SITE_FRAMES, PyCall, PyLayout, PySample, PySite, stat};
 
 use crate::{EVENTS, count};
 
@@ -45,12 +45,41 @@ fn read_u64(addr: u64) -> u64 {
 }
 
 #[inline(always)]
-fn current_frame(layout: &PyLayout, tstate: u64) -> u64 {
+pub(crate) fn current_frame(layout: &PyLayout, tstate: u64) -> u64 {
     let mut frame = read_u64(tstate + layout.tstate_frame as u64);
     if layout.cframe_frame != u32::MAX && frame != 0 {
         frame = read_u64(frame + layout.cframe_frame as u64);
     }
     frame
+}
+
+/// Sends the innermost Python frames of the current thread, if its process's CPython is known
+/// (the device layer's launches: `SPEC_PY_SITE`).
+#[inline(always)]
+pub(crate) fn emit_site(tgid: u32, tid: u32, probe: u32, ts_ns: u64, handle: u64) {
+    let (Some(layout), Some(tstate)) = (unsafe { PY_LAYOUTS.get(&tgid) }, unsafe { PY_TSTATES.get(&tid) }) else {
+        return;
+    };
+    let mut site =
+        PySite { kind: EventKind::PySite as u32, tgid, tid, probe, ts_ns, handle, codes: [0; PY_SITE_FRAMES] };
+    let mut frame = current_frame(layout, *tstate);
+    let has_owner = layout.frame_owner != u32::MAX;
+    for i in 0..PY_SITE_FRAMES {
+        if frame == 0 {
+            break;
+        }
+        let code = read_u64(frame + layout.frame_code as u64) & !3;
+        let owner: u8 = if has_owner {
+            unsafe { bpf_probe_read_user((frame + layout.frame_owner as u64) as *const u8) }.unwrap_or(0)
+        } else {
+            0
+        };
+        site.codes[i] = if owner == 3 { 0 } else { code };
+        frame = read_u64(frame + layout.frame_previous as u64);
+    }
+    if EVENTS.output::<PySite>(&site, crate::wakeup_flags()).is_err() {
+        count(stat::RINGBUF_DROPS, 1);
+    }
 }
 
 #[perf_event]

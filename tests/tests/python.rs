@@ -205,6 +205,16 @@ fn interpreters_3_11_plus() -> Vec<Py> {
 /// Runs tests/fixtures/python_timers.py SCENARIO under `inferscope timers` with `config`:
 /// (the fixture's own truth, the calls inferscope wrote, inferscope's standard error).
 fn timed_run(py: &Py, scenario: &str, config: &str, dir: &std::path::Path) -> (Value, Vec<Value>, String) {
+    timed_run_with(py, scenario, config, dir, &[])
+}
+
+fn timed_run_with(
+    py: &Py,
+    scenario: &str,
+    config: &str,
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> (Value, Vec<Value>, String) {
     use std::io::Write as _;
     let cfg = dir.join(format!("{scenario}.yaml"));
     std::fs::write(&cfg, config).unwrap();
@@ -217,6 +227,7 @@ fn timed_run(py: &Py, scenario: &str, config: &str, dir: &std::path::Path) -> (V
     let mut timers = Command::new(inferscope_bin())
         .args(["timers", "--pid", &pid.to_string(), "--duration", "60", "--config"])
         .arg(&cfg)
+        .args(extra)
         .arg("-o")
         .arg(&calls)
         .stderr(Stdio::piped())
@@ -500,4 +511,73 @@ fn daemon_keeps_a_rolling_profile() {
     let want = truth["hot_a"].as_f64().unwrap();
     assert!(a + b > 100 && (share - want).abs() < 0.1, "last window: hot_a {a}, hot_b {b}; measured {want:.3}");
     eprintln!("rolling profile: {} windows; last window hot_a {share:.3} (measured {want:.3})", windows.len());
+}
+
+/// CPython 3.9 and 3.10 have no inline RESUME: with --eval-uprobes, uprobes on
+/// `_PyEval_EvalFrameDefault` time the calls whose frame runs a watched code object. Same
+/// fixture, same truth: exact counts, durations within the same tolerance, raised calls counted
+/// apart, every function timed (no debug-register limit), on pyenv 3.9 and 3.10 and Debian
+/// bullseye's 3.9.
+#[test]
+fn function_timers_with_eval_uprobes_on_3_9_and_3_10() {
+    let all: Vec<Py> = interpreters().into_iter().filter(|p| (9..=10).contains(&p.minor())).collect();
+    assert!(all.iter().any(|p| p.chroot.is_some()), "Debian bullseye's 3.9 at least: {all:?}");
+    let dir = scratch("timers-eval");
+    let mut checked = Vec::new();
+    for py in &all {
+        let name = py.name();
+        let (truth, calls, err) = timed_run_with(
+            py,
+            "basic",
+            "- symbol: __main__:Engine.step\n- symbol: __main__:fib\n",
+            &dir,
+            &["--eval-uprobes"],
+        );
+        let steps = calls_of(&calls, "Engine.step");
+        let want = truth["step"].as_array().unwrap();
+        assert_eq!(steps.len(), want.len(), "{name}: Engine.step calls\n{err}");
+        let mut diffs = Vec::new();
+        for (c, w) in steps.iter().zip(want) {
+            let (t0, t1) = (w[0].as_u64().unwrap(), w[1].as_u64().unwrap());
+            assert_eq!(c["mode"], "eval_uprobe");
+            let (start, dur) = (c["start_ns"].as_u64().unwrap(), c["duration_ns"].as_u64().unwrap());
+            assert!(start <= t0 && t0 - start < 1_000_000, "{name}: entry {start} vs first statement {t0}");
+            let truth_dur = (t1 - t0) as f64;
+            let diff = (dur as f64 - truth_dur).abs();
+            diffs.push(diff);
+            assert!(diff < 1_000_000.0 + 0.05 * truth_dur, "{name}: {dur} ns timed, {truth_dur} ns measured inside");
+        }
+        let (median, _) = stats(&mut diffs);
+        assert!(median < 100_000.0, "{name}: median |timed - measured| {median} ns");
+        let fib = calls_of(&calls, "fib");
+        assert_eq!(fib.len() as u64, truth["fib"].as_u64().unwrap(), "{name}: fib calls");
+        // The outermost call encloses every other.
+        let span = |c: &&Value| {
+            (c["start_ns"].as_u64().unwrap(), c["start_ns"].as_u64().unwrap() + c["duration_ns"].as_u64().unwrap())
+        };
+        let outer = fib.iter().map(span).max_by_key(|(s, e)| e - s).unwrap();
+        assert!(fib.iter().map(span).all(|(s, e)| s >= outer.0 && e <= outer.1), "{name}: nesting");
+
+        let (truth, calls, err) = timed_run_with(
+            py,
+            "edge",
+            "- symbol: __main__:maybe_fail\n\
+             - symbol: __main__:Engine.decorated\n  metrics: [{type: counter}]\n\
+             - symbol: __main__:Engine.step\n  metrics: [{type: counter}]\n\
+             - symbol: __main__:Engine.static\n",
+            &dir,
+            &["--eval-uprobes"],
+        );
+        let count = |f: &str| calls_of(&calls, f).len() as u64;
+        assert_eq!(count("maybe_fail"), truth["maybe_fail_ok"].as_u64().unwrap(), "{name}: returned maybe_fail");
+        assert!(err.contains("20 left without a return"), "{name}: {err}");
+        // Before 3.11 code objects have no qualified name: series are named as configured.
+        assert_eq!(count("Engine.decorated"), truth["decorated"].as_u64().unwrap(), "{name}: decorated");
+        assert_eq!(count("Engine.static"), truth["static"].as_u64().unwrap(), "{name}: static");
+        let steps = calls_of(&calls, "Engine.step");
+        assert_eq!(steps.len() as u64, truth["thread_step"].as_u64().unwrap(), "{name}: worker thread calls");
+        assert!(steps.iter().all(|c| c["tid"] != c["pid"]), "{name}: on the worker's thread");
+        checked.push(format!("{name} (|timed - measured| median {:.0} us)", median / 1e3));
+    }
+    eprintln!("eval-frame timers checked on: {}", checked.join(", "));
 }

@@ -94,6 +94,10 @@ pub enum Command {
         /// Write the calls here instead of standard output.
         #[arg(long, short = 'o', value_name = "PATH")]
         output: Option<std::path::PathBuf>,
+        /// On CPython 3.9/3.10, time with uprobes on the eval function. Every Python call of
+        /// the process then traps twice (tens of microseconds each on a VM): opt-in.
+        #[arg(long)]
+        eval_uprobes: bool,
     },
     /// Show the CPython a process runs, read from outside without stopping it: version, where
     /// its layout came from, its threads and each thread's current Python stack.
@@ -251,6 +255,11 @@ pub struct RunOptions {
     /// timers --help`). Each timed call costs one debug trap at entry and one at return.
     #[arg(long, value_name = "PATH|default")]
     pub python_timers: Option<String>,
+
+    /// With --python-timers, also time CPython 3.9/3.10 processes, with uprobes on their eval
+    /// function: every Python call of such a process then traps twice (opt-in).
+    #[arg(long)]
+    pub python_timers_eval_uprobes: bool,
 
     /// Keep a rolling profile of every traced CPython process: sample its Python stacks at
     /// this rate (per thread, of its CPU time; 0: off). Each --python-profile-window, a JSONL

@@ -876,7 +876,7 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
         Some(arg) => {
             let specs = crate::python::timers::load_config(arg).with_context(|| format!("--python-timers {arg}"))?;
             let n = specs.len();
-            match PyTimers::new(specs) {
+            match PyTimers::new(specs, o.python_timers_eval_uprobes) {
                 Ok(t) => {
                     eprintln!(
                         "inferscope: Python function timers: {n} function(s) from {arg}, looked for in every traced CPython 3.11-3.13"

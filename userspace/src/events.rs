@@ -3,7 +3,7 @@
 
 use inferscope_common::{
     ConnEvent, DATA_FLAG_EOF, DATA_FLAG_TRUNCATED, DATA_HEADER_LEN, DIR_EGRESS, DataEvent, DeviceEvent, DeviceName,
-    EventKind, MAX_PY_FRAMES, ProcEvent, PyCall, PySample, PySite,
+    EventKind, MAX_PY_FRAMES, ProcEvent, PyCall, PyEval, PySample, PySite,
 };
 
 /// Which way bytes moved, seen from the traced process.
@@ -118,6 +118,16 @@ pub enum Event<'a> {
         ts_ns: u64,
         handle: u64,
         codes: [u64; inferscope_common::PY_SITE_FRAMES],
+    },
+    /// A watched function's call returned (eval-frame uprobes, 3.9/3.10); `ret` 0: it raised.
+    PyEval {
+        tgid: u32,
+        tid: u32,
+        spec: u32,
+        start_ns: u64,
+        end_ns: u64,
+        frame: u64,
+        ret: u64,
     },
     /// A hardware breakpoint on a timed Python function's entry or return fired.
     PyCall {
@@ -297,6 +307,18 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
                 ts_ns: s.ts_ns,
                 handle: s.handle,
                 codes: s.codes,
+            })
+        }
+        Some(EventKind::PyEval) => {
+            let e: PyEval = read_pod(bytes)?;
+            Ok(Event::PyEval {
+                tgid: e.tgid,
+                tid: e.tid,
+                spec: e.spec,
+                start_ns: e.start_ns,
+                end_ns: e.end_ns,
+                frame: e.frame,
+                ret: e.ret,
             })
         }
         Some(EventKind::PyCall) => {

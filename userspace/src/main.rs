@@ -37,13 +37,14 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Command::Timers { pid, config, duration, output } => {
+        Command::Timers { pid, config, duration, output, eval_uprobes } => {
             let r = inferscope::python::timers::load_config(&config).and_then(|specs| {
                 inferscope::python::timers::run_cli(
                     pid,
                     specs,
                     Duration::from_secs_f64(duration.max(0.1)),
                     output.as_deref(),
+                    eval_uprobes,
                 )
             });
             return match r {

@@ -221,7 +221,8 @@ impl Tracker {
             | Event::DeviceName { .. }
             | Event::PySample { .. }
             | Event::PyCall { .. }
-            | Event::PySite { .. } => return,
+            | Event::PySite { .. }
+            | Event::PyEval { .. } => return,
         }
         if !matches!(ev, Event::Data(_)) {
             self.count_conns();

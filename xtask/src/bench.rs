@@ -539,11 +539,13 @@ enum Watch {
     Profile(u64),
     /// `inferscope timers` on this function of the loop.
     Timer(&'static str),
+    /// `inferscope timers --eval-uprobes` on this function (CPython 3.9/3.10).
+    EvalTimer(&'static str),
 }
 
 /// One round: calls per second of the Python loop, watched as `watch` says.
-fn python_round(root: &Path, seconds: u64, watch: Watch) -> Result<f64> {
-    let mut py = Command::new("python3")
+fn python_round(root: &Path, python: &Path, seconds: u64, watch: Watch) -> Result<f64> {
+    let mut py = Command::new(python)
         .args(["-c", PY_LOOP, &seconds.to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -558,10 +560,13 @@ fn python_round(root: &Path, seconds: u64, watch: Watch) -> Result<f64> {
         Watch::Profile(r) => {
             cmd.args(["profile", "--pid", &pid, "--duration", &duration, "--rate", &r.to_string(), "-o", "/dev/null"]);
         }
-        Watch::Timer(f) => {
+        Watch::Timer(f) | Watch::EvalTimer(f) => {
             let cfg = std::env::temp_dir().join(format!("inferscope-bench-{f}.yaml"));
             fs::write(&cfg, format!("- symbol: __main__:{f}\n"))?;
             cmd.args(["timers", "--pid", &pid, "--duration", &duration, "-o", "/dev/null", "--config"]).arg(cfg);
+            if matches!(watch, Watch::EvalTimer(_)) {
+                cmd.arg("--eval-uprobes");
+            }
         }
     }
     if !matches!(watch, Watch::None) {
@@ -603,7 +608,12 @@ pub fn run_python(seconds: u64, rounds: u32, report: Option<&Path>) -> Result<()
         for i in 0..rounds {
             let order = if i % 2 == 0 { [false, true] } else { [true, false] };
             for with in order {
-                let r = python_round(&root, seconds, if with { Watch::Profile(rate) } else { Watch::None })?;
+                let r = python_round(
+                    &root,
+                    Path::new("python3"),
+                    seconds,
+                    if with { Watch::Profile(rate) } else { Watch::None },
+                )?;
                 eprintln!(
                     "bench: python {rate} Hz round {i} {}: {r:.0} calls/s",
                     if with { "profiled" } else { "plain" }
@@ -629,7 +639,12 @@ pub fn run_python(seconds: u64, rounds: u32, report: Option<&Path>) -> Result<()
         for i in 0..rounds {
             let order = if i % 2 == 0 { [false, true] } else { [true, false] };
             for with in order {
-                let r = python_round(&root, seconds, if with { Watch::Timer(f) } else { Watch::None })?;
+                let r = python_round(
+                    &root,
+                    Path::new("python3"),
+                    seconds,
+                    if with { Watch::Timer(f) } else { Watch::None },
+                )?;
                 eprintln!("bench: timers on {f} round {i} {}: {r:.0} calls/s", if with { "watched" } else { "plain" });
                 if with { on.push(r) } else { off.push(r) }
             }
@@ -640,6 +655,39 @@ pub fn run_python(seconds: u64, rounds: u32, report: Option<&Path>) -> Result<()
         let per_call_us = (1.0 / on.max(1e-9) - 1.0 / off.max(1e-9)).max(0.0) / watched_per_call * 1e6;
         let what = if f == "f" { "every call (`f`)" } else { "1 call in 1001 (`g`)" };
         md.push_str(&format!("| {what} | {off:.0} | {on:.0} | **{ratio:.3}** | {per_call_us:.1} us |\n"));
+    }
+    // 3.9/3.10: eval-frame uprobes trap on every Python call of the process, watched or not.
+    let root_pyenv =
+        std::env::var_os("PYENV_ROOT").map(std::path::PathBuf::from).unwrap_or_else(|| "/root/.pyenv".into());
+    let py310 = fs::read_dir(root_pyenv.join("versions"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("3.10.")))
+        .map(|p| p.join("bin/python"));
+    match py310 {
+        Some(py) => {
+            let (mut off, mut on) = (Vec::new(), Vec::new());
+            for i in 0..rounds {
+                let order = if i % 2 == 0 { [false, true] } else { [true, false] };
+                for with in order {
+                    let r = python_round(&root, &py, seconds, if with { Watch::EvalTimer("g") } else { Watch::None })?;
+                    eprintln!(
+                        "bench: eval uprobes on g round {i} {}: {r:.0} calls/s",
+                        if with { "watched" } else { "plain" }
+                    );
+                    if with { on.push(r) } else { off.push(r) }
+                }
+            }
+            let (off, on) = (median(off), median(on));
+            let ratio = on / off.max(1e-9);
+            let per_call_us = (1.0 / on.max(1e-9) - 1.0 / off.max(1e-9)).max(0.0) * 1e6;
+            md.push_str(&format!(
+                "| 3.10, `--eval-uprobes` on `g` (every Python call traps) | {off:.0} | {on:.0} | **{ratio:.3}** | {per_call_us:.1} us per Python call |\n"
+            ));
+        }
+        None => md.push_str("| 3.10, `--eval-uprobes` | no pyenv 3.10 here | | | |\n"),
     }
     println!("\n{md}");
     if let Some(p) = report {

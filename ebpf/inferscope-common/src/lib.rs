@@ -34,6 +34,8 @@ pub enum EventKind {
     PyCall = 10,
     /// [`PySite`]: the Python frames of a thread entering a probed launch.
     PySite = 11,
+    /// [`PyEval`]: a watched Python function's call returned (eval-frame uprobes, 3.9/3.10).
+    PyEval = 12,
 }
 
 impl EventKind {
@@ -50,6 +52,7 @@ impl EventKind {
             9 => Self::PySample,
             10 => Self::PyCall,
             11 => Self::PySite,
+            12 => Self::PyEval,
             _ => return None,
         })
     }
@@ -282,6 +285,39 @@ pub const SPEC_COUNT_ONLY: u32 = 8;
 /// CPython inferscope knows (launches: which Python function launched which kernels).
 pub const SPEC_PY_SITE: u32 = 16;
 
+/// A code object watched by the eval-frame uprobes (3.9/3.10): whose it is, and which timer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PyEvalWatch {
+    pub tgid: u32,
+    pub spec: u32,
+}
+
+/// A watched call in progress (between the eval function's entry and return).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PyEvalOpen {
+    pub start_ns: u64,
+    pub frame: u64,
+    pub spec: u32,
+    pub _pad: u32,
+}
+
+/// One finished call of a watched function, from uprobes on `_PyEval_EvalFrameDefault`:
+/// `ret` 0 means it raised.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PyEval {
+    pub kind: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    pub spec: u32,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub frame: u64,
+    pub ret: u64,
+}
+
 /// Python frames a [`PySite`] carries.
 pub const PY_SITE_FRAMES: usize = 4;
 
@@ -418,4 +454,5 @@ mod user {
     unsafe impl aya::Pod for SockInfo {}
     unsafe impl aya::Pod for ProbeSpec {}
     unsafe impl aya::Pod for PyLayout {}
+    unsafe impl aya::Pod for PyEvalWatch {}
 }

@@ -16,8 +16,13 @@
 //! out, and said.
 //!
 //! Generators and coroutines are excluded (their RESUME runs at every resumption and their
-//! yields leave without a return); so are 3.9 and 3.10 (no inline RESUME; eval-frame uprobes
-//! are the planned way there).
+//! yields leave without a return).
+//!
+//! 3.9 and 3.10 have no inline RESUME, but every Python call is a C call of
+//! `_PyEval_EvalFrameDefault(tstate, frame, throwflag)`: with `eval_uprobes` (opt-in), a uprobe
+//! and a uretprobe on it (`py_eval_enter`/`py_eval_exit`) time the calls whose frame runs a
+//! watched code object, exactly, raised ones included. Every Python call of the process then
+//! traps twice, watched or not.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -258,6 +263,8 @@ pub enum Mode {
     Breakpoint,
     /// A breakpoint on the entry only: exact counts, no durations.
     BreakpointEntry,
+    /// Uprobes on the eval function (3.9/3.10): exact counts and durations.
+    EvalUprobe,
 }
 
 impl Mode {
@@ -265,6 +272,7 @@ impl Mode {
         match self {
             Mode::Breakpoint => "breakpoint",
             Mode::BreakpointEntry => "breakpoint_entry",
+            Mode::EvalUprobe => "eval_uprobe",
         }
     }
 }
@@ -436,6 +444,8 @@ struct Proc {
     threads: HashMap<u32, Vec<PerfEventLinkId>>,
     /// Threads a watchpoint could not be set on (reported once).
     refused: HashSet<u32>,
+    /// 3.9/3.10 with eval-frame uprobes: (links once attached).
+    eval: Option<Vec<aya::programs::uprobe::UProbeLinkId>>,
     next_resolve: Instant,
     resolve_every: Duration,
     next_threads: Instant,
@@ -469,17 +479,30 @@ pub struct PyTimers {
     procs: HashMap<u32, Proc>,
     undecodable: u64,
     throttle: ThrottleLimit,
+    /// Watched code objects of the eval-frame uprobes (with `eval_uprobes`).
+    eval_watch: Option<BpfHashMap<MapData, u64, inferscope_common::PyEvalWatch>>,
     /// Lines for the operator (one per event worth knowing), taken by the caller.
     pub notes: Vec<String>,
 }
 
 impl PyTimers {
-    pub fn new(specs: Vec<TimerSpec>) -> Result<Self> {
+    /// `eval_uprobes`: also time CPython 3.9/3.10 processes, with uprobes on their eval
+    /// function (every Python call of such a process then traps twice).
+    pub fn new(specs: Vec<TimerSpec>, eval_uprobes: bool) -> Result<Self> {
         crate::privileges::require_bpf()?;
         crate::privileges::raise_memlock();
         let mut ebpf = bpf::open(&LoadOptions { ring_buffer_bytes: 1 << 20, ..Default::default() })?;
         let prog: &mut PerfEvent = ebpf.program_mut("py_call").context("py_call missing")?.try_into()?;
         prog.load().map_err(|e| anyhow!("the kernel rejected the Python timer program: {e:#}"))?;
+        let eval_watch = if eval_uprobes {
+            for name in ["py_eval_enter", "py_eval_exit"] {
+                let p: &mut aya::programs::UProbe = ebpf.program_mut(name).context(name)?.try_into()?;
+                p.load().map_err(|e| anyhow!("the kernel rejected {name}: {e:#}"))?;
+            }
+            Some(BpfHashMap::try_from(ebpf.take_map("PY_EVAL_WATCH").context("PY_EVAL_WATCH")?)?)
+        } else {
+            None
+        };
         let layouts = BpfHashMap::try_from(ebpf.take_map("PY_LAYOUTS").context("PY_LAYOUTS")?)?;
         let tstates = BpfHashMap::try_from(ebpf.take_map("PY_TSTATES").context("PY_TSTATES")?)?;
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS")?)?;
@@ -492,6 +515,7 @@ impl PyTimers {
             procs: HashMap::new(),
             undecodable: 0,
             throttle: ThrottleLimit::of_this_kernel(),
+            eval_watch,
             notes: Vec::new(),
         })
     }
@@ -511,12 +535,16 @@ impl PyTimers {
         if self.procs.contains_key(&pid) {
             return Ok(());
         }
-        if interp.version.1 < 11 || interp.version.1 > 13 {
-            bail!(
-                "CPython {}: exact function timers need 3.11-3.13 (inline RESUME instructions); not timed",
+        let eval = match interp.version.1 {
+            11..=13 => None,
+            9 | 10 if self.eval_watch.is_some() => Some(Vec::new()),
+            9 | 10 => bail!(
+                "CPython {}: function timers need --eval-uprobes on 3.9/3.10 (uprobes on the eval function: every \
+                 Python call of the process then traps twice); not timed",
                 interp.version_string()
-            );
-        }
+            ),
+            _ => bail!("CPython {}: function timers support 3.9-3.13; not timed", interp.version_string()),
+        };
         if !cfg!(target_arch = "x86_64") {
             bail!("function timers use x86 debug registers; this architecture is not supported yet");
         }
@@ -536,6 +564,7 @@ impl PyTimers {
                 slots_used: 0,
                 threads: HashMap::new(),
                 refused: HashSet::new(),
+                eval,
                 next_resolve: now,
                 resolve_every: Duration::from_secs(1),
                 next_threads: now,
@@ -550,6 +579,22 @@ impl PyTimers {
     pub fn remove_process(&mut self, pid: u32) {
         let Some(mut p) = self.procs.remove(&pid) else { return };
         let _ = self.layouts.remove(&pid);
+        if let Some(links) = p.eval.take() {
+            // Attached in pairs: the entry program's link, then the return program's.
+            for (i, l) in links.into_iter().enumerate() {
+                let name = if i % 2 == 0 { "py_eval_enter" } else { "py_eval_exit" };
+                if let Some(prog) =
+                    self.ebpf.program_mut(name).and_then(|p| <&mut aya::programs::UProbe>::try_from(p).ok())
+                {
+                    let _ = prog.detach(l);
+                }
+            }
+            if let Some(w) = &mut self.eval_watch {
+                for watched in &p.watched {
+                    let _ = w.remove(&watched.code_start);
+                }
+            }
+        }
         let tids: Vec<u32> = p.threads.keys().copied().collect();
         for tid in tids {
             self.detach_thread(&mut p, tid);
@@ -616,6 +661,25 @@ impl PyTimers {
         }
         while let Some(item) = self.ring.next() {
             match events::decode(&item) {
+                Ok(Event::PyEval { tgid, tid, spec, start_ns, end_ns, ret, .. }) => {
+                    let Some(p) = self.procs.get_mut(&tgid) else { continue };
+                    if ret == 0 {
+                        // NULL: the call raised.
+                        p.matcher.stats.unfinished += 1;
+                        continue;
+                    }
+                    p.calls += 1;
+                    let spec = spec as usize;
+                    out.push(CallRecord {
+                        pid: tgid,
+                        tid,
+                        spec,
+                        mode: Mode::EvalUprobe,
+                        start_ns,
+                        end_ns: Some(end_ns),
+                        depth: 0,
+                    });
+                }
                 Ok(Event::PyCall { tgid, tid, ts_ns, addr, frame, frame_prev, frame_instr, unit, ip }) => {
                     let Some(p) = self.procs.get_mut(&tgid) else { continue };
                     let Some(&mut (w, is_entry, ref mut seen)) = p.addrs.get_mut(&addr) else { continue };
@@ -688,10 +752,11 @@ impl PyTimers {
     /// Looks for the process's pending functions; true when new ones are watched.
     fn resolve(&mut self, pid: u32, p: &mut Proc) -> bool {
         let mut added = false;
-        for (i, spec) in self.specs.iter().enumerate() {
+        for i in 0..self.specs.len() {
             if p.states[i] != SpecState::Pending {
                 continue;
             }
+            let spec = &self.specs[i].clone();
             let module = spec.symbol.split_once(':').map_or("", |(m, _)| m);
             match p.interp.module(&p.mem, module) {
                 Ok(Some(_)) => {}
@@ -702,6 +767,24 @@ impl PyTimers {
                 }
             }
             let state = match self.watch_spec(p, i, spec) {
+                Ok(w) if w.mode == Mode::EvalUprobe => match self.watch_eval(pid, p, &w) {
+                    Ok(()) => {
+                        self.notes.push(format!(
+                            "inferscope: pid {pid}: timing {} ({}:{}) with uprobes on the eval function (CPython {})",
+                            w.qualname,
+                            w.filename,
+                            w.first_line,
+                            p.interp.version_string()
+                        ));
+                        p.watched.push(w);
+                        added = true;
+                        SpecState::Watched
+                    }
+                    Err(e) => {
+                        self.notes.push(format!("inferscope: pid {pid}: not timing {}: {e:#}", spec.symbol));
+                        SpecState::Skipped(format!("{e:#}"))
+                    }
+                },
                 Ok(w) => {
                     let slots = w.addresses().len();
                     self.notes.push(format!(
@@ -712,6 +795,7 @@ impl PyTimers {
                         match w.mode {
                             Mode::Breakpoint => "breakpoints on its entry and returns",
                             Mode::BreakpointEntry => "a breakpoint on its entry: calls only",
+                            Mode::EvalUprobe => "uprobes on the eval function",
                         },
                         slots,
                         if slots == 1 { "" } else { "s" }
@@ -733,6 +817,28 @@ impl PyTimers {
             p.states[i] = state;
         }
         added
+    }
+
+    /// Eval-frame mode: the code object into the watch map, and the eval function's probes on
+    /// the process (once).
+    fn watch_eval(&mut self, pid: u32, p: &mut Proc, w: &Watched) -> Result<()> {
+        let watch = self.eval_watch.as_mut().context("eval-frame uprobes not loaded")?;
+        watch.insert(w.code_start, inferscope_common::PyEvalWatch { tgid: pid, spec: w.spec as u32 }, 0)?;
+        if p.eval.as_ref().is_some_and(|l| l.is_empty()) {
+            let path = crate::device::libs::host_path(pid, &p.interp.file);
+            let scope =
+                aya::programs::uprobe::UProbeScope::OneProcess(std::num::NonZeroU32::new(pid).context("pid 0")?);
+            let mut links = Vec::new();
+            for name in ["py_eval_enter", "py_eval_exit"] {
+                let prog: &mut aya::programs::UProbe = self.ebpf.program_mut(name).context(name)?.try_into()?;
+                links.push(
+                    prog.attach("_PyEval_EvalFrameDefault", &path, scope)
+                        .with_context(|| format!("uprobe on _PyEval_EvalFrameDefault in {}", path.display()))?,
+                );
+            }
+            p.eval = Some(links);
+        }
+        Ok(())
     }
 
     fn watch_spec(&self, p: &Proc, i: usize, spec: &TimerSpec) -> Result<Watched> {
@@ -759,6 +865,19 @@ impl PyTimers {
         let r = p.interp.resolve(&p.mem, &spec.symbol)?.context("module not imported")?;
         if r.flags & CO_GENERATOR_LIKE != 0 {
             bail!("{} is a generator or coroutine: not timed (each resumption would count as a call)", r.qualname);
+        }
+        if p.eval.is_some() {
+            // 3.9/3.10: the code object itself is what the eval-frame probes watch for.
+            return Ok(Watched {
+                spec: i,
+                mode: Mode::EvalUprobe,
+                qualname: r.qualname,
+                filename: r.filename,
+                first_line: r.first_line,
+                code_start: r.code,
+                resume: (0, 0),
+                returns: Vec::new(),
+            });
         }
         let bc = p.interp.bytecode(&p.mem, r.code)?;
         let free = SLOTS_PER_THREAD.saturating_sub(p.slots_used);
@@ -791,7 +910,8 @@ impl PyTimers {
     /// Puts every watched address on every Python thread (new threads, and all threads again
     /// when `all` because new functions were found); forgets threads that are gone.
     fn sync_threads(&mut self, pid: u32, p: &mut Proc, all: bool) {
-        if p.watched.is_empty() {
+        // Eval-frame probes follow every thread of the process by themselves.
+        if p.watched.is_empty() || p.eval.is_some() {
             return;
         }
         let threads = match p.interp.threads() {
@@ -898,9 +1018,10 @@ pub fn run_cli(
     specs: Vec<TimerSpec>,
     duration: Duration,
     output: Option<&std::path::Path>,
+    eval_uprobes: bool,
 ) -> Result<String> {
     use std::io::Write as _;
-    let mut t = PyTimers::new(specs)?;
+    let mut t = PyTimers::new(specs, eval_uprobes)?;
     t.add_process(pid)?;
     let mut out: Box<dyn std::io::Write> = match output {
         Some(p) => Box::new(std::io::BufWriter::new(
@@ -918,7 +1039,11 @@ pub fn run_cli(
         for n in t.notes.drain(..) {
             eprintln!("{n}");
         }
-        if !announced && t.procs.get(&pid).is_some_and(|p| !p.threads.is_empty()) {
+        if !announced
+            && t.procs
+                .get(&pid)
+                .is_some_and(|p| !p.threads.is_empty() || p.eval.as_ref().is_some_and(|l| !l.is_empty()))
+        {
             announced = true;
             eprintln!("inferscope: pid {pid}: watching");
         }

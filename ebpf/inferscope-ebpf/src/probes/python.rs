@@ -6,11 +6,13 @@
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
-    macros::{map, perf_event},
-    maps::{HashMap, PerCpuArray},
-    programs::PerfEventContext,
+    macros::{map, perf_event, uprobe, uretprobe},
+    maps::{HashMap, LruHashMap, PerCpuArray},
+    programs::{PerfEventContext, ProbeContext, RetProbeContext},
 };
-use inferscope_common::{EventKind, MAX_PY_FRAMES, PY_SITE_FRAMES, PyCall, PyLayout, PySample, PySite, stat};
+use inferscope_common::{
+    EventKind, MAX_PY_FRAMES, PY_SITE_FRAMES, PyCall, PyEval, PyEvalOpen, PyEvalWatch, PyLayout, PySample, PySite, stat,
+};
 
 use crate::{EVENTS, count};
 
@@ -24,6 +26,71 @@ pub static PY_TSTATES: HashMap<u32, u64> = HashMap::with_max_entries(16384, 0);
 
 #[map]
 static PY_SCRATCH: PerCpuArray<PySample> = PerCpuArray::with_max_entries(1, 0);
+
+/// Eval-frame timers (3.9/3.10): watched code objects.
+#[map]
+pub static PY_EVAL_WATCH: HashMap<u64, PyEvalWatch> = HashMap::with_max_entries(4096, 0);
+
+/// Nesting of `_PyEval_EvalFrameDefault` per thread since the probes were attached (wraps
+/// below zero for calls begun before: entries and returns stay paired, last in first out).
+#[map]
+static PY_EVAL_DEPTH: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
+
+/// Watched calls in progress, by `(tid << 32) | depth`.
+#[map]
+static PY_EVAL_OPEN: LruHashMap<u64, PyEvalOpen> = LruHashMap::with_max_entries(16384, 0);
+
+/// Entry of `_PyEval_EvalFrameDefault(tstate, frame, throwflag)` (3.9/3.10): every Python
+/// call and generator resumption.
+#[uprobe]
+pub fn py_eval_enter(ctx: ProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    let depth = unsafe { PY_EVAL_DEPTH.get(&tid) }.copied().unwrap_or(0).wrapping_add(1);
+    let _ = PY_EVAL_DEPTH.insert(&tid, &depth, 0);
+    let frame: u64 = ctx.arg(1).unwrap_or(0);
+    let Some(layout) = (unsafe { PY_LAYOUTS.get(&tgid) }) else {
+        return 0;
+    };
+    let code = read_u64(frame + layout.frame_code as u64);
+    let Some(w) = (unsafe { PY_EVAL_WATCH.get(&code) }) else {
+        return 0;
+    };
+    if w.tgid != tgid {
+        return 0;
+    }
+    let key = ((tid as u64) << 32) | depth as u64;
+    let open = PyEvalOpen { start_ns: unsafe { bpf_ktime_get_ns() }, frame, spec: w.spec, _pad: 0 };
+    let _ = PY_EVAL_OPEN.insert(&key, &open, 0);
+    0
+}
+
+#[uretprobe]
+pub fn py_eval_exit(ctx: RetProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    let depth = unsafe { PY_EVAL_DEPTH.get(&tid) }.copied().unwrap_or(0);
+    let _ = PY_EVAL_DEPTH.insert(&tid, &depth.wrapping_sub(1), 0);
+    let key = ((tid as u64) << 32) | depth as u64;
+    let Some(open) = (unsafe { PY_EVAL_OPEN.get(&key) }).copied() else {
+        return 0;
+    };
+    let _ = PY_EVAL_OPEN.remove(&key);
+    let ev = PyEval {
+        kind: EventKind::PyEval as u32,
+        tgid,
+        tid,
+        spec: open.spec,
+        start_ns: open.start_ns,
+        end_ns: unsafe { bpf_ktime_get_ns() },
+        frame: open.frame,
+        ret: ctx.ret::<u64>(),
+    };
+    if EVENTS.output::<PyEval>(&ev, crate::wakeup_flags()).is_err() {
+        count(stat::RINGBUF_DROPS, 1);
+    }
+    0
+}
 
 /// Offset of `addr` (the breakpoint's address) in `struct bpf_perf_event_data`: after the
 /// registers and `sample_period`.

@@ -72,7 +72,7 @@ fn load(root: &Path, port: u16, seconds: u64, args: &[&str], summary: &Path) -> 
     Ok(serde_json::from_str(&fs::read_to_string(summary)?)?)
 }
 
-fn start_inferscope(root: &Path, pid: u32, dir: &Path) -> Result<Child> {
+fn start_inferscope(root: &Path, pid: u32, dir: &Path, extra: &[&str]) -> Result<Child> {
     let mut c = Command::new(root.join("target/release/inferscope"))
         .args([
             "attach",
@@ -84,6 +84,7 @@ fn start_inferscope(root: &Path, pid: u32, dir: &Path) -> Result<Child> {
         ])
         .arg("--jsonl")
         .arg(dir.join("bench.jsonl"))
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(fs::File::create(dir.join("inferscope.stderr"))?)
         .spawn()?;
@@ -109,10 +110,14 @@ fn one_round(
     port: u16,
     seconds: u64,
     args: &[&str],
-    with: bool,
+    // inferscope's extra flags, or None for a round without inferscope.
+    with: Option<&[&str]>,
 ) -> Result<Round> {
     let _ = fs::remove_file(dir.join("bench.jsonl"));
-    let mut scope = if with { Some(start_inferscope(root, server_pid, dir)?) } else { None };
+    let mut scope = match with {
+        Some(extra) => Some(start_inferscope(root, server_pid, dir, extra)?),
+        None => None,
+    };
     let before = scope.as_ref().map(|c| usage(c.id()).0).unwrap_or(0.0);
     let s = load(root, port, seconds, args, &dir.join("summary.json"))?;
     let mut r = Round {
@@ -179,7 +184,7 @@ pub fn run_vllm(seconds: u64, rounds: u32, report: Option<&Path>) -> Result<()> 
     for i in 0..rounds {
         let order = if i % 2 == 0 { [false, true] } else { [true, false] };
         for with in order {
-            let r = one_round(&root, &dir, server.id(), port, seconds, args, with)?;
+            let r = one_round(&root, &dir, server.id(), port, seconds, args, with.then_some(&[][..]))?;
             eprintln!(
                 "bench: vLLM round {i} {}: {:.1} req/s, {:.0} events/s{}",
                 if with { "with inferscope" } else { "without" },
@@ -197,7 +202,31 @@ pub fn run_vllm(seconds: u64, rounds: u32, report: Option<&Path>) -> Result<()> 
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|v| v["type"] == "request" && v["queue_s"].is_f64())
         .count();
+    // The Python layer on top: the default scheduler timers (hardware breakpoints in
+    // EngineCore) and a 99 Hz rolling profile of every process, against no inferscope.
+    let python_layer: &[&str] = &["--python-timers", "default", "--python-profile-rate", "99"];
+    let (mut py_off, mut py_on) = (Vec::new(), Vec::new());
+    for i in 0..rounds {
+        let order = if i % 2 == 0 { [false, true] } else { [true, false] };
+        for with in order {
+            let r = one_round(&root, &dir, server.id(), port, seconds, args, with.then_some(python_layer))?;
+            eprintln!(
+                "bench: vLLM round {i} {}: {:.1} req/s",
+                if with { "with inferscope + Python layer" } else { "without" },
+                r.req_per_s
+            );
+            if with { py_on.push(r) } else { py_off.push(r) }
+        }
+    }
+    let py_calls = fs::read_to_string(dir.join("bench.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("\"type\":\"python_call\""))
+        .count();
     util::stop(&mut server, Duration::from_secs(30));
+    let py_off_rps = median(py_off.iter().map(|r| r.req_per_s).collect());
+    let py_on_rps = median(py_on.iter().map(|r| r.req_per_s).collect());
+    let py_cpu = median(py_on.iter().map(|r| r.cpu_s / seconds as f64 * 100.0).collect());
     let off_rps = median(off.iter().map(|r| r.req_per_s).collect());
     let on_rps = median(on.iter().map(|r| r.req_per_s).collect());
     let off_ev = median(off.iter().map(|r| r.events_per_s).collect());
@@ -215,6 +244,12 @@ pub fn run_vllm(seconds: u64, rounds: u32, report: Option<&Path>) -> Result<()> 
          | {off_rps:.1} | {on_rps:.1} | **{:.3}** | {off_ev:.0} | {on_ev:.0} | {reported} / {completed} | {engine_lines} | {cpu:.1}% of a core | {:.1} MiB |\n",
         on_rps / off_rps.max(1e-9),
         rss as f64 / 1024.0
+    ) + &format!(
+        "\nWith the Python layer as well (`--python-timers default --python-profile-rate 99`: breakpoints on \
+         `Scheduler.schedule` and `update_from_output` in EngineCore, every process sampled at 99 Hz):\n\n\
+         | req/s off | req/s on | ratio | timed calls (last round) | inferscope CPU |\n|---|---|---|---|---|\n\
+         | {py_off_rps:.1} | {py_on_rps:.1} | **{:.3}** | {py_calls} | {py_cpu:.1}% of a core |\n",
+        py_on_rps / py_off_rps.max(1e-9)
     );
     println!("\n{md}");
     if let Some(p) = report {
@@ -297,7 +332,7 @@ pub fn run(seconds: u64, rounds: u32, report: Option<&Path>) -> Result<()> {
         for i in 0..rounds {
             let order = if i % 2 == 0 { [false, true] } else { [true, false] };
             for with in order {
-                let r = one_round(&root, &dir, server.id(), port, seconds, args, with)?;
+                let r = one_round(&root, &dir, server.id(), port, seconds, args, with.then_some(&[][..]))?;
                 eprintln!(
                     "bench: {name}: round {i} {}: {:.0} req/s, {:.0} events/s{}",
                     if with { "with inferscope" } else { "without" },
@@ -342,7 +377,7 @@ pub fn run(seconds: u64, rounds: u32, report: Option<&Path>) -> Result<()> {
     util::wait_http(port, "/health", Duration::from_secs(60), &mut server)?;
     for _ in 0..rounds.max(3) {
         base.push(write_cost(n));
-        let mut c = start_inferscope(&root, server.id(), &dir)?;
+        let mut c = start_inferscope(&root, server.id(), &dir, &[])?;
         with.push(write_cost(n));
         util::stop(&mut c, Duration::from_secs(20));
     }

@@ -1048,10 +1048,10 @@ pub fn run_cli(
             eprintln!("inferscope: pid {pid}: watching");
         }
         for r in recs.drain(..) {
+            let Some(spec) = t.specs.get(r.spec) else { continue };
             counts[r.spec] += 1;
-            let spec = &t.specs[r.spec];
             if let Some(end) = r.end_ns {
-                per[r.spec].push(end - r.start_ns);
+                per[r.spec].push(end.saturating_sub(r.start_ns));
             }
             writeln!(out, "{}", call_json(&r, spec, None))?;
         }

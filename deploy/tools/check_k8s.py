@@ -42,7 +42,9 @@ VALUE_SETS = {
         "hostNetwork": True,
         "inferscope": {"matches": ["my_server.py", "llama-server"], "vllmMetrics": True,
                        "captureContent": True, "tracingLevel": 2, "quiet": False,
-                       "discoverInterval": 0.5, "extraArgs": ["--capture-bytes=8192"]},
+                       "discoverInterval": 0.5, "extraArgs": ["--capture-bytes=8192"],
+                       "python": {"timers": "default", "timersEvalUprobes": True, "engineStateInterval": 0.5,
+                                  "profileRate": 49, "profileWindow": 30}},
         "otlp": {"endpoint": "http://collector:4318", "protocol": "http", "metrics": False,
                  "kubernetesResourceAttributes": False},
         "nodeSelector": {"nvidia.com/gpu.present": "true"},
@@ -66,6 +68,8 @@ BAD_VALUE_SETS = {
     "bad protocol": {"otlp": {"protocol": "udp"}},
     "tracing level 3": {"inferscope": {"tracingLevel": 3}},
     "servicemonitor without service": {"serviceMonitor": {"enabled": True}, "service": {"enabled": False}},
+    "negative profile rate": {"inferscope": {"python": {"profileRate": -1}}},
+    "unknown python key": {"inferscope": {"python": {"timer": "default"}}},
 }
 
 
@@ -226,6 +230,11 @@ def main():
         for m in ic.get("matches", []):
             if f"--match={m}" not in c["args"]:
                 bad += fail(f"[{name}] --match={m} missing")
+        py = ic.get("python", {})
+        if bool(py.get("timers")) != any(x.startswith("--python-timers=") for x in c["args"]):
+            bad += fail(f"[{name}] --python-timers does not follow inferscope.python.timers")
+        if bool(py.get("profileRate")) != any(x.startswith("--python-profile-rate=") for x in c["args"]):
+            bad += fail(f"[{name}] --python-profile-rate does not follow inferscope.python.profileRate")
         print(f"     args: {' '.join(c['args'])}")
 
     for name, values in BAD_VALUE_SETS.items():

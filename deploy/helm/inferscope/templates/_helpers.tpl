@@ -71,6 +71,19 @@ app.kubernetes.io/component: node-agent
 {{- if $i.quiet }}
 - "--quiet"
 {{- end }}
+{{- with $i.python }}
+{{- if .timers }}
+- {{ printf "--python-timers=%s" .timers | quote }}
+{{- if .timersEvalUprobes }}
+- "--python-timers-eval-uprobes"
+{{- end }}
+{{- end }}
+- {{ printf "--engine-state-interval=%v" .engineStateInterval | quote }}
+{{- if .profileRate }}
+- {{ printf "--python-profile-rate=%d" (int .profileRate) | quote }}
+- {{ printf "--python-profile-window=%v" .profileWindow | quote }}
+{{- end }}
+{{- end }}
 {{- if $o.endpoint }}
 - {{ printf "--otlp-endpoint=%s" $o.endpoint | quote }}
 - {{ printf "--otlp-protocol=%s" $o.protocol | quote }}

@@ -879,7 +879,12 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
             match PyTimers::new(specs, o.python_timers_eval_uprobes) {
                 Ok(t) => {
                     eprintln!(
-                        "inferscope: Python function timers: {n} function(s) from {arg}, looked for in every traced CPython 3.11-3.13"
+                        "inferscope: Python function timers: {n} function(s) from {arg}, looked for in every traced CPython {}",
+                        if o.python_timers_eval_uprobes {
+                            "3.9-3.13 (3.9/3.10 with eval-frame uprobes)"
+                        } else {
+                            "3.11-3.13"
+                        }
                     );
                     Some(t)
                 }

@@ -158,10 +158,7 @@ fn profile_puts_the_right_share_of_time_in_the_right_function() {
     let dir = scratch("profile");
     let mut checked = Vec::new();
     for py in &all {
-        let mut child = py.run("python_burn.py").arg("5").stdout(Stdio::piped()).spawn().expect("python");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
-        let pid = first["pid"].as_u64().unwrap();
+        let (mut child, mut lines, pid) = burn(py.run("python_burn.py"), 5);
         let folded = dir.join("profile.folded");
         let out = Command::new(inferscope_bin())
             .args(["profile", "--pid", &pid.to_string(), "--duration", "3", "--rate", "199", "-o"])
@@ -195,6 +192,19 @@ fn profile_puts_the_right_share_of_time_in_the_right_function() {
         checked.push(format!("{} {:.3} vs {:.3}", py.name(), share, want));
     }
     eprintln!("profile shares (sampled vs measured): {}", checked.join("; "));
+}
+
+/// Starts tests/fixtures/python_burn.py (as `cmd` runs it) for `seconds`: the process, its
+/// output lines (the measured shares come last) and its pid.
+fn burn(
+    mut cmd: Command,
+    seconds: u32,
+) -> (std::process::Child, std::io::Lines<BufReader<std::process::ChildStdout>>, u64) {
+    let mut child = cmd.arg(seconds.to_string()).stdout(Stdio::piped()).spawn().expect("python");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let pid = first["pid"].as_u64().unwrap();
+    (child, lines, pid)
 }
 
 /// CPython 3.11+ interpreters present (Debian's static 3.11 first).
@@ -390,15 +400,10 @@ fn engine_state_is_read_from_the_engines_objects() {
 #[test]
 fn profile_writes_svg_and_pprof() {
     let dir = scratch("profile-formats");
-    let mut child = Command::new(python())
-        .arg(repo_root().join("tests/fixtures/python_burn.py"))
-        .arg("9")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
-    let pid = first["pid"].as_u64().unwrap().to_string();
+    let mut cmd = Command::new(python());
+    cmd.arg(repo_root().join("tests/fixtures/python_burn.py"));
+    let (mut child, mut lines, pid) = burn(cmd, 9);
+    let pid = pid.to_string();
     let (svg, pb) = (dir.join("profile.svg"), dir.join("profile.pb"));
     for out in [&svg, &pb] {
         let o = Command::new(inferscope_bin())
@@ -461,15 +466,10 @@ fn profile_writes_svg_and_pprof() {
 #[test]
 fn daemon_keeps_a_rolling_profile() {
     let dir = scratch("rolling-profile");
-    let mut child = Command::new(python())
-        .arg(repo_root().join("tests/fixtures/python_burn.py"))
-        .arg("12")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
-    let pid = first["pid"].as_u64().unwrap().to_string();
+    let mut cmd = Command::new(python());
+    cmd.arg(repo_root().join("tests/fixtures/python_burn.py"));
+    let (mut child, mut lines, pid) = burn(cmd, 12);
+    let pid = pid.to_string();
     let jsonl = dir.join("out.jsonl");
     let out = Command::new(inferscope_bin())
         .args(["attach", "--pid", &pid, "--quiet", "--no-device", "--duration", "8"])

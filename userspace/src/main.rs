@@ -10,6 +10,20 @@ use inferscope::{
     doctor,
 };
 
+/// A one-shot command's end: its summary on standard error, or its error in one line.
+fn summary(r: anyhow::Result<String>) -> ExitCode {
+    match r {
+        Ok(summary) => {
+            eprint!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("inferscope: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_timestamp_millis()
@@ -26,16 +40,7 @@ fn main() -> ExitCode {
                 output,
                 format,
             };
-            return match inferscope::python::profile::run(&o) {
-                Ok(summary) => {
-                    eprint!("{summary}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("inferscope: error: {e:#}");
-                    ExitCode::FAILURE
-                }
-            };
+            return summary(inferscope::python::profile::run(&o));
         }
         Command::Timers { pid, config, duration, output, eval_uprobes } => {
             let r = inferscope::python::timers::load_config(&config).and_then(|specs| {
@@ -47,16 +52,7 @@ fn main() -> ExitCode {
                     eval_uprobes,
                 )
             });
-            return match r {
-                Ok(summary) => {
-                    eprint!("{summary}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("inferscope: error: {e:#}");
-                    ExitCode::FAILURE
-                }
-            };
+            return summary(r);
         }
         Command::PythonInfo { pid, json, max_frames } => {
             return match inferscope::python::info(pid, json, max_frames) {

@@ -620,6 +620,21 @@ fn python_round(root: &Path, python: &Path, seconds: u64, watch: Watch) -> Resul
     Ok(out.trim().parse::<f64>().context("the loop's count")? / seconds as f64)
 }
 
+/// Rounds of the Python loop alternating without and with `watch` (off/on, then on/off, so
+/// drift hits both sides alike): the medians, calls of `f` per second.
+fn python_pair(root: &Path, python: &Path, seconds: u64, rounds: u32, watch: Watch, label: &str) -> Result<(f64, f64)> {
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for i in 0..rounds {
+        let order = if i % 2 == 0 { [false, true] } else { [true, false] };
+        for with in order {
+            let r = python_round(root, python, seconds, if with { watch } else { Watch::None })?;
+            eprintln!("bench: {label} round {i} {}: {r:.0} calls/s", if with { "watched" } else { "plain" });
+            if with { on.push(r) } else { off.push(r) }
+        }
+    }
+    Ok((median(off), median(on)))
+}
+
 /// `cargo xtask bench --python`: what the Python sampler (at two rates) and the function
 /// timers (on a function called all the time, and on one called rarely) cost the watched
 /// process, side by side: rounds alternate without and with inferscope.
@@ -638,25 +653,10 @@ pub fn run_python(seconds: u64, rounds: u32, report: Option<&Path>) -> Result<()
         version.trim(),
         fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim()
     );
+    let python3 = Path::new("python3");
     for rate in [99u64, 999] {
-        let (mut off, mut on) = (Vec::new(), Vec::new());
-        for i in 0..rounds {
-            let order = if i % 2 == 0 { [false, true] } else { [true, false] };
-            for with in order {
-                let r = python_round(
-                    &root,
-                    Path::new("python3"),
-                    seconds,
-                    if with { Watch::Profile(rate) } else { Watch::None },
-                )?;
-                eprintln!(
-                    "bench: python {rate} Hz round {i} {}: {r:.0} calls/s",
-                    if with { "profiled" } else { "plain" }
-                );
-                if with { on.push(r) } else { off.push(r) }
-            }
-        }
-        let (off, on) = (median(off), median(on));
+        let (off, on) =
+            python_pair(&root, python3, seconds, rounds, Watch::Profile(rate), &format!("python {rate} Hz"))?;
         let ratio = on / off.max(1e-9);
         let per_sample_us = (1.0 - ratio).max(0.0) / rate as f64 * 1e6;
         md.push_str(&format!("| {rate} Hz | {off:.0} | {on:.0} | **{ratio:.3}** | {per_sample_us:.1} us |\n"));
@@ -669,22 +669,7 @@ pub fn run_python(seconds: u64, rounds: u32, report: Option<&Path>) -> Result<()
          | watched | calls/s without | calls/s with | ratio | cost per watched call |\n|---|---|---|---|---|\n",
     );
     for (f, watched_per_call) in [("f", 1.0), ("g", 0.001)] {
-        // Each round: the loop's calls of f per second.
-        let (mut off, mut on) = (Vec::new(), Vec::new());
-        for i in 0..rounds {
-            let order = if i % 2 == 0 { [false, true] } else { [true, false] };
-            for with in order {
-                let r = python_round(
-                    &root,
-                    Path::new("python3"),
-                    seconds,
-                    if with { Watch::Timer(f) } else { Watch::None },
-                )?;
-                eprintln!("bench: timers on {f} round {i} {}: {r:.0} calls/s", if with { "watched" } else { "plain" });
-                if with { on.push(r) } else { off.push(r) }
-            }
-        }
-        let (off, on) = (median(off), median(on));
+        let (off, on) = python_pair(&root, python3, seconds, rounds, Watch::Timer(f), &format!("timers on {f}"))?;
         let ratio = on / off.max(1e-9);
         // Extra seconds per loop call, divided among the watched calls in it.
         let per_call_us = (1.0 / on.max(1e-9) - 1.0 / off.max(1e-9)).max(0.0) / watched_per_call * 1e6;
@@ -703,19 +688,7 @@ pub fn run_python(seconds: u64, rounds: u32, report: Option<&Path>) -> Result<()
         .map(|p| p.join("bin/python"));
     match py310 {
         Some(py) => {
-            let (mut off, mut on) = (Vec::new(), Vec::new());
-            for i in 0..rounds {
-                let order = if i % 2 == 0 { [false, true] } else { [true, false] };
-                for with in order {
-                    let r = python_round(&root, &py, seconds, if with { Watch::EvalTimer("g") } else { Watch::None })?;
-                    eprintln!(
-                        "bench: eval uprobes on g round {i} {}: {r:.0} calls/s",
-                        if with { "watched" } else { "plain" }
-                    );
-                    if with { on.push(r) } else { off.push(r) }
-                }
-            }
-            let (off, on) = (median(off), median(on));
+            let (off, on) = python_pair(&root, &py, seconds, rounds, Watch::EvalTimer("g"), "eval uprobes on g")?;
             let ratio = on / off.max(1e-9);
             let per_call_us = (1.0 / on.max(1e-9) - 1.0 / off.max(1e-9)).max(0.0) * 1e6;
             md.push_str(&format!(

@@ -766,43 +766,33 @@ impl PyTimers {
                     return added;
                 }
             }
-            let state = match self.watch_spec(p, i, spec) {
-                Ok(w) if w.mode == Mode::EvalUprobe => match self.watch_eval(pid, p, &w) {
-                    Ok(()) => {
-                        self.notes.push(format!(
-                            "inferscope: pid {pid}: timing {} ({}:{}) with uprobes on the eval function (CPython {})",
-                            w.qualname,
-                            w.filename,
-                            w.first_line,
-                            p.interp.version_string()
-                        ));
-                        p.watched.push(w);
-                        added = true;
-                        SpecState::Watched
-                    }
-                    Err(e) => {
-                        self.notes.push(format!("inferscope: pid {pid}: not timing {}: {e:#}", spec.symbol));
-                        SpecState::Skipped(format!("{e:#}"))
-                    }
-                },
+            let found = self.watch_spec(p, i, spec);
+            let watched = match found {
+                Ok(w) if w.mode == Mode::EvalUprobe => self.watch_eval(pid, p, &w).map(|()| w),
+                other => other,
+            };
+            let state = match watched {
                 Ok(w) => {
-                    let slots = w.addresses().len();
+                    let slots = if w.mode == Mode::EvalUprobe { 0 } else { w.addresses().len() };
                     self.notes.push(format!(
-                        "inferscope: pid {pid}: timing {} ({}:{}) with {} ({} debug register{} per thread)",
+                        "inferscope: pid {pid}: timing {} ({}:{}) with {}",
                         w.qualname,
                         w.filename,
                         w.first_line,
                         match w.mode {
-                            Mode::Breakpoint => "breakpoints on its entry and returns",
-                            Mode::BreakpointEntry => "a breakpoint on its entry: calls only",
-                            Mode::EvalUprobe => "uprobes on the eval function",
+                            Mode::Breakpoint =>
+                                format!("breakpoints on its entry and returns ({slots} debug registers per thread)"),
+                            Mode::BreakpointEntry =>
+                                "a breakpoint on its entry: calls only (1 debug register per thread)".into(),
+                            Mode::EvalUprobe =>
+                                format!("uprobes on the eval function (CPython {})", p.interp.version_string()),
                         },
-                        slots,
-                        if slots == 1 { "" } else { "s" }
                     ));
                     let idx = p.watched.len();
-                    for (k, (a, unit)) in w.addresses().into_iter().enumerate() {
-                        p.addrs.insert(a, (idx, k == 0, unit));
+                    if w.mode != Mode::EvalUprobe {
+                        for (k, (a, unit)) in w.addresses().into_iter().enumerate() {
+                            p.addrs.insert(a, (idx, k == 0, unit));
+                        }
                     }
                     p.slots_used += slots;
                     p.watched.push(w);

@@ -111,6 +111,19 @@ fn read_u64(addr: u64) -> u64 {
     unsafe { bpf_probe_read_user(addr as *const u64) }.unwrap_or(0)
 }
 
+/// One frame: its code object (0 for a 3.12+ C-stack shim, owner 3) and its caller. No branch
+/// on what the frame holds beyond the owner byte: loops over it verify once per slot.
+#[inline(always)]
+fn frame_step(layout: &PyLayout, frame: u64) -> (u64, u64) {
+    let code = read_u64(frame + layout.frame_code as u64) & !3;
+    let owner: u8 = if layout.frame_owner != u32::MAX {
+        unsafe { bpf_probe_read_user((frame + layout.frame_owner as u64) as *const u8) }.unwrap_or(0)
+    } else {
+        0
+    };
+    (if owner == 3 { 0 } else { code }, read_u64(frame + layout.frame_previous as u64))
+}
+
 #[inline(always)]
 pub(crate) fn current_frame(layout: &PyLayout, tstate: u64) -> u64 {
     let mut frame = read_u64(tstate + layout.tstate_frame as u64);
@@ -130,19 +143,11 @@ pub(crate) fn emit_site(tgid: u32, tid: u32, probe: u32, ts_ns: u64, handle: u64
     let mut site =
         PySite { kind: EventKind::PySite as u32, tgid, tid, probe, ts_ns, handle, codes: [0; PY_SITE_FRAMES] };
     let mut frame = current_frame(layout, *tstate);
-    let has_owner = layout.frame_owner != u32::MAX;
     for i in 0..PY_SITE_FRAMES {
         if frame == 0 {
             break;
         }
-        let code = read_u64(frame + layout.frame_code as u64) & !3;
-        let owner: u8 = if has_owner {
-            unsafe { bpf_probe_read_user((frame + layout.frame_owner as u64) as *const u8) }.unwrap_or(0)
-        } else {
-            0
-        };
-        site.codes[i] = if owner == 3 { 0 } else { code };
-        frame = read_u64(frame + layout.frame_previous as u64);
+        (site.codes[i], frame) = frame_step(layout, frame);
     }
     if EVENTS.output::<PySite>(&site, crate::wakeup_flags()).is_err() {
         count(stat::RINGBUF_DROPS, 1);
@@ -205,21 +210,13 @@ pub fn py_sample(_ctx: PerfEventContext) -> u32 {
     let mut frame = current_frame(&layout, tstate);
     // Every frame takes a slot (0 for a C-stack shim, skipped by user space): no branch on
     // what a frame holds, so the verifier walks the loop once per slot.
-    let has_owner = layout.frame_owner != u32::MAX;
     let mut depth = 0u32;
     for i in 0..MAX_PY_FRAMES {
         if frame == 0 {
             break;
         }
-        let code = read_u64(frame + layout.frame_code as u64) & !3;
-        let owner: u8 = if has_owner {
-            unsafe { bpf_probe_read_user((frame + layout.frame_owner as u64) as *const u8) }.unwrap_or(0)
-        } else {
-            0
-        };
-        s.codes[i] = if owner == 3 { 0 } else { code };
+        (s.codes[i], frame) = frame_step(&layout, frame);
         depth = i as u32 + 1;
-        frame = read_u64(frame + layout.frame_previous as u64);
     }
     s.depth = depth;
     if EVENTS.output::<PySample>(s, crate::wakeup_flags()).is_err() {

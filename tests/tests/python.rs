@@ -72,7 +72,7 @@ impl Py {
 }
 
 /// Debian's python3.11 (static), every pyenv CPython 3.9+ present, and the Debian chroots'
-/// system pythons (bullseye 3.9, trixie 3.13: static builds of other releases).
+/// system pythons (bullseye 3.9, trixie 3.13, forky 3.14: static builds of other releases).
 fn interpreters() -> Vec<Py> {
     let mut v = vec![Py { exe: PathBuf::from("/usr/bin/python3.11"), chroot: None }];
     let root = std::env::var_os("PYENV_ROOT").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root/.pyenv"));
@@ -84,14 +84,16 @@ fn interpreters() -> Vec<Py> {
         .filter(|p| {
             let n = p.file_name().unwrap().to_string_lossy().to_string();
             let minor = n.strip_prefix("3.").and_then(|r| r.split('.').next()?.parse::<u32>().ok());
-            minor.is_some_and(|m| (9..=13).contains(&m))
+            minor.is_some_and(|m| (9..=14).contains(&m))
         })
         .map(|p| p.join("bin/python"))
         .filter(|p| p.exists())
         .collect();
     pyenv.sort();
     v.extend(pyenv.into_iter().map(|exe| Py { exe, chroot: None }));
-    for (suite, exe) in [("bullseye", "/usr/bin/python3.9"), ("trixie", "/usr/bin/python3.13")] {
+    for (suite, exe) in
+        [("bullseye", "/usr/bin/python3.9"), ("trixie", "/usr/bin/python3.13"), ("forky", "/usr/bin/python3.14")]
+    {
         let root = repo_root().join(".cache/chroots").join(suite);
         assert!(
             root.join(exe.trim_start_matches('/')).exists(),

@@ -331,6 +331,17 @@ fn real_vllm_counts_tokens_and_ttft() {
         "schedule() runs on EngineCore's main thread: {}",
         schedule[0]
     );
+    // Each call is placed on its engine step: every iteration has one schedule() and one
+    // update_from_output(), and they share the step.
+    let steps_of = |f: &str| -> Vec<u64> {
+        calls.iter().filter(|c| c["function"] == f).map(|c| c["step_ts_ns"].as_u64().unwrap_or(0)).collect()
+    };
+    let (sched_steps, update_steps) = (steps_of("Scheduler.schedule"), steps_of("Scheduler.update_from_output"));
+    assert!(sched_steps.iter().all(|t| *t > 0), "a schedule() call without its step");
+    let distinct: std::collections::BTreeSet<u64> = sched_steps.iter().copied().collect();
+    assert_eq!(distinct.len(), sched_steps.len(), "two schedule() calls placed on one step");
+    let update_set: std::collections::BTreeSet<u64> = update_steps.iter().copied().collect();
+    assert_eq!(update_set, distinct, "update_from_output() and schedule() on the same steps");
     let mut ms: Vec<f64> = schedule.iter().map(|c| c["duration_ns"].as_u64().unwrap() as f64 / 1e6).collect();
     let (p50, max) = stats(&mut ms);
     assert_eq!(health["python_timers"]["unfinished_calls"], 0, "{health}");

@@ -76,7 +76,7 @@ pub enum Command {
         #[arg(long, value_enum, value_name = "FORMAT")]
         format: Option<crate::python::profile::Format>,
     },
-    /// Time Python functions of a CPython 3.11-3.13 process exactly, without changing it: a
+    /// Time Python functions of a CPython 3.11-3.14 process exactly, without changing it: a
     /// hardware watchpoint on each function's first instruction and on each of its returns,
     /// on every Python thread. Writes one JSON line per call; prints a summary at the end.
     Timers {
@@ -249,7 +249,7 @@ pub struct RunOptions {
     #[arg(long)]
     pub device_spans: bool,
 
-    /// Time Python functions of the traced CPython 3.11-3.13 processes exactly, with hardware
+    /// Time Python functions of the traced CPython 3.11-3.14 processes exactly, with hardware
     /// breakpoints on each function's entry and returns: `default` (vLLM and SGLang scheduler
     /// functions) or a YAML file of `- symbol: module:Class.method` entries (see `inferscope
     /// timers --help`). Each timed call costs one debug trap at entry and one at return.

@@ -139,6 +139,10 @@ struct Daemon {
     /// The Python layer's function timers (with --python-timers).
     python: Option<PyTimers>,
     python_recs: Vec<crate::python::timers::CallRecord>,
+    /// Timed calls of engine cores waiting for their engine step.
+    py_pending: HashMap<u32, Vec<crate::python::timers::CallRecord>>,
+    /// Engine core -> (its API server, data-parallel index), or None when not under one.
+    engine_of: HashMap<u32, Option<(u32, Option<u32>)>>,
     /// Engine state readers per traced CPython process (with --engine-state-interval > 0).
     state: HashMap<u32, StateSlot>,
     state_interval: Option<Duration>,
@@ -339,6 +343,12 @@ impl Daemon {
         if let Some(s) = &mut self.sampler {
             s.remove(pid);
         }
+        if let Some(pending) = self.py_pending.remove(&pid) {
+            for r in pending {
+                self.export_python_call(&r, None);
+            }
+        }
+        self.engine_of.remove(&pid);
         // Its last launch sites, then its maps.
         self.exporters_sites_interval(Some(pid));
         if let Some(s) = &mut self.sites {
@@ -500,6 +510,11 @@ impl Daemon {
                 _ => None,
             };
             self.export_device_recs();
+            match &ev {
+                EngineEvent::Step(s) => self.python_step(s.pid, s.engine, s.ts_ns, s.batch_size()),
+                EngineEvent::Gauges { pid, engine, ts_ns: Some(ts), .. } => self.python_step(*pid, *engine, *ts, 0),
+                _ => {}
+            }
             let model = self.exporters.models.get(self.served_model.get(&pid).map(String::as_str));
             self.exporters.engine_event(&ev, &model, device.as_ref());
         }
@@ -633,28 +648,100 @@ impl Daemon {
         if self.python_recs.is_empty() {
             return;
         }
-        let e = &mut self.exporters;
-        let prom = e.prom.as_ref().and_then(|p| p.python.as_ref());
-        let mut pids = Vec::new();
-        for r in self.python_recs.drain(..) {
-            let Some(spec) = t.specs.get(r.spec) else { continue };
-            if let Some(m) = prom {
-                m.record(&r, spec);
+        if let Some(m) = self.exporters.prom.as_ref().and_then(|p| p.python.as_ref()) {
+            for r in &self.python_recs {
+                if let Some(spec) = t.specs.get(r.spec) {
+                    m.record(r, spec);
+                }
             }
-            if let Some(j) = &mut e.jsonl {
-                j.write(&crate::python::timers::call_json(&r, spec, Some(e.clock.unix_ns(r.start_ns))));
-            }
-            if let Some(o) = &mut e.otlp {
-                o.python_call(&r, spec, t.location(r.pid, r.spec), &e.clock);
-            }
-            if !pids.contains(&r.pid) {
-                pids.push(r.pid);
-            }
-        }
-        if let Some(m) = prom {
+            let mut pids: Vec<u32> = self.python_recs.iter().map(|r| r.pid).collect();
+            pids.dedup();
             for pid in pids {
                 m.unfinished(pid, t.unfinished(pid));
             }
+        }
+        // Calls of an engine core wait for the engine step they belong to (the first whose
+        // outputs the engine stamped after the call began); others go out now.
+        for r in std::mem::take(&mut self.python_recs) {
+            if self.engine_of(r.pid).is_some() {
+                self.py_pending.entry(r.pid).or_default().push(r);
+            } else {
+                self.export_python_call(&r, None);
+            }
+        }
+    }
+
+    /// The API server and data-parallel index of an engine-core process: its nearest traced
+    /// ancestor, and the `_DP<i>` of its process title (vLLM's `VLLM::EngineCore_DP1`).
+    fn engine_of(&mut self, pid: u32) -> Option<(u32, Option<u32>)> {
+        if let Some(e) = self.engine_of.get(&pid) {
+            return *e;
+        }
+        let parent = procfs::ancestors(pid).into_iter().find(|a| self.procs.contains_key(a));
+        let e = parent.map(|p| {
+            let title = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let dp = title
+                .split("_DP")
+                .nth(1)
+                .and_then(|r| r.chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok());
+            (p, dp)
+        });
+        self.engine_of.insert(pid, e);
+        e
+    }
+
+    /// An engine step (or an iteration reported with gauges only) of `api`'s engine `engine`:
+    /// the pending calls of its engine core that began before the engine stamped it are its.
+    fn python_step(&mut self, api: u32, engine: Option<u32>, ts_ns: u64, batch: usize) {
+        let cores: Vec<u32> = self
+            .py_pending
+            .keys()
+            .copied()
+            .filter(|c| {
+                self.engine_of
+                    .get(c)
+                    .copied()
+                    .flatten()
+                    .is_some_and(|(p, dp)| p == api && (dp.is_none() || dp == engine))
+            })
+            .collect();
+        for core in cores {
+            let Some(pending) = self.py_pending.get_mut(&core) else { continue };
+            let (mine, rest): (Vec<_>, Vec<_>) = pending.drain(..).partition(|r| r.start_ns <= ts_ns);
+            *pending = rest;
+            for r in mine {
+                self.export_python_call(&r, Some((ts_ns, batch)));
+            }
+        }
+    }
+
+    /// Pending calls no step claimed within 2 s (or all, at the stop) go out without one.
+    fn python_expire(&mut self, all: bool) {
+        let now = clock::monotonic_ns();
+        let mut old = Vec::new();
+        for pending in self.py_pending.values_mut() {
+            let (o, keep): (Vec<_>, Vec<_>) =
+                pending.drain(..).partition(|r| all || now.saturating_sub(r.start_ns) > 2_000_000_000);
+            *pending = keep;
+            old.extend(o);
+        }
+        for r in old {
+            self.export_python_call(&r, None);
+        }
+    }
+
+    /// One timed call to the JSONL and OTLP exporters, with its engine step when known
+    /// (monotonic ts, batch size).
+    fn export_python_call(&mut self, r: &crate::python::timers::CallRecord, step: Option<(u64, usize)>) {
+        let Some(t) = &self.python else { return };
+        let Some(spec) = t.specs.get(r.spec) else { return };
+        let e = &mut self.exporters;
+        let step_unix = step.map(|(ts, batch)| (e.clock.unix_ns(ts), batch));
+        if let Some(j) = &mut e.jsonl {
+            j.write(&crate::python::timers::call_json(r, spec, Some(e.clock.unix_ns(r.start_ns)), step_unix));
+        }
+        if let Some(o) = &mut e.otlp {
+            o.python_call(r, spec, t.location(r.pid, r.spec), &e.clock, step_unix);
         }
     }
 
@@ -770,6 +857,7 @@ impl Daemon {
 
     fn tick(&mut self, idle_ns: u64) {
         self.refresh_ports();
+        self.python_expire(false);
         if let Some(s) = &mut self.sites {
             s.sync_threads(&mut self.probes);
         }
@@ -881,9 +969,9 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
                     eprintln!(
                         "inferscope: Python function timers: {n} function(s) from {arg}, looked for in every traced CPython {}",
                         if o.python_timers_eval_uprobes {
-                            "3.9-3.13 (3.9/3.10 with eval-frame uprobes)"
+                            "3.9-3.14 (3.9/3.10 with eval-frame uprobes)"
                         } else {
-                            "3.11-3.13"
+                            "3.11-3.14"
                         }
                     );
                     Some(t)
@@ -1000,6 +1088,8 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
         scan_tx,
         python,
         python_recs: Vec::new(),
+        py_pending: HashMap::new(),
+        engine_of: HashMap::new(),
         state: HashMap::new(),
         state_interval,
         last_state: std::time::Instant::now(),
@@ -1108,6 +1198,7 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
         }
     }
     d.python_drain();
+    d.python_expire(true);
     d.profile_tick(true);
     // Requests still in flight are not reported: they did not end while we watched.
     d.flush_records();

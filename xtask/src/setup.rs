@@ -95,12 +95,18 @@ pub fn receivers() -> Result<()> {
 
 /// Debian releases whose system CPython the Python layer is tested against, in chroots under
 /// .cache/chroots: (suite, interpreter inside).
-pub const CHROOTS: &[(&str, &str)] = &[("bullseye", "/usr/bin/python3.9"), ("trixie", "/usr/bin/python3.13")];
+/// Forky is Debian's testing release: the first with 3.14 (its package, named, beside the
+/// default python3). Debootstrap releases that predate it build it with the `sid` script.
+pub const CHROOTS: &[(&str, &str, &str)] = &[
+    ("bullseye", "/usr/bin/python3.9", "python3"),
+    ("trixie", "/usr/bin/python3.13", "python3"),
+    ("forky", "/usr/bin/python3.14", "python3.14"),
+];
 
 /// Builds each missing chroot with debootstrap (minbase + python3, ~40 s and ~250 MB each).
 pub fn chroots() -> Result<()> {
     apt(&["debootstrap"])?;
-    for (suite, python) in CHROOTS {
+    for (suite, python, package) in CHROOTS {
         let dir = root().join(".cache/chroots").join(suite);
         let stamp = dir.join(".inferscope-ready");
         if stamp.exists() && dir.join(python.trim_start_matches('/')).exists() {
@@ -110,10 +116,14 @@ pub fn chroots() -> Result<()> {
         std::fs::create_dir_all(dir.parent().context("chroot dir")?)?;
         eprintln!("setup: building a Debian {suite} chroot with its python3 (debootstrap)");
         let mut cmd = util::privileged("debootstrap");
-        cmd.args(["--variant=minbase", "--include=python3", suite])
+        cmd.args(["--variant=minbase", &format!("--include={package}"), suite])
             .arg(&dir)
             .arg("http://deb.debian.org/debian")
             .stdout(std::process::Stdio::null());
+        let script = std::path::Path::new("/usr/share/debootstrap/scripts").join(suite);
+        if !script.exists() {
+            cmd.arg("/usr/share/debootstrap/scripts/sid");
+        }
         run(&mut cmd).with_context(|| format!("debootstrap {suite}"))?;
         std::fs::write(&stamp, "")?;
     }

@@ -198,10 +198,12 @@ impl EngineGauges {
 #[derive(Clone, Debug, PartialEq)]
 pub enum EngineEvent {
     Step(EngineStep),
-    /// Gauges reported without a step (an idle engine).
+    /// Gauges reported without a step (an idle engine, or an iteration that produced no
+    /// token), stamped by the engine at `ts_ns` when it says.
     Gauges {
         pid: u32,
         engine: Option<u32>,
+        ts_ns: Option<u64>,
         gauges: EngineGauges,
     },
     Finished(EngineRequest),
@@ -437,7 +439,7 @@ impl EngineTracker {
                 self.stats.output_messages += 1;
                 if o.outputs.is_empty() {
                     if !o.gauges.is_empty() {
-                        out.push(EngineEvent::Gauges { pid, engine: o.engine, gauges: o.gauges });
+                        out.push(EngineEvent::Gauges { pid, engine: o.engine, ts_ns: o.ts_ns, gauges: o.gauges });
                     }
                     return;
                 }

@@ -270,6 +270,7 @@ impl Otlp {
         spec: &crate::python::timers::TimerSpec,
         location: Option<(&str, &str, u32)>,
         clock: &Clock,
+        step: Option<(u64, usize)>,
     ) {
         let Some(tracer) = &self.tracer else { return };
         let Some(end) = r.end_ns else { return };
@@ -286,6 +287,11 @@ impl Otlp {
         if let Some((_, file, line)) = location {
             attrs.push(KeyValue::new("code.file.path", file.to_string()));
             attrs.push(KeyValue::new("code.line.number", i64::from(line)));
+        }
+        // The engine step it belongs to: when the engine stamped its outputs, and its batch.
+        if let Some((ts, batch)) = step {
+            attrs.push(KeyValue::new("inferscope.engine.step_time_unix_nano", ts.min(i64::MAX as u64) as i64));
+            attrs.push(KeyValue::new("inferscope.step.batch_size", batch as i64));
         }
         let mut span = tracer
             .span_builder(format!("python {}", spec.function()))

@@ -285,7 +285,8 @@ pub fn find(pid: u32) -> Result<Interpreter> {
 fn load_bias(maps: &[Mapping], m: &Mapping, pf: &PyFile) -> Option<u64> {
     // Any mapping of the file will do; the one at the lowest file offset is the most robust.
     let first = maps.iter().filter(|x| x.file == m.file).min_by_key(|x| x.offset)?;
-    let (off, _, vaddr) = pf.loads.iter().find(|(o, s, _)| first.offset >= *o && first.offset < o + s.max(&1))?;
+    let (off, _, vaddr) =
+        pf.loads.iter().find(|(o, s, _)| first.offset >= *o && first.offset < o.saturating_add(*s.max(&1)))?;
     Some(first.start.wrapping_sub(vaddr + (first.offset - off)))
 }
 
@@ -296,26 +297,31 @@ fn debug_offsets(mem: &Memory, runtime: u64, version: (u32, u32, Option<u32>)) -
     if &cookie != b"xdebugpy" {
         bail!("_PyRuntime of CPython {}.{} does not start with _Py_DebugOffsets", version.0, version.1);
     }
-    let w = |i: u64| mem.u64(runtime + 8 * i);
-    // 3.13: cookie, version, free_threaded, runtime_state{size, finalizing, interpreters_head},
+    let w = |i: u64| mem.u64(runtime.wrapping_add(8 * i));
+    // Fields are u64 in this order. 3.13: cookie, version, free_threaded, runtime_state{size, finalizing, interpreters_head},
     // interpreter_state{size, id, next, threads_head, gc, imports_modules, ...13 fields},
     // thread_state{size, prev,
     // next, interp, current_frame, thread_id, native_thread_id, datastack_chunk, status},
     // interpreter_frame{size, previous, executable, instr_ptr, localsplus, owner},
     // code_object{size, filename, name, qualname, linetable, firstlineno, argcount,
     // localsplus_names, localsplus_kinds, co_code_adaptive}, ...
-    // 3.14 inserts fields; only 3.13's order is known to be checked here.
-    if version.1 != 13 {
-        bail!(
+    // 3.14 (read on Debian forky's 3.14.8): interpreter_state gains threads_main after
+    // threads_head, and code_object_generation and tlbc_generation at its end (16 fields);
+    // interpreter_frame gains stackpointer and tlbc_index (8); code_object gains co_tlbc.
+    // (interpreter_state fields, frame fields, index of threads_head's successor shift)
+    let (interp_fields, frame_fields, after_threads) = match version.1 {
+        13 => (13, 6, 0),
+        14 => (16, 8, 1),
+        _ => bail!(
             "CPython {}.{}: _Py_DebugOffsets found, but its layout for this version is not known yet",
             version.0,
             version.1
-        );
-    }
+        ),
+    };
     let interp = 6; // index of interpreter_state.size
-    let tstate = interp + 13;
+    let tstate = interp + interp_fields;
     let frame = tstate + 9;
-    let code = frame + 6;
+    let code = frame + frame_fields;
     Ok(Layout {
         runtime_interpreters_head: w(5)?,
         interp_threads_head: w(interp + 3)?,
@@ -331,7 +337,7 @@ fn debug_offsets(mem: &Memory, runtime: u64, version: (u32, u32, Option<u32>)) -
         code_qualname: Some(w(code + 3)?),
         code_firstlineno: w(code + 5)?,
         unicode_ascii_data: 40,
-        interp_modules: w(interp + 5)?,
+        interp_modules: w(interp + 5 + after_threads)?,
         code_flags: 48,
         code_adaptive: Some(w(code + 9)?),
         func_code: 48,
@@ -373,19 +379,23 @@ impl Interpreter {
     pub fn threads(&self) -> Result<Vec<PyThread>> {
         let mem = Memory::new(self.pid);
         let l = &self.layout;
-        let interp = mem.u64(self.runtime + l.runtime_interpreters_head)?;
+        let interp = mem.u64(self.runtime.wrapping_add(l.runtime_interpreters_head))?;
         if interp == 0 {
             bail!("no interpreter yet (still starting?)");
         }
-        let mut t = mem.u64(interp + l.interp_threads_head)?;
+        let mut t = mem.u64(interp.wrapping_add(l.interp_threads_head))?;
         let mut out = Vec::new();
         while t != 0 && out.len() < 4096 {
             if out.iter().any(|x: &PyThread| x.tstate == t) {
                 break;
             }
-            let native = l.tstate_native_thread_id.map(|o| mem.u64(t + o)).transpose()?;
-            out.push(PyThread { tstate: t, thread_id: mem.u64(t + l.tstate_thread_id)?, native_thread_id: native });
-            t = mem.u64(t + l.tstate_next)?;
+            let native = l.tstate_native_thread_id.map(|o| mem.u64(t.wrapping_add(o))).transpose()?;
+            out.push(PyThread {
+                tstate: t,
+                thread_id: mem.u64(t.wrapping_add(l.tstate_thread_id))?,
+                native_thread_id: native,
+            });
+            t = mem.u64(t.wrapping_add(l.tstate_next))?;
         }
         if l.tstate_native_thread_id.is_none() {
             self.native_ids_from_pthreads(&mem, &mut out);
@@ -440,21 +450,21 @@ impl Interpreter {
         let mem = Memory::new(self.pid);
         let l = &self.layout;
         let mut f = match l.tstate_frame {
-            FramePath::Direct(o) => mem.u64(t.tstate + o)?,
+            FramePath::Direct(o) => mem.u64(t.tstate.wrapping_add(o))?,
             FramePath::CFrame(o, inner) => {
-                let c = mem.u64(t.tstate + o)?;
-                if c == 0 { 0 } else { mem.u64(c + inner)? }
+                let c = mem.u64(t.tstate.wrapping_add(o))?;
+                if c == 0 { 0 } else { mem.u64(c.wrapping_add(inner))? }
             }
         };
         let mut out = Vec::new();
         let mut steps = 0;
         while f != 0 && out.len() < max && steps < 4 * max {
             steps += 1;
-            let code = mem.u64(f + l.frame_code)? & !3;
+            let code = mem.u64(f.wrapping_add(l.frame_code))? & !3;
             let shim = match l.frame_owner {
                 Some(o) => {
                     let mut b = [0u8; 1];
-                    mem.read(f + o, &mut b)?;
+                    mem.read(f.wrapping_add(o), &mut b)?;
                     b[0] == 3
                 }
                 None => false,
@@ -462,7 +472,7 @@ impl Interpreter {
             if code != 0 && !shim {
                 out.push((f, code));
             }
-            f = mem.u64(f + l.frame_previous)?;
+            f = mem.u64(f.wrapping_add(l.frame_previous))?;
         }
         Ok(out)
     }
@@ -476,25 +486,25 @@ impl Interpreter {
 
     pub(crate) fn code_frame(&self, mem: &Memory, code: u64) -> Result<PyFrame> {
         let l = &self.layout;
-        let name_ptr = mem.u64(code + l.code_qualname.unwrap_or(l.code_name))?;
+        let name_ptr = mem.u64(code.wrapping_add(l.code_qualname.unwrap_or(l.code_name)))?;
         Ok(PyFrame {
             name: self.ascii(mem, name_ptr)?,
-            filename: self.ascii(mem, mem.u64(code + l.code_filename)?)?,
-            first_line: mem.u32(code + l.code_firstlineno)?,
+            filename: self.ascii(mem, mem.u64(code.wrapping_add(l.code_filename))?)?,
+            first_line: mem.u32(code.wrapping_add(l.code_firstlineno))?,
         })
     }
 
     /// A `str` object's text when it is compact ASCII (code names and file names nearly always
     /// are); `?` otherwise.
     fn ascii(&self, mem: &Memory, s: u64) -> Result<String> {
-        let len = mem.u64(s + 16)?;
-        let state = mem.u32(s + 32)?;
+        let len = mem.u64(s.wrapping_add(16))?;
+        let state = mem.u32(s.wrapping_add(32))?;
         let (compact, ascii) = (state & (1 << 5) != 0, state & (1 << 6) != 0);
         if !compact || !ascii || len > 4096 {
             return Ok("?".into());
         }
         let mut b = vec![0u8; len as usize];
-        mem.read(s + self.layout.unicode_ascii_data, &mut b)?;
+        mem.read(s.wrapping_add(self.layout.unicode_ascii_data), &mut b)?;
         Ok(String::from_utf8_lossy(&b).into_owned())
     }
 }

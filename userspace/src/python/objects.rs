@@ -52,21 +52,30 @@ pub struct Bytecode {
 }
 
 impl Interpreter {
+    /// Whether the `str` at `s` is the compact ASCII string `want` (one read: header and text).
     fn str_eq(&self, mem: &Memory, s: u64, want: &str) -> bool {
-        mem.u64(s + 16).is_ok_and(|len| len == want.len() as u64) && self.ascii(mem, s).is_ok_and(|t| t == want)
+        let data = self.layout.unicode_ascii_data as usize;
+        let mut b = vec![0u8; data + want.len()];
+        if mem.read(s, &mut b).is_err() {
+            return false;
+        }
+        let len = u64::from_le_bytes(b[16..24].try_into().unwrap_or_default());
+        let state = u32::from_le_bytes(b[32..36].try_into().unwrap_or_default());
+        let compact_ascii = state & (1 << 5) != 0 && state & (1 << 6) != 0;
+        len == want.len() as u64 && compact_ascii && &b[data..] == want.as_bytes()
     }
 
     /// The name of an object's type (`ob_type->tp_name`).
     pub fn type_name(&self, mem: &Memory, obj: u64) -> Result<String> {
-        let t = mem.u64(obj + 8)?;
-        cstr(mem, mem.u64(t + TP_NAME)?)
+        let t = mem.u64(obj.wrapping_add(8))?;
+        cstr(mem, mem.u64(t.wrapping_add(TP_NAME))?)
     }
 
     /// Looks a `str` key up in a dict by scanning its entries (no hashing: the reader does not
     /// know the target's hash seed). None when absent.
     pub fn dict_get(&self, mem: &Memory, dict: u64, key: &str) -> Result<Option<u64>> {
-        let keys = mem.u64(dict + 32)?;
-        let values = mem.u64(dict + 40)?;
+        let keys = mem.u64(dict.wrapping_add(32))?;
+        let values = mem.u64(dict.wrapping_add(40))?;
         if keys == 0 {
             bail!("dict {dict:#x} has no keys table");
         }
@@ -80,18 +89,18 @@ impl Interpreter {
             if log2_index_bytes > 40 || kind > 2 {
                 bail!("dict keys at {keys:#x} look corrupt");
             }
-            let entries = keys + 32 + (1u64 << log2_index_bytes);
+            let entries = keys.wrapping_add(32).wrapping_add(1u64 << log2_index_bytes);
             if kind == 0 { (entries, 24, 8, 16, n) } else { (entries, 16, 0, 8, n) }
         } else {
-            let size = mem.u64(keys + 8)?;
-            let n = mem.u64(keys + 32)?;
+            let size = mem.u64(keys.wrapping_add(8))?;
+            let n = mem.u64(keys.wrapping_add(32))?;
             let ib = match size {
                 0..=0xff => 1,
                 0x100..=0xffff => 2,
                 0x1_0000..=0xffff_ffff => 4,
                 _ => 8,
             };
-            (keys + 40 + size.saturating_mul(ib), 24, 8, 16, n)
+            (keys.wrapping_add(40).wrapping_add(size.saturating_mul(ib)), 24, 8, 16, n)
         };
         if n > MAX_DICT_ENTRIES {
             bail!("dict at {dict:#x} has {n} entries: too many to scan");
@@ -108,7 +117,7 @@ impl Interpreter {
             let v = if values != 0 {
                 // A split table: values live apart (3.13 puts a 8-byte header first).
                 let header = if self.version.1 >= 13 { 8 } else { 0 };
-                mem.u64(values + header + 8 * i as u64)?
+                mem.u64(values.wrapping_add(header).wrapping_add(8 * i as u64))?
             } else {
                 u64::from_le_bytes(e[value_at..value_at + 8].try_into().unwrap_or_default())
             };
@@ -122,22 +131,22 @@ impl Interpreter {
     /// keyed by the class's shared keys), or a `__dict__` at `tp_dictoffset`. None when the
     /// instance has no such attribute.
     pub fn instance_attr(&self, mem: &Memory, obj: u64, name: &str) -> Result<Option<u64>> {
-        let ty = mem.u64(obj + 8)?;
-        let flags = mem.u64(ty + TP_FLAGS)?;
+        let ty = mem.u64(obj.wrapping_add(8))?;
+        let flags = mem.u64(ty.wrapping_add(TP_FLAGS))?;
         let minor = self.version.1;
         if minor >= 11 && flags & TPFLAGS_MANAGED_DICT != 0 {
             // (dict, values array, 8-byte header before the values)
             let (dict, values, header) = match minor {
-                11 => (mem.u64(obj - 24)?, mem.u64(obj - 32)?, 0),
+                11 => (mem.u64(obj.wrapping_sub(24))?, mem.u64(obj.wrapping_sub(32))?, 0),
                 12 => {
                     // `_PyDictOrValues`: values are stored as their address minus one (odd).
-                    let dv = mem.u64(obj - 24)?;
-                    if dv & 1 == 1 { (0, dv + 1, 0) } else { (dv, 0, 0) }
+                    let dv = mem.u64(obj.wrapping_sub(24))?;
+                    if dv & 1 == 1 { (0, dv.wrapping_add(1), 0) } else { (dv, 0, 0) }
                 }
                 _ => {
-                    let dict = mem.u64(obj - 24)?;
+                    let dict = mem.u64(obj.wrapping_sub(24))?;
                     let inline = flags & TPFLAGS_INLINE_VALUES != 0;
-                    let values = if inline { obj + mem.u64(ty + TP_BASICSIZE)? } else { 0 };
+                    let values = if inline { obj.wrapping_add(mem.u64(ty.wrapping_add(TP_BASICSIZE))?) } else { 0 };
                     // `valid` (4th header byte) is cleared once a dict took the values over.
                     let mut h = [0u8; 4];
                     if values != 0 {
@@ -152,16 +161,16 @@ impl Interpreter {
             if values == 0 {
                 return Ok(None);
             }
-            let keys = mem.u64(ty + self.layout.heaptype_cached_keys)?;
+            let keys = mem.u64(ty.wrapping_add(self.layout.heaptype_cached_keys))?;
             let Some(i) = self.keys_index(mem, keys, name)? else { return Ok(None) };
-            let v = mem.u64(values + header + 8 * i)?;
+            let v = mem.u64(values.wrapping_add(header).wrapping_add(8 * i))?;
             return Ok((v != 0).then_some(v));
         }
-        let off = mem.u64(ty + TP_DICTOFFSET)? as i64;
+        let off = mem.u64(ty.wrapping_add(TP_DICTOFFSET))? as i64;
         if off <= 0 {
             bail!("instances of {} keep no attribute dict inferscope can find", self.type_name(mem, obj)?);
         }
-        let dict = mem.u64(obj + off as u64)?;
+        let dict = mem.u64(obj.wrapping_add(off as u64))?;
         if dict == 0 { Ok(None) } else { self.dict_get(mem, dict, name) }
     }
 
@@ -176,7 +185,7 @@ impl Interpreter {
         if h[9] > 40 || n > 4096 {
             bail!("shared keys at {keys:#x} look corrupt");
         }
-        let entries = keys + 32 + (1u64 << h[9]);
+        let entries = keys.wrapping_add(32).wrapping_add(1u64 << h[9]);
         let size = if h[10] == 0 { 24 } else { 16 };
         let key_at = if h[10] == 0 { 8 } else { 0 };
         let mut buf = vec![0u8; (n * size) as usize];
@@ -197,7 +206,7 @@ impl Interpreter {
         if tname != "int" && tname != "bool" {
             bail!("a {tname}, not an int");
         }
-        let head = mem.u64(obj + 16)?;
+        let head = mem.u64(obj.wrapping_add(16))?;
         let (negative, ndigits) = if self.version.1 >= 12 {
             // lv_tag: digit count << 3 | sign (0 positive, 1 zero, 2 negative).
             (head & 3 == 2, head >> 3)
@@ -210,7 +219,7 @@ impl Interpreter {
         }
         let mut v: u64 = 0;
         for i in (0..ndigits).rev() {
-            v = (v << 30) | u64::from(mem.u32(obj + 24 + 4 * i)? & 0x3fff_ffff);
+            v = (v << 30) | u64::from(mem.u32(obj.wrapping_add(24).wrapping_add(4 * i))? & 0x3fff_ffff);
         }
         let v = v as i64;
         Ok(if negative { -v } else { v })
@@ -219,27 +228,27 @@ impl Interpreter {
     /// The length of a `list` or `collections.deque` (or of a subclass of either): their
     /// `ob_size`.
     pub fn len_of(&self, mem: &Memory, obj: u64) -> Result<i64> {
-        let mut ty = mem.u64(obj + 8)?;
+        let mut ty = mem.u64(obj.wrapping_add(8))?;
         for _ in 0..8 {
             if ty == 0 {
                 break;
             }
-            let n = cstr(mem, mem.u64(ty + TP_NAME)?)?;
+            let n = cstr(mem, mem.u64(ty.wrapping_add(TP_NAME))?)?;
             if n == "list" || n == "collections.deque" {
-                return Ok(mem.u64(obj + 16)? as i64);
+                return Ok(mem.u64(obj.wrapping_add(16))? as i64);
             }
-            ty = mem.u64(ty + TP_BASE)?;
+            ty = mem.u64(ty.wrapping_add(TP_BASE))?;
         }
         bail!("a {}, not a list or a deque", self.type_name(mem, obj)?)
     }
 
     /// `sys.modules[name]`.
     pub fn module(&self, mem: &Memory, name: &str) -> Result<Option<u64>> {
-        let interp = mem.u64(self.runtime + self.layout.runtime_interpreters_head)?;
+        let interp = mem.u64(self.runtime.wrapping_add(self.layout.runtime_interpreters_head))?;
         if interp == 0 {
             bail!("no interpreter yet (still starting?)");
         }
-        let modules = mem.u64(interp + self.layout.interp_modules)?;
+        let modules = mem.u64(interp.wrapping_add(self.layout.interp_modules))?;
         if modules == 0 {
             bail!("the interpreter has no sys.modules yet");
         }
@@ -251,22 +260,24 @@ impl Interpreter {
     pub fn attr(&self, mem: &Memory, obj: u64, name: &str) -> Result<Option<u64>> {
         let tname = self.type_name(mem, obj)?;
         if tname == "module" {
-            let d = mem.u64(obj + MD_DICT)?;
+            let d = mem.u64(obj.wrapping_add(MD_DICT))?;
             return if d == 0 { Ok(None) } else { self.dict_get(mem, d, name) };
         }
-        let flags = mem.u64(mem.u64(obj + 8)? + TP_FLAGS)?;
+        let flags = mem.u64((mem.u64(obj.wrapping_add(8))?).wrapping_add(TP_FLAGS))?;
         if flags & TPFLAGS_TYPE_SUBCLASS == 0 {
             bail!("not a module or a class (a {tname})");
         }
-        let mro = mem.u64(obj + TP_MRO)?;
+        let mro = mem.u64(obj.wrapping_add(TP_MRO))?;
+        // A tuple's items follow its size; 3.14 caches the tuple's hash before them.
+        let items = if self.version.1 >= 14 { 32 } else { 24 };
         let classes = if mro == 0 {
             vec![obj]
         } else {
-            let n = mem.u64(mro + 16)?.min(64);
-            (0..n).map(|i| mem.u64(mro + 24 + 8 * i)).collect::<Result<Vec<_>>>()?
+            let n = mem.u64(mro.wrapping_add(16))?.min(64);
+            (0..n).map(|i| mem.u64(mro.wrapping_add(items).wrapping_add(8 * i))).collect::<Result<Vec<_>>>()?
         };
         for c in classes {
-            let d = mem.u64(c + TP_DICT)?;
+            let d = mem.u64(c.wrapping_add(TP_DICT))?;
             if d != 0
                 && let Some(v) = self.dict_get(mem, d, name)?
             {
@@ -293,13 +304,13 @@ impl Interpreter {
         let last = parts.last().copied().unwrap_or_default();
         for _ in 0..8 {
             match self.type_name(mem, obj)?.as_str() {
-                "staticmethod" | "classmethod" => obj = mem.u64(obj + SM_CALLABLE)?,
+                "staticmethod" | "classmethod" => obj = mem.u64(obj.wrapping_add(SM_CALLABLE))?,
                 "function" => {
-                    let code = mem.u64(obj + self.layout.func_code)?;
+                    let code = mem.u64(obj.wrapping_add(self.layout.func_code))?;
                     let f = self.code_frame(mem, code)?;
                     let short = f.name.rsplit('.').next().unwrap_or(&f.name);
                     if short == last {
-                        let flags = mem.u32(code + self.layout.code_flags)?;
+                        let flags = mem.u32(code.wrapping_add(self.layout.code_flags))?;
                         return Ok(Some(Resolved {
                             code,
                             qualname: f.name,
@@ -311,7 +322,7 @@ impl Interpreter {
                     // A decorator's wrapper: its `__dict__` (after func_doc) may name the
                     // function it wraps.
                     let fdict_at = if self.version.1 >= 10 { self.layout.func_code + 40 } else { 72 };
-                    let fdict = mem.u64(obj + fdict_at)?;
+                    let fdict = mem.u64(obj.wrapping_add(fdict_at))?;
                     match (fdict != 0).then(|| self.dict_get(mem, fdict, "__wrapped__")).transpose()?.flatten() {
                         Some(w) => obj = w,
                         None => {
@@ -335,13 +346,14 @@ impl Interpreter {
             11 => (&opcodes::CACHES_3_11, opcodes::RESUME_3_11, opcodes::RETURN_3_11),
             12 => (&opcodes::CACHES_3_12, opcodes::RESUME_3_12, opcodes::RETURN_3_12),
             13 => (&opcodes::CACHES_3_13, opcodes::RESUME_3_13, opcodes::RETURN_3_13),
+            14 => (&opcodes::CACHES_3_14, opcodes::RESUME_3_14, opcodes::RETURN_3_14),
             _ => bail!("CPython {}: no opcode table for this version", self.version_string()),
         };
-        let units = mem.u64(code + 16)?;
+        let units = mem.u64(code.wrapping_add(16))?;
         if units == 0 || units > 1 << 20 {
             bail!("code object at {code:#x} has {units} code units");
         }
-        let start = code + adaptive;
+        let start = code.wrapping_add(adaptive);
         let mut bc = vec![0u8; 2 * units as usize];
         mem.read(start, &mut bc)?;
         let (resume, returns) = decode(&bc, caches, resume_ops, return_ops);
@@ -349,7 +361,8 @@ impl Interpreter {
         if returns.is_empty() {
             bail!("no return instruction in the function's bytecode (it only raises or loops forever)");
         }
-        let at = |i: usize| (start + 2 * i as u64, u32::from(u16::from_le_bytes([bc[2 * i], bc[2 * i + 1]])));
+        let at =
+            |i: usize| (start.wrapping_add(2 * i as u64), u32::from(u16::from_le_bytes([bc[2 * i], bc[2 * i + 1]])));
         Ok(Bytecode { start, resume: at(resume), returns: returns.iter().map(|r| at(*r)).collect() })
     }
 }

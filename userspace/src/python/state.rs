@@ -114,7 +114,7 @@ impl StateReader {
             let f = self.interp.code_frame(&self.mem, code)?;
             for e in ENGINES {
                 if f.filename.ends_with(e.file) && e.loops.iter().any(|l| is_loop(&f.name, l)) {
-                    let me = self.mem.u64(frame + self.interp.layout.frame_localsplus)?;
+                    let me = self.mem.u64(frame.wrapping_add(self.interp.layout.frame_localsplus))?;
                     if me == 0 {
                         bail!("{}'s `self` is not set yet", f.name);
                     }

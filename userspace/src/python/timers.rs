@@ -536,14 +536,14 @@ impl PyTimers {
             return Ok(());
         }
         let eval = match interp.version.1 {
-            11..=13 => None,
+            11..=14 => None,
             9 | 10 if self.eval_watch.is_some() => Some(Vec::new()),
             9 | 10 => bail!(
                 "CPython {}: function timers need --eval-uprobes on 3.9/3.10 (uprobes on the eval function: every \
                  Python call of the process then traps twice); not timed",
                 interp.version_string()
             ),
-            _ => bail!("CPython {}: function timers support 3.9-3.13; not timed", interp.version_string()),
+            _ => bail!("CPython {}: function timers support 3.9-3.14; not timed", interp.version_string()),
         };
         if !cfg!(target_arch = "x86_64") {
             bail!("function timers use x86 debug registers; this architecture is not supported yet");
@@ -983,7 +983,13 @@ impl PyTimers {
 
 /// The JSON line of one call: `start_ns` on the monotonic clock (what BPF and
 /// `time.monotonic_ns()` read), and `ts_ns` in Unix time when the caller knows it.
-pub fn call_json(r: &CallRecord, spec: &TimerSpec, unix_start_ns: Option<u64>) -> serde_json::Value {
+/// `step`: the engine step the call belongs to (Unix ns the engine stamped it, batch size).
+pub fn call_json(
+    r: &CallRecord,
+    spec: &TimerSpec,
+    unix_start_ns: Option<u64>,
+    step: Option<(u64, usize)>,
+) -> serde_json::Value {
     let mut v = serde_json::json!({
         "type": "python_call",
         "pid": r.pid,
@@ -997,6 +1003,10 @@ pub fn call_json(r: &CallRecord, spec: &TimerSpec, unix_start_ns: Option<u64>) -
     });
     if let Some(ts) = unix_start_ns {
         v["ts_ns"] = ts.into();
+    }
+    if let Some((ts, batch)) = step {
+        v["step_ts_ns"] = ts.into();
+        v["step_batch_size"] = batch.into();
     }
     v
 }
@@ -1043,7 +1053,7 @@ pub fn run_cli(
             if let Some(end) = r.end_ns {
                 per[r.spec].push(end.saturating_sub(r.start_ns));
             }
-            writeln!(out, "{}", call_json(&r, spec, None))?;
+            writeln!(out, "{}", call_json(&r, spec, None, None))?;
         }
         if !crate::procfs::exists(pid) {
             // Hits already in the ring are read once more.

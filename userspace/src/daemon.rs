@@ -143,6 +143,8 @@ struct Daemon {
     py_pending: HashMap<u32, Vec<crate::python::timers::CallRecord>>,
     /// Engine core -> (its API server, data-parallel index), or None when not under one.
     engine_of: HashMap<u32, Option<(u32, Option<u32>)>>,
+    /// The last engine steps per API server: (monotonic ts, engine index, batch size).
+    recent_steps: HashMap<u32, std::collections::VecDeque<(u64, Option<u32>, usize)>>,
     /// Engine state readers per traced CPython process (with --engine-state-interval > 0).
     state: HashMap<u32, StateSlot>,
     state_interval: Option<Duration>,
@@ -349,6 +351,7 @@ impl Daemon {
             }
         }
         self.engine_of.remove(&pid);
+        self.recent_steps.remove(&pid);
         // Its last launch sites, then its maps.
         self.exporters_sites_interval(Some(pid));
         if let Some(s) = &mut self.sites {
@@ -660,13 +663,16 @@ impl Daemon {
                 m.unfinished(pid, t.unfinished(pid));
             }
         }
-        // Calls of an engine core wait for the engine step they belong to (the first whose
-        // outputs the engine stamped after the call began); others go out now.
+        // A call of an engine core belongs to the engine step the engine stamped first after
+        // the call began: already seen (its IPC can be read before the call's hits), or still
+        // to come (the call waits for it). Others go out now.
         for r in std::mem::take(&mut self.python_recs) {
-            if self.engine_of(r.pid).is_some() {
-                self.py_pending.entry(r.pid).or_default().push(r);
-            } else {
-                self.export_python_call(&r, None);
+            match self.engine_of(r.pid) {
+                Some((api, dp)) => match self.step_after(api, dp, r.start_ns) {
+                    Some(step) => self.export_python_call(&r, Some(step)),
+                    None => self.py_pending.entry(r.pid).or_default().push(r),
+                },
+                None => self.export_python_call(&r, None),
             }
         }
     }
@@ -690,9 +696,29 @@ impl Daemon {
         e
     }
 
+    /// The first recent step of `api`'s engine `dp` (any engine when None) stamped at or after
+    /// `start`: (monotonic ts, batch size).
+    fn step_after(&self, api: u32, dp: Option<u32>, start: u64) -> Option<(u64, usize)> {
+        self.recent_steps
+            .get(&api)?
+            .iter()
+            .filter(|(ts, engine, _)| *ts >= start && (dp.is_none() || dp == *engine))
+            .min_by_key(|(ts, ..)| *ts)
+            .map(|(ts, _, batch)| (*ts, *batch))
+    }
+
     /// An engine step (or an iteration reported with gauges only) of `api`'s engine `engine`:
-    /// the pending calls of its engine core that began before the engine stamped it are its.
+    /// remembered a while (timed calls can be read after it), and the pending calls of its
+    /// engine core that began before the engine stamped it are its.
     fn python_step(&mut self, api: u32, engine: Option<u32>, ts_ns: u64, batch: usize) {
+        if self.python.is_none() {
+            return;
+        }
+        let recent = self.recent_steps.entry(api).or_default();
+        if recent.len() >= 1024 {
+            recent.pop_front();
+        }
+        recent.push_back((ts_ns, engine, batch));
         let cores: Vec<u32> = self
             .py_pending
             .keys()
@@ -1090,6 +1116,7 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
         python_recs: Vec::new(),
         py_pending: HashMap::new(),
         engine_of: HashMap::new(),
+        recent_steps: HashMap::new(),
         state: HashMap::new(),
         state_interval,
         last_state: std::time::Instant::now(),

@@ -205,17 +205,29 @@ struct PyFile {
     loads: Vec<(u64, u64, u64)>,
 }
 
+fn interpreter_symbols<'d, S: ObjectSymbol<'d>>(
+    syms: impl Iterator<Item = S>,
+    runtime: &mut Option<u64>,
+    version: &mut Option<u64>,
+) {
+    for s in syms {
+        match s.name() {
+            Ok("_PyRuntime") if s.is_definition() => *runtime = runtime.or(Some(s.address())),
+            Ok("Py_Version") if s.is_definition() => *version = version.or(Some(s.address())),
+            _ => {}
+        }
+    }
+}
+
 fn scan_file(path: &Path) -> Result<Option<PyFile>> {
     let f = std::fs::File::open(path)?;
     let cache = ReadCache::new(f);
     let elf = object::File::parse(&cache)?;
     let (mut runtime, mut version) = (None, None);
-    for s in elf.dynamic_symbols().chain(elf.symbols()) {
-        match s.name() {
-            Ok("_PyRuntime") if s.is_definition() => runtime = runtime.or(Some(s.address())),
-            Ok("Py_Version") if s.is_definition() => version = version.or(Some(s.address())),
-            _ => {}
-        }
+    // The exported symbols first (small); the full table (large, read whole) only if needed.
+    interpreter_symbols(elf.dynamic_symbols(), &mut runtime, &mut version);
+    if runtime.is_none() {
+        interpreter_symbols(elf.symbols(), &mut runtime, &mut version);
     }
     let Some(runtime) = runtime else { return Ok(None) };
     let loads = elf
@@ -250,8 +262,9 @@ pub fn find(pid: u32) -> Result<Interpreter> {
             continue;
         }
         let name = m.path.rsplit('/').next().unwrap_or(&m.path);
-        // Only files that can hold an interpreter: a libpython, or an executable named python.
-        if !name.contains("python") {
+        // Only files that can hold an interpreter: a libpython, or an executable named python
+        // (not libtorch_python.so or foo.cpython-311-x86_64-linux-gnu.so: large, and no).
+        if !(name.starts_with("python") || name.starts_with("libpython")) {
             continue;
         }
         let Ok(Some(pf)) = scan_file(&libs::host_path(pid, &m.path)) else { continue };

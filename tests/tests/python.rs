@@ -270,6 +270,32 @@ fn timed_run_with(
     (truth, read_jsonl(&calls), err)
 }
 
+/// The 200 `Engine.step` calls of the basic scenario against the fixture's own clock: each
+/// timed in `mode`, entered before its first statement, within 1 ms + 5% of the duration
+/// measured inside (one call may be preempted between the clock read and the return: 2
+/// CPUs), and a median difference under 100 us. Returns (median, worst) in ns.
+fn check_step_timings(name: &str, truth: &Value, calls: &[Value], mode: &str, err: &str) -> (f64, f64) {
+    let steps = calls_of(calls, "Engine.step");
+    let want = truth["step"].as_array().unwrap();
+    assert_eq!(steps.len(), want.len(), "{name}: Engine.step calls\n{err}");
+    assert_eq!(want.len(), 200);
+    let mut diffs = Vec::new();
+    for (c, w) in steps.iter().zip(want) {
+        let (t0, t1) = (w[0].as_u64().unwrap(), w[1].as_u64().unwrap());
+        assert_eq!(c["mode"], mode);
+        let (start, dur) = (c["start_ns"].as_u64().unwrap(), c["duration_ns"].as_u64().unwrap());
+        // The function is entered before its first statement runs, and left after its last.
+        assert!(start <= t0 && t0 - start < 1_000_000, "{name}: entry {start} vs first statement {t0}");
+        let truth_dur = (t1 - t0) as f64;
+        let diff = (dur as f64 - truth_dur).abs();
+        diffs.push(diff);
+        assert!(diff < 1_000_000.0 + 0.05 * truth_dur, "{name}: {dur} ns timed, {truth_dur} ns measured inside");
+    }
+    let (median, worst) = stats(&mut diffs);
+    assert!(median < 100_000.0, "{name}: median |timed - measured| {median} ns");
+    (median, worst)
+}
+
 fn calls_of<'a>(calls: &'a [Value], function: &str) -> Vec<&'a Value> {
     calls.iter().filter(|c| c["function"] == function).collect()
 }
@@ -290,26 +316,7 @@ fn function_timers_are_exact_on_real_interpreters() {
         // basic: 200 inlined calls with known durations, and 465 recursive calls.
         let (truth, calls, err) =
             timed_run(py, "basic", "- symbol: __main__:Engine.step\n- symbol: __main__:fib\n", &dir);
-        let steps = calls_of(&calls, "Engine.step");
-        let want = truth["step"].as_array().unwrap();
-        assert_eq!(steps.len(), want.len(), "{name}: Engine.step calls\n{err}");
-        assert_eq!(want.len(), 200);
-        let mut diffs = Vec::new();
-        for (c, w) in steps.iter().zip(want) {
-            let (t0, t1) = (w[0].as_u64().unwrap(), w[1].as_u64().unwrap());
-            let start = c["start_ns"].as_u64().unwrap();
-            let dur = c["duration_ns"].as_u64().unwrap();
-            assert_eq!(c["mode"], "breakpoint");
-            // The RESUME comes before the function's first statement, the return after its last.
-            assert!(start <= t0 && t0 - start < 1_000_000, "{name}: entry {start} vs first statement {t0}");
-            let truth_dur = (t1 - t0) as f64;
-            let diff = (dur as f64 - truth_dur).abs();
-            diffs.push(diff);
-            // One call may be preempted between the clock read and the return (2 CPUs).
-            assert!(diff < 1_000_000.0 + 0.05 * truth_dur, "{name}: {dur} ns timed, {truth_dur} ns measured inside");
-        }
-        let (median, worst) = stats(&mut diffs);
-        assert!(median < 100_000.0, "{name}: median |timed - measured| {median} ns");
+        let (median, worst) = check_step_timings(&name, &truth, &calls, "breakpoint", &err);
         let fib = calls_of(&calls, "fib");
         assert_eq!(fib.len() as u64, truth["fib"].as_u64().unwrap(), "{name}: fib calls\n{err}");
         let outer: Vec<_> = fib.iter().filter(|c| c["depth"] == 0).collect();
@@ -535,22 +542,7 @@ fn function_timers_with_eval_uprobes_on_3_9_and_3_10() {
             &dir,
             &["--eval-uprobes"],
         );
-        let steps = calls_of(&calls, "Engine.step");
-        let want = truth["step"].as_array().unwrap();
-        assert_eq!(steps.len(), want.len(), "{name}: Engine.step calls\n{err}");
-        let mut diffs = Vec::new();
-        for (c, w) in steps.iter().zip(want) {
-            let (t0, t1) = (w[0].as_u64().unwrap(), w[1].as_u64().unwrap());
-            assert_eq!(c["mode"], "eval_uprobe");
-            let (start, dur) = (c["start_ns"].as_u64().unwrap(), c["duration_ns"].as_u64().unwrap());
-            assert!(start <= t0 && t0 - start < 1_000_000, "{name}: entry {start} vs first statement {t0}");
-            let truth_dur = (t1 - t0) as f64;
-            let diff = (dur as f64 - truth_dur).abs();
-            diffs.push(diff);
-            assert!(diff < 1_000_000.0 + 0.05 * truth_dur, "{name}: {dur} ns timed, {truth_dur} ns measured inside");
-        }
-        let (median, _) = stats(&mut diffs);
-        assert!(median < 100_000.0, "{name}: median |timed - measured| {median} ns");
+        let (median, _) = check_step_timings(&name, &truth, &calls, "eval_uprobe", &err);
         let fib = calls_of(&calls, "fib");
         assert_eq!(fib.len() as u64, truth["fib"].as_u64().unwrap(), "{name}: fib calls");
         // The outermost call encloses every other.

@@ -153,7 +153,7 @@ struct Daemon {
     sites: Option<crate::python::sites::LaunchSites>,
     site_labels: crate::export::BoundedLabel,
     /// Site label values exported per process (to drop them when it exits).
-    site_series: HashMap<u32, Vec<String>>,
+    site_series: HashMap<u32, std::collections::HashSet<String>>,
     last_sites: std::time::Instant,
     /// The rolling Python profile (with --python-profile-rate).
     sampler: Option<crate::python::profile::Sampler>,
@@ -457,10 +457,7 @@ impl Daemon {
                     let label = self.site_labels.get(Some(&site));
                     if let Some(m) = self.exporters.prom.as_ref().and_then(|p| p.sites.as_ref()) {
                         m.record(*tgid, &label);
-                        let series = self.site_series.entry(*tgid).or_default();
-                        if !series.contains(&label) {
-                            series.push(label);
-                        }
+                        self.site_series.entry(*tgid).or_default().insert(label);
                     }
                 }
                 return;

@@ -159,7 +159,7 @@ impl SiteMetrics {
         self.launches.with_label_values(&[pid.to_string().as_str(), site]).inc();
     }
 
-    pub fn forget(&self, pid: u32, sites: &[String]) {
+    pub fn forget<'a>(&self, pid: u32, sites: impl IntoIterator<Item = &'a String>) {
         let p = pid.to_string();
         for s in sites {
             let _ = self.launches.remove_label_values(&[p.as_str(), s.as_str()]);

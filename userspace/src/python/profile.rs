@@ -78,6 +78,31 @@ pub(crate) fn bpf_layout(i: &Interpreter) -> PyLayout {
     }
 }
 
+/// A copy of the BPF object of its own for one Python-layer tool (sampler, timers): its ring
+/// buffer and the per-process layout and per-thread state maps its programs read.
+pub(crate) struct OwnBpf {
+    pub ebpf: aya::Ebpf,
+    pub ring: RingBuf<aya::maps::MapData>,
+    pub layouts: BpfHashMap<aya::maps::MapData, u32, PyLayout>,
+    pub tstates: BpfHashMap<aya::maps::MapData, u32, u64>,
+}
+
+impl OwnBpf {
+    /// Opens the object with a ring buffer of `ring_bytes` and loads the perf-event program
+    /// `prog` (`what` names it for the operator).
+    pub fn open(ring_bytes: u32, prog: &str, what: &str) -> Result<Self> {
+        crate::privileges::require_bpf()?;
+        crate::privileges::raise_memlock();
+        let mut ebpf = bpf::open(&LoadOptions { ring_buffer_bytes: ring_bytes, ..Default::default() })?;
+        let p: &mut PerfEvent = ebpf.program_mut(prog).with_context(|| format!("{prog} missing"))?.try_into()?;
+        p.load().map_err(|e| anyhow!("the kernel rejected the {what}: {e:#}"))?;
+        let layouts = BpfHashMap::try_from(ebpf.take_map("PY_LAYOUTS").context("PY_LAYOUTS")?)?;
+        let tstates = BpfHashMap::try_from(ebpf.take_map("PY_TSTATES").context("PY_TSTATES")?)?;
+        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS")?)?;
+        Ok(Self { ebpf, ring, layouts, tstates })
+    }
+}
+
 /// Names code objects, each read once (per process: a code address means nothing elsewhere).
 #[derive(Default)]
 struct Names {
@@ -187,14 +212,7 @@ pub struct Sampler {
 
 impl Sampler {
     pub fn new(rate: u64, ring_bytes: u32) -> Result<Self> {
-        crate::privileges::require_bpf()?;
-        crate::privileges::raise_memlock();
-        let mut ebpf = bpf::open(&LoadOptions { ring_buffer_bytes: ring_bytes, ..Default::default() })?;
-        let prog: &mut PerfEvent = ebpf.program_mut("py_sample").context("py_sample missing")?.try_into()?;
-        prog.load().map_err(|e| anyhow!("the kernel rejected the Python sampler: {e:#}"))?;
-        let layouts = BpfHashMap::try_from(ebpf.take_map("PY_LAYOUTS").context("PY_LAYOUTS")?)?;
-        let tstates = BpfHashMap::try_from(ebpf.take_map("PY_TSTATES").context("PY_TSTATES")?)?;
-        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS")?)?;
+        let OwnBpf { ebpf, ring, layouts, tstates } = OwnBpf::open(ring_bytes, "py_sample", "Python sampler")?;
         Ok(Self {
             ebpf,
             ring,

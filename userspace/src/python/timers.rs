@@ -45,10 +45,7 @@ use inferscope_common::PyLayout;
 use serde::Deserialize;
 
 use super::{Interpreter, Memory, find, objects::CO_GENERATOR_LIKE};
-use crate::{
-    bpf::{self, LoadOptions},
-    events::{self, Event},
-};
+use crate::events::{self, Event};
 
 /// The default set (vLLM and SGLang scheduling functions).
 pub const DEFAULT_CONFIG: &str = include_str!("default-timers.yaml");
@@ -489,11 +486,8 @@ impl PyTimers {
     /// `eval_uprobes`: also time CPython 3.9/3.10 processes, with uprobes on their eval
     /// function (every Python call of such a process then traps twice).
     pub fn new(specs: Vec<TimerSpec>, eval_uprobes: bool) -> Result<Self> {
-        crate::privileges::require_bpf()?;
-        crate::privileges::raise_memlock();
-        let mut ebpf = bpf::open(&LoadOptions { ring_buffer_bytes: 1 << 20, ..Default::default() })?;
-        let prog: &mut PerfEvent = ebpf.program_mut("py_call").context("py_call missing")?.try_into()?;
-        prog.load().map_err(|e| anyhow!("the kernel rejected the Python timer program: {e:#}"))?;
+        let super::profile::OwnBpf { mut ebpf, ring, layouts, tstates } =
+            super::profile::OwnBpf::open(1 << 20, "py_call", "Python timer program")?;
         let eval_watch = if eval_uprobes {
             for name in ["py_eval_enter", "py_eval_exit"] {
                 let p: &mut aya::programs::UProbe = ebpf.program_mut(name).context(name)?.try_into()?;
@@ -503,9 +497,6 @@ impl PyTimers {
         } else {
             None
         };
-        let layouts = BpfHashMap::try_from(ebpf.take_map("PY_LAYOUTS").context("PY_LAYOUTS")?)?;
-        let tstates = BpfHashMap::try_from(ebpf.take_map("PY_TSTATES").context("PY_TSTATES")?)?;
-        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS")?)?;
         Ok(Self {
             ebpf,
             ring,

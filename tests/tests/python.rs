@@ -271,15 +271,16 @@ fn timed_run_with(
 }
 
 /// The 200 `Engine.step` calls of the basic scenario against the fixture's own clock: each
-/// timed in `mode`, entered before its first statement, within 1 ms + 5% of the duration
-/// measured inside (one call may be preempted between the clock read and the return: 2
-/// CPUs), and a median difference under 100 us. Returns (median, worst) in ns.
+/// timed in `mode` and entered before its first statement; all but 5 within 1 ms + 5% of the
+/// duration measured inside (a call preempted between its clock read and its return, or
+/// during a trap, takes milliseconds more on 2 busy CPUs: seen once in CI, +3.4 ms), and a
+/// median difference under 100 us. Returns (median, worst) in ns.
 fn check_step_timings(name: &str, truth: &Value, calls: &[Value], mode: &str, err: &str) -> (f64, f64) {
     let steps = calls_of(calls, "Engine.step");
     let want = truth["step"].as_array().unwrap();
     assert_eq!(steps.len(), want.len(), "{name}: Engine.step calls\n{err}");
     assert_eq!(want.len(), 200);
-    let mut diffs = Vec::new();
+    let (mut diffs, mut outliers) = (Vec::new(), Vec::new());
     for (c, w) in steps.iter().zip(want) {
         let (t0, t1) = (w[0].as_u64().unwrap(), w[1].as_u64().unwrap());
         assert_eq!(c["mode"], mode);
@@ -289,8 +290,11 @@ fn check_step_timings(name: &str, truth: &Value, calls: &[Value], mode: &str, er
         let truth_dur = (t1 - t0) as f64;
         let diff = (dur as f64 - truth_dur).abs();
         diffs.push(diff);
-        assert!(diff < 1_000_000.0 + 0.05 * truth_dur, "{name}: {dur} ns timed, {truth_dur} ns measured inside");
+        if diff >= 1_000_000.0 + 0.05 * truth_dur {
+            outliers.push(format!("{dur} ns timed, {truth_dur} ns measured inside"));
+        }
     }
+    assert!(outliers.len() <= 5, "{name}: {} calls off by more than 1 ms + 5%: {outliers:?}", outliers.len());
     let (median, worst) = stats(&mut diffs);
     assert!(median < 100_000.0, "{name}: median |timed - measured| {median} ns");
     (median, worst)

@@ -18,7 +18,8 @@ use crate::{
         DeviceRecord, IntervalReport,
         manager::{self, DeviceManager, DeviceOptions},
     },
-    engine::{EngineEvent, EngineKind, EnginePhases, EngineTracker},
+    correlate::Correlator,
+    engine::{EngineEvent, EngineKind, EngineTracker},
     events::{self, Event},
     export::{
         BoundedLabel, Health, Labels, console,
@@ -139,12 +140,8 @@ struct Daemon {
     /// The Python layer's function timers (with --python-timers).
     python: Option<PyTimers>,
     python_recs: Vec<crate::python::timers::CallRecord>,
-    /// Timed calls of engine cores waiting for their engine step.
-    py_pending: HashMap<u32, Vec<crate::python::timers::CallRecord>>,
-    /// Engine core -> (its API server, data-parallel index), or None when not under one.
-    engine_of: HashMap<u32, Option<(u32, Option<u32>)>>,
-    /// The last engine steps per API server: (monotonic ts, engine index, batch size).
-    recent_steps: HashMap<u32, std::collections::VecDeque<(u64, Option<u32>, usize)>>,
+    /// Every join between layers: HTTP <-> engine requests, steps <-> timed calls, topology.
+    correlate: Correlator,
     /// Engine state readers per traced CPython process (with --engine-state-interval > 0).
     state: HashMap<u32, StateSlot>,
     state_interval: Option<Duration>,
@@ -235,7 +232,9 @@ impl Daemon {
         if let Some(m) = procfs::served_model(pid) {
             self.served_model.insert(pid, m);
         }
-        if let Some(job) = self.device.as_mut().and_then(|dm| dm.add_process(pid, procfs::ancestors(pid))) {
+        let ancestors = procfs::ancestors(pid);
+        self.correlate.process_added(pid, ancestors.clone());
+        if let Some(job) = self.device.as_mut().and_then(|dm| dm.add_process(pid, ancestors)) {
             self.spawn_scan(job);
         }
         // The Python layer: the process's CPython, found once for timers and state.
@@ -345,13 +344,9 @@ impl Daemon {
         if let Some(s) = &mut self.sampler {
             s.remove(pid);
         }
-        if let Some(pending) = self.py_pending.remove(&pid) {
-            for r in pending {
-                self.export_python_call(&r, None);
-            }
+        for r in self.correlate.process_gone(pid) {
+            self.export_python_call(&r, None);
         }
-        self.engine_of.remove(&pid);
-        self.recent_steps.remove(&pid);
         // Its last launch sites, then its maps.
         self.exporters_sites_interval(Some(pid));
         if let Some(s) = &mut self.sites {
@@ -510,10 +505,8 @@ impl Daemon {
                 _ => None,
             };
             self.export_device_recs();
-            match &ev {
-                EngineEvent::Step(s) => self.python_step(s.pid, s.engine, s.ts_ns, s.batch_size()),
-                EngineEvent::Gauges { pid, engine, ts_ns: Some(ts), .. } => self.python_step(*pid, *engine, *ts, 0),
-                _ => {}
+            for (r, step) in self.correlate.engine_event(clock::monotonic_ns(), &ev) {
+                self.export_python_call(&r, step);
             }
             let model = self.exporters.models.get(self.served_model.get(&pid).map(String::as_str));
             self.exporters.engine_event(&ev, &model, device.as_ref());
@@ -522,9 +515,7 @@ impl Daemon {
 
     fn flush_records(&mut self) {
         for mut r in std::mem::take(&mut self.records) {
-            if let Some(id) = &r.request_id {
-                r.engine = EnginePhases::merge(&self.engine.join(r.pid, id));
-            }
+            self.correlate.join_request(&mut r);
             if let Some(m) = r.model_label()
                 && !self.served_model.contains_key(&r.pid)
             {
@@ -664,91 +655,16 @@ impl Daemon {
         // the call began: already seen (its IPC can be read before the call's hits), or still
         // to come (the call waits for it). Others go out now.
         for r in std::mem::take(&mut self.python_recs) {
-            match self.engine_of(r.pid) {
-                Some((api, dp)) => match self.step_after(api, dp, r.start_ns) {
-                    Some(step) => self.export_python_call(&r, Some(step)),
-                    None => self.py_pending.entry(r.pid).or_default().push(r),
-                },
-                None => self.export_python_call(&r, None),
+            if let Some((r, step)) = self.correlate.python_call(r, procfs::dp_index) {
+                self.export_python_call(&r, step);
             }
         }
     }
 
-    /// The API server and data-parallel index of an engine-core process: its nearest traced
-    /// ancestor, and the `_DP<i>` of its process title (vLLM's `VLLM::EngineCore_DP1`).
-    fn engine_of(&mut self, pid: u32) -> Option<(u32, Option<u32>)> {
-        if let Some(e) = self.engine_of.get(&pid) {
-            return *e;
-        }
-        let parent = procfs::ancestors(pid).into_iter().find(|a| self.procs.contains_key(a));
-        let e = parent.map(|p| {
-            let title = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let dp = title
-                .split("_DP")
-                .nth(1)
-                .and_then(|r| r.chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok());
-            (p, dp)
-        });
-        self.engine_of.insert(pid, e);
-        e
-    }
-
-    /// The first recent step of `api`'s engine `dp` (any engine when None) stamped at or after
-    /// `start`: (monotonic ts, batch size).
-    fn step_after(&self, api: u32, dp: Option<u32>, start: u64) -> Option<(u64, usize)> {
-        self.recent_steps
-            .get(&api)?
-            .iter()
-            .filter(|(ts, engine, _)| *ts >= start && (dp.is_none() || dp == *engine))
-            .min_by_key(|(ts, ..)| *ts)
-            .map(|(ts, _, batch)| (*ts, *batch))
-    }
-
-    /// An engine step (or an iteration reported with gauges only) of `api`'s engine `engine`:
-    /// remembered a while (timed calls can be read after it), and the pending calls of its
-    /// engine core that began before the engine stamped it are its.
-    fn python_step(&mut self, api: u32, engine: Option<u32>, ts_ns: u64, batch: usize) {
-        if self.python.is_none() {
-            return;
-        }
-        let recent = self.recent_steps.entry(api).or_default();
-        if recent.len() >= 1024 {
-            recent.pop_front();
-        }
-        recent.push_back((ts_ns, engine, batch));
-        let cores: Vec<u32> = self
-            .py_pending
-            .keys()
-            .copied()
-            .filter(|c| {
-                self.engine_of
-                    .get(c)
-                    .copied()
-                    .flatten()
-                    .is_some_and(|(p, dp)| p == api && (dp.is_none() || dp == engine))
-            })
-            .collect();
-        for core in cores {
-            let Some(pending) = self.py_pending.get_mut(&core) else { continue };
-            let (mine, rest): (Vec<_>, Vec<_>) = pending.drain(..).partition(|r| r.start_ns <= ts_ns);
-            *pending = rest;
-            for r in mine {
-                self.export_python_call(&r, Some((ts_ns, batch)));
-            }
-        }
-    }
-
-    /// Pending calls no step claimed within 2 s (or all, at the stop) go out without one.
+    /// Pending calls no step claimed within 2 s (or all, at the stop) go out without one;
+    /// join candidates past their window are forgotten.
     fn python_expire(&mut self, all: bool) {
-        let now = clock::monotonic_ns();
-        let mut old = Vec::new();
-        for pending in self.py_pending.values_mut() {
-            let (o, keep): (Vec<_>, Vec<_>) =
-                pending.drain(..).partition(|r| all || now.saturating_sub(r.start_ns) > 2_000_000_000);
-            *pending = keep;
-            old.extend(o);
-        }
-        for r in old {
+        for r in self.correlate.expire((!all).then(clock::monotonic_ns)) {
             self.export_python_call(&r, None);
         }
     }
@@ -1111,9 +1027,7 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
         scan_tx,
         python,
         python_recs: Vec::new(),
-        py_pending: HashMap::new(),
-        engine_of: HashMap::new(),
-        recent_steps: HashMap::new(),
+        correlate: Correlator::default(),
         state: HashMap::new(),
         state_interval,
         last_state: std::time::Instant::now(),

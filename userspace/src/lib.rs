@@ -6,6 +6,7 @@
 pub mod bpf;
 pub mod cli;
 pub mod clock;
+pub mod correlate;
 pub mod daemon;
 pub mod device;
 pub mod doctor;

@@ -84,6 +84,15 @@ pub fn model_from_args(args: &[String]) -> Option<String> {
 }
 
 /// Parent pid and thread-group id from /proc/PID/status.
+/// The data-parallel index in a process's title (vLLM's `VLLM::EngineCore_DP1`), if any.
+pub fn dp_index(pid: u32) -> Option<u32> {
+    dp_index_of(&std::fs::read_to_string(proc_root().join(pid.to_string()).join("cmdline")).unwrap_or_default())
+}
+
+pub fn dp_index_of(title: &str) -> Option<u32> {
+    title.split("_DP").nth(1).and_then(|r| r.chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok())
+}
+
 pub fn status_ids(pid: u32) -> Option<(u32, u32)> {
     let s = fs::read_to_string(proc_root().join(pid.to_string()).join("status")).ok()?;
     parse_status_ids(&s)

@@ -10,7 +10,7 @@ pub mod sglang;
 pub mod vllm;
 pub mod vllm_layouts;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 
 use crate::{events::Direction, protocol::zmtp::Message};
 
@@ -18,9 +18,6 @@ use crate::{events::Direction, protocol::zmtp::Message};
 const MAX_REQUESTS: usize = 65_536;
 /// A request with no message for this long is forgotten (its end was lost).
 const REQUEST_IDLE_NS: u64 = 600 * 1_000_000_000;
-/// Finished engine requests kept for joining with their HTTP request.
-const JOIN_WINDOW_NS: u64 = 120 * 1_000_000_000;
-const MAX_JOINABLE: usize = 100_000;
 
 /// Which engine's protocol a process speaks.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -324,9 +321,6 @@ struct ProcState {
 pub struct EngineTracker {
     kinds: HashMap<u32, EngineKind>,
     procs: HashMap<u32, ProcState>,
-    /// Finished engine requests waiting for their HTTP request: (pid, join key).
-    joinable: HashMap<(u32, String), Vec<EngineRequest>>,
-    join_order: VecDeque<(u64, u32, String)>,
     pub stats: EngineStats,
 }
 
@@ -430,7 +424,6 @@ impl EngineTracker {
                     if let Some(mut r) = st.requests.remove(&id) {
                         r.aborted = true;
                         r.finish_reason.get_or_insert_with(|| "abort".to_string());
-                        Self::finished(&mut self.joinable, &mut self.join_order, now, &r);
                         out.push(EngineEvent::Finished(r));
                     }
                 }
@@ -503,8 +496,7 @@ impl EngineTracker {
                         r.finish_reason = Some(reason);
                         if let Some(r) = st.requests.remove(&ro.request_id) {
                             step.finished += 1;
-                            Self::finished(&mut self.joinable, &mut self.join_order, now, &r);
-                            out.push(EngineEvent::Finished(r));
+                                out.push(EngineEvent::Finished(r));
                         }
                     }
                 }
@@ -513,49 +505,12 @@ impl EngineTracker {
         }
     }
 
-    fn finished(
-        joinable: &mut HashMap<(u32, String), Vec<EngineRequest>>,
-        order: &mut VecDeque<(u64, u32, String)>,
-        now: u64,
-        r: &EngineRequest,
-    ) {
-        let key = r.join_key();
-        // `/v1/completions` sends prompt i of a request as `<id>-<i>`: index it under `<id>` too.
-        let batch = key
-            .rsplit_once('-')
-            .filter(|(head, i)| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()) && head.contains('-'))
-            .map(|(head, _)| head.to_string());
-        for k in std::iter::once(key).chain(batch) {
-            order.push_back((now, r.pid, k.clone()));
-            joinable.entry((r.pid, k)).or_default().push(r.clone());
-        }
-        while order.len() > MAX_JOINABLE {
-            if let Some((_, p, k)) = order.pop_front() {
-                joinable.remove(&(p, k));
-            }
-        }
-    }
-
-    /// The finished engine requests behind an HTTP response id of `pid` (several with n > 1),
-    /// taken out of the join table.
-    pub fn join(&mut self, pid: u32, response_id: &str) -> Vec<EngineRequest> {
-        self.joinable.remove(&(pid, response_id.to_string())).unwrap_or_default()
-    }
-
-    /// Forgets requests and join candidates past their time; a process that exited is dropped.
+    /// Forgets requests past their time (their end was lost).
     pub fn expire(&mut self, now: u64) {
         for st in self.procs.values_mut() {
             let before = st.requests.len();
             st.requests.retain(|_, r| now.saturating_sub(r.last_seen_ns) < REQUEST_IDLE_NS);
             self.stats.lost_requests += (before - st.requests.len()) as u64;
-        }
-        while let Some((t, _, _)) = self.join_order.front() {
-            if now.saturating_sub(*t) < JOIN_WINDOW_NS {
-                break;
-            }
-            if let Some((_, p, k)) = self.join_order.pop_front() {
-                self.joinable.remove(&(p, k));
-            }
         }
     }
 
@@ -681,9 +636,10 @@ mod tests {
         assert_eq!(r.inference_s(), Some(2_500e-9));
         assert_eq!((r.output_tokens, r.preemptions, r.prompt_tokens), (4, 1, Some(12)));
         assert_eq!(ev.iter().filter(|e| matches!(e, EngineEvent::Step(_))).count(), 3);
-        let joined = t.join(7, "chatcmpl-1");
+        let mut joins = crate::correlate::requests::RequestJoin::of(&ev);
+        let joined = joins.join(7, "chatcmpl-1");
         assert_eq!(joined.len(), 1);
-        assert!(t.join(7, "chatcmpl-1").is_empty(), "taken once");
+        assert!(joins.join(7, "chatcmpl-1").is_empty(), "taken once");
         assert_eq!(t.in_engine(), 0);
     }
 
@@ -725,7 +681,7 @@ mod tests {
             (Some(12), Some(15), Some(30), Some(50))
         );
         // SGLang's ids are the API's own.
-        assert_eq!(t.join(1, "abc").len(), 1);
+        assert_eq!(crate::correlate::requests::RequestJoin::of(&ev).join(1, "abc").len(), 1);
     }
 
     #[test]

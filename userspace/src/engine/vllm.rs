@@ -539,10 +539,11 @@ mod real_captures {
             let steps = events.iter().filter(|e| matches!(e, EngineEvent::Step(_))).count();
             let responses = doc["responses"].as_array().unwrap();
             assert!(responses.len() >= 7);
+            let mut joins = crate::correlate::requests::RequestJoin::of(&events);
             for r in responses {
                 let id = r["id"].as_str().unwrap();
                 let kind = r["kind"].as_str().unwrap();
-                let reqs = t.join(1, id);
+                let reqs = joins.join(1, id);
                 assert_eq!(reqs.len() as u64, r["n"].as_u64().unwrap(), "{ver} {kind} {id}: engine requests");
                 for q in &reqs {
                     assert!(q.seen_from_start && !q.outputs_lost && !q.aborted, "{ver} {kind}: {q:?}");

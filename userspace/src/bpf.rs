@@ -129,6 +129,8 @@ pub struct Probes {
     /// Whether request arrival times are stamped (tcp:tcp_probe attached).
     pub arrival_times: bool,
     device: Option<DeviceProgs>,
+    /// Failed writes to the maps user space fills, by map (said once per map, on stderr).
+    map_write_errors: std::collections::BTreeMap<&'static str, u64>,
 }
 
 /// Makes sure tracefs is reachable where aya looks for it (mounting it if needed).
@@ -220,7 +222,19 @@ pub fn load(opts: &LoadOptions) -> Result<Probes> {
     let stats = PerCpuArray::try_from(ebpf.take_map("STATS").context("map STATS")?)?;
     let py_layouts = BpfHashMap::try_from(ebpf.take_map("PY_LAYOUTS").context("map PY_LAYOUTS")?)?;
     let py_tstates = BpfHashMap::try_from(ebpf.take_map("PY_TSTATES").context("map PY_TSTATES")?)?;
-    Ok(Probes { ebpf, links, tracked, sockets, watched_ports, stats, py_layouts, py_tstates, arrival_times, device })
+    Ok(Probes {
+        ebpf,
+        links,
+        tracked,
+        sockets,
+        watched_ports,
+        stats,
+        py_layouts,
+        py_tstates,
+        arrival_times,
+        device,
+        map_write_errors: Default::default(),
+    })
 }
 
 /// Loads the two device programs and attaches the `mmap` tracepoints that announce new libraries.
@@ -303,9 +317,36 @@ impl Probes {
         Ok(RingBuf::try_from(map)?)
     }
 
+    /// Counts a failed write to `map` (the first of each map is said: what it costs).
+    fn map_write_failed(&mut self, map: &'static str, what: &str, e: &dyn std::fmt::Display) {
+        let n = self.map_write_errors.entry(map).or_default();
+        *n += 1;
+        if *n == 1 {
+            eprintln!(
+                "inferscope: warning: could not write {what} into the BPF map {map} ({e}); {}; counted in \
+                 inferscope_bpf_map_write_errors_total{{map=\"{map}\"}}",
+                match map {
+                    "TRACKED" => "that process is not traced",
+                    "SOCKETS" => "that connection is not captured",
+                    "WATCHED_PORTS" => "requests to that port carry their read time, not their arrival time",
+                    _ => "launches of that process carry no Python call site",
+                }
+            );
+        }
+    }
+
+    /// Failed writes to the maps user space fills, by map name.
+    pub fn map_write_errors(&self) -> Vec<(&'static str, u64)> {
+        self.map_write_errors.iter().map(|(k, v)| (*k, *v)).collect()
+    }
+
     /// Starts tracing a process (its existing sockets must be added with [`Self::add_socket`]).
     pub fn track(&mut self, tgid: u32) -> Result<()> {
-        self.tracked.insert(tgid, 0, 0).with_context(|| format!("tracking pid {tgid}"))
+        if let Err(e) = self.tracked.insert(tgid, 0, 0) {
+            self.map_write_failed("TRACKED", &format!("pid {tgid}"), &e);
+            return Err(e).with_context(|| format!("tracking pid {tgid}"));
+        }
+        Ok(())
     }
 
     /// Stops tracing a process and forgets its sockets.
@@ -319,17 +360,23 @@ impl Probes {
 
     /// Stamps arrival times on segments to this local TCP port (a traced server listens on it).
     pub fn watch_port(&mut self, port: u16) {
-        let _ = self.watched_ports.insert(port, 1, 0);
+        if let Err(e) = self.watched_ports.insert(port, 1, 0) {
+            self.map_write_failed("WATCHED_PORTS", &format!("port {port}"), &e);
+        }
     }
 
     /// Lets launches of `pid` carry Python frames (its CPython's layout).
     pub fn set_py_layout(&mut self, pid: u32, layout: inferscope_common::PyLayout) {
-        let _ = self.py_layouts.insert(pid, layout, 0);
+        if let Err(e) = self.py_layouts.insert(pid, layout, 0) {
+            self.map_write_failed("PY_LAYOUTS", &format!("the CPython layout of pid {pid}"), &e);
+        }
     }
 
     /// The thread state of a Python thread (its launches' frames are read from it).
     pub fn set_py_tstate(&mut self, tid: u32, tstate: u64) {
-        let _ = self.py_tstates.insert(tid, tstate, 0);
+        if let Err(e) = self.py_tstates.insert(tid, tstate, 0) {
+            self.map_write_failed("PY_TSTATES", &format!("the thread state of thread {tid}"), &e);
+        }
     }
 
     pub fn forget_py(&mut self, pid: u32, tids: &[u32]) {
@@ -355,7 +402,10 @@ impl Probes {
         if self.sockets.get(&key, 0).is_ok() {
             return Ok(false);
         }
-        self.sockets.insert(key, info, 0).with_context(|| format!("adding socket {tgid}/{fd}"))?;
+        if let Err(e) = self.sockets.insert(key, info, 0) {
+            self.map_write_failed("SOCKETS", &format!("socket {tgid}/{fd}"), &e);
+            return Err(e).with_context(|| format!("adding socket {tgid}/{fd}"));
+        }
         Ok(true)
     }
 

@@ -543,6 +543,7 @@ impl Daemon {
             attached_processes: self.procs.len() as u64,
             in_flight: self.tracker.in_flight(),
             export_errors,
+            map_write_errors: self.probes.map_write_errors(),
             engine: self.engine.stats.clone(),
             device: self.device.as_ref().map(|d| d.health()).unwrap_or_default(),
             python: self.python.as_ref().map(|t| t.health()).unwrap_or_default(),

@@ -72,6 +72,11 @@ pub fn loss_line(prev: &Health, now: &Health) -> Option<String> {
     if export > 0 {
         parts.push(format!("{export} export failures (is the OTLP collector reachable?)"));
     }
+    let writes = |h: &Health| h.map_write_errors.iter().map(|(_, n)| n).sum::<u64>();
+    let writes = writes(now).saturating_sub(writes(prev));
+    if writes > 0 {
+        parts.push(format!("{writes} writes into BPF maps failed (processes, sockets or ports not traced)"));
+    }
     if parts.is_empty() {
         return None;
     }

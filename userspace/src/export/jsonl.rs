@@ -259,6 +259,7 @@ pub fn health_json(h: &crate::export::Health, unix_ns: u64) -> Value {
         "parse_errors": h.tracker.parse_errors.iter().map(|(c, n)| (c.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
         "decode_errors": h.decode_errors.iter().map(|(c, n)| (c.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
         "export_errors": h.export_errors.iter().map(|(c, n)| (c.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
+        "map_write_errors": h.map_write_errors.iter().map(|(c, n)| (c.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
         "engine": {
             "messages": h.engine.messages,
             "messages_with_gaps": h.engine.messages_with_gaps,

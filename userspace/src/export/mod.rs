@@ -107,6 +107,8 @@ pub struct Health {
     pub in_flight: u64,
     /// Export failures by exporter.
     pub export_errors: Vec<(&'static str, u64)>,
+    /// Failed writes to the BPF maps user space fills, by map.
+    pub map_write_errors: Vec<(&'static str, u64)>,
     /// The engine layer's counters.
     pub engine: crate::engine::EngineStats,
     /// The device layer's counters.

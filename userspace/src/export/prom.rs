@@ -101,6 +101,7 @@ pub struct PromMetrics {
     ipc_connections: IntGauge,
     ipc_discarded: IntCounter,
     export_errors: IntCounterVec,
+    map_write_errors: IntCounterVec,
     vllm: Option<VllmCompat>,
     /// The engine layer's families.
     pub engine: EngineMetrics,
@@ -220,6 +221,12 @@ impl PromMetrics {
             ipc_connections: gauge(&reg, "inferscope_ipc_connections", "Engine IPC (ZeroMQ) connections tracked now.")?,
             ipc_discarded: IntCounter::new("inferscope_ipc_unparsed_bytes_total", "Bytes on engine IPC sockets that could not be framed (out of sync after attaching mid-stream or after lost bytes, or not ZeroMQ).")?,
             export_errors: counter(&reg, "inferscope_export_errors_total", "Failed exports, by exporter.", &["exporter"])?,
+            map_write_errors: counter(
+                &reg,
+                "inferscope_bpf_map_write_errors_total",
+                "Failed writes into the BPF maps inferscope fills (TRACKED, SOCKETS, WATCHED_PORTS, PY_LAYOUTS, PY_TSTATES): what they name is not traced.",
+                &["map"],
+            )?,
             vllm,
             engine: EngineMetrics::new(&reg, vllm_names)?,
             device: None,
@@ -376,6 +383,9 @@ impl PromMetrics {
         }
         for (cause, n) in &h.decode_errors {
             Self::advance(prev, &format!("event/{cause}"), *n, &self.parse_errors.with_label_values(&["event", cause]));
+        }
+        for (map, n) in &h.map_write_errors {
+            Self::advance(prev, &format!("map/{map}"), *n, &self.map_write_errors.with_label_values(&[map]));
         }
         for (exp, n) in &h.export_errors {
             Self::advance(prev, &format!("export/{exp}"), *n, &self.export_errors.with_label_values(&[exp]));

@@ -1,8 +1,10 @@
 //! Device-probe records as the kernel sends them, cut from arbitrary bytes, into the device
-//! tracker with a probe of every catalogued function registered: it must never panic, whatever
-//! the probe ids, handles, times and return values.
+//! tracker with a probe of every catalogued function registered, its calls claimed by engine
+//! steps in the correlation stage: it must never panic, whatever the probe ids, handles, times
+//! and return values.
 #![no_main]
 use inferscope::{
+    correlate::Correlator,
     device::{DeviceTracker, ProbeInfo, catalog},
     events::{DeviceCall, Event, decode},
 };
@@ -12,7 +14,11 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     t.set_resolver(|_, addr| (addr % 3 == 0).then(|| format!("k{addr}")));
     for (i, e) in catalog::ENTRIES.iter().enumerate() {
         let info = ProbeInfo { pid: 1 + (i as u32 % 3), entry: e, symbol: e.symbol.into(), library: "x".into() };
-        t.add_probe(i as u32, info, vec![1]);
+        t.add_probe(i as u32, info);
+    }
+    let mut steps = Correlator::default();
+    for pid in 1..=3 {
+        steps.process_added(pid, if pid == 1 { vec![] } else { vec![1] });
     }
     let mut out = Vec::new();
     for chunk in data.chunks(72) {
@@ -36,7 +42,8 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         }
         match chunk.first().copied().unwrap_or(0) % 5 {
             0 => {
-                let _ = t.take_step(1, u64::from(chunk.len() as u32) << 20);
+                steps.device_calls(&std::mem::take(&mut out));
+                let _ = steps.device_step(1, u64::from(chunk.len() as u32) << 20);
             }
             1 => t.flush_held(u64::MAX / 2, 0, &mut out),
             2 => {

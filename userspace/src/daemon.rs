@@ -234,7 +234,7 @@ impl Daemon {
         }
         let ancestors = procfs::ancestors(pid);
         self.correlate.process_added(pid, ancestors.clone());
-        if let Some(job) = self.device.as_mut().and_then(|dm| dm.add_process(pid, ancestors)) {
+        if let Some(job) = self.device.as_mut().and_then(|dm| dm.add_process(pid)) {
             self.spawn_scan(job);
         }
         // The Python layer: the process's CPython, found once for timers and state.
@@ -500,11 +500,11 @@ impl Daemon {
             let device = match (&ev, &mut self.device) {
                 (EngineEvent::Step(s), Some(d)) => {
                     d.tracker.flush_held(u64::MAX, 0, &mut self.device_recs);
-                    d.tracker.take_step(s.pid, s.ts_ns)
+                    self.export_device_recs();
+                    self.correlate.device_step(s.pid, s.ts_ns)
                 }
                 _ => None,
             };
-            self.export_device_recs();
             for (r, step) in self.correlate.engine_event(clock::monotonic_ns(), &ev) {
                 self.export_python_call(&r, step);
             }
@@ -545,7 +545,10 @@ impl Daemon {
             export_errors,
             map_write_errors: self.probes.map_write_errors(),
             engine: self.engine.stats.clone(),
-            device: self.device.as_ref().map(|d| d.health()).unwrap_or_default(),
+            device: self.device.as_ref().map_or_else(Default::default, |d| crate::export::DeviceHealth {
+                unclaimed: self.correlate.unclaimed_device_calls(),
+                ..d.health()
+            }),
             python: self.python.as_ref().map(|t| t.health()).unwrap_or_default(),
         }
     }
@@ -685,9 +688,11 @@ impl Daemon {
         }
     }
 
-    /// Hands the calls the device tracker committed to the exporters (the buffer is kept).
+    /// Hands the calls the device tracker committed to the correlation stage (they wait for
+    /// their engine step) and the exporters (the buffer is kept).
     fn export_device_recs(&mut self) {
         if !self.device_recs.is_empty() {
+            self.correlate.device_calls(&self.device_recs);
             self.exporters.device_records(&self.device_recs);
             self.device_recs.clear();
         }
@@ -714,7 +719,7 @@ impl Daemon {
     /// call claimed. Runs on the drain timer.
     fn device_drain(&mut self) {
         let Some(d) = &mut self.device else { return };
-        for job in d.dirty_jobs(procfs::ancestors) {
+        for job in d.dirty_jobs() {
             self.spawn_scan(job);
         }
         let Some(d) = &mut self.device else { return };

@@ -2,6 +2,8 @@
 //!
 //! - HTTP request <-> engine requests ([`requests::RequestJoin`]): finished engine requests
 //!   wait under the ids the API server answers with.
+//! - engine step <-> device calls: the calls of the step's API server and its descendants
+//!   (engine core, workers) since the previous step, up to the step's outputs.
 //! - engine step <-> timed Python calls: a call of an engine core belongs to the first step its
 //!   engine stamped after the call began, seen already ([`steps::RecentSteps`]) or still to
 //!   come (the call waits in a [`steps::StepQueue`]).
@@ -19,6 +21,10 @@ use std::collections::HashMap;
 use steps::{RecentSteps, StepMark, StepQueue};
 
 use crate::{
+    device::{
+        DeviceRecord,
+        summary::{DeviceSummary, Sample},
+    },
     engine::{EngineEvent, EnginePhases},
     python::timers::CallRecord,
     request::RequestRecord,
@@ -31,6 +37,11 @@ pub const CALL_WAIT_NS: u64 = 2_000_000_000;
 /// Most timed calls waiting per engine core.
 const MAX_PENDING_CALLS: usize = 65_536;
 
+/// Most device calls kept per process waiting for an engine step (~56 bytes each), and for
+/// how long: a process whose steps are not seen (no engine layer) keeps only its last 30 s.
+pub const MAX_STEP_QUEUE: usize = 50_000;
+pub const STEP_QUEUE_AGE_NS: u64 = 30_000_000_000;
+
 /// Where a timed call belongs: (monotonic ts, batch size) of its engine step.
 pub type StepOf = Option<(u64, usize)>;
 
@@ -40,6 +51,7 @@ pub struct Correlator {
     pub requests: requests::RequestJoin,
     recent: HashMap<u32, RecentSteps>,
     pending: HashMap<u32, StepQueue<CallRecord>>,
+    device: HashMap<u32, StepQueue<Sample>>,
 }
 
 impl Correlator {
@@ -51,6 +63,7 @@ impl Correlator {
     pub fn process_gone(&mut self, pid: u32) -> Vec<CallRecord> {
         self.topology.remove(pid);
         self.recent.remove(&pid);
+        self.device.remove(&pid);
         self.pending.remove(&pid).map(|mut q| q.expire(None, 0)).unwrap_or_default()
     }
 
@@ -79,6 +92,33 @@ impl Correlator {
             }
         }
         out
+    }
+
+    /// Device calls the device layer committed: each waits for the engine step that claims it.
+    pub fn device_calls(&mut self, recs: &[DeviceRecord]) {
+        for r in recs {
+            let q = self.device.entry(r.pid).or_insert_with(|| StepQueue::new(MAX_STEP_QUEUE, STEP_QUEUE_AGE_NS));
+            q.push(r.sample.start_ns, r.sample.clone());
+        }
+    }
+
+    /// What the device did for an engine step whose outputs `api` received at `until_ns`: the
+    /// calls of `api` and its descendants not claimed by an earlier step.
+    pub fn device_step(&mut self, api: u32, until_ns: u64) -> Option<DeviceSummary> {
+        let mut s = DeviceSummary::default();
+        for (pid, q) in &mut self.device {
+            if self.topology.is_under(*pid, api) {
+                for f in q.take_until(until_ns) {
+                    s.add(&f);
+                }
+            }
+        }
+        (!s.is_empty()).then_some(s)
+    }
+
+    /// Device calls that left a step queue unclaimed.
+    pub fn unclaimed_device_calls(&self) -> u64 {
+        self.device.values().map(|q| q.unclaimed).sum()
     }
 
     /// The engine side of an HTTP record, joined by its response id.

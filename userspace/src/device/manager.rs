@@ -152,7 +152,6 @@ const ID_QUARANTINE: std::time::Duration = std::time::Duration::from_secs(10);
 /// the dynamic symbols of a large library (libtorch_cuda.so) takes tens of milliseconds.
 pub struct ScanJob {
     pid: u32,
-    ancestors: Vec<u32>,
     files: Vec<Mapping>,
     libs: std::sync::Arc<std::sync::Mutex<LibCache>>,
 }
@@ -160,7 +159,6 @@ pub struct ScanJob {
 /// What a [`ScanJob`] found: the files that export catalogued functions.
 pub struct ScanResult {
     pid: u32,
-    ancestors: Vec<u32>,
     found: Vec<(Mapping, std::sync::Arc<Vec<libs::Found>>)>,
 }
 
@@ -180,7 +178,7 @@ impl ScanJob {
                 found.push((m, f));
             }
         }
-        ScanResult { pid: self.pid, ancestors: self.ancestors, found }
+        ScanResult { pid: self.pid, found }
     }
 }
 
@@ -276,19 +274,19 @@ impl DeviceManager {
 
     /// Starts watching a process: the files it has mapped now, to be looked at for runtime
     /// symbols ([`ScanJob::run`], on a blocking thread) and attached to ([`Self::apply`]).
-    pub fn add_process(&mut self, pid: u32, ancestors: Vec<u32>) -> Option<ScanJob> {
+    pub fn add_process(&mut self, pid: u32) -> Option<ScanJob> {
         self.procs.entry(pid).or_default();
-        self.plan(pid, ancestors)
+        self.plan(pid)
     }
 
     /// Jobs for processes that mapped new code since they were last looked at.
-    pub fn dirty_jobs(&mut self, parents: impl Fn(u32) -> Vec<u32>) -> Vec<ScanJob> {
+    pub fn dirty_jobs(&mut self) -> Vec<ScanJob> {
         let dirty: Vec<u32> = self.procs.iter().filter(|(_, p)| p.dirty).map(|(k, _)| *k).collect();
-        dirty.into_iter().filter_map(|pid| self.plan(pid, parents(pid))).collect()
+        dirty.into_iter().filter_map(|pid| self.plan(pid)).collect()
     }
 
     /// Reads the process's maps (cheap) and picks the executable files not looked at yet.
-    fn plan(&mut self, pid: u32, ancestors: Vec<u32>) -> Option<ScanJob> {
+    fn plan(&mut self, pid: u32) -> Option<ScanJob> {
         let maps = libs::read_maps(pid);
         let p = self.procs.get_mut(&pid)?;
         p.dirty = false;
@@ -301,7 +299,7 @@ impl DeviceManager {
         if let Ok(mut c) = self.maps_cache.lock() {
             c.insert(pid, maps);
         }
-        (!files.is_empty()).then(|| ScanJob { pid, ancestors, files, libs: self.libs.clone() })
+        (!files.is_empty()).then(|| ScanJob { pid, files, libs: self.libs.clone() })
     }
 
     fn free_id(&mut self, id: u32) {
@@ -321,7 +319,7 @@ impl DeviceManager {
 
     /// Attaches to what a [`ScanJob`] found (nothing if the process is gone meanwhile).
     pub fn apply(&mut self, probes: &mut Probes, r: ScanResult) {
-        let (pid, ancestors) = (r.pid, r.ancestors.as_slice());
+        let pid = r.pid;
         if !self.procs.contains_key(&pid) {
             return;
         }
@@ -355,7 +353,7 @@ impl DeviceManager {
                     for (d, f) in &batch {
                         let info =
                             ProbeInfo { pid, entry: f.entry, symbol: f.symbol.clone(), library: library.clone() };
-                        self.tracker.add_probe(d.id, info, ancestors.to_vec());
+                        self.tracker.add_probe(d.id, info);
                         let p = self.procs.get_mut(&pid).expect("present");
                         p.at.insert(
                             (m.file.clone(), f.file_offset),
@@ -479,7 +477,7 @@ impl DeviceManager {
         (hits_out, off)
     }
 
-    /// Counters for the health line.
+    /// Counters for the health line (`unclaimed` is the correlation stage's).
     pub fn health(&self) -> crate::export::DeviceHealth {
         crate::export::DeviceHealth {
             probes_attached: self.procs.values().map(|p| p.at.len() as u64).sum(),
@@ -487,8 +485,8 @@ impl DeviceManager {
             unreadable_files: self.libs.lock().map(|l| l.unreadable).unwrap_or(0),
             unknown_probe: self.tracker.stats.unknown_probe,
             nested: self.tracker.stats.nested,
-            unclaimed: self.tracker.stats.unclaimed,
             disabled: self.disabled_total,
+            unclaimed: 0,
         }
     }
 }

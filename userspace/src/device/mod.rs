@@ -15,7 +15,7 @@ pub mod libs;
 pub mod manager;
 pub mod summary;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 
 use catalog::{Api, Class, Entry, Group};
 use summary::{DeviceSummary, KernelStats, Sample, What};
@@ -29,10 +29,6 @@ pub const MAX_GAP_NS: u64 = 1_000_000_000;
 pub const MAX_STREAMS: usize = 16;
 /// Most handle names remembered per process (kernel handles from module lookups).
 pub const MAX_NAMES: usize = 65536;
-/// Most calls kept per process waiting for an engine step to claim them (~56 bytes each).
-pub const MAX_STEP_QUEUE: usize = 50_000;
-/// Calls older than this that no step claimed are dropped from the step queue.
-pub const STEP_QUEUE_AGE_NS: u64 = 30_000_000_000;
 
 /// An attached probe: the process, the function and the library it is in.
 #[derive(Clone, Debug)]
@@ -87,11 +83,6 @@ struct Proc {
     stream_labels: HashMap<u64, String>,
     held: HashMap<u32, Held>,
     interval: IntervalReport,
-    /// Calls not yet claimed by an engine step, oldest first.
-    step_queue: VecDeque<Sample>,
-    /// The process's ancestors, nearest first (a step of an API server claims the calls of
-    /// its engine-core and worker processes).
-    ancestors: Vec<u32>,
 }
 
 /// Counters of what the tracker could not use.
@@ -101,8 +92,6 @@ pub struct DeviceStats {
     pub unknown_probe: u64,
     /// Driver calls folded into the runtime call that made them.
     pub nested: u64,
-    /// Calls dropped from a step queue no step claimed.
-    pub unclaimed: u64,
     pub calls: u64,
     pub names: u64,
 }
@@ -131,11 +120,8 @@ impl DeviceTracker {
         self.resolver = Some(Box::new(f));
     }
 
-    pub fn add_probe(&mut self, id: u32, info: ProbeInfo, ancestors: Vec<u32>) {
-        let p = self.procs.entry(info.pid).or_default();
-        if p.ancestors.is_empty() {
-            p.ancestors = ancestors;
-        }
+    pub fn add_probe(&mut self, id: u32, info: ProbeInfo) {
+        self.procs.entry(info.pid).or_default();
         self.probes.insert(id, info);
     }
 
@@ -279,29 +265,6 @@ impl DeviceTracker {
         v
     }
 
-    /// The calls of `pid` and its descendants up to `until_ns` not claimed by an earlier step:
-    /// what the device did for an engine step whose outputs `pid` received at `until_ns`.
-    pub fn take_step(&mut self, pid: u32, until_ns: u64) -> Option<DeviceSummary> {
-        let mut s = DeviceSummary::default();
-        let mut any = false;
-        for (q, p) in &mut self.procs {
-            if *q != pid && !p.ancestors.contains(&pid) {
-                continue;
-            }
-            any = true;
-            while p.step_queue.front().is_some_and(|f| f.start_ns <= until_ns) {
-                let f = p.step_queue.pop_front().expect("front checked");
-                s.add(&f);
-            }
-            // Unclaimed calls from long ago: no steps come for this process.
-            while p.step_queue.front().is_some_and(|f| f.start_ns.saturating_add(STEP_QUEUE_AGE_NS) < until_ns) {
-                p.step_queue.pop_front();
-                self.stats.unclaimed = self.stats.unclaimed.saturating_add(1);
-            }
-        }
-        (any && !s.is_empty()).then_some(s)
-    }
-
     /// A process is gone: everything held is committed and its state dropped. Returns its last
     /// interval, if it had activity.
     pub fn process_gone(&mut self, pid: u32, out: &mut Vec<DeviceRecord>) -> Option<IntervalReport> {
@@ -351,15 +314,6 @@ fn commit(p: &mut Proc, mut h: Held, out: &mut Vec<DeviceRecord>) {
         }
     }
     p.interval.summary.add(&h.rec.sample);
-    // Bounded by count and by age: a process whose steps are not seen (no engine layer) keeps
-    // only its last 30 s, at most.
-    let start = h.rec.sample.start_ns;
-    while p.step_queue.len() >= MAX_STEP_QUEUE
-        || p.step_queue.front().is_some_and(|f| f.start_ns.saturating_add(STEP_QUEUE_AGE_NS) < start)
-    {
-        p.step_queue.pop_front();
-    }
-    p.step_queue.push_back(h.rec.sample);
     out.push(h.rec);
 }
 
@@ -381,7 +335,7 @@ mod tests {
         ] {
             let entry = lookup_symbol(sym).unwrap();
             let info = ProbeInfo { pid, entry, symbol: sym.into(), library: "lib".into() };
-            t.add_probe(id, info, if pid == 10 { vec![] } else { vec![10, 1] });
+            t.add_probe(id, info);
         }
         t
     }
@@ -429,9 +383,21 @@ mod tests {
         assert_eq!(r[0].kernels.top(2), vec![("my_kernel", 1, 1000), ("unknown", 1, 100)]);
     }
 
+    /// The correlation stage that claims the tracker's calls for engine steps: 11 and 12 are
+    /// children of the API server 10.
+    fn steps() -> crate::correlate::Correlator {
+        let mut c = crate::correlate::Correlator::default();
+        c.process_added(10, vec![1]);
+        c.process_added(11, vec![10, 1]);
+        c.process_added(12, vec![10, 1]);
+        c.process_added(99, vec![1]);
+        c
+    }
+
     #[test]
     fn collectives_count_bytes_and_steps_claim_their_descendants() {
         let mut t = tracker();
+        let mut c = steps();
         let mut out = Vec::new();
         // ncclAllReduce of 1024 float32 (dtype 7) in pid 11, a child of the API server 10.
         t.on_call(&call(5, 11, 110, 5_000, 9_000, [0xc0, 0x60, 1024, 7]), &mut out);
@@ -439,16 +405,18 @@ mod tests {
         t.flush_held(u64::MAX, 0, &mut out);
         assert_eq!(out[0].op, Some("all_reduce"));
         assert_eq!(out[0].sample.what, What::Collective { bytes: 4096, ns: 4_000 });
-        let s = t.take_step(10, 9_000).unwrap();
+        c.device_calls(&std::mem::take(&mut out));
+        let s = c.device_step(10, 9_000).unwrap();
         assert_eq!((s.collectives, s.collective_bytes, s.launch.graph_launches), (1, 4096, 0));
-        let s = t.take_step(10, 20_000).unwrap();
+        let s = c.device_step(10, 20_000).unwrap();
         assert_eq!(s.launch.graph_launches, 1);
-        assert!(t.take_step(10, 30_000).is_none());
+        assert!(c.device_step(10, 30_000).is_none());
         // A step of an unrelated process claims nothing.
         t.on_call(&call(6, 11, 110, 40_000, 40_100, [0x9, 0x60, 0, 0]), &mut out);
         t.flush_held(u64::MAX, 0, &mut out);
-        assert!(t.take_step(99, 50_000).is_none());
-        assert!(t.take_step(11, 50_000).is_some());
+        c.device_calls(&std::mem::take(&mut out));
+        assert!(c.device_step(99, 50_000).is_none());
+        assert!(c.device_step(11, 50_000).is_some());
     }
 
     #[test]
@@ -472,8 +440,10 @@ mod tests {
         t.on_call(&call(6, 11, 110, 1_000, 2_000, [0x9, 0x60, 0, 0]), &mut out);
         t.on_call(&call(6, 11, 110, 40_000_000_000, 40_000_001_000, [0x9, 0x60, 0, 0]), &mut out);
         t.flush_held(u64::MAX, 0, &mut out);
+        let mut c = steps();
+        c.device_calls(&out);
         // The first call was dropped when the second came, 40 s later.
-        let s = t.take_step(11, u64::MAX).unwrap();
+        let s = c.device_step(11, u64::MAX).unwrap();
         assert_eq!(s.launch.graph_launches, 1);
     }
 

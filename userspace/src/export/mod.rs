@@ -129,7 +129,7 @@ pub struct DeviceHealth {
     pub unknown_probe: u64,
     /// Driver calls folded into the runtime call that made them (not lost: counted once).
     pub nested: u64,
-    /// Calls no engine step claimed within 30 s.
+    /// Calls no engine step claimed within 30 s (the correlation stage's count).
     pub unclaimed: u64,
     /// Probes switched off by the overhead budget.
     pub disabled: u64,

@@ -14,18 +14,19 @@ use crate::{
     bpf::{self, LoadOptions, Probes},
     cli::RunOptions,
     clock::{self, Clock},
+    correlate::Correlator,
     device::{
         DeviceRecord, IntervalReport,
         manager::{self, DeviceManager, DeviceOptions},
     },
-    correlate::Correlator,
     engine::{EngineEvent, EngineKind, EngineTracker},
     events::{self, Event},
     export::{
-        BoundedLabel, Health, Labels, console,
-        jsonl::{self, JsonlWriter},
+        BoundedLabel, Health, Labels,
+        jsonl::JsonlWriter,
         otlp::{Otlp, OtlpOptions},
         prom::{self, PromMetrics},
+        sink::{ConsoleSink, JsonlSink, OtlpSink, Output, PromSink, Sinks},
     },
     procfs::{self, Engine},
     python::timers::PyTimers,
@@ -46,59 +47,6 @@ pub enum Target {
     Discover { matches: Vec<String>, interval: Duration },
 }
 
-/// Fan-out of finished requests to every configured exporter.
-pub struct Exporters {
-    clock: Clock,
-    models: BoundedLabel,
-    pub prom: Option<PromMetrics>,
-    pub otlp: Option<Otlp>,
-    pub jsonl: Option<JsonlWriter>,
-    console: bool,
-    /// Send a `device` span per engine step.
-    device_spans: bool,
-}
-
-impl Exporters {
-    fn engine_event(&mut self, ev: &EngineEvent, model: &str, device: Option<&crate::device::summary::DeviceSummary>) {
-        if let Some(p) = &self.prom {
-            p.engine.observe(ev, model);
-        }
-        if let EngineEvent::Step(s) = ev {
-            if let Some(j) = &mut self.jsonl {
-                j.write(&jsonl::step_json_with_device(s, device, &self.clock));
-            }
-            if let (Some(o), Some(d), true) = (&mut self.otlp, device, self.device_spans) {
-                o.device_step(s, d, &self.clock);
-            }
-        }
-    }
-
-    fn device_records(&mut self, recs: &[DeviceRecord]) {
-        if let Some(m) = self.prom.as_ref().and_then(|p| p.device.as_ref()) {
-            for r in recs {
-                m.record(r);
-            }
-        }
-    }
-
-    fn emit(&mut self, r: &RequestRecord, engine: Option<Engine>) {
-        let provider = engine.map_or("openai_compatible", Engine::name);
-        let labels = Labels::of(r, &mut self.models, provider);
-        if let Some(p) = &self.prom {
-            p.record(r, &labels);
-        }
-        if let Some(o) = &mut self.otlp {
-            o.record(r, &labels, &self.clock);
-        }
-        if let Some(j) = &mut self.jsonl {
-            j.write(&jsonl::request_line(r, &self.clock, engine.map(Engine::name)));
-        }
-        if self.console {
-            println!("{}", console::request_line(r));
-        }
-    }
-}
-
 struct Traced {
     engine: Engine,
     /// TCP ports it listens on (empty until it does).
@@ -112,13 +60,14 @@ struct Traced {
 struct Daemon {
     probes: Probes,
     tracker: Tracker,
-    exporters: Exporters,
+    sinks: Sinks,
+    /// Model label values (bounded), for requests and engine metrics.
+    models: BoundedLabel,
     procs: HashMap<u32, Traced>,
     decode_errors: HashMap<&'static str, u64>,
     next_conn_id: u64,
     records: Vec<RequestRecord>,
     children: bool,
-    last_health: Health,
     last_loss_report: std::time::Instant,
     /// Processes seen exiting, and when.
     exited: HashMap<u32, std::time::Instant>,
@@ -149,8 +98,6 @@ struct Daemon {
     /// Launch call sites (with the device layer).
     sites: Option<crate::python::sites::LaunchSites>,
     site_labels: crate::export::BoundedLabel,
-    /// Site label values exported per process (to drop them when it exits).
-    site_series: HashMap<u32, std::collections::HashSet<String>>,
     last_sites: std::time::Instant,
     /// The rolling Python profile (with --python-profile-rate).
     sampler: Option<crate::python::profile::Sampler>,
@@ -336,11 +283,7 @@ impl Daemon {
         }
         self.exited.insert(pid, std::time::Instant::now());
         self.probes.untrack(pid);
-        if self.state.remove(&pid).is_some()
-            && let Some(m) = self.exporters.prom.as_ref().and_then(|p| p.engine_state.as_ref())
-        {
-            m.forget(pid);
-        }
+        self.state.remove(&pid);
         if let Some(s) = &mut self.sampler {
             s.remove(pid);
         }
@@ -352,16 +295,8 @@ impl Daemon {
         if let Some(s) = &mut self.sites {
             s.remove(pid, &mut self.probes);
         }
-        if let (Some(series), Some(m)) =
-            (self.site_series.remove(&pid), self.exporters.prom.as_ref().and_then(|p| p.sites.as_ref()))
-        {
-            m.forget(pid, &series);
-        }
         if let Some(t) = &mut self.python {
             t.remove_process(pid);
-            if let Some(m) = self.exporters.prom.as_ref().and_then(|p| p.python.as_ref()) {
-                m.forget(pid, &t.specs, &["breakpoint", "breakpoint_entry"]);
-            }
         }
         if let Some(dm) = &mut self.device {
             let (n, libs) = dm.attached(pid);
@@ -369,14 +304,12 @@ impl Daemon {
             dm.remove_process(&mut self.probes, pid);
             let mut recs = Vec::new();
             let last = dm.tracker.process_gone(pid, &mut recs);
-            self.exporters.device_records(&recs);
+            self.sinks.emit(Output::DeviceCalls(&recs));
             if let Some(r) = last {
                 self.device_interval_line(&r, (n, &libs), &disabled, true);
             }
-            if let Some(m) = self.exporters.prom.as_mut().and_then(|p| p.device.as_mut()) {
-                m.forget(pid);
-            }
         }
+        self.sinks.emit(Output::ProcessGone { pid });
         self.tracker.process_gone(pid, ts, &mut self.records);
         self.tracker.set_server_port(pid, None);
         self.engine.process_gone(pid);
@@ -450,10 +383,7 @@ impl Daemon {
             Event::PySite { tgid, codes, .. } => {
                 if let Some(site) = self.sites.as_mut().and_then(|s| s.on_site(*tgid, codes)) {
                     let label = self.site_labels.get(Some(&site));
-                    if let Some(m) = self.exporters.prom.as_ref().and_then(|p| p.sites.as_ref()) {
-                        m.record(*tgid, &label);
-                        self.site_series.entry(*tgid).or_default().insert(label);
-                    }
+                    self.sinks.emit(Output::LaunchSite { pid: *tgid, site: &label });
                 }
                 return;
             }
@@ -508,8 +438,8 @@ impl Daemon {
             for (r, step) in self.correlate.engine_event(clock::monotonic_ns(), &ev) {
                 self.export_python_call(&r, step);
             }
-            let model = self.exporters.models.get(self.served_model.get(&pid).map(String::as_str));
-            self.exporters.engine_event(&ev, &model, device.as_ref());
+            let model = self.models.get(self.served_model.get(&pid).map(String::as_str));
+            self.sinks.emit(Output::Engine { event: &ev, model: &model, device: device.as_ref() });
         }
     }
 
@@ -522,20 +452,13 @@ impl Daemon {
                 self.served_model.insert(r.pid, m.to_string());
             }
             let engine = self.procs.get(&r.pid).map(|t| t.engine);
-            self.exporters.emit(&r, engine);
+            let labels = Labels::of(&r, &mut self.models, engine.map_or("openai_compatible", Engine::name));
+            self.sinks.emit(Output::Request { record: &r, labels: &labels, provider: engine.map(Engine::name) });
         }
     }
 
     fn health(&self) -> Health {
-        let mut export_errors = Vec::new();
-        if let Some(o) = &self.exporters.otlp {
-            use std::sync::atomic::Ordering;
-            export_errors.push(("otlp_spans", o.counters.spans_failed.load(Ordering::Relaxed)));
-            export_errors.push(("otlp_metrics", o.counters.metric_exports_failed.load(Ordering::Relaxed)));
-        }
-        if let Some(j) = &self.exporters.jsonl {
-            export_errors.push(("jsonl", j.errors));
-        }
+        let export_errors = self.sinks.errors();
         Health {
             bpf: self.probes.stats().map(|s| s.to_vec()).unwrap_or_default(),
             tracker: self.tracker.stats().clone(),
@@ -560,7 +483,6 @@ impl Daemon {
             return;
         }
         self.last_state = std::time::Instant::now();
-        let now = self.exporters.clock.unix_ns(clock::monotonic_ns());
         for (pid, slot) in &mut self.state {
             // Processes without an engine loop (API servers, workers): every 8th interval.
             if slot.misses >= 8 && slot.misses % 8 != 0 {
@@ -578,12 +500,7 @@ impl Daemon {
                             s.engine
                         );
                     }
-                    if let Some(m) = self.exporters.prom.as_ref().and_then(|p| p.engine_state.as_ref()) {
-                        m.record(&s);
-                    }
-                    if let Some(j) = &mut self.exporters.jsonl {
-                        j.write(&jsonl::engine_state_json(&s, now));
-                    }
+                    self.sinks.emit(Output::EngineState(&s));
                 }
                 Ok(None) => slot.misses += 1,
                 Err(e) => {
@@ -602,7 +519,6 @@ impl Daemon {
             return;
         }
         self.last_profile = std::time::Instant::now();
-        let now = self.exporters.clock.unix_ns(clock::monotonic_ns());
         for pid in s.pids() {
             let Some(p) = s.take(pid) else { continue };
             if p.samples == 0 {
@@ -627,9 +543,8 @@ impl Daemon {
                     Err(e) => warn!("writing the profile of pid {pid} in {}: {e}", dir.display()),
                 }
             }
-            if let Some(j) = &mut self.exporters.jsonl {
-                j.write(&jsonl::profile_json(pid, &p, now, files.as_ref().map(|(a, b)| (a.as_str(), b.as_str()))));
-            }
+            let files = files.as_ref().map(|(a, b)| (a.as_str(), b.as_str()));
+            self.sinks.emit(Output::ProfileWindow { pid, profile: &p, files });
         }
     }
 
@@ -643,18 +558,10 @@ impl Daemon {
         if self.python_recs.is_empty() {
             return;
         }
-        if let Some(m) = self.exporters.prom.as_ref().and_then(|p| p.python.as_ref()) {
-            for r in &self.python_recs {
-                if let Some(spec) = t.specs.get(r.spec) {
-                    m.record(r, spec);
-                }
-            }
-            let mut pids: Vec<u32> = self.python_recs.iter().map(|r| r.pid).collect();
-            pids.dedup();
-            for pid in pids {
-                m.unfinished(pid, t.unfinished(pid));
-            }
-        }
+        let mut pids: Vec<u32> = self.python_recs.iter().map(|r| r.pid).collect();
+        pids.dedup();
+        let unfinished: Vec<(u32, u64)> = pids.into_iter().map(|p| (p, t.unfinished(p))).collect();
+        self.sinks.emit(Output::PythonCalls { records: &self.python_recs, specs: &t.specs, unfinished: &unfinished });
         // A call of an engine core belongs to the engine step the engine stamped first after
         // the call began: already seen (its IPC can be read before the call's hits), or still
         // to come (the call waits for it). Others go out now.
@@ -678,14 +585,7 @@ impl Daemon {
     fn export_python_call(&mut self, r: &crate::python::timers::CallRecord, step: Option<(u64, usize)>) {
         let Some(t) = &self.python else { return };
         let Some(spec) = t.specs.get(r.spec) else { return };
-        let e = &mut self.exporters;
-        let step_unix = step.map(|(ts, batch)| (e.clock.unix_ns(ts), batch));
-        if let Some(j) = &mut e.jsonl {
-            j.write(&crate::python::timers::call_json(r, spec, Some(e.clock.unix_ns(r.start_ns)), step_unix));
-        }
-        if let Some(o) = &mut e.otlp {
-            o.python_call(r, spec, t.location(r.pid, r.spec), &e.clock, step_unix);
-        }
+        self.sinks.emit(Output::PythonCall { record: r, spec, location: t.location(r.pid, r.spec), step });
     }
 
     /// Hands the calls the device tracker committed to the correlation stage (they wait for
@@ -693,7 +593,7 @@ impl Daemon {
     fn export_device_recs(&mut self) {
         if !self.device_recs.is_empty() {
             self.correlate.device_calls(&self.device_recs);
-            self.exporters.device_records(&self.device_recs);
+            self.sinks.emit(Output::DeviceCalls(&self.device_recs));
             self.device_recs.clear();
         }
     }
@@ -710,9 +610,7 @@ impl Daemon {
         let Some(dm) = &mut self.device else { return };
         let pid = r.pid();
         dm.apply(&mut self.probes, r);
-        if let Some(m) = self.exporters.prom.as_ref().and_then(|p| p.device.as_ref()) {
-            m.attached(pid, dm.attached(pid).0);
-        }
+        self.sinks.emit(Output::DeviceProbes { pid, attached: dm.attached(pid).0 });
     }
 
     /// Attaches to libraries loaded since the last look, and reports driver calls no runtime
@@ -736,15 +634,9 @@ impl Daemon {
         disabled: &[String],
         last: bool,
     ) {
-        let secs = self.last_device_interval.elapsed().as_secs_f64();
-        if let Some(m) = self.exporters.prom.as_mut().and_then(|p| p.device.as_mut()) {
-            m.interval(r);
-        }
-        if let Some(j) = &mut self.exporters.jsonl {
-            let top = self.device.as_ref().map_or(20, |d| d.opts.top_kernels);
-            let ts = self.exporters.clock.unix_ns(clock::monotonic_ns());
-            j.write(&jsonl::device_json(r, ts, secs, top, probes, disabled, last));
-        }
+        let seconds = self.last_device_interval.elapsed().as_secs_f64();
+        let top_kernels = self.device.as_ref().map_or(20, |d| d.opts.top_kernels);
+        self.sinks.emit(Output::DeviceInterval { report: r, seconds, top_kernels, probes, disabled, last });
     }
 
     /// Overhead budget and probe hits every second; interval lines every --device-interval.
@@ -753,14 +645,12 @@ impl Daemon {
         let elapsed = self.last_device_account.elapsed().as_secs_f64();
         self.last_device_account = std::time::Instant::now();
         let (hits, off) = d.account(&mut self.probes, elapsed);
-        if let Some(m) = self.exporters.prom.as_ref().and_then(|p| p.device.as_ref()) {
-            for (pid, f, n) in &hits {
-                m.probe_hits(*pid, f, *n);
-            }
-            for b in &off {
-                m.disabled(b.pid, &b.symbol);
-                m.attached(b.pid, d.attached(b.pid).0);
-            }
+        for (pid, f, n) in &hits {
+            self.sinks.emit(Output::DeviceProbeHits { pid: *pid, function: f, hits: *n });
+        }
+        for b in &off {
+            self.sinks.emit(Output::DeviceProbeOff { pid: b.pid, function: &b.symbol });
+            self.sinks.emit(Output::DeviceProbes { pid: b.pid, attached: d.attached(b.pid).0 });
         }
         if !force_interval && self.last_device_interval.elapsed() < self.device_interval {
             return;
@@ -785,17 +675,13 @@ impl Daemon {
         if only.is_none() {
             self.last_sites = std::time::Instant::now();
         }
-        let now = self.exporters.clock.unix_ns(clock::monotonic_ns());
         for pid in s.pids() {
             if only.is_some_and(|o| o != pid) {
                 continue;
             }
             let sites = s.take(pid);
-            if sites.is_empty() {
-                continue;
-            }
-            if let Some(j) = &mut self.exporters.jsonl {
-                j.write(&jsonl::sites_json(pid, &sites, now, secs));
+            if !sites.is_empty() {
+                self.sinks.emit(Output::LaunchSites { pid, sites: &sites, seconds: secs });
             }
         }
     }
@@ -811,21 +697,10 @@ impl Daemon {
         self.engine.expire(clock::monotonic_ns());
         self.flush_records();
         let h = self.health();
-        if let Some(p) = &mut self.exporters.prom {
-            p.health(&h);
-            p.engine.health(&self.engine.stats);
-        }
-        if let Some(j) = &mut self.exporters.jsonl {
-            j.flush();
-        }
-        if self.last_loss_report.elapsed() >= Duration::from_secs(10) {
-            if let Some(line) = console::loss_line(&self.last_health, &h) {
-                eprintln!("inferscope: {line}");
-            }
-            if let Some(j) = &mut self.exporters.jsonl {
-                j.write(&jsonl::health_json(&h, self.exporters.clock.unix_ns(clock::monotonic_ns())));
-            }
-            self.last_health = h;
+        let report = self.last_loss_report.elapsed() >= Duration::from_secs(10);
+        self.sinks.emit(Output::Health { health: &h, report, last: false });
+        self.sinks.flush();
+        if report {
             self.last_loss_report = std::time::Instant::now();
         }
     }
@@ -975,6 +850,7 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
         prom::serve(addr, p.registry.clone()).await?;
         eprintln!("inferscope: Prometheus metrics at http://{addr}/metrics");
     }
+    let device_spans_on = o.device_spans;
     let otlp = match &o.otlp_endpoint {
         Some(endpoint) => {
             let otlp = Otlp::new(OtlpOptions {
@@ -993,7 +869,17 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
         None => None,
     };
     let jsonl = o.jsonl.as_deref().map(JsonlWriter::open).transpose()?;
-    let console = !o.quiet && o.jsonl.as_deref() != Some("-");
+    let mut sinks = Sinks::new(Clock::new());
+    if let Some(p) = prom {
+        sinks.add(PromSink::new(p));
+    }
+    if let Some(o) = otlp {
+        sinks.add(OtlpSink { o, device_spans: device_spans_on });
+    }
+    if let Some(j) = jsonl {
+        sinks.add(JsonlSink(j));
+    }
+    sinks.add(ConsoleSink::new(!o.quiet && o.jsonl.as_deref() != Some("-")));
     let limits = Limits { content_bytes: if o.capture_content { o.max_content_bytes } else { 0 }, ..Limits::default() };
 
     let (children, discover) = match &target {
@@ -1004,21 +890,13 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
     let mut d = Daemon {
         probes,
         tracker: Tracker::new(limits),
-        exporters: Exporters {
-            clock: Clock::new(),
-            models: BoundedLabel::new(o.max_models),
-            prom,
-            otlp,
-            jsonl,
-            console,
-            device_spans: o.device_spans,
-        },
+        sinks,
+        models: BoundedLabel::new(o.max_models),
         procs: HashMap::new(),
         decode_errors: HashMap::new(),
         next_conn_id: 0,
         records: Vec::new(),
         children,
-        last_health: Health::default(),
         last_loss_report: std::time::Instant::now(),
         exited: HashMap::new(),
         engine: EngineTracker::new(),
@@ -1039,7 +917,6 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
         last_state: std::time::Instant::now(),
         sites: has_device.then(crate::python::sites::LaunchSites::default),
         site_labels: crate::export::BoundedLabel::new(200),
-        site_series: HashMap::new(),
         last_sites: std::time::Instant::now(),
         sampler,
         profile_rate: o.python_profile_rate,
@@ -1148,28 +1025,9 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
     d.flush_records();
     d.tick(idle_ns);
     d.device_tick(true);
-    if let Some(o) = &mut d.exporters.otlp {
-        o.shutdown();
-    }
-    if let Some(j) = &mut d.exporters.jsonl {
-        j.flush();
-    }
+    d.sinks.shutdown();
+    // The final counters (JSONL), what was lost since the last report, and the summary line.
     let h = d.health();
-    // The final counters, for JSONL readers.
-    if let Some(j) = &mut d.exporters.jsonl {
-        j.write(&jsonl::health_json(&h, d.exporters.clock.unix_ns(clock::monotonic_ns())));
-        j.flush();
-    }
-    // What was lost since the last periodic report (they come every 10 s).
-    if let Some(line) = console::loss_line(&d.last_health, &h) {
-        eprintln!("inferscope: {line}");
-    }
-    let drops = h.bpf_stat(inferscope_common::stat::RINGBUF_DROPS);
-    eprintln!(
-        "inferscope: stopped; {} data events, {} ring-buffer drops, {} stream bytes missing",
-        h.bpf_stat(inferscope_common::stat::DATA_EVENTS),
-        drops,
-        h.tracker.lost_bytes
-    );
+    d.sinks.emit(Output::Health { health: &h, report: true, last: true });
     Ok(())
 }

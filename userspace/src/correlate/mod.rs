@@ -98,7 +98,7 @@ impl Correlator {
     pub fn device_calls(&mut self, recs: &[DeviceRecord]) {
         for r in recs {
             let q = self.device.entry(r.pid).or_insert_with(|| StepQueue::new(MAX_STEP_QUEUE, STEP_QUEUE_AGE_NS));
-            q.push(r.sample.start_ns, r.sample.clone());
+            q.push(r.sample.start_ns, r.sample);
         }
     }
 

@@ -108,7 +108,11 @@ impl RecentSteps {
 
     /// The first step stamped at or after `start` of engine `dp` (any engine when None).
     pub fn first_at_or_after(&self, start: u64, dp: Option<u32>) -> Option<StepMark> {
-        self.steps.iter().filter(|s| s.ts_ns >= start && (dp.is_none() || dp == s.engine)).min_by_key(|s| s.ts_ns).copied()
+        self.steps
+            .iter()
+            .filter(|s| s.ts_ns >= start && (dp.is_none() || dp == s.engine))
+            .min_by_key(|s| s.ts_ns)
+            .copied()
     }
 }
 

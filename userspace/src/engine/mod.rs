@@ -496,7 +496,7 @@ impl EngineTracker {
                         r.finish_reason = Some(reason);
                         if let Some(r) = st.requests.remove(&ro.request_id) {
                             step.finished += 1;
-                                out.push(EngineEvent::Finished(r));
+                            out.push(EngineEvent::Finished(r));
                         }
                     }
                 }

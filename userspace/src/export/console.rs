@@ -43,6 +43,17 @@ pub fn request_line(r: &RequestRecord) -> String {
     line
 }
 
+/// The last line at the stop: what was seen and lost over the whole run.
+pub fn stop_line(h: &Health) -> String {
+    use inferscope_common::stat;
+    format!(
+        "stopped; {} data events, {} ring-buffer drops, {} stream bytes missing",
+        h.bpf_stat(stat::DATA_EVENTS),
+        h.bpf_stat(stat::RINGBUF_DROPS),
+        h.tracker.lost_bytes
+    )
+}
+
 /// One line describing what was lost since the previous health, or None if nothing was.
 pub fn loss_line(prev: &Health, now: &Health) -> Option<String> {
     use inferscope_common::stat;

@@ -9,6 +9,7 @@ pub mod prom;
 pub mod prom_device;
 pub mod prom_engine;
 pub mod prom_python;
+pub mod sink;
 
 use std::collections::HashSet;
 

@@ -64,14 +64,12 @@ impl PythonMetrics {
         }
     }
 
-    /// Drops the series of a process that is gone.
-    pub fn forget(&self, pid: u32, specs: &[TimerSpec], modes: &[&str]) {
+    /// Drops the series of a process that is gone: its (function, mode) label values.
+    pub fn forget<F: AsRef<str>>(&self, pid: u32, series: impl IntoIterator<Item = (F, &'static str)>) {
         let p = pid.to_string();
-        for s in specs {
-            for m in modes {
-                let _ = self.calls.remove_label_values(&[p.as_str(), s.symbol.as_str(), m]);
-                let _ = self.duration.remove_label_values(&[p.as_str(), s.symbol.as_str(), m]);
-            }
+        for (f, m) in series {
+            let _ = self.calls.remove_label_values(&[p.as_str(), f.as_ref(), m]);
+            let _ = self.duration.remove_label_values(&[p.as_str(), f.as_ref(), m]);
         }
         let _ = self.unfinished.remove_label_values(&[&p]);
     }

@@ -1,0 +1,333 @@
+//! Export is a sink: the layers' typed outputs go, one by one, to every configured sink
+//! (Prometheus, OTLP, JSON lines, the console), and each takes what it exports. No other module
+//! reaches into a sink; a sink forgets what it keeps for a process when [`Output::ProcessGone`]
+//! comes.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::{
+    clock::{self, Clock},
+    device::{DeviceRecord, IntervalReport, summary::DeviceSummary},
+    engine::EngineEvent,
+    export::{
+        Health, Labels, console,
+        jsonl::{self, JsonlWriter},
+        otlp::Otlp,
+        prom::PromMetrics,
+    },
+    python::{
+        profile::Profile,
+        sites::SiteCount,
+        state::EngineState,
+        timers::{CallRecord, TimerSpec},
+    },
+    request::RequestRecord,
+};
+
+/// What the layers (through the correlation stage) hand to the sinks.
+pub enum Output<'a> {
+    /// A finished HTTP request, joined with its engine side; `provider`: the engine the
+    /// process runs, when it is traced.
+    Request { record: &'a RequestRecord, labels: &'a Labels, provider: Option<&'static str> },
+    /// An engine step, gauges or finished engine request, with the served model and (steps)
+    /// what the device did in it.
+    Engine { event: &'a EngineEvent, model: &'a str, device: Option<&'a DeviceSummary> },
+    /// Calls the device tracker committed.
+    DeviceCalls(&'a [DeviceRecord]),
+    /// One process's device interval (`last`: it exited).
+    DeviceInterval {
+        report: &'a IntervalReport,
+        seconds: f64,
+        top_kernels: usize,
+        probes: (usize, &'a [String]),
+        disabled: &'a [String],
+        last: bool,
+    },
+    /// Hits of one probe since the last accounting.
+    DeviceProbeHits { pid: u32, function: &'a str, hits: u64 },
+    /// Probes attached to a process now.
+    DeviceProbes { pid: u32, attached: usize },
+    /// A probe the overhead budget switched off.
+    DeviceProbeOff { pid: u32, function: &'a str },
+    /// A launch from the Python function `site` (a bounded label value).
+    LaunchSite { pid: u32, site: &'a str },
+    /// Launch sites of a process over an interval.
+    LaunchSites { pid: u32, sites: &'a [SiteCount], seconds: f64 },
+    /// Timed calls as they were read (metrics), and the running unfinished count per process.
+    PythonCalls { records: &'a [CallRecord], specs: &'a [TimerSpec], unfinished: &'a [(u32, u64)] },
+    /// One timed call placed on its engine step, (monotonic ts, batch size), when known.
+    PythonCall {
+        record: &'a CallRecord,
+        spec: &'a TimerSpec,
+        location: Option<(&'a str, &'a str, u32)>,
+        step: Option<(u64, usize)>,
+    },
+    /// A rolling-profile window, and the files it was written to.
+    ProfileWindow { pid: u32, profile: &'a Profile, files: Option<(&'a str, &'a str)> },
+    /// A reading of the engine's live state.
+    EngineState(&'a EngineState),
+    /// The health counters: every second; `report` every 10 s (lines for the operator);
+    /// `last` at the stop.
+    Health { health: &'a Health, report: bool, last: bool },
+    /// A process is gone: what a sink keeps for it goes.
+    ProcessGone { pid: u32 },
+}
+
+/// One exporter.
+pub trait Sink {
+    fn consume(&mut self, clock: &Clock, o: &Output<'_>);
+    /// Buffered output out (every second).
+    fn flush(&mut self) {}
+    /// At the stop, before the last health: flushes and stops (bounded).
+    fn shutdown(&mut self) {}
+    /// Failed exports so far, by exporter.
+    fn errors(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
+}
+
+/// Every configured sink, in order.
+#[derive(Default)]
+pub struct Sinks {
+    pub clock: Clock,
+    sinks: Vec<Box<dyn Sink>>,
+}
+
+impl Sinks {
+    pub fn new(clock: Clock) -> Self {
+        Self { clock, sinks: Vec::new() }
+    }
+
+    pub fn add(&mut self, s: impl Sink + 'static) {
+        self.sinks.push(Box::new(s));
+    }
+
+    pub fn emit(&mut self, o: Output<'_>) {
+        for s in &mut self.sinks {
+            s.consume(&self.clock, &o);
+        }
+    }
+
+    pub fn flush(&mut self) {
+        self.sinks.iter_mut().for_each(|s| s.flush());
+    }
+
+    pub fn shutdown(&mut self) {
+        self.sinks.iter_mut().for_each(|s| s.shutdown());
+    }
+
+    pub fn errors(&self) -> Vec<(&'static str, u64)> {
+        self.sinks.iter().flat_map(|s| s.errors()).collect()
+    }
+
+    /// Now, on the exporters' (Unix-epoch) clock.
+    pub fn now_unix_ns(&self) -> u64 {
+        self.clock.unix_ns(clock::monotonic_ns())
+    }
+}
+
+/// Prometheus: every family, and the label values it made per process, to forget them.
+pub struct PromSink {
+    pub m: PromMetrics,
+    /// (function, mode) series of timed functions per process.
+    python_series: HashMap<u32, HashSet<(String, &'static str)>>,
+    /// Launch-site series per process.
+    site_series: HashMap<u32, HashSet<String>>,
+}
+
+impl PromSink {
+    pub fn new(m: PromMetrics) -> Self {
+        Self { m, python_series: HashMap::new(), site_series: HashMap::new() }
+    }
+}
+
+impl Sink for PromSink {
+    fn consume(&mut self, _clock: &Clock, o: &Output<'_>) {
+        let m = &mut self.m;
+        match o {
+            Output::Request { record, labels, .. } => m.record(record, labels),
+            Output::Engine { event, model, .. } => m.engine.observe(event, model),
+            Output::DeviceCalls(recs) => {
+                if let Some(d) = &m.device {
+                    recs.iter().for_each(|r| d.record(r));
+                }
+            }
+            Output::DeviceInterval { report, .. } => {
+                if let Some(d) = &mut m.device {
+                    d.interval(report);
+                }
+            }
+            Output::DeviceProbeHits { pid, function, hits } => {
+                if let Some(d) = &m.device {
+                    d.probe_hits(*pid, function, *hits);
+                }
+            }
+            Output::DeviceProbes { pid, attached } => {
+                if let Some(d) = &m.device {
+                    d.attached(*pid, *attached);
+                }
+            }
+            Output::DeviceProbeOff { pid, function } => {
+                if let Some(d) = &m.device {
+                    d.disabled(*pid, function);
+                }
+            }
+            Output::LaunchSite { pid, site } => {
+                if let Some(s) = &m.sites {
+                    s.record(*pid, site);
+                    self.site_series.entry(*pid).or_default().insert(site.to_string());
+                }
+            }
+            Output::PythonCalls { records, specs, unfinished } => {
+                let Some(p) = &m.python else { return };
+                for r in *records {
+                    if let Some(spec) = specs.get(r.spec) {
+                        p.record(r, spec);
+                        self.python_series.entry(r.pid).or_default().insert((spec.symbol.clone(), r.mode.label()));
+                    }
+                }
+                for (pid, total) in *unfinished {
+                    p.unfinished(*pid, *total);
+                }
+            }
+            Output::EngineState(s) => {
+                if let Some(e) = &m.engine_state {
+                    e.record(s);
+                }
+            }
+            Output::Health { health, .. } => {
+                m.health(health);
+                m.engine.health(&health.engine);
+            }
+            Output::ProcessGone { pid } => {
+                if let Some(e) = &m.engine_state {
+                    e.forget(*pid);
+                }
+                if let (Some(s), Some(series)) = (&m.sites, self.site_series.remove(pid)) {
+                    s.forget(*pid, &series);
+                }
+                if let Some(p) = &m.python {
+                    p.forget(*pid, self.python_series.remove(pid).unwrap_or_default());
+                }
+                if let Some(d) = &mut m.device {
+                    d.forget(*pid);
+                }
+            }
+            Output::LaunchSites { .. } | Output::PythonCall { .. } | Output::ProfileWindow { .. } => {}
+        }
+    }
+}
+
+/// OTLP: request traces and metrics, device-step spans (with `device_spans`), timed calls.
+pub struct OtlpSink {
+    pub o: Otlp,
+    pub device_spans: bool,
+}
+
+impl Sink for OtlpSink {
+    fn consume(&mut self, clock: &Clock, o: &Output<'_>) {
+        match o {
+            Output::Request { record, labels, .. } => self.o.record(record, labels, clock),
+            Output::Engine { event: EngineEvent::Step(s), device: Some(d), .. } if self.device_spans => {
+                self.o.device_step(s, d, clock)
+            }
+            Output::PythonCall { record, spec, location, step } => {
+                let step = step.map(|(ts, batch)| (clock.unix_ns(ts), batch));
+                self.o.python_call(record, spec, *location, clock, step);
+            }
+            _ => {}
+        }
+    }
+
+    fn shutdown(&mut self) {
+        self.o.shutdown();
+    }
+
+    fn errors(&self) -> Vec<(&'static str, u64)> {
+        use std::sync::atomic::Ordering;
+        vec![
+            ("otlp_spans", self.o.counters.spans_failed.load(Ordering::Relaxed)),
+            ("otlp_metrics", self.o.counters.metric_exports_failed.load(Ordering::Relaxed)),
+        ]
+    }
+}
+
+/// JSON lines: one object per request, step, device interval, timed call, profile window,
+/// engine-state reading, launch-site interval, and a health line every 10 s.
+pub struct JsonlSink(pub JsonlWriter);
+
+impl Sink for JsonlSink {
+    fn consume(&mut self, clock: &Clock, o: &Output<'_>) {
+        let j = &mut self.0;
+        let now = || clock.unix_ns(clock::monotonic_ns());
+        match o {
+            Output::Request { record, provider, .. } => j.write(&jsonl::request_line(record, clock, *provider)),
+            Output::Engine { event: EngineEvent::Step(s), device, .. } => {
+                j.write(&jsonl::step_json_with_device(s, *device, clock))
+            }
+            Output::DeviceInterval { report, seconds, top_kernels, probes, disabled, last } => {
+                j.write(&jsonl::device_json(report, now(), *seconds, *top_kernels, *probes, disabled, *last))
+            }
+            Output::LaunchSites { pid, sites, seconds } => j.write(&jsonl::sites_json(*pid, sites, now(), *seconds)),
+            Output::PythonCall { record, spec, step, .. } => {
+                let step = step.map(|(ts, batch)| (clock.unix_ns(ts), batch));
+                j.write(&crate::python::timers::call_json(record, spec, Some(clock.unix_ns(record.start_ns)), step))
+            }
+            Output::ProfileWindow { pid, profile, files } => {
+                j.write(&jsonl::profile_json(*pid, profile, now(), *files))
+            }
+            Output::EngineState(s) => j.write(&jsonl::engine_state_json(s, now())),
+            Output::Health { health, report: true, last } => {
+                j.write(&jsonl::health_json(health, now()));
+                if *last {
+                    j.flush();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn flush(&mut self) {
+        self.0.flush();
+    }
+
+    fn shutdown(&mut self) {
+        self.0.flush();
+    }
+
+    fn errors(&self) -> Vec<(&'static str, u64)> {
+        vec![("jsonl", self.0.errors)]
+    }
+}
+
+/// The console: a line per request on stdout (unless quiet), and on stderr what was lost every
+/// 10 s and a summary at the stop.
+pub struct ConsoleSink {
+    pub request_lines: bool,
+    /// The health at the last report.
+    last: Health,
+}
+
+impl ConsoleSink {
+    pub fn new(request_lines: bool) -> Self {
+        Self { request_lines, last: Health::default() }
+    }
+}
+
+impl Sink for ConsoleSink {
+    fn consume(&mut self, _clock: &Clock, o: &Output<'_>) {
+        match o {
+            Output::Request { record, .. } if self.request_lines => println!("{}", console::request_line(record)),
+            Output::Health { health, report: true, last } => {
+                if let Some(line) = console::loss_line(&self.last, health) {
+                    eprintln!("inferscope: {line}");
+                }
+                if *last {
+                    eprintln!("inferscope: {}", console::stop_line(health));
+                }
+                self.last = (*health).clone();
+            }
+            _ => {}
+        }
+    }
+}

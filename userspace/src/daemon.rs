@@ -28,6 +28,7 @@ use crate::{
         prom::{self, PromMetrics},
         sink::{ConsoleSink, JsonlSink, OtlpSink, Output, PromSink, Sinks},
     },
+    layers::{Cx, Layer},
     procfs::{self, Engine},
     python::timers::PyTimers,
     request::{Limits, RequestRecord},
@@ -92,28 +93,12 @@ struct Daemon {
     /// Every join between layers: HTTP <-> engine requests, steps <-> timed calls, topology.
     correlate: Correlator,
     /// Engine state readers per traced CPython process (with --engine-state-interval > 0).
-    state: HashMap<u32, StateSlot>,
-    state_interval: Option<Duration>,
-    last_state: std::time::Instant,
     /// Launch call sites (with the device layer).
     sites: Option<crate::python::sites::LaunchSites>,
     site_labels: crate::export::BoundedLabel,
     last_sites: std::time::Instant,
-    /// The rolling Python profile (with --python-profile-rate).
-    sampler: Option<crate::python::profile::Sampler>,
-    profile_rate: u64,
-    profile_window: Duration,
-    profile_dir: Option<std::path::PathBuf>,
-    last_profile: std::time::Instant,
-}
-
-/// One process's engine-state reader.
-struct StateSlot {
-    reader: crate::python::state::StateReader,
-    /// Readings without an engine loop in a row (such processes are looked at less often).
-    misses: u32,
-    /// The layout problem already said for this process.
-    said: bool,
+    /// The layers behind the [`Layer`] interface.
+    layers: Vec<Box<dyn Layer>>,
 }
 
 impl Daemon {
@@ -185,13 +170,11 @@ impl Daemon {
             self.spawn_scan(job);
         }
         // The Python layer: the process's CPython, found once for timers and state.
-        let interp =
-            if self.python.is_some() || self.state_interval.is_some() || self.sampler.is_some() || self.sites.is_some()
-            {
-                crate::python::find(pid).map_err(|e| debug!("pid {pid}: no CPython: {e:#}")).ok()
-            } else {
-                None
-            };
+        let interp = if self.python.is_some() || self.sites.is_some() || self.layers.iter().any(|l| l.wants_python()) {
+            crate::python::find(pid).map_err(|e| debug!("pid {pid}: no CPython: {e:#}")).ok()
+        } else {
+            None
+        };
         if let (Some(t), Some(i)) = (&mut self.python, &interp)
             && let Err(e) = t.add_interpreter(i.clone())
         {
@@ -201,14 +184,9 @@ impl Daemon {
             s.add(i.clone(), &mut self.probes);
             s.sync_threads(&mut self.probes);
         }
-        if let (Some(s), Some(i)) = (&mut self.sampler, &interp)
-            && let Err(e) = s.add(i.clone())
-        {
-            eprintln!("inferscope: pid {pid}: not profiled: {e:#}");
-        }
-        if let (Some(_), Some(i)) = (self.state_interval, interp) {
-            self.state
-                .insert(pid, StateSlot { reader: crate::python::state::StateReader::of(i), misses: 0, said: false });
+        let mut cx = Cx { sinks: &mut self.sinks };
+        for l in &mut self.layers {
+            l.process_added(&mut cx, pid, interp.as_ref());
         }
         let version = self.detect_kind(pid);
         let comm = procfs::comm(pid).unwrap_or_default();
@@ -283,9 +261,9 @@ impl Daemon {
         }
         self.exited.insert(pid, std::time::Instant::now());
         self.probes.untrack(pid);
-        self.state.remove(&pid);
-        if let Some(s) = &mut self.sampler {
-            s.remove(pid);
+        let mut cx = Cx { sinks: &mut self.sinks };
+        for l in &mut self.layers {
+            l.process_gone(&mut cx, pid);
         }
         for r in self.correlate.process_gone(pid) {
             self.export_python_call(&r, None);
@@ -459,7 +437,7 @@ impl Daemon {
 
     fn health(&self) -> Health {
         let export_errors = self.sinks.errors();
-        Health {
+        let mut h = Health {
             bpf: self.probes.stats().map(|s| s.to_vec()).unwrap_or_default(),
             tracker: self.tracker.stats().clone(),
             decode_errors: self.decode_errors.iter().map(|(k, v)| (*k, *v)).collect(),
@@ -473,79 +451,11 @@ impl Daemon {
                 ..d.health()
             }),
             python: self.python.as_ref().map(|t| t.health()).unwrap_or_default(),
+        };
+        for l in &self.layers {
+            l.health(&mut h);
         }
-    }
-
-    /// Reads the engine state of every traced CPython process, every --engine-state-interval.
-    fn read_engine_state(&mut self) {
-        let Some(every) = self.state_interval else { return };
-        if self.last_state.elapsed() < every {
-            return;
-        }
-        self.last_state = std::time::Instant::now();
-        for (pid, slot) in &mut self.state {
-            // Processes without an engine loop (API servers, workers): every 8th interval.
-            if slot.misses >= 8 && slot.misses % 8 != 0 {
-                slot.misses += 1;
-                continue;
-            }
-            match slot.reader.read() {
-                Ok(Some(s)) => {
-                    slot.misses = 0;
-                    if let (Some(p), false) = (&s.problem, slot.said) {
-                        slot.said = true;
-                        eprintln!(
-                            "inferscope: pid {pid}: {} engine state not understood ({p}); those gauges are not exported \
-                             (an engine release newer than inferscope knows?)",
-                            s.engine
-                        );
-                    }
-                    self.sinks.emit(Output::EngineState(&s));
-                }
-                Ok(None) => slot.misses += 1,
-                Err(e) => {
-                    slot.misses += 1;
-                    debug!("pid {pid}: engine state: {e:#}");
-                }
-            }
-        }
-    }
-
-    /// Rolling profile: samples in; every window, one JSONL line (and files) per process.
-    fn profile_tick(&mut self, force: bool) {
-        let Some(s) = &mut self.sampler else { return };
-        s.poll();
-        if !force && self.last_profile.elapsed() < self.profile_window {
-            return;
-        }
-        self.last_profile = std::time::Instant::now();
-        for pid in s.pids() {
-            let Some(p) = s.take(pid) else { continue };
-            if p.samples == 0 {
-                continue;
-            }
-            let mut files = None;
-            if let Some(dir) = &self.profile_dir {
-                let title = format!(
-                    "pid {pid}: CPython {}, {} samples at {} Hz in {:.0} s",
-                    s.version(pid).unwrap_or_default(),
-                    p.samples,
-                    self.profile_rate,
-                    p.duration_ns as f64 / 1e9
-                );
-                let pb = dir.join(format!("pid-{pid}.pb"));
-                let svg = dir.join(format!("pid-{pid}.svg"));
-                let fmt = crate::python::profile::Format::Pprof;
-                match write_replacing(&pb, &p.render(fmt, &title, self.profile_rate)).and_then(|_| {
-                    write_replacing(&svg, &p.render(crate::python::profile::Format::Svg, &title, self.profile_rate))
-                }) {
-                    Ok(()) => files = Some((pb.display().to_string(), svg.display().to_string())),
-                    Err(e) => warn!("writing the profile of pid {pid} in {}: {e}", dir.display()),
-                }
-            }
-            let files = files.as_ref().map(|(a, b)| (a.as_str(), b.as_str()));
-            self.sinks.emit(Output::ProfileWindow { pid, profile: &p, files });
-        }
+        h
     }
 
     /// Breakpoint hits of the function timers -> calls -> exporters.
@@ -686,7 +596,16 @@ impl Daemon {
         }
     }
 
+    /// Every layer behind the interface, with its context.
+    fn each_layer(&mut self, f: impl Fn(&mut dyn Layer, &mut Cx)) {
+        let mut cx = Cx { sinks: &mut self.sinks };
+        for l in &mut self.layers {
+            f(l.as_mut(), &mut cx);
+        }
+    }
+
     fn tick(&mut self, idle_ns: u64) {
+        self.each_layer(|l, cx| l.tick(cx));
         self.refresh_ports();
         self.python_expire(false);
         if let Some(s) = &mut self.sites {
@@ -704,13 +623,6 @@ impl Daemon {
             self.last_loss_report = std::time::Instant::now();
         }
     }
-}
-
-/// Writes `path` whole or not at all (a reader never sees half a profile).
-fn write_replacing(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
 }
 
 fn ports_note(ports: &[u16]) -> String {
@@ -819,33 +731,7 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
     if let (Some(p), Some(_)) = (&mut prom, &python) {
         p.python = Some(crate::export::prom_python::PythonMetrics::new(&p.registry)?);
     }
-    let sampler = if o.python_profile_rate > 0 {
-        if let Some(dir) = &o.python_profile_dir {
-            std::fs::create_dir_all(dir).with_context(|| format!("--python-profile-dir {}", dir.display()))?;
-        }
-        match crate::python::profile::Sampler::new(o.python_profile_rate, 4 << 20) {
-            Ok(s) => {
-                eprintln!(
-                    "inferscope: rolling Python profile: {} Hz per thread, {:.0} s windows{}",
-                    o.python_profile_rate,
-                    o.python_profile_window,
-                    o.python_profile_dir.as_ref().map_or(String::new(), |d| format!(", written to {}", d.display()))
-                );
-                Some(s)
-            }
-            Err(e) => {
-                eprintln!("inferscope: warning: rolling Python profile unavailable ({e:#})");
-                None
-            }
-        }
-    } else {
-        None
-    };
-    let state_interval =
-        (o.engine_state_interval > 0.0).then(|| Duration::from_secs_f64(o.engine_state_interval.max(0.05)));
-    if let (Some(p), Some(_)) = (&mut prom, state_interval) {
-        p.engine_state = Some(crate::export::prom_python::EngineStateMetrics::new(&p.registry)?);
-    }
+    let layers = crate::layers::build(&o, prom.as_mut())?;
     if let (Some(addr), Some(p)) = (o.prometheus_listen, &prom) {
         prom::serve(addr, p.registry.clone()).await?;
         eprintln!("inferscope: Prometheus metrics at http://{addr}/metrics");
@@ -912,17 +798,10 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
         python,
         python_recs: Vec::new(),
         correlate: Correlator::default(),
-        state: HashMap::new(),
-        state_interval,
-        last_state: std::time::Instant::now(),
         sites: has_device.then(crate::python::sites::LaunchSites::default),
         site_labels: crate::export::BoundedLabel::new(200),
         last_sites: std::time::Instant::now(),
-        sampler,
-        profile_rate: o.python_profile_rate,
-        profile_window: Duration::from_secs_f64(o.python_profile_window.max(1.0)),
-        profile_dir: o.python_profile_dir.clone(),
-        last_profile: std::time::Instant::now(),
+        layers,
     };
     match &target {
         Target::Pid { pid, .. } => d.trace_tree(*pid, Engine::Other),
@@ -977,8 +856,7 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
                 }
                 d.device_drain();
                 d.python_drain();
-                d.read_engine_state();
-                d.profile_tick(false);
+                d.each_layer(|l, cx| l.drain(cx));
             }
             _ = tick.tick() => {
                 d.tick(idle_ns);
@@ -1020,7 +898,7 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
     }
     d.python_drain();
     d.python_expire(true);
-    d.profile_tick(true);
+    d.each_layer(|l, cx| l.finish(cx));
     // Requests still in flight are not reported: they did not end while we watched.
     d.flush_records();
     d.tick(idle_ns);

@@ -13,6 +13,7 @@ pub mod doctor;
 pub mod engine;
 pub mod events;
 pub mod export;
+pub mod layers;
 pub mod privileges;
 pub mod procfs;
 pub mod protocol;

@@ -93,10 +93,6 @@ struct Daemon {
     /// Every join between layers: HTTP <-> engine requests, steps <-> timed calls, topology.
     correlate: Correlator,
     /// Engine state readers per traced CPython process (with --engine-state-interval > 0).
-    /// Launch call sites (with the device layer).
-    sites: Option<crate::python::sites::LaunchSites>,
-    site_labels: crate::export::BoundedLabel,
-    last_sites: std::time::Instant,
     /// The layers behind the [`Layer`] interface.
     layers: Vec<Box<dyn Layer>>,
 }
@@ -170,7 +166,7 @@ impl Daemon {
             self.spawn_scan(job);
         }
         // The Python layer: the process's CPython, found once for timers and state.
-        let interp = if self.python.is_some() || self.sites.is_some() || self.layers.iter().any(|l| l.wants_python()) {
+        let interp = if self.python.is_some() || self.layers.iter().any(|l| l.wants_python()) {
             crate::python::find(pid).map_err(|e| debug!("pid {pid}: no CPython: {e:#}")).ok()
         } else {
             None
@@ -180,11 +176,7 @@ impl Daemon {
         {
             eprintln!("inferscope: pid {pid}: {e:#}");
         }
-        if let (Some(s), Some(i)) = (&mut self.sites, &interp) {
-            s.add(i.clone(), &mut self.probes);
-            s.sync_threads(&mut self.probes);
-        }
-        let mut cx = Cx { sinks: &mut self.sinks };
+        let mut cx = Cx { sinks: &mut self.sinks, probes: &mut self.probes };
         for l in &mut self.layers {
             l.process_added(&mut cx, pid, interp.as_ref());
         }
@@ -261,17 +253,12 @@ impl Daemon {
         }
         self.exited.insert(pid, std::time::Instant::now());
         self.probes.untrack(pid);
-        let mut cx = Cx { sinks: &mut self.sinks };
+        let mut cx = Cx { sinks: &mut self.sinks, probes: &mut self.probes };
         for l in &mut self.layers {
             l.process_gone(&mut cx, pid);
         }
         for r in self.correlate.process_gone(pid) {
             self.export_python_call(&r, None);
-        }
-        // Its last launch sites, then its maps.
-        self.exporters_sites_interval(Some(pid));
-        if let Some(s) = &mut self.sites {
-            s.remove(pid, &mut self.probes);
         }
         if let Some(t) = &mut self.python {
             t.remove_process(pid);
@@ -358,10 +345,10 @@ impl Daemon {
                 }
                 return;
             }
-            Event::PySite { tgid, codes, .. } => {
-                if let Some(site) = self.sites.as_mut().and_then(|s| s.on_site(*tgid, codes)) {
-                    let label = self.site_labels.get(Some(&site));
-                    self.sinks.emit(Output::LaunchSite { pid: *tgid, site: &label });
+            Event::PySite { .. } => {
+                let mut cx = Cx { sinks: &mut self.sinks, probes: &mut self.probes };
+                for l in &mut self.layers {
+                    l.on_event(&mut cx, &ev);
                 }
                 return;
             }
@@ -574,31 +561,12 @@ impl Daemon {
         for (r, ((n, libs), dis)) in reports.iter().zip(meta) {
             self.device_interval_line(r, (n, &libs), &dis, false);
         }
-        self.exporters_sites_interval(None);
         self.last_device_interval = std::time::Instant::now();
-    }
-
-    /// A `python_launch_sites` line per process with launches since the last (or for `only`).
-    fn exporters_sites_interval(&mut self, only: Option<u32>) {
-        let Some(s) = &mut self.sites else { return };
-        let secs = self.last_sites.elapsed().as_secs_f64();
-        if only.is_none() {
-            self.last_sites = std::time::Instant::now();
-        }
-        for pid in s.pids() {
-            if only.is_some_and(|o| o != pid) {
-                continue;
-            }
-            let sites = s.take(pid);
-            if !sites.is_empty() {
-                self.sinks.emit(Output::LaunchSites { pid, sites: &sites, seconds: secs });
-            }
-        }
     }
 
     /// Every layer behind the interface, with its context.
     fn each_layer(&mut self, f: impl Fn(&mut dyn Layer, &mut Cx)) {
-        let mut cx = Cx { sinks: &mut self.sinks };
+        let mut cx = Cx { sinks: &mut self.sinks, probes: &mut self.probes };
         for l in &mut self.layers {
             f(l.as_mut(), &mut cx);
         }
@@ -608,9 +576,6 @@ impl Daemon {
         self.each_layer(|l, cx| l.tick(cx));
         self.refresh_ports();
         self.python_expire(false);
-        if let Some(s) = &mut self.sites {
-            s.sync_threads(&mut self.probes);
-        }
         self.device_tick(false);
         self.tracker.expire(clock::monotonic_ns(), idle_ns, &mut self.records);
         self.engine.expire(clock::monotonic_ns());
@@ -726,12 +691,11 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
         if o.vllm_metrics || o.prometheus_listen.is_some() { Some(PromMetrics::new(o.vllm_metrics)?) } else { None };
     if let (Some(p), Some(d)) = (&mut prom, &device) {
         p.device = Some(crate::export::prom_device::DeviceMetrics::new(&p.registry, d.opts.top_kernels)?);
-        p.sites = Some(crate::export::prom_python::SiteMetrics::new(&p.registry)?);
     }
     if let (Some(p), Some(_)) = (&mut prom, &python) {
         p.python = Some(crate::export::prom_python::PythonMetrics::new(&p.registry)?);
     }
-    let layers = crate::layers::build(&o, prom.as_mut())?;
+    let layers = crate::layers::build(&o, has_device, prom.as_mut())?;
     if let (Some(addr), Some(p)) = (o.prometheus_listen, &prom) {
         prom::serve(addr, p.registry.clone()).await?;
         eprintln!("inferscope: Prometheus metrics at http://{addr}/metrics");
@@ -798,9 +762,6 @@ pub async fn run(target: Target, o: RunOptions) -> Result<()> {
         python,
         python_recs: Vec::new(),
         correlate: Correlator::default(),
-        sites: has_device.then(crate::python::sites::LaunchSites::default),
-        site_labels: crate::export::BoundedLabel::new(200),
-        last_sites: std::time::Instant::now(),
         layers,
     };
     match &target {

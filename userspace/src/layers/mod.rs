@@ -4,12 +4,13 @@
 //! [`Output`]s. The daemon holds a list of layers and loops; adding a layer touches no other
 //! layer: its own module, and one line in [`build`].
 //!
-//! Moved behind the trait so far: the engine-state reader ([`engine_state`]) and the rolling
-//! Python profile ([`profile`]). Request capture, engine IPC, the device runtimes, the Python
-//! function timers and the launch call sites are still driven by `daemon.rs` (next steps).
+//! Behind the trait so far: the engine-state reader ([`engine_state`]), the rolling Python
+//! profile ([`profile`]) and the launch call sites ([`sites`]). Request capture, engine IPC,
+//! the device runtimes and the Python function timers are still driven by `daemon.rs`.
 
 pub mod engine_state;
 pub mod profile;
+pub mod sites;
 
 use anyhow::Result;
 
@@ -25,6 +26,8 @@ use crate::{
 /// What a layer may use while it works.
 pub struct Cx<'a> {
     pub sinks: &'a mut Sinks,
+    /// The shared BPF object (its maps).
+    pub probes: &'a mut crate::bpf::Probes,
 }
 
 impl Cx<'_> {
@@ -46,6 +49,8 @@ pub trait Layer {
     fn process_added(&mut self, _cx: &mut Cx, _pid: u32, _interp: Option<&Interpreter>) {}
     /// A traced process exited or was found gone: what the layer keeps for it goes.
     fn process_gone(&mut self, _cx: &mut Cx, _pid: u32) {}
+    /// A ring-buffer record the daemon's own parts do not take (launch sites).
+    fn on_event(&mut self, _cx: &mut Cx, _ev: &crate::events::Event) {}
     /// Every 10 ms.
     fn drain(&mut self, _cx: &mut Cx) {}
     /// Every second.
@@ -57,8 +62,16 @@ pub trait Layer {
 }
 
 /// The layers the options ask for, and the Prometheus families they need registered.
-pub fn build(o: &RunOptions, prom: Option<&mut crate::export::prom::PromMetrics>) -> Result<Vec<Box<dyn Layer>>> {
+/// `has_device`: the device layer's programs are loaded.
+pub fn build(
+    o: &RunOptions,
+    has_device: bool,
+    mut prom: Option<&mut crate::export::prom::PromMetrics>,
+) -> Result<Vec<Box<dyn Layer>>> {
     let mut layers: Vec<Box<dyn Layer>> = Vec::new();
+    if let Some(l) = sites::SitesLayer::new(o, has_device, prom.as_deref_mut())? {
+        layers.push(Box::new(l));
+    }
     if let Some(l) = engine_state::EngineStateLayer::new(o, prom)? {
         layers.push(Box::new(l));
     }

@@ -48,7 +48,7 @@ use super::{Interpreter, Memory, find, objects::CO_GENERATOR_LIKE};
 use crate::events::{self, Event};
 
 /// The default set (vLLM and SGLang scheduling functions).
-pub const DEFAULT_CONFIG: &str = include_str!("default-timers.yaml");
+pub const DEFAULT_CONFIG: &str = include_str!("../default-timers.yaml");
 
 /// Debug registers per thread (x86: DR0-DR3).
 pub const SLOTS_PER_THREAD: usize = 4;

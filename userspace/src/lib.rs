@@ -6,9 +6,9 @@
 pub mod bpf;
 pub mod cli;
 pub mod clock;
+pub mod cmd;
 pub mod daemon;
 pub mod device;
-pub mod doctor;
 pub mod engine;
 pub mod events;
 pub mod export;

@@ -1,15 +1,17 @@
 //! inferscope: request, engine and device timings of LLM inference servers, from eBPF.
 //!
 //! Data flows one way: [`bpf`] (kernel) -> [`events`] (decode) -> [`stream`] (gaps) ->
-//! [`protocol`] (HTTP, SSE, OpenAI) -> [`tracker`] / [`request`] (records) -> [`export`].
-//! [`daemon`] wires them together; [`procfs`] finds processes and their sockets.
+//! [`protocol`] (HTTP, SSE, OpenAI, ZMTP) -> [`tracker`] / [`request`] (records), [`engine`],
+//! [`device`], [`python`] and the [`layers`] -> [`correlate`] (joins) -> [`export`] (sinks).
+//! [`daemon`] runs the loop; [`procfs`] finds processes and their sockets; [`cmd`] has the CLI
+//! verbs.
 pub mod bpf;
 pub mod cli;
 pub mod clock;
+pub mod cmd;
 pub mod correlate;
 pub mod daemon;
 pub mod device;
-pub mod doctor;
 pub mod engine;
 pub mod events;
 pub mod export;

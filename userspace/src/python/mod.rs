@@ -5,11 +5,13 @@
 //! injected and the process is not stopped: a stack read while the thread runs may be torn,
 //! and is checked as it is walked.
 //!
-//! Layouts: `_Py_DebugOffsets` at the start of `_PyRuntime` on 3.13+ (the interpreter's own
-//! table), tables as data for 3.9-3.12, observed on real interpreters
-//! (tests/python/layout_probe.py, docs/PYTHON-LAYER.md).
+//!
+//! Here: [`Memory`] (another process's memory), [`Interpreter`] and its threads and stacks.
+//! find.rs finds the interpreter; layout.rs says where its structures keep what is read.
 
+mod find;
 pub mod flame;
+mod layout;
 pub mod objects;
 pub mod opcodes;
 pub mod profile;
@@ -17,132 +19,10 @@ pub mod sites;
 pub mod state;
 pub mod timers;
 
-use std::path::Path;
+use anyhow::{Result, bail};
 
-use anyhow::{Context as _, Result, bail};
-use object::{Object, ObjectSegment, ObjectSymbol, ReadCache};
-
-use crate::device::libs::{self, Mapping};
-
-/// Where an out-of-process reader finds what it needs, in bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Layout {
-    pub runtime_interpreters_head: u64,
-    pub interp_threads_head: u64,
-    pub tstate_next: u64,
-    pub tstate_thread_id: u64,
-    pub tstate_native_thread_id: Option<u64>,
-    pub tstate_frame: FramePath,
-    pub frame_code: u64,
-    pub frame_previous: u64,
-    /// 3.11+: the frame's owner byte (3.12+) or `is_entry` (3.11): frames owned by the C stack
-    /// are shims, not Python code. None before 3.11.
-    pub frame_owner: Option<u64>,
-    pub code_filename: u64,
-    pub code_name: u64,
-    pub code_qualname: Option<u64>,
-    pub code_firstlineno: u64,
-    /// Where a compact ASCII string's characters start.
-    pub unicode_ascii_data: u64,
-    /// The interpreter state's `modules` (`sys.modules`).
-    pub interp_modules: u64,
-    pub code_flags: u64,
-    /// Where the (quickened) bytecode starts in a code object (3.11+; before, `co_code` is a
-    /// separate bytes object).
-    pub code_adaptive: Option<u64>,
-    /// `func_code` in a function object.
-    pub func_code: u64,
-    /// Where a frame's local variables start (`self` is the first of a method's).
-    pub frame_localsplus: u64,
-    /// A 3.11+ frame's instruction pointer (`prev_instr`, 3.13 `instr_ptr`).
-    pub frame_instr: Option<u64>,
-    /// `ht_cached_keys` of a heap type: the shared keys of its instances' attribute values.
-    pub heaptype_cached_keys: u64,
-}
-
-/// How a thread state leads to its current frame.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FramePath {
-    /// A pointer in the thread state.
-    Direct(u64),
-    /// A pointer to a `_PyCFrame`, and the frame pointer in it (3.11, 3.12).
-    CFrame(u64, u64),
-}
-
-/// Tables for versions without `_Py_DebugOffsets`, x86_64 and aarch64 alike (LP64).
-pub fn table(major: u32, minor: u32) -> Option<Layout> {
-    let base = Layout {
-        runtime_interpreters_head: 32,
-        interp_threads_head: 8,
-        tstate_next: 8,
-        tstate_thread_id: 176,
-        tstate_native_thread_id: None,
-        tstate_frame: FramePath::Direct(24),
-        frame_code: 32,
-        frame_previous: 24,
-        frame_owner: None,
-        code_filename: 104,
-        code_name: 112,
-        code_qualname: None,
-        code_firstlineno: 40,
-        unicode_ascii_data: 48,
-        interp_modules: 856,
-        code_flags: 36,
-        code_adaptive: None,
-        func_code: 48,
-        frame_localsplus: 352,
-        heaptype_cached_keys: 872,
-        frame_instr: None,
-    };
-    Some(match (major, minor) {
-        (3, 9) => Layout { func_code: 16, frame_localsplus: 360, heaptype_cached_keys: 864, ..base },
-        (3, 10) => base,
-        (3, 11) => Layout {
-            runtime_interpreters_head: 40,
-            interp_threads_head: 16,
-            tstate_thread_id: 152,
-            tstate_native_thread_id: Some(160),
-            tstate_frame: FramePath::CFrame(56, 8),
-            frame_code: 32,
-            frame_previous: 48,
-            frame_owner: None,
-            code_filename: 112,
-            code_name: 120,
-            code_qualname: Some(128),
-            code_firstlineno: 72,
-            interp_modules: 888,
-            code_flags: 48,
-            code_adaptive: Some(184),
-            frame_localsplus: 72,
-            heaptype_cached_keys: 872,
-            frame_instr: Some(56),
-            ..base
-        },
-        (3, 12) => Layout {
-            runtime_interpreters_head: 40,
-            interp_threads_head: 72,
-            tstate_thread_id: 136,
-            tstate_native_thread_id: Some(144),
-            tstate_frame: FramePath::CFrame(56, 0),
-            frame_code: 0,
-            frame_previous: 8,
-            frame_owner: Some(70),
-            code_filename: 112,
-            code_name: 120,
-            code_qualname: Some(128),
-            code_firstlineno: 68,
-            unicode_ascii_data: 40,
-            interp_modules: 944,
-            code_flags: 48,
-            code_adaptive: Some(192),
-            frame_localsplus: 72,
-            heaptype_cached_keys: 880,
-            frame_instr: Some(56),
-            ..base
-        },
-        _ => return None,
-    })
-}
+pub use find::{find, version_from_name};
+pub use layout::{FramePath, Layout, table};
 
 /// Reads another process's memory.
 pub struct Memory {
@@ -195,169 +75,6 @@ pub struct Interpreter {
     pub layout_source: &'static str,
     /// The file holding the interpreter (a libpython, or the executable).
     pub file: String,
-}
-
-/// Symbols of one ELF file that locate the interpreter, and the file's load segments.
-struct PyFile {
-    runtime: u64,
-    version_sym: Option<u64>,
-    /// (file offset, vaddr) of each loadable segment.
-    loads: Vec<(u64, u64, u64)>,
-}
-
-fn interpreter_symbols<'d, S: ObjectSymbol<'d>>(
-    syms: impl Iterator<Item = S>,
-    runtime: &mut Option<u64>,
-    version: &mut Option<u64>,
-) {
-    for s in syms {
-        match s.name() {
-            Ok("_PyRuntime") if s.is_definition() => *runtime = runtime.or(Some(s.address())),
-            Ok("Py_Version") if s.is_definition() => *version = version.or(Some(s.address())),
-            _ => {}
-        }
-    }
-}
-
-fn scan_file(path: &Path) -> Result<Option<PyFile>> {
-    let f = std::fs::File::open(path)?;
-    let cache = ReadCache::new(f);
-    let elf = object::File::parse(&cache)?;
-    let (mut runtime, mut version) = (None, None);
-    // The exported symbols first (small); the full table (large, read whole) only if needed.
-    interpreter_symbols(elf.dynamic_symbols(), &mut runtime, &mut version);
-    if runtime.is_none() {
-        interpreter_symbols(elf.symbols(), &mut runtime, &mut version);
-    }
-    let Some(runtime) = runtime else { return Ok(None) };
-    let loads = elf
-        .segments()
-        .map(|s| {
-            let (off, size) = s.file_range();
-            (off, size, s.address())
-        })
-        .collect();
-    Ok(Some(PyFile { runtime, version_sym: version, loads }))
-}
-
-/// `libpython3.11.so.1.0`, `python3.9`, `python3.12d` -> (3, minor).
-pub fn version_from_name(name: &str) -> Option<(u32, u32)> {
-    let i = name.find("python3.")?;
-    let rest = &name[i + "python3.".len()..];
-    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    Some((3, digits.parse().ok()?))
-}
-
-/// Finds the interpreter of `pid`: the first executable mapping whose file defines
-/// `_PyRuntime`.
-pub fn find(pid: u32) -> Result<Interpreter> {
-    let maps = libs::read_maps(pid);
-    if maps.is_empty() {
-        bail!("cannot read /proc/{pid}/maps (is the process there, and is inferscope root?)");
-    }
-    let mem = Memory::new(pid);
-    let mut seen = std::collections::HashSet::new();
-    for m in maps.iter().filter(|m| m.exec) {
-        if !seen.insert(m.file.clone()) {
-            continue;
-        }
-        let name = m.path.rsplit('/').next().unwrap_or(&m.path);
-        // Only files that can hold an interpreter: a libpython, or an executable named python
-        // (not libtorch_python.so or foo.cpython-311-x86_64-linux-gnu.so: large, and no).
-        if !(name.starts_with("python") || name.starts_with("libpython")) {
-            continue;
-        }
-        let Ok(Some(pf)) = scan_file(&libs::host_path(pid, &m.path)) else { continue };
-        let Some(bias) = load_bias(&maps, m, &pf) else { continue };
-        let runtime = bias.wrapping_add(pf.runtime);
-        let hex = match pf.version_sym {
-            Some(v) => mem.u32(bias.wrapping_add(v)).ok(),
-            None => None,
-        };
-        let version = match hex {
-            Some(h) if h >> 24 == 3 => (3, (h >> 16) & 0xff, Some((h >> 8) & 0xff)),
-            _ => {
-                let (a, b) = version_from_name(name)
-                    .with_context(|| format!("{}: no Py_Version symbol and no version in its name", m.path))?;
-                (a, b, None)
-            }
-        };
-        let (layout, source) = if version.1 >= 13 {
-            (debug_offsets(&mem, runtime, version)?, "_Py_DebugOffsets")
-        } else {
-            let t = table(version.0, version.1)
-                .with_context(|| format!("CPython {}.{} is not supported (3.9 and later are)", version.0, version.1))?;
-            (t, "table")
-        };
-        return Ok(Interpreter { pid, version, runtime, layout, layout_source: source, file: m.path.clone() });
-    }
-    bail!("pid {pid} runs no CPython that inferscope can find (no mapped file defines _PyRuntime)")
-}
-
-/// Load address minus link-time address of the file `m` maps.
-fn load_bias(maps: &[Mapping], m: &Mapping, pf: &PyFile) -> Option<u64> {
-    // Any mapping of the file will do; the one at the lowest file offset is the most robust.
-    let first = maps.iter().filter(|x| x.file == m.file).min_by_key(|x| x.offset)?;
-    let (off, _, vaddr) =
-        pf.loads.iter().find(|(o, s, _)| first.offset >= *o && first.offset < o.saturating_add(*s.max(&1)))?;
-    Some(first.start.wrapping_sub(vaddr + (first.offset - off)))
-}
-
-/// Reads the layout from the `_Py_DebugOffsets` that 3.13+ keeps at the start of `_PyRuntime`.
-fn debug_offsets(mem: &Memory, runtime: u64, version: (u32, u32, Option<u32>)) -> Result<Layout> {
-    let mut cookie = [0u8; 8];
-    mem.read(runtime, &mut cookie)?;
-    if &cookie != b"xdebugpy" {
-        bail!("_PyRuntime of CPython {}.{} does not start with _Py_DebugOffsets", version.0, version.1);
-    }
-    let w = |i: u64| mem.u64(runtime.wrapping_add(8 * i));
-    // Fields are u64 in this order. 3.13: cookie, version, free_threaded, runtime_state{size, finalizing, interpreters_head},
-    // interpreter_state{size, id, next, threads_head, gc, imports_modules, ...13 fields},
-    // thread_state{size, prev,
-    // next, interp, current_frame, thread_id, native_thread_id, datastack_chunk, status},
-    // interpreter_frame{size, previous, executable, instr_ptr, localsplus, owner},
-    // code_object{size, filename, name, qualname, linetable, firstlineno, argcount,
-    // localsplus_names, localsplus_kinds, co_code_adaptive}, ...
-    // 3.14 (read on Debian forky's 3.14.8): interpreter_state gains threads_main after
-    // threads_head, and code_object_generation and tlbc_generation at its end (16 fields);
-    // interpreter_frame gains stackpointer and tlbc_index (8); code_object gains co_tlbc.
-    // (interpreter_state fields, frame fields, index of threads_head's successor shift)
-    let (interp_fields, frame_fields, after_threads) = match version.1 {
-        13 => (13, 6, 0),
-        14 => (16, 8, 1),
-        _ => bail!(
-            "CPython {}.{}: _Py_DebugOffsets found, but its layout for this version is not known yet",
-            version.0,
-            version.1
-        ),
-    };
-    let interp = 6; // index of interpreter_state.size
-    let tstate = interp + interp_fields;
-    let frame = tstate + 9;
-    let code = frame + frame_fields;
-    Ok(Layout {
-        runtime_interpreters_head: w(5)?,
-        interp_threads_head: w(interp + 3)?,
-        tstate_next: w(tstate + 2)?,
-        tstate_thread_id: w(tstate + 5)?,
-        tstate_native_thread_id: Some(w(tstate + 6)?),
-        tstate_frame: FramePath::Direct(w(tstate + 4)?),
-        frame_previous: w(frame + 1)?,
-        frame_code: w(frame + 2)?,
-        frame_owner: Some(w(frame + 5)?),
-        code_filename: w(code + 1)?,
-        code_name: w(code + 2)?,
-        code_qualname: Some(w(code + 3)?),
-        code_firstlineno: w(code + 5)?,
-        unicode_ascii_data: 40,
-        interp_modules: w(interp + 5 + after_threads)?,
-        code_flags: 48,
-        code_adaptive: Some(w(code + 9)?),
-        func_code: 48,
-        frame_localsplus: w(frame + 4)?,
-        heaptype_cached_keys: 880,
-        frame_instr: Some(w(frame + 3)?),
-    })
 }
 
 /// One Python thread of the process.
@@ -602,26 +319,4 @@ pub fn info(pid: u32, json: bool, max_frames: usize) -> Result<String> {
         }
     }
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn versions_from_file_names() {
-        assert_eq!(version_from_name("libpython3.11.so.1.0"), Some((3, 11)));
-        assert_eq!(version_from_name("python3.9"), Some((3, 9)));
-        assert_eq!(version_from_name("libpython3.12d.so"), Some((3, 12)));
-        assert_eq!(version_from_name("python"), None);
-    }
-
-    #[test]
-    fn tables_cover_3_9_to_3_12() {
-        for minor in 9..=12 {
-            assert!(table(3, minor).is_some(), "3.{minor}");
-        }
-        assert!(table(3, 8).is_none());
-        assert_eq!(table(3, 12).unwrap().tstate_native_thread_id, Some(144));
-    }
 }

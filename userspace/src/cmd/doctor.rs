@@ -1,7 +1,7 @@
 //! `inferscope doctor`: finds out, by really loading and attaching programs, what this host
 //! supports, and says what will and will not work and why.
 
-use std::path::Path;
+use std::{path::Path, process::ExitCode};
 
 use aya::{
     Btf,
@@ -67,9 +67,9 @@ fn libc_path() -> Option<String> {
 
 static WATCHED: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
 
-/// Runs every check and prints the report. Returns the process exit code: 0 when the request
-/// layer (socket tracepoints and ring buffer) works.
-pub fn run() -> i32 {
+/// Runs every check and prints the report. Returns the process exit code: success when the
+/// request layer (socket tracepoints and ring buffer) works.
+pub fn run() -> ExitCode {
     let mut checks = Vec::new();
     let caps = p::effective_caps();
     let missing = p::missing_for_bpf(caps);
@@ -239,5 +239,5 @@ pub fn run() -> i32 {
     if !privileged {
         println!("\n{}", p::require_bpf().err().map(|e| e.to_string()).unwrap_or_default());
     }
-    if tracepoints_ok { 0 } else { 1 }
+    if tracepoints_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }

@@ -1,0 +1,132 @@
+//! Finding the interpreter a process runs: the mapped file (a libpython, or an executable with
+//! the interpreter linked in) that defines `_PyRuntime`, its version and its layout.
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result, bail};
+use object::{Object, ObjectSegment, ObjectSymbol, ReadCache};
+
+use super::{
+    Interpreter, Memory,
+    layout::{debug_offsets, table},
+};
+use crate::device::libs::{self, Mapping};
+
+/// Symbols of one ELF file that locate the interpreter, and the file's load segments.
+struct PyFile {
+    runtime: u64,
+    version_sym: Option<u64>,
+    /// (file offset, vaddr) of each loadable segment.
+    loads: Vec<(u64, u64, u64)>,
+}
+
+fn interpreter_symbols<'d, S: ObjectSymbol<'d>>(
+    syms: impl Iterator<Item = S>,
+    runtime: &mut Option<u64>,
+    version: &mut Option<u64>,
+) {
+    for s in syms {
+        match s.name() {
+            Ok("_PyRuntime") if s.is_definition() => *runtime = runtime.or(Some(s.address())),
+            Ok("Py_Version") if s.is_definition() => *version = version.or(Some(s.address())),
+            _ => {}
+        }
+    }
+}
+
+fn scan_file(path: &Path) -> Result<Option<PyFile>> {
+    let f = std::fs::File::open(path)?;
+    let cache = ReadCache::new(f);
+    let elf = object::File::parse(&cache)?;
+    let (mut runtime, mut version) = (None, None);
+    // The exported symbols first (small); the full table (large, read whole) only if needed.
+    interpreter_symbols(elf.dynamic_symbols(), &mut runtime, &mut version);
+    if runtime.is_none() {
+        interpreter_symbols(elf.symbols(), &mut runtime, &mut version);
+    }
+    let Some(runtime) = runtime else { return Ok(None) };
+    let loads = elf
+        .segments()
+        .map(|s| {
+            let (off, size) = s.file_range();
+            (off, size, s.address())
+        })
+        .collect();
+    Ok(Some(PyFile { runtime, version_sym: version, loads }))
+}
+
+/// `libpython3.11.so.1.0`, `python3.9`, `python3.12d` -> (3, minor).
+pub fn version_from_name(name: &str) -> Option<(u32, u32)> {
+    let i = name.find("python3.")?;
+    let rest = &name[i + "python3.".len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    Some((3, digits.parse().ok()?))
+}
+
+/// Finds the interpreter of `pid`: the first executable mapping whose file defines
+/// `_PyRuntime`.
+pub fn find(pid: u32) -> Result<Interpreter> {
+    let maps = libs::read_maps(pid);
+    if maps.is_empty() {
+        bail!("cannot read /proc/{pid}/maps (is the process there, and is inferscope root?)");
+    }
+    let mem = Memory::new(pid);
+    let mut seen = std::collections::HashSet::new();
+    for m in maps.iter().filter(|m| m.exec) {
+        if !seen.insert(m.file.clone()) {
+            continue;
+        }
+        let name = m.path.rsplit('/').next().unwrap_or(&m.path);
+        // Only files that can hold an interpreter: a libpython, or an executable named python
+        // (not libtorch_python.so or foo.cpython-311-x86_64-linux-gnu.so: large, and no).
+        if !(name.starts_with("python") || name.starts_with("libpython")) {
+            continue;
+        }
+        let Ok(Some(pf)) = scan_file(&libs::host_path(pid, &m.path)) else { continue };
+        let Some(bias) = load_bias(&maps, m, &pf) else { continue };
+        let runtime = bias.wrapping_add(pf.runtime);
+        let hex = match pf.version_sym {
+            Some(v) => mem.u32(bias.wrapping_add(v)).ok(),
+            None => None,
+        };
+        let version = match hex {
+            Some(h) if h >> 24 == 3 => (3, (h >> 16) & 0xff, Some((h >> 8) & 0xff)),
+            _ => {
+                let (a, b) = version_from_name(name)
+                    .with_context(|| format!("{}: no Py_Version symbol and no version in its name", m.path))?;
+                (a, b, None)
+            }
+        };
+        let (layout, source) = if version.1 >= 13 {
+            (debug_offsets(&mem, runtime, version)?, "_Py_DebugOffsets")
+        } else {
+            let t = table(version.0, version.1)
+                .with_context(|| format!("CPython {}.{} is not supported (3.9 and later are)", version.0, version.1))?;
+            (t, "table")
+        };
+        return Ok(Interpreter { pid, version, runtime, layout, layout_source: source, file: m.path.clone() });
+    }
+    bail!("pid {pid} runs no CPython that inferscope can find (no mapped file defines _PyRuntime)")
+}
+
+/// Load address minus link-time address of the file `m` maps.
+fn load_bias(maps: &[Mapping], m: &Mapping, pf: &PyFile) -> Option<u64> {
+    // Any mapping of the file will do; the one at the lowest file offset is the most robust.
+    let first = maps.iter().filter(|x| x.file == m.file).min_by_key(|x| x.offset)?;
+    let (off, _, vaddr) =
+        pf.loads.iter().find(|(o, s, _)| first.offset >= *o && first.offset < o.saturating_add(*s.max(&1)))?;
+    Some(first.start.wrapping_sub(vaddr + (first.offset - off)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_from_file_names() {
+        assert_eq!(version_from_name("libpython3.11.so.1.0"), Some((3, 11)));
+        assert_eq!(version_from_name("python3.9"), Some((3, 9)));
+        assert_eq!(version_from_name("libpython3.12d.so"), Some((3, 12)));
+        assert_eq!(version_from_name("python"), None);
+    }
+}

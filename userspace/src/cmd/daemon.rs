@@ -1,11 +1,23 @@
 //! `inferscope attach` and `inferscope run`: the daemon ([`crate::daemon`]) on one process tree
-//! or on every server found on the host, on an async runtime of two worker threads.
+//! or on every server found on the host, on an async runtime of two worker threads. Here the
+//! options become the daemon's parts: the BPF programs loaded, the layers asked for, the sinks.
 
 use std::{process::ExitCode, time::Duration};
 
+use anyhow::{Result, bail};
+
 use crate::{
+    bpf::{self, LoadOptions},
     cli::RunOptions,
-    daemon::{self, Target},
+    clock::Clock,
+    daemon::{self, Parts, Target},
+    export::{
+        jsonl::JsonlWriter,
+        otlp::{Otlp, OtlpOptions},
+        prom::{self, PromMetrics},
+        sink::{ConsoleSink, JsonlSink, OtlpSink, PromSink, Sinks},
+    },
+    procfs,
 };
 
 /// `inferscope attach`: one process, and its children unless `no_children`.
@@ -28,8 +40,72 @@ fn serve(target: Target, opts: RunOptions) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(daemon::run(target, opts)) {
+    match rt.block_on(async { daemon::run(target.clone(), parts(&target, &opts).await?).await }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => super::failure(&e),
     }
+}
+
+/// The probes loaded, the layers and the sinks the options ask for. Errors are for the
+/// operator: one line, with what to do.
+async fn parts(target: &Target, o: &RunOptions) -> Result<Parts> {
+    if let Target::Pid { pid, .. } = target
+        && !procfs::exists(*pid)
+    {
+        bail!(
+            "no process with PID {pid} (if it runs in a container, use the PID the host sees, and run inferscope in the host PID namespace)"
+        );
+    }
+    if procfs::in_child_pid_namespace() {
+        bail!(
+            "inferscope runs in a child PID namespace, where its PIDs do not match the kernel's: run it in the host PID namespace (Kubernetes: hostPID: true; docker: --pid=host)"
+        );
+    }
+    let mut probes = bpf::load(&LoadOptions {
+        capture_head: o.capture_bytes,
+        capture_tail: o.capture_tail_bytes,
+        ring_buffer_bytes: o.ring_buffer_size,
+        arrival_times: !o.no_arrival_times,
+        device: !o.no_device,
+        uprobe_multi: !o.no_uprobe_multi,
+    })?;
+    for (cap, loss) in crate::privileges::missing_optional(crate::privileges::effective_caps()) {
+        eprintln!("inferscope: warning: no {cap}: {loss}");
+    }
+    let mut prom =
+        if o.vllm_metrics || o.prometheus_listen.is_some() { Some(PromMetrics::new(o.vllm_metrics)?) } else { None };
+    let layers = crate::layers::build(o, &mut probes, prom.as_mut())?;
+    let sinks = sinks(o, prom).await?;
+    Ok(Parts { probes, layers, sinks, max_models: o.max_models, duration: o.duration })
+}
+
+/// Prometheus (served once every family is registered), OTLP, JSONL, the console.
+async fn sinks(o: &RunOptions, prom: Option<PromMetrics>) -> Result<Sinks> {
+    let mut sinks = Sinks::new(Clock::new());
+    if let Some(p) = prom {
+        if let Some(addr) = o.prometheus_listen {
+            prom::serve(addr, p.registry.clone()).await?;
+            eprintln!("inferscope: Prometheus metrics at http://{addr}/metrics");
+        }
+        sinks.add(PromSink::new(p));
+    }
+    if let Some(endpoint) = &o.otlp_endpoint {
+        let otlp = Otlp::new(OtlpOptions {
+            endpoint: endpoint.clone(),
+            protocol: o.otlp_protocol,
+            service_name: o.service_name.clone(),
+            tracing_level: o.tracing_level,
+            max_span_events: o.max_span_events,
+            metrics_interval: Duration::from_secs_f64(o.otlp_metrics_interval.max(0.1)),
+            traces: !o.no_otlp_traces,
+            metrics: !o.no_otlp_metrics,
+        })?;
+        eprintln!("inferscope: sending OTLP ({:?}) to {endpoint}", o.otlp_protocol);
+        sinks.add(OtlpSink { o: otlp, device_spans: o.device_spans });
+    }
+    if let Some(path) = o.jsonl.as_deref() {
+        sinks.add(JsonlSink(JsonlWriter::open(path)?));
+    }
+    sinks.add(ConsoleSink::new(!o.quiet && o.jsonl.as_deref() != Some("-")));
+    Ok(sinks)
 }

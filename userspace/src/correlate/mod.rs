@@ -52,6 +52,9 @@ pub struct Correlator {
     recent: HashMap<u32, RecentSteps>,
     pending: HashMap<u32, StepQueue<CallRecord>>,
     device: HashMap<u32, StepQueue<Sample>>,
+    /// Timed calls placed (on a step, or on none: unclaimed, their process gone), for the
+    /// timers layer to send out.
+    placed: Vec<(CallRecord, StepOf)>,
 }
 
 impl Correlator {
@@ -59,39 +62,49 @@ impl Correlator {
         self.topology.add(pid, ancestors);
     }
 
-    /// A process is gone: its timed calls still waiting go out without a step.
-    pub fn process_gone(&mut self, pid: u32) -> Vec<CallRecord> {
+    /// A process is gone: its timed calls still waiting are placed without a step.
+    pub fn process_gone(&mut self, pid: u32) {
         self.topology.remove(pid);
         self.recent.remove(&pid);
         self.device.remove(&pid);
-        self.pending.remove(&pid).map(|mut q| q.expire(None, 0)).unwrap_or_default()
+        if let Some(mut q) = self.pending.remove(&pid) {
+            self.placed.extend(q.expire(None, 0).into_iter().map(|r| (r, None)));
+        }
+    }
+
+    /// The timed calls placed since the last take.
+    pub fn take_placed(&mut self) -> Vec<(CallRecord, StepOf)> {
+        std::mem::take(&mut self.placed)
+    }
+
+    /// Its counters, into the health snapshot.
+    pub fn health(&self, h: &mut crate::export::Health) {
+        h.device.unclaimed = self.unclaimed_device_calls();
     }
 
     /// An engine event, before the HTTP records of the same batch: finished requests become
     /// joinable, and a step (or an iteration reported with gauges only) claims the timed calls
-    /// of its engine cores that began before the engine stamped it: `(call, step)` out.
-    pub fn engine_event(&mut self, now: u64, ev: &EngineEvent) -> Vec<(CallRecord, StepOf)> {
+    /// of its engine cores that began before the engine stamped it: `(call, step)` placed.
+    pub fn engine_event(&mut self, now: u64, ev: &EngineEvent) {
         let (api, engine, ts, batch) = match ev {
             EngineEvent::Finished(r) => {
                 self.requests.add(now, r);
-                return Vec::new();
+                return;
             }
             EngineEvent::Step(s) => (s.pid, s.engine, s.ts_ns, s.batch_size()),
             EngineEvent::Gauges { pid, engine, ts_ns: Some(ts), .. } => (*pid, *engine, *ts, 0),
-            EngineEvent::Gauges { .. } => return Vec::new(),
+            EngineEvent::Gauges { .. } => return,
         };
         self.recent.entry(api).or_insert_with(|| RecentSteps::new(RECENT_STEPS)).push(StepMark {
             ts_ns: ts,
             engine,
             batch_size: batch,
         });
-        let mut out = Vec::new();
         for (core, q) in &mut self.pending {
             if self.topology.serves(*core, api, engine) {
-                out.extend(q.take_stamped_until(ts).into_iter().map(|r| (r, Some((ts, batch)))));
+                self.placed.extend(q.take_stamped_until(ts).into_iter().map(|r| (r, Some((ts, batch)))));
             }
         }
-        out
     }
 
     /// Device calls the device layer committed: each waits for the engine step that claims it.
@@ -148,12 +161,13 @@ impl Correlator {
     }
 
     /// Timed calls no step claimed within [`CALL_WAIT_NS`] (all of them with `now` None, at
-    /// the stop), out without a step; and join candidates past their window forgotten.
-    pub fn expire(&mut self, now: Option<u64>) -> Vec<CallRecord> {
+    /// the stop) placed without a step; and join candidates past their window forgotten.
+    pub fn expire(&mut self, now: Option<u64>) {
         if let Some(n) = now {
             self.requests.expire(n);
         }
-        self.pending.values_mut().flat_map(|q| q.expire(now, CALL_WAIT_NS)).collect()
+        let expired: Vec<CallRecord> = self.pending.values_mut().flat_map(|q| q.expire(now, CALL_WAIT_NS)).collect();
+        self.placed.extend(expired.into_iter().map(|r| (r, None)));
     }
 }
 
@@ -181,7 +195,8 @@ mod tests {
         // Read before its step: waits, then the step of its own engine claims it.
         assert!(c.python_call(call(11, 100), dp).is_none());
         assert!(c.python_call(call(12, 100), dp).is_none());
-        let got = c.engine_event(0, &step(10, Some(0), 150));
+        c.engine_event(0, &step(10, Some(0), 150));
+        let got = c.take_placed();
         assert_eq!(got.len(), 1);
         assert_eq!((got[0].0.pid, got[0].1), (11, Some((150, 1))));
         // Read after its step: found among the recent ones.
@@ -190,9 +205,12 @@ mod tests {
         // Not an engine core: out at once, without a step.
         assert_eq!(c.python_call(call(10, 5), dp).unwrap().1, None);
         // Unclaimed calls leave after 2 s, or at the stop.
-        assert!(c.expire(Some(1_000)).is_empty());
-        assert_eq!(c.expire(Some(100 + CALL_WAIT_NS + 1)).len(), 1, "pid 12's call: its engine never stepped");
+        c.expire(Some(1_000));
+        assert!(c.take_placed().is_empty());
+        c.expire(Some(100 + CALL_WAIT_NS + 1));
+        assert_eq!(c.take_placed().len(), 1, "pid 12's call: its engine never stepped");
         assert!(c.python_call(call(12, 10_000_000_000), dp).is_none());
-        assert_eq!(c.process_gone(12).len(), 1);
+        c.process_gone(12);
+        assert_eq!(c.take_placed().len(), 1);
     }
 }

@@ -61,7 +61,7 @@ impl Layer for EngineStateLayer {
         }
     }
 
-    fn process_gone(&mut self, _cx: &mut Cx, pid: u32) {
+    fn process_gone(&mut self, _cx: &mut Cx, pid: u32, _ts_ns: u64) {
         self.slots.remove(&pid);
     }
 

@@ -1,38 +1,137 @@
 //! Layers: each part of what inferscope observes lives behind one small interface. A layer is
-//! told when a traced process appears or leaves, is drained every 10 ms and ticked every
-//! second, says its health counters, and hands what it saw to the sinks as typed
-//! [`Output`]s. The daemon holds a list of layers and loops; adding a layer touches no other
-//! layer: its own module, and one line in [`build`].
+//! told when a traced process appears or leaves, sees the ring-buffer records, is drained every
+//! 10 ms and ticked every second, says its health counters, and hands what it saw to the sinks
+//! as typed [`Output`]s. The daemon holds the list and loops; it knows no layer.
 //!
-//! Behind the trait so far: the engine-state reader ([`engine_state`]), the rolling Python
-//! profile ([`profile`]) and the launch call sites ([`sites`]). Request capture, engine IPC,
-//! the device runtimes and the Python function timers are still driven by `daemon.rs`.
+//! Layers talk to each other only through [`Note`]s posted on the context (request capture
+//! hands engine IPC messages to the engine layer; the engine layer says steps are about to go
+//! out, so the device layer commits the calls before them) and through the correlation stage
+//! ([`Correlator`]), which owns every join. A note reaches every layer, in the order of
+//! [`build`]; notes posted while one is handled reach them before the next queued one.
+//!
+//! | layer | module | in | out |
+//! |---|---|---|---|
+//! | device | [`device`] | runtime/driver call records, library maps | device calls, intervals, probe counts |
+//! | engine | [`engine`] | [`Note::Ipc`] | engine requests, steps, gauges |
+//! | timers | [`timers`] | breakpoint hits (debug registers), eval uprobes | timed Python calls |
+//! | requests | [`requests`] | socket records | HTTP/SSE requests; [`Note::Ipc`] |
+//! | sites | [`sites`] | launch-site records | launch sites |
+//! | engine_state | [`engine_state`] | engine objects in CPython memory | engine state |
+//! | profile | [`profile`] | its own sampler | profile windows |
+//!
+//! A new layer: its module here, one line in [`build`], its Prometheus family, and an
+//! [`Output`] variant if it says something new.
 
+pub mod device;
+pub mod engine;
 pub mod engine_state;
 pub mod profile;
+pub mod requests;
 pub mod sites;
+pub mod timers;
+
+use std::collections::HashMap;
 
 use anyhow::Result;
 
 use crate::{
+    bpf::Probes,
     cli::RunOptions,
+    correlate::Correlator,
+    events::Event,
     export::{
-        Health,
+        BoundedLabel, Health,
+        prom::PromMetrics,
         sink::{Output, Sinks},
     },
+    procfs::Engine,
     python::Interpreter,
+    tracker::IpcMessage,
 };
+
+/// What the layers know about the traced processes, shared: which engine each runs, the model
+/// it serves, and the bounded model label values.
+pub struct Facts {
+    procs: HashMap<u32, Fact>,
+    pub models: BoundedLabel,
+}
+
+pub struct Fact {
+    pub engine: Engine,
+    /// From its command line, else from its first request that named one.
+    pub served_model: Option<String>,
+}
+
+impl Facts {
+    pub fn new(max_models: usize) -> Self {
+        Self { procs: HashMap::new(), models: BoundedLabel::new(max_models) }
+    }
+
+    pub fn add(&mut self, pid: u32, fact: Fact) {
+        self.procs.insert(pid, fact);
+    }
+
+    pub fn remove(&mut self, pid: u32) -> bool {
+        self.procs.remove(&pid).is_some()
+    }
+
+    pub fn get(&self, pid: u32) -> Option<&Fact> {
+        self.procs.get(&pid)
+    }
+
+    pub fn get_mut(&mut self, pid: u32) -> Option<&mut Fact> {
+        self.procs.get_mut(&pid)
+    }
+
+    pub fn pids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.procs.keys().copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.procs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.procs.is_empty()
+    }
+
+    /// The bounded model label of a process's engine metrics.
+    pub fn model_label(&mut self, pid: u32) -> String {
+        let m = self.procs.get(&pid).and_then(|f| f.served_model.as_deref());
+        self.models.get(m)
+    }
+}
+
+/// A message from one layer to the others.
+pub enum Note {
+    /// Engine IPC messages reassembled by request capture, in arrival order.
+    Ipc(Vec<IpcMessage>),
+    /// Engine events are about to go out (`steps`: some are steps): whatever they claim in
+    /// the correlation stage must be there by the time the engine layer sees this note.
+    EngineEvents { steps: bool },
+    /// Request capture has finished HTTP records; they go out after the engine events of the
+    /// same records (a request's last engine output precedes its last HTTP bytes).
+    Requests,
+}
 
 /// What a layer may use while it works.
 pub struct Cx<'a> {
     pub sinks: &'a mut Sinks,
     /// The shared BPF object (its maps).
-    pub probes: &'a mut crate::bpf::Probes,
+    pub probes: &'a mut Probes,
+    pub correlate: &'a mut Correlator,
+    pub facts: &'a mut Facts,
+    /// Notes posted, for the daemon to hand to every layer.
+    pub notes: &'a mut Vec<Note>,
 }
 
 impl Cx<'_> {
     pub fn emit(&mut self, o: Output<'_>) {
         self.sinks.emit(o);
+    }
+
+    pub fn post(&mut self, n: Note) {
+        self.notes.push(n);
     }
 }
 
@@ -47,10 +146,17 @@ pub trait Layer {
     /// A process is traced from now on (`interp`: its CPython, when one was found and asked
     /// for).
     fn process_added(&mut self, _cx: &mut Cx, _pid: u32, _interp: Option<&Interpreter>) {}
-    /// A traced process exited or was found gone: what the layer keeps for it goes.
-    fn process_gone(&mut self, _cx: &mut Cx, _pid: u32) {}
-    /// A ring-buffer record the daemon's own parts do not take (launch sites).
-    fn on_event(&mut self, _cx: &mut Cx, _ev: &crate::events::Event) {}
+    /// What the operator's "tracing pid" line says for this layer (", listening on 8000").
+    fn describe(&self, _pid: u32) -> String {
+        String::new()
+    }
+    /// A traced process exited or was found gone: what the layer keeps for it goes out or
+    /// goes away.
+    fn process_gone(&mut self, _cx: &mut Cx, _pid: u32, _ts_ns: u64) {}
+    /// A ring-buffer record (every layer sees every record; each takes its own kinds).
+    fn on_event(&mut self, _cx: &mut Cx, _ev: &Event) {}
+    /// A note another layer (or this one) posted.
+    fn on_note(&mut self, _cx: &mut Cx, _note: &Note) {}
     /// Every 10 ms.
     fn drain(&mut self, _cx: &mut Cx) {}
     /// Every second.
@@ -61,14 +167,22 @@ pub trait Layer {
     fn health(&self, _h: &mut Health) {}
 }
 
-/// The layers the options ask for, and the Prometheus families they need registered.
-/// `has_device`: the device layer's programs are loaded.
-pub fn build(
-    o: &RunOptions,
-    has_device: bool,
-    mut prom: Option<&mut crate::export::prom::PromMetrics>,
-) -> Result<Vec<Box<dyn Layer>>> {
+/// The layers the options ask for, in note order, and the Prometheus families they need
+/// registered. The device layer comes before the engine layer (a step's device calls are
+/// committed before the step claims them), the timers after it (calls its steps placed go
+/// out), request capture after those (its records join engine requests already seen).
+pub fn build(o: &RunOptions, probes: &mut Probes, mut prom: Option<&mut PromMetrics>) -> Result<Vec<Box<dyn Layer>>> {
     let mut layers: Vec<Box<dyn Layer>> = Vec::new();
+    let device = device::DeviceLayer::new(o, probes, prom.as_deref_mut())?;
+    let has_device = device.is_some();
+    if let Some(l) = device {
+        layers.push(Box::new(l));
+    }
+    layers.push(Box::new(engine::EngineLayer::new()));
+    if let Some(l) = timers::TimersLayer::new(o, prom.as_deref_mut())? {
+        layers.push(Box::new(l));
+    }
+    layers.push(Box::new(requests::RequestsLayer::new(o)));
     if let Some(l) = sites::SitesLayer::new(o, has_device, prom.as_deref_mut())? {
         layers.push(Box::new(l));
     }

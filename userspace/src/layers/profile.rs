@@ -111,7 +111,7 @@ impl Layer for ProfileLayer {
         }
     }
 
-    fn process_gone(&mut self, _cx: &mut Cx, pid: u32) {
+    fn process_gone(&mut self, _cx: &mut Cx, pid: u32, _ts_ns: u64) {
         self.sampler.remove(pid);
     }
 

@@ -77,7 +77,7 @@ impl Layer for SitesLayer {
         }
     }
 
-    fn process_gone(&mut self, cx: &mut Cx, pid: u32) {
+    fn process_gone(&mut self, cx: &mut Cx, pid: u32, _ts_ns: u64) {
         // Its last launch sites, then its maps.
         self.intervals(cx, Some(pid));
         self.sites.remove(pid, cx.probes);

@@ -1,0 +1,134 @@
+//! The timers layer (`--python-timers`): named Python functions timed in every traced CPython
+//! by hardware breakpoints on their code (python/timers/; 3.9/3.10 also by eval-frame
+//! uprobes). A call of an engine core belongs to the engine step its engine stamped first after
+//! the call began: the correlation stage places it, now or when the step is read. Out:
+//! [`Output::PythonCalls`] as they are read, one [`Output::PythonCall`] each once placed.
+
+use anyhow::{Context as _, Result};
+
+use super::{Cx, Layer, Note};
+use crate::{
+    cli::RunOptions,
+    correlate::StepOf,
+    export::{Health, prom::PromMetrics, prom_python::PythonMetrics, sink::Output},
+    procfs,
+    python::{
+        Interpreter,
+        timers::{self, CallRecord, PyTimers},
+    },
+};
+
+pub struct TimersLayer {
+    timers: PyTimers,
+    recs: Vec<CallRecord>,
+}
+
+impl TimersLayer {
+    /// None without `--python-timers`, or (said) when the timers cannot start here.
+    pub fn new(o: &RunOptions, prom: Option<&mut PromMetrics>) -> Result<Option<Self>> {
+        let Some(arg) = &o.python_timers else { return Ok(None) };
+        let specs = timers::load_config(arg).with_context(|| format!("--python-timers {arg}"))?;
+        let n = specs.len();
+        let timers = match PyTimers::new(specs, o.python_timers_eval_uprobes) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("inferscope: warning: Python function timers unavailable ({e:#})");
+                return Ok(None);
+            }
+        };
+        eprintln!(
+            "inferscope: Python function timers: {n} function(s) from {arg}, looked for in every traced CPython {}",
+            if o.python_timers_eval_uprobes { "3.9-3.14 (3.9/3.10 with eval-frame uprobes)" } else { "3.11-3.14" }
+        );
+        if let Some(p) = prom {
+            p.python = Some(PythonMetrics::new(&p.registry)?);
+        }
+        Ok(Some(Self { timers, recs: Vec::new() }))
+    }
+
+    /// One timed call out, with its engine step when known (monotonic ts, batch size).
+    fn call(&self, cx: &mut Cx, r: &CallRecord, step: StepOf) {
+        let Some(spec) = self.timers.specs.get(r.spec) else { return };
+        cx.emit(Output::PythonCall { record: r, spec, location: self.timers.location(r.pid, r.spec), step });
+    }
+
+    /// What the correlation stage placed since the last look goes out.
+    fn placed(&self, cx: &mut Cx) {
+        for (r, step) in cx.correlate.take_placed() {
+            self.call(cx, &r, step);
+        }
+    }
+
+    /// Breakpoint hits -> calls -> sinks; each to the correlation stage.
+    fn poll(&mut self, cx: &mut Cx) {
+        self.timers.poll(&mut self.recs);
+        for n in self.timers.notes.drain(..) {
+            eprintln!("{n}");
+        }
+        if self.recs.is_empty() {
+            return;
+        }
+        let mut pids: Vec<u32> = self.recs.iter().map(|r| r.pid).collect();
+        pids.dedup();
+        let unfinished: Vec<(u32, u64)> = pids.into_iter().map(|p| (p, self.timers.unfinished(p))).collect();
+        cx.emit(Output::PythonCalls { records: &self.recs, specs: &self.timers.specs, unfinished: &unfinished });
+        // A call of an engine core belongs to the engine step the engine stamped first after
+        // the call began: already seen (its IPC can be read before the call's hits), or still
+        // to come (the call waits for it). Others go out now.
+        for r in std::mem::take(&mut self.recs) {
+            if let Some((r, step)) = cx.correlate.python_call(r, procfs::dp_index) {
+                self.call(cx, &r, step);
+            }
+        }
+    }
+}
+
+impl Layer for TimersLayer {
+    fn name(&self) -> &'static str {
+        "timers"
+    }
+
+    fn wants_python(&self) -> bool {
+        true
+    }
+
+    fn process_added(&mut self, _cx: &mut Cx, pid: u32, interp: Option<&Interpreter>) {
+        if let Some(i) = interp
+            && let Err(e) = self.timers.add_interpreter(i.clone())
+        {
+            eprintln!("inferscope: pid {pid}: {e:#}");
+        }
+    }
+
+    fn process_gone(&mut self, cx: &mut Cx, pid: u32, _ts_ns: u64) {
+        // Its calls still waiting for a step were placed without one when it left.
+        self.placed(cx);
+        self.timers.remove_process(pid);
+    }
+
+    fn on_note(&mut self, cx: &mut Cx, note: &Note) {
+        if let Note::EngineEvents { .. } = note {
+            self.placed(cx);
+        }
+    }
+
+    fn drain(&mut self, cx: &mut Cx) {
+        self.poll(cx);
+    }
+
+    /// Calls no step claimed within 2 s (the daemon expires the correlation stage first) go
+    /// out without one.
+    fn tick(&mut self, cx: &mut Cx) {
+        self.placed(cx);
+    }
+
+    fn finish(&mut self, cx: &mut Cx) {
+        self.poll(cx);
+        cx.correlate.expire(None);
+        self.placed(cx);
+    }
+
+    fn health(&self, h: &mut Health) {
+        h.python = self.timers.health();
+    }
+}

@@ -1,9 +1,8 @@
-//! The running daemon: the process registry and the loop. It decides which processes are
-//! traced (one PID tree, or every vLLM/SGLang server found), drains the ring buffer into the
-//! layers, hands the notes they post to every layer, ticks them, and sends the health snapshot
-//! to the sinks. It knows no layer: they are built elsewhere (cmd/daemon.rs, [`crate::layers::build`])
-//! and reached only through [`Layer`]. Runs until interrupted, `--duration` passes, or (with
-//! `attach`) the target is gone. Dropping the probes detaches everything.
+//! The running daemon: the process registry (one PID tree, or every vLLM/SGLang server found)
+//! and the loop: ring-buffer records and the notes layers post go to every layer, drains and
+//! ticks, the health snapshot to the sinks. It knows no layer (cmd/daemon.rs builds them with
+//! [`crate::layers::build`]). Runs until interrupted, `--duration` passes, or (with `attach`)
+//! the target is gone. Dropping the probes detaches everything.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -11,7 +10,6 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use log::info;
 use tokio::io::unix::AsyncFd;
 
 use crate::{
@@ -46,8 +44,8 @@ pub struct Parts {
     pub layers: Vec<Box<dyn Layer>>,
     pub sinks: Sinks,
     pub max_models: usize,
-    /// `--duration`, in seconds.
-    pub duration: Option<f64>,
+    /// Resolves when the daemon is to stop (`--duration`, SIGINT, SIGTERM).
+    pub stop: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
 }
 
 struct Daemon {
@@ -62,48 +60,35 @@ struct Daemon {
     decode_errors: HashMap<&'static str, u64>,
     children: bool,
     last_loss_report: Instant,
-    /// Processes seen exiting, and when.
+    /// Processes seen exiting, and when (a dying one is still listed in /proc a while).
     exited: HashMap<u32, Instant>,
 }
 
 impl Daemon {
-    /// Every layer, with its context; then the notes they posted, to every layer in turn.
-    fn each(&mut self, f: impl Fn(&mut dyn Layer, &mut Cx)) {
-        let mut posted = Vec::new();
-        let mut cx = Cx {
+    /// The layers, and the context they work in.
+    fn split<'a>(&'a mut self, posted: &'a mut Vec<Note>) -> (&'a mut [Box<dyn Layer>], Cx<'a>) {
+        let cx = Cx {
             sinks: &mut self.sinks,
             probes: &mut self.probes,
             correlate: &mut self.correlate,
             facts: &mut self.facts,
-            notes: &mut posted,
+            notes: posted,
         };
-        for l in &mut self.layers {
-            f(l.as_mut(), &mut cx);
-        }
-        self.deliver(posted);
+        (&mut self.layers, cx)
     }
 
-    /// Notes reach every layer in order; those posted while one is handled come before the
-    /// ones still queued.
-    fn deliver(&mut self, posted: Vec<Note>) {
-        for n in posted.into_iter().rev() {
-            self.notes.push_front(n);
-        }
+    /// Every layer, with its context; then the notes they posted, to every layer in order
+    /// (those posted while one is handled come before the ones still queued).
+    fn each(&mut self, f: impl Fn(&mut dyn Layer, &mut Cx)) {
+        let mut posted = Vec::new();
+        let (layers, mut cx) = self.split(&mut posted);
+        layers.iter_mut().for_each(|l| f(l.as_mut(), &mut cx));
+        posted.into_iter().rev().for_each(|n| self.notes.push_front(n));
         while let Some(note) = self.notes.pop_front() {
             let mut posted = Vec::new();
-            let mut cx = Cx {
-                sinks: &mut self.sinks,
-                probes: &mut self.probes,
-                correlate: &mut self.correlate,
-                facts: &mut self.facts,
-                notes: &mut posted,
-            };
-            for l in &mut self.layers {
-                l.on_note(&mut cx, &note);
-            }
-            for n in posted.into_iter().rev() {
-                self.notes.push_front(n);
-            }
+            let (layers, mut cx) = self.split(&mut posted);
+            layers.iter_mut().for_each(|l| l.on_note(&mut cx, &note));
+            posted.into_iter().rev().for_each(|n| self.notes.push_front(n));
         }
     }
 
@@ -143,15 +128,7 @@ impl Daemon {
         self.facts.remove(pid);
     }
 
-    fn trace_tree(&mut self, root: u32, engine: Engine) {
-        let pids = if self.children { procfs::tree(root, &procfs::parents()) } else { vec![root] };
-        for p in pids {
-            self.trace(p, engine);
-        }
-    }
-
-    /// Traces what a /proc scan found, except processes that exited moments ago (a dying
-    /// process is still listed while the kernel tears it down).
+    /// Traces what a /proc scan found, except processes that exited moments ago.
     fn apply_discovery(&mut self, found: Vec<(u32, Engine)>) {
         let now = Instant::now();
         self.exited.retain(|_, t| now.duration_since(*t) < Duration::from_secs(30));
@@ -170,13 +147,16 @@ impl Daemon {
         }
     }
 
+    fn records(&mut self, rb: &mut aya::maps::RingBuf<aya::maps::MapData>) {
+        while let Some(item) = rb.next() {
+            self.on_record(&item);
+        }
+    }
+
     fn on_record(&mut self, bytes: &[u8]) {
         let ev = match events::decode(bytes) {
             Ok(ev) => ev,
-            Err(e) => {
-                *self.decode_errors.entry(e.cause()).or_default() += 1;
-                return;
-            }
+            Err(e) => return *self.decode_errors.entry(e.cause()).or_default() += 1,
         };
         match &ev {
             Event::ProcFork { tgid, child, .. } => match procfs::status_ids(*child) {
@@ -224,15 +204,12 @@ impl Daemon {
 
 /// Runs until interrupted. Errors are for the operator: one line, with what to do.
 pub async fn run(target: Target, parts: Parts) -> Result<()> {
-    let Parts { mut probes, layers, sinks, max_models, duration } = parts;
+    let Parts { mut probes, layers, sinks, max_models, mut stop } = parts;
     let ring = probes.take_events()?;
     // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged, for its lifetime.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
-    let (children, discover) = match &target {
-        Target::Pid { children, .. } => (*children, None),
-        Target::Discover { matches, interval } => (true, Some((matches.clone(), *interval))),
-    };
+    let children = !matches!(target, Target::Pid { children: false, .. });
     let mut d = Daemon {
         probes,
         sinks,
@@ -246,7 +223,10 @@ pub async fn run(target: Target, parts: Parts) -> Result<()> {
         exited: HashMap::new(),
     };
     match &target {
-        Target::Pid { pid, .. } => d.trace_tree(*pid, Engine::Other),
+        Target::Pid { pid, .. } => {
+            let pids = if children { procfs::tree(*pid, &procfs::parents()) } else { vec![*pid] };
+            pids.into_iter().for_each(|p| d.trace(p, Engine::Other));
+        }
         Target::Discover { matches, .. } => {
             d.apply_discovery(procfs::discover(matches, std::process::id()));
             if d.facts.is_empty() {
@@ -259,39 +239,21 @@ pub async fn run(target: Target, parts: Parts) -> Result<()> {
     // Records below the BPF wakeup threshold arrive without a wakeup: drain them on a timer.
     let mut drain = tokio::time::interval(Duration::from_millis(DRAIN_MS));
     drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let discover_every =
-        discover.as_ref().map_or(Duration::from_secs(3600), |(_, i)| (*i).max(Duration::from_millis(100)));
-    let mut discover_tick = tokio::time::interval(discover_every);
-    let mut scan: Option<tokio::task::JoinHandle<Vec<(u32, Engine)>>> = None;
-    let deadline = duration.map(|s| tokio::time::Instant::now() + Duration::from_secs_f64(s));
-    let sleep_until = async {
-        match deadline {
-            Some(t) => tokio::time::sleep_until(t).await,
-            None => std::future::pending().await,
-        }
+    let discover = match &target {
+        Target::Discover { matches, interval } => Some((matches.clone(), (*interval).max(Duration::from_millis(100)))),
+        Target::Pid { .. } => None,
     };
-    tokio::pin!(sleep_until);
-    // Both signal streams live across loop iterations: a `ctrl_c()` future made afresh in each
-    // `select!` misses a signal that arrives while a record batch is being processed.
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    info!("running");
+    let mut discover_tick = tokio::time::interval(discover.as_ref().map_or(Duration::from_secs(3600), |d| d.1));
+    let mut scan: Option<tokio::task::JoinHandle<Vec<(u32, Engine)>>> = None;
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("ring buffer poll")?;
-                let rb = guard.get_inner_mut();
-                while let Some(item) = rb.next() {
-                    d.on_record(&item);
-                }
+                d.records(guard.get_inner_mut());
                 guard.clear_ready();
             }
             _ = drain.tick() => {
-                let rb = ring.get_mut();
-                while let Some(item) = rb.next() {
-                    d.on_record(&item);
-                }
+                d.records(ring.get_mut());
                 d.each(|l, cx| l.drain(cx));
             }
             _ = tick.tick() => {
@@ -319,19 +281,12 @@ pub async fn run(target: Target, parts: Parts) -> Result<()> {
                     d.apply_discovery(found);
                 }
             }
-            _ = &mut sleep_until => break,
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
+            _ = &mut stop => break,
         }
     }
     // What is left in the ring, then what every layer buffers; requests still in flight are
     // not reported: they did not end while we watched.
-    {
-        let rb = ring.get_mut();
-        while let Some(item) = rb.next() {
-            d.on_record(&item);
-        }
-    }
+    d.records(ring.get_mut());
     d.each(|l, cx| l.finish(cx));
     d.tick();
     d.sinks.shutdown();

@@ -4,7 +4,7 @@
 
 use std::{process::ExitCode, time::Duration};
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 
 use crate::{
     bpf::{self, LoadOptions},
@@ -76,7 +76,29 @@ async fn parts(target: &Target, o: &RunOptions) -> Result<Parts> {
         if o.vllm_metrics || o.prometheus_listen.is_some() { Some(PromMetrics::new(o.vllm_metrics)?) } else { None };
     let layers = crate::layers::build(o, &mut probes, prom.as_mut())?;
     let sinks = sinks(o, prom).await?;
-    Ok(Parts { probes, layers, sinks, max_models: o.max_models, duration: o.duration })
+    Ok(Parts { probes, layers, sinks, max_models: o.max_models, stop: stop(o.duration)? })
+}
+
+/// Resolves at `--duration`, or at SIGINT or SIGTERM. The signal streams are made now, and
+/// live as long as the future: one made afresh per wait misses a signal that arrives between.
+fn stop(duration: Option<f64>) -> Result<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let deadline = duration.map(|s| tokio::time::Instant::now() + Duration::from_secs_f64(s));
+    Ok(Box::pin(async move {
+        let sleep = async {
+            match deadline {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = sleep => {}
+            _ = sigint.recv() => {}
+            _ = sigterm.recv() => {}
+        }
+    }))
 }
 
 /// Prometheus (served once every family is registered), OTLP, JSONL, the console.

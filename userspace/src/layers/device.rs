@@ -100,7 +100,14 @@ impl DeviceLayer {
         tokio::task::spawn_blocking(move || drop(tx.send(job.run())));
     }
 
-    fn interval_line(&self, cx: &mut Cx, r: &IntervalReport, probes: (usize, &[String]), disabled: &[String], last: bool) {
+    fn interval_line(
+        &self,
+        cx: &mut Cx,
+        r: &IntervalReport,
+        probes: (usize, &[String]),
+        disabled: &[String],
+        last: bool,
+    ) {
         let seconds = self.last_interval.elapsed().as_secs_f64();
         let top_kernels = self.dm.opts.top_kernels;
         cx.emit(Output::DeviceInterval { report: r, seconds, top_kernels, probes, disabled, last });

@@ -4,6 +4,9 @@
 
 pub mod daemon;
 pub mod doctor;
+pub mod profile;
+pub mod python_info;
+pub mod timers;
 
 use std::process::ExitCode;
 

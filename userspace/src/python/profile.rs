@@ -1,12 +1,11 @@
-//! `inferscope profile`: samples a CPython process's Python stacks with a BPF perf-event program
-//! on each of its threads (`probes/python.rs`), and writes them as folded stacks (the input of
-//! flamegraph tools: `frame;frame;frame count` per line, outermost first), a flame graph (SVG)
-//! or pprof (python/flame.rs).
+//! The Python stack sampler (`Sampler`, for `inferscope profile` and the daemon): samples CPython
+//! processes' Python stacks with a BPF perf-event program on each of their threads
+//! (`probes/python.rs`), and renders a `Profile` as folded stacks (the input of flamegraph
+//! tools: `frame;frame;frame count` per line, outermost first), a flame graph (SVG) or pprof
+//! (python/flame.rs).
 
 use std::{
     collections::HashMap,
-    io::Write as _,
-    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -21,23 +20,13 @@ use aya::{
 use inferscope_common::PyLayout;
 
 use super::{
-    FramePath, Interpreter, Memory, find,
+    FramePath, Interpreter, Memory,
     flame::{self, Frame},
 };
 use crate::{
     bpf::{self, LoadOptions},
     events::{self, Event},
 };
-
-pub struct ProfileOptions {
-    pub pid: u32,
-    pub duration: Duration,
-    /// Samples per second per thread.
-    pub rate: u64,
-    /// The profile goes here (standard output when None).
-    pub output: Option<PathBuf>,
-    pub format: Format,
-}
 
 /// What `inferscope profile` writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -357,43 +346,4 @@ impl Sampler {
         p.since_unix_ns = unix_now_ns();
         Some(prof)
     }
-}
-
-/// Samples for `o.duration`; returns a summary for the operator.
-pub fn run(o: &ProfileOptions) -> Result<String> {
-    let interp = find(o.pid)?;
-    let version = interp.version_string();
-    let mut sampler = Sampler::new(o.rate, 4 << 20)?;
-    sampler.add(interp)?;
-    let start = Instant::now();
-    while start.elapsed() < o.duration {
-        sampler.poll();
-        if !crate::procfs::exists(o.pid) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    sampler.poll();
-    let prof = sampler.take(o.pid).context("the process")?;
-    let title = format!("pid {}: CPython {version}, {} samples at {} Hz", o.pid, prof.samples, o.rate);
-    let bytes = prof.render(o.format, &title, o.rate);
-    let mut out: Box<dyn std::io::Write> = match &o.output {
-        Some(p) => Box::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?),
-        None => Box::new(std::io::stdout().lock()),
-    };
-    out.write_all(&bytes)?;
-    out.flush()?;
-    let mut summary = format!(
-        "inferscope: pid {}: CPython {version}: {} samples of {} thread(s) in {:.1} s ({} outside Python code{}); most on top:\n",
-        o.pid,
-        prof.samples,
-        prof.threads,
-        start.elapsed().as_secs_f64(),
-        prof.empty,
-        if sampler.undecodable > 0 { format!(", {} undecodable records", sampler.undecodable) } else { String::new() },
-    );
-    for (f, pct) in prof.top(10) {
-        summary += &format!("  {pct:5.1}%  {f}\n");
-    }
-    Ok(summary)
 }

@@ -40,7 +40,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 use aya::{
     Ebpf,
     maps::{HashMap as BpfHashMap, MapData, RingBuf},
@@ -208,6 +208,11 @@ impl PyTimers {
 
     pub fn pids(&self) -> Vec<u32> {
         self.procs.keys().copied().collect()
+    }
+
+    /// Whether `pid` is watched yet: watchpoints on some thread, or the eval-frame probes on.
+    pub fn is_watching(&self, pid: u32) -> bool {
+        self.procs.get(&pid).is_some_and(|p| !p.threads.is_empty() || p.eval.as_ref().is_some_and(|l| !l.is_empty()))
     }
 
     /// What each spec became in `pid`.
@@ -413,93 +418,4 @@ impl PyTimers {
         }
         added
     }
-}
-
-/// `inferscope timers`: watches one process for `duration` (or until it exits) and writes one
-/// JSON line per call; returns the summary for the operator.
-pub fn run_cli(
-    pid: u32,
-    specs: Vec<TimerSpec>,
-    duration: Duration,
-    output: Option<&std::path::Path>,
-    eval_uprobes: bool,
-) -> Result<String> {
-    use std::io::Write as _;
-    let mut t = PyTimers::new(specs, eval_uprobes)?;
-    t.add_process(pid)?;
-    let mut out: Box<dyn std::io::Write> = match output {
-        Some(p) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
-        )),
-        None => Box::new(std::io::stdout().lock()),
-    };
-    let start = Instant::now();
-    let mut recs = Vec::new();
-    let mut per: Vec<Vec<u64>> = vec![Vec::new(); t.specs.len()];
-    let mut counts = vec![0u64; t.specs.len()];
-    let mut announced = false;
-    while start.elapsed() < duration {
-        t.poll(&mut recs);
-        for n in t.notes.drain(..) {
-            eprintln!("{n}");
-        }
-        if !announced
-            && t.procs
-                .get(&pid)
-                .is_some_and(|p| !p.threads.is_empty() || p.eval.as_ref().is_some_and(|l| !l.is_empty()))
-        {
-            announced = true;
-            eprintln!("inferscope: pid {pid}: watching");
-        }
-        for r in recs.drain(..) {
-            let Some(spec) = t.specs.get(r.spec) else { continue };
-            counts[r.spec] += 1;
-            if let Some(end) = r.end_ns {
-                per[r.spec].push(end.saturating_sub(r.start_ns));
-            }
-            writeln!(out, "{}", call_json(&r, spec, None, None))?;
-        }
-        if !crate::procfs::exists(pid) {
-            // Hits already in the ring are read once more.
-            t.poll(&mut recs);
-            if recs.is_empty() {
-                break;
-            }
-            continue;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    out.flush()?;
-    let h = t.health();
-    let mut s = format!(
-        "inferscope: pid {pid}: {} calls of {} function(s) in {:.1} s; {} left without a return (exceptions), \
-         {} returns of calls begun before the watch{}\n",
-        h.calls,
-        h.watched_functions,
-        start.elapsed().as_secs_f64(),
-        h.unfinished,
-        h.unmatched_returns,
-        if h.throttled > 0 {
-            format!("; throttled by the kernel in {} ticks: calls undercounted", h.throttled)
-        } else {
-            String::new()
-        }
-    );
-    for (i, spec) in t.specs.iter().enumerate() {
-        let mut d = std::mem::take(&mut per[i]);
-        if counts[i] == 0 && d.is_empty() {
-            continue;
-        }
-        d.sort_unstable();
-        let q = |f: f64| d.get(((d.len() as f64 - 1.0) * f).round() as usize).map_or(0.0, |v| *v as f64 / 1e6);
-        s += &format!(
-            "  {:8} calls  p50 {:8.3} ms  p99 {:8.3} ms  max {:8.3} ms  {}\n",
-            counts[i],
-            q(0.5),
-            q(0.99),
-            q(1.0),
-            spec.symbol
-        );
-    }
-    Ok(s)
 }

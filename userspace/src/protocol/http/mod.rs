@@ -6,8 +6,18 @@
 //! that run until close, messages split across or packed into syscalls, and capture that starts
 //! mid-connection or loses bytes: it then resynchronises at the next syscall that starts with a
 //! message head (or a chunk header inside a chunked body). It never panics on any input.
+//!
+//! This file holds the types and the parser's state machine over segments (data, gaps, EOF,
+//! resynchronisation); `head.rs` the message heads and the body framing they announce,
+//! `chunked.rs` the chunked transfer encoding.
+
+mod chunked;
+mod head;
 
 use std::collections::VecDeque;
+
+use chunked::starts_with_chunk_header;
+use head::{could_be_start, looks_like_start};
 
 use super::Segment;
 
@@ -42,13 +52,6 @@ impl Head {
     }
     pub fn is_request(&self) -> bool {
         matches!(self.start, StartLine::Request { .. })
-    }
-    fn chunked(&self) -> bool {
-        self.header("transfer-encoding")
-            .is_some_and(|v| v.split(',').next_back().is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked")))
-    }
-    fn content_length(&self) -> Option<u64> {
-        self.header("content-length").and_then(|v| v.trim().parse().ok())
     }
 }
 
@@ -149,51 +152,6 @@ impl Default for HttpParser {
     fn default() -> Self {
         Self::new()
     }
-}
-
-fn looks_like_start(b: &[u8]) -> bool {
-    const METHODS: &[&[u8]] =
-        &[b"GET ", b"POST ", b"PUT ", b"DELETE ", b"HEAD ", b"OPTIONS ", b"PATCH ", b"CONNECT ", b"TRACE "];
-    b.starts_with(b"HTTP/1.") || METHODS.iter().any(|m| b.starts_with(m))
-}
-
-/// Whether `b` could be the beginning of a message start (a prefix of one, for short inputs).
-fn could_be_start(b: &[u8]) -> bool {
-    const STARTS: &[&[u8]] = &[
-        b"HTTP/1.",
-        b"GET ",
-        b"POST ",
-        b"PUT ",
-        b"DELETE ",
-        b"HEAD ",
-        b"OPTIONS ",
-        b"PATCH ",
-        b"CONNECT ",
-        b"TRACE ",
-        b"PRI * HTTP/2",
-    ];
-    STARTS.iter().any(|s| {
-        let n = s.len().min(b.len());
-        b[..n] == s[..n]
-    })
-}
-
-fn parse_chunk_size(line: &[u8]) -> Option<u64> {
-    let end = line.iter().position(|&c| c == b';' || c == b' ' || c == b'\t').unwrap_or(line.len());
-    let hex = &line[..end];
-    if hex.is_empty() || hex.len() > 15 {
-        return None;
-    }
-    let s = std::str::from_utf8(hex).ok()?;
-    u64::from_str_radix(s, 16).ok()
-}
-
-/// Whether `b` starts with a plausible chunk header line (`<hex>[;ext]\r\n`).
-fn starts_with_chunk_header(b: &[u8]) -> bool {
-    let Some(crlf) = memchr::memmem::find(&b[..b.len().min(64)], b"\r\n") else {
-        return false;
-    };
-    parse_chunk_size(&b[..crlf]).is_some()
 }
 
 impl HttpParser {
@@ -399,206 +357,16 @@ impl HttpParser {
             b = &b[used.min(b.len())..];
         }
     }
-
-    /// Accumulates and parses a head. Returns bytes consumed from `b`.
-    fn head(&mut self, ts: u64, b: &[u8], out: &mut Vec<HttpEvent>) -> usize {
-        let mut skip = 0;
-        if self.buf.is_empty() {
-            // Tolerate empty lines between messages.
-            while skip < b.len() && (b[skip] == b'\r' || b[skip] == b'\n') {
-                skip += 1;
-            }
-            if skip == b.len() {
-                return skip;
-            }
-            // A message that starts a read starts when its bytes arrived, if known.
-            self.first_ts = if self.arrival != 0 { self.arrival } else { ts };
-        }
-        let old = self.buf.len();
-        self.buf.extend_from_slice(&b[skip..]);
-        if !could_be_start(&self.buf) {
-            let err = if self.synced_once { ParseError::BadHead } else { ParseError::NotHttp };
-            self.lose_sync(out, err);
-            return b.len();
-        }
-        if self.buf.starts_with(b"PRI * HTTP/2") {
-            out.push(HttpEvent::Error(ParseError::Http2));
-            self.make_opaque();
-            return b.len();
-        }
-        let from = old.saturating_sub(3);
-        let Some(end) = memchr::memmem::find(&self.buf[from..], b"\r\n\r\n").map(|i| from + i + 4) else {
-            if self.buf.len() > MAX_HEAD {
-                self.lose_sync(out, ParseError::HeadTooLarge);
-            }
-            return b.len();
-        };
-        // Bytes of `b` that belong to the head; the rest is returned for the body.
-        let consumed = skip + (end - old);
-        let head = match parse_head(&self.buf[..end], self.first_ts, ts) {
-            Some(h) => h,
-            None => {
-                self.lose_sync(out, ParseError::BadHead);
-                return b.len();
-            }
-        };
-        self.buf.clear();
-        self.synced_once = true;
-        self.state = self.body_state(&head);
-        let ends_now = self.state == State::Head;
-        out.push(HttpEvent::Head(Box::new(head)));
-        if ends_now {
-            out.push(HttpEvent::End { ts_ns: ts, complete: true });
-        }
-        consumed
-    }
-
-    fn body_state(&mut self, head: &Head) -> State {
-        match &head.start {
-            StartLine::Request { .. } => {
-                if head.chunked() {
-                    State::Chunked(Chunk::Size)
-                } else {
-                    match head.content_length() {
-                        Some(0) | None => State::Head,
-                        Some(n) => State::Length(n),
-                    }
-                }
-            }
-            StartLine::Response { status, .. } => {
-                let status = *status;
-                if (100..200).contains(&status) {
-                    // Interim response: the final one for the same request follows.
-                    if status == 101 {
-                        return State::Opaque;
-                    }
-                    return State::Head;
-                }
-                let is_head = self.head_requests.pop_front().unwrap_or(false);
-                if is_head || status == 204 || status == 304 {
-                    State::Head
-                } else if head.chunked() {
-                    State::Chunked(Chunk::Size)
-                } else {
-                    match head.content_length() {
-                        Some(0) => State::Head,
-                        Some(n) => State::Length(n),
-                        None => State::UntilClose,
-                    }
-                }
-            }
-        }
-    }
-
-    fn chunked(&mut self, ts: u64, c: Chunk, b: &[u8], out: &mut Vec<HttpEvent>) -> usize {
-        match c {
-            Chunk::Data(rem) => {
-                let n = (rem.min(b.len() as u64)) as usize;
-                out.push(HttpEvent::Body { ts_ns: ts, bytes: b[..n].to_vec() });
-                self.state = State::Chunked(if n as u64 == rem { Chunk::DataEnd } else { Chunk::Data(rem - n as u64) });
-                n
-            }
-            Chunk::Size | Chunk::DataEnd | Chunk::Trailers => {
-                let Some((line, used)) = self.line(b) else {
-                    if self.buf.len() > MAX_LINE {
-                        self.lose_sync(out, ParseError::BadChunk);
-                    }
-                    return b.len();
-                };
-                match c {
-                    Chunk::DataEnd => {
-                        if !line.is_empty() {
-                            self.lose_sync(out, ParseError::BadChunk);
-                            return b.len();
-                        }
-                        self.state = State::Chunked(Chunk::Size);
-                    }
-                    Chunk::Size => match parse_chunk_size(&line) {
-                        Some(0) => self.state = State::Chunked(Chunk::Trailers),
-                        Some(n) => self.state = State::Chunked(Chunk::Data(n)),
-                        None => {
-                            self.lose_sync(out, ParseError::BadChunk);
-                            return b.len();
-                        }
-                    },
-                    Chunk::Trailers => {
-                        if line.is_empty() {
-                            out.push(HttpEvent::End { ts_ns: ts, complete: true });
-                            self.state = State::Head;
-                        }
-                    }
-                    Chunk::Data(_) => {}
-                }
-                used
-            }
-        }
-    }
-
-    /// Takes one CRLF-terminated line, joining with bytes buffered from earlier segments.
-    /// Returns the line (without CRLF) and the bytes of `b` consumed.
-    fn line(&mut self, b: &[u8]) -> Option<(Vec<u8>, usize)> {
-        // A CR carried over from the previous segment may pair with an LF here.
-        if self.buf.last() == Some(&b'\r') && b.first() == Some(&b'\n') {
-            self.buf.pop();
-            return Some((std::mem::take(&mut self.buf), 1));
-        }
-        match memchr::memmem::find(b, b"\r\n") {
-            Some(i) => {
-                let mut line = std::mem::take(&mut self.buf);
-                line.extend_from_slice(&b[..i]);
-                Some((line, i + 2))
-            }
-            None => {
-                self.buf.extend_from_slice(b);
-                None
-            }
-        }
-    }
 }
-
-fn parse_head(bytes: &[u8], first_ts: u64, ts: u64) -> Option<Head> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let to_vec = |hs: &[httparse::Header<'_>]| {
-        hs.iter()
-            .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
-            .collect::<Vec<_>>()
-    };
-    if bytes.starts_with(b"HTTP/") {
-        let mut r = httparse::Response::new(&mut headers);
-        match r.parse(bytes) {
-            Ok(httparse::Status::Complete(_)) => Some(Head {
-                start: StartLine::Response { status: r.code?, reason: r.reason.unwrap_or("").to_string() },
-                minor_version: r.version?,
-                headers: to_vec(r.headers),
-                first_ts_ns: first_ts,
-                ts_ns: ts,
-            }),
-            _ => None,
-        }
-    } else {
-        let mut r = httparse::Request::new(&mut headers);
-        match r.parse(bytes) {
-            Ok(httparse::Status::Complete(_)) => Some(Head {
-                start: StartLine::Request { method: r.method?.to_string(), target: r.path?.to_string() },
-                minor_version: r.version?,
-                headers: to_vec(r.headers),
-                first_ts_ns: first_ts,
-                ts_ns: ts,
-            }),
-            _ => None,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn data(ts: u64, b: &[u8]) -> Segment<'_> {
+    pub(super) fn data(ts: u64, b: &[u8]) -> Segment<'_> {
         Segment::Data { ts_ns: ts, bytes: b, syscall_start: true, arrival_ns: 0 }
     }
 
-    fn run(p: &mut HttpParser, segs: &[Segment<'_>]) -> Vec<HttpEvent> {
+    pub(super) fn run(p: &mut HttpParser, segs: &[Segment<'_>]) -> Vec<HttpEvent> {
         let mut out = Vec::new();
         for s in segs {
             p.feed(*s, &mut out);
@@ -606,38 +374,11 @@ mod tests {
         out
     }
 
-    fn body(evs: &[HttpEvent]) -> Vec<u8> {
+    pub(super) fn body(evs: &[HttpEvent]) -> Vec<u8> {
         evs.iter()
             .filter_map(|e| if let HttpEvent::Body { bytes, .. } = e { Some(bytes.clone()) } else { None })
             .flatten()
             .collect()
-    }
-
-    #[test]
-    fn request_with_content_length() {
-        let mut p = HttpParser::new();
-        let evs =
-            run(&mut p, &[data(1, b"POST /v1/x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhel"), data(2, b"lo")]);
-        let HttpEvent::Head(h) = &evs[0] else { panic!("{evs:?}") };
-        assert_eq!(h.start, StartLine::Request { method: "POST".into(), target: "/v1/x".into() });
-        assert_eq!(h.header("host"), Some("a"));
-        assert_eq!(body(&evs), b"hello");
-        assert_eq!(evs.last(), Some(&HttpEvent::End { ts_ns: 2, complete: true }));
-    }
-
-    #[test]
-    fn chunked_response_split_anywhere() {
-        let msg = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=1\r\n world\r\n0\r\n\r\n";
-        for cut in 0..msg.len() {
-            let mut p = HttpParser::new();
-            let segs = [
-                Segment::Data { ts_ns: 1, bytes: &msg[..cut], syscall_start: true, arrival_ns: 0 },
-                Segment::Data { ts_ns: 2, bytes: &msg[cut..], syscall_start: false, arrival_ns: 0 },
-            ];
-            let evs = run(&mut p, &segs);
-            assert_eq!(body(&evs), b"hello world", "cut at {cut}");
-            assert!(matches!(evs.last(), Some(HttpEvent::End { complete: true, .. })), "cut at {cut}: {evs:?}");
-        }
     }
 
     #[test]
@@ -675,32 +416,6 @@ mod tests {
     }
 
     #[test]
-    fn response_until_close_and_head_request() {
-        let mut p = HttpParser::new();
-        p.expect_response(true);
-        p.expect_response(false);
-        let evs = run(
-            &mut p,
-            &[
-                data(1, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"),
-                data(2, b"HTTP/1.0 200 OK\r\n\r\nabc"),
-                Segment::Eof { ts_ns: 3 },
-            ],
-        );
-        assert_eq!(body(&evs), b"abc");
-        assert_eq!(evs.iter().filter(|e| matches!(e, HttpEvent::End { complete: true, .. })).count(), 2);
-    }
-
-    #[test]
-    fn garbage_is_counted_then_ignored_until_a_head() {
-        let mut p = HttpParser::new();
-        let evs =
-            run(&mut p, &[data(1, b"\x00\x01binary junk"), data(2, b"more junk"), data(3, b"GET / HTTP/1.1\r\n\r\n")]);
-        assert_eq!(evs[0], HttpEvent::Error(ParseError::NotHttp));
-        assert!(matches!(evs[1], HttpEvent::Head(_)));
-    }
-
-    #[test]
     fn mid_stream_start_resyncs_at_next_head() {
         let mut p = HttpParser::new_unsynced();
         let evs = run(
@@ -726,42 +441,6 @@ mod tests {
     }
 
     #[test]
-    fn gap_inside_chunk_is_skipped_and_resync_at_chunk_header() {
-        let mut p = HttpParser::new();
-        let evs = run(
-            &mut p,
-            &[
-                data(1, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"),
-                data(2, b"a\r\n01"),
-                Segment::Gap { len: 4 },
-                Segment::Data { ts_ns: 3, bytes: b"6789\r\n", syscall_start: false, arrival_ns: 0 },
-                // a whole chunk lost across boundaries
-                Segment::Gap { len: 30 },
-                Segment::Data { ts_ns: 4, bytes: b"still lost", syscall_start: false, arrival_ns: 0 },
-                data(5, b"3\r\nxyz\r\n"),
-                data(6, b"0\r\n\r\n"),
-            ],
-        );
-        assert_eq!(body(&evs), b"016789xyz");
-        assert_eq!(evs.last(), Some(&HttpEvent::End { ts_ns: 6, complete: true }));
-    }
-
-    #[test]
-    fn lost_terminator_ends_message_incomplete_at_next_head() {
-        let mut p = HttpParser::new();
-        let evs = run(
-            &mut p,
-            &[
-                data(1, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"),
-                Segment::Gap { len: 50 },
-                data(2, b"HTTP/1.1 204 No Content\r\n\r\n"),
-            ],
-        );
-        assert!(evs.contains(&HttpEvent::End { ts_ns: 2, complete: false }));
-        assert!(matches!(evs.last(), Some(HttpEvent::End { complete: true, .. })));
-    }
-
-    #[test]
     fn resync_on_a_head_written_in_tiny_syscalls() {
         let mut p = HttpParser::new();
         let evs = run(
@@ -784,26 +463,5 @@ mod tests {
         let mut p = HttpParser::new_unsynced();
         run(&mut p, &[data(1, b"xyz"), data(2, b"H"), data(3, b"ello world, not http")]);
         assert_eq!(p.discarded, 3 + 1 + 20);
-    }
-
-    #[test]
-    fn upgrade_and_h2_become_opaque() {
-        let mut p = HttpParser::new();
-        let evs =
-            run(&mut p, &[data(1, b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x05hello")]);
-        assert!(matches!(evs[0], HttpEvent::Head(_)));
-        assert!(p.is_opaque());
-        let mut p = HttpParser::new();
-        let evs = run(&mut p, &[data(1, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")]);
-        assert_eq!(evs, vec![HttpEvent::Error(ParseError::Http2)]);
-    }
-
-    #[test]
-    fn oversized_head_is_an_error() {
-        let mut p = HttpParser::new();
-        let mut big = b"GET / HTTP/1.1\r\nX: ".to_vec();
-        big.extend(std::iter::repeat_n(b'a', MAX_HEAD + 10));
-        let evs = run(&mut p, &[data(1, &big)]);
-        assert_eq!(evs, vec![HttpEvent::Error(ParseError::HeadTooLarge)]);
     }
 }

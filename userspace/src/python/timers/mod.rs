@@ -53,7 +53,7 @@ pub use config::{
 };
 pub use decode::ends_with_plain_load;
 pub use matcher::{CallKey, MatchStats, Matcher};
-pub use record::{CallRecord, Mode, call_json};
+pub use record::{CallRecord, Mode};
 use watch::Burst;
 pub use watch::{SLOTS_PER_THREAD, SpecState, ThrottleLimit, Watched};
 
@@ -457,7 +457,7 @@ pub fn run_cli(
             if let Some(end) = r.end_ns {
                 per[r.spec].push(end.saturating_sub(r.start_ns));
             }
-            writeln!(out, "{}", call_json(&r, spec, None, None))?;
+            writeln!(out, "{}", crate::export::jsonl::call_json(&r, spec, None, None))?;
         }
         if !crate::procfs::exists(pid) {
             // Hits already in the ring are read once more.

@@ -13,7 +13,11 @@ use crate::{
         summary::{DeviceSummary, LaunchStats},
     },
     engine::Phases,
-    python::timers::{CallRecord, TimerSpec},
+    python::{
+        Interpreter, PyFrame, PyThread,
+        state::EngineState,
+        timers::{CallRecord, TimerSpec},
+    },
     request::RequestRecord,
 };
 
@@ -400,12 +404,51 @@ pub fn sites_json(pid: u32, sites: &[crate::python::sites::SiteCount], unix_ns: 
 }
 
 /// An `engine_state` line: the engine's live state read from its objects.
-pub fn engine_state_json(s: &crate::python::state::EngineState, unix_ns: u64) -> Value {
+pub fn engine_state_json(s: &EngineState, unix_ns: u64) -> Value {
     let mut v = json!({"type": "engine_state", "pid": s.pid, "engine": s.engine, "ts_ns": unix_ns});
     for (k, val) in &s.values {
         v[*k] = json!(val);
     }
     v
+}
+
+/// `inferscope python-info --json`: the interpreter, its threads and their stacks (`main`:
+/// whether a thread is the process's main thread), and the engine's live state when read.
+pub fn python_info_json(
+    pid: u32,
+    i: &Interpreter,
+    rows: &[(&PyThread, Vec<PyFrame>, Option<String>)],
+    main: impl Fn(&PyThread) -> bool,
+    state: Option<&EngineState>,
+) -> Value {
+    let threads: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|(t, s, e)| {
+            serde_json::json!({
+                "native_thread_id": t.native_thread_id,
+                "thread_id": t.thread_id,
+                "main": main(t),
+                "stack": s.iter().map(|f| serde_json::json!({"name": f.name, "filename": f.filename, "first_line": f.first_line})).collect::<Vec<_>>(),
+                "error": e,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "pid": pid,
+        "version": i.version_string(),
+        "file": i.file,
+        "layout": i.layout_source,
+        "threads": threads,
+        "engine_state": state.map(|s| {
+            let mut m = serde_json::Map::new();
+            m.insert("engine".into(), s.engine.into());
+            for (k, v) in &s.values {
+                m.insert((*k).into(), (*v).into());
+            }
+            m.insert("problem".into(), s.problem.clone().into());
+            serde_json::Value::Object(m)
+        }),
+    })
 }
 
 /// Appends lines to a file (or stdout for `-`), flushing after every batch.

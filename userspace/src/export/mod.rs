@@ -6,9 +6,8 @@ pub mod console;
 pub mod jsonl;
 pub mod otlp;
 pub mod prom;
-pub mod prom_device;
-pub mod prom_engine;
-pub mod prom_python;
+// The Prometheus families' former paths, which other modules still use.
+pub use prom::{device as prom_device, engine as prom_engine, python as prom_python};
 pub mod sink;
 
 use std::collections::HashSet;

@@ -2,6 +2,10 @@
 //! request counters, inferscope's own health, and (opt-in) the names vLLM's dashboards query.
 //! Served in the text exposition format at `/metrics`.
 
+pub mod device;
+pub mod engine;
+pub mod python;
+
 use std::{collections::HashMap, convert::Infallible, net::SocketAddr, sync::Arc};
 
 use anyhow::{Context as _, Result};
@@ -13,7 +17,8 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use super::{Health, Labels, prom_engine::EngineMetrics};
+use self::engine::EngineMetrics;
+use super::{Health, Labels};
 use crate::request::RequestRecord;
 
 // Buckets recommended by the OpenTelemetry GenAI semantic conventions.
@@ -106,13 +111,13 @@ pub struct PromMetrics {
     /// The engine layer's families.
     pub engine: EngineMetrics,
     /// The device layer's families (when it runs).
-    pub device: Option<super::prom_device::DeviceMetrics>,
+    pub device: Option<device::DeviceMetrics>,
     /// The Python layer's function timers (with --python-timers).
-    pub python: Option<super::prom_python::PythonMetrics>,
+    pub python: Option<python::PythonMetrics>,
     /// Launch call sites (device layer on).
-    pub sites: Option<super::prom_python::SiteMetrics>,
+    pub sites: Option<python::SiteMetrics>,
     /// Engine state read from the engine's objects (with --engine-state-interval > 0).
-    pub engine_state: Option<super::prom_python::EngineStateMetrics>,
+    pub engine_state: Option<python::EngineStateMetrics>,
     /// Last absolute values seen, to turn health snapshots into counter increments.
     prev: HashMap<String, u64>,
 }

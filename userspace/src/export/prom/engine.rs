@@ -5,7 +5,7 @@
 use anyhow::Result;
 use prometheus::{GaugeVec, HistogramVec, IntCounterVec, Opts, Registry};
 
-use super::prom::{counter, hist};
+use super::{counter, hist};
 use crate::engine::{EngineEvent, EngineGauges, EngineStats, Phases as _};
 
 /// Phase durations: from 1 ms (a CPU-only test engine) to two hours (vLLM's longest bucket).

@@ -1,5 +1,8 @@
 //! One JSON object per line: every finished request (`"type":"request"`) and a periodic health
 //! line (`"type":"health"`). The field set is a contract others check mechanically: see README.
+//! Also every other JSON inferscope writes, so none is built outside export/: steps, device
+//! intervals (and the device summary and launch stats they share), timed calls (also the
+//! `timers` verb's lines), profile windows, launch sites, engine state, and `python-info --json`.
 
 use std::io::Write;
 

@@ -2,11 +2,11 @@
 """Checks that the Grafana dashboard only queries metrics (and labels) inferscope exports.
 
 Known names come from
-  * userspace/src/export/prom.rs: every family registered there (histograms expand to
+  * userspace/src/export/prom/*.rs: every family registered there (histograms expand to
     _bucket, _sum and _count), whether or not it has series yet, plus the process_* families
-    of the `prometheus` crate's ProcessCollector when prom.rs registers it, and
+    of the `prometheus` crate's ProcessCollector when prom/mod.rs registers it, and
   * one or more scrapes of a running inferscope (--url) or saved scrapes (--file), which prove
-    the names are really served (and add any name prom.rs does not spell out).
+    the names are really served (and add any name prom/*.rs does not spell out).
 
 Metric names are extracted from every PromQL expression in the dashboard (panel targets and
 variable queries) after removing strings, label matchers, ranges, label lists of
@@ -23,6 +23,7 @@ Exit status 0 when every name is known (and every query parsed), 1 otherwise. St
 library only.
 """
 import argparse
+import glob
 import json
 import os
 import re
@@ -54,7 +55,7 @@ KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and
 # Labels Prometheus adds to every target (and the ServiceMonitor's node label).
 TARGET_LABELS = {"job", "instance", "node", "le", "__name__"}
 IDENT = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
-# What the `prometheus` crate's ProcessCollector (registered in prom.rs) exports on Linux.
+# What the `prometheus` crate's ProcessCollector (registered in prom/mod.rs) exports on Linux.
 PROCESS_COLLECTOR = {
     "process_cpu_seconds_total", "process_open_fds", "process_max_fds",
     "process_virtual_memory_bytes", "process_resident_memory_bytes",
@@ -63,7 +64,7 @@ PROCESS_COLLECTOR = {
 
 
 def known_from_prom_rs(path):
-    """(metric names, label names) declared in prom.rs."""
+    """(metric names, label names) declared in one source of export/prom/."""
     src = open(path).read()
     names, labels = set(), set()
     for m in re.finditer(r'\bhist\(\s*&?reg,\s*"([^"]+)"', src):
@@ -175,7 +176,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dashboard", default=os.path.join(HERE, "inferscope-dashboard.json"))
     ap.add_argument("--prom-rs", action="append", default=[],
-                    help="a Rust source registering metric families (repeatable; default: export/prom*.rs)")
+                    help="a Rust source registering metric families (repeatable; default: export/prom/*.rs)")
     ap.add_argument("--url", action="append", default=[], help="a running inferscope's /metrics URL (repeatable)")
     ap.add_argument("--file", action="append", default=[], help="a saved /metrics scrape (repeatable)")
     ap.add_argument("--prometheus", help="Prometheus base URL: run every expression through /api/v1/query")
@@ -184,14 +185,14 @@ def main():
 
     dash = json.load(open(a.dashboard))
     export = os.path.join(REPO, "userspace", "src", "export")
-    sources = a.prom_rs or sorted(os.path.join(export, f) for f in os.listdir(export)
-                                  if f.startswith("prom") and f.endswith(".rs"))
+    sources = a.prom_rs or sorted(glob.glob(os.path.join(export, "prom*.rs"))
+                                  + glob.glob(os.path.join(export, "prom", "*.rs")))
     names, labels = set(), set()
     for src in sources:
         n, l = known_from_prom_rs(src)
         names |= n
         labels |= l
-    src_counts = {"prom*.rs": len(names)}
+    src_counts = {"prom/*.rs": len(names)}
     scraped = set()
     for u in a.url:
         with urllib.request.urlopen(u, timeout=10) as r:
@@ -206,9 +207,9 @@ def main():
         src_counts["scrape"] = len(scraped)
         in_rs_not_scraped = sorted(x for x in names - scraped if not x.startswith("vllm:"))
         if a.verbose and in_rs_not_scraped:
-            print("declared in prom.rs, not in the scrape (no series yet):", ", ".join(in_rs_not_scraped))
+            print("declared in prom/*.rs, not in the scrape (no series yet):", ", ".join(in_rs_not_scraped))
     else:
-        print("note: no --url/--file given; checking against prom.rs only")
+        print("note: no --url/--file given; checking against prom/*.rs only")
     known = names | scraped
     labels |= TARGET_LABELS
 

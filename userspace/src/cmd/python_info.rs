@@ -44,35 +44,7 @@ pub fn info(pid: u32, json: bool, max_frames: usize) -> Result<String> {
         }
     };
     if json {
-        let threads: Vec<serde_json::Value> = rows
-            .iter()
-            .map(|(t, s, e)| {
-                serde_json::json!({
-                    "native_thread_id": t.native_thread_id,
-                    "thread_id": t.thread_id,
-                    "main": main(t),
-                    "stack": s.iter().map(|f| serde_json::json!({"name": f.name, "filename": f.filename, "first_line": f.first_line})).collect::<Vec<_>>(),
-                    "error": e,
-                })
-            })
-            .collect();
-        let v = serde_json::json!({
-            "pid": pid,
-            "version": i.version_string(),
-            "file": i.file,
-            "layout": i.layout_source,
-            "threads": threads,
-            "engine_state": state.as_ref().map(|s| {
-                let mut m = serde_json::Map::new();
-                m.insert("engine".into(), s.engine.into());
-                for (k, v) in &s.values {
-                    m.insert((*k).into(), (*v).into());
-                }
-                m.insert("problem".into(), s.problem.clone().into());
-                serde_json::Value::Object(m)
-            }),
-        });
-        return Ok(format!("{v}\n"));
+        return Ok(format!("{}\n", crate::export::jsonl::python_info_json(pid, &i, &rows, main, state.as_ref())));
     }
     let mut out = format!(
         "pid {pid}: CPython {} in {} (layout from {}), {} thread(s)\n",

@@ -10,7 +10,10 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use crate::python::timers::{PyTimers, TimerSpec, call_json, load_config};
+use crate::{
+    export::jsonl::call_json,
+    python::timers::{PyTimers, TimerSpec, load_config},
+};
 
 /// `inferscope timers`: the functions of `config` (`default`, or a YAML file), watched for
 /// `duration` seconds (at least 0.1).

@@ -2,8 +2,6 @@
 
 use std::collections::HashMap;
 
-use serde_json::{Value, json};
-
 use super::catalog::{CopyDir, SyncKind};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -49,19 +47,6 @@ impl LaunchStats {
         self.gaps = self.gaps.saturating_add(o.gaps);
         self.gap_ns = self.gap_ns.saturating_add(o.gap_ns);
         self.max_gap_ns = self.max_gap_ns.max(o.max_gap_ns);
-    }
-
-    /// The JSON fields (seconds as floats), the same in interval, stream and step objects.
-    pub fn json_fields(&self) -> serde_json::Map<String, Value> {
-        let s = |ns: u64| ns as f64 / 1e9;
-        let mut m = serde_json::Map::new();
-        m.insert("launches".into(), json!(self.launches));
-        m.insert("graph_launches".into(), json!(self.graph_launches));
-        m.insert("launch_seconds".into(), json!(s(self.launch_ns)));
-        m.insert("launch_gaps".into(), json!(self.gaps));
-        m.insert("launch_gap_seconds".into(), json!(s(self.gap_ns)));
-        m.insert("max_launch_gap_seconds".into(), json!(s(self.max_gap_ns)));
-        m
     }
 }
 
@@ -175,39 +160,6 @@ impl DeviceSummary {
     pub fn copy_bytes(&self) -> u64 {
         self.copies.iter().map(|c| c.bytes).sum()
     }
-
-    /// The summary as a JSON object (seconds as floats, bytes and counts as integers).
-    pub fn json(&self) -> Value {
-        let s = |ns: u64| ns as f64 / 1e9;
-        let mut copies = serde_json::Map::new();
-        for d in CopyDir::ALL {
-            let c = &self.copies[d.index()];
-            if c.count > 0 {
-                copies.insert(d.name().into(), json!({"count": c.count, "bytes": c.bytes, "seconds": s(c.ns)}));
-            }
-        }
-        let mut v = json!({
-            "copies": copies,
-            "syncs": self.syncs,
-            "sync_wait_seconds": s(self.sync_ns),
-            "max_sync_wait_seconds": s(self.max_sync_ns),
-            "sync_wait_seconds_by_kind": {
-                "stream": s(self.sync_ns_by_kind[SyncKind::Stream as usize]),
-                "device": s(self.sync_ns_by_kind[SyncKind::Device as usize]),
-                "event": s(self.sync_ns_by_kind[SyncKind::Event as usize]),
-            },
-            "allocs": self.allocs,
-            "alloc_bytes": self.alloc_bytes,
-            "collectives": self.collectives,
-            "collective_bytes": self.collective_bytes,
-            "collective_seconds": s(self.collective_ns),
-            "errors": self.errors,
-        });
-        if let Some(m) = v.as_object_mut() {
-            m.extend(self.launch.json_fields());
-        }
-        v
-    }
 }
 
 /// Launch count and host time per kernel name.
@@ -269,7 +221,7 @@ mod tests {
         assert_eq!(a.copies[CopyDir::HostToDevice.index()], CopyAgg { count: 1, bytes: 4096, ns: 30 });
         assert_eq!((a.syncs, a.sync_ns, a.errors), (1, 310, 1));
         assert_eq!((a.first_ns, a.last_ns), (90, 400));
-        let j = a.json();
+        let j = crate::export::jsonl::summary_json(&a);
         assert_eq!(j["copies"]["h2d"]["bytes"], 4096);
         assert!(j["copies"].get("d2h").is_none());
     }

@@ -1,14 +1,28 @@
 //! One JSON object per line: every finished request (`"type":"request"`) and a periodic health
 //! line (`"type":"health"`). The field set is a contract others check mechanically: see README.
+//! Also every other JSON inferscope writes, so none is built outside export/: steps, device
+//! intervals (and the device summary and launch stats they share), timed calls (also the
+//! `timers` verb's lines), profile windows, launch sites, engine state, and `python-info --json`.
 
 use std::io::Write;
 
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::engine::Phases;
-
-use crate::{clock::Clock, request::RequestRecord};
+use crate::{
+    clock::Clock,
+    device::{
+        catalog::{CopyDir, SyncKind},
+        summary::{DeviceSummary, LaunchStats},
+    },
+    engine::Phases,
+    python::{
+        Interpreter, PyFrame, PyThread,
+        state::EngineState,
+        timers::{CallRecord, TimerSpec},
+    },
+    request::RequestRecord,
+};
 
 /// One finished request as a JSON line. Field order is the order written; times are
 /// Unix-epoch nanoseconds. Serialized directly (no intermediate map): it is written for every
@@ -163,14 +177,10 @@ pub fn step_json(s: &crate::engine::EngineStep, clock: &Clock) -> Value {
 }
 
 /// A step line with what the device did in the step (device layer), as a `device` object.
-pub fn step_json_with_device(
-    s: &crate::engine::EngineStep,
-    d: Option<&crate::device::summary::DeviceSummary>,
-    clock: &Clock,
-) -> Value {
+pub fn step_json_with_device(s: &crate::engine::EngineStep, d: Option<&DeviceSummary>, clock: &Clock) -> Value {
     let mut v = step_json(s, clock);
     if let (Some(d), Some(o)) = (d, v.as_object_mut()) {
-        let mut dj = d.json();
+        let mut dj = summary_json(d);
         if let Some(m) = dj.as_object_mut() {
             m.insert("first_call_ns".into(), json!(clock.unix_ns(d.first_ns)));
             m.insert("last_call_ns".into(), json!(clock.unix_ns(d.last_ns)));
@@ -190,13 +200,13 @@ pub fn device_json(
     disabled: &[String],
     final_line: bool,
 ) -> Value {
-    let mut v = r.summary.json();
+    let mut v = summary_json(&r.summary);
     let s = |ns: u64| ns as f64 / 1e9;
     let streams: Vec<Value> = r
         .streams
         .iter()
         .map(|(name, st)| {
-            let mut m = st.json_fields();
+            let mut m = launch_json_fields(st);
             m.insert("stream".into(), json!(name));
             Value::Object(m)
         })
@@ -230,6 +240,52 @@ pub fn device_json(
         }
     }
     v
+}
+
+/// A device summary as a JSON object (seconds as floats, bytes and counts as integers).
+pub fn summary_json(d: &DeviceSummary) -> Value {
+    let s = |ns: u64| ns as f64 / 1e9;
+    let mut copies = serde_json::Map::new();
+    for dir in CopyDir::ALL {
+        let c = &d.copies[dir.index()];
+        if c.count > 0 {
+            copies.insert(dir.name().into(), json!({"count": c.count, "bytes": c.bytes, "seconds": s(c.ns)}));
+        }
+    }
+    let mut v = json!({
+        "copies": copies,
+        "syncs": d.syncs,
+        "sync_wait_seconds": s(d.sync_ns),
+        "max_sync_wait_seconds": s(d.max_sync_ns),
+        "sync_wait_seconds_by_kind": {
+            "stream": s(d.sync_ns_by_kind[SyncKind::Stream as usize]),
+            "device": s(d.sync_ns_by_kind[SyncKind::Device as usize]),
+            "event": s(d.sync_ns_by_kind[SyncKind::Event as usize]),
+        },
+        "allocs": d.allocs,
+        "alloc_bytes": d.alloc_bytes,
+        "collectives": d.collectives,
+        "collective_bytes": d.collective_bytes,
+        "collective_seconds": s(d.collective_ns),
+        "errors": d.errors,
+    });
+    if let Some(m) = v.as_object_mut() {
+        m.extend(launch_json_fields(&d.launch));
+    }
+    v
+}
+
+/// Launch stats' JSON fields (seconds as floats), the same in interval, stream and step objects.
+pub fn launch_json_fields(l: &LaunchStats) -> serde_json::Map<String, Value> {
+    let s = |ns: u64| ns as f64 / 1e9;
+    let mut m = serde_json::Map::new();
+    m.insert("launches".into(), json!(l.launches));
+    m.insert("graph_launches".into(), json!(l.graph_launches));
+    m.insert("launch_seconds".into(), json!(s(l.launch_ns)));
+    m.insert("launch_gaps".into(), json!(l.gaps));
+    m.insert("launch_gap_seconds".into(), json!(s(l.gap_ns)));
+    m.insert("max_launch_gap_seconds".into(), json!(s(l.max_gap_ns)));
+    m
 }
 
 /// Most request ids written on one step line.
@@ -297,6 +353,31 @@ pub fn health_json(h: &crate::export::Health, unix_ns: u64) -> Value {
     })
 }
 
+/// The JSON line of one call: `start_ns` on the monotonic clock (what BPF and
+/// `time.monotonic_ns()` read), and `ts_ns` in Unix time when the caller knows it.
+/// `step`: the engine step the call belongs to (Unix ns the engine stamped it, batch size).
+pub fn call_json(r: &CallRecord, spec: &TimerSpec, unix_start_ns: Option<u64>, step: Option<(u64, usize)>) -> Value {
+    let mut v = json!({
+        "type": "python_call",
+        "pid": r.pid,
+        "tid": r.tid,
+        "function": spec.function(),
+        "symbol": spec.symbol,
+        "mode": r.mode.label(),
+        "start_ns": r.start_ns,
+        "duration_ns": r.end_ns.map(|e| e.saturating_sub(r.start_ns)),
+        "depth": r.depth,
+    });
+    if let Some(ts) = unix_start_ns {
+        v["ts_ns"] = ts.into();
+    }
+    if let Some((ts, batch)) = step {
+        v["step_ts_ns"] = ts.into();
+        v["step_batch_size"] = batch.into();
+    }
+    v
+}
+
 /// A `python_profile` line: one rolling-profile window of one process.
 pub fn profile_json(pid: u32, p: &crate::python::profile::Profile, unix_ns: u64, files: Option<(&str, &str)>) -> Value {
     json!({
@@ -326,12 +407,51 @@ pub fn sites_json(pid: u32, sites: &[crate::python::sites::SiteCount], unix_ns: 
 }
 
 /// An `engine_state` line: the engine's live state read from its objects.
-pub fn engine_state_json(s: &crate::python::state::EngineState, unix_ns: u64) -> Value {
+pub fn engine_state_json(s: &EngineState, unix_ns: u64) -> Value {
     let mut v = json!({"type": "engine_state", "pid": s.pid, "engine": s.engine, "ts_ns": unix_ns});
     for (k, val) in &s.values {
         v[*k] = json!(val);
     }
     v
+}
+
+/// `inferscope python-info --json`: the interpreter, its threads and their stacks (`main`:
+/// whether a thread is the process's main thread), and the engine's live state when read.
+pub fn python_info_json(
+    pid: u32,
+    i: &Interpreter,
+    rows: &[(&PyThread, Vec<PyFrame>, Option<String>)],
+    main: impl Fn(&PyThread) -> bool,
+    state: Option<&EngineState>,
+) -> Value {
+    let threads: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|(t, s, e)| {
+            serde_json::json!({
+                "native_thread_id": t.native_thread_id,
+                "thread_id": t.thread_id,
+                "main": main(t),
+                "stack": s.iter().map(|f| serde_json::json!({"name": f.name, "filename": f.filename, "first_line": f.first_line})).collect::<Vec<_>>(),
+                "error": e,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "pid": pid,
+        "version": i.version_string(),
+        "file": i.file,
+        "layout": i.layout_source,
+        "threads": threads,
+        "engine_state": state.map(|s| {
+            let mut m = serde_json::Map::new();
+            m.insert("engine".into(), s.engine.into());
+            for (k, v) in &s.values {
+                m.insert((*k).into(), (*v).into());
+            }
+            m.insert("problem".into(), s.problem.clone().into());
+            serde_json::Value::Object(m)
+        }),
+    })
 }
 
 /// Appends lines to a file (or stdout for `-`), flushing after every batch.

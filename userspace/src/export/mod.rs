@@ -1,14 +1,23 @@
 //! Exporters: Prometheus, OTLP (traces and metrics), JSONL and a console line per request.
 //! All of them are fed from the same [`RequestRecord`] and the same bounded label values, so
-//! they always agree.
+//! they always agree. Output is rendered only here: no other module builds JSON or metrics.
+//!
+//! - here: [`Labels`] and [`BoundedLabel`] (label values, computed once per record), the route
+//!   list, and [`Health`] (inferscope's own counters, gathered once per tick);
+//! - sink.rs: the [`sink::Output`] enum the layers hand over, the [`sink::Sink`] trait and one
+//!   sink per exporter (Prometheus, OTLP, JSON lines, console);
+//! - jsonl.rs: every JSON object written: the JSONL lines (request, step, device, python_call,
+//!   python_profile, python_launch_sites, engine_state, health), the objects they share (device
+//!   summary, launch stats), `python-info --json`, and the line writer;
+//! - prom/: the Prometheus registry, its families (one file per layer) and the `/metrics`
+//!   endpoint;
+//! - otlp.rs: OTLP traces and metrics;
+//! - console.rs: the console's request and loss lines.
 
 pub mod console;
 pub mod jsonl;
 pub mod otlp;
 pub mod prom;
-pub mod prom_device;
-pub mod prom_engine;
-pub mod prom_python;
 pub mod sink;
 
 use std::collections::HashSet;

@@ -271,7 +271,7 @@ impl Sink for JsonlSink {
             Output::LaunchSites { pid, sites, seconds } => j.write(&jsonl::sites_json(*pid, sites, now(), *seconds)),
             Output::PythonCall { record, spec, step, .. } => {
                 let step = step.map(|(ts, batch)| (clock.unix_ns(ts), batch));
-                j.write(&crate::python::timers::call_json(record, spec, Some(clock.unix_ns(record.start_ns)), step))
+                j.write(&jsonl::call_json(record, spec, Some(clock.unix_ns(record.start_ns)), step))
             }
             Output::ProfileWindow { pid, profile, files } => {
                 j.write(&jsonl::profile_json(*pid, profile, now(), *files))

@@ -21,7 +21,11 @@ use crate::{
         manager::{self, DeviceManager, DeviceOptions, ScanJob, ScanResult},
     },
     events::Event,
-    export::{Health, prom::PromMetrics, prom_device::DeviceMetrics, sink::Output},
+    export::{
+        Health,
+        prom::{PromMetrics, device::DeviceMetrics},
+        sink::Output,
+    },
     python::Interpreter,
 };
 

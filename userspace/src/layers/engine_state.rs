@@ -10,7 +10,10 @@ use log::debug;
 use super::{Cx, Layer};
 use crate::{
     cli::RunOptions,
-    export::{prom::PromMetrics, prom_python::EngineStateMetrics, sink::Output},
+    export::{
+        prom::{PromMetrics, python::EngineStateMetrics},
+        sink::Output,
+    },
     python::{Interpreter, state::StateReader},
 };
 

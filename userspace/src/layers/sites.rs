@@ -12,7 +12,11 @@ use super::{Cx, Layer};
 use crate::{
     cli::RunOptions,
     events::Event,
-    export::{BoundedLabel, prom::PromMetrics, prom_python::SiteMetrics, sink::Output},
+    export::{
+        BoundedLabel,
+        prom::{PromMetrics, python::SiteMetrics},
+        sink::Output,
+    },
     python::{Interpreter, sites::LaunchSites},
 };
 

@@ -10,7 +10,11 @@ use super::{Cx, Layer, Note};
 use crate::{
     cli::RunOptions,
     correlate::StepOf,
-    export::{Health, prom::PromMetrics, prom_python::PythonMetrics, sink::Output},
+    export::{
+        Health,
+        prom::{PromMetrics, python::PythonMetrics},
+        sink::Output,
+    },
     procfs,
     python::{
         Interpreter,

@@ -53,7 +53,7 @@ pub use config::{
 };
 pub use decode::ends_with_plain_load;
 pub use matcher::{CallKey, MatchStats, Matcher};
-pub use record::{CallRecord, Mode, call_json};
+pub use record::{CallRecord, Mode};
 use watch::Burst;
 pub use watch::{SLOTS_PER_THREAD, SpecState, ThrottleLimit, Watched};
 

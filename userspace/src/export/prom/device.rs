@@ -8,7 +8,7 @@ use std::collections::{BTreeSet, HashMap};
 use anyhow::Result;
 use prometheus::{HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 
-use super::prom::{counter, hist};
+use super::common::{counter, hist};
 use crate::device::{DeviceRecord, IntervalReport, summary::What};
 
 /// Host time of launch and copy calls: microseconds to tens of milliseconds.

@@ -3,9 +3,9 @@
 //! buckets (`vllm:request_queue_time_seconds`, ...), so its dashboards work unchanged.
 
 use anyhow::Result;
-use prometheus::{GaugeVec, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{GaugeVec, HistogramVec, IntCounterVec, Registry};
 
-use super::prom::{counter, hist};
+use super::common::{counter, gauge_vec, hist};
 use crate::engine::{EngineEvent, EngineGauges, EngineStats, Phases as _};
 
 /// Phase durations: from 1 ms (a CPU-only test engine) to two hours (vLLM's longest bucket).
@@ -25,12 +25,6 @@ const VLLM_ITERATION_TOKENS: &[f64] =
     &[1.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0];
 
 const LABELS: &[&str] = &["gen_ai_request_model", "engine"];
-
-fn gauge_vec(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<GaugeVec> {
-    let g = GaugeVec::new(Opts::new(name, help), labels)?;
-    reg.register(Box::new(g.clone()))?;
-    Ok(g)
-}
 
 struct Phases {
     queue: HistogramVec,

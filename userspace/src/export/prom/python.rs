@@ -5,7 +5,7 @@
 use anyhow::Result;
 use prometheus::{HistogramVec, IntCounterVec, Registry};
 
-use super::prom::{counter, hist};
+use super::common::{counter, hist};
 use crate::python::timers::{CallRecord, TimerSpec};
 
 /// Python function durations: tens of microseconds to tens of seconds.

@@ -1,0 +1,242 @@
+//! Prometheus families of finished HTTP requests: the OpenTelemetry GenAI server metrics under
+//! their Prometheus names, a request counter by route, status and finish reason, and (with
+//! `--vllm-metrics`) the same observations under vLLM's own names and buckets.
+
+use anyhow::Result;
+use prometheus::{HistogramVec, IntCounterVec, Registry};
+
+use super::common::{counter, hist};
+use crate::{export::Labels, request::RequestRecord};
+
+// Buckets recommended by the OpenTelemetry GenAI semantic conventions.
+const DURATION_BUCKETS: &[f64] =
+    &[0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92];
+const TTFT_BUCKETS: &[f64] =
+    &[0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0];
+const TPOT_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5];
+const TOKEN_BUCKETS: &[f64] = &[
+    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0,
+    67108864.0,
+];
+// inferscope's own: inter-token latency needs resolution below 10 ms on fast hardware.
+const ITL_BUCKETS: &[f64] =
+    &[0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5];
+// vLLM's own buckets, so its dashboards' quantiles mean the same.
+const VLLM_TTFT: &[f64] = &[
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0,
+    160.0, 640.0, 2560.0,
+];
+const VLLM_ITL: &[f64] =
+    &[0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0];
+const VLLM_E2E: &[f64] = &[
+    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0,
+    1920.0, 7680.0,
+];
+const VLLM_TOKENS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0, 20000.0, 50000.0, 100000.0,
+];
+
+const GENAI_LABELS: &[&str] = &["gen_ai_operation_name", "gen_ai_request_model", "server_port"];
+
+struct VllmCompat {
+    ttft: HistogramVec,
+    itl: HistogramVec,
+    tpot: HistogramVec,
+    e2e: HistogramVec,
+    prompt: HistogramVec,
+    generation: HistogramVec,
+    prompt_total: IntCounterVec,
+    generation_total: IntCounterVec,
+    success: IntCounterVec,
+}
+
+/// The families of finished HTTP requests.
+pub(super) struct RequestMetrics {
+    duration: HistogramVec,
+    ttft: HistogramVec,
+    tpot: HistogramVec,
+    itl: HistogramVec,
+    tokens: HistogramVec,
+    requests: IntCounterVec,
+    vllm: Option<VllmCompat>,
+}
+
+impl RequestMetrics {
+    pub(super) fn new(reg: &Registry, vllm_names: bool) -> Result<Self> {
+        let mut dur_labels = GENAI_LABELS.to_vec();
+        dur_labels.push("error_type");
+        let mut tok_labels = GENAI_LABELS.to_vec();
+        tok_labels.push("gen_ai_token_type");
+        let vllm = if vllm_names {
+            let l = &["model_name"];
+            Some(VllmCompat {
+                ttft: hist(
+                    reg,
+                    "vllm:time_to_first_token_seconds",
+                    "Histogram of time to first token in seconds (inferscope, from the wire).",
+                    VLLM_TTFT,
+                    l,
+                )?,
+                itl: hist(
+                    reg,
+                    "vllm:inter_token_latency_seconds",
+                    "Histogram of inter-token latency in seconds (inferscope, from the wire).",
+                    VLLM_ITL,
+                    l,
+                )?,
+                tpot: hist(
+                    reg,
+                    "vllm:request_time_per_output_token_seconds",
+                    "Histogram of time per output token in seconds (inferscope, from the wire).",
+                    VLLM_ITL,
+                    l,
+                )?,
+                e2e: hist(
+                    reg,
+                    "vllm:e2e_request_latency_seconds",
+                    "Histogram of end to end request latency in seconds (inferscope, from the wire).",
+                    VLLM_E2E,
+                    l,
+                )?,
+                prompt: hist(
+                    reg,
+                    "vllm:request_prompt_tokens",
+                    "Number of prefill tokens processed (inferscope, from usage).",
+                    VLLM_TOKENS,
+                    l,
+                )?,
+                generation: hist(
+                    reg,
+                    "vllm:request_generation_tokens",
+                    "Number of generation tokens processed (inferscope, from usage).",
+                    VLLM_TOKENS,
+                    l,
+                )?,
+                prompt_total: counter(
+                    reg,
+                    "vllm:prompt_tokens_total",
+                    "Number of prefill tokens processed (inferscope).",
+                    l,
+                )?,
+                generation_total: counter(
+                    reg,
+                    "vllm:generation_tokens_total",
+                    "Number of generation tokens processed (inferscope).",
+                    l,
+                )?,
+                success: counter(
+                    reg,
+                    "vllm:request_success_total",
+                    "Count of successfully processed requests (inferscope).",
+                    &["model_name", "finished_reason"],
+                )?,
+            })
+        } else {
+            None
+        };
+        Ok(Self {
+            duration: hist(
+                reg,
+                "gen_ai_server_request_duration_seconds",
+                "Time from the first request byte to the last response byte (OpenTelemetry gen_ai.server.request.duration).",
+                DURATION_BUCKETS,
+                &dur_labels,
+            )?,
+            ttft: hist(
+                reg,
+                "gen_ai_server_time_to_first_token_seconds",
+                "Time from the first request byte to the first streamed chunk carrying output (gen_ai.server.time_to_first_token).",
+                TTFT_BUCKETS,
+                GENAI_LABELS,
+            )?,
+            tpot: hist(
+                reg,
+                "gen_ai_server_time_per_output_token_seconds",
+                "Time per output token after the first, per request (gen_ai.server.time_per_output_token).",
+                TPOT_BUCKETS,
+                GENAI_LABELS,
+            )?,
+            itl: hist(
+                reg,
+                "gen_ai_server_inter_token_latency_seconds",
+                "Time between consecutive streamed output chunks of one choice (inferscope).",
+                ITL_BUCKETS,
+                GENAI_LABELS,
+            )?,
+            tokens: hist(
+                reg,
+                "gen_ai_server_token_usage",
+                "Tokens per request by type: input (prompt) or output (completion) (gen_ai.server.token.usage).",
+                TOKEN_BUCKETS,
+                &tok_labels,
+            )?,
+            requests: counter(
+                reg,
+                "inferscope_requests_total",
+                "Finished HTTP requests by operation, model, route, status and finish reason.",
+                &[
+                    "gen_ai_operation_name",
+                    "gen_ai_request_model",
+                    "http_route",
+                    "http_response_status_code",
+                    "gen_ai_response_finish_reason",
+                    "server_port",
+                ],
+            )?,
+            vllm,
+        })
+    }
+
+    pub(super) fn record(&self, r: &RequestRecord, l: &Labels) {
+        self.requests
+            .with_label_values(&[l.operation, &l.model, l.route, &l.status, &l.finish_reason, &l.server_port])
+            .inc();
+        if !r.operation.is_llm() {
+            return;
+        }
+        let g = [l.operation, l.model.as_str(), l.server_port.as_str()];
+        self.duration.with_label_values(&[l.operation, &l.model, &l.server_port, &l.error_type]).observe(r.e2e_s());
+        if let Some(t) = r.ttft_s() {
+            self.ttft.with_label_values(&g).observe(t);
+        }
+        if let Some(t) = r.tpot_s() {
+            self.tpot.with_label_values(&g).observe(t);
+        }
+        let itl = self.itl.with_label_values(&g);
+        for &gap in &r.itl_ns {
+            itl.observe(gap as f64 / 1e9);
+        }
+        if let Some(p) = r.prompt_tokens {
+            self.tokens.with_label_values(&[l.operation, &l.model, &l.server_port, "input"]).observe(p as f64);
+        }
+        if let Some(c) = r.completion_tokens.filter(|_| r.operation.generates()) {
+            self.tokens.with_label_values(&[l.operation, &l.model, &l.server_port, "output"]).observe(c as f64);
+        }
+        if let Some(v) = &self.vllm {
+            let m = [l.model.as_str()];
+            if let Some(t) = r.ttft_s() {
+                v.ttft.with_label_values(&m).observe(t);
+            }
+            let itl = v.itl.with_label_values(&m);
+            for &gap in &r.itl_ns {
+                itl.observe(gap as f64 / 1e9);
+            }
+            if let Some(t) = r.tpot_s() {
+                v.tpot.with_label_values(&m).observe(t);
+            }
+            let ok = r.status.is_some_and(|s| s < 400) && r.error_type.is_none() || r.aborted;
+            if ok && r.operation.generates() {
+                v.e2e.with_label_values(&m).observe(r.e2e_s());
+                if let Some(p) = r.prompt_tokens {
+                    v.prompt.with_label_values(&m).observe(p as f64);
+                    v.prompt_total.with_label_values(&m).inc_by(p);
+                }
+                if let Some(c) = r.completion_tokens {
+                    v.generation.with_label_values(&m).observe(c as f64);
+                    v.generation_total.with_label_values(&m).inc_by(c);
+                }
+                v.success.with_label_values(&[&l.model, &l.finish_reason]).inc();
+            }
+        }
+    }
+}

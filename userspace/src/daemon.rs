@@ -22,7 +22,7 @@ use crate::{
         sink::{Output, Sinks},
     },
     layers::{Cx, Fact, Facts, Layer, Note},
-    procfs::{self, Engine},
+    target::procfs::{self, Engine},
 };
 
 /// How often the ring buffer is drained when no wakeup came (the BPF side wakes the reader only

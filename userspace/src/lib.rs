@@ -3,8 +3,8 @@
 //! Data flows one way: [`bpf`] (kernel) -> [`events`] (decode) -> [`stream`] (gaps) ->
 //! [`protocol`] (HTTP, SSE, OpenAI, ZMTP) -> [`tracker`] / [`request`] (records), [`engine`],
 //! [`device`], [`python`] and the [`layers`] -> [`correlate`] (joins) -> [`export`] (sinks).
-//! [`daemon`] runs the loop; [`procfs`] finds processes and their sockets; [`cmd`] has the CLI
-//! verbs.
+//! [`daemon`] runs the loop; [`target`] knows the processes (/proc, maps, ELF, remote memory,
+//! versions); [`cmd`] has the CLI verbs.
 pub mod bpf;
 pub mod cli;
 pub mod clock;
@@ -17,10 +17,10 @@ pub mod events;
 pub mod export;
 pub mod layers;
 pub mod privileges;
-pub mod procfs;
 pub mod protocol;
 pub mod python;
 pub mod request;
 pub mod stream;
+pub mod target;
 pub mod tracker;
 pub mod uprobe_multi;

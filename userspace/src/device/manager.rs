@@ -11,9 +11,12 @@ use log::debug;
 use super::{
     DeviceTracker, ProbeInfo,
     catalog::{self, Entry, Group},
-    libs::{self, FileKey, LibCache, Mapping},
+    libs::{self, LibCache},
 };
-use crate::bpf::{DeviceProbe, Probes};
+use crate::{
+    bpf::{DeviceProbe, Probes},
+    target::maps::{self, FileKey, Mapping},
+};
 
 /// What the operator asked of the device layer.
 #[derive(Clone, Debug)]
@@ -247,7 +250,7 @@ impl DeviceManager {
             let cached = resolver_maps.lock().ok()?.get(&pid).cloned();
             let maps = match cached {
                 Some(m) if m.iter().any(|m| addr >= m.start && addr < m.end) => m,
-                _ => libs::read_maps(pid),
+                _ => maps::read_maps(pid),
             };
             resolver_libs.lock().ok()?.symbolize(pid, &maps, addr)
         });
@@ -287,7 +290,7 @@ impl DeviceManager {
 
     /// Reads the process's maps (cheap) and picks the executable files not looked at yet.
     fn plan(&mut self, pid: u32) -> Option<ScanJob> {
-        let maps = libs::read_maps(pid);
+        let maps = maps::read_maps(pid);
         let p = self.procs.get_mut(&pid)?;
         p.dirty = false;
         let mut files: Vec<Mapping> = Vec::new();
@@ -325,7 +328,7 @@ impl DeviceManager {
         }
         let mut attached = Vec::new();
         for (m, found) in r.found {
-            let path = libs::host_path(pid, &m.path);
+            let path = maps::host_path(pid, &m.path);
             let library = m.path.rsplit('/').next().unwrap_or(&m.path).to_string();
             // Every wanted function of the library, attached together (one link pair).
             let mut batch: Vec<(DeviceProbe, &super::libs::Found)> = Vec::new();
@@ -502,7 +505,7 @@ pub fn calibrate(probes: &mut Probes, id: u32) -> ProbeCost {
         t.elapsed().as_nanos() as f64 / n as f64
     };
     let me = std::process::id();
-    let maps = libs::read_maps(me);
+    let maps = maps::read_maps(me);
     let addr = libc::getppid as *const () as u64;
     let Some(m) = maps.iter().find(|m| addr >= m.start && addr < m.end) else {
         return ProbeCost::default();

@@ -44,8 +44,8 @@ use crate::{
         prom::PromMetrics,
         sink::{Output, Sinks},
     },
-    procfs::Engine,
     python::Interpreter,
+    target::procfs::Engine,
     tracker::IpcMessage,
 };
 

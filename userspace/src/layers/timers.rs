@@ -15,11 +15,11 @@ use crate::{
         prom::{PromMetrics, python::PythonMetrics},
         sink::Output,
     },
-    procfs,
     python::{
         Interpreter,
         timers::{self, CallRecord, PyTimers},
     },
+    target::procfs,
 };
 
 pub struct TimersLayer {

@@ -10,7 +10,7 @@ use super::{
     Interpreter, Memory,
     layout::{debug_offsets, table},
 };
-use crate::device::libs::{self, Mapping};
+use crate::target::maps::{self, Mapping};
 
 /// Symbols of one ELF file that locate the interpreter, and the file's load segments.
 struct PyFile {
@@ -55,18 +55,10 @@ fn scan_file(path: &Path) -> Result<Option<PyFile>> {
     Ok(Some(PyFile { runtime, version_sym: version, loads }))
 }
 
-/// `libpython3.11.so.1.0`, `python3.9`, `python3.12d` -> (3, minor).
-pub fn version_from_name(name: &str) -> Option<(u32, u32)> {
-    let i = name.find("python3.")?;
-    let rest = &name[i + "python3.".len()..];
-    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    Some((3, digits.parse().ok()?))
-}
-
 /// Finds the interpreter of `pid`: the first executable mapping whose file defines
 /// `_PyRuntime`.
 pub fn find(pid: u32) -> Result<Interpreter> {
-    let maps = libs::read_maps(pid);
+    let maps = maps::read_maps(pid);
     if maps.is_empty() {
         bail!("cannot read /proc/{pid}/maps (is the process there, and is inferscope root?)");
     }
@@ -82,7 +74,7 @@ pub fn find(pid: u32) -> Result<Interpreter> {
         if !(name.starts_with("python") || name.starts_with("libpython")) {
             continue;
         }
-        let Ok(Some(pf)) = scan_file(&libs::host_path(pid, &m.path)) else { continue };
+        let Ok(Some(pf)) = scan_file(&maps::host_path(pid, &m.path)) else { continue };
         let Some(bias) = load_bias(&maps, m, &pf) else { continue };
         let runtime = bias.wrapping_add(pf.runtime);
         let hex = match pf.version_sym {
@@ -92,7 +84,7 @@ pub fn find(pid: u32) -> Result<Interpreter> {
         let version = match hex {
             Some(h) if h >> 24 == 3 => (3, (h >> 16) & 0xff, Some((h >> 8) & 0xff)),
             _ => {
-                let (a, b) = version_from_name(name)
+                let (a, b) = crate::target::version::python_of_name(name)
                     .with_context(|| format!("{}: no Py_Version symbol and no version in its name", m.path))?;
                 (a, b, None)
             }
@@ -116,17 +108,4 @@ fn load_bias(maps: &[Mapping], m: &Mapping, pf: &PyFile) -> Option<u64> {
     let (off, _, vaddr) =
         pf.loads.iter().find(|(o, s, _)| first.offset >= *o && first.offset < o.saturating_add(*s.max(&1)))?;
     Some(first.start.wrapping_sub(vaddr + (first.offset - off)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn versions_from_file_names() {
-        assert_eq!(version_from_name("libpython3.11.so.1.0"), Some((3, 11)));
-        assert_eq!(version_from_name("python3.9"), Some((3, 9)));
-        assert_eq!(version_from_name("libpython3.12d.so"), Some((3, 12)));
-        assert_eq!(version_from_name("python"), None);
-    }
 }

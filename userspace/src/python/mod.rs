@@ -21,46 +21,9 @@ pub mod timers;
 
 use anyhow::{Result, bail};
 
-pub use find::{find, version_from_name};
+pub use crate::target::memory::Memory;
+pub use find::find;
 pub use layout::{FramePath, Layout, table};
-
-/// Reads another process's memory.
-pub struct Memory {
-    pid: u32,
-}
-
-impl Memory {
-    pub fn new(pid: u32) -> Self {
-        Self { pid }
-    }
-
-    pub fn read(&self, addr: u64, buf: &mut [u8]) -> Result<()> {
-        let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-        let remote = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: buf.len() };
-        // SAFETY: both iovecs describe valid buffers of `buf.len()` bytes (the remote one is
-        // checked by the kernel).
-        let n = unsafe { libc::process_vm_readv(self.pid as libc::pid_t, &local, 1, &remote, 1, 0) };
-        if n < 0 {
-            bail!("reading pid {} at {addr:#x}: {}", self.pid, std::io::Error::last_os_error());
-        }
-        if n as usize != buf.len() {
-            bail!("short read of pid {} at {addr:#x}", self.pid);
-        }
-        Ok(())
-    }
-
-    pub fn u64(&self, addr: u64) -> Result<u64> {
-        let mut b = [0u8; 8];
-        self.read(addr, &mut b)?;
-        Ok(u64::from_le_bytes(b))
-    }
-
-    pub fn u32(&self, addr: u64) -> Result<u32> {
-        let mut b = [0u8; 4];
-        self.read(addr, &mut b)?;
-        Ok(u32::from_le_bytes(b))
-    }
-}
 
 /// The interpreter a process runs.
 #[derive(Clone, Debug)]
@@ -140,12 +103,8 @@ impl Interpreter {
     fn native_ids_from_pthreads(&self, mem: &Memory, threads: &mut [PyThread]) {
         // glibc keeps the id at 720 on x86-64; the descriptor may end its mapping soon after.
         const SPAN: usize = 1024;
-        let tasks: std::collections::HashSet<u64> = std::fs::read_dir(format!("/proc/{}/task", self.pid))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse().ok())
-            .collect();
+        let tasks: std::collections::HashSet<u64> =
+            crate::target::procfs::tasks(self.pid).into_iter().map(u64::from).collect();
         let descriptors: Vec<Option<Vec<u8>>> = threads
             .iter()
             .map(|t| {

@@ -1,7 +1,7 @@
 //! Prometheus metrics, served in the text exposition format at `/metrics`: [`PromMetrics`]
 //! holds every family in one registry. Dependencies among these files go one way: this file
 //! uses the family files, and of the others they use only common.rs:
-//! - request.rs: the OpenTelemetry GenAI server metrics of finished HTTP requests under their
+//! - requests.rs: the OpenTelemetry GenAI server metrics of finished HTTP requests under their
 //!   Prometheus names, the request counter, and (opt-in) the names vLLM's dashboards query;
 //! - health.rs: inferscope's own health;
 //! - engine.rs, device.rs, python.rs: the engine, device and Python layers' families;
@@ -12,7 +12,7 @@ pub mod device;
 pub mod engine;
 mod health;
 pub mod python;
-mod request;
+mod requests;
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
@@ -22,7 +22,7 @@ use http_body_util::Full;
 use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
 use prometheus::{Encoder, IntGaugeVec, Opts, Registry, TextEncoder};
 
-use self::{engine::EngineMetrics, health::HealthMetrics, request::RequestMetrics};
+use self::{engine::EngineMetrics, health::HealthMetrics, requests::RequestMetrics};
 use super::{Health, Labels};
 use crate::request::RequestRecord;
 

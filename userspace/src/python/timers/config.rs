@@ -86,26 +86,10 @@ pub fn load_config(arg: &str) -> Result<Vec<TimerSpec>> {
     parse_config(&text).with_context(|| arg.to_string())
 }
 
-/// `0.10.1rc1+cpu` -> [0, 10, 1]: the leading numeric components, trailing zeros dropped
-/// (`0.32` = `0.32.0`).
-pub fn version_key(v: &str) -> Vec<u64> {
-    let mut k: Vec<u64> = v
-        .split(['.', '+', '-'])
-        .map_while(|p| {
-            let digits: String = p.chars().take_while(char::is_ascii_digit).collect();
-            digits.parse().ok().filter(|_| !digits.is_empty())
-        })
-        .collect();
-    while k.last() == Some(&0) {
-        k.pop();
-    }
-    k
-}
-
 /// Whether `version` lies in [min, max] (inclusive; missing bounds are open).
 pub fn version_in_range(version: &str, min: Option<&str>, max: Option<&str>) -> bool {
-    let v = version_key(version);
-    min.is_none_or(|m| v >= version_key(m)) && max.is_none_or(|m| v <= version_key(m))
+    let v = crate::target::version::key(version);
+    min.is_none_or(|m| v >= crate::target::version::key(m)) && max.is_none_or(|m| v <= crate::target::version::key(m))
 }
 
 #[cfg(test)]
@@ -135,7 +119,7 @@ mod tests {
         assert!(!version_in_range("0.7.3", Some("0.8.0"), None));
         assert!(version_in_range("0.32.0", Some("0.8"), Some("0.32")));
         assert!(!version_in_range("1.0.0", None, Some("0.99")));
-        assert_eq!(version_key("2.13.0+cpu"), vec![2, 13]);
-        assert_eq!(version_key("0.8.5"), vec![0, 8, 5]);
+        assert_eq!(crate::target::version::key("2.13.0+cpu"), vec![2, 13]);
+        assert_eq!(crate::target::version::key("0.8.5"), vec![0, 8, 5]);
     }
 }

@@ -48,9 +48,7 @@ use aya::{
 };
 use inferscope_common::PyLayout;
 
-pub use config::{
-    DEFAULT_CONFIG, MetricKind, MetricSpec, TimerSpec, load_config, parse_config, version_in_range, version_key,
-};
+pub use config::{DEFAULT_CONFIG, MetricKind, MetricSpec, TimerSpec, load_config, parse_config, version_in_range};
 pub use decode::ends_with_plain_load;
 pub use matcher::{CallKey, MatchStats, Matcher};
 pub use record::{CallRecord, Mode};

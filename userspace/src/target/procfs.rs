@@ -37,6 +37,14 @@ pub fn exists(pid: u32) -> bool {
     proc_root().join(pid.to_string()).join("stat").exists()
 }
 
+/// The thread ids of a process (empty when it is gone).
+pub fn tasks(pid: u32) -> Vec<u32> {
+    let Ok(dir) = fs::read_dir(proc_root().join(pid.to_string()).join("task")) else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect()
+}
+
 /// Every process id (thread-group leaders only: /proc lists those at top level).
 pub fn pids() -> Vec<u32> {
     let Ok(dir) = fs::read_dir(proc_root()) else {
@@ -380,20 +388,9 @@ pub fn vllm_version(pid: u32) -> Option<(u16, u16, u16)> {
             let name = e.file_name().into_string().ok()?;
             let rest = name.strip_suffix(".dist-info")?;
             let (dist, ver) = rest.split_once('-')?;
-            (dist == "vllm" || dist.starts_with("vllm_")).then(|| parse_version(ver)).flatten()
+            (dist == "vllm" || dist.starts_with("vllm_")).then(|| super::version::triple(ver)).flatten()
         })
     })
-}
-
-/// `0.32.0`, `0.10.1.1`, `0.11.0rc2+cpu` -> (major, minor, patch).
-pub fn parse_version(v: &str) -> Option<(u16, u16, u16)> {
-    let mut it = v.split('.');
-    let num = |s: Option<&str>| -> Option<u16> {
-        let s = s?;
-        let end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        s[..end].parse().ok()
-    };
-    Some((num(it.next())?, num(it.next())?, num(it.next()).unwrap_or(0)))
 }
 
 /// Whether this process runs in a child PID namespace (then the kernel's pids differ from
@@ -424,11 +421,11 @@ mod tests {
                  0000000000000000: 00000002 00000000 00000000 0002 01 1212\n\
                  garbage line\n";
         assert_eq!(parse_unix_table(t).into_iter().collect::<Vec<_>>(), vec![1210]);
-        assert_eq!(parse_version("0.32.0"), Some((0, 32, 0)));
-        assert_eq!(parse_version("0.10.1.1"), Some((0, 10, 1)));
-        assert_eq!(parse_version("0.11.0rc2+cpu"), Some((0, 11, 0)));
-        assert_eq!(parse_version("0.9"), Some((0, 9, 0)));
-        assert_eq!(parse_version("x"), None);
+        assert_eq!(super::super::version::triple("0.32.0"), Some((0, 32, 0)));
+        assert_eq!(super::super::version::triple("0.10.1.1"), Some((0, 10, 1)));
+        assert_eq!(super::super::version::triple("0.11.0rc2+cpu"), Some((0, 11, 0)));
+        assert_eq!(super::super::version::triple("0.9"), Some((0, 9, 0)));
+        assert_eq!(super::super::version::triple("x"), None);
         let a = |v: &[&str]| model_from_args(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
         assert_eq!(a(&["python", "-m", "x", "--model", "/m", "--served-model-name", "tiny"]).as_deref(), Some("tiny"));
         assert_eq!(a(&["vllm", "serve", "Qwen/Qwen3-8B", "--port", "8000"]).as_deref(), Some("Qwen/Qwen3-8B"));

@@ -2,13 +2,15 @@
 //! tables, matched against the catalog), and the names of code addresses in them; each file is
 //! looked at once per daemon run. Maps and ELF reading are target/'s.
 
-use std::{collections::HashMap, path::Path, sync::Arc};
-
-use object::{Object, ObjectSection, ObjectSymbol, ReadCache, SymbolKind};
+use std::{
+    collections::HashMap,
+    path::Path,
+    sync::{Arc, OnceLock},
+};
 
 use super::catalog::{self, Entry};
 use crate::target::{
-    elf::{SymbolTable, demangle},
+    elf::{ElfFile, SHT_DYNSYM, SymbolTable, demangle},
     maps::{FileKey, Mapping, host_path},
 };
 
@@ -22,35 +24,44 @@ pub struct Found {
     pub file_offset: u64,
 }
 
+/// Longest exported name compared with the catalog (catalogued names and `aclnn*` operators
+/// are far shorter).
+const MAX_RUNTIME_NAME: usize = 255;
+
 /// The catalogued functions `path` exports (its dynamic symbols: runtimes are shared
-/// libraries, and what they export is what other libraries call).
+/// libraries, and what they export is what other libraries call). Only the dynamic symbol
+/// table and its strings are read, in bounded pieces: memory stays small for PyTorch's
+/// libraries (tens of thousands of exports, megabytes of mangled names).
 pub fn scan_runtime_symbols(path: &Path) -> anyhow::Result<Vec<Found>> {
-    let file = std::fs::File::open(path)?;
-    let cache = ReadCache::new(file);
-    let elf = object::File::parse(&cache)?;
-    let mut out = Vec::new();
-    for sym in elf.dynamic_symbols() {
-        if !sym.is_definition() || sym.kind() != SymbolKind::Text {
-            continue;
+    let elf = ElfFile::open(path)?;
+    let Some((table, strtab)) = elf.symbol_table(SHT_DYNSYM) else { return Ok(Vec::new()) };
+    // The exported functions (name offset, section, address) first, then their names in one
+    // pass over the strings, in order.
+    let mut funcs: Vec<(u32, u16, u64)> = Vec::new();
+    elf.for_each_symbol(&table, |s| {
+        if s.is_function_definition() && s.name != 0 {
+            funcs.push((s.name, s.shndx, s.value));
         }
-        let Ok(name) = sym.name() else { continue };
-        let Some(entry) = catalog::lookup_symbol(name) else { continue };
-        let Some(idx) = sym.section_index() else { continue };
-        let Ok(section) = elf.section_by_index(idx) else { continue };
-        let Some((sec_off, _)) = section.file_range() else { continue };
-        let Some(rel) = sym.address().checked_sub(section.address()) else { continue };
-        out.push(Found { entry, symbol: name.to_string(), file_offset: sec_off + rel });
-    }
+    })?;
+    funcs.sort_unstable_by_key(|f| f.0);
+    let mut out = Vec::new();
+    elf.names_at(strtab, &funcs, |f| f.0, MAX_RUNTIME_NAME, |&(_, shndx, value), name| {
+        let Ok(name) = std::str::from_utf8(name) else { return };
+        let Some(entry) = catalog::lookup_symbol(name) else { return };
+        let Some(file_offset) = elf.file_offset(shndx, value) else { return };
+        out.push(Found { entry, symbol: name.to_string(), file_offset });
+    })?;
     // Aliases (the same code under two names) would fire twice: keep the first name.
     out.sort_by(|a, b| a.file_offset.cmp(&b.file_offset).then(a.symbol.cmp(&b.symbol)));
     out.dedup_by_key(|f| f.file_offset);
     Ok(out)
 }
 
-/// Files looked at so far, shared by every process: each is parsed once.
+/// Files looked at so far, shared by every process: each is read once, also when several
+/// processes map it at the same time (the others wait for the first one's scan).
 #[derive(Default)]
 pub struct LibCache {
-    runtime: HashMap<FileKey, Arc<Vec<Found>>>,
+    runtime: HashMap<FileKey, Arc<OnceLock<Arc<Vec<Found>>>>>,
     tables: HashMap<FileKey, Arc<SymbolTable>>,
     /// Files that could not be read (counted once each).
     pub unreadable: u64,
@@ -61,22 +72,20 @@ impl LibCache {
     /// once. The cache is shared with other threads: the file is read without holding the lock
     /// (kernel names are looked up meanwhile).
     pub fn runtime_symbols_shared(cache: &std::sync::Mutex<LibCache>, pid: u32, m: &Mapping) -> Arc<Vec<Found>> {
-        if let Some(f) = cache.lock().ok().and_then(|c| c.runtime.get(&m.file).cloned()) {
-            return f;
-        }
-        let (found, unreadable) = match scan_runtime_symbols(&host_path(pid, &m.path)) {
-            Ok(f) => (f, false),
-            Err(e) => {
-                log::debug!("pid {pid}: cannot read {}: {e:#}", m.path);
-                (Vec::new(), true)
-            }
+        let Ok(cell) = cache.lock().map(|mut c| c.runtime.entry(m.file.clone()).or_default().clone()) else {
+            return Arc::default();
         };
-        let found = Arc::new(found);
-        if let Ok(mut c) = cache.lock() {
-            c.unreadable += u64::from(unreadable);
-            c.runtime.insert(m.file.clone(), found.clone());
-        }
-        found
+        cell.get_or_init(|| {
+            let found = scan_runtime_symbols(&host_path(pid, &m.path)).unwrap_or_else(|e| {
+                log::debug!("pid {pid}: cannot read {}: {e:#}", m.path);
+                if let Ok(mut c) = cache.lock() {
+                    c.unreadable += 1;
+                }
+                Vec::new()
+            });
+            Arc::new(found)
+        })
+        .clone()
     }
 
     /// The name of the function at `addr` in `pid`, demangled.
@@ -94,7 +103,7 @@ impl LibCache {
                 t
             }
         };
-        table.name_at_offset(addr - m.start + m.offset).map(demangle)
+        table.name_at_offset(addr - m.start + m.offset).map(|n| demangle(&n))
     }
 }
 

@@ -45,12 +45,18 @@ pub fn scan_runtime_symbols(path: &Path) -> anyhow::Result<Vec<Found>> {
     })?;
     funcs.sort_unstable_by_key(|f| f.0);
     let mut out = Vec::new();
-    elf.names_at(strtab, &funcs, |f| f.0, MAX_RUNTIME_NAME, |&(_, shndx, value), name| {
-        let Ok(name) = std::str::from_utf8(name) else { return };
-        let Some(entry) = catalog::lookup_symbol(name) else { return };
-        let Some(file_offset) = elf.file_offset(shndx, value) else { return };
-        out.push(Found { entry, symbol: name.to_string(), file_offset });
-    })?;
+    elf.names_at(
+        strtab,
+        &funcs,
+        |f| f.0,
+        MAX_RUNTIME_NAME,
+        |&(_, shndx, value), name| {
+            let Ok(name) = std::str::from_utf8(name) else { return };
+            let Some(entry) = catalog::lookup_symbol(name) else { return };
+            let Some(file_offset) = elf.file_offset(shndx, value) else { return };
+            out.push(Found { entry, symbol: name.to_string(), file_offset });
+        },
+    )?;
     // Aliases (the same code under two names) would fire twice: keep the first name.
     out.sort_by(|a, b| a.file_offset.cmp(&b.file_offset).then(a.symbol.cmp(&b.symbol)));
     out.dedup_by_key(|f| f.file_offset);

@@ -123,7 +123,8 @@ impl ElfFile {
     pub fn loads(&self) -> anyhow::Result<Vec<(u64, u64, u64)>> {
         let mut h = [0u8; 64];
         self.file.read_exact_at(&mut h, 0)?;
-        let (phoff, phentsize, phnum) = (u64_at(&h, 0x20), usize::from(u16_at(&h, 0x36)), usize::from(u16_at(&h, 0x38)));
+        let (phoff, phentsize, phnum) =
+            (u64_at(&h, 0x20), usize::from(u16_at(&h, 0x36)), usize::from(u16_at(&h, 0x38)));
         if phoff == 0 || phnum == 0 {
             return Ok(Vec::new());
         }
@@ -360,11 +361,17 @@ mod tests {
             })
             .unwrap();
             funcs.sort_by_key(|s| s.name);
-            elf.names_at(strtab, &funcs, |s| s.name, 1 << 16, |s, n| {
-                if let Some(off) = elf.file_offset(s.shndx, s.value) {
-                    mine.push((String::from_utf8(n.to_vec()).unwrap(), off));
-                }
-            })
+            elf.names_at(
+                strtab,
+                &funcs,
+                |s| s.name,
+                1 << 16,
+                |s, n| {
+                    if let Some(off) = elf.file_offset(s.shndx, s.value) {
+                        mine.push((String::from_utf8(n.to_vec()).unwrap(), off));
+                    }
+                },
+            )
             .unwrap();
         }
         let data = std::fs::read(path).unwrap();

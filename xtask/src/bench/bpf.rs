@@ -133,7 +133,20 @@ fn info(id: u32) -> Option<Prog> {
     let bytes: Vec<u8> = buf.iter().flat_map(|w| w.to_ne_bytes()).collect();
     let name = &bytes[64..80];
     let name = String::from_utf8_lossy(&name[..name.iter().position(|&b| b == 0).unwrap_or(16)]).into_owned();
-    Some(Prog { id: (buf[0] >> 32) as u32, name, run_time_ns: buf[24], run_cnt: buf[25] })
+    Some(Prog { id: (buf[0] >> 32) as u32, name: full_name(name), run_time_ns: buf[24], run_cnt: buf[25] })
+}
+
+/// The kernel keeps 15 bytes of a name: the whole one, where exactly one of inferscope's
+/// starts so (`sys_enter_accep` stays: accept or accept4).
+fn full_name(kernel: String) -> String {
+    if kernel.len() < 15 {
+        return kernel;
+    }
+    let mut m = NAMES.iter().filter(|n| n.starts_with(kernel.as_str()));
+    match (m.next(), m.next()) {
+        (Some(n), None) => n.to_string(),
+        _ => kernel,
+    }
 }
 
 /// The ids of every loaded program.
@@ -166,7 +179,11 @@ pub fn programs_of(pid: u32) -> Vec<u32> {
     }
     if ids.is_empty() {
         let known: BTreeSet<&str> = NAMES.iter().map(|n| &n[..n.len().min(15)]).collect();
-        ids.extend(all_ids().into_iter().filter(|&id| info(id).is_some_and(|p| known.contains(p.name.as_str()))));
+        ids.extend(
+            all_ids()
+                .into_iter()
+                .filter(|&id| info(id).is_some_and(|p| known.contains(&p.name[..p.name.len().min(15)]))),
+        );
     }
     ids.into_iter().collect()
 }

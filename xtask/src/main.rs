@@ -66,7 +66,8 @@ enum Cmd {
         /// Alternating rounds (with, without) per configuration.
         #[arg(long, default_value_t = 3)]
         rounds: u32,
-        /// Write the report (markdown) here as well as to stdout.
+        /// Write the report (markdown) here as well as to stdout (default for the fixture:
+        /// target/bench/report.md; with --vllm: target/bench-vllm/report.md).
         #[arg(long)]
         report: Option<std::path::PathBuf>,
         /// Measure against the real vLLM (CPU, tiny model) instead of the fixture: the cost of

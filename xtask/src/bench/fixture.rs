@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::{load, median, one_round, start_inferscope};
+use super::{TOP_HEADER, cost_cell, costs, load, median, one_round, start_inferscope, top_programs};
 use crate::{setup, util};
 
 /// ns per write(2) of one byte to /dev/null, over `n` calls.
@@ -50,12 +50,24 @@ pub fn run(seconds: u64, rounds: u32, report: Option<&Path>) -> Result<()> {
          tests/src/bin/inferscope-load.rs, keep-alive, closed loop. Rounds alternate off/on.\n\n",
         fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim()
     );
-    md.push_str("| workload | req/s off | req/s on | ratio | SSE events/s on | reported / completed | ring-buffer drops | inferscope CPU per 1000 req/s | inferscope peak RSS |\n|---|---|---|---|---|---|---|---|---|\n");
+    md.push_str(
+        "Cost: inferscope's own CPU (utime+stime) plus its BPF programs' run time (kernel BPF statistics, \
+         per program), over the round, divided by the requests and SSE events the client completed in it; \
+         median of the rounds with inferscope.\n\n\
+         | workload | req/s off | req/s on | ratio | SSE events/s on | reported / completed | ring-buffer drops \
+         | cost per request (user + BPF) | cost per SSE event (user + BPF) | inferscope peak RSS |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    let mut top = String::new();
 
-    let workloads: [(&str, &[&str]); 3] = [
+    let workloads: [(&str, &[&str]); 4] = [
         (
             "stream, 16 tokens, 32 conns",
             &["--concurrency", "32", "--max-tokens", "16", "--ttft-ms", "0", "--itl-ms", "0"],
+        ),
+        (
+            "stream, 8 tokens, 64 conns",
+            &["--concurrency", "64", "--max-tokens", "8", "--ttft-ms", "0", "--itl-ms", "0"],
         ),
         (
             "stream, 4 tokens, 64 conns",
@@ -88,8 +100,12 @@ pub fn run(seconds: u64, rounds: u32, report: Option<&Path>) -> Result<()> {
                     r.req_per_s,
                     r.events_per_s,
                     r.reported.map_or(String::new(), |n| format!(
-                        ", reported {n}/{} requests, {} drops, {:.2} s CPU",
-                        r.requests, r.drops, r.cpu_s
+                        ", reported {n}/{} requests, {} drops, {:.2} s CPU + {:.2} s BPF ({} programs)",
+                        r.requests,
+                        r.drops,
+                        r.cpu_s,
+                        r.bpf_ns as f64 / 1e9,
+                        r.progs.len()
                     ))
                 );
                 if with { on.push(r) } else { off.push(r) }
@@ -102,15 +118,18 @@ pub fn run(seconds: u64, rounds: u32, report: Option<&Path>) -> Result<()> {
         let reported: u64 = on.iter().filter_map(|r| r.reported).sum();
         let completed: u64 = on.iter().map(|r| r.requests).sum();
         let drops: u64 = on.iter().map(|r| r.drops).sum();
-        let cpu_per_k =
-            median(on.iter().map(|r| r.cpu_s / (seconds as f64) / (r.req_per_s / 1000.0) * 100.0).collect());
+        let (per_req, per_event) = costs(&on);
         let rss = on.iter().map(|r| r.rss_kib).max().unwrap_or(0);
         md.push_str(&format!(
-            "| {name} | {off_rps:.0} | {on_rps:.0} | **{:.3}** | {ev:.0} | {reported} / {completed} | {drops} | {cpu_per_k:.1}% of a core | {:.1} MiB |\n",
+            "| {name} | {off_rps:.0} | {on_rps:.0} | **{:.3}** | {ev:.0} | {reported} / {completed} | {drops} | {} | {} | {:.1} MiB |\n",
             on_rps / off_rps.max(1e-9),
+            cost_cell(per_req),
+            cost_cell(per_event),
             rss as f64 / 1024.0
         ));
+        top.push_str(&top_programs(name, &on, 5));
     }
+    md.push_str(&format!("\nBPF programs by run time (all rounds with inferscope):\n\n{TOP_HEADER}{top}"));
 
     // Host-wide: syscalls of processes inferscope does not trace still pass its tracepoints.
     let n = 2_000_000;
@@ -141,9 +160,8 @@ pub fn run(seconds: u64, rounds: u32, report: Option<&Path>) -> Result<()> {
         w / b
     ));
     println!("\n{md}");
-    if let Some(p) = report {
-        fs::write(p, &md)?;
-        eprintln!("bench: report written to {}", p.display());
-    }
+    let p = report.map_or_else(|| dir.join("report.md"), Path::to_path_buf);
+    fs::write(&p, &md)?;
+    eprintln!("bench: report written to {}", p.display());
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::{fs, path::Path, process::Command, time::Duration};
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
-use super::{load, median, one_round};
+use super::{TOP_HEADER, cost_cell, costs, load, median, one_round, top_programs};
 use crate::{setup, util};
 
 /// `cargo xtask bench --vllm`: a real vLLM (CPU, tiny model) saturated by the Rust client,
@@ -48,8 +48,13 @@ pub fn run_vllm(seconds: u64, rounds: u32, report: Option<&Path>) -> Result<()> 
                 if with { "with inferscope" } else { "without" },
                 r.req_per_s,
                 r.events_per_s,
-                r.reported
-                    .map_or(String::new(), |n| format!(", reported {n}/{} requests, {:.2} s CPU", r.requests, r.cpu_s))
+                r.reported.map_or(String::new(), |n| format!(
+                    ", reported {n}/{} requests, {:.2} s CPU + {:.2} s BPF ({} programs)",
+                    r.requests,
+                    r.cpu_s,
+                    r.bpf_ns as f64 / 1e9,
+                    r.progs.len()
+                ))
             );
             if with { on.push(r) } else { off.push(r) }
         }
@@ -69,9 +74,14 @@ pub fn run_vllm(seconds: u64, rounds: u32, report: Option<&Path>) -> Result<()> 
         for with in order {
             let r = one_round(&root, &dir, server.id(), port, seconds, args, with.then_some(python_layer))?;
             eprintln!(
-                "bench: vLLM round {i} {}: {:.1} req/s",
+                "bench: vLLM round {i} {}: {:.1} req/s{}",
                 if with { "with inferscope + Python layer" } else { "without" },
-                r.req_per_s
+                r.req_per_s,
+                if with {
+                    format!(", {:.2} s CPU + {:.2} s BPF ({} programs)", r.cpu_s, r.bpf_ns as f64 / 1e9, r.progs.len())
+                } else {
+                    String::new()
+                }
             );
             if with { py_on.push(r) } else { py_off.push(r) }
         }
@@ -93,26 +103,41 @@ pub fn run_vllm(seconds: u64, rounds: u32, report: Option<&Path>) -> Result<()> 
     let completed: u64 = on.iter().map(|r| r.requests).sum();
     let cpu = median(on.iter().map(|r| r.cpu_s / seconds as f64 * 100.0).collect());
     let rss = on.iter().map(|r| r.rss_kib).max().unwrap_or(0);
+    let (per_req, per_event) = costs(&on);
+    let (py_req, py_event) = costs(&py_on);
+    let py_rss = py_on.iter().map(|r| r.rss_kib).max().unwrap_or(0);
     let md = format!(
         "## inferscope on a real vLLM\n\nCommand: `cargo xtask bench --vllm --seconds {seconds} --rounds {rounds}`. vLLM 0.32 CPU build, \
          tiny local model, `--enforce-eager`; client: inferscope-load, 16 connections, streams of 32 tokens; inferscope \
-         attached to the API server and its children (HTTP, engine IPC). Rounds alternate off/on; medians.\n\n\
-         | req/s off | req/s on | ratio | SSE events/s off | on | reported / completed | requests with engine phases (last round) | inferscope CPU | peak RSS |\n\
-         |---|---|---|---|---|---|---|---|---|\n\
-         | {off_rps:.1} | {on_rps:.1} | **{:.3}** | {off_ev:.0} | {on_ev:.0} | {reported} / {completed} | {engine_lines} | {cpu:.1}% of a core | {:.1} MiB |\n",
+         attached to the API server and its children (HTTP, engine IPC), default layers. Rounds alternate off/on; medians. \
+         Cost: inferscope's utime+stime plus its BPF programs' run time (kernel BPF statistics), per request and per \
+         SSE event completed.\n\n\
+         | req/s off | req/s on | ratio | SSE events/s off | on | reported / completed | requests with engine phases (last round) \
+         | cost per request (user + BPF) | cost per SSE event (user + BPF) | inferscope CPU | peak RSS |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n\
+         | {off_rps:.1} | {on_rps:.1} | **{:.3}** | {off_ev:.0} | {on_ev:.0} | {reported} / {completed} | {engine_lines} | {} | {} | {cpu:.1}% of a core | {:.1} MiB |\n",
         on_rps / off_rps.max(1e-9),
+        cost_cell(per_req),
+        cost_cell(per_event),
         rss as f64 / 1024.0
     ) + &format!(
         "\nWith the Python layer as well (`--python-timers default --python-profile-rate 99`: breakpoints on \
          `Scheduler.schedule` and `update_from_output` in EngineCore, every process sampled at 99 Hz):\n\n\
-         | req/s off | req/s on | ratio | timed calls (last round) | inferscope CPU |\n|---|---|---|---|---|\n\
-         | {py_off_rps:.1} | {py_on_rps:.1} | **{:.3}** | {py_calls} | {py_cpu:.1}% of a core |\n",
-        py_on_rps / py_off_rps.max(1e-9)
+         | req/s off | req/s on | ratio | timed calls (last round) | cost per request (user + BPF) | cost per SSE event (user + BPF) \
+         | inferscope CPU | peak RSS |\n|---|---|---|---|---|---|---|---|\n\
+         | {py_off_rps:.1} | {py_on_rps:.1} | **{:.3}** | {py_calls} | {} | {} | {py_cpu:.1}% of a core | {:.1} MiB |\n",
+        py_on_rps / py_off_rps.max(1e-9),
+        cost_cell(py_req),
+        cost_cell(py_event),
+        py_rss as f64 / 1024.0
+    ) + &format!(
+        "\nBPF programs by run time (all rounds with inferscope):\n\n{TOP_HEADER}{}{}",
+        top_programs("default layers", &on, 6),
+        top_programs("+ Python layer", &py_on, 6)
     );
     println!("\n{md}");
-    if let Some(p) = report {
-        fs::write(p, &md)?;
-        eprintln!("bench: report written to {}", p.display());
-    }
+    let p = report.map_or_else(|| dir.join("report.md"), Path::to_path_buf);
+    fs::write(&p, &md)?;
+    eprintln!("bench: report written to {}", p.display());
     Ok(())
 }

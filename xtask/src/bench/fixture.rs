@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 
 use super::{TOP_HEADER, cost_cell, costs, load, median, one_round, start_inferscope, top_programs};
 use crate::{setup, util};
@@ -25,21 +25,7 @@ fn write_cost(n: u64) -> f64 {
 }
 
 pub fn run(seconds: u64, rounds: u32, report: Option<&Path>) -> Result<()> {
-    if !util::is_root() {
-        bail!("the benchmark loads BPF programs: run it as root");
-    }
-    setup::toolchain()?;
-    setup::python_env()?;
-    let root = util::root();
-    util::run(Command::new("cargo").current_dir(&root).args([
-        "build",
-        "--release",
-        "-p",
-        "inferscope",
-        "-p",
-        "inferscope-tests",
-        "--bins",
-    ]))?;
+    let root = super::prepare(setup::python_env)?;
     let dir = root.join("target/bench");
     fs::create_dir_all(&dir)?;
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);

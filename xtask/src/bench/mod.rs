@@ -39,6 +39,27 @@ pub use fixture::run;
 pub use python::run_python;
 pub use vllm::run_vllm;
 
+/// What every benchmark needs first: root, the toolchain, its own environment (`env`), and
+/// release builds of inferscope and the load client. Returns the repository root.
+fn prepare(env: impl FnOnce() -> Result<()>) -> Result<std::path::PathBuf> {
+    if !util::is_root() {
+        bail!("the benchmark loads BPF programs: run it as root");
+    }
+    crate::setup::toolchain()?;
+    env()?;
+    let root = util::root();
+    util::run(Command::new("cargo").current_dir(&root).args([
+        "build",
+        "--release",
+        "-p",
+        "inferscope",
+        "-p",
+        "inferscope-tests",
+        "--bins",
+    ]))?;
+    Ok(root)
+}
+
 struct Round {
     req_per_s: f64,
     events_per_s: f64,

@@ -3,7 +3,7 @@
 
 use std::{fs, path::Path, process::Command, time::Duration};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use serde_json::Value;
 
 use super::{TOP_HEADER, cost_cell, costs, load, median, one_round, top_programs};
@@ -12,21 +12,7 @@ use crate::{setup, util};
 /// `cargo xtask bench --vllm`: a real vLLM (CPU, tiny model) saturated by the Rust client,
 /// with and without inferscope attached to its process tree (HTTP and engine IPC), alternating.
 pub fn run_vllm(seconds: u64, rounds: u32, report: Option<&Path>) -> Result<()> {
-    if !util::is_root() {
-        bail!("the benchmark loads BPF programs: run it as root");
-    }
-    setup::toolchain()?;
-    setup::vllm()?;
-    let root = util::root();
-    util::run(Command::new("cargo").current_dir(&root).args([
-        "build",
-        "--release",
-        "-p",
-        "inferscope",
-        "-p",
-        "inferscope-tests",
-        "--bins",
-    ]))?;
+    let root = super::prepare(setup::vllm)?;
     let dir = root.join("target/bench-vllm");
     fs::create_dir_all(&dir)?;
     let port = util::free_port()?;

@@ -218,8 +218,11 @@ pub mod stat {
     pub const DEVICE_RATE_LIMITED: u32 = 12;
     /// Executable mappings (`dlopen`) announced to user space.
     pub const MMAP_EVENTS: u32 = 13;
+    /// `accept` exits whose enter was not seen (the thread was blocked in `accept()` when
+    /// tracing began): the socket is learned from the exit alone.
+    pub const ACCEPTS_WITHOUT_ENTER: u32 = 14;
     /// Number of slots.
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 15;
 }
 
 /// Most device probes (one per process, library and symbol) attached at once; probe ids index

@@ -385,15 +385,33 @@ fn read_sockaddr(addr: u64, ev: &mut ConnEvent) {
     }
 }
 
+/// The exit of `accept`/`accept4` (`role` server) or `connect` (client). The enter normally
+/// stashed the arguments; a thread that was already blocked in `accept()` when we attached
+/// returns with no enter seen, and the exit alone is enough for an accept: the new socket is
+/// its return value (the peer's address stays unknown). A `connect`'s exit does not say which
+/// fd it was: such a socket is learned by user space from /proc when its traffic shows up
+/// unclassified (`sock_io_length`).
 #[inline(always)]
-fn exit_conn(ctx: &TracePointContext) -> u32 {
+fn exit_conn(ctx: &TracePointContext, role: u8) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(args) = (unsafe { PENDING_CONN.get(&pid_tgid) }).copied() else {
-        return 0;
-    };
-    let _ = PENDING_CONN.remove(&pid_tgid);
+    let pending = (unsafe { PENDING_CONN.get(&pid_tgid) }).copied();
+    if pending.is_some() {
+        let _ = PENDING_CONN.remove(&pid_tgid);
+    }
     let Ok(ret) = (unsafe { ctx.read_at::<i64>(RET) }) else {
         return 0;
+    };
+    let args = match pending {
+        // An entry from another syscall is stale (its exit ran before the exit program was
+        // attached): not this call's arguments.
+        Some(a) if a.role == role => a,
+        _ => {
+            if role != ROLE_SERVER || ret < 0 || !tracked((pid_tgid >> 32) as u32) {
+                return 0;
+            }
+            count(stat::ACCEPTS_WITHOUT_ENTER, 1);
+            ConnArgs { addr: 0, fd: 0, role, _pad: [0; 3] }
+        }
     };
     let fd = if args.role == ROLE_SERVER {
         if ret < 0 {
@@ -449,7 +467,7 @@ pub fn sys_enter_accept(ctx: TracePointContext) -> u32 {
 }
 #[tracepoint]
 pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
-    exit_conn(&ctx)
+    exit_conn(&ctx, ROLE_SERVER)
 }
 #[tracepoint]
 pub fn sys_enter_accept4(ctx: TracePointContext) -> u32 {
@@ -457,7 +475,7 @@ pub fn sys_enter_accept4(ctx: TracePointContext) -> u32 {
 }
 #[tracepoint]
 pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
-    exit_conn(&ctx)
+    exit_conn(&ctx, ROLE_SERVER)
 }
 #[tracepoint]
 pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
@@ -465,7 +483,7 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
 }
 #[tracepoint]
 pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
-    exit_conn(&ctx)
+    exit_conn(&ctx, ROLE_CLIENT)
 }
 
 #[tracepoint]

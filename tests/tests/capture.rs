@@ -136,3 +136,34 @@ fn capture_accept_blocked_at_attach() {
     eprintln!("blocked accept: {} requests sent, {} reported", sent.len(), recs.len());
     assert_all_reported(&sent, &recs);
 }
+
+/// Each connection is served on `os.dup()` of the accepted socket (CPython dups with
+/// `fcntl(F_DUPFD_CLOEXEC)`), and the accepted fd is closed: the copy is the same connection,
+/// followed from its first byte.
+#[test]
+fn capture_dup_socket() {
+    let dir = scratch("capture-dup");
+    let (server, port) = threaded_server(&dir, "dup");
+    let mut scope = Inferscope::attach(&dir, server.pid(), &[]);
+    let sent = keepalive_load(port, CLIENTS, PER_CLIENT);
+    scope.wait_requests(sent.len(), Duration::from_secs(20));
+    scope.stop();
+    let recs = scope.requests();
+    eprintln!("dup: {} requests sent, {} reported", sent.len(), recs.len());
+    assert_all_reported(&sent, &recs);
+}
+
+/// Requests are read from a `dup()` of the socket and responses written to the original:
+/// both fds are one byte stream, one connection; every exchange pairs.
+#[test]
+fn capture_dup_split_read_write() {
+    let dir = scratch("capture-split");
+    let (server, port) = threaded_server(&dir, "split");
+    let mut scope = Inferscope::attach(&dir, server.pid(), &[]);
+    let sent = keepalive_load(port, CLIENTS, PER_CLIENT);
+    scope.wait_requests(sent.len(), Duration::from_secs(20));
+    scope.stop();
+    let recs = scope.requests();
+    eprintln!("split: {} requests sent, {} reported", sent.len(), recs.len());
+    assert_all_reported(&sent, &recs);
+}

@@ -75,6 +75,14 @@ pub const SOCKET_TRACEPOINTS: &[&str] = &[
     "sys_enter_connect",
     "sys_exit_connect",
     "sys_enter_close",
+    "sys_enter_dup",
+    "sys_exit_dup",
+    "sys_enter_dup2",
+    "sys_exit_dup2",
+    "sys_enter_dup3",
+    "sys_exit_dup3",
+    "sys_enter_fcntl",
+    "sys_exit_fcntl",
 ];
 /// Request arrival times (optional: older kernels lack `sock:sock_recv_length`, added in 6.x).
 pub const ARRIVAL_TRACEPOINTS: &[(&str, &str)] =

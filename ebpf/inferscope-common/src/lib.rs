@@ -174,6 +174,9 @@ pub struct SockInfo {
 /// [`MAX_FULL_CHUNKS`] records of [`MAX_CAPTURE`] bytes), not only head and tail. Set for
 /// engine IPC sockets (unix sockets, ZMTP), where one message packs a whole batch.
 pub const SOCK_FLAG_FULL: u8 = 1;
+/// `SockInfo::flags`: the fd shares its connection with other fds of the process (`dup`): the
+/// byte positions and the other flags live in the BPF side's shared state for `conn_id`.
+pub const SOCK_FLAG_SHARED: u8 = 2;
 /// Records one syscall on a full-capture socket may produce; bytes past them are a counted gap
 /// (the last `CAPTURE_TAIL` bytes are still captured).
 pub const MAX_FULL_CHUNKS: usize = 16;
@@ -221,8 +224,11 @@ pub mod stat {
     /// `accept` exits whose enter was not seen (the thread was blocked in `accept()` when
     /// tracing began): the socket is learned from the exit alone.
     pub const ACCEPTS_WITHOUT_ENTER: u32 = 14;
+    /// Tracked sockets `dup`'d (`dup`, `dup2`, `dup3`, `fcntl(F_DUPFD*)`): the new fd is
+    /// followed as the same connection.
+    pub const DUPS_FOLLOWED: u32 = 15;
     /// Number of slots.
-    pub const COUNT: u32 = 15;
+    pub const COUNT: u32 = 16;
 }
 
 /// Most device probes (one per process, library and symbol) attached at once; probe ids index

@@ -135,6 +135,11 @@ fn capture_accept_blocked_at_attach() {
     let recs = scope.requests();
     eprintln!("blocked accept: {} requests sent, {} reported", sent.len(), recs.len());
     assert_all_reported(&sent, &recs);
+    let h = last_health(&scope);
+    // The one accept in progress at the attach was learned from its exit.
+    assert_eq!(h["accepts_without_enter"], 1, "{h}");
+    // Every byte went through traced syscalls on known sockets: nothing unclassified.
+    assert_eq!(h["unclassified_socket_io"], 0, "{h}");
 }
 
 /// Each connection is served on `os.dup()` of the accepted socket (CPython dups with
@@ -151,6 +156,9 @@ fn capture_dup_socket() {
     let recs = scope.requests();
     eprintln!("dup: {} requests sent, {} reported", sent.len(), recs.len());
     assert_all_reported(&sent, &recs);
+    let h = last_health(&scope);
+    assert_eq!(h["dups_followed"], CLIENTS, "{h}");
+    assert_eq!(h["unclassified_socket_io"], 0, "{h}");
 }
 
 /// Requests are read from a `dup()` of the socket and responses written to the original:
@@ -166,4 +174,99 @@ fn capture_dup_split_read_write() {
     let recs = scope.requests();
     eprintln!("split: {} requests sent, {} reported", sent.len(), recs.len());
     assert_all_reported(&sent, &recs);
+}
+
+/// One keep-alive connection.
+struct Client {
+    w: TcpStream,
+    r: BufReader<TcpStream>,
+}
+
+impl Client {
+    fn connect(port: u16) -> Client {
+        let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        Client { w: s.try_clone().expect("clone"), r: BufReader::new(s) }
+    }
+    /// GET `path`; the server answers `ok <path>`.
+    fn get(&mut self, path: &str) {
+        write!(self.w, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
+        assert_eq!(read_response(&mut self.r), format!("ok {path}"));
+    }
+}
+
+/// The accept loop hands each connection to a worker process over a unix socket
+/// (`SCM_RIGHTS`) and closes its copy: the worker's fd was never accepted, connected or dup'd
+/// there. Its traffic shows up as unclassified socket I/O (counted, said once on stderr),
+/// inferscope looks in /proc and learns the socket; from then on every request is reported.
+#[test]
+fn capture_fd_passed_to_worker() {
+    let dir = scratch("capture-fdpass");
+    let (server, port) = threaded_server(&dir, "fdpass");
+    let mut scope = Inferscope::attach(&dir, server.pid(), &[]);
+    let mut clients: Vec<Client> = (0..CLIENTS).map(|_| Client::connect(port)).collect();
+    // Until inferscope has learned a connection its requests are lost (counted): probe each
+    // until one of its probes is reported.
+    let mut probes = 0usize;
+    for (c, client) in clients.iter_mut().enumerate() {
+        wait_for(&format!("connection {c} to be learned"), Duration::from_secs(30), || {
+            probes += 1;
+            client.get(&format!("/c{c}/probe{probes}"));
+            let prefix = format!("/c{c}/probe");
+            scope.requests().iter().any(|r| r["path"].as_str().is_some_and(|p| p.starts_with(&prefix))).then_some(())
+        });
+    }
+    let mut sent = Vec::new();
+    for i in 0..PER_CLIENT {
+        for (c, client) in clients.iter_mut().enumerate() {
+            let path = format!("/c{c}/r{i}");
+            client.get(&path);
+            sent.push(path);
+        }
+    }
+    drop(clients);
+    let probed = scope.requests().len();
+    scope.wait_requests(probed + sent.len(), Duration::from_secs(20));
+    let err = scope.stop();
+    let recs: Vec<Value> =
+        scope.requests().into_iter().filter(|r| !r["path"].as_str().unwrap_or("").contains("/probe")).collect();
+    eprintln!(
+        "fd passing: {probes} probes for {CLIENTS} connections; {} requests sent after, {} reported",
+        sent.len(),
+        recs.len()
+    );
+    assert_all_reported(&sent, &recs);
+    let h = last_health(&scope);
+    assert!(h["unclassified_socket_io"].as_u64().is_some_and(|n| n > 0), "{h}");
+    // Said once, for the worker.
+    let said = err.lines().filter(|l| l.contains("that capture did not see")).count();
+    assert_eq!(said, 1, "{err}");
+    let pids: BTreeSet<u64> = recs.iter().filter_map(|r| r["pid"].as_u64()).collect();
+    assert!(!pids.contains(&u64::from(server.pid())), "served by the worker, not the accept loop: {pids:?}");
+}
+
+/// Pre-fork: two worker processes inherited one listening socket and each blocks in its own
+/// accept() when inferscope attaches. Every request is reported, from both processes' accepts.
+#[test]
+fn capture_prefork_shared_listener() {
+    let dir = scratch("capture-prefork");
+    let (server, port) = threaded_server(&dir, "prefork");
+    let pid = server.pid();
+    let workers: Vec<u32> = wait_for("the two workers", Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+        let w: Vec<u32> = text.split_whitespace().filter_map(|p| p.parse().ok()).collect();
+        (w.len() == 2).then_some(w)
+    });
+    // Clients only once inferscope traces the workers too: an accept that returns in a process
+    // not traced yet is not inferscope's to see.
+    let args: Vec<String> = ["attach", "--pid", &pid.to_string(), "--quiet"].iter().map(|s| s.to_string()).collect();
+    let mut scope = Inferscope::start(&dir, &args, &[pid, workers[0], workers[1]]);
+    let sent = keepalive_load(port, CLIENTS, PER_CLIENT);
+    scope.wait_requests(sent.len(), Duration::from_secs(20));
+    scope.stop();
+    let recs = scope.requests();
+    eprintln!("prefork: {} requests sent, {} reported", sent.len(), recs.len());
+    assert_all_reported(&sent, &recs);
+    let h = last_health(&scope);
+    // Both workers were blocked in accept() at the attach.
+    assert!(h["accepts_without_enter"].as_u64().is_some_and(|n| n >= 2), "{h}");
 }

@@ -36,6 +36,11 @@ pub enum EventKind {
     PySite = 11,
     /// [`PyEval`]: a watched Python function's call returned (eval-frame uprobes, 3.9/3.10).
     PyEval = 12,
+    /// [`ProcEvent`] (`child` holds the address family): a traced process moved bytes on a
+    /// socket that capture did not see (an fd not in `SOCKETS`, or a syscall not traced). At
+    /// most one a second per process; every such syscall is counted in
+    /// [`stat::UNCLASSIFIED_SOCKET_IO`].
+    SocketUnknown = 13,
 }
 
 impl EventKind {
@@ -53,6 +58,7 @@ impl EventKind {
             10 => Self::PyCall,
             11 => Self::PySite,
             12 => Self::PyEval,
+            13 => Self::SocketUnknown,
             _ => return None,
         })
     }
@@ -227,8 +233,13 @@ pub mod stat {
     /// Tracked sockets `dup`'d (`dup`, `dup2`, `dup3`, `fcntl(F_DUPFD*)`): the new fd is
     /// followed as the same connection.
     pub const DUPS_FOLLOWED: u32 = 15;
+    /// Reads and writes of a traced process that moved bytes on a TCP or unix socket without
+    /// being captured: the fd was not known (a socket passed over a unix socket, made by
+    /// `socketpair`, or connected before the attach), or the syscall is not traced (`sendfile`,
+    /// `splice`, `recvmmsg`, io_uring), or a read was already blocked when tracing began.
+    pub const UNCLASSIFIED_SOCKET_IO: u32 = 16;
     /// Number of slots.
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 17;
 }
 
 /// Most device probes (one per process, library and symbol) attached at once; probe ids index

@@ -17,13 +17,13 @@ use aya_ebpf::{
         generated::bpf_probe_read_user as probe_read_user_raw,
     },
     macros::{map, tracepoint},
-    maps::HashMap,
+    maps::{HashMap, LruHashMap},
     programs::TracePointContext,
 };
 use inferscope_common::{
     ConnEvent, DATA_FLAG_EOF, DATA_FLAG_TRUNCATED, DATA_HEADER_LEN, DIR_EGRESS, DIR_INGRESS, EventKind, MAX_CAPTURE,
-    MAX_FULL_CHUNKS, MAX_IOV, ROLE_CLIENT, ROLE_SERVER, SOCK_FLAG_FULL, SOCK_FLAG_SHARED, SYS_READ, SYS_READV, SYS_RECVFROM, SYS_RECVMSG,
-    SYS_SENDMSG, SYS_SENDTO, SYS_WRITE, SYS_WRITEV, SockInfo, sock_key, stat,
+    MAX_FULL_CHUNKS, MAX_IOV, ProcEvent, ROLE_CLIENT, ROLE_SERVER, SOCK_FLAG_FULL, SOCK_FLAG_SHARED, SYS_READ,
+    SYS_READV, SYS_RECVFROM, SYS_RECVMSG, SYS_SENDMSG, SYS_SENDTO, SYS_WRITE, SYS_WRITEV, SockInfo, sock_key, stat,
 };
 
 use crate::{
@@ -706,7 +706,7 @@ pub fn tcp_probe(ctx: TracePointContext) -> u32 {
 pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let Some(args) = PENDING_IO.get_ptr_mut(&pid_tgid) else {
-        return 0;
+        return sock_io_length(&ctx, pid_tgid, true);
     };
     let Ok(sk) = (unsafe { ctx.read_at::<u64>(8) }) else {
         return 0;
@@ -716,6 +716,69 @@ pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
         unsafe { (*args).arrival_ns = t };
         let _ = ARRIVALS.remove(&sk);
         count(stat::ARRIVALS_USED, 1);
+    }
+    0
+}
+
+/// `sock:sock_send_length`: like `sock_recv_length`, for every socket send.
+#[tracepoint]
+pub fn sock_send_length(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if PENDING_IO.get_ptr(&pid_tgid).is_some() {
+        return 0;
+    }
+    sock_io_length(&ctx, pid_tgid, false)
+}
+
+// Unclassified socket I/O. `sock:sock_{recv,send}_length` run inside every socket read and
+// write (`sk` at 8, `family` u16 at 16, `protocol` u16 at 18, `ret` i32 at 20, `flags` i32 at
+// 24), whatever the syscall: the kernel itself says the fd is a socket. A traced syscall on a
+// tracked socket has its `PENDING_IO` entry by then; bytes moved without one were not
+// captured. They are counted, and the process is announced (at most once a second) so user
+// space looks in /proc for sockets it does not know.
+
+const AF_UNIX: u16 = 1;
+const IPPROTO_TCP: u16 = 6;
+const IPPROTO_MPTCP: u16 = 262;
+const MSG_PEEK: i32 = 2;
+
+/// When each process was last announced.
+#[map]
+static UNKNOWN_IO_SEEN: LruHashMap<u32, u64> = LruHashMap::with_max_entries(1024, 0);
+
+#[inline(always)]
+fn sock_io_length(ctx: &TracePointContext, pid_tgid: u64, recv: bool) -> u32 {
+    let Ok(ret) = (unsafe { ctx.read_at::<i32>(20) }) else {
+        return 0;
+    };
+    if ret <= 0 {
+        return 0;
+    }
+    if recv && unsafe { ctx.read_at::<i32>(24) }.unwrap_or(0) & MSG_PEEK != 0 {
+        return 0;
+    }
+    let family = unsafe { ctx.read_at::<u16>(16) }.unwrap_or(0);
+    let protocol = unsafe { ctx.read_at::<u16>(18) }.unwrap_or(0);
+    let inet = (family == AF_INET || family == AF_INET6) && (protocol == IPPROTO_TCP || protocol == IPPROTO_MPTCP);
+    if !inet && family != AF_UNIX {
+        return 0;
+    }
+    let tgid = (pid_tgid >> 32) as u32;
+    if !tracked(tgid) {
+        return 0;
+    }
+    count(stat::UNCLASSIFIED_SOCKET_IO, 1);
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(last) = unsafe { UNKNOWN_IO_SEEN.get(&tgid) } {
+        if now.wrapping_sub(*last) < 1_000_000_000 {
+            return 0;
+        }
+    }
+    let _ = UNKNOWN_IO_SEEN.insert(&tgid, &now, 0);
+    let ev = ProcEvent { kind: EventKind::SocketUnknown as u32, tgid, child: family as u32, _pad: 0, ts_ns: now };
+    match EVENTS.output::<ProcEvent>(&ev, crate::wakeup_flags()) {
+        Ok(()) => {}
+        Err(_) => count(stat::RINGBUF_DROPS, 1),
     }
     0
 }

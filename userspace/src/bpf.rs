@@ -75,10 +75,23 @@ pub const SOCKET_TRACEPOINTS: &[&str] = &[
     "sys_enter_connect",
     "sys_exit_connect",
     "sys_enter_close",
+    "sys_enter_dup",
+    "sys_exit_dup",
+    "sys_enter_dup2",
+    "sys_exit_dup2",
+    "sys_enter_dup3",
+    "sys_exit_dup3",
+    "sys_enter_fcntl",
+    "sys_exit_fcntl",
 ];
-/// Request arrival times (optional: older kernels lack `sock:sock_recv_length`, added in 6.x).
-pub const ARRIVAL_TRACEPOINTS: &[(&str, &str)] =
-    &[("tcp", "tcp_probe"), ("sock", "sock_recv_length"), ("tcp", "tcp_destroy_sock")];
+/// `bpf_map_update_elem` flag: only if the key is not there yet.
+const BPF_NOEXIST: u64 = 1;
+
+/// Every socket read and write, whatever the syscall (kernel 6.3+): unclassified socket I/O,
+/// and the read half of request arrival times.
+pub const SOCKET_LENGTH_TRACEPOINTS: &[(&str, &str)] = &[("sock", "sock_recv_length"), ("sock", "sock_send_length")];
+/// Request arrival times (optional: they need `SOCKET_LENGTH_TRACEPOINTS` too).
+pub const ARRIVAL_TRACEPOINTS: &[(&str, &str)] = &[("tcp", "tcp_probe"), ("tcp", "tcp_destroy_sock")];
 pub const SCHED_TRACEPOINTS: &[&str] = &["sched_process_fork", "sched_process_exit"];
 /// Executable mappings of traced processes (libraries loaded with `dlopen`), for the device layer.
 pub const MMAP_TRACEPOINTS: &[&str] = &["sys_enter_mmap", "sys_exit_mmap"];
@@ -187,17 +200,32 @@ pub fn load(opts: &LoadOptions) -> Result<Probes> {
             links.push((name, link));
         }
     }
+    let mut attach_optional = |list: &[(&str, &'static str)]| -> Result<()> {
+        for (category, name) in list {
+            let prog: &mut TracePoint = ebpf.program_mut(name).context(*name)?.try_into()?;
+            prog.load()?;
+            let link = prog.attach(category, name).with_context(|| format!("{category}:{name}"))?;
+            links.push((name, link));
+        }
+        Ok(())
+    };
+    let socket_lengths = match attach_optional(SOCKET_LENGTH_TRACEPOINTS) {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!(
+                "inferscope: warning: socket I/O that capture misses cannot be detected ({e:#}); sockets that \
+                 appear other than by accept, connect or dup are not learned"
+            );
+            false
+        }
+    };
     let mut arrival_times = false;
     if opts.arrival_times {
-        let r = (|| -> Result<()> {
-            for (category, name) in ARRIVAL_TRACEPOINTS {
-                let prog: &mut TracePoint = ebpf.program_mut(name).context(name)?.try_into()?;
-                prog.load()?;
-                let link = prog.attach(category, name).with_context(|| format!("{category}:{name}"))?;
-                links.push((name, link));
-            }
-            Ok(())
-        })();
+        let r = if socket_lengths {
+            attach_optional(ARRIVAL_TRACEPOINTS)
+        } else {
+            Err(anyhow!("sock:sock_recv_length is not available"))
+        };
         match r {
             Ok(()) => arrival_times = true,
             Err(e) => eprintln!(
@@ -399,14 +427,20 @@ impl Probes {
     /// (the kernel side saw it being opened).
     pub fn add_socket(&mut self, tgid: u32, fd: u32, info: SockInfo) -> Result<bool> {
         let key = sock_key(tgid, fd);
-        if self.sockets.get(&key, 0).is_ok() {
-            return Ok(false);
+        // BPF_NOEXIST: a socket the BPF side knows (it may have learned it a moment ago from an
+        // accept) keeps its connection id and positions.
+        match self.sockets.insert(key, info, BPF_NOEXIST) {
+            Ok(()) => Ok(true),
+            Err(aya::maps::MapError::SyscallError(aya::sys::SyscallError { io_error, .. }))
+                if io_error.raw_os_error() == Some(libc::EEXIST) =>
+            {
+                Ok(false)
+            }
+            Err(e) => {
+                self.map_write_failed("SOCKETS", &format!("socket {tgid}/{fd}"), &e);
+                Err(e).with_context(|| format!("adding socket {tgid}/{fd}"))
+            }
         }
-        if let Err(e) = self.sockets.insert(key, info, 0) {
-            self.map_write_failed("SOCKETS", &format!("socket {tgid}/{fd}"), &e);
-            return Err(e).with_context(|| format!("adding socket {tgid}/{fd}"));
-        }
-        Ok(true)
     }
 
     /// Sums the per-CPU statistics.

@@ -93,6 +93,14 @@ pub enum Event<'a> {
         tgid: u32,
         ts_ns: u64,
     },
+    /// A traced process moved bytes on a socket capture did not see (an fd not known, or an
+    /// untraced syscall); at most one a second per process.
+    SocketUnknown {
+        tgid: u32,
+        /// Address family of that socket (AF_INET, AF_INET6, AF_UNIX).
+        family: u16,
+        ts_ns: u64,
+    },
     /// A probed accelerator-runtime call.
     Device(DeviceCall),
     /// A runtime gave a kernel handle a name.
@@ -262,6 +270,10 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
         Some(EventKind::ProcMmap) => {
             let p: ProcEvent = read_pod(bytes)?;
             Ok(Event::ProcMmap { tgid: p.tgid, ts_ns: p.ts_ns })
+        }
+        Some(EventKind::SocketUnknown) => {
+            let p: ProcEvent = read_pod(bytes)?;
+            Ok(Event::SocketUnknown { tgid: p.tgid, family: p.child as u16, ts_ns: p.ts_ns })
         }
         Some(EventKind::Device) => {
             let d: DeviceEvent = read_pod(bytes)?;

@@ -217,6 +217,7 @@ impl Tracker {
             Event::ProcFork { .. } => {}
             // Not about connections (the device layer takes these).
             Event::ProcMmap { .. }
+            | Event::SocketUnknown { .. }
             | Event::Device(_)
             | Event::DeviceName { .. }
             | Event::PySample { .. }

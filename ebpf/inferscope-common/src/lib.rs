@@ -36,6 +36,11 @@ pub enum EventKind {
     PySite = 11,
     /// [`PyEval`]: a watched Python function's call returned (eval-frame uprobes, 3.9/3.10).
     PyEval = 12,
+    /// [`ProcEvent`] (`child` holds the address family): a traced process moved bytes on a
+    /// socket that capture did not see (an fd not in `SOCKETS`, or a syscall not traced). At
+    /// most one a second per process; every such syscall is counted in
+    /// [`stat::UNCLASSIFIED_SOCKET_IO`].
+    SocketUnknown = 13,
 }
 
 impl EventKind {
@@ -53,6 +58,7 @@ impl EventKind {
             10 => Self::PyCall,
             11 => Self::PySite,
             12 => Self::PyEval,
+            13 => Self::SocketUnknown,
             _ => return None,
         })
     }
@@ -174,6 +180,9 @@ pub struct SockInfo {
 /// [`MAX_FULL_CHUNKS`] records of [`MAX_CAPTURE`] bytes), not only head and tail. Set for
 /// engine IPC sockets (unix sockets, ZMTP), where one message packs a whole batch.
 pub const SOCK_FLAG_FULL: u8 = 1;
+/// `SockInfo::flags`: the fd shares its connection with other fds of the process (`dup`): the
+/// byte positions and the other flags live in the BPF side's shared state for `conn_id`.
+pub const SOCK_FLAG_SHARED: u8 = 2;
 /// Records one syscall on a full-capture socket may produce; bytes past them are a counted gap
 /// (the last `CAPTURE_TAIL` bytes are still captured).
 pub const MAX_FULL_CHUNKS: usize = 16;
@@ -218,8 +227,19 @@ pub mod stat {
     pub const DEVICE_RATE_LIMITED: u32 = 12;
     /// Executable mappings (`dlopen`) announced to user space.
     pub const MMAP_EVENTS: u32 = 13;
+    /// `accept` exits whose enter was not seen (the thread was blocked in `accept()` when
+    /// tracing began): the socket is learned from the exit alone.
+    pub const ACCEPTS_WITHOUT_ENTER: u32 = 14;
+    /// Tracked sockets `dup`'d (`dup`, `dup2`, `dup3`, `fcntl(F_DUPFD*)`): the new fd is
+    /// followed as the same connection.
+    pub const DUPS_FOLLOWED: u32 = 15;
+    /// Reads and writes of a traced process that moved bytes on a TCP or unix socket without
+    /// being captured: the fd was not known (a socket passed over a unix socket, made by
+    /// `socketpair`, or connected before the attach), or the syscall is not traced (`sendfile`,
+    /// `splice`, `recvmmsg`, io_uring), or a read was already blocked when tracing began.
+    pub const UNCLASSIFIED_SOCKET_IO: u32 = 16;
     /// Number of slots.
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 17;
 }
 
 /// Most device probes (one per process, library and symbol) attached at once; probe ids index

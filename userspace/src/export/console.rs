@@ -68,6 +68,12 @@ pub fn loss_line(prev: &Health, now: &Health) -> Option<String> {
     if map > 0 {
         parts.push(format!("{map} sockets not traced because the socket map was full"));
     }
+    let unclassified = d(stat::UNCLASSIFIED_SOCKET_IO);
+    if unclassified > 0 {
+        parts.push(format!(
+            "{unclassified} socket reads/writes not captured (an fd inferscope did not know yet, or sendfile, splice, recvmmsg, io_uring)"
+        ));
+    }
     let limited = d(stat::DEVICE_RATE_LIMITED);
     if limited > 0 {
         parts.push(format!(

@@ -31,10 +31,24 @@ struct Ports {
     every: Duration,
 }
 
+/// When to look in /proc again for sockets of a process whose socket I/O capture did not see.
+struct Rescan {
+    next: std::time::Instant,
+    /// 1 s after a look that found sockets, doubling up to a minute while looks find none
+    /// (the unclassified I/O is then an untraced syscall on a known socket, or a socket we do
+    /// not capture).
+    every: Duration,
+}
+
+const RESCAN_MIN: Duration = Duration::from_secs(1);
+const RESCAN_MAX: Duration = Duration::from_secs(60);
+
 pub struct RequestsLayer {
     tracker: Tracker,
     records: Vec<RequestRecord>,
     ports: HashMap<u32, Ports>,
+    /// Processes whose unclassified socket I/O was seen (said once each on stderr).
+    rescans: HashMap<u32, Rescan>,
     next_conn_id: u64,
     idle_ns: u64,
 }
@@ -47,6 +61,7 @@ impl RequestsLayer {
             tracker: Tracker::new(limits),
             records: Vec::new(),
             ports: HashMap::new(),
+            rescans: HashMap::new(),
             next_conn_id: 0,
             idle_ns: (o.idle_timeout.max(1.0) * 1e9) as u64,
         }
@@ -89,6 +104,85 @@ impl RequestsLayer {
         }
     }
 
+    /// Puts the sockets of `pid` that the BPF side does not know into `SOCKETS`: TCP
+    /// connections on a port some traced process listens on (its own, or its parent's for a
+    /// connection passed over a unix socket), and connected unix stream sockets (engine IPC,
+    /// captured whole). Their parsers wait for the next message head. Returns how many.
+    fn learn_sockets(&mut self, cx: &mut Cx, pid: u32, conns: Vec<procfs::OpenConn>) -> usize {
+        let now = clock::monotonic_ns();
+        let mut learned = 0;
+        for c in conns {
+            if !c.server_side && !self.ports.values().any(|p| p.ports.contains(&c.local_port)) {
+                continue;
+            }
+            let conn_id = self.conn_id();
+            let info = SockInfo { conn_id, pos: [0, 0], role: ROLE_SERVER, flags: 0, _pad: [0; 6] };
+            match cx.probes.add_socket(pid, c.fd as u32, info) {
+                Ok(true) => {
+                    learned += 1;
+                    self.tracker.add_existing(
+                        ExistingConn {
+                            tgid: pid,
+                            fd: c.fd,
+                            conn_id,
+                            peer: Some(c.peer),
+                            local_port: Some(c.local_port),
+                            unix: false,
+                        },
+                        now,
+                    )
+                }
+                Ok(false) => {}
+                Err(e) => debug!("pid {pid} fd {}: {e:#}", c.fd),
+            }
+        }
+        for fd in procfs::open_unix(pid) {
+            let conn_id = self.conn_id();
+            let info = SockInfo { conn_id, pos: [0, 0], role: ROLE_UNKNOWN, flags: SOCK_FLAG_FULL, _pad: [0; 6] };
+            if let Ok(true) = cx.probes.add_socket(pid, fd as u32, info) {
+                learned += 1;
+                self.tracker.add_existing(
+                    ExistingConn { tgid: pid, fd, conn_id, peer: None, local_port: None, unix: true },
+                    now,
+                );
+            }
+        }
+        learned
+    }
+
+    /// `pid` moved bytes on a socket capture did not see: said once, and /proc is looked at
+    /// again (rate-limited) for sockets to learn.
+    fn socket_unknown(&mut self, cx: &mut Cx, pid: u32, family: u16) {
+        if !self.ports.contains_key(&pid) {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let r = self.rescans.entry(pid).or_insert_with(|| {
+            let kind = match family {
+                1 => "unix",
+                _ => "TCP",
+            };
+            eprintln!(
+                "inferscope: pid {pid} moved bytes on a {kind} socket that capture did not see (an fd it did not \
+                 know, a syscall it does not trace, or a read already waiting when tracing began); looking in /proc for its sockets; counted in \
+                 inferscope_unclassified_socket_io_total"
+            );
+            Rescan { next: now, every: RESCAN_MIN }
+        });
+        if r.next > now {
+            return;
+        }
+        let (conns, _) = procfs::open_tcp(pid);
+        let learned = self.learn_sockets(cx, pid, conns);
+        if let Some(r) = self.rescans.get_mut(&pid) {
+            r.every = if learned > 0 { RESCAN_MIN } else { (r.every * 2).min(RESCAN_MAX) };
+            r.next = now + r.every;
+        }
+        if learned > 0 {
+            debug!("pid {pid}: {learned} sockets learned from /proc");
+        }
+    }
+
     /// Finished HTTP records out, each with its engine side.
     fn flush(&mut self, cx: &mut Cx) {
         for mut r in std::mem::take(&mut self.records) {
@@ -122,36 +216,7 @@ impl Layer for RequestsLayer {
         self.ports.insert(pid, Ports { ports: Vec::new(), next_check: std::time::Instant::now() + every, every });
         let (conns, ports) = procfs::open_tcp(pid);
         self.set_ports(cx, pid, &ports);
-        let now = clock::monotonic_ns();
-        for c in conns.into_iter().filter(|c| c.server_side) {
-            let conn_id = self.conn_id();
-            let info = SockInfo { conn_id, pos: [0, 0], role: ROLE_SERVER, flags: 0, _pad: [0; 6] };
-            match cx.probes.add_socket(pid, c.fd as u32, info) {
-                Ok(true) => self.tracker.add_existing(
-                    ExistingConn {
-                        tgid: pid,
-                        fd: c.fd,
-                        conn_id,
-                        peer: Some(c.peer),
-                        local_port: Some(c.local_port),
-                        unix: false,
-                    },
-                    now,
-                ),
-                Ok(false) => {}
-                Err(e) => debug!("pid {pid} fd {}: {e:#}", c.fd),
-            }
-        }
-        for fd in procfs::open_unix(pid) {
-            let conn_id = self.conn_id();
-            let info = SockInfo { conn_id, pos: [0, 0], role: ROLE_UNKNOWN, flags: SOCK_FLAG_FULL, _pad: [0; 6] };
-            if let Ok(true) = cx.probes.add_socket(pid, fd as u32, info) {
-                self.tracker.add_existing(
-                    ExistingConn { tgid: pid, fd, conn_id, peer: None, local_port: None, unix: true },
-                    now,
-                );
-            }
-        }
+        self.learn_sockets(cx, pid, conns);
     }
 
     fn describe(&self, pid: u32) -> String {
@@ -166,10 +231,15 @@ impl Layer for RequestsLayer {
         self.tracker.process_gone(pid, ts_ns, &mut self.records);
         self.tracker.set_server_port(pid, None);
         self.ports.remove(&pid);
+        self.rescans.remove(&pid);
         self.flush(cx);
     }
 
     fn on_event(&mut self, cx: &mut Cx, ev: &Event) {
+        if let Event::SocketUnknown { tgid, family, .. } = ev {
+            self.socket_unknown(cx, *tgid, *family);
+            return;
+        }
         if !matches!(ev, Event::Data(_) | Event::ConnOpen(_) | Event::ConnClose(_)) {
             return;
         }

@@ -17,13 +17,13 @@ use aya_ebpf::{
         generated::bpf_probe_read_user as probe_read_user_raw,
     },
     macros::{map, tracepoint},
-    maps::HashMap,
+    maps::{HashMap, LruHashMap},
     programs::TracePointContext,
 };
 use inferscope_common::{
     ConnEvent, DATA_FLAG_EOF, DATA_FLAG_TRUNCATED, DATA_HEADER_LEN, DIR_EGRESS, DIR_INGRESS, EventKind, MAX_CAPTURE,
-    MAX_FULL_CHUNKS, MAX_IOV, ROLE_CLIENT, ROLE_SERVER, SOCK_FLAG_FULL, SYS_READ, SYS_READV, SYS_RECVFROM, SYS_RECVMSG,
-    SYS_SENDMSG, SYS_SENDTO, SYS_WRITE, SYS_WRITEV, SockInfo, sock_key, stat,
+    MAX_FULL_CHUNKS, MAX_IOV, ProcEvent, ROLE_CLIENT, ROLE_SERVER, SOCK_FLAG_FULL, SOCK_FLAG_SHARED, SYS_READ,
+    SYS_READV, SYS_RECVFROM, SYS_RECVMSG, SYS_SENDMSG, SYS_SENDTO, SYS_WRITE, SYS_WRITEV, SockInfo, sock_key, stat,
 };
 
 use crate::{
@@ -77,6 +77,28 @@ pub struct ConnArgs {
 
 #[map]
 static PENDING_CONN: HashMap<u64, ConnArgs> = HashMap::with_max_entries(16384, 0);
+
+/// A connection reachable through several fds of a process (`dup`): one open file, one byte
+/// stream, so one set of positions. Its fds' `SockInfo`s carry `SOCK_FLAG_SHARED` and the same
+/// `conn_id`, the key here.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SharedConn {
+    pos: [u64; 2],
+    /// fds in `SOCKETS` that point here. Updated without atomics: two threads closing two
+    /// copies at the same instant may end the connection one close early (user space then
+    /// sees its later bytes as a connection captured mid-stream).
+    refs: u64,
+    flags: u8,
+    _pad: [u8; 7],
+}
+
+#[map]
+static SHARED_CONNS: HashMap<u64, SharedConn> = HashMap::with_max_entries(16384, 0);
+
+/// The fd being duplicated, by thread, between a `dup`-family enter and its exit.
+#[map]
+static PENDING_DUP: HashMap<u64, u32> = HashMap::with_max_entries(16384, 0);
 
 #[inline(always)]
 fn tracked(tgid: u32) -> bool {
@@ -245,19 +267,27 @@ fn exit_io(ctx: &TracePointContext) -> u32 {
     };
     let dir = if dir_byte == DIR_EGRESS { 1usize } else { 0usize };
     let info = unsafe { &mut *info };
-    let pos = info.pos[dir];
-    info.pos[dir] = pos + ret;
     let conn_id = info.conn_id;
+    // A dup'd socket's positions and flags are the connection's, shared by its fds.
+    let mut state: (*mut [u64; 2], *mut u8) = (&mut info.pos, &mut info.flags);
+    if info.flags & SOCK_FLAG_SHARED != 0 {
+        if let Some(s) = SHARED_CONNS.get_ptr_mut(&conn_id) {
+            state = unsafe { (&mut (*s).pos, &mut (*s).flags) };
+        }
+    }
+    let (positions, flags) = (unsafe { &mut *state.0 }, unsafe { &mut *state.1 });
+    let pos = positions[dir];
+    positions[dir] = pos + ret;
     // A ZeroMQ connection (engine IPC) opens with its greeting: 0xFF, 8 bytes, 0x7F. Seen at
     // the very start of a direction, the socket is captured whole from then on.
-    if pos == 0 && ret >= 10 && args.shape == SHAPE_BUF && info.flags & SOCK_FLAG_FULL == 0 {
+    if pos == 0 && ret >= 10 && args.shape == SHAPE_BUF && *flags & SOCK_FLAG_FULL == 0 {
         if let Ok(sig) = unsafe { bpf_probe_read_user(args.buf as *const [u8; 10]) } {
             if sig[0] == 0xff && sig[9] == 0x7f {
-                info.flags |= SOCK_FLAG_FULL;
+                *flags |= SOCK_FLAG_FULL;
             }
         }
     }
-    let full = info.flags & SOCK_FLAG_FULL != 0;
+    let full = *flags & SOCK_FLAG_FULL != 0;
     let arrival_ns = args.arrival_ns;
 
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
@@ -385,15 +415,33 @@ fn read_sockaddr(addr: u64, ev: &mut ConnEvent) {
     }
 }
 
+/// The exit of `accept`/`accept4` (`role` server) or `connect` (client). The enter normally
+/// stashed the arguments; a thread that was already blocked in `accept()` when we attached
+/// returns with no enter seen, and the exit alone is enough for an accept: the new socket is
+/// its return value (the peer's address stays unknown). A `connect`'s exit does not say which
+/// fd it was: such a socket is learned by user space from /proc when its traffic shows up
+/// unclassified (`sock_io_length`).
 #[inline(always)]
-fn exit_conn(ctx: &TracePointContext) -> u32 {
+fn exit_conn(ctx: &TracePointContext, role: u8) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(args) = (unsafe { PENDING_CONN.get(&pid_tgid) }).copied() else {
-        return 0;
-    };
-    let _ = PENDING_CONN.remove(&pid_tgid);
+    let pending = (unsafe { PENDING_CONN.get(&pid_tgid) }).copied();
+    if pending.is_some() {
+        let _ = PENDING_CONN.remove(&pid_tgid);
+    }
     let Ok(ret) = (unsafe { ctx.read_at::<i64>(RET) }) else {
         return 0;
+    };
+    let args = match pending {
+        // An entry from another syscall is stale (its exit ran before the exit program was
+        // attached): not this call's arguments.
+        Some(a) if a.role == role => a,
+        _ => {
+            if role != ROLE_SERVER || ret < 0 || !tracked((pid_tgid >> 32) as u32) {
+                return 0;
+            }
+            count(stat::ACCEPTS_WITHOUT_ENTER, 1);
+            ConnArgs { addr: 0, fd: 0, role, _pad: [0; 3] }
+        }
     };
     let fd = if args.role == ROLE_SERVER {
         if ret < 0 {
@@ -449,7 +497,7 @@ pub fn sys_enter_accept(ctx: TracePointContext) -> u32 {
 }
 #[tracepoint]
 pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
-    exit_conn(&ctx)
+    exit_conn(&ctx, ROLE_SERVER)
 }
 #[tracepoint]
 pub fn sys_enter_accept4(ctx: TracePointContext) -> u32 {
@@ -457,7 +505,7 @@ pub fn sys_enter_accept4(ctx: TracePointContext) -> u32 {
 }
 #[tracepoint]
 pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
-    exit_conn(&ctx)
+    exit_conn(&ctx, ROLE_SERVER)
 }
 #[tracepoint]
 pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
@@ -465,7 +513,7 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
 }
 #[tracepoint]
 pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
-    exit_conn(&ctx)
+    exit_conn(&ctx, ROLE_CLIENT)
 }
 
 #[tracepoint]
@@ -476,11 +524,29 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let fd = unsafe { ctx.read_at::<u64>(ARG0) }.unwrap_or(u64::MAX) as u32;
+    forget_socket(pid_tgid, tgid, fd);
+    0
+}
+
+/// `fd` of `tgid` is closed: it leaves `SOCKETS`, and its connection ends (announced) unless
+/// another fd of the process still holds it (a `dup`).
+#[inline(always)]
+fn forget_socket(pid_tgid: u64, tgid: u32, fd: u32) {
     let key = sock_key(tgid, fd);
     let Some(info) = (unsafe { SOCKETS.get(&key) }).copied() else {
-        return 0;
+        return;
     };
     let _ = SOCKETS.remove(&key);
+    if info.flags & SOCK_FLAG_SHARED != 0 {
+        if let Some(s) = SHARED_CONNS.get_ptr_mut(&info.conn_id) {
+            let s = unsafe { &mut *s };
+            if s.refs > 1 {
+                s.refs -= 1;
+                return;
+            }
+            let _ = SHARED_CONNS.remove(&info.conn_id);
+        }
+    }
     let ev = ConnEvent {
         kind: EventKind::ConnClose as u32,
         tgid,
@@ -492,7 +558,113 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
         ..ConnEvent::default()
     };
     output_conn(&ev);
+}
+
+// `dup`, `dup2`, `dup3` and `fcntl(F_DUPFD, F_DUPFD_CLOEXEC)` of a tracked socket: the new fd
+// is the same open file (one byte stream), so it joins the connection: same `conn_id`, shared
+// positions (`SHARED_CONNS`). `dup2`/`dup3` onto a tracked socket close that one first.
+
+const F_DUPFD: u64 = 0;
+const F_DUPFD_CLOEXEC: u64 = 1030;
+
+#[inline(always)]
+fn enter_dup(ctx: &TracePointContext, with_target: bool) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if !tracked(tgid) {
+        return 0;
+    }
+    let Ok(old) = (unsafe { ctx.read_at::<u64>(ARG0) }) else {
+        return 0;
+    };
+    let old = old as u32;
+    let mut interesting = SOCKETS.get_ptr(&sock_key(tgid, old)).is_some();
+    if !interesting && with_target {
+        let new = unsafe { ctx.read_at::<u64>(ARG1) }.unwrap_or(u64::MAX) as u32;
+        interesting = SOCKETS.get_ptr(&sock_key(tgid, new)).is_some();
+    }
+    if interesting {
+        let _ = PENDING_DUP.insert(&pid_tgid, &old, 0);
+    }
     0
+}
+
+#[inline(always)]
+fn exit_dup(ctx: &TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(old) = (unsafe { PENDING_DUP.get(&pid_tgid) }).copied() else {
+        return 0;
+    };
+    let _ = PENDING_DUP.remove(&pid_tgid);
+    let Ok(ret) = (unsafe { ctx.read_at::<i64>(RET) }) else {
+        return 0;
+    };
+    if ret < 0 || ret as u64 == old as u64 {
+        return 0;
+    }
+    let tgid = (pid_tgid >> 32) as u32;
+    let new = ret as u32;
+    forget_socket(pid_tgid, tgid, new);
+    let Some(info) = SOCKETS.get_ptr_mut(&sock_key(tgid, old)) else {
+        return 0;
+    };
+    let info = unsafe { &mut *info };
+    if info.flags & SOCK_FLAG_SHARED == 0 {
+        let s = SharedConn { pos: info.pos, refs: 1, flags: info.flags, _pad: [0; 7] };
+        if SHARED_CONNS.insert(&info.conn_id, &s, 0).is_err() {
+            count(stat::SOCKET_MAP_FULL, 1);
+            return 0;
+        }
+        info.flags |= SOCK_FLAG_SHARED;
+    }
+    let Some(s) = SHARED_CONNS.get_ptr_mut(&info.conn_id) else {
+        return 0;
+    };
+    let copy = *info;
+    if SOCKETS.insert(&sock_key(tgid, new), &copy, 0).is_err() {
+        count(stat::SOCKET_MAP_FULL, 1);
+        return 0;
+    }
+    unsafe { (*s).refs += 1 };
+    count(stat::DUPS_FOLLOWED, 1);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_dup(ctx: TracePointContext) -> u32 {
+    enter_dup(&ctx, false)
+}
+#[tracepoint]
+pub fn sys_exit_dup(ctx: TracePointContext) -> u32 {
+    exit_dup(&ctx)
+}
+#[tracepoint]
+pub fn sys_enter_dup2(ctx: TracePointContext) -> u32 {
+    enter_dup(&ctx, true)
+}
+#[tracepoint]
+pub fn sys_exit_dup2(ctx: TracePointContext) -> u32 {
+    exit_dup(&ctx)
+}
+#[tracepoint]
+pub fn sys_enter_dup3(ctx: TracePointContext) -> u32 {
+    enter_dup(&ctx, true)
+}
+#[tracepoint]
+pub fn sys_exit_dup3(ctx: TracePointContext) -> u32 {
+    exit_dup(&ctx)
+}
+#[tracepoint]
+pub fn sys_enter_fcntl(ctx: TracePointContext) -> u32 {
+    let cmd = unsafe { ctx.read_at::<u64>(ARG1) }.unwrap_or(u64::MAX) & 0xffff_ffff;
+    if cmd != F_DUPFD && cmd != F_DUPFD_CLOEXEC {
+        return 0;
+    }
+    enter_dup(&ctx, false)
+}
+#[tracepoint]
+pub fn sys_exit_fcntl(ctx: TracePointContext) -> u32 {
+    exit_dup(&ctx)
 }
 
 // Request arrival times. A busy server reads a request some time after its bytes arrived;
@@ -534,7 +706,7 @@ pub fn tcp_probe(ctx: TracePointContext) -> u32 {
 pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let Some(args) = PENDING_IO.get_ptr_mut(&pid_tgid) else {
-        return 0;
+        return sock_io_length(&ctx, pid_tgid, true);
     };
     let Ok(sk) = (unsafe { ctx.read_at::<u64>(8) }) else {
         return 0;
@@ -544,6 +716,69 @@ pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
         unsafe { (*args).arrival_ns = t };
         let _ = ARRIVALS.remove(&sk);
         count(stat::ARRIVALS_USED, 1);
+    }
+    0
+}
+
+/// `sock:sock_send_length`: like `sock_recv_length`, for every socket send.
+#[tracepoint]
+pub fn sock_send_length(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if PENDING_IO.get_ptr(&pid_tgid).is_some() {
+        return 0;
+    }
+    sock_io_length(&ctx, pid_tgid, false)
+}
+
+// Unclassified socket I/O. `sock:sock_{recv,send}_length` run inside every socket read and
+// write (`sk` at 8, `family` u16 at 16, `protocol` u16 at 18, `ret` i32 at 20, `flags` i32 at
+// 24), whatever the syscall: the kernel itself says the fd is a socket. A traced syscall on a
+// tracked socket has its `PENDING_IO` entry by then; bytes moved without one were not
+// captured. They are counted, and the process is announced (at most once a second) so user
+// space looks in /proc for sockets it does not know.
+
+const AF_UNIX: u16 = 1;
+const IPPROTO_TCP: u16 = 6;
+const IPPROTO_MPTCP: u16 = 262;
+const MSG_PEEK: i32 = 2;
+
+/// When each process was last announced.
+#[map]
+static UNKNOWN_IO_SEEN: LruHashMap<u32, u64> = LruHashMap::with_max_entries(1024, 0);
+
+#[inline(always)]
+fn sock_io_length(ctx: &TracePointContext, pid_tgid: u64, recv: bool) -> u32 {
+    let Ok(ret) = (unsafe { ctx.read_at::<i32>(20) }) else {
+        return 0;
+    };
+    if ret <= 0 {
+        return 0;
+    }
+    if recv && unsafe { ctx.read_at::<i32>(24) }.unwrap_or(0) & MSG_PEEK != 0 {
+        return 0;
+    }
+    let family = unsafe { ctx.read_at::<u16>(16) }.unwrap_or(0);
+    let protocol = unsafe { ctx.read_at::<u16>(18) }.unwrap_or(0);
+    let inet = (family == AF_INET || family == AF_INET6) && (protocol == IPPROTO_TCP || protocol == IPPROTO_MPTCP);
+    if !inet && family != AF_UNIX {
+        return 0;
+    }
+    let tgid = (pid_tgid >> 32) as u32;
+    if !tracked(tgid) {
+        return 0;
+    }
+    count(stat::UNCLASSIFIED_SOCKET_IO, 1);
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(last) = unsafe { UNKNOWN_IO_SEEN.get(&tgid) } {
+        if now.wrapping_sub(*last) < 1_000_000_000 {
+            return 0;
+        }
+    }
+    let _ = UNKNOWN_IO_SEEN.insert(&tgid, &now, 0);
+    let ev = ProcEvent { kind: EventKind::SocketUnknown as u32, tgid, child: family as u32, _pad: 0, ts_ns: now };
+    match EVENTS.output::<ProcEvent>(&ev, crate::wakeup_flags()) {
+        Ok(()) => {}
+        Err(_) => count(stat::RINGBUF_DROPS, 1),
     }
     0
 }

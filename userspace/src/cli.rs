@@ -6,6 +6,25 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::export::otlp::OtlpProtocol;
 
+/// When the container and pod of a process become Prometheus labels (`--identity-labels`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum IdentityLabels {
+    Auto,
+    Always,
+    Never,
+}
+
+impl IdentityLabels {
+    /// (on the request families, on `pid` series)
+    pub fn resolve(self) -> (bool, bool) {
+        match self {
+            Self::Always => (true, true),
+            Self::Never => (false, false),
+            Self::Auto => (std::env::var_os("KUBERNETES_SERVICE_HOST").is_some(), true),
+        }
+    }
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "inferscope",
@@ -192,6 +211,22 @@ pub struct RunOptions {
     /// Size of the kernel-to-user ring buffer, in bytes (rounded up to a power of two).
     #[arg(long, default_value_t = 16 << 20, value_name = "BYTES")]
     pub ring_buffer_size: u32,
+
+    /// The Kubernetes node this runs on, for `k8s.node.name` on the telemetry of processes in
+    /// pods (the manifests set it from the downward API's spec.nodeName). Default: the host's
+    /// name (/proc/1/root/etc/hostname).
+    #[arg(long, value_name = "NAME", env = "K8S_NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// Where the container and pod a traced process runs in (container_id, container_runtime,
+    /// k8s_namespace_name, k8s_pod_name, k8s_pod_uid, k8s_node_name) become Prometheus labels.
+    /// `always`: on the request families (gen_ai_*, inferscope_requests_total, vllm:*) and on
+    /// every series with a `pid` label. `auto` (default): the same when inferscope runs in
+    /// Kubernetes (KUBERNETES_SERVICE_HOST set), else only on `pid` series of processes in a
+    /// container, so host runs keep their label sets. `never`: only `inferscope_target_info`
+    /// says them. OTLP spans and JSONL lines carry them whenever they are known.
+    #[arg(long, value_enum, default_value_t = IdentityLabels::Auto, value_name = "WHEN")]
+    pub identity_labels: IdentityLabels,
 
     /// Most distinct model names used as metric label values; more read "other".
     #[arg(long, default_value_t = 64, value_name = "N")]

@@ -21,7 +21,7 @@ use crate::{
         Health,
         sink::{Output, Sinks},
     },
-    layers::{Cx, Fact, Facts, Layer, Note},
+    layers::{Cx, Facts, Layer, Note},
     target::procfs::{self, Engine},
 };
 
@@ -44,6 +44,8 @@ pub struct Parts {
     pub layers: Vec<Box<dyn Layer>>,
     pub sinks: Sinks,
     pub max_models: usize,
+    /// `k8s.node.name` for processes in pods.
+    pub node_name: Option<String>,
     /// Resolves when the daemon is to stop (`--duration`, SIGINT, SIGTERM).
     pub stop: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
 }
@@ -101,7 +103,7 @@ impl Daemon {
             log::warn!("cannot trace pid {pid}: {e:#}");
             return;
         }
-        self.facts.add(pid, Fact { engine, served_model: procfs::served_model(pid) });
+        self.facts.learn(pid, engine);
         self.correlate.process_added(pid, procfs::ancestors(pid));
         // Its CPython, found once for every layer that reads it.
         let interp = if self.layers.iter().any(|l| l.wants_python()) {
@@ -111,9 +113,10 @@ impl Daemon {
         };
         self.each(|l, cx| l.process_added(cx, pid, interp.as_ref()));
         let comm = procfs::comm(pid).unwrap_or_default();
-        let engine = self.facts.get(pid).map_or(engine, |f| f.engine);
         let notes: String = self.layers.iter().map(|l| l.describe(pid)).collect();
-        eprintln!("inferscope: tracing pid {pid} ({comm}, {}{notes})", engine.name());
+        let Some(f) = self.facts.get(pid) else { return };
+        self.sinks.emit(Output::ProcessAdded { pid, engine: f.engine.name(), identity: &f.identity });
+        eprintln!("inferscope: tracing pid {pid} ({comm}, {}{}{notes})", f.engine.name(), f.identity.describe());
     }
 
     fn untrace(&mut self, pid: u32, ts: u64) {
@@ -204,7 +207,7 @@ impl Daemon {
 
 /// Runs until interrupted. Errors are for the operator: one line, with what to do.
 pub async fn run(target: Target, parts: Parts) -> Result<()> {
-    let Parts { mut probes, layers, sinks, max_models, mut stop } = parts;
+    let Parts { mut probes, layers, sinks, max_models, node_name, mut stop } = parts;
     let ring = probes.take_events()?;
     // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged, for its lifetime.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
@@ -215,7 +218,7 @@ pub async fn run(target: Target, parts: Parts) -> Result<()> {
         sinks,
         layers,
         correlate: Correlator::default(),
-        facts: Facts::new(max_models),
+        facts: Facts::new(max_models, node_name),
         notes: VecDeque::new(),
         decode_errors: HashMap::new(),
         children,

@@ -17,7 +17,7 @@ use crate::{
         prom::{self, PromMetrics},
         sink::{ConsoleSink, JsonlSink, OtlpSink, PromSink, Sinks},
     },
-    target::procfs,
+    target::{identity, procfs},
 };
 
 /// `inferscope attach`: one process, and its children unless `no_children`.
@@ -72,11 +72,21 @@ async fn parts(target: &Target, o: &RunOptions) -> Result<Parts> {
     for (cap, loss) in crate::privileges::missing_optional(crate::privileges::effective_caps()) {
         eprintln!("inferscope: warning: no {cap}: {loss}");
     }
-    let mut prom =
-        if o.vllm_metrics || o.prometheus_listen.is_some() { Some(PromMetrics::new(o.vllm_metrics)?) } else { None };
+    let mut prom = if o.vllm_metrics || o.prometheus_listen.is_some() {
+        Some(PromMetrics::new(o.vllm_metrics, o.identity_labels.resolve())?)
+    } else {
+        None
+    };
     let layers = crate::layers::build(o, &mut probes, prom.as_mut())?;
     let sinks = sinks(o, prom).await?;
-    Ok(Parts { probes, layers, sinks, max_models: o.max_models, stop: stop(o.duration)? })
+    Ok(Parts {
+        probes,
+        layers,
+        sinks,
+        max_models: o.max_models,
+        node_name: o.node_name.clone().or_else(identity::host_name),
+        stop: stop(o.duration)?,
+    })
 }
 
 /// Resolves at `--duration`, or at SIGINT or SIGTERM. The signal streams are made now, and
@@ -106,7 +116,7 @@ async fn sinks(o: &RunOptions, prom: Option<PromMetrics>) -> Result<Sinks> {
     let mut sinks = Sinks::new(Clock::new());
     if let Some(p) = prom {
         if let Some(addr) = o.prometheus_listen {
-            prom::serve(addr, p.registry.clone()).await?;
+            prom::serve(addr, p.registry.clone(), p.identity.by_pid.clone()).await?;
             eprintln!("inferscope: Prometheus metrics at http://{addr}/metrics");
         }
         sinks.add(PromSink::new(p));
@@ -126,7 +136,7 @@ async fn sinks(o: &RunOptions, prom: Option<PromMetrics>) -> Result<Sinks> {
         sinks.add(OtlpSink { o: otlp, device_spans: o.device_spans });
     }
     if let Some(path) = o.jsonl.as_deref() {
-        sinks.add(JsonlSink(JsonlWriter::open(path)?));
+        sinks.add(JsonlSink::new(JsonlWriter::open(path)?));
     }
     sinks.add(ConsoleSink::new(!o.quiet && o.jsonl.as_deref() != Some("-")));
     Ok(sinks)

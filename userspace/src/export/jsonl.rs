@@ -418,6 +418,11 @@ pub fn engine_state_json(s: &EngineState, unix_ns: u64) -> Value {
     v
 }
 
+/// A `process` line when a process is traced (the sink adds where it runs).
+pub fn process_json(pid: u32, engine: &str, unix_ns: u64) -> Value {
+    json!({"type": "process", "pid": pid, "engine": engine, "ts_ns": unix_ns})
+}
+
 /// `inferscope python-info --json`: the interpreter, its threads and their stacks (`main`:
 /// whether a thread is the process's main thread), and the engine's live state when read.
 pub fn python_info_json(

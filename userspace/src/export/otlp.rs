@@ -4,6 +4,7 @@
 //! HTTP span a child of the caller's span.
 
 use std::{
+    collections::HashMap,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -127,6 +128,8 @@ pub struct Otlp {
     instruments: Option<Instruments>,
     pub counters: Arc<ExportCounters>,
     pub spans_submitted: u64,
+    /// The container and pod of each traced process in one, as span attributes.
+    targets: HashMap<u32, Vec<KeyValue>>,
 }
 
 /// Appends the signal path for OTLP/HTTP when the endpoint is a bare base URL.
@@ -207,15 +210,42 @@ impl Otlp {
         } else {
             (None, None)
         };
-        Ok(Self { opts, tracer_provider, tracer, meter_provider, instruments, counters, spans_submitted: 0 })
+        Ok(Self {
+            opts,
+            tracer_provider,
+            tracer,
+            meter_provider,
+            instruments,
+            counters,
+            spans_submitted: 0,
+            targets: HashMap::new(),
+        })
+    }
+
+    /// Where a traced process runs (OpenTelemetry `container.*` and `k8s.*` attributes): added
+    /// to every span of its requests, steps and calls, since one inferscope reports for every
+    /// pod of its node and the resource names inferscope itself.
+    pub fn target(&mut self, pid: u32, attributes: Vec<(&'static str, String)>) {
+        if attributes.is_empty() {
+            return;
+        }
+        self.targets.insert(pid, attributes.into_iter().map(|(k, v)| KeyValue::new(k, v)).collect());
+    }
+
+    pub fn forget(&mut self, pid: u32) {
+        self.targets.remove(&pid);
+    }
+
+    fn target_attrs(&self, pid: u32) -> &[KeyValue] {
+        self.targets.get(&pid).map_or(&[], Vec::as_slice)
     }
 
     pub fn record(&mut self, r: &RequestRecord, l: &Labels, clock: &Clock) {
         if let Some(i) = &self.instruments {
-            record_metrics(i, r, l);
+            record_metrics(i, r, l, self.target_attrs(r.pid));
         }
         if let Some(tracer) = &self.tracer {
-            emit_spans(tracer, &self.opts, r, l, clock);
+            emit_spans(tracer, &self.opts, r, l, clock, self.target_attrs(r.pid));
             self.spans_submitted += 2;
             if self.opts.tracing_level >= 1 && r.engine.is_some() {
                 self.spans_submitted += 3;
@@ -237,7 +267,7 @@ impl Otlp {
         }
         let i = |v: u64| Value::I64(v.min(i64::MAX as u64) as i64);
         let f = |ns: u64| Value::F64(ns as f64 / 1e9);
-        let attrs = vec![
+        let mut attrs = vec![
             KeyValue::new("process.pid", i64::from(step.pid)),
             KeyValue::new("inferscope.engine.index", i64::from(step.engine.unwrap_or(0))),
             KeyValue::new("inferscope.step.batch_size", step.batch_size() as i64),
@@ -252,6 +282,7 @@ impl Otlp {
             KeyValue::new("inferscope.device.collective_bytes", i(d.collective_bytes)),
             KeyValue::new("inferscope.device.errors", i(d.errors)),
         ];
+        attrs.extend_from_slice(self.target_attrs(step.pid));
         let mut span = tracer
             .span_builder("device")
             .with_kind(SpanKind::Internal)
@@ -284,6 +315,7 @@ impl Otlp {
             KeyValue::new("inferscope.python.mode", r.mode.label()),
             KeyValue::new("inferscope.python.depth", i64::from(r.depth)),
         ];
+        attrs.extend_from_slice(self.target_attrs(r.pid));
         if let Some((_, file, line)) = location {
             attrs.push(KeyValue::new("code.file.path", file.to_string()));
             attrs.push(KeyValue::new("code.line.number", i64::from(line)));
@@ -362,7 +394,7 @@ fn instruments(m: &Meter) -> Instruments {
     }
 }
 
-fn record_metrics(i: &Instruments, r: &RequestRecord, l: &Labels) {
+fn record_metrics(i: &Instruments, r: &RequestRecord, l: &Labels, target: &[KeyValue]) {
     let mut attrs = vec![
         KeyValue::new("gen_ai.operation.name", l.operation),
         KeyValue::new("gen_ai.request.model", l.model.clone()),
@@ -371,6 +403,7 @@ fn record_metrics(i: &Instruments, r: &RequestRecord, l: &Labels) {
     if !l.server_port.is_empty() {
         attrs.push(KeyValue::new("server.port", l.server_port.parse::<i64>().unwrap_or(0)));
     }
+    attrs.extend_from_slice(target);
     let mut req_attrs = attrs.clone();
     req_attrs.push(KeyValue::new("http.route", l.route));
     req_attrs.push(KeyValue::new("http.response.status_code", l.status.clone()));
@@ -422,7 +455,14 @@ pub fn parse_traceparent(v: &str) -> Option<SpanContext> {
     Some(SpanContext::new(trace_id, span_id, TraceFlags::new(flags), true, TraceState::default()))
 }
 
-fn emit_spans(tracer: &SdkTracer, opts: &OtlpOptions, r: &RequestRecord, l: &Labels, clock: &Clock) {
+fn emit_spans(
+    tracer: &SdkTracer,
+    opts: &OtlpOptions,
+    r: &RequestRecord,
+    l: &Labels,
+    clock: &Clock,
+    target: &[KeyValue],
+) {
     let parent = match r.traceparent.as_deref().and_then(parse_traceparent) {
         Some(sc) => Context::new().with_remote_span_context(sc),
         None => Context::new(),
@@ -435,6 +475,7 @@ fn emit_spans(tracer: &SdkTracer, opts: &OtlpOptions, r: &RequestRecord, l: &Lab
         KeyValue::new("network.protocol.version", "1.1"),
         KeyValue::new("process.pid", i64::from(r.pid)),
     ];
+    http_attrs.extend_from_slice(target);
     if let Some(s) = r.status {
         http_attrs.push(KeyValue::new("http.response.status_code", i64::from(s)));
     }
@@ -505,6 +546,7 @@ fn emit_spans(tracer: &SdkTracer, opts: &OtlpOptions, r: &RequestRecord, l: &Lab
             let arr: Vec<StringValue> = r.finish_reasons.iter().map(|f| StringValue::from(f.clone())).collect();
             a.push(KeyValue::new("gen_ai.response.finish_reasons", Value::Array(Array::String(arr))));
         }
+        a.extend_from_slice(target);
         let mut b = tracer
             .span_builder("llm_request")
             .with_kind(SpanKind::Internal)
@@ -549,10 +591,14 @@ fn emit_spans(tracer: &SdkTracer, opts: &OtlpOptions, r: &RequestRecord, l: &Lab
                     .span_builder(name)
                     .with_kind(SpanKind::Internal)
                     .with_start_time(clock.system_time(from))
-                    .with_attributes(vec![
-                        KeyValue::new("gen_ai.operation.name", l.operation),
-                        KeyValue::new("inferscope.engine.index", i64::from(e.engine.unwrap_or(0))),
-                    ])
+                    .with_attributes(
+                        [
+                            KeyValue::new("gen_ai.operation.name", l.operation),
+                            KeyValue::new("inferscope.engine.index", i64::from(e.engine.unwrap_or(0))),
+                        ]
+                        .into_iter()
+                        .chain(target.iter().cloned()),
+                    )
                     .start_with_context(tracer, &llm_cx);
                 opentelemetry::trace::Span::end_with_timestamp(&mut s, clock.system_time(to));
             }

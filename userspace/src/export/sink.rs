@@ -22,6 +22,7 @@ use crate::{
         timers::{CallRecord, TimerSpec},
     },
     request::RequestRecord,
+    target::identity::Identity,
 };
 
 /// What the layers (through the correlation stage) hand to the sinks.
@@ -69,6 +70,8 @@ pub enum Output<'a> {
     /// The health counters: every second; `report` every 10 s (lines for the operator);
     /// `last` at the stop.
     Health { health: &'a Health, report: bool, last: bool },
+    /// A process is traced from now: the engine it runs and where it runs.
+    ProcessAdded { pid: u32, engine: &'static str, identity: &'a Identity },
     /// A process is gone: what a sink keeps for it goes.
     ProcessGone { pid: u32 },
 }
@@ -199,7 +202,9 @@ impl Sink for PromSink {
                 m.health(health);
                 m.engine.health(&health.engine);
             }
+            Output::ProcessAdded { pid, engine, identity } => m.identity.added(*pid, engine, identity),
             Output::ProcessGone { pid } => {
+                m.identity.forget(*pid);
                 if let Some(e) = &m.engine_state {
                     e.forget(*pid);
                 }
@@ -235,6 +240,8 @@ impl Sink for OtlpSink {
                 let step = step.map(|(ts, batch)| (clock.unix_ns(ts), batch));
                 self.o.python_call(record, spec, *location, clock, step);
             }
+            Output::ProcessAdded { pid, identity, .. } => self.o.target(*pid, identity.attributes()),
+            Output::ProcessGone { pid } => self.o.forget(*pid),
             _ => {}
         }
     }
@@ -253,50 +260,88 @@ impl Sink for OtlpSink {
 }
 
 /// JSON lines: one object per request, step, device interval, timed call, profile window,
-/// engine-state reading, launch-site interval, and a health line every 10 s.
-pub struct JsonlSink(pub JsonlWriter);
+/// engine-state reading, launch-site interval, a `process` line per traced process, and a
+/// health line every 10 s. Lines of a process in a container or pod carry its `container.*` /
+/// `k8s.*` fields.
+pub struct JsonlSink {
+    pub w: JsonlWriter,
+    targets: HashMap<u32, Vec<(&'static str, String)>>,
+}
+
+impl JsonlSink {
+    pub fn new(w: JsonlWriter) -> Self {
+        Self { w, targets: HashMap::new() }
+    }
+
+    fn write(&mut self, mut v: serde_json::Value) {
+        let pid = v.get("pid").and_then(serde_json::Value::as_u64);
+        if let Some(attrs) = pid.and_then(|p| self.targets.get(&(p as u32))) {
+            for (k, val) in attrs {
+                v[*k] = serde_json::Value::String(val.clone());
+            }
+        }
+        self.w.write(&v);
+    }
+}
 
 impl Sink for JsonlSink {
     fn consume(&mut self, clock: &Clock, o: &Output<'_>) {
-        let j = &mut self.0;
         let now = || clock.unix_ns(clock::monotonic_ns());
-        match o {
-            Output::Request { record, provider, .. } => j.write(&jsonl::request_line(record, clock, *provider)),
+        let v = match o {
+            Output::Request { record, provider, .. } => {
+                let line = jsonl::request_line(record, clock, *provider);
+                if !self.targets.contains_key(&record.pid) {
+                    self.w.write(&line);
+                    return;
+                }
+                serde_json::to_value(&line).unwrap_or_default()
+            }
             Output::Engine { event: EngineEvent::Step(s), device, .. } => {
-                j.write(&jsonl::step_json_with_device(s, *device, clock))
+                jsonl::step_json_with_device(s, *device, clock)
             }
             Output::DeviceInterval { report, seconds, top_kernels, probes, disabled, last } => {
-                j.write(&jsonl::device_json(report, now(), *seconds, *top_kernels, *probes, disabled, *last))
+                jsonl::device_json(report, now(), *seconds, *top_kernels, *probes, disabled, *last)
             }
-            Output::LaunchSites { pid, sites, seconds } => j.write(&jsonl::sites_json(*pid, sites, now(), *seconds)),
+            Output::LaunchSites { pid, sites, seconds } => jsonl::sites_json(*pid, sites, now(), *seconds),
             Output::PythonCall { record, spec, step, .. } => {
                 let step = step.map(|(ts, batch)| (clock.unix_ns(ts), batch));
-                j.write(&jsonl::call_json(record, spec, Some(clock.unix_ns(record.start_ns)), step))
+                jsonl::call_json(record, spec, Some(clock.unix_ns(record.start_ns)), step)
             }
-            Output::ProfileWindow { pid, profile, files } => {
-                j.write(&jsonl::profile_json(*pid, profile, now(), *files))
-            }
-            Output::EngineState(s) => j.write(&jsonl::engine_state_json(s, now())),
-            Output::Health { health, report: true, last } => {
-                j.write(&jsonl::health_json(health, now()));
-                if *last {
-                    j.flush();
+            Output::ProfileWindow { pid, profile, files } => jsonl::profile_json(*pid, profile, now(), *files),
+            Output::EngineState(s) => jsonl::engine_state_json(s, now()),
+            Output::ProcessAdded { pid, engine, identity } => {
+                let attrs = identity.attributes();
+                if !attrs.is_empty() {
+                    self.targets.insert(*pid, attrs);
                 }
+                jsonl::process_json(*pid, engine, now())
             }
-            _ => {}
-        }
+            Output::ProcessGone { pid } => {
+                self.targets.remove(pid);
+                return;
+            }
+            Output::Health { health, report: true, last } => {
+                self.w.write(&jsonl::health_json(health, now()));
+                if *last {
+                    self.w.flush();
+                }
+                return;
+            }
+            _ => return,
+        };
+        self.write(v);
     }
 
     fn flush(&mut self) {
-        self.0.flush();
+        self.w.flush();
     }
 
     fn shutdown(&mut self) {
-        self.0.flush();
+        self.w.flush();
     }
 
     fn errors(&self) -> Vec<(&'static str, u64)> {
-        vec![("jsonl", self.0.errors)]
+        vec![("jsonl", self.w.errors)]
     }
 }
 

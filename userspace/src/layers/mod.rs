@@ -45,7 +45,7 @@ use crate::{
         sink::{Output, Sinks},
     },
     python::Interpreter,
-    target::procfs::Engine,
+    target::{identity::Identity, procfs::Engine},
     tracker::IpcMessage,
 };
 
@@ -54,17 +54,27 @@ use crate::{
 pub struct Facts {
     procs: HashMap<u32, Fact>,
     pub models: BoundedLabel,
+    /// `k8s.node.name`, for processes in pods.
+    pub node_name: Option<String>,
 }
 
 pub struct Fact {
     pub engine: Engine,
     /// From its command line, else from its first request that named one.
     pub served_model: Option<String>,
+    /// The container and pod it runs in.
+    pub identity: Identity,
 }
 
 impl Facts {
-    pub fn new(max_models: usize) -> Self {
-        Self { procs: HashMap::new(), models: BoundedLabel::new(max_models) }
+    pub fn new(max_models: usize, node_name: Option<String>) -> Self {
+        Self { procs: HashMap::new(), models: BoundedLabel::new(max_models), node_name }
+    }
+
+    /// What /proc tells of a process traced from now: its model and where it runs.
+    pub fn learn(&mut self, pid: u32, engine: Engine) {
+        let identity = crate::target::identity::read(pid, self.node_name.as_deref());
+        self.add(pid, Fact { engine, served_model: crate::target::procfs::served_model(pid), identity });
     }
 
     pub fn add(&mut self, pid: u32, fact: Fact) {

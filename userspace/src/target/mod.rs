@@ -5,10 +5,12 @@
 //!   sockets), discovery of vLLM/SGLang servers, the packages a process imports.
 //! - [`maps`]: what a process has mapped, and the host path of a mapped file.
 //! - [`elf`]: function symbols of ELF files, readable names.
+//! - [`identity`]: the container and Kubernetes pod a process runs in.
 //! - [`memory`]: another process's memory.
 //! - [`version`]: release numbers, one parser.
 
 pub mod elf;
+pub mod identity;
 pub mod maps;
 pub mod memory;
 pub mod procfs;

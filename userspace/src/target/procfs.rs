@@ -29,7 +29,7 @@ impl Engine {
     }
 }
 
-fn proc_root() -> PathBuf {
+pub(crate) fn proc_root() -> PathBuf {
     std::env::var_os("INFERSCOPE_PROC").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/proc"))
 }
 

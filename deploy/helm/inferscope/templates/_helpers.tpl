@@ -105,7 +105,7 @@ app.kubernetes.io/component: node-agent
 {{- define "inferscope.resourceAttributes" -}}
 {{- $attrs := list -}}
 {{- if .Values.otlp.kubernetesResourceAttributes -}}
-{{- $attrs = append $attrs "k8s.node.name=$(K8S_NODE_NAME),k8s.pod.name=$(K8S_POD_NAME),k8s.namespace.name=$(K8S_NAMESPACE)" -}}
+{{- $attrs = append $attrs "k8s.node.name=$(K8S_NODE_NAME),service.instance.id=$(K8S_NAMESPACE)/$(K8S_POD_NAME)" -}}
 {{- end -}}
 {{- if .Values.otlp.extraResourceAttributes -}}
 {{- $attrs = append $attrs .Values.otlp.extraResourceAttributes -}}

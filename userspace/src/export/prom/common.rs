@@ -2,7 +2,7 @@
 //! in the registry, named in the error when that fails.
 
 use anyhow::{Context as _, Result};
-use prometheus::{GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 pub(super) fn hist(reg: &Registry, name: &str, help: &str, buckets: &[f64], labels: &[&str]) -> Result<HistogramVec> {
     let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels)?;
@@ -25,5 +25,11 @@ pub(super) fn gauge(reg: &Registry, name: &str, help: &str) -> Result<IntGauge> 
 pub(super) fn gauge_vec(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<GaugeVec> {
     let g = GaugeVec::new(Opts::new(name, help), labels)?;
     reg.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+pub(super) fn gauge_vec_int(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntGaugeVec> {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+    reg.register(Box::new(g.clone())).with_context(|| format!("registering {name}"))?;
     Ok(g)
 }

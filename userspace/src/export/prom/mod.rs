@@ -4,6 +4,8 @@
 //! - requests.rs: the OpenTelemetry GenAI server metrics of finished HTTP requests under their
 //!   Prometheus names, the request counter, and (opt-in) the names vLLM's dashboards query;
 //! - health.rs: inferscope's own health;
+//! - identity.rs: where each traced process runs (`inferscope_target_info`, and the pod
+//!   labels added at scrape time to every series with a `pid` label);
 //! - engine.rs, device.rs, python.rs: the engine, device and Python layers' families;
 //! - common.rs: registering a family.
 
@@ -11,6 +13,7 @@ mod common;
 pub mod device;
 pub mod engine;
 mod health;
+pub mod identity;
 pub mod python;
 mod requests;
 
@@ -22,7 +25,7 @@ use http_body_util::Full;
 use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
 use prometheus::{Encoder, IntGaugeVec, Opts, Registry, TextEncoder};
 
-use self::{engine::EngineMetrics, health::HealthMetrics, requests::RequestMetrics};
+use self::{engine::EngineMetrics, health::HealthMetrics, identity::IdentityMetrics, requests::RequestMetrics};
 use super::{Health, Labels};
 use crate::request::RequestRecord;
 
@@ -42,10 +45,14 @@ pub struct PromMetrics {
     pub sites: Option<python::SiteMetrics>,
     /// Engine state read from the engine's objects (with --engine-state-interval > 0).
     pub engine_state: Option<python::EngineStateMetrics>,
+    /// Where each traced process runs.
+    pub identity: IdentityMetrics,
 }
 
 impl PromMetrics {
-    pub fn new(vllm_names: bool) -> Result<Self> {
+    /// `identity`: whether the container and pod labels go (on the request families, on every
+    /// series with a `pid` label).
+    pub fn new(vllm_names: bool, identity: (bool, bool)) -> Result<Self> {
         let reg = Registry::new();
         #[cfg(target_os = "linux")]
         reg.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
@@ -53,37 +60,45 @@ impl PromMetrics {
         reg.register(Box::new(build.clone()))?;
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         Ok(Self {
-            request: RequestMetrics::new(&reg, vllm_names)?,
+            request: RequestMetrics::new(&reg, vllm_names, identity.0)?,
             health: HealthMetrics::new(&reg)?,
             engine: EngineMetrics::new(&reg, vllm_names)?,
             device: None,
             python: None,
             engine_state: None,
             sites: None,
+            identity: IdentityMetrics::new(&reg, identity.1)?,
             registry: reg,
         })
     }
 
     pub fn record(&self, r: &RequestRecord, l: &Labels) {
-        self.request.record(r, l);
+        self.request.record(r, l, &self.identity.values(r.pid));
     }
 
     pub fn health(&mut self, h: &Health) {
         self.health.health(h);
     }
 
-    pub fn encode(registry: &Registry) -> Vec<u8> {
+    /// The exposition text of every family, with the identity labels of each `pid`.
+    pub fn encode(registry: &Registry, by_pid: &identity::ByPid) -> Vec<u8> {
+        let mut families = registry.gather();
+        identity::apply(&mut families, by_pid);
         let mut buf = Vec::new();
-        let _ = TextEncoder::new().encode(&registry.gather(), &mut buf);
+        let _ = TextEncoder::new().encode(&families, &mut buf);
         buf
     }
 }
 
-async fn serve_one(registry: Arc<Registry>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn serve_one(
+    registry: Arc<Registry>,
+    by_pid: identity::ByPid,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let resp = match req.uri().path() {
         "/metrics" => Response::builder()
             .header("content-type", prometheus::TEXT_FORMAT)
-            .body(Full::new(Bytes::from(PromMetrics::encode(&registry)))),
+            .body(Full::new(Bytes::from(PromMetrics::encode(&registry, &by_pid)))),
         "/healthz" => Response::builder().body(Full::new(Bytes::from_static(b"ok\n"))),
         "/" => Response::builder()
             .header("content-type", "text/plain")
@@ -94,7 +109,11 @@ async fn serve_one(registry: Arc<Registry>, req: Request<Incoming>) -> Result<Re
 }
 
 /// Binds the metrics endpoint now (so a bad address fails at startup) and serves it forever.
-pub async fn serve(addr: SocketAddr, registry: Registry) -> Result<tokio::task::JoinHandle<()>> {
+pub async fn serve(
+    addr: SocketAddr,
+    registry: Registry,
+    by_pid: identity::ByPid,
+) -> Result<tokio::task::JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on --prometheus-listen {addr} (in use? another inferscope?)"))?;
@@ -104,10 +123,10 @@ pub async fn serve(addr: SocketAddr, registry: Registry) -> Result<tokio::task::
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let registry = registry.clone();
+            let (registry, by_pid) = (registry.clone(), by_pid.clone());
             tokio::spawn(async move {
                 let io = hyper_util::rt::TokioIo::new(stream);
-                let svc = service_fn(move |req| serve_one(registry.clone(), req));
+                let svc = service_fn(move |req| serve_one(registry.clone(), by_pid.clone(), req));
                 let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
             });
         }
@@ -169,13 +188,13 @@ mod tests {
 
     #[test]
     fn families_follow_the_record() {
-        let p = PromMetrics::new(true).unwrap();
+        let p = PromMetrics::new(true, (false, true)).unwrap();
         let mut models = BoundedLabel::new(8);
         for (op, path) in [(Operation::Chat, "/v1/chat/completions"), (Operation::Embeddings, "/v1/embeddings")] {
             let r = record(op, path);
             p.record(&r, &Labels::of(&r, &mut models, "vllm"));
         }
-        let text = String::from_utf8(PromMetrics::encode(&p.registry)).unwrap();
+        let text = String::from_utf8(PromMetrics::encode(&p.registry, &p.identity.by_pid)).unwrap();
         let line = |prefix: &str| {
             text.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no {prefix} in\n{text}")).to_string()
         };

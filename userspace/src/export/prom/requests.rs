@@ -5,7 +5,10 @@
 use anyhow::Result;
 use prometheus::{HistogramVec, IntCounterVec, Registry};
 
-use super::common::{counter, hist};
+use super::{
+    common::{counter, hist},
+    identity::LABELS as IDENTITY,
+};
 use crate::{export::Labels, request::RequestRecord};
 
 // Buckets recommended by the OpenTelemetry GenAI semantic conventions.
@@ -59,16 +62,21 @@ pub(super) struct RequestMetrics {
     tokens: HistogramVec,
     requests: IntCounterVec,
     vllm: Option<VllmCompat>,
+    /// Whether every family ends with the identity labels.
+    identity: bool,
 }
 
 impl RequestMetrics {
-    pub(super) fn new(reg: &Registry, vllm_names: bool) -> Result<Self> {
-        let mut dur_labels = GENAI_LABELS.to_vec();
-        dur_labels.push("error_type");
-        let mut tok_labels = GENAI_LABELS.to_vec();
-        tok_labels.push("gen_ai_token_type");
+    /// `identity`: every family also has the container and pod labels ([`IDENTITY`]).
+    pub(super) fn new(reg: &Registry, vllm_names: bool, identity: bool) -> Result<Self> {
+        let ext = |base: &[&'static str]| -> Vec<&'static str> {
+            base.iter().copied().chain(IDENTITY.into_iter().filter(|_| identity)).collect()
+        };
+        let genai = &ext(GENAI_LABELS);
+        let dur_labels = ext(&[GENAI_LABELS, &["error_type"]].concat());
+        let tok_labels = ext(&[GENAI_LABELS, &["gen_ai_token_type"]].concat());
         let vllm = if vllm_names {
-            let l = &["model_name"];
+            let l = &ext(&["model_name"]);
             Some(VllmCompat {
                 ttft: hist(
                     reg,
@@ -128,7 +136,7 @@ impl RequestMetrics {
                     reg,
                     "vllm:request_success_total",
                     "Count of successfully processed requests (inferscope).",
-                    &["model_name", "finished_reason"],
+                    &ext(&["model_name", "finished_reason"]),
                 )?,
             })
         } else {
@@ -147,21 +155,21 @@ impl RequestMetrics {
                 "gen_ai_server_time_to_first_token_seconds",
                 "Time from the first request byte to the first streamed chunk carrying output (gen_ai.server.time_to_first_token).",
                 TTFT_BUCKETS,
-                GENAI_LABELS,
+                genai,
             )?,
             tpot: hist(
                 reg,
                 "gen_ai_server_time_per_output_token_seconds",
                 "Time per output token after the first, per request (gen_ai.server.time_per_output_token).",
                 TPOT_BUCKETS,
-                GENAI_LABELS,
+                genai,
             )?,
             itl: hist(
                 reg,
                 "gen_ai_server_inter_token_latency_seconds",
                 "Time between consecutive streamed output chunks of one choice (inferscope).",
                 ITL_BUCKETS,
-                GENAI_LABELS,
+                genai,
             )?,
             tokens: hist(
                 reg,
@@ -174,28 +182,37 @@ impl RequestMetrics {
                 reg,
                 "inferscope_requests_total",
                 "Finished HTTP requests by operation, model, route, status and finish reason.",
-                &[
+                &ext(&[
                     "gen_ai_operation_name",
                     "gen_ai_request_model",
                     "http_route",
                     "http_response_status_code",
                     "gen_ai_response_finish_reason",
                     "server_port",
-                ],
+                ]),
             )?,
             vllm,
+            identity,
         })
     }
 
-    pub(super) fn record(&self, r: &RequestRecord, l: &Labels) {
+    /// `id`: the process's [`IDENTITY`] label values (used when the families have them).
+    pub(super) fn record(&self, r: &RequestRecord, l: &Labels, id: &[&str; 6]) {
+        let id: &[&str] = if self.identity { id } else { &[] };
+        let w = |base: &[&str]| -> Vec<String> { base.iter().chain(id).map(|s| s.to_string()).collect() };
+        fn v(labels: &[String]) -> Vec<&str> {
+            labels.iter().map(String::as_str).collect()
+        }
         self.requests
-            .with_label_values(&[l.operation, &l.model, l.route, &l.status, &l.finish_reason, &l.server_port])
+            .with_label_values(&v(&w(&[l.operation, &l.model, l.route, &l.status, &l.finish_reason, &l.server_port])))
             .inc();
         if !r.operation.is_llm() {
             return;
         }
-        let g = [l.operation, l.model.as_str(), l.server_port.as_str()];
-        self.duration.with_label_values(&[l.operation, &l.model, &l.server_port, &l.error_type]).observe(r.e2e_s());
+        let g = w(&[l.operation, l.model.as_str(), l.server_port.as_str()]);
+        let g = v(&g);
+        let dur = w(&[l.operation, &l.model, &l.server_port, &l.error_type]);
+        self.duration.with_label_values(&v(&dur)).observe(r.e2e_s());
         if let Some(t) = r.ttft_s() {
             self.ttft.with_label_values(&g).observe(t);
         }
@@ -207,35 +224,36 @@ impl RequestMetrics {
             itl.observe(gap as f64 / 1e9);
         }
         if let Some(p) = r.prompt_tokens {
-            self.tokens.with_label_values(&[l.operation, &l.model, &l.server_port, "input"]).observe(p as f64);
+            self.tokens.with_label_values(&v(&w(&[l.operation, &l.model, &l.server_port, "input"]))).observe(p as f64);
         }
         if let Some(c) = r.completion_tokens.filter(|_| r.operation.generates()) {
-            self.tokens.with_label_values(&[l.operation, &l.model, &l.server_port, "output"]).observe(c as f64);
+            self.tokens.with_label_values(&v(&w(&[l.operation, &l.model, &l.server_port, "output"]))).observe(c as f64);
         }
-        if let Some(v) = &self.vllm {
-            let m = [l.model.as_str()];
+        if let Some(vc) = &self.vllm {
+            let m = w(&[l.model.as_str()]);
+            let m = v(&m);
             if let Some(t) = r.ttft_s() {
-                v.ttft.with_label_values(&m).observe(t);
+                vc.ttft.with_label_values(&m).observe(t);
             }
-            let itl = v.itl.with_label_values(&m);
+            let itl = vc.itl.with_label_values(&m);
             for &gap in &r.itl_ns {
                 itl.observe(gap as f64 / 1e9);
             }
             if let Some(t) = r.tpot_s() {
-                v.tpot.with_label_values(&m).observe(t);
+                vc.tpot.with_label_values(&m).observe(t);
             }
             let ok = r.status.is_some_and(|s| s < 400) && r.error_type.is_none() || r.aborted;
             if ok && r.operation.generates() {
-                v.e2e.with_label_values(&m).observe(r.e2e_s());
+                vc.e2e.with_label_values(&m).observe(r.e2e_s());
                 if let Some(p) = r.prompt_tokens {
-                    v.prompt.with_label_values(&m).observe(p as f64);
-                    v.prompt_total.with_label_values(&m).inc_by(p);
+                    vc.prompt.with_label_values(&m).observe(p as f64);
+                    vc.prompt_total.with_label_values(&m).inc_by(p);
                 }
                 if let Some(c) = r.completion_tokens {
-                    v.generation.with_label_values(&m).observe(c as f64);
-                    v.generation_total.with_label_values(&m).inc_by(c);
+                    vc.generation.with_label_values(&m).observe(c as f64);
+                    vc.generation_total.with_label_values(&m).inc_by(c);
                 }
-                v.success.with_label_values(&[&l.model, &l.finish_reason]).inc();
+                vc.success.with_label_values(&v(&w(&[&l.model, &l.finish_reason]))).inc();
             }
         }
     }

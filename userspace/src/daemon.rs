@@ -106,11 +106,10 @@ impl Daemon {
         self.facts.learn(pid, engine);
         self.correlate.process_added(pid, procfs::ancestors(pid));
         // Its CPython, found once for every layer that reads it.
-        let interp = if self.layers.iter().any(|l| l.wants_python()) {
-            crate::python::find(pid).map_err(|e| log::debug!("pid {pid}: no CPython: {e:#}")).ok()
-        } else {
-            None
-        };
+        let wanted = self.layers.iter().any(|l| l.wants_python());
+        let interp =
+            wanted.then(|| crate::python::find(pid).map_err(|e| log::debug!("pid {pid}: no CPython: {e:#}")).ok());
+        let interp = interp.flatten();
         self.each(|l, cx| l.process_added(cx, pid, interp.as_ref()));
         let comm = procfs::comm(pid).unwrap_or_default();
         let notes: String = self.layers.iter().map(|l| l.describe(pid)).collect();

@@ -59,6 +59,7 @@ app.kubernetes.io/component: node-agent
 - {{ printf "--tracing-level=%d" (int $i.tracingLevel) | quote }}
 - {{ printf "--max-span-events=%d" (int $i.maxSpanEvents) | quote }}
 - {{ printf "--max-models=%d" (int $i.maxModels) | quote }}
+- {{ printf "--identity-labels=%s" $i.identityLabels | quote }}
 - {{ printf "--ring-buffer-size=%d" (int64 $i.ringBufferSize) | quote }}
 - {{ printf "--idle-timeout=%v" $i.idleTimeout | quote }}
 {{- if $i.vllmMetrics }}

@@ -152,6 +152,21 @@ pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body:
     Some((status, body))
 }
 
+/// A TCP port free on 127.0.0.1 now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The first value of a PromQL query to the test Prometheus on `port`.
+pub fn promql(port: u16, q: &str) -> Option<f64> {
+    let out = Command::new(repo_root().join("tests/receivers/prometheus.sh"))
+        .args(["query", &port.to_string(), q])
+        .output()
+        .ok()?;
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+}
+
 /// The OpenAI-compatible fixture server (FastAPI on uvicorn), on a free port.
 pub struct Fixture {
     pub proc: Proc,

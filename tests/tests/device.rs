@@ -53,10 +53,6 @@ fn touch(p: PathBuf) {
     fs::write(p, b"").expect("control file");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn u(v: &Value) -> u64 {
     v.as_u64().unwrap_or(0)
 }

@@ -11,19 +11,6 @@ use std::{
 use inferscope_tests::*;
 use serde_json::Value;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn promql(port: u16, q: &str) -> Option<f64> {
-    let out = Command::new(repo_root().join("tests/receivers/prometheus.sh"))
-        .args(["query", &port.to_string(), q])
-        .output()
-        .ok()?;
-    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-    v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
-}
-
 /// Prometheus scrapes inferscope; PromQL counts what the client sent, under the GenAI names
 /// and (with --vllm-metrics) the names vLLM's dashboards query.
 #[test]

@@ -23,19 +23,6 @@ const UID_B: &str = "7c8d9e0f-1a2b-4c3d-8e4f-5a6b7c8d9e0f";
 const ID_B: &str = "b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f901a";
 const NODE: &str = "node-7";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn promql(port: u16, q: &str) -> Option<f64> {
-    let out = Command::new(repo_root().join("tests/receivers/prometheus.sh"))
-        .args(["query", &port.to_string(), q])
-        .output()
-        .ok()?;
-    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-    v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
-}
-
 fn fs_type(path: &str) -> String {
     let out = Command::new("stat").args(["-f", "-c", "%T", path]).output().expect("stat");
     String::from_utf8_lossy(&out.stdout).trim().to_string()

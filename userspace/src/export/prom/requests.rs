@@ -199,20 +199,19 @@ impl RequestMetrics {
     /// `id`: the process's [`IDENTITY`] label values (used when the families have them).
     pub(super) fn record(&self, r: &RequestRecord, l: &Labels, id: &[&str; 6]) {
         let id: &[&str] = if self.identity { id } else { &[] };
-        let w = |base: &[&str]| -> Vec<String> { base.iter().chain(id).map(|s| s.to_string()).collect() };
-        fn v(labels: &[String]) -> Vec<&str> {
-            labels.iter().map(String::as_str).collect()
+        fn w<'a>(base: &[&'a str], id: &[&'a str]) -> Vec<&'a str> {
+            base.iter().chain(id).copied().collect()
         }
         self.requests
-            .with_label_values(&v(&w(&[l.operation, &l.model, l.route, &l.status, &l.finish_reason, &l.server_port])))
+            .with_label_values(&w(&[l.operation, &l.model, l.route, &l.status, &l.finish_reason, &l.server_port], id))
             .inc();
         if !r.operation.is_llm() {
             return;
         }
-        let g = w(&[l.operation, l.model.as_str(), l.server_port.as_str()]);
-        let g = v(&g);
-        let dur = w(&[l.operation, &l.model, &l.server_port, &l.error_type]);
-        self.duration.with_label_values(&v(&dur)).observe(r.e2e_s());
+        let g = w(&[l.operation, l.model.as_str(), l.server_port.as_str()], id);
+        self.duration
+            .with_label_values(&w(&[l.operation, &l.model, &l.server_port, &l.error_type], id))
+            .observe(r.e2e_s());
         if let Some(t) = r.ttft_s() {
             self.ttft.with_label_values(&g).observe(t);
         }
@@ -224,14 +223,13 @@ impl RequestMetrics {
             itl.observe(gap as f64 / 1e9);
         }
         if let Some(p) = r.prompt_tokens {
-            self.tokens.with_label_values(&v(&w(&[l.operation, &l.model, &l.server_port, "input"]))).observe(p as f64);
+            self.tokens.with_label_values(&w(&[l.operation, &l.model, &l.server_port, "input"], id)).observe(p as f64);
         }
         if let Some(c) = r.completion_tokens.filter(|_| r.operation.generates()) {
-            self.tokens.with_label_values(&v(&w(&[l.operation, &l.model, &l.server_port, "output"]))).observe(c as f64);
+            self.tokens.with_label_values(&w(&[l.operation, &l.model, &l.server_port, "output"], id)).observe(c as f64);
         }
         if let Some(vc) = &self.vllm {
-            let m = w(&[l.model.as_str()]);
-            let m = v(&m);
+            let m = w(&[l.model.as_str()], id);
             if let Some(t) = r.ttft_s() {
                 vc.ttft.with_label_values(&m).observe(t);
             }
@@ -253,7 +251,7 @@ impl RequestMetrics {
                     vc.generation.with_label_values(&m).observe(c as f64);
                     vc.generation_total.with_label_values(&m).inc_by(c);
                 }
-                vc.success.with_label_values(&v(&w(&[&l.model, &l.finish_reason]))).inc();
+                vc.success.with_label_values(&w(&[&l.model, &l.finish_reason], id)).inc();
             }
         }
     }

@@ -422,3 +422,16 @@ pub fn receiver(dir: &Path) -> Receiver {
         metrics,
     }
 }
+
+/// The BPF links in the kernel now, by the name of the program each runs (the kernel keeps 15
+/// bytes of a name): what `bpftool link list` shows.
+pub fn bpf_links() -> Vec<String> {
+    let names: std::collections::HashMap<u32, String> = aya::programs::loaded_programs()
+        .filter_map(|p| p.ok())
+        .map(|p| (p.id(), p.name_as_str().unwrap_or("").to_string()))
+        .collect();
+    aya::programs::loaded_links()
+        .filter_map(|l| l.ok())
+        .map(|l| names.get(&l.program_id()).cloned().unwrap_or_default())
+        .collect()
+}

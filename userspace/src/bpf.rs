@@ -96,6 +96,39 @@ pub const SCHED_TRACEPOINTS: &[&str] = &["sched_process_fork", "sched_process_ex
 /// Executable mappings of traced processes (libraries loaded with `dlopen`), for the device layer.
 pub const MMAP_TRACEPOINTS: &[&str] = &["sys_enter_mmap", "sys_exit_mmap"];
 
+/// Tracepoint groups a layer needs and `inferscope ctl` detaches with it: request capture's
+/// socket syscalls (with socket lengths and arrival times), the device layer's `mmap` follow.
+/// The process tracepoints (fork, exit) stay attached while the daemon runs.
+pub const TP_SOCKETS: &str = "sockets";
+pub const TP_MMAP: &str = "mmap";
+pub const TP_SCHED: &str = "sched";
+
+/// The group of a tracepoint program, by its name.
+pub fn tracepoint_group(name: &str) -> &'static str {
+    if MMAP_TRACEPOINTS.contains(&name) {
+        TP_MMAP
+    } else if SCHED_TRACEPOINTS.contains(&name) {
+        TP_SCHED
+    } else {
+        TP_SOCKETS
+    }
+}
+
+/// One tracepoint program's attachment: its link while attached.
+struct Attachment {
+    category: &'static str,
+    name: &'static str,
+    link: Option<TracePointLinkId>,
+}
+
+/// What a loaded program has run (`kernel.bpf_stats_enabled`; zero while it is off).
+#[derive(Clone, Debug)]
+pub struct ProgramStats {
+    pub name: String,
+    pub run_time_ns: u64,
+    pub run_count: u64,
+}
+
 /// The device layer's programs and maps (see `probes/device.rs`).
 struct DeviceProgs {
     specs: Array<MapData, ProbeSpec>,
@@ -130,8 +163,9 @@ pub struct DeviceProbe {
 /// behind in the kernel.
 pub struct Probes {
     ebpf: Ebpf,
-    /// Every attachment, detached together on drop.
-    links: Vec<(&'static str, TracePointLinkId)>,
+    /// Every tracepoint attachment (detached together on drop; by group with
+    /// [`Self::set_tracepoints`]).
+    links: Vec<Attachment>,
     tracked: BpfHashMap<MapData, u32, u32>,
     sockets: BpfHashMap<MapData, u64, SockInfo>,
     watched_ports: BpfHashMap<MapData, u16, u8>,
@@ -187,7 +221,7 @@ pub fn load(opts: &LoadOptions) -> Result<Probes> {
     ensure_tracefs()?;
     let mut ebpf = open(opts)?;
 
-    let mut links: Vec<(&'static str, TracePointLinkId)> = Vec::new();
+    let mut links: Vec<Attachment> = Vec::new();
     for (category, names) in [("syscalls", SOCKET_TRACEPOINTS), ("sched", SCHED_TRACEPOINTS)] {
         for name in names {
             let prog: &mut TracePoint = ebpf
@@ -197,15 +231,15 @@ pub fn load(opts: &LoadOptions) -> Result<Probes> {
             prog.load().map_err(|e| anyhow!("the kernel rejected BPF program {name}: {e:#}"))?;
             let link =
                 prog.attach(category, name).with_context(|| format!("attaching to tracepoint {category}:{name}"))?;
-            links.push((name, link));
+            links.push(Attachment { category, name, link: Some(link) });
         }
     }
-    let mut attach_optional = |list: &[(&str, &'static str)]| -> Result<()> {
+    let mut attach_optional = |list: &[(&'static str, &'static str)]| -> Result<()> {
         for (category, name) in list {
             let prog: &mut TracePoint = ebpf.program_mut(name).context(*name)?.try_into()?;
             prog.load()?;
             let link = prog.attach(category, name).with_context(|| format!("{category}:{name}"))?;
-            links.push((name, link));
+            links.push(Attachment { category, name, link: Some(link) });
         }
         Ok(())
     };
@@ -266,11 +300,7 @@ pub fn load(opts: &LoadOptions) -> Result<Probes> {
 }
 
 /// Loads the two device programs and attaches the `mmap` tracepoints that announce new libraries.
-fn load_device(
-    ebpf: &mut Ebpf,
-    links: &mut Vec<(&'static str, TracePointLinkId)>,
-    uprobe_multi: bool,
-) -> Result<DeviceProgs> {
+fn load_device(ebpf: &mut Ebpf, links: &mut Vec<Attachment>, uprobe_multi: bool) -> Result<DeviceProgs> {
     // Before any map is taken: the second load is relocated against all of them.
     let multi = match uprobe_multi.then(|| crate::uprobe_multi::load(ebpf, BPF_OBJECT)) {
         Some(Ok(m)) => Some(m),
@@ -288,7 +318,7 @@ fn load_device(
         let prog: &mut TracePoint = ebpf.program_mut(name).context(name)?.try_into()?;
         prog.load().map_err(|e| anyhow!("the kernel rejected BPF program {name}: {e:#}"))?;
         let link = prog.attach("syscalls", name).with_context(|| format!("attaching to tracepoint syscalls:{name}"))?;
-        links.push((name, link));
+        links.push(Attachment { category: "syscalls", name, link: Some(link) });
     }
     let specs = Array::try_from(ebpf.take_map("DEVICE_SPECS").context("map DEVICE_SPECS")?)?;
     let hits = PerCpuArray::try_from(ebpf.take_map("DEVICE_HITS").context("map DEVICE_HITS")?)?;
@@ -323,22 +353,83 @@ impl Drop for Probes {
                 let _ = std::thread::Builder::new().spawn_scoped(s, move || drop(batch));
             }
         });
+        let all: Vec<usize> = (0..self.links.len()).collect();
+        self.detach_tracepoints(&all);
+    }
+}
+
+impl Probes {
+    /// Detaches the tracepoints at these indices of `links`, on parallel threads (each
+    /// detach waits for an RCU grace period). Their programs stay loaded.
+    fn detach_tracepoints(&mut self, which: &[usize]) -> usize {
         let mut owned = Vec::new();
-        for (name, id) in self.links.drain(..) {
-            let prog: Option<&mut TracePoint> = self.ebpf.program_mut(name).and_then(|p| p.try_into().ok());
+        for &i in which {
+            let Some(a) = self.links.get_mut(i) else { continue };
+            let Some(id) = a.link.take() else { continue };
+            let prog: Option<&mut TracePoint> = self.ebpf.program_mut(a.name).and_then(|p| p.try_into().ok());
             if let Some(link) = prog.and_then(|p| p.take_link(id).ok()) {
                 owned.push(link);
             }
         }
+        let n = owned.len();
         std::thread::scope(|s| {
             for link in owned {
                 s.spawn(move || drop(link));
             }
         });
+        n
     }
-}
 
-impl Probes {
+    /// Attaches (`on`) or detaches a tracepoint group ([`TP_SOCKETS`], [`TP_MMAP`]); only the
+    /// tracepoints attached at load belong to it. Returns how many changed.
+    pub fn set_tracepoints(&mut self, group: &str, on: bool) -> Result<usize> {
+        let which: Vec<usize> = (0..self.links.len())
+            .filter(|&i| tracepoint_group(self.links[i].name) == group && self.links[i].link.is_some() != on)
+            .collect();
+        if !on {
+            return Ok(self.detach_tracepoints(&which));
+        }
+        let mut n = 0;
+        for i in which {
+            let (category, name) = (self.links[i].category, self.links[i].name);
+            let prog: &mut TracePoint = self.ebpf.program_mut(name).context(name)?.try_into()?;
+            let link =
+                prog.attach(category, name).with_context(|| format!("attaching to tracepoint {category}:{name}"))?;
+            self.links[i].link = Some(link);
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Tracepoints of a group: (attached now, attached at load).
+    pub fn tracepoints(&self, group: &str) -> (usize, usize) {
+        let of = self.links.iter().filter(|a| tracepoint_group(a.name) == group);
+        (of.clone().filter(|a| a.link.is_some()).count(), of.count())
+    }
+
+    /// What every loaded program of the object has run so far.
+    pub fn program_stats(&self) -> Vec<ProgramStats> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, p)| {
+                let info = p.info().ok()?;
+                Some(ProgramStats {
+                    name: name.to_string(),
+                    run_time_ns: info.run_time().as_nanos() as u64,
+                    run_count: info.run_count(),
+                })
+            })
+            .collect()
+    }
+
+    /// Forgets the sockets of a process (request capture switched off: closes are not seen).
+    pub fn forget_sockets(&mut self, tgid: u32) {
+        let keys: Vec<u64> = self.sockets.keys().filter_map(|k| k.ok()).filter(|k| (k >> 32) as u32 == tgid).collect();
+        for k in keys {
+            let _ = self.sockets.remove(&k);
+        }
+    }
+
     /// The ring buffer of events; taken once by the reader.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
         let map = self.ebpf.take_map("EVENTS").context("ring buffer already taken")?;
@@ -380,10 +471,7 @@ impl Probes {
     /// Stops tracing a process and forgets its sockets.
     pub fn untrack(&mut self, tgid: u32) {
         let _ = self.tracked.remove(&tgid);
-        let keys: Vec<u64> = self.sockets.keys().filter_map(|k| k.ok()).filter(|k| (k >> 32) as u32 == tgid).collect();
-        for k in keys {
-            let _ = self.sockets.remove(&k);
-        }
+        self.forget_sockets(tgid);
     }
 
     /// Stamps arrival times on segments to this local TCP port (a traced server listens on it).

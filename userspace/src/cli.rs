@@ -118,6 +118,20 @@ pub enum Command {
         #[arg(long)]
         eval_uprobes: bool,
     },
+    /// Control a running daemon through its control socket: see its layers, probe groups,
+    /// processes, costs and counters; switch layers and probe groups on and off (their probes
+    /// are detached, not ignored); reload the Python timer YAML; change the trace detail or the
+    /// log level. Needs root or the daemon's user.
+    Ctl {
+        /// The daemon's control socket (its --control-socket).
+        #[arg(long, default_value = crate::control::DEFAULT_SOCKET, value_name = "PATH", env = "INFERSCOPE_CONTROL_SOCKET")]
+        socket: std::path::PathBuf,
+        /// Print the daemon's answer as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        action: CtlAction,
+    },
     /// Show the CPython a process runs, read from outside without stopping it: version, where
     /// its layout came from, its threads and each thread's current Python stack.
     PythonInfo {
@@ -131,6 +145,37 @@ pub enum Command {
         #[arg(long, default_value_t = 64, value_name = "N")]
         max_frames: usize,
     },
+}
+
+/// What `inferscope ctl` asks a running daemon.
+#[derive(Subcommand, Debug, Clone)]
+pub enum CtlAction {
+    /// Layers and probe groups with their state, cost and counters; traced processes; BPF
+    /// programs with their run time (with `sysctl kernel.bpf_stats_enabled=1`).
+    Status,
+    /// Switch a layer on (requests, engine, device, timers, sites, engine_state, profile) or a
+    /// device probe group (device.launch, device.graph, device.copy, device.sync,
+    /// device.alloc, device.collective, device.names, device.ops).
+    Enable {
+        #[arg(value_name = "LAYER[.GROUP]")]
+        name: String,
+    },
+    /// Switch a layer or device probe group off: its probes and tracepoints are detached.
+    Disable {
+        #[arg(value_name = "LAYER[.GROUP]")]
+        name: String,
+    },
+    /// Read the Python timer YAML (--python-timers) again and time its functions from now on.
+    Reload,
+    /// Set the OTLP trace detail (0, 1 or 2; see `--tracing-level`). Also `ctl level N`.
+    #[command(alias = "level")]
+    TracingLevel {
+        #[arg(value_parser = clap::value_parser!(u8).range(0..=2))]
+        level: u8,
+    },
+    /// Set the log level on standard error (off, error, warn, info, debug, trace), or
+    /// `default` for RUST_LOG's.
+    LogLevel { level: String },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -318,6 +363,12 @@ pub struct RunOptions {
     /// `engine_state` lines.
     #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
     pub engine_state_interval: f64,
+
+    /// Where `inferscope ctl` reaches this daemon: a unix socket, made mode 0600 (its
+    /// directory 0700 when inferscope creates it), never a network port; `off` for none.
+    /// In Kubernetes, `kubectl exec` into the inferscope pod and run `inferscope ctl` there.
+    #[arg(long, default_value = crate::control::DEFAULT_SOCKET, value_name = "PATH|off", env = "INFERSCOPE_CONTROL_SOCKET")]
+    pub control_socket: String,
 
     /// Stop after this many seconds (default: run until interrupted).
     #[arg(long, value_name = "SECONDS")]

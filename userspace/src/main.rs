@@ -11,9 +11,7 @@ use inferscope::{
 };
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
-        .format_timestamp_millis()
-        .init();
+    inferscope::logging::init();
     let cli = Cli::parse();
     match cli.command {
         Command::Doctor => cmd::doctor::run(),
@@ -24,6 +22,7 @@ fn main() -> ExitCode {
             cmd::timers::run(pid, &config, duration, output.as_deref(), eval_uprobes)
         }
         Command::PythonInfo { pid, json, max_frames } => cmd::python_info::run(pid, json, max_frames),
+        Command::Ctl { socket, json, action } => cmd::ctl::run(&socket, json, action),
         Command::Attach { pid, no_children, opts } => cmd::daemon::attach(pid, no_children, opts),
         Command::Run { matches, discover_interval, opts } => cmd::daemon::run(matches, discover_interval, opts),
     }

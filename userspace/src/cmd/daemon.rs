@@ -85,6 +85,8 @@ async fn parts(target: &Target, o: &RunOptions) -> Result<Parts> {
         sinks,
         max_models: o.max_models,
         node_name: o.node_name.clone().or_else(identity::host_name),
+        control: (o.control_socket != "off").then(|| o.control_socket.clone().into()),
+        tracing_level: o.tracing_level,
         stop: stop(o.duration)?,
     })
 }

@@ -2,6 +2,7 @@
 //! its arguments; the verb does its work and ends the process's way: its exit code, and a
 //! summary or an error in one line on standard error.
 
+pub mod ctl;
 pub mod daemon;
 pub mod doctor;
 pub mod profile;

@@ -195,6 +195,8 @@ struct Attached {
     last_hits: u64,
     /// The attachment group (one library of the process) it belongs to.
     group: u64,
+    /// The switch it belongs to (`--device-probes`, `inferscope ctl disable device.GROUP`).
+    switch: Group,
 }
 
 #[derive(Default)]
@@ -361,7 +363,14 @@ impl DeviceManager {
                         let p = self.procs.get_mut(&pid).expect("present");
                         p.at.insert(
                             (m.file.clone(), f.file_offset),
-                            Attached { id: d.id, symbol: f.symbol.clone(), ret: f.entry.ret, last_hits: 0, group },
+                            Attached {
+                                id: d.id,
+                                symbol: f.symbol.clone(),
+                                ret: f.entry.ret,
+                                last_hits: 0,
+                                group,
+                                switch: f.entry.group,
+                            },
                         );
                     }
                     batch.len()
@@ -461,24 +470,45 @@ impl DeviceManager {
                 );
                 off.push(b);
             }
-            // Probes of a library are attached together: detach the group, and attach what is
-            // still wanted of that library again on the next scan (fresh ids).
-            for (group, file) in groups {
-                probes.detach_device_group(group);
-                let keys: Vec<(FileKey, u64)> =
-                    p.at.iter().filter(|(_, a)| a.group == group).map(|(k, _)| k.clone()).collect();
-                for k in keys {
-                    if let Some(a) = p.at.remove(&k) {
-                        self.tracker.remove_probe(a.id);
-                        self.free_ids.push_back((a.id, std::time::Instant::now()));
-                    }
-                }
-                p.seen.remove(&file);
-                p.dirty = true;
-            }
+            drop_groups(probes, &mut self.tracker, &mut self.free_ids, p, groups);
         }
         self.disabled_total += off.len() as u64;
         (hits_out, off)
+    }
+
+    /// Switches a probe group in every traced process: on, their files are looked at again
+    /// (what is attached stays; the rest of the group attaches on the next drain); off, the
+    /// libraries with probes of the group are detached and attached again without them.
+    /// Returns the probes detached.
+    pub fn set_group(&mut self, probes: &mut Probes, g: Group, on: bool) -> usize {
+        let mut detached = 0;
+        if on {
+            self.opts.groups.insert(g);
+            self.opts.off.remove(g.name());
+        } else {
+            self.opts.groups.remove(&g);
+        }
+        for p in self.procs.values_mut() {
+            if on {
+                p.seen.clear();
+                p.dirty = true;
+                continue;
+            }
+            let groups: BTreeSet<(u64, FileKey)> =
+                p.at.iter().filter(|(_, a)| a.switch == g).map(|(k, a)| (a.group, k.0.clone())).collect();
+            detached += p.at.values().filter(|a| a.switch == g).count();
+            drop_groups(probes, &mut self.tracker, &mut self.free_ids, p, groups);
+        }
+        detached
+    }
+
+    /// Probes attached now, by group, over every process.
+    pub fn attached_by_group(&self) -> std::collections::BTreeMap<Group, usize> {
+        let mut out = std::collections::BTreeMap::new();
+        for a in self.procs.values().flat_map(|p| p.at.values()) {
+            *out.entry(a.switch).or_default() += 1;
+        }
+        out
     }
 
     /// Counters for the health line (`unclaimed` is the correlation stage's).
@@ -492,6 +522,29 @@ impl DeviceManager {
             disabled: self.disabled_total,
             unclaimed: 0,
         }
+    }
+}
+
+/// Probes of a library are attached together: detaches each group, and lets what is still
+/// wanted of that library attach again on the next scan (fresh ids).
+fn drop_groups(
+    probes: &mut Probes,
+    tracker: &mut DeviceTracker,
+    free_ids: &mut std::collections::VecDeque<(u32, std::time::Instant)>,
+    p: &mut ProcProbes,
+    groups: BTreeSet<(u64, FileKey)>,
+) {
+    for (group, file) in groups {
+        probes.detach_device_group(group);
+        let keys: Vec<(FileKey, u64)> = p.at.iter().filter(|(_, a)| a.group == group).map(|(k, _)| k.clone()).collect();
+        for k in keys {
+            if let Some(a) = p.at.remove(&k) {
+                tracker.remove_probe(a.id);
+                free_ids.push_back((a.id, std::time::Instant::now()));
+            }
+        }
+        p.seen.remove(&file);
+        p.dirty = true;
     }
 }
 

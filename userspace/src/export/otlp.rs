@@ -141,6 +141,11 @@ fn http_url(endpoint: &str, signal: &str) -> String {
 
 impl Otlp {
     /// Must be called inside the tokio runtime (the gRPC client runs on it).
+    /// Trace detail from now on (`inferscope ctl tracing-level`).
+    pub fn set_tracing_level(&mut self, level: u8) {
+        self.opts.tracing_level = level;
+    }
+
     pub fn new(opts: OtlpOptions) -> Result<Self> {
         if !(opts.endpoint.starts_with("http://") || opts.endpoint.starts_with("https://")) {
             bail!("--otlp-endpoint must be a URL such as http://collector:4317 (got {:?})", opts.endpoint);

@@ -87,6 +87,10 @@ pub trait Sink {
     fn errors(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
     }
+    /// Changes the trace detail (`--tracing-level`); false if the sink has none.
+    fn set_tracing_level(&mut self, _level: u8) -> bool {
+        false
+    }
 }
 
 /// Every configured sink, in order.
@@ -121,6 +125,11 @@ impl Sinks {
 
     pub fn errors(&self) -> Vec<(&'static str, u64)> {
         self.sinks.iter().flat_map(|s| s.errors()).collect()
+    }
+
+    /// Changes the trace detail of every sink that has one; false if none has.
+    pub fn set_tracing_level(&mut self, level: u8) -> bool {
+        self.sinks.iter_mut().fold(false, |any, s| s.set_tracing_level(level) | any)
     }
 
     /// Now, on the exporters' (Unix-epoch) clock.
@@ -230,6 +239,11 @@ pub struct OtlpSink {
 }
 
 impl Sink for OtlpSink {
+    fn set_tracing_level(&mut self, level: u8) -> bool {
+        self.o.set_tracing_level(level);
+        true
+    }
+
     fn consume(&mut self, clock: &Clock, o: &Output<'_>) {
         match o {
             Output::Request { record, labels, .. } => self.o.record(record, labels, clock),

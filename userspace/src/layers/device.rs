@@ -217,7 +217,57 @@ impl Layer for DeviceLayer {
         self.account(cx, true);
     }
 
+    fn tracepoints(&self) -> &'static [&'static str] {
+        &[crate::bpf::TP_MMAP]
+    }
+
+    fn groups(&self) -> Vec<(&'static str, bool)> {
+        catalog::Group::ALL.iter().map(|g| (g.name(), self.dm.opts.groups.contains(g))).collect()
+    }
+
+    /// A group on: every process's libraries are looked at again on the next drain (what is
+    /// attached stays). Off: its probes are detached now.
+    fn set_group(&mut self, cx: &mut Cx, group: &str, on: bool) -> Result<String> {
+        let Some(g) = catalog::Group::parse(group) else {
+            bail!(
+                "no device probe group `{group}`: the groups are {}",
+                catalog::Group::ALL.map(catalog::Group::name).join(", ")
+            )
+        };
+        let detached = self.dm.set_group(cx.probes, g, on);
+        Ok(if on {
+            format!("device.{group} on: probes attach as the traced processes' libraries are looked at again")
+        } else {
+            format!("device.{group} off: {detached} probe(s) detached")
+        })
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let h = self.dm.health();
+        let mut v = vec![("probes_attached", h.probes_attached), ("attach_errors", h.attach_errors)];
+        let by = self.dm.attached_by_group();
+        for g in catalog::Group::ALL {
+            v.push((probes_of(g), by.get(&g).copied().unwrap_or(0) as u64));
+        }
+        v
+    }
+
     fn health(&self, h: &mut Health) {
         h.device = self.dm.health();
+    }
+}
+
+/// The status counter name of a probe group's attached probes.
+fn probes_of(g: catalog::Group) -> &'static str {
+    use catalog::Group::*;
+    match g {
+        Launch => "probes_launch",
+        Graph => "probes_graph",
+        Copy => "probes_copy",
+        Sync => "probes_sync",
+        Alloc => "probes_alloc",
+        Collective => "probes_collective",
+        Names => "probes_names",
+        Ops => "probes_ops",
     }
 }

@@ -83,6 +83,11 @@ impl Default for EngineLayer {
 }
 
 impl Layer for EngineLayer {
+    fn needs(&self) -> &'static [&'static str] {
+        // Its input is the IPC that request capture reassembles.
+        &["requests"]
+    }
+
     fn name(&self) -> &'static str {
         "engine"
     }
@@ -130,6 +135,11 @@ impl Layer for EngineLayer {
 
     fn tick(&mut self, _cx: &mut Cx) {
         self.engine.expire(clock::monotonic_ns());
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let s = &self.engine.stats;
+        vec![("messages", s.messages), ("output_messages", s.output_messages), ("lost_requests", s.lost_requests)]
     }
 
     fn health(&self, h: &mut Health) {

@@ -175,6 +175,36 @@ pub trait Layer {
     fn finish(&mut self, _cx: &mut Cx) {}
     /// Its counters, into the health snapshot.
     fn health(&self, _h: &mut Health) {}
+
+    // Run-time control (`inferscope ctl`, control/): the daemon switches a whole layer by
+    // telling it every traced process is gone (it detaches what it attached for them) or
+    // added, and detaches or attaches its tracepoints.
+
+    /// The layers whose notes it reads (switched on with it, and it off with them).
+    fn needs(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// The tracepoint groups it needs attached ([`crate::bpf::TP_SOCKETS`], ...).
+    fn tracepoints(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// Its probe groups that can be switched on their own, and whether each is on.
+    fn groups(&self) -> Vec<(&'static str, bool)> {
+        Vec::new()
+    }
+    /// Switches one of its [`Self::groups`]; says what changed.
+    fn set_group(&mut self, _cx: &mut Cx, group: &str, _on: bool) -> Result<String> {
+        anyhow::bail!("the {} layer has no probe group `{group}`", self.name())
+    }
+    /// Reads its configuration again and applies it to every traced process (`procs`, with
+    /// their CPython where one was found); None when it has nothing to reload.
+    fn reload(&mut self, _cx: &mut Cx, _procs: &[(u32, Option<&Interpreter>)]) -> Option<Result<String>> {
+        None
+    }
+    /// A few counters for `inferscope ctl status`.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }
 
 /// The layers the options ask for, in note order, and the Prometheus families they need

@@ -51,6 +51,8 @@ pub struct RequestsLayer {
     rescans: HashMap<u32, Rescan>,
     next_conn_id: u64,
     idle_ns: u64,
+    /// Requests handed to the sinks.
+    reported: u64,
 }
 
 impl RequestsLayer {
@@ -63,6 +65,7 @@ impl RequestsLayer {
             ports: HashMap::new(),
             rescans: HashMap::new(),
             next_conn_id: 0,
+            reported: 0,
             idle_ns: (o.idle_timeout.max(1.0) * 1e9) as u64,
         }
     }
@@ -196,6 +199,7 @@ impl RequestsLayer {
             let engine = cx.facts.get(r.pid).map(|f| f.engine);
             let labels = Labels::of(&r, &mut cx.facts.models, engine.map_or("openai_compatible", Engine::name));
             cx.emit(Output::Request { record: &r, labels: &labels, provider: engine.map(Engine::name) });
+            self.reported += 1;
         }
     }
 }
@@ -233,6 +237,9 @@ impl Layer for RequestsLayer {
         self.ports.remove(&pid);
         self.rescans.remove(&pid);
         self.flush(cx);
+        // Switched off, or the process left: the kernel side forgets its sockets (closes are
+        // not seen while the socket tracepoints are detached; /proc says them again).
+        cx.probes.forget_sockets(pid);
     }
 
     fn on_event(&mut self, cx: &mut Cx, ev: &Event) {
@@ -268,6 +275,21 @@ impl Layer for RequestsLayer {
 
     fn finish(&mut self, cx: &mut Cx) {
         self.flush(cx);
+    }
+
+    fn tracepoints(&self) -> &'static [&'static str] {
+        &[crate::bpf::TP_SOCKETS]
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let s = self.tracker.stats();
+        vec![
+            ("requests_reported", self.reported),
+            ("requests_in_flight", self.tracker.in_flight()),
+            ("connections", s.connections),
+            ("incomplete", s.incomplete),
+            ("gaps", s.gaps),
+        ]
     }
 
     fn health(&self, h: &mut Health) {

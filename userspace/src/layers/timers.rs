@@ -17,7 +17,7 @@ use crate::{
     },
     python::{
         Interpreter,
-        timers::{self, CallRecord, PyTimers},
+        timers::{self, CallRecord, PyTimers, TimerSpec},
     },
     target::procfs,
 };
@@ -25,6 +25,14 @@ use crate::{
 pub struct TimersLayer {
     timers: PyTimers,
     recs: Vec<CallRecord>,
+    /// `--python-timers`: read again by `inferscope ctl reload`.
+    config: String,
+    eval_uprobes: bool,
+    /// Every spec timed since the start: a reload appends the new set, so a call read (or
+    /// waiting for its step) before the reload keeps its function. Records carry indices
+    /// into this list: the current set's plus `base`.
+    all: Vec<TimerSpec>,
+    base: usize,
 }
 
 impl TimersLayer {
@@ -47,13 +55,22 @@ impl TimersLayer {
         if let Some(p) = prom {
             p.python = Some(PythonMetrics::new(&p.registry)?);
         }
-        Ok(Some(Self { timers, recs: Vec::new() }))
+        let all = timers.specs.clone();
+        Ok(Some(Self {
+            timers,
+            recs: Vec::new(),
+            config: arg.clone(),
+            eval_uprobes: o.python_timers_eval_uprobes,
+            all,
+            base: 0,
+        }))
     }
 
     /// One timed call out, with its engine step when known (monotonic ts, batch size).
     fn call(&self, cx: &mut Cx, r: &CallRecord, step: StepOf) {
-        let Some(spec) = self.timers.specs.get(r.spec) else { return };
-        cx.emit(Output::PythonCall { record: r, spec, location: self.timers.location(r.pid, r.spec), step });
+        let Some(spec) = self.all.get(r.spec) else { return };
+        let location = r.spec.checked_sub(self.base).and_then(|i| self.timers.location(r.pid, i));
+        cx.emit(Output::PythonCall { record: r, spec, location, step });
     }
 
     /// What the correlation stage placed since the last look goes out.
@@ -65,7 +82,9 @@ impl TimersLayer {
 
     /// Breakpoint hits -> calls -> sinks; each to the correlation stage.
     fn poll(&mut self, cx: &mut Cx) {
+        let from = self.recs.len();
         self.timers.poll(&mut self.recs);
+        self.recs[from..].iter_mut().for_each(|r| r.spec += self.base);
         for n in self.timers.notes.drain(..) {
             eprintln!("{n}");
         }
@@ -75,7 +94,7 @@ impl TimersLayer {
         let mut pids: Vec<u32> = self.recs.iter().map(|r| r.pid).collect();
         pids.dedup();
         let unfinished: Vec<(u32, u64)> = pids.into_iter().map(|p| (p, self.timers.unfinished(p))).collect();
-        cx.emit(Output::PythonCalls { records: &self.recs, specs: &self.timers.specs, unfinished: &unfinished });
+        cx.emit(Output::PythonCalls { records: &self.recs, specs: &self.all, unfinished: &unfinished });
         // A call of an engine core belongs to the engine step the engine stamped first after
         // the call began: already seen (its IPC can be read before the call's hits), or still
         // to come (the call waits for it). Others go out now.
@@ -134,5 +153,47 @@ impl Layer for TimersLayer {
 
     fn health(&self, h: &mut Health) {
         h.python = self.timers.health();
+    }
+
+    /// The YAML is read again; the new set replaces the old in every traced CPython (the
+    /// breakpoints of the old set are removed first). A file that does not parse changes
+    /// nothing.
+    fn reload(&mut self, cx: &mut Cx, procs: &[(u32, Option<&Interpreter>)]) -> Option<Result<String>> {
+        let specs = match timers::load_config(&self.config) {
+            Ok(s) => s,
+            Err(e) => return Some(Err(e.context(format!("{}: nothing changed", self.config)))),
+        };
+        // What the old set timed goes out first.
+        self.poll(cx);
+        self.placed(cx);
+        let fresh = match PyTimers::new(specs, self.eval_uprobes) {
+            Ok(t) => t,
+            Err(e) => return Some(Err(e.context("the new timers cannot start; the old ones stay"))),
+        };
+        let old = std::mem::replace(&mut self.timers, fresh);
+        drop(old);
+        self.base = self.all.len();
+        self.all.extend(self.timers.specs.iter().cloned());
+        let mut timed = 0;
+        for (pid, interp) in procs {
+            if let Some(i) = interp {
+                match self.timers.add_interpreter((*i).clone()) {
+                    Ok(()) => timed += 1,
+                    Err(e) => eprintln!("inferscope: pid {pid}: {e:#}"),
+                }
+            }
+        }
+        let n = self.timers.specs.len();
+        Some(Ok(format!("{n} function(s) from {} timed in {timed} CPython process(es)", self.config)))
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let h = self.timers.health();
+        vec![
+            ("functions", self.timers.specs.len() as u64),
+            ("watched_functions", h.watched_functions),
+            ("breakpoints", h.breakpoints),
+            ("calls", h.calls),
+        ]
     }
 }

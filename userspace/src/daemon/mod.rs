@@ -2,7 +2,10 @@
 //! and the loop: ring-buffer records and the notes layers post go to every layer, drains and
 //! ticks, the health snapshot to the sinks. It knows no layer (cmd/daemon.rs builds them with
 //! [`crate::layers::build`]). Runs until interrupted, `--duration` passes, or (with `attach`)
-//! the target is gone. Dropping the probes detaches everything.
+//! the target is gone. Dropping the probes detaches everything. The control endpoint's
+//! requests are answered in the loop ([`control`]).
+
+mod control;
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -46,6 +49,10 @@ pub struct Parts {
     pub max_models: usize,
     /// `k8s.node.name` for processes in pods.
     pub node_name: Option<String>,
+    /// `--tracing-level`, as the OTLP sink starts with it.
+    pub tracing_level: u8,
+    /// The control socket, unless `--control-socket off`.
+    pub control: Option<std::path::PathBuf>,
     /// Resolves when the daemon is to stop (`--duration`, SIGINT, SIGTERM).
     pub stop: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
 }
@@ -64,32 +71,68 @@ struct Daemon {
     last_loss_report: Instant,
     /// Processes seen exiting, and when (a dying one is still listed in /proc a while).
     exited: HashMap<u32, Instant>,
+    /// Per layer: whether it is on (`inferscope ctl disable` switches it off).
+    on: Vec<bool>,
+    /// Per layer: time spent in its callbacks, ns (records sampled 1 in [`SAMPLE`]).
+    busy_ns: Vec<u64>,
+    records_seen: u64,
+    /// Each traced process's CPython, when one was found (layers switched on later get it).
+    interps: HashMap<u32, Option<crate::python::Interpreter>>,
+    started: Instant,
+    tracing_level: u8,
+}
+
+/// One record in this many is timed per layer for `inferscope ctl status`.
+const SAMPLE: u64 = 16;
+
+/// Runs `f`, adding its time times `scale` to `slot` (scale 0: not timed).
+fn timed(scale: u64, slot: &mut u64, f: impl FnOnce()) {
+    if scale == 0 {
+        return f();
+    }
+    let t = Instant::now();
+    f();
+    *slot += t.elapsed().as_nanos() as u64 * scale;
 }
 
 impl Daemon {
-    /// The layers, and the context they work in.
-    fn split<'a>(&'a mut self, posted: &'a mut Vec<Note>) -> (&'a mut [Box<dyn Layer>], Cx<'a>) {
-        let cx = Cx {
+    /// Every layer that is on, with its context; then the notes they posted, to every layer
+    /// that is on, in order (those posted while one is handled come before the ones queued).
+    fn each(&mut self, f: impl FnMut(&mut dyn Layer, &mut Cx)) {
+        self.each_where(1, |_| true, f)
+    }
+
+    /// [`Self::each`] over the layers `pick` chooses (by index) of those that are on, timed
+    /// with `scale` (0: not timed).
+    fn each_where(&mut self, scale: u64, pick: impl Fn(usize) -> bool, mut f: impl FnMut(&mut dyn Layer, &mut Cx)) {
+        let mut posted = Vec::new();
+        let mut cx = Cx {
             sinks: &mut self.sinks,
             probes: &mut self.probes,
             correlate: &mut self.correlate,
             facts: &mut self.facts,
-            notes: posted,
+            notes: &mut posted,
         };
-        (&mut self.layers, cx)
-    }
-
-    /// Every layer, with its context; then the notes they posted, to every layer in order
-    /// (those posted while one is handled come before the ones still queued).
-    fn each(&mut self, f: impl Fn(&mut dyn Layer, &mut Cx)) {
-        let mut posted = Vec::new();
-        let (layers, mut cx) = self.split(&mut posted);
-        layers.iter_mut().for_each(|l| f(l.as_mut(), &mut cx));
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            if self.on[i] && pick(i) {
+                timed(scale, &mut self.busy_ns[i], || f(l.as_mut(), &mut cx));
+            }
+        }
         posted.into_iter().rev().for_each(|n| self.notes.push_front(n));
         while let Some(note) = self.notes.pop_front() {
             let mut posted = Vec::new();
-            let (layers, mut cx) = self.split(&mut posted);
-            layers.iter_mut().for_each(|l| l.on_note(&mut cx, &note));
+            let mut cx = Cx {
+                sinks: &mut self.sinks,
+                probes: &mut self.probes,
+                correlate: &mut self.correlate,
+                facts: &mut self.facts,
+                notes: &mut posted,
+            };
+            for (i, l) in self.layers.iter_mut().enumerate() {
+                if self.on[i] {
+                    timed(scale, &mut self.busy_ns[i], || l.on_note(&mut cx, &note));
+                }
+            }
             posted.into_iter().rev().for_each(|n| self.notes.push_front(n));
         }
     }
@@ -111,8 +154,10 @@ impl Daemon {
             wanted.then(|| crate::python::find(pid).map_err(|e| log::debug!("pid {pid}: no CPython: {e:#}")).ok());
         let interp = interp.flatten();
         self.each(|l, cx| l.process_added(cx, pid, interp.as_ref()));
+        self.interps.insert(pid, interp);
         let comm = procfs::comm(pid).unwrap_or_default();
-        let notes: String = self.layers.iter().map(|l| l.describe(pid)).collect();
+        let notes: String =
+            self.layers.iter().zip(&self.on).filter(|(_, on)| **on).map(|(l, _)| l.describe(pid)).collect();
         let Some(f) = self.facts.get(pid) else { return };
         self.sinks.emit(Output::ProcessAdded { pid, engine: f.engine.name(), identity: &f.identity });
         eprintln!("inferscope: tracing pid {pid} ({comm}, {}{}{notes})", f.engine.name(), f.identity.describe());
@@ -128,6 +173,7 @@ impl Daemon {
         self.each(|l, cx| l.process_gone(cx, pid, ts));
         self.sinks.emit(Output::ProcessGone { pid });
         self.facts.remove(pid);
+        self.interps.remove(&pid);
     }
 
     /// Traces what a /proc scan found, except processes that exited moments ago.
@@ -171,7 +217,11 @@ impl Daemon {
                 _ => self.probes.untrack(*child),
             },
             Event::ProcExit { tgid, ts_ns } => self.untrace(*tgid, *ts_ns),
-            _ => self.each(|l, cx| l.on_event(cx, &ev)),
+            _ => {
+                self.records_seen += 1;
+                let scale = if self.records_seen.is_multiple_of(SAMPLE) { SAMPLE } else { 0 };
+                self.each_where(scale, |_| true, |l, cx| l.on_event(cx, &ev));
+            }
         }
     }
 
@@ -206,12 +256,13 @@ impl Daemon {
 
 /// Runs until interrupted. Errors are for the operator: one line, with what to do.
 pub async fn run(target: Target, parts: Parts) -> Result<()> {
-    let Parts { mut probes, layers, sinks, max_models, node_name, mut stop } = parts;
+    let Parts { mut probes, layers, sinks, max_models, node_name, control, tracing_level, mut stop } = parts;
     let ring = probes.take_events()?;
     // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged, for its lifetime.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
     let children = !matches!(target, Target::Pid { children: false, .. });
+    let n = layers.len();
     let mut d = Daemon {
         probes,
         sinks,
@@ -223,7 +274,15 @@ pub async fn run(target: Target, parts: Parts) -> Result<()> {
         children,
         last_loss_report: Instant::now(),
         exited: HashMap::new(),
+        on: vec![true; n],
+        busy_ns: vec![0; n],
+        records_seen: 0,
+        interps: HashMap::new(),
+        started: Instant::now(),
+        tracing_level,
     };
+    // Before the first process: `inferscope ctl` works from the start line on.
+    let (_control, mut calls) = control::open(control.as_deref());
     match &target {
         Target::Pid { pid, .. } => {
             let pids = if children { procfs::tree(*pid, &procfs::parents()) } else { vec![*pid] };
@@ -282,6 +341,9 @@ pub async fn run(target: Target, parts: Parts) -> Result<()> {
                 if let Ok(found) = found {
                     d.apply_discovery(found);
                 }
+            }
+            Some((req, reply)) = calls.recv() => {
+                let _ = reply.send(d.control(req));
             }
             _ = &mut stop => break,
         }

@@ -97,6 +97,11 @@ app.kubernetes.io/component: node-agent
 - "--no-otlp-metrics"
 {{- end }}
 {{- end }}
+{{- if $i.control }}
+- "--control-socket=/run/inferscope/control.sock"
+{{- else }}
+- "--control-socket=off"
+{{- end }}
 {{- range $i.extraArgs }}
 - {{ . | quote }}
 {{- end }}

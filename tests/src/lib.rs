@@ -26,11 +26,15 @@ fn must_exist(p: PathBuf, what: &str) -> PathBuf {
     p
 }
 
-/// The inferscope binary under test (INFERSCOPE_BIN, else target/debug/inferscope).
+/// The inferscope binary under test (INFERSCOPE_BIN, which `cargo xtask test` sets; else
+/// debug/inferscope in CARGO_TARGET_DIR or target/).
 pub fn inferscope_bin() -> PathBuf {
-    let p = std::env::var_os("INFERSCOPE_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target/debug/inferscope"));
+    let p = std::env::var_os("INFERSCOPE_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo_root().join("target"))
+            .join("debug/inferscope")
+    });
     must_exist(p, "the inferscope binary")
 }
 

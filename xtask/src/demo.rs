@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
-use crate::{setup, util};
+use crate::{cache, setup, util};
 
 fn read_jsonl(p: &std::path::Path) -> Vec<Value> {
     fs::read_to_string(p).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
@@ -30,6 +30,8 @@ pub fn run(vllm: bool, requests: u32) -> Result<()> {
     if !util::is_root() {
         bail!("the demo loads BPF programs: run it as root (e.g. sudo -E env PATH=$PATH cargo xtask demo)");
     }
+    setup::check_disk(vllm, false)?;
+    cache::lock_build()?;
     setup::toolchain()?;
     setup::python_env()?;
     if vllm {
@@ -69,7 +71,7 @@ pub fn run(vllm: bool, requests: u32) -> Result<()> {
     let _server = Guard(server);
 
     eprintln!("=== attaching inferscope (release build) to pid {server_pid}: no change to the server\n");
-    let bin = root.join("target/release/inferscope");
+    let bin = util::target().join("release/inferscope");
     let listen = format!("127.0.0.1:{metrics_port}");
     let scope = Command::new(&bin)
         .args(["attach", "--pid", &server_pid.to_string(), "--prometheus-listen", &listen])

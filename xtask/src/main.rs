@@ -5,10 +5,17 @@
 //! - `cargo xtask test`: the whole test suite (what CI runs).
 //! - `cargo xtask bench`: overhead and completeness, measured side by side.
 //! - `cargo xtask fuzz`: run every fuzz target for a while.
+//! - `cargo xtask disk` / `cargo xtask clean [--cache]`: what the checkout and the developer
+//!   cache hold; remove build outputs (and the cache).
+//!
+//! Heavy things that do not depend on the checkout's code (virtualenvs, the real vLLM, Debian
+//! chroots, the cargo build directory) live in one cache outside the tree, shared by every
+//! checkout on the machine: see cache.rs.
 //!
 //! Privileged steps (loading BPF) run the binaries directly when already root, else via `sudo -E`.
 
 mod bench;
+mod cache;
 mod demo;
 mod setup;
 mod test;
@@ -90,10 +97,23 @@ enum Cmd {
         /// Only this target.
         target: Option<String>,
     },
+    /// Show what this checkout and the developer cache (INFERSCOPE_DEV_CACHE, default
+    /// /var/cache/inferscope-dev) hold, part by part, and the free space.
+    Disk,
+    /// Remove build outputs: this checkout's target/ and fuzz/target/, and the shared build
+    /// directory in the cache (unless another run uses it).
+    Clean {
+        /// Also remove everything else in the developer cache that no run uses now
+        /// (virtualenvs, the real vLLM, Debian chroots): the next run installs them again.
+        #[arg(long)]
+        cache: bool,
+    },
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    // Every cargo this process starts builds in the shared build directory.
+    cache::use_shared_target();
     match cli.cmd {
         Cmd::Setup { vllm } => setup::all(vllm),
         Cmd::Demo { vllm, requests } => demo::run(vllm, requests),
@@ -107,5 +127,7 @@ fn main() -> Result<()> {
         Cmd::Bench { seconds, rounds, report, vllm: false, .. } => bench::run(seconds, rounds, report.as_deref()),
         Cmd::Bench { seconds, rounds, report, vllm: true, .. } => bench::run_vllm(seconds, rounds, report.as_deref()),
         Cmd::Fuzz { seconds, target } => test::fuzz(seconds, target.as_deref()),
+        Cmd::Disk => cache::disk(),
+        Cmd::Clean { cache } => cache::clean(cache),
     }
 }

@@ -7,7 +7,10 @@ use std::process::Command;
 
 use anyhow::{Context as _, Result};
 
-use crate::util::{self, output, root, run};
+use crate::{
+    cache,
+    util::{self, output, root, run},
+};
 
 const BPF_LINKER: &str = "0.10.3";
 
@@ -68,33 +71,50 @@ fn apt(packages: &[&str]) -> Result<()> {
     run(&mut install)
 }
 
-/// The virtualenv with the fixture server and load generator's packages.
+/// `python3 --version`, part of every virtualenv's key.
+fn python_version() -> String {
+    output(Command::new("python3").arg("--version")).unwrap_or_default().trim().to_string()
+}
+
+/// The virtualenv with the fixture server and load generator's packages: in the cache, keyed by
+/// tests/requirements.txt and the interpreter, linked as `.venv`.
 pub fn python_env() -> Result<()> {
     let root = root();
     let req = root.join("tests/requirements.txt");
-    let venv = root.join(".venv");
-    let stamp = venv.join(".requirements");
     let want = std::fs::read_to_string(&req).context("tests/requirements.txt")?;
-    if util::python().exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(want.as_str()) {
-        return Ok(());
-    }
-    run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-    run(Command::new(util::python())
-        .args(["-m", "pip", "install", "-q", "--disable-pip-version-check", "-r"])
-        .arg(&req))?;
-    std::fs::write(stamp, want)?;
+    let name = format!("venv-tests-{}", cache::key(&[want.as_bytes(), python_version().as_bytes()]));
+    cache::entry(&name, |venv| {
+        cache::link(&root.join(".venv"), venv)?;
+        let stamp = venv.join(".requirements");
+        if venv.join("bin/python").exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(want.as_str()) {
+            return Ok(());
+        }
+        run(Command::new("python3").args(["-m", "venv"]).arg(venv))?;
+        run(Command::new(venv.join("bin/python"))
+            .args(["-m", "pip", "install", "-q", "--disable-pip-version-check", "-r"])
+            .arg(&req))?;
+        std::fs::write(stamp, want.as_bytes())?;
+        Ok(())
+    })?;
     Ok(())
 }
 
-/// The receivers' virtualenv and the Prometheus server binary.
+/// The receivers' virtualenv (in the cache, linked as tests/receivers/.venv) and the
+/// Prometheus server binary.
 pub fn receivers() -> Result<()> {
     let root = root();
-    run(Command::new(root.join("tests/receivers/venv.sh")).stdout(std::process::Stdio::null()))?;
+    let req =
+        std::fs::read(root.join("tests/receivers/requirements.txt")).context("tests/receivers/requirements.txt")?;
+    let name = format!("venv-receivers-{}", cache::key(&[&req, python_version().as_bytes()]));
+    cache::entry(&name, |venv| {
+        cache::link(&root.join("tests/receivers/.venv"), venv)?;
+        run(Command::new(root.join("tests/receivers/venv.sh")).arg(venv).stdout(std::process::Stdio::null()))
+    })?;
     run(util::privileged(root.join("tests/receivers/prometheus.sh")).arg("install"))
 }
 
 /// Debian releases whose system CPython the Python layer is tested against, in chroots under
-/// .cache/chroots: (suite, interpreter inside).
+/// the cache's chroots/ (.cache/chroots): (suite, interpreter inside).
 /// Forky is Debian's testing release: the first with 3.14 (its package, named, beside the
 /// default python3). Debootstrap releases that predate it build it with the `sid` script.
 pub const CHROOTS: &[(&str, &str, &str)] = &[
@@ -103,35 +123,102 @@ pub const CHROOTS: &[(&str, &str, &str)] = &[
     ("forky", "/usr/bin/python3.14", "python3.14"),
 ];
 
-/// Builds each missing chroot with debootstrap (minbase + python3, ~40 s and ~250 MB each).
+/// Builds each missing chroot with debootstrap (minbase + python3, ~40 s and ~250 MB each), in
+/// the cache's `chroots/` (linked as .cache/chroots).
 pub fn chroots() -> Result<()> {
     apt(&["debootstrap"])?;
+    let root = root();
+    std::fs::create_dir_all(cache::dir().join("chroots"))?;
     for (suite, python, package) in CHROOTS {
-        let dir = root().join(".cache/chroots").join(suite);
-        let stamp = dir.join(".inferscope-ready");
-        if stamp.exists() && dir.join(python.trim_start_matches('/')).exists() {
-            continue;
-        }
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.parent().context("chroot dir")?)?;
-        eprintln!("setup: building a Debian {suite} chroot with its python3 (debootstrap)");
-        let mut cmd = util::privileged("debootstrap");
-        cmd.args(["--variant=minbase", &format!("--include={package}"), suite])
-            .arg(&dir)
-            .arg("http://deb.debian.org/debian")
-            .stdout(std::process::Stdio::null());
-        let script = std::path::Path::new("/usr/share/debootstrap/scripts").join(suite);
-        if !script.exists() {
-            cmd.arg("/usr/share/debootstrap/scripts/sid");
-        }
-        run(&mut cmd).with_context(|| format!("debootstrap {suite}"))?;
-        std::fs::write(&stamp, "")?;
+        let tree = root.join(".cache/chroots").join(suite);
+        cache::entry(&format!("chroots/{suite}"), |dir| {
+            // An older checkout's chroot (built in the tree) moves into the cache.
+            if tree.is_dir() && !tree.is_symlink() && !dir.exists() {
+                let _ = std::fs::rename(&tree, dir);
+            }
+            let stamp = dir.join(".inferscope-ready");
+            if stamp.exists() && dir.join(python.trim_start_matches('/')).exists() {
+                return Ok(());
+            }
+            let _ = std::fs::remove_dir_all(dir);
+            eprintln!("setup: building a Debian {suite} chroot with its python3 (debootstrap)");
+            let mut cmd = util::privileged("debootstrap");
+            cmd.args(["--variant=minbase", &format!("--include={package}"), suite])
+                .arg(dir)
+                .arg("http://deb.debian.org/debian")
+                .stdout(std::process::Stdio::null());
+            let script = std::path::Path::new("/usr/share/debootstrap/scripts").join(suite);
+            if !script.exists() {
+                cmd.arg("/usr/share/debootstrap/scripts/sid");
+            }
+            run(&mut cmd).with_context(|| format!("debootstrap {suite}"))?;
+            std::fs::write(&stamp, "")?;
+            Ok(())
+        })?;
     }
+    cache::link(&root.join(".cache/chroots"), &cache::dir().join("chroots"))
+}
+
+/// vLLM's release, as tests/vllm/setup.sh installs it by default.
+const VLLM_VERSION: &str = "0.32.0";
+
+/// The real vLLM (CPU build) and the tiny model, in the cache (linked as .venv-vllm and
+/// .cache/tiny-llama). The venv is keyed by the release, the lock file and the interpreter;
+/// its wheelhouse is deleted as it is installed unless INFERSCOPE_VLLM_KEEP_WHEELS=1 (the
+/// venv is what is kept).
+pub fn vllm() -> Result<()> {
+    let root = root();
+    let lock = std::fs::read(root.join("tests/vllm/requirements-lock.txt")).unwrap_or_default();
+    let key = cache::key(&[VLLM_VERSION.as_bytes(), &lock, python_version().as_bytes()]);
+    let model_src = std::fs::read(root.join("tests/vllm/make_model.py")).unwrap_or_default();
+    let model = cache::dir().join(format!("tiny-llama-{}", cache::key(&[&model_src, key.as_bytes()])));
+    let wheels = cache::dir().join(format!("vllm-wheels-{VLLM_VERSION}"));
+    cache::entry(&format!("vllm-{VLLM_VERSION}-{key}"), |venv| {
+        cache::link(&root.join(".venv-vllm"), venv)?;
+        cache::link(&root.join(".cache/tiny-llama"), &model)?;
+        // An older checkout's wheelhouse, in the tree, moves into the cache.
+        let old_wheels = root.join(".cache/vllm-wheels");
+        if old_wheels.is_dir() && !old_wheels.is_symlink() && !wheels.exists() {
+            let _ = std::fs::rename(&old_wheels, &wheels);
+        }
+        let mut cmd = Command::new(root.join("tests/vllm/setup.sh"));
+        cmd.arg(venv).env("INFERSCOPE_VLLM_MODEL", &model).env("INFERSCOPE_VLLM_WHEELS", &wheels);
+        if std::env::var_os("INFERSCOPE_VLLM_KEEP_WHEELS").is_none() {
+            cmd.env("INFERSCOPE_VLLM_KEEP_WHEELS", "0");
+        }
+        run(&mut cmd)
+    })?;
     Ok(())
 }
 
-pub fn vllm() -> Result<()> {
-    run(&mut Command::new(root().join("tests/vllm/setup.sh")))
+/// What a run will build that is not in the cache yet, against the free space: one line and
+/// no build when it does not fit. Sizes measured on this project's machines.
+pub fn check_disk(with_vllm: bool, fuzz: bool) -> Result<()> {
+    const GB: u64 = 1_000_000_000;
+    let c = cache::dir();
+    let has = |prefix: &str| {
+        std::fs::read_dir(&c)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(prefix))
+    };
+    let t = cache::target();
+    let mut need = cache::Need::new();
+    // A build directory that exists only rebuilds the checkout's own crates, in place.
+    need.add("the build directory", t.join("debug").exists(), 3 * GB);
+    need.add("the build directory's rebuild", !t.join("debug").exists(), GB / 2);
+    if fuzz {
+        need.add("fuzz builds", t.join("fuzz").exists(), 2 * GB);
+    }
+    need.add("virtualenvs", has("venv-tests-") && has("venv-receivers-"), GB / 2);
+    let chroots = CHROOTS.iter().all(|(s, ..)| c.join("chroots").join(s).join(".inferscope-ready").exists());
+    need.add("Debian chroots", chroots, GB);
+    if with_vllm {
+        // Installed wheel batch by wheel batch: the venv and one batch at a time.
+        need.add("the real vLLM", has("vllm-0"), 7 * GB + GB / 2);
+    }
+    need.check()
 }
 
 pub fn all(with_vllm: bool) -> Result<()> {

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Result, bail};
 
-use crate::{setup, util};
+use crate::{cache, setup, util};
 
 #[derive(Default)]
 struct Tally {
@@ -80,12 +80,15 @@ pub fn run(vllm: bool, fuzz_seconds: u64, filter: Option<&str>) -> Result<()> {
             "the integration tests load BPF programs: run `cargo xtask test` as root (e.g. sudo -E env PATH=$PATH cargo xtask test)"
         );
     }
+    setup::check_disk(vllm, fuzz_seconds > 0)?;
+    cache::lock_build()?;
     setup::all(vllm)?;
     let root = util::root();
     util::run(cargo().args(["build", "-p", "inferscope", "-p", "inferscope-tests", "--bins"]))?;
     let mut t = Tally::default();
+    let bin = util::target().join("debug/inferscope");
     let env = |c: &mut Command| {
-        c.env("INFERSCOPE_BIN", root.join("target/debug/inferscope")).env("INFERSCOPE_PYTHON", util::python());
+        c.env("INFERSCOPE_BIN", &bin).env("INFERSCOPE_PYTHON", util::python());
     };
 
     let mut unit = cargo();
@@ -145,17 +148,29 @@ const FUZZ_TARGETS: &[&str] = &[
     "python_timers",
 ];
 
+/// Fuzz builds go to the shared build directory too (under x86_64-unknown-linux-gnu/release,
+/// as cargo-fuzz names its target): the fuzz crate is a workspace member, so its hashes do not
+/// depend on where the checkout is and every checkout reuses one build.
+fn fuzz_target() -> std::path::PathBuf {
+    util::target()
+}
+
 fn fuzz_into(t: &mut Tally, seconds: u64, only: Option<&str>) {
     let root = util::root();
     let mut build = Command::new("cargo");
-    build.current_dir(root.join("fuzz")).args(["+nightly", "fuzz", "build", "--sanitizer", "none"]);
+    build
+        .current_dir(root.join("fuzz"))
+        .args(["+nightly", "fuzz", "build", "--sanitizer", "none", "--target-dir"])
+        .arg(fuzz_target());
     t.run("fuzz targets build", &mut build);
     for target in FUZZ_TARGETS.iter().filter(|x| only.is_none_or(|o| o == **x)) {
         let corpus = root.join("fuzz/corpus").join(target);
         let _ = std::fs::create_dir_all(&corpus);
         let mut c = Command::new("cargo");
         c.current_dir(root.join("fuzz"))
-            .args(["+nightly", "fuzz", "run", "--sanitizer", "none", target])
+            .args(["+nightly", "fuzz", "run", "--sanitizer", "none", "--target-dir"])
+            .arg(fuzz_target())
+            .arg(target)
             .arg(&corpus)
             .arg("--")
             .arg(format!("-max_total_time={seconds}"));
@@ -165,6 +180,7 @@ fn fuzz_into(t: &mut Tally, seconds: u64, only: Option<&str>) {
 }
 
 pub fn fuzz(seconds: u64, only: Option<&str>) -> Result<()> {
+    cache::lock_build()?;
     setup::toolchain()?;
     setup::cargo_fuzz()?;
     let mut t = Tally::default();

@@ -111,3 +111,9 @@ pub fn python() -> PathBuf {
 pub fn receiver_python() -> PathBuf {
     root().join("tests/receivers/.venv/bin/python")
 }
+
+/// The cargo build directory of this run (the developer cache's unless CARGO_TARGET_DIR says
+/// otherwise): binaries are at `target().join("debug/inferscope")`.
+pub fn target() -> PathBuf {
+    crate::cache::target()
+}

@@ -35,7 +35,6 @@ fn build_device_fixture(root: &Path, dir: &Path) -> Result<std::path::PathBuf> {
 /// probing it (`probes`: a --device-probes value) or not; and inferscope's own estimate of a
 /// probe hit's cost, when it ran.
 fn device_round(
-    root: &Path,
     dir: &Path,
     exe: &Path,
     kind: &str,
@@ -55,7 +54,7 @@ fn device_round(
     let mut scope = None;
     let err = dir.join("inferscope.err");
     if let Some(p) = probes {
-        let c = Command::new(root.join("target/release/inferscope"))
+        let c = Command::new(util::target().join("release/inferscope"))
             .args(["attach", "--pid", &fixture.id().to_string(), "--quiet", "--device-probes", p])
             .args(["--device-overhead-budget", "0", "--device-rate-limit", "0"])
             .stdout(Stdio::null())
@@ -111,6 +110,7 @@ pub fn run_device(seconds: u64, rounds: u32, report: Option<&Path>) -> Result<()
     if !util::is_root() {
         bail!("the benchmark loads BPF programs: run it as root");
     }
+    crate::cache::lock_build()?;
     setup::toolchain()?;
     let root = util::root();
     util::run(Command::new("cargo").current_dir(&root).args(["build", "--release", "-p", "inferscope"]))?;
@@ -136,7 +136,7 @@ pub fn run_device(seconds: u64, rounds: u32, report: Option<&Path>) -> Result<()
         for i in 0..rounds {
             let order = if i % 2 == 0 { [false, true] } else { [true, false] };
             for with in order {
-                let (rate, cost) = device_round(&root, &dir, &exe, kind, seconds, with.then_some(group))?;
+                let (rate, cost) = device_round(&dir, &exe, kind, seconds, with.then_some(group))?;
                 eprintln!(
                     "bench: device {symbol}: round {i} {}: {rate:.0} calls/s",
                     if with { "probed" } else { "unprobed" }

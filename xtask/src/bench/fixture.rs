@@ -74,12 +74,12 @@ pub fn run(seconds: u64, rounds: u32, report: Option<&Path>) -> Result<()> {
             .spawn()?;
         util::wait_http(port, "/health", Duration::from_secs(60), &mut server)?;
         // Warm up the server (and the page cache) before measuring.
-        load(&root, port, 3, args, &dir.join("summary.json")).context("warm-up")?;
+        load(port, 3, args, &dir.join("summary.json")).context("warm-up")?;
         let (mut off, mut on) = (Vec::new(), Vec::new());
         for i in 0..rounds {
             let order = if i % 2 == 0 { [false, true] } else { [true, false] };
             for with in order {
-                let r = one_round(&root, &dir, server.id(), port, seconds, args, with.then_some(&[][..]))?;
+                let r = one_round(&dir, server.id(), port, seconds, args, with.then_some(&[][..]))?;
                 eprintln!(
                     "bench: {name}: round {i} {}: {:.0} req/s, {:.0} events/s{}",
                     if with { "with inferscope" } else { "without" },
@@ -131,7 +131,7 @@ pub fn run(seconds: u64, rounds: u32, report: Option<&Path>) -> Result<()> {
     util::wait_http(port, "/health", Duration::from_secs(60), &mut server)?;
     for _ in 0..rounds.max(3) {
         base.push(write_cost(n));
-        let mut c = start_inferscope(&root, server.id(), &dir, &[])?;
+        let mut c = start_inferscope(server.id(), &dir, &[])?;
         with.push(write_cost(n));
         util::stop(&mut c, Duration::from_secs(20));
     }

@@ -45,6 +45,7 @@ fn prepare(env: impl FnOnce() -> Result<()>) -> Result<std::path::PathBuf> {
     if !util::is_root() {
         bail!("the benchmark loads BPF programs: run it as root");
     }
+    crate::cache::lock_build()?;
     crate::setup::toolchain()?;
     env()?;
     let root = util::root();
@@ -159,8 +160,8 @@ fn usage(pid: u32) -> (f64, u64) {
     (cpu / CLOCK_TICKS, hwm)
 }
 
-fn load(root: &Path, port: u16, seconds: u64, args: &[&str], summary: &Path) -> Result<Value> {
-    let status = Command::new(root.join("target/release/inferscope-load"))
+fn load(port: u16, seconds: u64, args: &[&str], summary: &Path) -> Result<Value> {
+    let status = Command::new(util::target().join("release/inferscope-load"))
         .args([
             "--url",
             &format!("127.0.0.1:{port}"),
@@ -180,8 +181,8 @@ fn load(root: &Path, port: u16, seconds: u64, args: &[&str], summary: &Path) -> 
     Ok(serde_json::from_str(&fs::read_to_string(summary)?)?)
 }
 
-fn start_inferscope(root: &Path, pid: u32, dir: &Path, extra: &[&str]) -> Result<Child> {
-    let mut c = Command::new(root.join("target/release/inferscope"))
+fn start_inferscope(pid: u32, dir: &Path, extra: &[&str]) -> Result<Child> {
+    let mut c = Command::new(util::target().join("release/inferscope"))
         .args([
             "attach",
             "--pid",
@@ -212,7 +213,6 @@ fn start_inferscope(root: &Path, pid: u32, dir: &Path, extra: &[&str]) -> Result
 }
 
 fn one_round(
-    root: &Path,
     dir: &Path,
     server_pid: u32,
     port: u16,
@@ -225,12 +225,12 @@ fn one_round(
     // BPF statistics on for the rounds with inferscope only, from before its programs load.
     let stats = with.map(|_| bpf::Stats::enable());
     let mut scope = match with {
-        Some(extra) => Some(start_inferscope(root, server_pid, dir, extra)?),
+        Some(extra) => Some(start_inferscope(server_pid, dir, extra)?),
         None => None,
     };
     let before = scope.as_ref().map(|c| usage(c.id()).0).unwrap_or(0.0);
     let progs_before = scope.as_ref().map(|c| bpf::snapshot(&bpf::programs_of(c.id()))).unwrap_or_default();
-    let s = load(root, port, seconds, args, &dir.join("summary.json"))?;
+    let s = load(port, seconds, args, &dir.join("summary.json"))?;
     let mut r = Round {
         req_per_s: s["req_per_s"].as_f64().unwrap_or(0.0),
         events_per_s: s["events_per_s"].as_f64().unwrap_or(0.0),

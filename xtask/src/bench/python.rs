@@ -30,7 +30,7 @@ enum Watch {
 }
 
 /// One round: calls per second of the Python loop, watched as `watch` says.
-fn python_round(root: &Path, python: &Path, seconds: u64, watch: Watch) -> Result<f64> {
+fn python_round(python: &Path, seconds: u64, watch: Watch) -> Result<f64> {
     let mut py = Command::new(python)
         .args(["-c", PY_LOOP, &seconds.to_string()])
         .stdin(Stdio::piped())
@@ -40,7 +40,7 @@ fn python_round(root: &Path, python: &Path, seconds: u64, watch: Watch) -> Resul
     let mut prof = None;
     let pid = py.id().to_string();
     let duration = (seconds + 8).to_string();
-    let mut cmd = Command::new(root.join("target/release/inferscope"));
+    let mut cmd = Command::new(util::target().join("release/inferscope"));
     match watch {
         Watch::None => {}
         Watch::Profile(r) => {
@@ -73,12 +73,12 @@ fn python_round(root: &Path, python: &Path, seconds: u64, watch: Watch) -> Resul
 
 /// Rounds of the Python loop alternating without and with `watch` (off/on, then on/off, so
 /// drift hits both sides alike): the medians, calls of `f` per second.
-fn python_pair(root: &Path, python: &Path, seconds: u64, rounds: u32, watch: Watch, label: &str) -> Result<(f64, f64)> {
+fn python_pair(python: &Path, seconds: u64, rounds: u32, watch: Watch, label: &str) -> Result<(f64, f64)> {
     let (mut off, mut on) = (Vec::new(), Vec::new());
     for i in 0..rounds {
         let order = if i % 2 == 0 { [false, true] } else { [true, false] };
         for with in order {
-            let r = python_round(root, python, seconds, if with { watch } else { Watch::None })?;
+            let r = python_round(python, seconds, if with { watch } else { Watch::None })?;
             eprintln!("bench: {label} round {i} {}: {r:.0} calls/s", if with { "watched" } else { "plain" });
             if with { on.push(r) } else { off.push(r) }
         }
@@ -93,6 +93,7 @@ pub fn run_python(seconds: u64, rounds: u32, report: Option<&Path>) -> Result<()
     if !util::is_root() {
         bail!("the benchmark loads BPF programs: run it as root");
     }
+    crate::cache::lock_build()?;
     setup::toolchain()?;
     let root = util::root();
     util::run(Command::new("cargo").current_dir(&root).args(["build", "--release", "-p", "inferscope"]))?;
@@ -106,8 +107,7 @@ pub fn run_python(seconds: u64, rounds: u32, report: Option<&Path>) -> Result<()
     );
     let python3 = Path::new("python3");
     for rate in [99u64, 999] {
-        let (off, on) =
-            python_pair(&root, python3, seconds, rounds, Watch::Profile(rate), &format!("python {rate} Hz"))?;
+        let (off, on) = python_pair(python3, seconds, rounds, Watch::Profile(rate), &format!("python {rate} Hz"))?;
         let ratio = on / off.max(1e-9);
         let per_sample_us = (1.0 - ratio).max(0.0) / rate as f64 * 1e6;
         md.push_str(&format!("| {rate} Hz | {off:.0} | {on:.0} | **{ratio:.3}** | {per_sample_us:.1} us |\n"));
@@ -120,7 +120,7 @@ pub fn run_python(seconds: u64, rounds: u32, report: Option<&Path>) -> Result<()
          | watched | calls/s without | calls/s with | ratio | cost per watched call |\n|---|---|---|---|---|\n",
     );
     for (f, watched_per_call) in [("f", 1.0), ("g", 0.001)] {
-        let (off, on) = python_pair(&root, python3, seconds, rounds, Watch::Timer(f), &format!("timers on {f}"))?;
+        let (off, on) = python_pair(python3, seconds, rounds, Watch::Timer(f), &format!("timers on {f}"))?;
         let ratio = on / off.max(1e-9);
         // Extra seconds per loop call, divided among the watched calls in it.
         let per_call_us = (1.0 / on.max(1e-9) - 1.0 / off.max(1e-9)).max(0.0) / watched_per_call * 1e6;
@@ -139,7 +139,7 @@ pub fn run_python(seconds: u64, rounds: u32, report: Option<&Path>) -> Result<()
         .map(|p| p.join("bin/python"));
     match py310 {
         Some(py) => {
-            let (off, on) = python_pair(&root, &py, seconds, rounds, Watch::EvalTimer("g"), "eval uprobes on g")?;
+            let (off, on) = python_pair(&py, seconds, rounds, Watch::EvalTimer("g"), "eval uprobes on g")?;
             let ratio = on / off.max(1e-9);
             let per_call_us = (1.0 / on.max(1e-9) - 1.0 / off.max(1e-9)).max(0.0) * 1e6;
             md.push_str(&format!(

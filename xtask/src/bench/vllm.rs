@@ -23,12 +23,12 @@ pub fn run_vllm(seconds: u64, rounds: u32, report: Option<&Path>) -> Result<()> 
         .spawn()?;
     util::wait_http(port, "/health", Duration::from_secs(600), &mut server)?;
     let args: &[&str] = &["--no-fixture", "--concurrency", "16", "--max-tokens", "32"];
-    load(&root, port, 5, args, &dir.join("summary.json")).context("warm-up")?;
+    load(port, 5, args, &dir.join("summary.json")).context("warm-up")?;
     let (mut off, mut on) = (Vec::new(), Vec::new());
     for i in 0..rounds {
         let order = if i % 2 == 0 { [false, true] } else { [true, false] };
         for with in order {
-            let r = one_round(&root, &dir, server.id(), port, seconds, args, with.then_some(&[][..]))?;
+            let r = one_round(&dir, server.id(), port, seconds, args, with.then_some(&[][..]))?;
             eprintln!(
                 "bench: vLLM round {i} {}: {:.1} req/s, {:.0} events/s{}",
                 if with { "with inferscope" } else { "without" },
@@ -58,7 +58,7 @@ pub fn run_vllm(seconds: u64, rounds: u32, report: Option<&Path>) -> Result<()> 
     for i in 0..rounds {
         let order = if i % 2 == 0 { [false, true] } else { [true, false] };
         for with in order {
-            let r = one_round(&root, &dir, server.id(), port, seconds, args, with.then_some(python_layer))?;
+            let r = one_round(&dir, server.id(), port, seconds, args, with.then_some(python_layer))?;
             eprintln!(
                 "bench: vLLM round {i} {}: {:.1} req/s{}",
                 if with { "with inferscope + Python layer" } else { "without" },

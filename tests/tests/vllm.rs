@@ -547,3 +547,60 @@ fn real_libnccl_collectives_are_seen() {
     assert_eq!(total("collective_bytes"), report["bytes"].as_u64().unwrap());
     assert_eq!(total("errors"), report["collectives"].as_u64().unwrap());
 }
+
+/// `inferscope top` on a real vLLM, as an operator opens it on the host: in a terminal (tmux),
+/// its own probes on the API server and its engine core. The screen must show the requests the
+/// client sent, exactly, and the engine's steps from vLLM's own IPC.
+#[test]
+#[ignore = "needs the real vLLM: run `cargo xtask test` (it installs vLLM with tests/vllm/setup.sh)"]
+fn real_vllm_in_top() {
+    let dir = scratch("vllm-top");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut vllm = Proc::spawn(
+        "vLLM",
+        Command::new(repo_root().join("tests/vllm/serve.sh"))
+            .args([&port.to_string(), "--max-model-len", "2048"])
+            .stdout(std::fs::File::create(dir.join("vllm.log")).unwrap())
+            .stderr(std::fs::File::create(dir.join("vllm.err")).unwrap()),
+    );
+    let api = vllm.pid();
+    wait_for("vLLM to answer /health", Duration::from_secs(400), || {
+        assert!(vllm.alive(), "vLLM exited: {}", std::fs::read_to_string(dir.join("vllm.err")).unwrap_or_default());
+        http_get(port, "/health").filter(|(s, _)| *s == 200)
+    });
+    let socket = format!("inferscope-vllm-top-{}", std::process::id());
+    let tmux = |args: &[&str]| Command::new("tmux").args(["-L", &socket]).args(args).output().expect("tmux");
+    let cmd = format!(
+        "{} top --pid {api} --refresh 0.5 --log {}/top.log; echo TOP-EXIT=$?; sleep 60",
+        inferscope_bin().display(),
+        dir.display()
+    );
+    assert!(tmux(&["new-session", "-d", "-s", "t", "-x", "110", "-y", "30", &cmd]).status.success());
+    let screen = || String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", "t"]).stdout).into_owned();
+    let reqs = |s: &str| {
+        s.lines().find_map(|l| {
+            let t: Vec<&str> = l.trim_start_matches('>').split_whitespace().collect();
+            (t.first() == Some(&api.to_string().as_str())).then(|| t.get(2)?.parse::<u64>().ok()).flatten()
+        })
+    };
+    wait_for("top tracing the API server", Duration::from_secs(60), || reqs(&screen()).map(|_| ()));
+    let truth = load(&dir, &format!("http://127.0.0.1:{port}"), 20, 4, "chat_stream=1,cmpl_nostream=1", 8, 5);
+    assert!(truth.iter().all(|t| t["status"] == 200));
+    let s = wait_for("20 requests on the screen", Duration::from_secs(30), || {
+        let s = screen();
+        (reqs(&s) == Some(truth.len() as u64)).then_some(s)
+    });
+    assert!(s.contains("vllm"), "{s}");
+    let steps = s
+        .lines()
+        .find_map(|l| l.split("steps/s ").nth(1)?.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no engine line:\n{s}"));
+    assert!(steps > 0.0, "the engine's steps:\n{s}");
+    tmux(&["send-keys", "-t", "t", "q"]);
+    let s = wait_for("top to exit", Duration::from_secs(30), || {
+        let s = screen();
+        s.contains("TOP-EXIT=").then_some(s)
+    });
+    assert!(s.contains("TOP-EXIT=0") && s.contains("inferscope top: 20 requests seen"), "{s}");
+    let _ = tmux(&["kill-server"]);
+}

@@ -118,6 +118,33 @@ pub enum Command {
         #[arg(long)]
         eval_uprobes: bool,
     },
+    /// A live view of the inference servers in the terminal, like `top`: per process the
+    /// request rate, TTFT/TPOT/ITL percentiles, tokens per second, errors; the engine's queue,
+    /// prefill and decode times, steps, batch and KV cache; the device's launches, waits and
+    /// copies; the Python timers and profile; and the slowest recent requests with their phases
+    /// as bars. Loads its own probes (on --pid, else on every vLLM/SGLang server found), or
+    /// shows what a running daemon sees (--connect). Keys: ? help, q quit.
+    Top {
+        /// Trace this process and its children only.
+        #[arg(long, value_name = "PID", conflicts_with = "connect")]
+        pid: Option<u32>,
+        /// Without --pid: also trace processes whose command line contains TEXT (repeatable).
+        #[arg(long = "match", value_name = "TEXT", conflicts_with = "connect")]
+        matches: Vec<String>,
+        /// Show what a running daemon sees, through its control socket (default
+        /// /run/inferscope/control.sock), instead of loading probes.
+        #[arg(long, value_name = "SOCKET", num_args = 0..=1, default_missing_value = crate::control::DEFAULT_SOCKET)]
+        connect: Option<std::path::PathBuf>,
+        /// Seconds between screen refreshes.
+        #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
+        refresh: f64,
+        /// Where the daemon's own messages go while the screen is in use (default:
+        /// inferscope-top-PID.log in the temporary directory); the last one is the bottom line.
+        #[arg(long, value_name = "FILE")]
+        log: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        opts: RunOptions,
+    },
     /// Control a running daemon through its control socket: see its layers, probe groups,
     /// processes, costs and counters; switch layers and probe groups on and off (their probes
     /// are detached, not ignored); reload the Python timer YAML; change the trace detail or the

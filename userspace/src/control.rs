@@ -41,6 +41,9 @@ pub enum Request {
     TracingLevel { level: u8 },
     /// What is logged on standard error beyond inferscope's own lines (RUST_LOG's level).
     LogLevel { level: String },
+    /// The live view's model (`inferscope top --connect`); the daemon keeps one from the first
+    /// such request on.
+    Top,
 }
 
 /// The daemon's answer.
@@ -51,15 +54,17 @@ pub struct Response {
     pub message: String,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub status: Option<Status>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub top: Option<crate::top::Snapshot>,
 }
 
 impl Response {
     pub fn done(message: impl Into<String>) -> Self {
-        Self { ok: true, message: message.into(), status: None }
+        Self { ok: true, message: message.into(), status: None, top: None }
     }
 
     pub fn refused(e: &anyhow::Error) -> Self {
-        Self { ok: false, message: format!("{e:#}"), status: None }
+        Self { ok: false, message: format!("{e:#}"), status: None, top: None }
     }
 }
 
@@ -191,7 +196,12 @@ fn allowed(stream: &UnixStream) -> bool {
 async fn serve(stream: UnixStream, tx: mpsc::Sender<Call>) {
     if !allowed(&stream) {
         let (_, mut w) = stream.into_split();
-        let r = Response { ok: false, message: "only root or the daemon's user may control it".into(), status: None };
+        let r = Response {
+            ok: false,
+            message: "only root or the daemon's user may control it".into(),
+            status: None,
+            top: None,
+        };
         let _ = w.write_all(line(&r).as_bytes()).await;
         return;
     }
@@ -209,9 +219,9 @@ async fn serve(stream: UnixStream, tx: mpsc::Sender<Call>) {
             Err(e) if l.len() <= MAX_REQUEST => Response {
                 ok: false,
                 message: format!("not a control request ({e}); see `inferscope ctl --help`"),
-                status: None,
+                ..Response::default()
             },
-            Err(_) => Response { ok: false, message: "request too long".into(), status: None },
+            Err(_) => Response { ok: false, message: "request too long".into(), status: None, top: None },
         };
         if w.write_all(line(&resp).as_bytes()).await.is_err() {
             return;

@@ -24,5 +24,6 @@ pub mod python;
 pub mod request;
 pub mod stream;
 pub mod target;
+pub mod top;
 pub mod tracker;
 pub mod uprobe_multi;

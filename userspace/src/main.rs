@@ -23,6 +23,9 @@ fn main() -> ExitCode {
         }
         Command::PythonInfo { pid, json, max_frames } => cmd::python_info::run(pid, json, max_frames),
         Command::Ctl { socket, json, action } => cmd::ctl::run(&socket, json, action),
+        Command::Top { pid, matches, connect, refresh, log, opts } => {
+            cmd::top::run(cmd::top::Args { pid, matches, connect, refresh, log, opts })
+        }
         Command::Attach { pid, no_children, opts } => cmd::daemon::attach(pid, no_children, opts),
         Command::Run { matches, discover_interval, opts } => cmd::daemon::run(matches, discover_interval, opts),
     }

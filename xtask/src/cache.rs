@@ -102,10 +102,19 @@ fn exclusive(name: &str) -> Result<File> {
     Ok(f)
 }
 
-/// The build directory, for the whole of this run.
+/// The build directory, for the whole of this run, and the checkout's sources made right for
+/// it (see [`prepare_sources`]).
 pub fn lock_build() -> Result<()> {
     let f = exclusive("build")?;
     HELD.lock().expect("lock list").push(f);
+    let root = crate::util::root();
+    let (kept, touched) = prepare_sources(&root);
+    if kept + touched > 0 {
+        eprintln!(
+            "cache: the build directory was last used by another checkout: {kept} file(s) as it built them keep \
+             their times, {touched} changed file(s) are newer than anything built"
+        );
+    }
     Ok(())
 }
 
@@ -377,6 +386,94 @@ impl Need {
             gb(cached)
         )
     }
+}
+
+/// Where the last complete `cargo xtask test` wrote what its sources were: (content key,
+/// modification time) per file. Inside the build directory: cleaned with it.
+fn sources_manifest() -> PathBuf {
+    target().join(".inferscope-sources")
+}
+
+/// The checkout's files as git knows them (tracked, and untracked but not ignored).
+fn source_files(root: &Path) -> Vec<PathBuf> {
+    let out = crate::util::output(std::process::Command::new("git").current_dir(root).args([
+        "ls-files",
+        "-z",
+        "--cached",
+        "--others",
+        "--exclude-standard",
+    ]))
+    .unwrap_or_default();
+    out.split('\0').filter(|p| !p.is_empty()).map(|p| root.join(p)).filter(|p| p.is_file()).collect()
+}
+
+fn content_key(p: &Path) -> Option<String> {
+    fs::read(p).ok().map(|b| key(&[&b]))
+}
+
+/// Cargo decides what to rebuild by modification time: sources newer than what was built
+/// from them. In a build directory shared by several checkouts that is not enough: a checkout
+/// made before another one built different sources would take that build for its own. So when
+/// the last checkout to hold the build directory was another one, before anything is built:
+/// each file whose content is what the last complete test run built from gets that run's time
+/// back (older than what it built: no rebuild needed, and a fresh clone of the same commit
+/// rebuilds nothing), and every other file is made newer than anything built (rebuilt). The
+/// record is then removed, so that a run that stops half-way, or any other build, leaves none
+/// behind; [`record_sources`] writes it again when a test run has built everything. Returns
+/// (files given their old time back, files made new).
+fn prepare_sources(root: &Path) -> (usize, usize) {
+    let manifest = sources_manifest();
+    let last_root = target().join(".inferscope-last-checkout");
+    let text = fs::read_to_string(&manifest).unwrap_or_default();
+    let _ = fs::remove_file(&manifest);
+    let last = fs::read_to_string(&last_root).unwrap_or_default();
+    let _ = fs::create_dir_all(target());
+    let _ = fs::write(&last_root, root.display().to_string());
+    if last == root.display().to_string() {
+        // The same checkout built last: its files' times are cargo's to judge.
+        return (0, 0);
+    }
+    let known: std::collections::HashMap<&str, (&str, u64)> = text
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.splitn(3, '\t');
+            let (k, t, p) = (it.next()?, it.next()?.parse().ok()?, it.next()?);
+            Some((p, (k, t)))
+        })
+        .collect();
+    let now = std::time::SystemTime::now();
+    let (mut kept, mut touched) = (0, 0);
+    for p in source_files(root) {
+        let rel = p.strip_prefix(root).unwrap_or(&p).to_string_lossy().into_owned();
+        let old = known
+            .get(rel.as_str())
+            .filter(|(k, _)| content_key(&p).as_deref() == Some(*k))
+            .map(|(_, t)| std::time::UNIX_EPOCH + std::time::Duration::from_nanos(*t));
+        let Ok(f) = File::open(&p) else { continue };
+        if f.set_modified(old.unwrap_or(now)).is_ok() {
+            if old.is_some() {
+                kept += 1;
+            } else {
+                touched += 1;
+            }
+        }
+    }
+    (kept, touched)
+}
+
+/// After a run that built everything the suite uses (debug, tests, fuzz) from this checkout:
+/// what each file was, and its modification time.
+pub fn record_sources(root: &Path) {
+    let mut out = String::new();
+    for p in source_files(root) {
+        let (Some(k), Ok(m)) = (content_key(&p), fs::metadata(&p).and_then(|m| m.modified())) else { continue };
+        let t = m.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+        let rel = p.strip_prefix(root).unwrap_or(&p).to_string_lossy().into_owned();
+        if !rel.contains(['\t', '\n']) {
+            out += &format!("{k}\t{t}\t{rel}\n");
+        }
+    }
+    let _ = fs::write(sources_manifest(), out);
 }
 
 #[cfg(test)]

@@ -176,6 +176,11 @@ pub fn vllm() -> Result<()> {
     cache::entry(&format!("vllm-{VLLM_VERSION}-{key}"), |venv| {
         cache::link(&root.join(".venv-vllm"), venv)?;
         cache::link(&root.join(".cache/tiny-llama"), &model)?;
+        // vLLM's own run-time caches (torch inductor, triton, its config cache: tests/vllm/
+        // serve.sh): warm from one run to the next.
+        let run_dir = cache::dir().join(format!("vllm-run-{key}"));
+        std::fs::create_dir_all(&run_dir)?;
+        cache::link(&root.join(".cache/vllm-run"), &run_dir)?;
         // An older checkout's wheelhouse, in the tree, moves into the cache.
         let old_wheels = root.join(".cache/vllm-wheels");
         if old_wheels.is_dir() && !old_wheels.is_symlink() && !wheels.exists() {
@@ -223,8 +228,9 @@ pub fn check_disk(with_vllm: bool, fuzz: bool) -> Result<()> {
 
 pub fn all(with_vllm: bool) -> Result<()> {
     toolchain()?;
-    // gcc: the device tests build stand-in runtime libraries from C.
-    apt(&["curl", "gcc", "libc6-dev"])?;
+    // gcc: the device tests build stand-in runtime libraries from C; tmux: `inferscope top` is
+    // tested in a terminal.
+    apt(&["curl", "gcc", "libc6-dev", "tmux"])?;
     python_env()?;
     receivers()?;
     cargo_fuzz()?;

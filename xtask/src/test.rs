@@ -122,6 +122,10 @@ pub fn run(vllm: bool, fuzz_seconds: u64, filter: Option<&str>) -> Result<()> {
 
     if fuzz_seconds > 0 {
         fuzz_into(&mut t, fuzz_seconds, None);
+        if filter.is_none() {
+            // Everything the suite builds was built from this checkout's files.
+            cache::record_sources(&root);
+        }
     }
 
     eprintln!();

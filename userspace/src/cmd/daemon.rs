@@ -48,7 +48,7 @@ fn serve(target: Target, opts: RunOptions) -> ExitCode {
 
 /// The probes loaded, the layers and the sinks the options ask for. Errors are for the
 /// operator: one line, with what to do.
-async fn parts(target: &Target, o: &RunOptions) -> Result<Parts> {
+pub(crate) async fn parts(target: &Target, o: &RunOptions) -> Result<Parts> {
     if let Target::Pid { pid, .. } = target
         && !procfs::exists(*pid)
     {

@@ -8,6 +8,7 @@ pub mod doctor;
 pub mod profile;
 pub mod python_info;
 pub mod timers;
+pub mod top;
 
 use std::process::ExitCode;
 

@@ -44,7 +44,35 @@ impl Daemon {
     /// Answers one request; what changed is also said on standard error.
     pub(super) fn control(&mut self, req: Request) -> Response {
         let r = match req {
-            Request::Status => return Response { ok: true, message: String::new(), status: Some(self.status()) },
+            Request::Status => return Response { ok: true, status: Some(self.status()), ..Response::default() },
+            Request::Top => {
+                let model = match &self.top {
+                    Some(m) => m.clone(),
+                    None => {
+                        // From now on it sees what the sinks see; the processes traced so far
+                        // it is told now.
+                        let m = crate::top::shared();
+                        self.sinks.add(crate::top::TopSink(m.clone()));
+                        if let Ok(mut state) = m.lock() {
+                            let now = clock::monotonic_ns();
+                            for pid in self.facts.pids() {
+                                if let Some(f) = self.facts.get(pid) {
+                                    let o = crate::export::sink::Output::ProcessAdded {
+                                        pid,
+                                        engine: f.engine.name(),
+                                        identity: &f.identity,
+                                    };
+                                    state.consume(&o, now);
+                                }
+                            }
+                        }
+                        self.top = Some(m.clone());
+                        m
+                    }
+                };
+                let snap = model.lock().map(|mut m| m.snapshot(clock::monotonic_ns())).unwrap_or_default();
+                return Response { ok: true, top: Some(snap), ..Response::default() };
+            }
             Request::Enable { name } => self.switch(&name, true),
             Request::Disable { name } => self.switch(&name, false),
             Request::Reload => self.reload(),

@@ -80,6 +80,8 @@ struct Daemon {
     interps: HashMap<u32, Option<crate::python::Interpreter>>,
     started: Instant,
     tracing_level: u8,
+    /// The live view's model, from the first `inferscope top --connect` on.
+    top: Option<crate::top::Shared>,
 }
 
 /// One record in this many is timed per layer for `inferscope ctl status`.
@@ -280,6 +282,7 @@ pub async fn run(target: Target, parts: Parts) -> Result<()> {
         interps: HashMap::new(),
         started: Instant::now(),
         tracing_level,
+        top: None,
     };
     // Before the first process: `inferscope ctl` works from the start line on.
     let (_control, mut calls) = control::open(control.as_deref());

@@ -13,8 +13,14 @@ use std::{
 
 use serde_json::Value;
 
+/// The checkout the tests run from: cargo sets CARGO_MANIFEST_DIR when it runs a test too, and
+/// that is the one to use (a build reused from another checkout of the same sources, as the
+/// developer cache's shared build directory allows, was compiled with that checkout's path).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ lives in the repository").to_path_buf()
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest.parent().map(Path::to_path_buf).expect("tests/ lives in the repository")
 }
 
 fn must_exist(p: PathBuf, what: &str) -> PathBuf {

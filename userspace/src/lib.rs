@@ -27,3 +27,14 @@ pub mod target;
 pub mod top;
 pub mod tracker;
 pub mod uprobe_multi;
+
+/// A file of the checkout, for unit tests: from CARGO_MANIFEST_DIR as cargo sets it when it runs
+/// the test (a build reused from another checkout was compiled with that checkout's path).
+#[cfg(test)]
+pub(crate) fn checkout_file(rel: &str) -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+        .join("..")
+        .join(rel)
+}

@@ -129,7 +129,7 @@ mod tests {
     /// Pickles made by SGLang's own classes (tests/fixtures/sglang_pickles.py).
     #[test]
     fn sglang_own_pickles() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/sglang/pickles.json");
+        let path = crate::checkout_file("tests/data/sglang/pickles.json");
         let all: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         assert!(!all.is_empty());
         for s in &all {

@@ -400,7 +400,7 @@ mod layout_table {
     /// (tests/vllm/layouts.json), so neither can drift from the other.
     #[test]
     fn table_matches_every_release() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/vllm/layouts.json");
+        let path = crate::checkout_file("tests/vllm/layouts.json");
         let releases: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         assert!(releases.len() >= 40, "{} releases", releases.len());
         for r in &releases {
@@ -441,7 +441,7 @@ mod samples {
     /// (tests/vllm/make_samples.py) decode to what was put in, with each release's layout.
     #[test]
     fn every_release_layout_decodes() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/vllm/layout-samples.json");
+        let path = crate::checkout_file("tests/data/vllm/layout-samples.json");
         let samples: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         assert!(samples.len() >= 20);
         for s in &samples {
@@ -499,7 +499,7 @@ mod real_captures {
     /// with the response's token counts and all four phases.
     #[test]
     fn every_response_of_real_releases_finds_its_engine_requests() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/vllm");
+        let dir = crate::checkout_file("tests/data/vllm");
         let mut files: Vec<_> = std::fs::read_dir(dir)
             .unwrap()
             .filter_map(|e| e.ok().map(|e| e.path()))

@@ -476,8 +476,8 @@ mod tests {
 
     #[test]
     fn real_vllm_chunks_parse() {
-        let raw = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/vllm-0.32-sse.bin"));
-        let Ok(raw) = raw else { return };
+        let path = crate::checkout_file("tests/data/vllm-0.32-sse.bin");
+        let raw = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let text = String::from_utf8_lossy(&raw);
         let mut outputs = 0;
         for line in text.lines() {

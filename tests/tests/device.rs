@@ -394,3 +394,65 @@ fn engine_steps_carry_the_device_calls_made_for_them() {
     touch(ctl.join("exit"));
     scope.stop();
 }
+
+/// The GPU validation kit's check (tests/gpu/gpu-check), dry: its workload drives the stand-in
+/// driver through ctypes, and every other step is what runs on a GPU host (preflight, attach,
+/// counts side by side, the call sites, alternating timed rounds, the table). Every row must
+/// agree with what the workload did; with the sync probes switched off, the syncs row must be a
+/// mismatch and the check must exit 1.
+#[test]
+fn gpu_check_dry_run() {
+    let dir = scratch("gpu-check");
+    build(&dir);
+    let run = |out: &str, extra: &str| {
+        Command::new(python())
+            .arg(repo_root().join("tests/gpu/gpu-check"))
+            .args(["--dry-run", "--stub-dir"])
+            .arg(&dir)
+            .arg("--inferscope")
+            .arg(inferscope_bin())
+            .arg("--out")
+            .arg(dir.join(out))
+            .args(["--rounds", "1", "--round-seconds", "1", "--inferscope-args", extra])
+            .output()
+            .expect("python")
+    };
+    let ok = run("ok", "");
+    let say = |o: &std::process::Output| {
+        format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    };
+    assert!(ok.status.success(), "{}", say(&ok));
+    let doc: Value = serde_json::from_str(&fs::read_to_string(dir.join("ok/gpu-check.json")).unwrap()).unwrap();
+    assert_eq!(doc["verdict"], "match", "{doc:#}");
+    let row = |d: &Value, what: &str| {
+        d["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["what"] == what)
+            .cloned()
+            .unwrap_or_else(|| panic!("{what}: {d:#}"))
+    };
+    for (what, want) in [
+        ("kernel launches", 600),
+        ("graph launches", 50),
+        ("copies h2d", 20),
+        ("copies d2h", 20),
+        ("bytes h2d", 20 << 20),
+        ("syncs", 30),
+        ("launch sites in eager_step()", 600),
+    ] {
+        let r = row(&doc, what);
+        assert_eq!((r["expected"].as_u64(), r["inferscope"].as_u64()), (Some(want), Some(want)), "{what}: {r}");
+    }
+    let md = fs::read_to_string(dir.join("ok/gpu-check.md")).unwrap();
+    assert!(md.contains("| kernel launches | 600 | 600 | match |"), "{md}");
+    assert!(md.contains("throughput with inferscope / without"), "{md}");
+
+    let bad = run("bad", "--no-device-probe sync");
+    assert_eq!(bad.status.code(), Some(1), "{}", say(&bad));
+    let doc: Value = serde_json::from_str(&fs::read_to_string(dir.join("bad/gpu-check.json")).unwrap()).unwrap();
+    let r = row(&doc, "syncs");
+    assert_eq!((r["inferscope"].as_u64(), r["verdict"].as_str()), (Some(0), Some("MISMATCH")), "{r}");
+    assert!(say(&bad).contains("MISMATCH syncs"), "{}", say(&bad));
+}

@@ -294,7 +294,7 @@ pub fn disk() -> Result<()> {
         };
         println!("  {name:<28} {:>9}  {note}", gb(n));
     }
-    println!("  {:<28} {:>9}  `cargo xtask clean --cache` removes all but the build directory", "(all)", gb(total));
+    println!("  {:<28} {:>9}  `clean` removes the build directory, `clean --cache` the rest", "(all)", gb(total));
     for p in [root.clone(), dir()] {
         let (f, t) = free(&p);
         println!("free beside {}: {} of {}", p.display(), gb(f), gb(t));
@@ -443,6 +443,9 @@ fn prepare_sources(root: &Path) -> (usize, usize) {
         .collect();
     let now = std::time::SystemTime::now();
     let (mut kept, mut touched) = (0, 0);
+    // Directories too (cargo reads a directory named in rerun-if-changed by its entries' and
+    // its own times): each gets the newest time of the files under it.
+    let mut dirs: std::collections::HashMap<PathBuf, std::time::SystemTime> = std::collections::HashMap::new();
     for p in source_files(root) {
         let rel = p.strip_prefix(root).unwrap_or(&p).to_string_lossy().into_owned();
         let old = known
@@ -450,12 +453,24 @@ fn prepare_sources(root: &Path) -> (usize, usize) {
             .filter(|(k, _)| content_key(&p).as_deref() == Some(*k))
             .map(|(_, t)| std::time::UNIX_EPOCH + std::time::Duration::from_nanos(*t));
         let Ok(f) = File::open(&p) else { continue };
-        if f.set_modified(old.unwrap_or(now)).is_ok() {
+        let t = old.unwrap_or(now);
+        if f.set_modified(t).is_ok() {
             if old.is_some() {
                 kept += 1;
             } else {
                 touched += 1;
             }
+            let mut d = p.parent();
+            while let Some(dir) = d.filter(|d| d.starts_with(root) && *d != root) {
+                let e = dirs.entry(dir.to_path_buf()).or_insert(t);
+                *e = (*e).max(t);
+                d = dir.parent();
+            }
+        }
+    }
+    for (d, t) in dirs {
+        if let Ok(f) = File::open(&d) {
+            let _ = f.set_modified(t);
         }
     }
     (kept, touched)

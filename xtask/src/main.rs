@@ -5,6 +5,7 @@
 //! - `cargo xtask test`: the whole test suite (what CI runs).
 //! - `cargo xtask bench`: overhead and completeness, measured side by side.
 //! - `cargo xtask fuzz`: run every fuzz target for a while.
+//! - `cargo xtask gpu-kit`: the GPU validation kit (target/gpu-kit) and how to run it.
 //! - `cargo xtask disk` / `cargo xtask clean [--cache]`: what the checkout and the developer
 //!   cache hold; remove build outputs (and the cache).
 //!
@@ -17,6 +18,7 @@
 mod bench;
 mod cache;
 mod demo;
+mod gpukit;
 mod setup;
 mod test;
 mod util;
@@ -97,6 +99,9 @@ enum Cmd {
         /// Only this target.
         target: Option<String>,
     },
+    /// Build the GPU validation kit into target/gpu-kit (under 64 MiB: the release binary and
+    /// the check, tests/gpu/gpu-check) and say how to run it on a GPU host.
+    GpuKit,
     /// Show what this checkout and the developer cache (INFERSCOPE_DEV_CACHE, default
     /// /var/cache/inferscope-dev) hold, part by part, and the free space.
     Disk,
@@ -127,6 +132,7 @@ fn main() -> Result<()> {
         Cmd::Bench { seconds, rounds, report, vllm: false, .. } => bench::run(seconds, rounds, report.as_deref()),
         Cmd::Bench { seconds, rounds, report, vllm: true, .. } => bench::run_vllm(seconds, rounds, report.as_deref()),
         Cmd::Fuzz { seconds, target } => test::fuzz(seconds, target.as_deref()),
+        Cmd::GpuKit => gpukit::run(),
         Cmd::Disk => cache::disk(),
         Cmd::Clean { cache } => cache::clean(cache),
     }

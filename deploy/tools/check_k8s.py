@@ -54,7 +54,10 @@ VALUE_SETS = {
         "extraEnv": [{"name": "FOO", "value": "bar"}],
         "serviceAccount": {"create": False, "name": "existing"},
         "livenessProbe": {"enabled": False},
+        "rbac": {"create": False},
     },
+    "pod-labels": {"inferscope": {"podLabels": ["app.kubernetes.io/name", "tier"]}},
+    "no-kubernetes-api": {"inferscope": {"kubernetesApi": False}},
     "minimal": {
         "service": {"enabled": False},
         "hostPaths": {"tracefs": False, "debugfs": False, "bpffs": False},
@@ -70,6 +73,7 @@ BAD_VALUE_SETS = {
     "servicemonitor without service": {"serviceMonitor": {"enabled": True}, "service": {"enabled": False}},
     "negative profile rate": {"inferscope": {"python": {"profileRate": -1}}},
     "unknown python key": {"inferscope": {"python": {"timer": "default"}}},
+    "pod label with a space": {"inferscope": {"podLabels": ["app name"]}},
 }
 
 
@@ -235,6 +239,22 @@ def main():
             bad += fail(f"[{name}] --python-timers does not follow inferscope.python.timers")
         if bool(py.get("profileRate")) != any(x.startswith("--python-profile-rate=") for x in c["args"]):
             bad += fail(f"[{name}] --python-profile-rate does not follow inferscope.python.profileRate")
+        api = ic.get("kubernetesApi", True)
+        if ("--kube-api=off" in c["args"]) == api:
+            bad += fail(f"[{name}] --kube-api does not follow inferscope.kubernetesApi")
+        if spec.get("automountServiceAccountToken") != api:
+            bad += fail(f"[{name}] the API token is mounted: {spec.get('automountServiceAccountToken')}, wanted {api}")
+        roles = [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+        want_roles = 2 if api and values.get("rbac", {}).get("create", True) else 0
+        if len(roles) != want_roles:
+            bad += fail(f"[{name}] {len(roles)} ClusterRole(Binding)s, wanted {want_roles}")
+        for r in roles:
+            for rule in r.get("rules", []):
+                if set(rule["verbs"]) - {"get", "list", "watch"}:
+                    bad += fail(f"[{name}] the ClusterRole writes: {rule}")
+        labels = ic.get("podLabels", [])
+        if labels and f"--pod-labels={','.join(labels)}" not in c["args"]:
+            bad += fail(f"[{name}] --pod-labels does not follow inferscope.podLabels")
         print(f"     args: {' '.join(c['args'])}")
 
     for name, values in BAD_VALUE_SETS.items():

@@ -4,6 +4,7 @@
 //! prepares everything (binary, virtualenvs, Prometheus) and runs them one at a time.
 
 use std::{
+    collections::HashMap,
     fs,
     io::{BufRead, BufReader, Read, Write},
     path::{Path, PathBuf},
@@ -175,6 +176,27 @@ pub fn promql(port: u16, q: &str) -> Option<f64> {
         .ok()?;
     let v: Value = serde_json::from_slice(&out.stdout).ok()?;
     v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+}
+
+/// Every series of a PromQL query's answer: its labels and value.
+pub fn promql_vector(port: u16, q: &str) -> Vec<(HashMap<String, String>, f64)> {
+    let Ok(out) =
+        Command::new(repo_root().join("tests/receivers/prometheus.sh")).args(["query", &port.to_string(), q]).output()
+    else {
+        return Vec::new();
+    };
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let Some(rows) = v["data"]["result"].as_array() else { return Vec::new() };
+    rows.iter()
+        .filter_map(|r| {
+            let labels = r["metric"]
+                .as_object()?
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                .collect();
+            Some((labels, r["value"][1].as_str()?.parse().ok()?))
+        })
+        .collect()
 }
 
 /// The OpenAI-compatible fixture server (FastAPI on uvicorn), on a free port.

@@ -25,6 +25,14 @@ impl IdentityLabels {
     }
 }
 
+/// Whether pod metadata comes from the Kubernetes API (`--kube-api`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum KubeApi {
+    Auto,
+    On,
+    Off,
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "inferscope",
@@ -299,6 +307,28 @@ pub struct RunOptions {
     /// says them. OTLP spans and JSONL lines carry them whenever they are known.
     #[arg(long, value_enum, default_value_t = IdentityLabels::Auto, value_name = "WHEN")]
     pub identity_labels: IdentityLabels,
+
+    /// Name the workload behind each pod from the Kubernetes API: one watch of this node's pods
+    /// (--node-name), and a read of each pod's ReplicaSet or Job, give k8s.deployment.name (also
+    /// replicaset, statefulset, daemonset, job, cronjob), k8s.container.name and the labels of
+    /// --pod-labels, as Prometheus labels (k8s_deployment_name, ...) and OTLP attributes. Needs
+    /// get/list/watch on pods and get on replicasets and jobs (deploy/ grants them). `auto`
+    /// (default): when running in a pod (KUBERNETES_SERVICE_HOST) or given --kubeconfig; `on`:
+    /// also with ~/.kube/config; `off`: /proc only. An API that fails is said in one line and
+    /// retried; names come from /proc meanwhile.
+    #[arg(long, value_enum, default_value_t = KubeApi::Auto, value_name = "WHEN")]
+    pub kube_api: KubeApi,
+
+    /// A kubeconfig file for --kube-api (default: the pod's service account).
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<std::path::PathBuf>,
+
+    /// Pod labels that become Prometheus labels (k8s_pod_label_<key>, other characters as _)
+    /// and OTLP attributes (k8s.pod.label.<key>), comma-separated, e.g.
+    /// app.kubernetes.io/name,app.kubernetes.io/version. Only these: labels are bounded.
+    /// Needs the Kubernetes API (--kube-api).
+    #[arg(long, value_delimiter = ',', value_name = "KEYS")]
+    pub pod_labels: Vec<String>,
 
     /// Most distinct model names used as metric label values; more read "other".
     #[arg(long, default_value_t = 64, value_name = "N")]

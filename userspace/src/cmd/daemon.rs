@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{
     bpf::{self, LoadOptions},
-    cli::RunOptions,
+    cli::{KubeApi, RunOptions},
     clock::Clock,
     daemon::{self, Parts, Target},
     export::{
@@ -17,7 +17,7 @@ use crate::{
         prom::{self, PromMetrics},
         sink::{ConsoleSink, JsonlSink, OtlpSink, PromSink, Sinks},
     },
-    target::{identity, procfs},
+    target::{identity, kubernetes, procfs},
 };
 
 /// `inferscope attach`: one process, and its children unless `no_children`.
@@ -72,8 +72,11 @@ pub(crate) async fn parts(target: &Target, o: &RunOptions) -> Result<Parts> {
     for (cap, loss) in crate::privileges::missing_optional(crate::privileges::effective_caps()) {
         eprintln!("inferscope: warning: no {cap}: {loss}");
     }
+    let node_name = o.node_name.clone().or_else(identity::host_name);
+    let pods = pod_source(o, node_name.as_deref()).await;
     let mut prom = if o.vllm_metrics || o.prometheus_listen.is_some() {
-        Some(PromMetrics::new(o.vllm_metrics, o.identity_labels.resolve())?)
+        let names = prom::identity::label_names(pods.as_ref().map(|_| o.pod_labels.as_slice()));
+        Some(PromMetrics::new(o.vllm_metrics, o.identity_labels.resolve(), names)?)
     } else {
         None
     };
@@ -84,11 +87,42 @@ pub(crate) async fn parts(target: &Target, o: &RunOptions) -> Result<Parts> {
         layers,
         sinks,
         max_models: o.max_models,
-        node_name: o.node_name.clone().or_else(identity::host_name),
+        node_name,
+        pods,
         control: (o.control_socket != "off").then(|| o.control_socket.clone().into()),
         tracing_level: o.tracing_level,
         stop: stop(o.duration)?,
     })
+}
+
+/// The Kubernetes API pod source, when `--kube-api` asks for it and it can be configured; else
+/// one line saying why not, and identity from /proc only.
+async fn pod_source(o: &RunOptions, node: Option<&str>) -> Option<kubernetes::PodSource> {
+    let opts = kubernetes::Options {
+        force: o.kube_api == KubeApi::On,
+        kubeconfig: o.kubeconfig.as_deref(),
+        node: node.unwrap_or_default(),
+        pod_labels: &o.pod_labels,
+    };
+    if o.kube_api == KubeApi::Off || !kubernetes::wanted(&opts) {
+        if !o.pod_labels.is_empty() {
+            eprintln!("inferscope: --pod-labels needs the Kubernetes API (--kube-api on or --kubeconfig): ignored");
+        }
+        return None;
+    }
+    if opts.node.is_empty() {
+        eprintln!(
+            "inferscope: Kubernetes API not used: no node name (--node-name or K8S_NODE_NAME); pods named from /proc"
+        );
+        return None;
+    }
+    match kubernetes::start(&opts).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            eprintln!("inferscope: Kubernetes API not used: {e:#}; pods named from /proc");
+            None
+        }
+    }
 }
 
 /// Resolves at `--duration`, or at SIGINT or SIGTERM. The signal streams are made now, and

@@ -49,6 +49,8 @@ pub struct Parts {
     pub max_models: usize,
     /// `k8s.node.name` for processes in pods.
     pub node_name: Option<String>,
+    /// Pod metadata from the Kubernetes API, when used.
+    pub pods: Option<crate::target::kubernetes::PodSource>,
     /// `--tracing-level`, as the OTLP sink starts with it.
     pub tracing_level: u8,
     /// The control socket, unless `--control-socket off`.
@@ -178,6 +180,37 @@ impl Daemon {
         self.interps.remove(&pid);
     }
 
+    /// The Kubernetes API told of a new or changed pod: the processes in it are named again,
+    /// and the sinks told.
+    fn pod_changed(&mut self, uid: &str) {
+        let Some(ix) = self.facts.pods.clone() else { return };
+        let Some(pod) = ix.find(Some(uid), None) else { return };
+        let pids: Vec<u32> = self
+            .facts
+            .pids()
+            .filter(|p| {
+                self.facts.get(*p).is_some_and(|f| {
+                    f.identity.pod_uid.as_deref() == Some(uid)
+                        || f.identity
+                            .container_id
+                            .as_ref()
+                            .is_some_and(|c| pod.containers.iter().any(|(id, _)| id == c))
+                })
+            })
+            .collect();
+        for pid in pids {
+            let id = self.facts.identity_of(pid);
+            let Some(f) = self.facts.get_mut(pid) else { continue };
+            if f.identity == id {
+                continue;
+            }
+            f.identity = id;
+            let f = &self.facts.get(pid).expect("just updated");
+            eprintln!("inferscope: pid {pid}{} (Kubernetes API)", f.identity.describe());
+            self.sinks.emit(Output::ProcessAdded { pid, engine: f.engine.name(), identity: &f.identity });
+        }
+    }
+
     /// Traces what a /proc scan found, except processes that exited moments ago.
     fn apply_discovery(&mut self, found: Vec<(u32, Engine)>) {
         let now = Instant::now();
@@ -258,7 +291,11 @@ impl Daemon {
 
 /// Runs until interrupted. Errors are for the operator: one line, with what to do.
 pub async fn run(target: Target, parts: Parts) -> Result<()> {
-    let Parts { mut probes, layers, sinks, max_models, node_name, control, tracing_level, mut stop } = parts;
+    let Parts { mut probes, layers, sinks, max_models, node_name, pods, control, tracing_level, mut stop } = parts;
+    let (pod_index, mut pod_changes) = match pods {
+        Some(p) => (Some(p.index), Some(p.changes)),
+        None => (None, None),
+    };
     let ring = probes.take_events()?;
     // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged, for its lifetime.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
@@ -284,6 +321,7 @@ pub async fn run(target: Target, parts: Parts) -> Result<()> {
         tracing_level,
         top: None,
     };
+    d.facts.pods = pod_index;
     // Before the first process: `inferscope ctl` works from the start line on.
     let (_control, mut calls) = control::open(control.as_deref());
     match &target {
@@ -345,6 +383,12 @@ pub async fn run(target: Target, parts: Parts) -> Result<()> {
                     d.apply_discovery(found);
                 }
             }
+            Some(uid) = async {
+                match pod_changes.as_mut() {
+                    Some(c) => c.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => d.pod_changed(&uid),
             Some((req, reply)) = calls.recv() => {
                 let _ = reply.send(d.control(req));
             }

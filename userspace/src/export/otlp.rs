@@ -230,8 +230,9 @@ impl Otlp {
     /// Where a traced process runs (OpenTelemetry `container.*` and `k8s.*` attributes): added
     /// to every span of its requests, steps and calls, since one inferscope reports for every
     /// pod of its node and the resource names inferscope itself.
-    pub fn target(&mut self, pid: u32, attributes: Vec<(&'static str, String)>) {
+    pub fn target(&mut self, pid: u32, attributes: Vec<(std::borrow::Cow<'static, str>, String)>) {
         if attributes.is_empty() {
+            self.targets.remove(&pid);
             return;
         }
         self.targets.insert(pid, attributes.into_iter().map(|(k, v)| KeyValue::new(k, v)).collect());

@@ -279,7 +279,7 @@ impl Sink for OtlpSink {
 /// `k8s.*` fields.
 pub struct JsonlSink {
     pub w: JsonlWriter,
-    targets: HashMap<u32, Vec<(&'static str, String)>>,
+    targets: HashMap<u32, Vec<(std::borrow::Cow<'static, str>, String)>>,
 }
 
 impl JsonlSink {
@@ -291,7 +291,7 @@ impl JsonlSink {
         let pid = v.get("pid").and_then(serde_json::Value::as_u64);
         if let Some(attrs) = pid.and_then(|p| self.targets.get(&(p as u32))) {
             for (k, val) in attrs {
-                v[*k] = serde_json::Value::String(val.clone());
+                v[k.as_ref()] = serde_json::Value::String(val.clone());
             }
         }
         self.w.write(&v);
@@ -325,7 +325,9 @@ impl Sink for JsonlSink {
             Output::EngineState(s) => jsonl::engine_state_json(s, now()),
             Output::ProcessAdded { pid, engine, identity } => {
                 let attrs = identity.attributes();
-                if !attrs.is_empty() {
+                if attrs.is_empty() {
+                    self.targets.remove(pid);
+                } else {
                     self.targets.insert(*pid, attrs);
                 }
                 jsonl::process_json(*pid, engine, now())

@@ -56,6 +56,8 @@ pub struct Facts {
     pub models: BoundedLabel,
     /// `k8s.node.name`, for processes in pods.
     pub node_name: Option<String>,
+    /// This node's pods as the Kubernetes API tells (`--kube-api`).
+    pub pods: Option<crate::target::kubernetes::PodIndex>,
 }
 
 pub struct Fact {
@@ -68,13 +70,23 @@ pub struct Fact {
 
 impl Facts {
     pub fn new(max_models: usize, node_name: Option<String>) -> Self {
-        Self { procs: HashMap::new(), models: BoundedLabel::new(max_models), node_name }
+        Self { procs: HashMap::new(), models: BoundedLabel::new(max_models), node_name, pods: None }
     }
 
     /// What /proc tells of a process traced from now: its model and where it runs.
     pub fn learn(&mut self, pid: u32, engine: Engine) {
-        let identity = crate::target::identity::read(pid, self.node_name.as_deref());
+        let identity = self.identity_of(pid);
         self.add(pid, Fact { engine, served_model: crate::target::procfs::served_model(pid), identity });
+    }
+
+    /// Where `pid` runs: /proc, and what the Kubernetes API knows of its pod.
+    pub fn identity_of(&self, pid: u32) -> Identity {
+        let mut id = crate::target::identity::read(pid, self.node_name.as_deref());
+        if let Some(pod) = self.pods.as_ref().and_then(|ix| ix.find(id.pod_uid.as_deref(), id.container_id.as_deref()))
+        {
+            crate::target::kubernetes::enrich(&mut id, &pod, self.node_name.as_deref());
+        }
+        id
     }
 
     pub fn add(&mut self, pid: u32, fact: Fact) {

@@ -10,9 +10,11 @@
 //! - the pod's name, which is its hostname unless the pod sets `spec.hostname`: the
 //!   `HOSTNAME` the runtime puts in the container's environment, else its /etc/hostname.
 //!
-//! Parsing takes text and is unit-tested; the readers return what they could read.
+//! Parsing takes text and is unit-tested; the readers return what they could read. What only
+//! the Kubernetes API knows (the owning workload, the container's name, the pod's labels) is
+//! added by [`super::kubernetes`] when the daemon has it.
 
-use std::{fs, path::Path};
+use std::{borrow::Cow, fs, path::Path};
 
 use super::procfs::proc_root;
 
@@ -61,6 +63,68 @@ pub struct Identity {
     pub namespace: Option<String>,
     pub pod_name: Option<String>,
     pub node_name: Option<String>,
+    /// The container's name in its pod (Kubernetes API).
+    pub container_name: Option<String>,
+    /// The pod's owners, nearest first: ReplicaSet then Deployment, Job then CronJob, or a
+    /// StatefulSet or DaemonSet (Kubernetes API).
+    pub workload: Vec<(Workload, String)>,
+    /// The pod's labels the operator allowed (`--pod-labels`), by key.
+    pub pod_labels: Vec<(String, String)>,
+}
+
+/// A kind of workload that owns pods, as OpenTelemetry's `k8s.<kind>.name` attributes name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Workload {
+    ReplicaSet,
+    Deployment,
+    StatefulSet,
+    DaemonSet,
+    Job,
+    CronJob,
+}
+
+impl Workload {
+    pub const ALL: [Workload; 6] = [
+        Workload::ReplicaSet,
+        Workload::Deployment,
+        Workload::StatefulSet,
+        Workload::DaemonSet,
+        Workload::Job,
+        Workload::CronJob,
+    ];
+
+    /// The Kubernetes kind, as in an owner reference.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Workload::ReplicaSet => "ReplicaSet",
+            Workload::Deployment => "Deployment",
+            Workload::StatefulSet => "StatefulSet",
+            Workload::DaemonSet => "DaemonSet",
+            Workload::Job => "Job",
+            Workload::CronJob => "CronJob",
+        }
+    }
+
+    pub fn of_kind(kind: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|w| w.kind() == kind)
+    }
+
+    /// The OpenTelemetry resource attribute.
+    pub fn attribute(self) -> &'static str {
+        match self {
+            Workload::ReplicaSet => "k8s.replicaset.name",
+            Workload::Deployment => "k8s.deployment.name",
+            Workload::StatefulSet => "k8s.statefulset.name",
+            Workload::DaemonSet => "k8s.daemonset.name",
+            Workload::Job => "k8s.job.name",
+            Workload::CronJob => "k8s.cronjob.name",
+        }
+    }
+}
+
+/// The attribute of an allowed pod label (OpenTelemetry's `k8s.pod.label.<key>`).
+pub fn pod_label_attribute(key: &str) -> String {
+    format!("k8s.pod.label.{key}")
 }
 
 impl Identity {
@@ -70,11 +134,11 @@ impl Identity {
 
     /// The identity as OpenTelemetry resource attributes (semantic-convention names), in a
     /// fixed order; attributes not known are left out. `k8s.node.name` only with a pod.
-    pub fn attributes(&self) -> Vec<(&'static str, String)> {
+    pub fn attributes(&self) -> Vec<(Cow<'static, str>, String)> {
         let mut a = Vec::new();
         let mut put = |k: &'static str, v: &Option<String>| {
             if let Some(v) = v {
-                a.push((k, v.clone()));
+                a.push((Cow::Borrowed(k), v.clone()));
             }
         };
         put("container.id", &self.container_id);
@@ -85,7 +149,20 @@ impl Identity {
         if self.pod_uid.is_some() || self.namespace.is_some() {
             put("k8s.node.name", &self.node_name);
         }
+        put("k8s.container.name", &self.container_name);
+        for (w, name) in &self.workload {
+            a.push((Cow::Borrowed(w.attribute()), name.clone()));
+        }
+        for (k, v) in &self.pod_labels {
+            a.push((Cow::Owned(pod_label_attribute(k)), v.clone()));
+        }
         a
+    }
+
+    /// The workload that says most of a pod: its Deployment, StatefulSet, DaemonSet, CronJob
+    /// or Job (a ReplicaSet only without a Deployment above it).
+    pub fn workload_name(&self) -> Option<(Workload, &str)> {
+        self.workload.last().map(|(w, n)| (*w, n.as_str()))
     }
 
     /// For the "tracing pid" line: `, pod ns/name, container 0123456789ab (containerd)`, or nothing.
@@ -101,12 +178,20 @@ impl Identity {
                 }
             }
         }
-        if let Some(id) = &self.container_id {
-            let short = &id[..id.len().min(12)];
-            match self.runtime {
-                Some(r) if r != Runtime::Unknown => parts.push(format!("container {short} ({})", r.name())),
-                _ => parts.push(format!("container {short}")),
+        if let Some((w, name)) = self.workload_name() {
+            parts.push(format!("{} {name}", w.kind().to_lowercase()));
+        }
+        let named = self.container_name.as_deref().map(|c| format!(" {c}")).unwrap_or_default();
+        match &self.container_id {
+            Some(id) => {
+                let short = &id[..id.len().min(12)];
+                match self.runtime {
+                    Some(r) if r != Runtime::Unknown => parts.push(format!("container{named} {short} ({})", r.name())),
+                    _ => parts.push(format!("container{named} {short}")),
+                }
             }
+            None if !named.is_empty() => parts.push(format!("container{named}")),
+            None => {}
         }
         parts.iter().map(|p| format!(", {p}")).collect()
     }
@@ -143,6 +228,7 @@ pub fn read(pid: u32, node_name: Option<&str>) -> Identity {
         namespace,
         pod_name,
         node_name: node_name.filter(|_| in_pod).map(str::to_string),
+        ..Identity::default()
     }
 }
 
@@ -356,6 +442,7 @@ mod tests {
             namespace: Some("llm".into()),
             pod_name: Some("vllm-0".into()),
             node_name: Some("node-a".into()),
+            ..Identity::default()
         };
         let keys: Vec<_> = id.attributes().into_iter().map(|(k, _)| k).collect();
         assert_eq!(
@@ -363,6 +450,24 @@ mod tests {
             ["container.id", "container.runtime", "k8s.namespace.name", "k8s.pod.name", "k8s.pod.uid", "k8s.node.name"]
         );
         assert_eq!(id.describe(), ", pod llm/vllm-0, container 4f1c2a7e9b3d (containerd)");
+        // What the Kubernetes API adds.
+        let id = Identity {
+            container_name: Some("server".into()),
+            workload: vec![(Workload::ReplicaSet, "vllm-7d9f".into()), (Workload::Deployment, "vllm".into())],
+            pod_labels: vec![("app.kubernetes.io/name".into(), "chat".into())],
+            ..id
+        };
+        let kv: Vec<_> = id.attributes().into_iter().skip(6).map(|(k, v)| format!("{k}={v}")).collect();
+        assert_eq!(
+            kv,
+            [
+                "k8s.container.name=server",
+                "k8s.replicaset.name=vllm-7d9f",
+                "k8s.deployment.name=vllm",
+                "k8s.pod.label.app.kubernetes.io/name=chat"
+            ]
+        );
+        assert_eq!(id.describe(), ", pod llm/vllm-0, deployment vllm, container server 4f1c2a7e9b3d (containerd)");
         assert!(Identity::default().attributes().is_empty());
         assert!(Identity::default().is_empty());
     }

@@ -6,11 +6,13 @@
 //! - [`maps`]: what a process has mapped, and the host path of a mapped file.
 //! - [`elf`]: function symbols of ELF files, readable names.
 //! - [`identity`]: the container and Kubernetes pod a process runs in.
+//! - [`kubernetes`]: what the Kubernetes API adds: owning workload, container name, pod labels.
 //! - [`memory`]: another process's memory.
 //! - [`version`]: release numbers, one parser.
 
 pub mod elf;
 pub mod identity;
+pub mod kubernetes;
 pub mod maps;
 pub mod memory;
 pub mod procfs;

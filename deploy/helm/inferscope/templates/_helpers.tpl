@@ -97,6 +97,14 @@ app.kubernetes.io/component: node-agent
 - "--no-otlp-metrics"
 {{- end }}
 {{- end }}
+{{- if $i.kubernetesApi }}
+- "--kube-api=auto"
+{{- with $i.podLabels }}
+- {{ printf "--pod-labels=%s" (join "," .) | quote }}
+{{- end }}
+{{- else }}
+- "--kube-api=off"
+{{- end }}
 {{- if $i.control }}
 - "--control-socket=/run/inferscope/control.sock"
 {{- else }}

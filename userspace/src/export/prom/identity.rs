@@ -16,42 +16,73 @@ use prometheus::{
 };
 
 use super::common::gauge_vec_int;
-use crate::target::identity::Identity;
+use crate::target::identity::{Identity, Workload, pod_label_attribute};
 
-/// The identity label names, in the order they are added (OpenTelemetry attribute names with
-/// dots as underscores, as the OpenTelemetry-to-Prometheus mapping writes them).
+/// The identity label names every run has, in the order they are added (OpenTelemetry attribute
+/// names with dots as underscores, as the OpenTelemetry-to-Prometheus mapping writes them).
 pub const LABELS: [&str; 6] =
     ["container_id", "container_runtime", "k8s_namespace_name", "k8s_pod_name", "k8s_pod_uid", "k8s_node_name"];
+
+/// The Prometheus label name of an identity attribute: every character other than a letter, a
+/// digit or `_` becomes `_` (`k8s.pod.label.app.kubernetes.io/name` ->
+/// `k8s_pod_label_app_kubernetes_io_name`).
+pub fn label_name(attribute: &str) -> String {
+    attribute.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect()
+}
+
+/// The identity label names of a run: [`LABELS`], then, when pod metadata comes from the
+/// Kubernetes API (`pod_labels` is the allow-list), the container's name, one label per owning
+/// workload kind and one per allowed pod label. Fixed at start, as label sets must be.
+pub fn label_names(kube: Option<&[String]>) -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = LABELS.to_vec();
+    if let Some(pod_labels) = kube {
+        let mut more = vec![label_name("k8s.container.name")];
+        more.extend(Workload::ALL.iter().map(|w| label_name(w.attribute())));
+        more.extend(pod_labels.iter().map(|k| label_name(&pod_label_attribute(k))));
+        for n in more {
+            if !names.contains(&n.as_str()) {
+                // Made once at start from the flags: a bounded set that lives as long as the run.
+                names.push(Box::leak(n.into_boxed_str()));
+            }
+        }
+    }
+    names
+}
 
 /// Identity labels by `pid` label value, shared with the scrape handler.
 pub type ByPid = Arc<RwLock<HashMap<String, Vec<(&'static str, String)>>>>;
 
 pub struct IdentityMetrics {
     info: IntGaugeVec,
-    /// Label values each process's info series was made with (pid, engine, then [`LABELS`]).
+    /// The identity label names of this run ([`label_names`]).
+    names: Vec<&'static str>,
+    /// Label values each process's info series was made with (pid, engine, then `names`).
     info_values: HashMap<u32, Vec<String>>,
     pub by_pid: ByPid,
     on_every_series: bool,
 }
 
 impl IdentityMetrics {
-    pub fn new(reg: &Registry, on_every_series: bool) -> Result<Self> {
+    pub fn new(reg: &Registry, on_every_series: bool, names: Vec<&'static str>) -> Result<Self> {
         let mut labels = vec!["pid", "engine"];
-        labels.extend(LABELS);
+        labels.extend(&names);
         let info = gauge_vec_int(
             reg,
             "inferscope_target_info",
             "A traced process: its engine and the container and Kubernetes pod it runs in (empty when not in one); value 1",
             &labels,
         )?;
-        Ok(Self { info, info_values: HashMap::new(), by_pid: ByPid::default(), on_every_series })
+        Ok(Self { info, names, info_values: HashMap::new(), by_pid: ByPid::default(), on_every_series })
     }
 
+    /// A process traced from now, or one whose identity changed (the Kubernetes API answered
+    /// after it was found): its info series is replaced.
     pub fn added(&mut self, pid: u32, engine: &str, id: &Identity) {
-        let pairs = pairs(id);
+        self.forget(pid);
+        let pairs = pairs(id, &self.names);
         let mut values = vec![pid.to_string(), engine.to_string()];
         values.extend(
-            LABELS.iter().map(|l| pairs.iter().find(|(k, _)| k == l).map(|(_, v)| v.clone()).unwrap_or_default()),
+            self.names.iter().map(|l| pairs.iter().find(|(k, _)| k == l).map(|(_, v)| v.clone()).unwrap_or_default()),
         );
         let refs: Vec<&str> = values.iter().map(String::as_str).collect();
         self.info.with_label_values(&refs).set(1);
@@ -64,15 +95,17 @@ impl IdentityMetrics {
         }
     }
 
-    /// The [`LABELS`] values of a process, empty where unknown.
-    pub fn values(&self, pid: u32) -> [&str; 6] {
-        let mut v = [""; 6];
-        if let Some(vals) = self.info_values.get(&pid) {
-            for (slot, val) in v.iter_mut().zip(vals.iter().skip(2)) {
-                *slot = val;
-            }
+    /// The identity label names of this run.
+    pub fn names(&self) -> &[&'static str] {
+        &self.names
+    }
+
+    /// The identity label values of a process (in [`Self::names`]' order), empty where unknown.
+    pub fn values(&self, pid: u32) -> Vec<&str> {
+        match self.info_values.get(&pid) {
+            Some(vals) => vals.iter().skip(2).map(String::as_str).collect(),
+            None => vec![""; self.names.len()],
         }
-        v
     }
 
     pub fn forget(&mut self, pid: u32) {
@@ -86,11 +119,14 @@ impl IdentityMetrics {
     }
 }
 
-/// The Prometheus label pairs of an identity: only those known.
-fn pairs(id: &Identity) -> Vec<(&'static str, String)> {
+/// The Prometheus label pairs of an identity: only those known, and only of `names`.
+fn pairs(id: &Identity, names: &[&'static str]) -> Vec<(&'static str, String)> {
     id.attributes()
         .into_iter()
-        .filter_map(|(k, v)| LABELS.iter().find(|l| l.replace('_', ".") == k.replace('_', ".")).map(|l| (*l, v)))
+        .filter_map(|(k, v)| {
+            let n = label_name(&k);
+            names.iter().find(|l| **l == n).map(|l| (*l, v))
+        })
         .collect()
 }
 
@@ -110,7 +146,7 @@ pub fn apply(families: &mut [MetricFamily], by_pid: &ByPid) {
             else {
                 continue;
             };
-            if m.get_label().iter().any(|l| LABELS.contains(&l.name())) {
+            if m.get_label().iter().any(|l| extra.iter().any(|(k, _)| *k == l.name())) {
                 continue;
             }
             let mut labels = m.take_label();
@@ -133,7 +169,7 @@ mod tests {
     #[test]
     fn series_with_a_pid_name_their_pod() {
         let reg = Registry::new();
-        let mut idm = IdentityMetrics::new(&reg, true).unwrap();
+        let mut idm = IdentityMetrics::new(&reg, true, label_names(None)).unwrap();
         let c = super::super::common::counter(&reg, "x_total", "x", &["pid"]).unwrap();
         c.with_label_values(&["7"]).inc();
         c.with_label_values(&["8"]).inc();
@@ -145,6 +181,7 @@ mod tests {
             pod_name: Some("vllm-0".into()),
             node_name: Some("n1".into()),
             qos_class: None,
+            ..Identity::default()
         };
         idm.added(7, "vllm", &id);
         idm.added(8, "vllm", &Identity::default());

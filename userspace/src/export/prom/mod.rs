@@ -51,8 +51,8 @@ pub struct PromMetrics {
 
 impl PromMetrics {
     /// `identity`: whether the container and pod labels go (on the request families, on every
-    /// series with a `pid` label).
-    pub fn new(vllm_names: bool, identity: (bool, bool)) -> Result<Self> {
+    /// series with a `pid` label); `names`: which ([`identity::label_names`]).
+    pub fn new(vllm_names: bool, identity: (bool, bool), names: Vec<&'static str>) -> Result<Self> {
         let reg = Registry::new();
         #[cfg(target_os = "linux")]
         reg.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
@@ -60,14 +60,14 @@ impl PromMetrics {
         reg.register(Box::new(build.clone()))?;
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         Ok(Self {
-            request: RequestMetrics::new(&reg, vllm_names, identity.0)?,
+            request: RequestMetrics::new(&reg, vllm_names, identity.0.then_some(names.as_slice()))?,
             health: HealthMetrics::new(&reg)?,
             engine: EngineMetrics::new(&reg, vllm_names)?,
             device: None,
             python: None,
             engine_state: None,
             sites: None,
-            identity: IdentityMetrics::new(&reg, identity.1)?,
+            identity: IdentityMetrics::new(&reg, identity.1, names)?,
             registry: reg,
         })
     }
@@ -188,7 +188,7 @@ mod tests {
 
     #[test]
     fn families_follow_the_record() {
-        let p = PromMetrics::new(true, (false, true)).unwrap();
+        let p = PromMetrics::new(true, (false, true), identity::label_names(None)).unwrap();
         let mut models = BoundedLabel::new(8);
         for (op, path) in [(Operation::Chat, "/v1/chat/completions"), (Operation::Embeddings, "/v1/embeddings")] {
             let r = record(op, path);

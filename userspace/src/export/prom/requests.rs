@@ -5,10 +5,7 @@
 use anyhow::Result;
 use prometheus::{HistogramVec, IntCounterVec, Registry};
 
-use super::{
-    common::{counter, hist},
-    identity::LABELS as IDENTITY,
-};
+use super::common::{counter, hist};
 use crate::{export::Labels, request::RequestRecord};
 
 // Buckets recommended by the OpenTelemetry GenAI semantic conventions.
@@ -67,10 +64,11 @@ pub(super) struct RequestMetrics {
 }
 
 impl RequestMetrics {
-    /// `identity`: every family also has the container and pod labels ([`IDENTITY`]).
-    pub(super) fn new(reg: &Registry, vllm_names: bool, identity: bool) -> Result<Self> {
+    /// `identity`: every family also has these container and pod labels
+    /// ([`super::identity::label_names`]).
+    pub(super) fn new(reg: &Registry, vllm_names: bool, identity: Option<&[&'static str]>) -> Result<Self> {
         let ext = |base: &[&'static str]| -> Vec<&'static str> {
-            base.iter().copied().chain(IDENTITY.into_iter().filter(|_| identity)).collect()
+            base.iter().copied().chain(identity.unwrap_or_default().iter().copied()).collect()
         };
         let genai = &ext(GENAI_LABELS);
         let dur_labels = ext(&[GENAI_LABELS, &["error_type"]].concat());
@@ -192,12 +190,12 @@ impl RequestMetrics {
                 ]),
             )?,
             vllm,
-            identity,
+            identity: identity.is_some(),
         })
     }
 
-    /// `id`: the process's [`IDENTITY`] label values (used when the families have them).
-    pub(super) fn record(&self, r: &RequestRecord, l: &Labels, id: &[&str; 6]) {
+    /// `id`: the process's identity label values (used when the families have them).
+    pub(super) fn record(&self, r: &RequestRecord, l: &Labels, id: &[&str]) {
         let id: &[&str] = if self.identity { id } else { &[] };
         fn w<'a>(base: &[&'a str], id: &[&'a str]) -> Vec<&'a str> {
             base.iter().chain(id).copied().collect()

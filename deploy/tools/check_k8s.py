@@ -57,6 +57,8 @@ VALUE_SETS = {
         "rbac": {"create": False},
     },
     "pod-labels": {"inferscope": {"podLabels": ["app.kubernetes.io/name", "tier"]}},
+    "control-token": {"inferscope": {"controlToken": {"secretName": "inferscope-control"}},
+                      "hostPaths": {"tracefs": False, "debugfs": False, "bpffs": False}},
     "no-kubernetes-api": {"inferscope": {"kubernetesApi": False}},
     "minimal": {
         "service": {"enabled": False},
@@ -252,6 +254,14 @@ def main():
             for rule in r.get("rules", []):
                 if set(rule["verbs"]) - {"get", "list", "watch"}:
                     bad += fail(f"[{name}] the ClusterRole writes: {rule}")
+        secret = ic.get("controlToken", {}).get("secretName")
+        if bool(secret) != any(x.startswith("--control-token-file=") for x in c["args"]):
+            bad += fail(f"[{name}] --control-token-file does not follow inferscope.controlToken")
+        mounts = {m["mountPath"] for m in c.get("volumeMounts", [])}
+        if secret and "/etc/inferscope/control-token" not in mounts:
+            bad += fail(f"[{name}] the control token is not mounted")
+        if ic.get("control", True) and "/run/inferscope" not in mounts:
+            bad += fail(f"[{name}] the control socket's directory is not mounted")
         labels = ic.get("podLabels", [])
         if labels and f"--pod-labels={','.join(labels)}" not in c["args"]:
             bad += fail(f"[{name}] --pod-labels does not follow inferscope.podLabels")

@@ -322,3 +322,86 @@ fn device_probes_are_detached_and_attached_again() {
     drop(fixture);
     let _ = scope.stop();
 }
+
+/// `inferscope ctl --url --token-file` against the daemon's Prometheus server (what a
+/// `kubectl port-forward` reaches): the right token switches a layer (links gone and back), a
+/// wrong or missing one is refused with 401 and changes nothing, and without
+/// --control-token-file there is no /control at all.
+#[test]
+fn control_over_http_needs_the_token() {
+    let dir = scratch("control-http");
+    let server = Fixture::start(&dir, &[]);
+    let token = dir.join("token");
+    fs::write(&token, "7f3a9c2e5b1d4f6a8e0c2b4d6f8a1c3e\n").unwrap();
+    let wrong = dir.join("wrong");
+    fs::write(&wrong, "7f3a9c2e5b1d4f6a8e0c2b4d6f8a1c3f\n").unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let scope = Inferscope::attach(
+        &dir,
+        server.proc.pid(),
+        &["--control-socket", "off", "--prometheus-listen", &listen, "--control-token-file", token.to_str().unwrap()],
+    );
+    let url = format!("http://{listen}");
+    let http_ctl = |tok: &Path, args: &[&str]| {
+        let out = Command::new(inferscope_bin())
+            .args(["ctl", "--url", &url, "--token-file"])
+            .arg(tok)
+            .args(args)
+            .output()
+            .expect("ctl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, out) = http_ctl(&token, &["--json", "status"]);
+    assert!(ok, "{out}");
+    let s: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(s["status"]["processes"][0]["pid"], server.proc.pid(), "{s}");
+    let socket_links = links_of("requests");
+    assert!(socket_links > 0);
+
+    // A wrong token: refused, nothing switched.
+    let (ok, out) = http_ctl(&wrong, &["disable", "requests"]);
+    assert!(!ok && out.contains("wrong or missing bearer token"), "{out}");
+    assert_eq!(links_of("requests"), socket_links);
+    // No token, or a GET: refused by the server itself.
+    let (code, body) = http_get(port, "/control").unwrap();
+    assert_eq!(code, 405, "{body}");
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    use std::io::{Read, Write};
+    let req = r#"{"cmd":"disable","name":"requests"}"#;
+    write!(c, "POST /control HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{req}", req.len())
+        .unwrap();
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert_eq!(links_of("requests"), socket_links);
+
+    // The right one: off, and on again.
+    let (ok, out) = http_ctl(&token, &["disable", "requests"]);
+    assert!(ok && out.contains("requests off"), "{out}");
+    assert_eq!(links_of("requests"), 0, "socket tracepoints still linked");
+    let (ok, out) = http_ctl(&token, &["enable", "requests"]);
+    assert!(ok && out.contains("requests on"), "{out}");
+    assert_eq!(links_of("requests"), socket_links);
+    // The metrics are still there, on the same server.
+    let (code, text) = http_get(port, "/metrics").unwrap();
+    assert!(code == 200 && text.contains("inferscope_build_info"));
+    drop(scope);
+
+    // Without --control-token-file: no /control.
+    let port2 = free_port();
+    let listen2 = format!("127.0.0.1:{port2}");
+    let _scope2 =
+        Inferscope::attach(&dir, server.proc.pid(), &["--control-socket", "off", "--prometheus-listen", &listen2]);
+    let out = Command::new(inferscope_bin())
+        .args(["ctl", "--url", &format!("http://{listen2}"), "--token-file"])
+        .arg(&token)
+        .arg("status")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("has no /control"), "{err}");
+}

@@ -33,6 +33,16 @@ pub enum KubeApi {
     Off,
 }
 
+/// Which container runtime is asked for container names and the kubelet's labels
+/// (`--container-runtime`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ContainerRuntime {
+    Auto,
+    Containerd,
+    Docker,
+    Off,
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "inferscope",
@@ -161,6 +171,14 @@ pub enum Command {
         /// The daemon's control socket (its --control-socket).
         #[arg(long, default_value = crate::control::DEFAULT_SOCKET, value_name = "PATH", env = "INFERSCOPE_CONTROL_SOCKET")]
         socket: std::path::PathBuf,
+        /// Reach the daemon over HTTP instead, at its Prometheus address (e.g.
+        /// http://127.0.0.1:9464 through `kubectl port-forward`); needs --token-file, and the
+        /// daemon's --control-token-file.
+        #[arg(long, value_name = "URL", env = "INFERSCOPE_CONTROL_URL", requires = "token_file")]
+        url: Option<String>,
+        /// The file holding the daemon's control token (for --url).
+        #[arg(long, value_name = "FILE", env = "INFERSCOPE_CONTROL_TOKEN_FILE")]
+        token_file: Option<std::path::PathBuf>,
         /// Print the daemon's answer as JSON.
         #[arg(long)]
         json: bool,
@@ -330,6 +348,20 @@ pub struct RunOptions {
     #[arg(long, value_delimiter = ',', value_name = "KEYS")]
     pub pod_labels: Vec<String>,
 
+    /// Ask the node's container runtime about each traced container: its name (container.name)
+    /// and the labels the kubelet puts on it (pod name, namespace and uid, the container's name
+    /// in its pod: k8s.container.name), for nodes where the Kubernetes API is not used.
+    /// containerd: its gRPC API (namespaces k8s.io, moby, default); docker: the Engine API
+    /// (also behind cri-dockerd). `auto` (default): when the Kubernetes API is not used, the
+    /// first of /run/containerd/containerd.sock, /run/docker.sock, /var/run/docker.sock found
+    /// (also under /proc/1/root); `off`: never.
+    #[arg(long, value_enum, default_value_t = ContainerRuntime::Auto, value_name = "RUNTIME")]
+    pub container_runtime: ContainerRuntime,
+
+    /// The runtime's socket for --container-runtime (default: its usual path).
+    #[arg(long, value_name = "PATH")]
+    pub container_runtime_endpoint: Option<std::path::PathBuf>,
+
     /// Most distinct model names used as metric label values; more read "other".
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub max_models: usize,
@@ -426,6 +458,14 @@ pub struct RunOptions {
     /// In Kubernetes, `kubectl exec` into the inferscope pod and run `inferscope ctl` there.
     #[arg(long, default_value = crate::control::DEFAULT_SOCKET, value_name = "PATH|off", env = "INFERSCOPE_CONTROL_SOCKET")]
     pub control_socket: String,
+
+    /// Also take control requests over the Prometheus HTTP server (--prometheus-listen):
+    /// `POST /control` with `Authorization: Bearer <token>`, the token being the first line of
+    /// this file (read at start; keep it 0600, or a Kubernetes Secret). For a port-forward:
+    /// `inferscope ctl --url http://127.0.0.1:9464 --token-file FILE status`. Without it the
+    /// HTTP server answers /metrics and /healthz only.
+    #[arg(long, value_name = "FILE")]
+    pub control_token_file: Option<std::path::PathBuf>,
 
     /// Stop after this many seconds (default: run until interrupted).
     #[arg(long, value_name = "SECONDS")]

@@ -260,6 +260,97 @@ pub fn call(path: &Path, req: &Request, timeout: Duration) -> Result<Response> {
     serde_json::from_str(&answer).with_context(|| format!("not an inferscope answer: {:?}", answer.trim()))
 }
 
+/// The token of `--control-token-file`: its first line, which must not be empty.
+pub fn read_token(path: &Path) -> Result<String> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading the control token {}", path.display()))?;
+    let token = text.lines().next().unwrap_or_default().trim().to_string();
+    if token.len() < 16 {
+        bail!("the control token in {} is shorter than 16 characters", path.display());
+    }
+    Ok(token)
+}
+
+/// Whether `header` (an Authorization header's value) carries `token`, compared in time that
+/// does not depend on where they differ.
+pub fn bearer_matches(header: Option<&[u8]>, token: &str) -> bool {
+    let Some(given) = header.and_then(|h| h.strip_prefix(b"Bearer ")) else { return false };
+    let want = token.as_bytes();
+    given.len() == want.len() && given.iter().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+/// Answers one HTTP control request (`POST /control`, body one JSON request): the daemon's
+/// response, or why not, with the HTTP status that says it.
+pub async fn answer_http(
+    tx: &mpsc::Sender<Call>,
+    token: &str,
+    method: &hyper::Method,
+    auth: Option<&[u8]>,
+    body: &[u8],
+) -> (hyper::StatusCode, Response) {
+    use hyper::StatusCode;
+    let refuse = |code, message: &str| (code, Response { ok: false, message: message.into(), ..Response::default() });
+    if method != hyper::Method::POST {
+        return refuse(StatusCode::METHOD_NOT_ALLOWED, "POST a control request");
+    }
+    if !bearer_matches(auth, token) {
+        return refuse(StatusCode::UNAUTHORIZED, "a wrong or missing bearer token");
+    }
+    let req = match serde_json::from_slice::<Request>(body) {
+        Ok(r) => r,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, &format!("not a control request ({e})")),
+    };
+    let (reply, answer) = oneshot::channel();
+    if tx.send((req, reply)).await.is_err() {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "the daemon is stopping");
+    }
+    match answer.await {
+        Ok(r) => (StatusCode::OK, r),
+        Err(_) => refuse(StatusCode::SERVICE_UNAVAILABLE, "the daemon is stopping"),
+    }
+}
+
+/// Sends one request to the daemon's HTTP server at `url` with the token in `token_file`
+/// (blocking; the CLI).
+pub fn call_http(url: &str, token_file: &Path, req: &Request, timeout: Duration) -> Result<Response> {
+    let token = read_token(token_file)?;
+    let uri: hyper::Uri = url.parse().with_context(|| format!("not a URL: {url}"))?;
+    if uri.scheme_str() != Some("http") {
+        bail!("--url must be http://HOST:PORT (the daemon's --prometheus-listen), not {url}");
+    }
+    let host = uri.host().context("no host in --url")?.to_string();
+    let port = uri.port_u16().unwrap_or(80);
+    let body = serde_json::to_vec(req)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (status, text) = rt.block_on(async {
+        tokio::time::timeout(timeout, async {
+            let stream = tokio::net::TcpStream::connect((host.as_str(), port))
+                .await
+                .with_context(|| format!("cannot reach the inferscope daemon at {url}"))?;
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+            tokio::spawn(conn);
+            let r = hyper::Request::post("/control")
+                .header("Host", format!("{host}:{port}"))
+                .header("Authorization", format!("Bearer {token}"))
+                .header("Content-Type", "application/json")
+                .body(http_body_util::Full::new(bytes::Bytes::from(body)))?;
+            let resp = sender.send_request(r).await?;
+            let status = resp.status();
+            use http_body_util::BodyExt as _;
+            let bytes = resp.into_body().collect().await?.to_bytes();
+            anyhow::Ok((status, bytes))
+        })
+        .await
+        .with_context(|| format!("no answer from {url} within {timeout:?}"))?
+    })?;
+    if status == hyper::StatusCode::NOT_FOUND {
+        bail!("{url} has no /control: start the daemon with --control-token-file (and --prometheus-listen)");
+    }
+    serde_json::from_slice(&text)
+        .with_context(|| format!("not an inferscope answer (HTTP {status}): {:?}", String::from_utf8_lossy(&text)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,6 +371,16 @@ mod tests {
         for bad in ["", "{}", r#"{"cmd":"explode"}"#, r#"{"cmd":"enable"}"#, "\u{0}\u{1}garbage"] {
             assert!(serde_json::from_str::<Request>(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn bearer_tokens_must_match_whole() {
+        let t = "0123456789abcdef0123";
+        assert!(bearer_matches(Some(b"Bearer 0123456789abcdef0123"), t));
+        for bad in [&b"Bearer 0123456789abcdef012"[..], b"Bearer 0123456789abcdef01234", b"0123456789abcdef0123", b""] {
+            assert!(!bearer_matches(Some(bad), t), "{:?}", String::from_utf8_lossy(bad));
+        }
+        assert!(!bearer_matches(None, t));
     }
 
     #[tokio::test]

@@ -22,7 +22,13 @@ fn main() -> ExitCode {
             cmd::timers::run(pid, &config, duration, output.as_deref(), eval_uprobes)
         }
         Command::PythonInfo { pid, json, max_frames } => cmd::python_info::run(pid, json, max_frames),
-        Command::Ctl { socket, json, action } => cmd::ctl::run(&socket, json, action),
+        Command::Ctl { socket, url, token_file, json, action } => {
+            let to = match (url, token_file) {
+                (Some(url), Some(token)) => cmd::ctl::Endpoint::Http { url, token },
+                _ => cmd::ctl::Endpoint::Socket(socket),
+            };
+            cmd::ctl::run(&to, json, action)
+        }
         Command::Top { pid, matches, connect, refresh, log, opts } => {
             cmd::top::run(cmd::top::Args { pid, matches, connect, refresh, log, opts })
         }

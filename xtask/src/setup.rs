@@ -229,8 +229,9 @@ pub fn check_disk(with_vllm: bool, fuzz: bool) -> Result<()> {
 pub fn all(with_vllm: bool) -> Result<()> {
     toolchain()?;
     // gcc: the device tests build stand-in runtime libraries from C; tmux: `inferscope top` is
-    // tested in a terminal.
-    apt(&["curl", "gcc", "libc6-dev", "tmux"])?;
+    // tested in a terminal; docker.io (dockerd, containerd, runc): pods named by real container
+    // runtimes.
+    apt(&["curl", "gcc", "libc6-dev", "tmux", "docker.io"])?;
     python_env()?;
     receivers()?;
     cargo_fuzz()?;

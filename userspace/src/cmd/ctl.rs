@@ -2,14 +2,22 @@
 //! its answer on standard output (a table, or JSON with --json). Exit code 1 when the daemon
 //! refused or could not be reached, with its reason in one line.
 
-use std::{fmt::Write as _, path::Path, process::ExitCode, time::Duration};
+use std::{fmt::Write as _, path::PathBuf, process::ExitCode, time::Duration};
 
 use crate::{
     cli::CtlAction,
     control::{self, Request, Status},
 };
 
-pub fn run(socket: &Path, json: bool, action: CtlAction) -> ExitCode {
+/// Where the daemon is reached.
+pub enum Endpoint {
+    /// Its control socket.
+    Socket(PathBuf),
+    /// Its HTTP server, with the token in this file.
+    Http { url: String, token: PathBuf },
+}
+
+pub fn run(to: &Endpoint, json: bool, action: CtlAction) -> ExitCode {
     let req = match action {
         CtlAction::Status => Request::Status,
         CtlAction::Enable { name } => Request::Enable { name },
@@ -19,7 +27,12 @@ pub fn run(socket: &Path, json: bool, action: CtlAction) -> ExitCode {
         CtlAction::LogLevel { level } => Request::LogLevel { level },
     };
     // Switching a layer off waits for the kernel's grace periods of its detached probes.
-    let r = match control::call(socket, &req, Duration::from_secs(60)) {
+    let timeout = Duration::from_secs(60);
+    let r = match to {
+        Endpoint::Socket(socket) => control::call(socket, &req, timeout),
+        Endpoint::Http { url, token } => control::call_http(url, token, &req, timeout),
+    };
+    let r = match r {
         Ok(r) => r,
         Err(e) => return super::failure(&e),
     };

@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{
     bpf::{self, LoadOptions},
-    cli::{KubeApi, RunOptions},
+    cli::{ContainerRuntime, KubeApi, RunOptions},
     clock::Clock,
     daemon::{self, Parts, Target},
     export::{
@@ -17,7 +17,7 @@ use crate::{
         prom::{self, PromMetrics},
         sink::{ConsoleSink, JsonlSink, OtlpSink, PromSink, Sinks},
     },
-    target::{identity, kubernetes, procfs},
+    target::{identity, kubernetes, procfs, runtime},
 };
 
 /// `inferscope attach`: one process, and its children unless `no_children`.
@@ -74,14 +74,28 @@ pub(crate) async fn parts(target: &Target, o: &RunOptions) -> Result<Parts> {
     }
     let node_name = o.node_name.clone().or_else(identity::host_name);
     let pods = pod_source(o, node_name.as_deref()).await;
+    let containers = runtime_source(o, pods.is_some());
     let mut prom = if o.vllm_metrics || o.prometheus_listen.is_some() {
-        let names = prom::identity::label_names(pods.as_ref().map(|_| o.pod_labels.as_slice()));
+        let names = prom::identity::label_names(pods.as_ref().map(|_| o.pod_labels.as_slice()), containers.is_some());
         Some(PromMetrics::new(o.vllm_metrics, o.identity_labels.resolve(), names)?)
     } else {
         None
     };
     let layers = crate::layers::build(o, &mut probes, prom.as_mut())?;
-    let sinks = sinks(o, prom).await?;
+    let (http_control, http_calls) = match &o.control_token_file {
+        Some(path) => {
+            if o.prometheus_listen.is_none() {
+                bail!(
+                    "--control-token-file serves control requests on the Prometheus server: give --prometheus-listen too"
+                );
+            }
+            let token = crate::control::read_token(path)?;
+            let (tx, rx) = tokio::sync::mpsc::channel(16);
+            (Some(prom::HttpControl { token: token.into(), tx }), Some(rx))
+        }
+        None => (None, None),
+    };
+    let sinks = sinks(o, prom, http_control).await?;
     Ok(Parts {
         probes,
         layers,
@@ -89,6 +103,8 @@ pub(crate) async fn parts(target: &Target, o: &RunOptions) -> Result<Parts> {
         max_models: o.max_models,
         node_name,
         pods,
+        containers,
+        http_calls,
         control: (o.control_socket != "off").then(|| o.control_socket.clone().into()),
         tracing_level: o.tracing_level,
         stop: stop(o.duration)?,
@@ -125,6 +141,33 @@ async fn pod_source(o: &RunOptions, node: Option<&str>) -> Option<kubernetes::Po
     }
 }
 
+/// The container runtime to ask (`--container-runtime`): in `auto`, only without the Kubernetes
+/// API, and only when a runtime's socket is found.
+fn runtime_source(o: &RunOptions, api: bool) -> Option<runtime::RuntimeSource> {
+    let kind = match o.container_runtime {
+        ContainerRuntime::Off => return None,
+        ContainerRuntime::Auto if api => return None,
+        ContainerRuntime::Auto => None,
+        ContainerRuntime::Containerd => Some(runtime::Kind::Containerd),
+        ContainerRuntime::Docker => Some(runtime::Kind::Docker),
+    };
+    let Some((kind, endpoint)) = runtime::find(kind, o.container_runtime_endpoint.as_deref()) else {
+        if o.container_runtime != ContainerRuntime::Auto {
+            let want = kind.map_or("container runtime", runtime::Kind::name);
+            eprintln!(
+                "inferscope: no {want} socket found (--container-runtime-endpoint): containers named from /proc only"
+            );
+        }
+        return None;
+    };
+    eprintln!(
+        "inferscope: container names and the kubelet's pod labels from {} at {}",
+        kind.name(),
+        endpoint.display()
+    );
+    Some(runtime::start(kind, endpoint))
+}
+
 /// Resolves at `--duration`, or at SIGINT or SIGTERM. The signal streams are made now, and
 /// live as long as the future: one made afresh per wait misses a signal that arrives between.
 fn stop(duration: Option<f64>) -> Result<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> {
@@ -148,12 +191,18 @@ fn stop(duration: Option<f64>) -> Result<std::pin::Pin<Box<dyn std::future::Futu
 }
 
 /// Prometheus (served once every family is registered), OTLP, JSONL, the console.
-async fn sinks(o: &RunOptions, prom: Option<PromMetrics>) -> Result<Sinks> {
+async fn sinks(o: &RunOptions, prom: Option<PromMetrics>, control: Option<prom::HttpControl>) -> Result<Sinks> {
     let mut sinks = Sinks::new(Clock::new());
     if let Some(p) = prom {
         if let Some(addr) = o.prometheus_listen {
-            prom::serve(addr, p.registry.clone(), p.identity.by_pid.clone()).await?;
+            let with_control = control.is_some();
+            prom::serve(addr, p.registry.clone(), p.identity.by_pid.clone(), control).await?;
             eprintln!("inferscope: Prometheus metrics at http://{addr}/metrics");
+            if with_control {
+                eprintln!(
+                    "inferscope: control requests at http://{addr}/control (bearer token of --control-token-file)"
+                );
+            }
         }
         sinks.add(PromSink::new(p));
     }

@@ -51,6 +51,10 @@ pub struct Parts {
     pub node_name: Option<String>,
     /// Pod metadata from the Kubernetes API, when used.
     pub pods: Option<crate::target::kubernetes::PodSource>,
+    /// Container names and the kubelet's labels from the container runtime, when asked.
+    pub containers: Option<crate::target::runtime::RuntimeSource>,
+    /// Control requests that came over HTTP (`--control-token-file`).
+    pub http_calls: Option<tokio::sync::mpsc::Receiver<crate::control::Call>>,
     /// `--tracing-level`, as the OTLP sink starts with it.
     pub tracing_level: u8,
     /// The control socket, unless `--control-socket off`.
@@ -198,6 +202,22 @@ impl Daemon {
                 })
             })
             .collect();
+        self.name_again(pids, "Kubernetes API");
+    }
+
+    /// The container runtime answered about container `id`: its processes are named again.
+    fn container_changed(&mut self, id: &str) {
+        let pids: Vec<u32> = self
+            .facts
+            .pids()
+            .filter(|p| self.facts.get(*p).is_some_and(|f| f.identity.container_id.as_deref() == Some(id)))
+            .collect();
+        self.name_again(pids, "container runtime");
+    }
+
+    /// Reads the identity of `pids` again; those that changed are said (`source`: what told)
+    /// and the sinks told.
+    fn name_again(&mut self, pids: Vec<u32>, source: &str) {
         for pid in pids {
             let id = self.facts.identity_of(pid);
             let Some(f) = self.facts.get_mut(pid) else { continue };
@@ -206,7 +226,7 @@ impl Daemon {
             }
             f.identity = id;
             let f = &self.facts.get(pid).expect("just updated");
-            eprintln!("inferscope: pid {pid}{} (Kubernetes API)", f.identity.describe());
+            eprintln!("inferscope: pid {pid}{} ({source})", f.identity.describe());
             self.sinks.emit(Output::ProcessAdded { pid, engine: f.engine.name(), identity: &f.identity });
         }
     }
@@ -291,9 +311,25 @@ impl Daemon {
 
 /// Runs until interrupted. Errors are for the operator: one line, with what to do.
 pub async fn run(target: Target, parts: Parts) -> Result<()> {
-    let Parts { mut probes, layers, sinks, max_models, node_name, pods, control, tracing_level, mut stop } = parts;
+    let Parts {
+        mut probes,
+        layers,
+        sinks,
+        max_models,
+        node_name,
+        pods,
+        containers,
+        mut http_calls,
+        control,
+        tracing_level,
+        mut stop,
+    } = parts;
     let (pod_index, mut pod_changes) = match pods {
         Some(p) => (Some(p.index), Some(p.changes)),
+        None => (None, None),
+    };
+    let (container_index, mut container_changes) = match containers {
+        Some(c) => (Some(c.index), Some(c.changes)),
         None => (None, None),
     };
     let ring = probes.take_events()?;
@@ -322,6 +358,7 @@ pub async fn run(target: Target, parts: Parts) -> Result<()> {
         top: None,
     };
     d.facts.pods = pod_index;
+    d.facts.containers = container_index;
     // Before the first process: `inferscope ctl` works from the start line on.
     let (_control, mut calls) = control::open(control.as_deref());
     match &target {
@@ -389,7 +426,21 @@ pub async fn run(target: Target, parts: Parts) -> Result<()> {
                     None => std::future::pending().await,
                 }
             } => d.pod_changed(&uid),
+            Some(id) = async {
+                match container_changes.as_mut() {
+                    Some(c) => c.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => d.container_changed(&id),
             Some((req, reply)) = calls.recv() => {
+                let _ = reply.send(d.control(req));
+            }
+            Some((req, reply)) = async {
+                match http_calls.as_mut() {
+                    Some(c) => c.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
                 let _ = reply.send(d.control(req));
             }
             _ = &mut stop => break,

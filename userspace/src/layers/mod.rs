@@ -58,6 +58,8 @@ pub struct Facts {
     pub node_name: Option<String>,
     /// This node's pods as the Kubernetes API tells (`--kube-api`).
     pub pods: Option<crate::target::kubernetes::PodIndex>,
+    /// Containers as their runtime tells (`--container-runtime`).
+    pub containers: Option<crate::target::runtime::ContainerIndex>,
 }
 
 pub struct Fact {
@@ -70,7 +72,7 @@ pub struct Fact {
 
 impl Facts {
     pub fn new(max_models: usize, node_name: Option<String>) -> Self {
-        Self { procs: HashMap::new(), models: BoundedLabel::new(max_models), node_name, pods: None }
+        Self { procs: HashMap::new(), models: BoundedLabel::new(max_models), node_name, pods: None, containers: None }
     }
 
     /// What /proc tells of a process traced from now: its model and where it runs.
@@ -79,12 +81,19 @@ impl Facts {
         self.add(pid, Fact { engine, served_model: crate::target::procfs::served_model(pid), identity });
     }
 
-    /// Where `pid` runs: /proc, and what the Kubernetes API knows of its pod.
+    /// Where `pid` runs: /proc, what the container runtime says of its container, and what the
+    /// Kubernetes API knows of its pod.
     pub fn identity_of(&self, pid: u32) -> Identity {
-        let mut id = crate::target::identity::read(pid, self.node_name.as_deref());
+        let node = self.node_name.as_deref();
+        let mut id = crate::target::identity::read(pid, node);
+        if let (Some(ix), Some(cid)) = (&self.containers, id.container_id.as_deref())
+            && let Some(c) = ix.get(cid)
+        {
+            crate::target::runtime::enrich(&mut id, &c, node);
+        }
         if let Some(pod) = self.pods.as_ref().and_then(|ix| ix.find(id.pod_uid.as_deref(), id.container_id.as_deref()))
         {
-            crate::target::kubernetes::enrich(&mut id, &pod, self.node_name.as_deref());
+            crate::target::kubernetes::enrich(&mut id, &pod, node);
         }
         id
     }

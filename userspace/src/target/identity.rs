@@ -63,8 +63,10 @@ pub struct Identity {
     pub namespace: Option<String>,
     pub pod_name: Option<String>,
     pub node_name: Option<String>,
-    /// The container's name in its pod (Kubernetes API).
+    /// The container runtime's name for the container (Docker's, say).
     pub container_name: Option<String>,
+    /// The container's name in its pod (Kubernetes API, or the kubelet's container labels).
+    pub k8s_container_name: Option<String>,
     /// The pod's owners, nearest first: ReplicaSet then Deployment, Job then CronJob, or a
     /// StatefulSet or DaemonSet (Kubernetes API).
     pub workload: Vec<(Workload, String)>,
@@ -132,6 +134,11 @@ impl Identity {
         self.container_id.is_none() && self.pod_uid.is_none() && self.namespace.is_none() && self.pod_name.is_none()
     }
 
+    /// Whether it runs in a Kubernetes pod, as far as is known.
+    pub fn in_pod(&self) -> bool {
+        self.pod_uid.is_some() || self.namespace.is_some()
+    }
+
     /// The identity as OpenTelemetry resource attributes (semantic-convention names), in a
     /// fixed order; attributes not known are left out. `k8s.node.name` only with a pod.
     pub fn attributes(&self) -> Vec<(Cow<'static, str>, String)> {
@@ -149,7 +156,8 @@ impl Identity {
         if self.pod_uid.is_some() || self.namespace.is_some() {
             put("k8s.node.name", &self.node_name);
         }
-        put("k8s.container.name", &self.container_name);
+        put("container.name", &self.container_name);
+        put("k8s.container.name", &self.k8s_container_name);
         for (w, name) in &self.workload {
             a.push((Cow::Borrowed(w.attribute()), name.clone()));
         }
@@ -181,7 +189,12 @@ impl Identity {
         if let Some((w, name)) = self.workload_name() {
             parts.push(format!("{} {name}", w.kind().to_lowercase()));
         }
-        let named = self.container_name.as_deref().map(|c| format!(" {c}")).unwrap_or_default();
+        let named = self
+            .k8s_container_name
+            .as_deref()
+            .or(self.container_name.as_deref())
+            .map(|c| format!(" {c}"))
+            .unwrap_or_default();
         match &self.container_id {
             Some(id) => {
                 let short = &id[..id.len().min(12)];
@@ -452,7 +465,7 @@ mod tests {
         assert_eq!(id.describe(), ", pod llm/vllm-0, container 4f1c2a7e9b3d (containerd)");
         // What the Kubernetes API adds.
         let id = Identity {
-            container_name: Some("server".into()),
+            k8s_container_name: Some("server".into()),
             workload: vec![(Workload::ReplicaSet, "vllm-7d9f".into()), (Workload::Deployment, "vllm".into())],
             pod_labels: vec![("app.kubernetes.io/name".into(), "chat".into())],
             ..id

@@ -101,7 +101,7 @@ pub fn enrich(id: &mut Identity, pod: &PodMeta, node: Option<&str>) {
     if id.node_name.is_none() {
         id.node_name = node.map(str::to_string);
     }
-    id.container_name = match &id.container_id {
+    id.k8s_container_name = match &id.container_id {
         Some(cid) => pod.containers.iter().find(|(i, _)| i == cid).map(|(_, n)| n.clone()),
         // A pod of one container: no doubt which.
         None if pod.containers.len() == 1 => Some(pod.containers[0].1.clone()),
@@ -430,7 +430,7 @@ mod tests {
         };
         enrich(&mut id, &m, Some("node-7"));
         assert_eq!(id.pod_name.as_deref(), Some("chat-5f7b9c-x2x9q"));
-        assert_eq!(id.container_name.as_deref(), Some("sidecar"));
+        assert_eq!(id.k8s_container_name.as_deref(), Some("sidecar"));
         assert_eq!(id.node_name.as_deref(), Some("node-7"));
         assert_eq!(id.workload_name(), Some((Workload::StatefulSet, "chat")));
         ix.retain(&HashSet::new());

@@ -7,6 +7,7 @@
 //! - [`elf`]: function symbols of ELF files, readable names.
 //! - [`identity`]: the container and Kubernetes pod a process runs in.
 //! - [`kubernetes`]: what the Kubernetes API adds: owning workload, container name, pod labels.
+//! - [`runtime`]: what the container runtime (containerd, Docker) says: the kubelet's labels.
 //! - [`memory`]: another process's memory.
 //! - [`version`]: release numbers, one parser.
 
@@ -16,4 +17,5 @@ pub mod kubernetes;
 pub mod maps;
 pub mod memory;
 pub mod procfs;
+pub mod runtime;
 pub mod version;

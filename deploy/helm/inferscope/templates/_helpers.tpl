@@ -105,6 +105,9 @@ app.kubernetes.io/component: node-agent
 {{- else }}
 - "--kube-api=off"
 {{- end }}
+{{- with $i.controlToken.secretName }}
+- {{ printf "--control-token-file=/etc/inferscope/control-token/%s" $i.controlToken.key | quote }}
+{{- end }}
 {{- if $i.control }}
 - "--control-socket=/run/inferscope/control.sock"
 {{- else }}

@@ -30,20 +30,25 @@ pub fn label_name(attribute: &str) -> String {
     attribute.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect()
 }
 
-/// The identity label names of a run: [`LABELS`], then, when pod metadata comes from the
-/// Kubernetes API (`pod_labels` is the allow-list), the container's name, one label per owning
+/// The identity label names of a run: [`LABELS`]; when a container runtime is asked, the
+/// runtime's and the pod's container names; when pod metadata comes from the Kubernetes API
+/// (`pod_labels` is the allow-list), the container's name in its pod, one label per owning
 /// workload kind and one per allowed pod label. Fixed at start, as label sets must be.
-pub fn label_names(kube: Option<&[String]>) -> Vec<&'static str> {
+pub fn label_names(kube: Option<&[String]>, runtime: bool) -> Vec<&'static str> {
     let mut names: Vec<&'static str> = LABELS.to_vec();
+    let mut more = Vec::new();
+    if runtime {
+        more.extend([label_name("container.name"), label_name("k8s.container.name")]);
+    }
     if let Some(pod_labels) = kube {
-        let mut more = vec![label_name("k8s.container.name")];
+        more.push(label_name("k8s.container.name"));
         more.extend(Workload::ALL.iter().map(|w| label_name(w.attribute())));
         more.extend(pod_labels.iter().map(|k| label_name(&pod_label_attribute(k))));
-        for n in more {
-            if !names.contains(&n.as_str()) {
-                // Made once at start from the flags: a bounded set that lives as long as the run.
-                names.push(Box::leak(n.into_boxed_str()));
-            }
+    }
+    for n in more {
+        if !names.contains(&n.as_str()) {
+            // Made once at start from the flags: a bounded set that lives as long as the run.
+            names.push(Box::leak(n.into_boxed_str()));
         }
     }
     names
@@ -169,7 +174,7 @@ mod tests {
     #[test]
     fn series_with_a_pid_name_their_pod() {
         let reg = Registry::new();
-        let mut idm = IdentityMetrics::new(&reg, true, label_names(None)).unwrap();
+        let mut idm = IdentityMetrics::new(&reg, true, label_names(None, false)).unwrap();
         let c = super::super::common::counter(&reg, "x_total", "x", &["pid"]).unwrap();
         c.with_label_values(&["7"]).inc();
         c.with_label_values(&["8"]).inc();

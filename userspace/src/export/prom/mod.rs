@@ -90,11 +90,48 @@ impl PromMetrics {
     }
 }
 
+/// `POST /control` on the metrics server (`--control-token-file`): the token and the way into
+/// the daemon's loop.
+#[derive(Clone)]
+pub struct HttpControl {
+    pub token: Arc<str>,
+    pub tx: tokio::sync::mpsc::Sender<crate::control::Call>,
+}
+
+/// Longest control request body accepted.
+const MAX_CONTROL_BODY: usize = 64 << 10;
+
 async fn serve_one(
     registry: Arc<Registry>,
     by_pid: identity::ByPid,
+    control: Option<HttpControl>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.uri().path() == "/control"
+        && let Some(c) = control
+    {
+        use http_body_util::BodyExt as _;
+        let method = req.method().clone();
+        let auth = req.headers().get(hyper::header::AUTHORIZATION).map(|v| v.as_bytes().to_vec());
+        let body = http_body_util::Limited::new(req.into_body(), MAX_CONTROL_BODY).collect().await;
+        let (status, r) = match body {
+            Ok(b) => crate::control::answer_http(&c.tx, &c.token, &method, auth.as_deref(), &b.to_bytes()).await,
+            Err(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                crate::control::Response {
+                    ok: false,
+                    message: "request too long".into(),
+                    ..crate::control::Response::default()
+                },
+            ),
+        };
+        let text = serde_json::to_vec(&r).unwrap_or_default();
+        let resp = Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(text)));
+        return Ok(resp.unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))));
+    }
     let resp = match req.uri().path() {
         "/metrics" => Response::builder()
             .header("content-type", prometheus::TEXT_FORMAT)
@@ -113,6 +150,7 @@ pub async fn serve(
     addr: SocketAddr,
     registry: Registry,
     by_pid: identity::ByPid,
+    control: Option<HttpControl>,
 ) -> Result<tokio::task::JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -123,10 +161,10 @@ pub async fn serve(
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let (registry, by_pid) = (registry.clone(), by_pid.clone());
+            let (registry, by_pid, control) = (registry.clone(), by_pid.clone(), control.clone());
             tokio::spawn(async move {
                 let io = hyper_util::rt::TokioIo::new(stream);
-                let svc = service_fn(move |req| serve_one(registry.clone(), by_pid.clone(), req));
+                let svc = service_fn(move |req| serve_one(registry.clone(), by_pid.clone(), control.clone(), req));
                 let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
             });
         }
@@ -188,7 +226,7 @@ mod tests {
 
     #[test]
     fn families_follow_the_record() {
-        let p = PromMetrics::new(true, (false, true), identity::label_names(None)).unwrap();
+        let p = PromMetrics::new(true, (false, true), identity::label_names(None, false)).unwrap();
         let mut models = BoundedLabel::new(8);
         for (op, path) in [(Operation::Chat, "/v1/chat/completions"), (Operation::Embeddings, "/v1/embeddings")] {
             let r = record(op, path);

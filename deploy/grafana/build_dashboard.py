@@ -313,6 +313,36 @@ def build():
         desc="Probes the overhead budget detached (--device-overhead-budget), and calls over --device-rate-limit (counted, not reported)."))
     y += 8
 
+    # --- resources layer (NVML) --------------------------------------------------------------
+    p.append(row("GPU resources (NVML)", y)); y += 1
+    p.append(timeseries("GPU utilisation", [target(
+        f"max by (instance, gpu, uuid) (inferscope_gpu_utilization_ratio{{{T}}})", "{{instance}} GPU {{gpu}}")],
+        0, y, w=8, unit="percentunit",
+        desc="Share of the last sample period in which a kernel ran (NVML; DCGM_FI_DEV_GPU_UTIL). Busy is not full: see the launch gaps above."))
+    p.append(timeseries("GPU memory used", [target(
+        f"max by (instance, gpu, uuid) (inferscope_gpu_memory_used_bytes{{{T}}}) "
+        f"/ max by (instance, gpu, uuid) (inferscope_gpu_memory_total_bytes{{{T}}})", "{{instance}} GPU {{gpu}}")],
+        8, y, w=8, unit="percentunit", desc="Device memory in use over device memory in all (the KV cache is most of it on an inference server)."))
+    p.append(timeseries("GPU memory by process", [target(
+        f"sum by (instance, pid, k8s_pod_name) (inferscope_gpu_process_memory_used_bytes{{{T}}})",
+        "{{instance}} pid {{pid}} {{k8s_pod_name}}")], 16, y, w=8, unit="bytes",
+        desc="Device memory each process uses (host pid; the pod of a traced process)."))
+    y += 8
+    p.append(timeseries("Power and temperature", targets(
+        (f"max by (instance, gpu) (inferscope_gpu_power_watts{{{T}}})", "{{instance}} GPU {{gpu}} W"),
+        (f"max by (instance, gpu) (inferscope_gpu_temperature_celsius{{{T}}})", "{{instance}} GPU {{gpu}} C"),
+    ), 0, y, w=8, unit="short", desc="Power draw in watts and GPU temperature in degrees Celsius."))
+    p.append(timeseries("SM clock and throttling", targets(
+        (f'max by (instance, gpu) (inferscope_gpu_clock_hertz{{{T}, clock="sm"}})', "{{instance}} GPU {{gpu}} SM Hz"),
+        (f"max by (instance, gpu) (inferscope_gpu_clock_throttle_reasons{{{T}}} > bool 0)", "{{instance}} GPU {{gpu}} held down"),
+    ), 8, y, w=8, unit="short",
+        desc="The SM clock, and 1 while NVML names a reason the clocks are held down (power, thermal, idle...: the bitmask is in inferscope_gpu_clock_throttle_reasons)."))
+    p.append(timeseries("PCIe throughput and ECC errors", targets(
+        (f"sum by (instance, gpu, direction) (inferscope_gpu_pcie_bytes_per_second{{{T}}})", "{{instance}} GPU {{gpu}} {{direction}}"),
+        (f"sum by (instance, gpu, type) (increase(inferscope_gpu_ecc_errors_total{{{T}}}{RI}))", "{{instance}} GPU {{gpu}} ECC {{type}}"),
+    ), 16, y, w=8, unit="short", desc="PCIe bytes per second by direction; ECC errors of device memory in the window."))
+    y += 8
+
     # --- Python layer ---------------------------------------------------------------------
     p.append(row("Inside the engine's Python (Python layer)", y)); y += 1
     p.append(timeseries("Engine queues (from the engine's objects)", [target(

@@ -70,13 +70,13 @@ def known_from_prom_rs(path):
     for m in re.finditer(r'\bhist\(\s*&?reg,\s*"([^"]+)"', src):
         n = m.group(1)
         names |= {n + "_bucket", n + "_sum", n + "_count"}
-    for pat in (r'\bcounter\(\s*&?reg,\s*"([^"]+)"', r'\bgauge\(\s*&?reg,\s*"([^"]+)"',
+    for pat in (r'\bcounter\(\s*&?reg,\s*"([^"]+)"', r'\bgauge(?:_vec(?:_int)?)?\(\s*&?reg,\s*"([^"]+)"',
                 r'IntCounter::new\(\s*"([^"]+)"', r'Opts::new\(\s*"([^"]+)"'):
         names |= set(re.findall(pat, src))
     # Label names: every identifier-like string literal inside a &[...] slice or a .push().
     for sl in re.findall(r"&\[([^\]]*)\]", src) + re.findall(r"\.push\(([^)]*)\)", src):
         labels |= set(re.findall(r'"([a-z_][a-z0-9_]*)"', sl))
-    for block in re.findall(r"const GENAI_LABELS[^=]*=\s*&\[(.*?)\];", src, re.S):
+    for block in re.findall(r"const (?:GENAI_LABELS|LABELS)[^=]*=\s*&?\[(.*?)\];", src, re.S):
         labels |= set(re.findall(r'"([a-z_][a-z0-9_]*)"', block))
     if "ProcessCollector" in src:
         names |= PROCESS_COLLECTOR

@@ -260,6 +260,11 @@ impl Inferscope {
     /// `inferscope <args...> --jsonl <dir>/requests.jsonl --quiet`, waiting until it says
     /// it traces `ready_pids` (or, if empty, until it started).
     pub fn start(dir: &Path, args: &[String], ready_pids: &[u32]) -> Inferscope {
+        Self::start_env(dir, args, ready_pids, &[])
+    }
+
+    /// [`Self::start`] with `env` set for inferscope.
+    pub fn start_env(dir: &Path, args: &[String], ready_pids: &[u32], env: &[(&str, &str)]) -> Inferscope {
         let jsonl = dir.join("requests.jsonl");
         let stderr = dir.join("inferscope.stderr");
         let stdout = dir.join("inferscope.stdout");
@@ -269,6 +274,7 @@ impl Inferscope {
             .arg("--jsonl")
             .arg(&jsonl)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(fs::File::create(&stdout).expect("stdout"))
             .stderr(fs::File::create(&stderr).expect("stderr"));
         let mut proc = Proc::spawn("inferscope", &mut cmd);

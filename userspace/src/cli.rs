@@ -350,11 +350,12 @@ pub struct RunOptions {
 
     /// Ask the node's container runtime about each traced container: its name (container.name)
     /// and the labels the kubelet puts on it (pod name, namespace and uid, the container's name
-    /// in its pod: k8s.container.name), for nodes where the Kubernetes API is not used.
-    /// containerd: its gRPC API (namespaces k8s.io, moby, default); docker: the Engine API
-    /// (also behind cri-dockerd). `auto` (default): when the Kubernetes API is not used, the
-    /// first of /run/containerd/containerd.sock, /run/docker.sock, /var/run/docker.sock found
-    /// (also under /proc/1/root); `off`: never.
+    /// in its pod: k8s.container.name): what names pods where the Kubernetes API is not used,
+    /// before it answers, or while it fails (the API's word wins). containerd: its gRPC API
+    /// (namespaces k8s.io, moby, default); docker: the Engine API (also behind cri-dockerd).
+    /// `auto` (default): the first of /run/containerd/containerd.sock, /run/docker.sock,
+    /// /var/run/docker.sock found (also under /proc/1/root, the host's root from a pod with
+    /// hostPID); `off`: never.
     #[arg(long, value_enum, default_value_t = ContainerRuntime::Auto, value_name = "RUNTIME")]
     pub container_runtime: ContainerRuntime,
 
@@ -445,6 +446,18 @@ pub struct RunOptions {
     /// (flame graph), replaced every window.
     #[arg(long, value_name = "DIR")]
     pub python_profile_dir: Option<std::path::PathBuf>,
+
+    /// How often the GPUs' resources are read from NVIDIA's management library, in seconds
+    /// (utilisation, memory used/total, power, temperature, clocks, throttle reasons, PCIe
+    /// throughput, ECC errors; per process: memory and SM/memory utilisation): the
+    /// inferscope_gpu_* families and `gpu` JSONL lines. 0: never. A host without the library
+    /// (no NVIDIA driver) gets one line.
+    #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
+    pub gpu_interval: f64,
+
+    /// NVIDIA's management library: a path, or a name the dynamic loader finds.
+    #[arg(long, default_value = "libnvidia-ml.so.1", value_name = "PATH")]
+    pub nvml_library: String,
 
     /// How often the engine's live state (vLLM: scheduler running/waiting queues, KV-cache
     /// free/total blocks; SGLang: running/waiting queues) is read from the engine's own

@@ -22,6 +22,7 @@ pub mod privileges;
 pub mod protocol;
 pub mod python;
 pub mod request;
+pub mod resources;
 pub mod stream;
 pub mod target;
 pub mod top;

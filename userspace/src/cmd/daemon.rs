@@ -74,7 +74,7 @@ pub(crate) async fn parts(target: &Target, o: &RunOptions) -> Result<Parts> {
     }
     let node_name = o.node_name.clone().or_else(identity::host_name);
     let pods = pod_source(o, node_name.as_deref()).await;
-    let containers = runtime_source(o, pods.is_some());
+    let containers = runtime_source(o);
     let mut prom = if o.vllm_metrics || o.prometheus_listen.is_some() {
         let names = prom::identity::label_names(pods.as_ref().map(|_| o.pod_labels.as_slice()), containers.is_some());
         Some(PromMetrics::new(o.vllm_metrics, o.identity_labels.resolve(), names)?)
@@ -141,12 +141,12 @@ async fn pod_source(o: &RunOptions, node: Option<&str>) -> Option<kubernetes::Po
     }
 }
 
-/// The container runtime to ask (`--container-runtime`): in `auto`, only without the Kubernetes
-/// API, and only when a runtime's socket is found.
-fn runtime_source(o: &RunOptions, api: bool) -> Option<runtime::RuntimeSource> {
+/// The container runtime to ask (`--container-runtime`): in `auto`, when a runtime's socket is
+/// found. With the Kubernetes API it is what names a container until the API answers, or when
+/// the API fails; the API's word wins.
+fn runtime_source(o: &RunOptions) -> Option<runtime::RuntimeSource> {
     let kind = match o.container_runtime {
         ContainerRuntime::Off => return None,
-        ContainerRuntime::Auto if api => return None,
         ContainerRuntime::Auto => None,
         ContainerRuntime::Containerd => Some(runtime::Kind::Containerd),
         ContainerRuntime::Docker => Some(runtime::Kind::Docker),

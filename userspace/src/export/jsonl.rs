@@ -418,6 +418,14 @@ pub fn engine_state_json(s: &EngineState, unix_ns: u64) -> Value {
     v
 }
 
+/// A `gpu` line: one GPU's resources at one sample, its processes within.
+pub fn gpu_json(d: &crate::resources::DeviceSample, unix_ns: u64) -> Value {
+    let mut v = serde_json::to_value(d).unwrap_or_default();
+    v["type"] = json!("gpu");
+    v["ts_ns"] = json!(unix_ns);
+    v
+}
+
 /// A `process` line when a process is traced (the sink adds where it runs).
 pub fn process_json(pid: u32, engine: &str, unix_ns: u64) -> Value {
     json!({"type": "process", "pid": pid, "engine": engine, "ts_ns": unix_ns})

@@ -67,6 +67,8 @@ pub enum Output<'a> {
     ProfileWindow { pid: u32, profile: &'a Profile, files: Option<(&'a str, &'a str)> },
     /// A reading of the engine's live state.
     EngineState(&'a EngineState),
+    /// A sample of every GPU's resources (NVML).
+    Accelerators(&'a [crate::resources::DeviceSample]),
     /// The health counters: every second; `report` every 10 s (lines for the operator);
     /// `last` at the stop.
     Health { health: &'a Health, report: bool, last: bool },
@@ -207,6 +209,11 @@ impl Sink for PromSink {
                     e.record(s);
                 }
             }
+            Output::Accelerators(d) => {
+                if let Some(r) = &mut m.resources {
+                    r.record(d);
+                }
+            }
             Output::Health { health, .. } => {
                 m.health(health);
                 m.engine.health(&health.engine);
@@ -323,6 +330,13 @@ impl Sink for JsonlSink {
             }
             Output::ProfileWindow { pid, profile, files } => jsonl::profile_json(*pid, profile, now(), *files),
             Output::EngineState(s) => jsonl::engine_state_json(s, now()),
+            Output::Accelerators(devices) => {
+                let ts = now();
+                for d in devices.iter() {
+                    self.w.write(&jsonl::gpu_json(d, ts));
+                }
+                return;
+            }
             Output::ProcessAdded { pid, engine, identity } => {
                 let attrs = identity.attributes();
                 if attrs.is_empty() {

@@ -27,6 +27,7 @@ pub mod engine;
 pub mod engine_state;
 pub mod profile;
 pub mod requests;
+pub mod resources;
 pub mod sites;
 pub mod timers;
 
@@ -247,10 +248,13 @@ pub fn build(o: &RunOptions, probes: &mut Probes, mut prom: Option<&mut PromMetr
     if let Some(l) = sites::SitesLayer::new(o, has_device, prom.as_deref_mut())? {
         layers.push(Box::new(l));
     }
-    if let Some(l) = engine_state::EngineStateLayer::new(o, prom)? {
+    if let Some(l) = engine_state::EngineStateLayer::new(o, prom.as_deref_mut())? {
         layers.push(Box::new(l));
     }
     if let Some(l) = profile::ProfileLayer::new(o)? {
+        layers.push(Box::new(l));
+    }
+    if let Some(l) = resources::ResourcesLayer::new(o, prom)? {
         layers.push(Box::new(l));
     }
     Ok(layers)

@@ -7,6 +7,7 @@
 //! - identity.rs: where each traced process runs (`inferscope_target_info`, and the pod
 //!   labels added at scrape time to every series with a `pid` label);
 //! - engine.rs, device.rs, python.rs: the engine, device and Python layers' families;
+//! - resources.rs: what the accelerators have (GPU and per-process figures from NVML);
 //! - common.rs: registering a family.
 
 mod common;
@@ -16,6 +17,7 @@ mod health;
 pub mod identity;
 pub mod python;
 mod requests;
+pub mod resources;
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
@@ -47,6 +49,8 @@ pub struct PromMetrics {
     pub engine_state: Option<python::EngineStateMetrics>,
     /// Where each traced process runs.
     pub identity: IdentityMetrics,
+    /// The accelerators' resources (resources layer on).
+    pub resources: Option<resources::ResourceMetrics>,
 }
 
 impl PromMetrics {
@@ -68,6 +72,7 @@ impl PromMetrics {
             engine_state: None,
             sites: None,
             identity: IdentityMetrics::new(&reg, identity.1, names)?,
+            resources: None,
             registry: reg,
         })
     }

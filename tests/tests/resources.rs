@@ -1,0 +1,171 @@
+//! What the accelerators have, from NVIDIA's management library: no GPU driver can exist here,
+//! so a stand-in `libnvidia-ml.so.1` (tests/fixtures/nvml/stub_nvml.c: NVML's exported names
+//! and C signatures) answers from a file the test writes and changes while the daemon runs.
+//! Every family must be exact; a process on a GPU that inferscope traces carries its pid (and
+//! so its pod); a library that fails mid-run is said once and again when it answers; a host
+//! without the library gets one line and runs on. Needs root (the daemon loads BPF).
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use inferscope_tests::*;
+
+fn build_stub(dir: &Path) -> PathBuf {
+    let lib = dir.join("libnvidia-ml.so.1");
+    let st = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O1", "-Wall", "-o"])
+        .arg(&lib)
+        .arg(repo_root().join("tests/fixtures/nvml/stub_nvml.c"))
+        .arg("-Wl,-soname,libnvidia-ml.so.1")
+        .status()
+        .expect("cc (apt install gcc)");
+    assert!(st.success());
+    lib
+}
+
+const UUID0: &str = "GPU-5e3b1f1a-7d2c-4f6e-9a8b-0c1d2e3f4a5b";
+const UUID1: &str = "GPU-6f4c2a2b-8e3d-4a7f-8b9c-1d2e3f4a5b6c";
+
+fn config(server: u32, ecc: u64, with_procs: bool) -> String {
+    let mut c = format!(
+        "gpu 0 name NVIDIA H100 80GB HBM3\ngpu 0 uuid {UUID0}\ngpu 0 util 37 12\ngpu 0 memory 85899345920 21474836480\n\
+         gpu 0 power_mw 312345\ngpu 0 temp 54\ngpu 0 clocks 1755 1980 2619\ngpu 0 throttle 4\n\
+         gpu 0 pcie_kbs 1000 2000\ngpu 0 ecc {ecc} 1\n\
+         gpu 1 name NVIDIA H100 80GB HBM3\ngpu 1 uuid {UUID1}\ngpu 1 util 0 0\ngpu 1 memory 85899345920 0\n"
+    );
+    if with_procs {
+        c += &format!("gpu 0 proc {server} 17179869184 55 20\ngpu 0 proc 4242 1073741824 5 1\n");
+    }
+    c
+}
+
+/// The value of the series of `family` whose labels include every one of `labels`.
+fn value(text: &str, family: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{family}{{")))
+        .find(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[test]
+fn gpu_resources_from_nvml_are_exact() {
+    let dir = scratch("nvml");
+    let lib = build_stub(&dir);
+    let server = Fixture::start(&dir, &[]);
+    let pid = server.proc.pid();
+    let conf = dir.join("nvml.conf");
+    fs::write(&conf, config(pid, 3, true)).unwrap();
+    let port = free_port();
+    let args: Vec<String> = [
+        "attach",
+        "--pid",
+        &pid.to_string(),
+        "--quiet",
+        "--nvml-library",
+        lib.to_str().unwrap(),
+        "--gpu-interval",
+        "0.3",
+        "--prometheus-listen",
+        &format!("127.0.0.1:{port}"),
+        "--control-socket",
+        "off",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut scope = Inferscope::start_env(&dir, &args, &[pid], &[("NVML_STANDIN_CONFIG", conf.to_str().unwrap())]);
+    let err = fs::read_to_string(&scope.stderr).unwrap();
+    assert!(err.contains("GPU resources from") && err.contains("2 GPU(s) (NVIDIA H100 80GB HBM3)"), "{err}");
+    let scrape = || http_get(port, "/metrics").map(|(_, t)| t).unwrap_or_default();
+    let text = wait_for("the first GPU sample", Duration::from_secs(20), || {
+        let t = scrape();
+        t.contains("inferscope_gpu_process_utilization_ratio{").then_some(t)
+    });
+    let g0 = [("gpu", "0"), ("uuid", UUID0)];
+    for (family, want) in [
+        ("inferscope_gpu_utilization_ratio", 0.37),
+        ("inferscope_gpu_memory_utilization_ratio", 0.12),
+        ("inferscope_gpu_memory_total_bytes", 85899345920.0),
+        ("inferscope_gpu_memory_used_bytes", 21474836480.0),
+        ("inferscope_gpu_power_watts", 312.345),
+        ("inferscope_gpu_temperature_celsius", 54.0),
+        ("inferscope_gpu_clock_throttle_reasons", 4.0),
+    ] {
+        assert_eq!(value(&text, family, &g0), Some(want), "{family} in\n{text}");
+    }
+    for (clock, mhz) in [("graphics", 1755.0), ("sm", 1980.0), ("memory", 2619.0)] {
+        let l = [g0[0], g0[1], ("clock", clock)];
+        assert_eq!(value(&text, "inferscope_gpu_clock_hertz", &l), Some(mhz * 1e6), "{clock}");
+    }
+    for (dir, kbs) in [("tx", 1000.0), ("rx", 2000.0)] {
+        let l = [g0[0], g0[1], ("direction", dir)];
+        assert_eq!(value(&text, "inferscope_gpu_pcie_bytes_per_second", &l), Some(kbs * 1024.0), "{dir}");
+    }
+    let ecc = |t: &str, kind| value(t, "inferscope_gpu_ecc_errors_total", &[g0[0], g0[1], ("type", kind)]);
+    assert_eq!(ecc(&text, "corrected"), Some(3.0));
+    assert_eq!(ecc(&text, "uncorrected"), Some(1.0));
+    assert_eq!(
+        value(&text, "inferscope_gpu_info", &[("gpu", "1"), ("uuid", UUID1), ("model", "NVIDIA H100 80GB HBM3")]),
+        Some(1.0)
+    );
+    assert_eq!(value(&text, "inferscope_gpu_utilization_ratio", &[("gpu", "1")]), Some(0.0));
+    // Per process: the newest utilisation sample (the stand-in also returns an older one at 99%).
+    let me = pid.to_string();
+    assert_eq!(value(&text, "inferscope_gpu_process_memory_used_bytes", &[("pid", &me), g0[0]]), Some(17179869184.0));
+    assert_eq!(value(&text, "inferscope_gpu_process_utilization_ratio", &[("pid", &me), ("kind", "sm")]), Some(0.55));
+    assert_eq!(
+        value(&text, "inferscope_gpu_process_utilization_ratio", &[("pid", &me), ("kind", "memory")]),
+        Some(0.2)
+    );
+    assert_eq!(
+        value(&text, "inferscope_gpu_process_utilization_ratio", &[("pid", "4242"), ("kind", "sm")]),
+        Some(0.05)
+    );
+    // JSONL: a `gpu` line per GPU and sample.
+    let lines = scope.lines("gpu");
+    let l0 = lines.iter().find(|l| l["index"] == 0).expect("a gpu line of GPU 0");
+    assert_eq!(l0["uuid"], UUID0);
+    assert_eq!(l0["memory_used_bytes"], 21474836480u64);
+    assert!(l0["processes"].as_array().unwrap().iter().any(|p| p["pid"] == pid), "{l0}");
+
+    // Figures change: the counter moves by the difference; processes that left lose their series.
+    fs::write(&conf, config(pid, 5, false)).unwrap();
+    let text = wait_for("the ECC count to move", Duration::from_secs(20), || {
+        let t = scrape();
+        (ecc(&t, "corrected") == Some(5.0)).then_some(t)
+    });
+    assert!(!text.contains("inferscope_gpu_process_memory_used_bytes{"), "series of gone processes kept");
+    assert_eq!(ecc(&text, "uncorrected"), Some(1.0));
+
+    // The library fails mid-run: one line, the daemon runs on, one line when it answers again.
+    fs::write(&conf, config(pid, 5, false) + "fail 1\n").unwrap();
+    wait_for("the failure said", Duration::from_secs(20), || {
+        fs::read_to_string(&scope.stderr)
+            .unwrap()
+            .contains("GPU resources: nvmlDeviceGetCount: GPU is lost")
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    fs::write(&conf, config(pid, 5, false)).unwrap();
+    wait_for("the recovery said", Duration::from_secs(20), || {
+        fs::read_to_string(&scope.stderr).unwrap().contains("the library answers again").then_some(())
+    });
+    let t = loadgen(&dir, &server.url(), &["--requests", "3", "--concurrency", "1", "--mix", "chat_stream=1"]);
+    assert_eq!(scope.wait_requests(t.len(), Duration::from_secs(20)).len(), 3, "requests while GPUs come and go");
+    let err = scope.stop();
+    assert_eq!(err.matches("GPU is lost").count(), 1, "the failure said once:\n{err}");
+
+    // No library (no driver): one line, nothing else stops.
+    let missing = dir.join("absent/libnvidia-ml.so.1");
+    let mut args2 = args.clone();
+    let i = args2.iter().position(|a| a == "--nvml-library").unwrap();
+    args2[i + 1] = missing.display().to_string();
+    args2.retain(|a| !a.starts_with("--prometheus") && !a.starts_with("127.0.0.1"));
+    let mut scope2 = Inferscope::start(&dir, &args2, &[pid]);
+    let err = scope2.stop();
+    assert_eq!(err.matches("no GPU resources").count(), 1, "{err}");
+}

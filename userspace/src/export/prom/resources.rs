@@ -1,0 +1,179 @@
+//! Prometheus families of what the accelerators have (the resources layer, NVML): per GPU,
+//! labelled `gpu` (its index) and `uuid`, and per process on a GPU, labelled `pid` too (so the
+//! pod labels of a traced process are added at scrape time). Base units (bytes, watts,
+//! hertz, ratios 0..1); the DCGM exporter's field each one matches is in the help text.
+
+use std::collections::{HashMap, HashSet};
+
+use anyhow::Result;
+use prometheus::{GaugeVec, IntCounterVec, IntGaugeVec, Registry};
+
+use super::common::{counter, gauge_vec, gauge_vec_int};
+use crate::resources::DeviceSample;
+
+pub struct ResourceMetrics {
+    info: IntGaugeVec,
+    util: GaugeVec,
+    mem_util: GaugeVec,
+    mem_used: GaugeVec,
+    mem_total: GaugeVec,
+    power: GaugeVec,
+    temp: GaugeVec,
+    clock: GaugeVec,
+    throttle: GaugeVec,
+    pcie: GaugeVec,
+    ecc: IntCounterVec,
+    proc_mem: GaugeVec,
+    proc_util: GaugeVec,
+    /// ECC counts already added, by (gpu, uuid, type): NVML gives totals, the counter deltas.
+    ecc_seen: HashMap<(String, String, &'static str), u64>,
+    /// Per-process series made at the last sample, by (pid, gpu, uuid).
+    procs: HashSet<(String, String, String)>,
+    /// Info series made, by (gpu, uuid, model).
+    infos: HashSet<(String, String, String)>,
+}
+
+impl ResourceMetrics {
+    pub fn new(reg: &Registry) -> Result<Self> {
+        let d = &["gpu", "uuid"];
+        Ok(Self {
+            info: gauge_vec_int(
+                reg,
+                "inferscope_gpu_info",
+                "A GPU the management library reports: its model; value 1",
+                &["gpu", "uuid", "model"],
+            )?,
+            util: gauge_vec(
+                reg,
+                "inferscope_gpu_utilization_ratio",
+                "Share of the last sample period in which a kernel ran on the GPU, 0..1 (DCGM_FI_DEV_GPU_UTIL / 100)",
+                d,
+            )?,
+            mem_util: gauge_vec(
+                reg,
+                "inferscope_gpu_memory_utilization_ratio",
+                "Share of the last sample period in which device memory was read or written, 0..1 \
+                 (DCGM_FI_DEV_MEM_COPY_UTIL / 100)",
+                d,
+            )?,
+            mem_used: gauge_vec(
+                reg,
+                "inferscope_gpu_memory_used_bytes",
+                "Device memory in use (DCGM_FI_DEV_FB_USED, in bytes)",
+                d,
+            )?,
+            mem_total: gauge_vec(
+                reg,
+                "inferscope_gpu_memory_total_bytes",
+                "Device memory in all (DCGM_FI_DEV_FB_TOTAL, in bytes)",
+                d,
+            )?,
+            power: gauge_vec(reg, "inferscope_gpu_power_watts", "Power draw (DCGM_FI_DEV_POWER_USAGE)", d)?,
+            temp: gauge_vec(reg, "inferscope_gpu_temperature_celsius", "GPU temperature (DCGM_FI_DEV_GPU_TEMP)", d)?,
+            clock: gauge_vec(
+                reg,
+                "inferscope_gpu_clock_hertz",
+                "Current clock by domain: graphics, sm, memory (DCGM_FI_DEV_SM_CLOCK, _MEM_CLOCK, in Hz)",
+                &["gpu", "uuid", "clock"],
+            )?,
+            throttle: gauge_vec(
+                reg,
+                "inferscope_gpu_clock_throttle_reasons",
+                "Why clocks are held down now: NVML's clock event reasons bitmask, 0 when none \
+                 (DCGM_FI_DEV_CLOCK_THROTTLE_REASONS)",
+                d,
+            )?,
+            pcie: gauge_vec(
+                reg,
+                "inferscope_gpu_pcie_bytes_per_second",
+                "PCIe throughput by direction, tx or rx, over NVML's last 20 ms window",
+                &["gpu", "uuid", "direction"],
+            )?,
+            ecc: counter(
+                reg,
+                "inferscope_gpu_ecc_errors_total",
+                "Device memory ECC errors by type, corrected or uncorrected (NVML's aggregate count; \
+                 DCGM_FI_DEV_ECC_SBE_AGG_TOTAL, _DBE_AGG_TOTAL)",
+                &["gpu", "uuid", "type"],
+            )?,
+            proc_mem: gauge_vec(
+                reg,
+                "inferscope_gpu_process_memory_used_bytes",
+                "Device memory a process uses on a GPU (host pid)",
+                &["pid", "gpu", "uuid"],
+            )?,
+            proc_util: gauge_vec(
+                reg,
+                "inferscope_gpu_process_utilization_ratio",
+                "A process's share of a GPU in the newest sample, by kind: sm or memory, 0..1",
+                &["pid", "gpu", "uuid", "kind"],
+            )?,
+            ecc_seen: HashMap::new(),
+            procs: HashSet::new(),
+            infos: HashSet::new(),
+        })
+    }
+
+    /// One sample of every GPU: gauges set, counters moved, series of processes no longer on a
+    /// GPU (or GPUs gone) removed.
+    pub fn record(&mut self, devices: &[DeviceSample]) {
+        let mut procs = HashSet::new();
+        let mut infos = HashSet::new();
+        for d in devices {
+            let gpu = d.index.to_string();
+            let uuid = d.uuid.clone().unwrap_or_default();
+            let l = [gpu.as_str(), uuid.as_str()];
+            let info = (gpu.clone(), uuid.clone(), d.name.clone().unwrap_or_default());
+            self.info.with_label_values(&[&info.0, &info.1, &info.2]).set(1);
+            infos.insert(info);
+            let set = |g: &GaugeVec, v: Option<f64>| {
+                if let Some(v) = v {
+                    g.with_label_values(&l).set(v);
+                }
+            };
+            set(&self.util, d.gpu_util);
+            set(&self.mem_util, d.memory_util);
+            set(&self.mem_used, d.memory_used_bytes.map(|b| b as f64));
+            set(&self.mem_total, d.memory_total_bytes.map(|b| b as f64));
+            set(&self.power, d.power_watts);
+            set(&self.temp, d.temperature_celsius);
+            set(&self.throttle, d.throttle_reasons.map(|r| r as f64));
+            for (clock, hz) in &d.clocks_hz {
+                self.clock.with_label_values(&[gpu.as_str(), uuid.as_str(), clock]).set(*hz);
+            }
+            for (dir, bps) in &d.pcie_bytes_per_second {
+                self.pcie.with_label_values(&[gpu.as_str(), uuid.as_str(), dir]).set(*bps);
+            }
+            for (kind, total) in &d.ecc_errors {
+                let seen = self.ecc_seen.entry((gpu.clone(), uuid.clone(), kind)).or_insert(0);
+                // A total that went down (driver reloaded, counters cleared) starts over.
+                let delta = if *total >= *seen { *total - *seen } else { *total };
+                self.ecc.with_label_values(&[gpu.as_str(), uuid.as_str(), kind]).inc_by(delta);
+                *seen = *total;
+            }
+            for p in &d.processes {
+                let pid = p.pid.to_string();
+                if let Some(b) = p.memory_used_bytes {
+                    self.proc_mem.with_label_values(&[&pid, &gpu, &uuid]).set(b as f64);
+                }
+                for (kind, v) in [("sm", p.sm_util), ("memory", p.memory_util)] {
+                    if let Some(v) = v {
+                        self.proc_util.with_label_values(&[&pid, &gpu, &uuid, kind]).set(v);
+                    }
+                }
+                procs.insert((pid, gpu.clone(), uuid.clone()));
+            }
+        }
+        for (pid, gpu, uuid) in self.procs.difference(&procs) {
+            let _ = self.proc_mem.remove_label_values(&[pid, gpu, uuid]);
+            for kind in ["sm", "memory"] {
+                let _ = self.proc_util.remove_label_values(&[pid, gpu, uuid, kind]);
+            }
+        }
+        for (gpu, uuid, model) in self.infos.difference(&infos) {
+            let _ = self.info.remove_label_values(&[gpu, uuid, model]);
+        }
+        self.procs = procs;
+        self.infos = infos;
+    }
+}

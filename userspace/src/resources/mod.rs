@@ -1,0 +1,98 @@
+//! What the accelerators have, beside what the host asks of them: per GPU utilisation, memory,
+//! power, temperature, clocks, throttle reasons, PCIe throughput and ECC errors, and per
+//! process the memory and utilisation the device reports, read from the vendor's management
+//! library on a thread of its own every `--gpu-interval` (NVIDIA: [`nvml`]). The resources
+//! layer hands each sample to the sinks.
+
+pub mod nvml;
+
+use std::{
+    path::PathBuf,
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+
+/// One GPU at one moment. Figures the library did not give are `None` or left out.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct DeviceSample {
+    pub index: u32,
+    pub name: Option<String>,
+    pub uuid: Option<String>,
+    /// Share of the last sample period a kernel ran, 0..1.
+    pub gpu_util: Option<f64>,
+    /// Share of the period device memory was read or written, 0..1.
+    pub memory_util: Option<f64>,
+    pub memory_total_bytes: Option<u64>,
+    pub memory_used_bytes: Option<u64>,
+    pub power_watts: Option<f64>,
+    pub temperature_celsius: Option<f64>,
+    /// ("graphics" | "sm" | "memory", Hz).
+    pub clocks_hz: Vec<(&'static str, f64)>,
+    /// NVML's clock event (throttle) reasons bitmask.
+    pub throttle_reasons: Option<u64>,
+    /// ("tx" | "rx", bytes per second).
+    pub pcie_bytes_per_second: Vec<(&'static str, f64)>,
+    /// ("corrected" | "uncorrected", the GPU's lifetime count: NVML's aggregate counter).
+    pub ecc_errors: Vec<(&'static str, u64)>,
+    pub processes: Vec<ProcessSample>,
+}
+
+/// What one process uses of one GPU.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ProcessSample {
+    /// As the host sees it (NVML reports host PIDs).
+    pub pid: u32,
+    pub memory_used_bytes: Option<u64>,
+    /// Its share of the SM and memory-controller time in the newest sample, 0..1.
+    pub sm_util: Option<f64>,
+    pub memory_util: Option<f64>,
+}
+
+/// What the sampling thread says.
+pub enum Message {
+    /// Every GPU, at `at`.
+    Sample { at: Instant, devices: Vec<DeviceSample> },
+    /// The library failed (`first`: the first failure since it last worked).
+    Failed { error: String, first: bool },
+}
+
+/// The sampling thread's end: samples arrive here; the thread stops when this is dropped.
+pub struct Sampler {
+    pub rx: mpsc::Receiver<Message>,
+    /// The GPUs found at start: (count, the first one's name).
+    pub found: (usize, Option<String>),
+}
+
+/// Loads the library at `path` and starts sampling every `every`. An error (no driver, no
+/// library) is for one line; nothing else stops.
+pub fn start(path: PathBuf, every: Duration) -> anyhow::Result<Sampler> {
+    let mut lib = nvml::Nvml::open(&path)?;
+    let first = lib.sample()?;
+    let found = (first.len(), first.first().and_then(|d| d.name.clone()));
+    let (tx, rx) = mpsc::sync_channel(4);
+    std::thread::Builder::new().name("inferscope-nvml".into()).spawn(move || {
+        let mut failing = false;
+        let mut next = Some(first);
+        loop {
+            let msg = match next.take().map(Ok).unwrap_or_else(|| lib.sample()) {
+                Ok(devices) => {
+                    failing = false;
+                    Message::Sample { at: Instant::now(), devices }
+                }
+                Err(e) => {
+                    let first = !failing;
+                    failing = true;
+                    Message::Failed { error: format!("{e:#}"), first }
+                }
+            };
+            // A full channel (the loop is behind) drops this sample; a closed one ends the thread.
+            match tx.try_send(msg) {
+                Err(mpsc::TrySendError::Disconnected(_)) => return,
+                _ => std::thread::sleep(every),
+            }
+        }
+    })?;
+    Ok(Sampler { rx, found })
+}

@@ -404,8 +404,24 @@ fn engine_steps_carry_the_device_calls_made_for_them() {
 fn gpu_check_dry_run() {
     let dir = scratch("gpu-check");
     build(&dir);
+    // The stand-in NVML, with two GPUs, for the NVML rows.
+    let st = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O1", "-o"])
+        .arg(dir.join("libnvidia-ml.so.1"))
+        .arg(repo_root().join("tests/fixtures/nvml/stub_nvml.c"))
+        .status()
+        .expect("cc");
+    assert!(st.success());
+    let nvml = dir.join("nvml.conf");
+    fs::write(
+        &nvml,
+        "gpu 0 name NVIDIA H100 80GB HBM3\ngpu 0 uuid GPU-0aa\ngpu 0 memory 85899345920 1073741824\n\
+         gpu 1 name NVIDIA H100 80GB HBM3\ngpu 1 uuid GPU-1bb\ngpu 1 memory 85899345920 0\n",
+    )
+    .unwrap();
     let run = |out: &str, extra: &str| {
         Command::new(python())
+            .env("NVML_STANDIN_CONFIG", &nvml)
             .arg(repo_root().join("tests/gpu/gpu-check"))
             .args(["--dry-run", "--stub-dir"])
             .arg(&dir)
@@ -445,6 +461,13 @@ fn gpu_check_dry_run() {
         let r = row(&doc, what);
         assert_eq!((r["expected"].as_u64(), r["inferscope"].as_u64()), (Some(want), Some(want)), "{what}: {r}");
     }
+    // NVML's figures beside what is known of the GPUs (nvidia-smi on a real host).
+    for (what, want, got) in [("NVML GPUs", "2", "2"), ("GPU 1 uuid", "\"GPU-1bb\"", "\"GPU-1bb\"")] {
+        let r = row(&doc, what);
+        assert_eq!((r["expected"].to_string(), r["inferscope"].to_string()), (want.into(), got.into()), "{r}");
+        assert_eq!(r["verdict"], "match", "{r}");
+    }
+    assert_eq!(row(&doc, "GPU 0 memory total (MiB)")["inferscope"], 81920, "{doc:#}");
     let md = fs::read_to_string(dir.join("ok/gpu-check.md")).unwrap();
     assert!(md.contains("| kernel launches | 600 | 600 | match |"), "{md}");
     assert!(md.contains("throughput with inferscope / without"), "{md}");

@@ -50,5 +50,6 @@ const README: &str = "inferscope GPU check\n\
 Runs known PyTorch work on the GPU (eager kernels, a CUDA graph replayed, copies, syncs, an\n\
 NCCL all-reduce when NCCL is there), attaches ./inferscope to it, and compares its counts with\n\
 torch.profiler's; measures inferscope's CPU per launch and the workload's slowdown in\n\
-alternating rounds. Writes OUT/gpu-check.md and OUT/gpu-check.json. Exit 0: every count\n\
+alternating rounds; puts NVML's GPU figures beside nvidia-smi's. Writes OUT/gpu-check.md and\n\
+OUT/gpu-check.json. Exit 0: every count\n\
 agrees; 1: a mismatch it cannot explain; 3: this kernel loads no BPF program; 4: no GPU.\n";

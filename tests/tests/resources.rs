@@ -60,6 +60,8 @@ fn gpu_resources_from_nvml_are_exact() {
     let conf = dir.join("nvml.conf");
     fs::write(&conf, config(pid, 3, true)).unwrap();
     let port = free_port();
+    let rx = receiver(&dir);
+    let otlp = format!("http://127.0.0.1:{}", rx.grpc);
     let args: Vec<String> = [
         "attach",
         "--pid",
@@ -73,6 +75,10 @@ fn gpu_resources_from_nvml_are_exact() {
         &format!("127.0.0.1:{port}"),
         "--control-socket",
         "off",
+        "--otlp-endpoint",
+        &otlp,
+        "--otlp-metrics-interval",
+        "0.5",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -131,6 +137,38 @@ fn gpu_resources_from_nvml_are_exact() {
     assert_eq!(l0["uuid"], UUID0);
     assert_eq!(l0["memory_used_bytes"], 21474836480u64);
     assert!(l0["processes"].as_array().unwrap().iter().any(|p| p["pid"] == pid), "{l0}");
+
+    // OTLP: OpenTelemetry's hardware names, hw.id the UUID; per process with process.pid.
+    let otlp_value = |name: &str, attrs: &[(&str, serde_json::Value)]| {
+        read_jsonl(&rx.metrics)
+            .into_iter()
+            .rev()
+            .find(|m| m["name"] == name && attrs.iter().all(|(k, v)| m["attributes"][*k] == *v))
+            .and_then(|m| m["value"].as_f64())
+    };
+    let hw0 = ("hw.id", serde_json::json!(UUID0));
+    wait_for("GPU metrics at the OTLP receiver", Duration::from_secs(20), || {
+        otlp_value("hw.gpu.memory.usage", &[hw0.clone()])
+    });
+    for (name, want) in [
+        ("hw.gpu.utilization", 0.37),
+        ("hw.gpu.memory.usage", 21474836480.0),
+        ("hw.gpu.memory.limit", 85899345920.0),
+        ("hw.power", 312.345),
+        ("hw.temperature", 54.0),
+    ] {
+        assert_eq!(otlp_value(name, &[hw0.clone()]), Some(want), "{name}");
+    }
+    assert_eq!(otlp_value("hw.errors", &[hw0.clone(), ("error.type", serde_json::json!("corrected"))]), Some(3.0));
+    let mine = ("process.pid", serde_json::json!(pid));
+    assert_eq!(otlp_value("inferscope.gpu.process.memory.usage", &[hw0.clone(), mine.clone()]), Some(17179869184.0));
+    assert_eq!(
+        otlp_value(
+            "inferscope.gpu.process.utilization",
+            &[mine, ("inferscope.gpu.utilization.kind", serde_json::json!("sm"))]
+        ),
+        Some(0.55)
+    );
 
     // Figures change: the counter moves by the difference; processes that left lose their series.
     fs::write(&conf, config(pid, 5, false)).unwrap();

@@ -17,6 +17,7 @@
 pub mod console;
 pub mod jsonl;
 pub mod otlp;
+mod otlp_resources;
 pub mod prom;
 pub mod sink;
 

@@ -126,6 +126,8 @@ pub struct Otlp {
     tracer: Option<SdkTracer>,
     meter_provider: Option<SdkMeterProvider>,
     instruments: Option<Instruments>,
+    /// GPU resources (made with the metrics).
+    gpu: Option<super::otlp_resources::GpuInstruments>,
     pub counters: Arc<ExportCounters>,
     pub spans_submitted: u64,
     /// The container and pod of each traced process in one, as span attributes.
@@ -192,7 +194,7 @@ impl Otlp {
         } else {
             (None, None)
         };
-        let (meter_provider, instruments) = if opts.metrics {
+        let (meter_provider, instruments, gpu) = if opts.metrics {
             let exporter = match opts.protocol {
                 OtlpProtocol::Grpc => opentelemetry_otlp::MetricExporter::builder()
                     .with_tonic()
@@ -211,9 +213,10 @@ impl Otlp {
             let reader = PeriodicReader::builder(exporter).with_interval(opts.metrics_interval).build();
             let provider = SdkMeterProvider::builder().with_resource(resource).with_reader(reader).build();
             let meter = provider.meter("inferscope");
-            (Some(provider), Some(instruments(&meter)))
+            let gpu = super::otlp_resources::GpuInstruments::new(&meter);
+            (Some(provider), Some(instruments(&meter)), Some(gpu))
         } else {
-            (None, None)
+            (None, None, None)
         };
         Ok(Self {
             opts,
@@ -221,6 +224,7 @@ impl Otlp {
             tracer,
             meter_provider,
             instruments,
+            gpu,
             counters,
             spans_submitted: 0,
             targets: HashMap::new(),
@@ -240,6 +244,13 @@ impl Otlp {
 
     pub fn forget(&mut self, pid: u32) {
         self.targets.remove(&pid);
+    }
+
+    /// A sample of every GPU's resources.
+    pub fn accelerators(&mut self, devices: &[crate::resources::DeviceSample]) {
+        if let Some(g) = &mut self.gpu {
+            g.record(devices, &self.targets);
+        }
     }
 
     fn target_attrs(&self, pid: u32) -> &[KeyValue] {

@@ -263,6 +263,7 @@ impl Sink for OtlpSink {
             }
             Output::ProcessAdded { pid, identity, .. } => self.o.target(*pid, identity.attributes()),
             Output::ProcessGone { pid } => self.o.forget(*pid),
+            Output::Accelerators(devices) => self.o.accelerators(devices),
             _ => {}
         }
     }

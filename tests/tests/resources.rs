@@ -148,7 +148,7 @@ fn gpu_resources_from_nvml_are_exact() {
     };
     let hw0 = ("hw.id", serde_json::json!(UUID0));
     wait_for("GPU metrics at the OTLP receiver", Duration::from_secs(20), || {
-        otlp_value("hw.gpu.memory.usage", &[hw0.clone()])
+        otlp_value("hw.gpu.memory.usage", std::slice::from_ref(&hw0))
     });
     for (name, want) in [
         ("hw.gpu.utilization", 0.37),
@@ -157,7 +157,7 @@ fn gpu_resources_from_nvml_are_exact() {
         ("hw.power", 312.345),
         ("hw.temperature", 54.0),
     ] {
-        assert_eq!(otlp_value(name, &[hw0.clone()]), Some(want), "{name}");
+        assert_eq!(otlp_value(name, std::slice::from_ref(&hw0)), Some(want), "{name}");
     }
     assert_eq!(otlp_value("hw.errors", &[hw0.clone(), ("error.type", serde_json::json!("corrected"))]), Some(3.0));
     let mine = ("process.pid", serde_json::json!(pid));

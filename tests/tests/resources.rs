@@ -132,8 +132,9 @@ fn gpu_resources_from_nvml_are_exact() {
         Some(0.05)
     );
     // JSONL: a `gpu` line per GPU and sample.
-    let lines = scope.lines("gpu");
-    let l0 = lines.iter().find(|l| l["index"] == 0).expect("a gpu line of GPU 0");
+    let l0 = wait_for("a gpu line of GPU 0", Duration::from_secs(10), || {
+        scope.lines("gpu").into_iter().find(|l| l["index"] == 0)
+    });
     assert_eq!(l0["uuid"], UUID0);
     assert_eq!(l0["memory_used_bytes"], 21474836480u64);
     assert!(l0["processes"].as_array().unwrap().iter().any(|p| p["pid"] == pid), "{l0}");
@@ -205,5 +206,94 @@ fn gpu_resources_from_nvml_are_exact() {
     args2.retain(|a| !a.starts_with("--prometheus") && !a.starts_with("127.0.0.1"));
     let mut scope2 = Inferscope::start(&dir, &args2, &[pid]);
     let err = scope2.stop();
-    assert_eq!(err.matches("no GPU resources").count(), 1, "{err}");
+    assert_eq!(err.matches("no accelerator resources: no NVIDIA driver").count(), 1, "{err}");
+}
+
+/// Huawei Ascend NPUs from DCMI: a stand-in `libdcmi.so` (tests/fixtures/dcmi/stub_dcmi.c:
+/// DCMI's exported names and C signatures) with two NPUs on one card. Every family exact; the
+/// traced server's device memory carries its pid; a failure mid-run is said once.
+#[test]
+fn npu_resources_from_dcmi_are_exact() {
+    let dir = scratch("dcmi");
+    let lib = dir.join("libdcmi.so");
+    let st = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O1", "-Wall", "-o"])
+        .arg(&lib)
+        .arg(repo_root().join("tests/fixtures/dcmi/stub_dcmi.c"))
+        .status()
+        .expect("cc");
+    assert!(st.success());
+    let server = Fixture::start(&dir, &[]);
+    let pid = server.proc.pid();
+    let conf = dir.join("dcmi.conf");
+    let npus = format!(
+        "npu 0 0 logic 4\nnpu 0 0 chip Ascend 910B3\nnpu 0 0 util 63 7 21\nnpu 0 0 hbm 65536 30720 18\n\
+         npu 0 0 temp 47\nnpu 0 0 power 1835\nnpu 0 0 health 0\nnpu 0 0 proc {pid} 28991029248\n\
+         npu 0 1 logic 5\nnpu 0 1 chip Ascend 910B3\nnpu 0 1 util 0 0 0\nnpu 0 1 hbm 65536 3072 0\n\
+         npu 0 1 temp 39\nnpu 0 1 power 921\nnpu 0 1 health 2\n"
+    );
+    fs::write(&conf, &npus).unwrap();
+    let port = free_port();
+    let args: Vec<String> = [
+        "attach",
+        "--pid",
+        &pid.to_string(),
+        "--quiet",
+        "--dcmi-library",
+        lib.to_str().unwrap(),
+        "--nvml-library",
+        "/nonexistent/libnvidia-ml.so.1",
+        "--gpu-interval",
+        "0.3",
+        "--prometheus-listen",
+        &format!("127.0.0.1:{port}"),
+        "--control-socket",
+        "off",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut scope = Inferscope::start_env(&dir, &args, &[pid], &[("DCMI_STANDIN_CONFIG", conf.to_str().unwrap())]);
+    let err = fs::read_to_string(&scope.stderr).unwrap();
+    assert!(err.contains("NPU resources from") && err.contains("2 NPU(s) (Ascend910B3)"), "{err}");
+    assert!(!err.contains("no accelerator resources"), "one library found is enough:\n{err}");
+    let text = wait_for("the first NPU sample", Duration::from_secs(20), || {
+        let t = http_get(port, "/metrics").map(|(_, t)| t).unwrap_or_default();
+        t.contains("inferscope_npu_process_memory_used_bytes{").then_some(t)
+    });
+    let n4 = [("npu", "4")];
+    for (family, labels, want) in [
+        ("inferscope_npu_utilization_ratio", vec![n4[0], ("core", "aicore")], 0.63),
+        ("inferscope_npu_utilization_ratio", vec![n4[0], ("core", "aicpu")], 0.07),
+        ("inferscope_npu_utilization_ratio", vec![n4[0], ("core", "vectorcore")], 0.21),
+        ("inferscope_npu_hbm_total_bytes", n4.to_vec(), 65536.0 * 1048576.0),
+        ("inferscope_npu_hbm_used_bytes", n4.to_vec(), 30720.0 * 1048576.0),
+        ("inferscope_npu_hbm_bandwidth_utilization_ratio", n4.to_vec(), 0.18),
+        ("inferscope_npu_temperature_celsius", n4.to_vec(), 47.0),
+        ("inferscope_npu_power_watts", n4.to_vec(), 183.5),
+        ("inferscope_npu_health", n4.to_vec(), 0.0),
+        ("inferscope_npu_health", vec![("npu", "5")], 2.0),
+        ("inferscope_npu_info", vec![n4[0], ("card", "0"), ("device", "0"), ("model", "Ascend910B3")], 1.0),
+    ] {
+        assert_eq!(value(&text, family, &labels), Some(want), "{family} {labels:?} in\n{text}");
+    }
+    let me = pid.to_string();
+    assert_eq!(value(&text, "inferscope_npu_process_memory_used_bytes", &[("pid", &me), n4[0]]), Some(28991029248.0));
+    let l4 = wait_for("an npu line of NPU 4", Duration::from_secs(10), || {
+        scope.lines("npu").into_iter().find(|l| l["npu"] == 4)
+    });
+    assert_eq!(l4["processes"][0]["pid"], pid, "{l4}");
+
+    fs::write(&conf, format!("{npus}fail 1\n")).unwrap();
+    wait_for("the failure said", Duration::from_secs(20), || {
+        fs::read_to_string(&scope.stderr)
+            .unwrap()
+            .contains("NPU resources: dcmi_get_card_list: error -8005")
+            .then_some(())
+    });
+    fs::write(&conf, &npus).unwrap();
+    wait_for("the recovery said", Duration::from_secs(20), || {
+        fs::read_to_string(&scope.stderr).unwrap().contains("DCMI resources: the library answers again").then_some(())
+    });
+    scope.stop();
 }

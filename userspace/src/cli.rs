@@ -447,7 +447,8 @@ pub struct RunOptions {
     #[arg(long, value_name = "DIR")]
     pub python_profile_dir: Option<std::path::PathBuf>,
 
-    /// How often the GPUs' resources are read from NVIDIA's management library, in seconds
+    /// How often the GPUs' and NPUs' resources are read from their management libraries
+    /// (NVIDIA's NVML, Huawei's DCMI), in seconds
     /// (utilisation, memory used/total, power, temperature, clocks, throttle reasons, PCIe
     /// throughput, ECC errors; per process: memory and SM/memory utilisation): the
     /// inferscope_gpu_* families and `gpu` JSONL lines. 0: never. A host without the library
@@ -458,6 +459,13 @@ pub struct RunOptions {
     /// NVIDIA's management library: a path, or a name the dynamic loader finds.
     #[arg(long, default_value = "libnvidia-ml.so.1", value_name = "PATH")]
     pub nvml_library: String,
+
+    /// Huawei Ascend's management library (DCMI): a path, or a name the dynamic loader finds
+    /// (also looked for in /usr/local/Ascend/driver/lib64/driver/). Per NPU: AI core, AI CPU and
+    /// vector core utilisation, HBM used/total and bandwidth, temperature, power, health; per
+    /// process: device memory (inferscope_npu_* families, `npu` JSONL lines).
+    #[arg(long, default_value = "libdcmi.so", value_name = "PATH")]
+    pub dcmi_library: String,
 
     /// How often the engine's live state (vLLM: scheduler running/waiting queues, KV-cache
     /// free/total blocks; SGLang: running/waiting queues) is read from the engine's own

@@ -426,6 +426,15 @@ pub fn gpu_json(d: &crate::resources::DeviceSample, unix_ns: u64) -> Value {
     v
 }
 
+/// An `npu` line: one Ascend NPU's resources at one sample.
+pub fn npu_json(d: &crate::resources::NpuSample, unix_ns: u64) -> Value {
+    let mut v = serde_json::to_value(d).unwrap_or_default();
+    v["type"] = json!("npu");
+    v["ts_ns"] = json!(unix_ns);
+    v["processes"] = d.processes.iter().map(|(pid, b)| json!({"pid": pid, "memory_used_bytes": b})).collect();
+    v
+}
+
 /// A `process` line when a process is traced (the sink adds where it runs).
 pub fn process_json(pid: u32, engine: &str, unix_ns: u64) -> Value {
     json!({"type": "process", "pid": pid, "engine": engine, "ts_ns": unix_ns})

@@ -253,6 +253,13 @@ impl Otlp {
         }
     }
 
+    /// A sample of every NPU's resources.
+    pub fn npus(&mut self, devices: &[crate::resources::NpuSample]) {
+        if let Some(g) = &mut self.gpu {
+            g.record_npus(devices, &self.targets);
+        }
+    }
+
     fn target_attrs(&self, pid: u32) -> &[KeyValue] {
         self.targets.get(&pid).map_or(&[], Vec::as_slice)
     }

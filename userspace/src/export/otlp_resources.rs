@@ -12,7 +12,7 @@ use opentelemetry::{
     metrics::{Counter, Gauge, Meter},
 };
 
-use crate::resources::DeviceSample;
+use crate::resources::{DeviceSample, NpuSample};
 
 pub struct GpuInstruments {
     util: Gauge<f64>,
@@ -28,6 +28,11 @@ pub struct GpuInstruments {
     proc_util: Gauge<f64>,
     /// ECC totals already added, by (uuid, type): NVML gives totals, the counter deltas.
     ecc_seen: HashMap<(String, &'static str), u64>,
+    npu_util: Gauge<f64>,
+    npu_hbm_usage: Gauge<u64>,
+    npu_hbm_limit: Gauge<u64>,
+    npu_health: Gauge<u64>,
+    npu_proc_mem: Gauge<u64>,
 }
 
 impl GpuInstruments {
@@ -59,6 +64,57 @@ impl GpuInstruments {
                 "A process's share of a GPU in the newest sample (inferscope.gpu.utilization.kind sm or memory).",
             ),
             ecc_seen: HashMap::new(),
+            npu_util: g(
+                "inferscope.npu.utilization",
+                "1",
+                "Share of time the NPU's cores were busy (inferscope.npu.core).",
+            ),
+            npu_hbm_usage: gu("inferscope.npu.hbm.usage", "By", "High-bandwidth memory in use."),
+            npu_hbm_limit: gu("inferscope.npu.hbm.limit", "By", "High-bandwidth memory in all."),
+            npu_health: gu("inferscope.npu.health", "1", "0 healthy, 1 minor, 2 major, 3 critical alarm."),
+            npu_proc_mem: gu("inferscope.npu.process.memory.usage", "By", "Device memory a process uses on an NPU."),
+        }
+    }
+
+    /// One sample of every NPU; `targets`: the pod attributes of traced processes, by pid.
+    pub fn record_npus(&mut self, devices: &[NpuSample], targets: &HashMap<u32, Vec<KeyValue>>) {
+        for d in devices {
+            let hw = [
+                KeyValue::new("hw.id", format!("npu{}", d.npu)),
+                KeyValue::new("hw.name", d.name.clone().unwrap_or_default()),
+                KeyValue::new("hw.type", "npu"),
+                KeyValue::new("inferscope.npu.index", d.npu as i64),
+            ];
+            for (core, v) in [("aicore", d.aicore_util), ("aicpu", d.aicpu_util), ("vectorcore", d.vectorcore_util)] {
+                if let Some(v) = v {
+                    let a: Vec<KeyValue> =
+                        hw.iter().cloned().chain([KeyValue::new("inferscope.npu.core", core)]).collect();
+                    self.npu_util.record(v, &a);
+                }
+            }
+            if let Some(v) = d.hbm_used_bytes {
+                self.npu_hbm_usage.record(v, &hw);
+            }
+            if let Some(v) = d.hbm_total_bytes {
+                self.npu_hbm_limit.record(v, &hw);
+            }
+            if let Some(v) = d.power_watts {
+                self.power.record(v, &hw);
+            }
+            if let Some(v) = d.temperature_celsius {
+                self.temp.record(v, &hw);
+            }
+            if let Some(v) = d.health {
+                self.npu_health.record(v as u64, &hw);
+            }
+            for (pid, bytes) in &d.processes {
+                let mut attrs: Vec<KeyValue> = hw.to_vec();
+                attrs.push(KeyValue::new("process.pid", *pid as i64));
+                if let Some(t) = targets.get(pid) {
+                    attrs.extend(t.iter().cloned());
+                }
+                self.npu_proc_mem.record(*bytes, &attrs);
+            }
         }
     }
 

@@ -69,6 +69,8 @@ pub enum Output<'a> {
     EngineState(&'a EngineState),
     /// A sample of every GPU's resources (NVML).
     Accelerators(&'a [crate::resources::DeviceSample]),
+    /// A sample of every Ascend NPU's resources (DCMI).
+    Npus(&'a [crate::resources::NpuSample]),
     /// The health counters: every second; `report` every 10 s (lines for the operator);
     /// `last` at the stop.
     Health { health: &'a Health, report: bool, last: bool },
@@ -214,6 +216,11 @@ impl Sink for PromSink {
                     r.record(d);
                 }
             }
+            Output::Npus(d) => {
+                if let Some(r) = &mut m.resources {
+                    r.record_npus(d);
+                }
+            }
             Output::Health { health, .. } => {
                 m.health(health);
                 m.engine.health(&health.engine);
@@ -264,6 +271,7 @@ impl Sink for OtlpSink {
             Output::ProcessAdded { pid, identity, .. } => self.o.target(*pid, identity.attributes()),
             Output::ProcessGone { pid } => self.o.forget(*pid),
             Output::Accelerators(devices) => self.o.accelerators(devices),
+            Output::Npus(devices) => self.o.npus(devices),
             _ => {}
         }
     }
@@ -335,6 +343,13 @@ impl Sink for JsonlSink {
                 let ts = now();
                 for d in devices.iter() {
                     self.w.write(&jsonl::gpu_json(d, ts));
+                }
+                return;
+            }
+            Output::Npus(devices) => {
+                let ts = now();
+                for d in devices.iter() {
+                    self.w.write(&jsonl::npu_json(d, ts));
                 }
                 return;
             }

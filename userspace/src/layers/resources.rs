@@ -1,7 +1,8 @@
-//! The resources layer: what the accelerators have (NVML's per-GPU and per-process figures),
-//! sampled on a thread of its own ([`crate::resources`]) and handed to the sinks as
-//! [`Output::Accelerators`] as each sample comes in. A host without the library gets one line
-//! at start; a library that fails mid-run one line, and one when it answers again.
+//! The resources layer: what the accelerators have (NVML's per-GPU and per-process figures,
+//! DCMI's per-NPU ones), sampled on threads of their own ([`crate::resources`]) and handed to
+//! the sinks ([`Output::Accelerators`], [`Output::Npus`]) as each sample comes in. A host with
+//! neither library gets one line at start; a library that fails mid-run one line, and one when
+//! it answers again.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -14,45 +15,71 @@ use crate::{
         prom::{PromMetrics, resources::ResourceMetrics},
         sink::Output,
     },
-    resources::{self, Message, Sampler},
+    resources::{self, Message, Reading, Sampler},
 };
 
-pub struct ResourcesLayer {
+/// Where Ascend's driver installs DCMI, when the dynamic loader does not know it.
+const ASCEND_DCMI: &str = "/usr/local/Ascend/driver/lib64/driver/libdcmi.so";
+
+struct Source {
+    /// "NVML" or "DCMI".
+    name: &'static str,
     sampler: Sampler,
-    samples: u64,
-    failures: u64,
     failing: bool,
 }
 
+pub struct ResourcesLayer {
+    sources: Vec<Source>,
+    samples: u64,
+    failures: u64,
+}
+
 impl ResourcesLayer {
-    /// None with `--gpu-interval 0`, or when the library cannot be loaded (said in one line).
+    /// None with `--gpu-interval 0`, or when no library can be loaded (said in one line).
     pub fn new(o: &RunOptions, prom: Option<&mut PromMetrics>) -> Result<Option<Self>> {
         if o.gpu_interval <= 0.0 {
             return Ok(None);
         }
-        let path = PathBuf::from(&o.nvml_library);
         let every = Duration::from_secs_f64(o.gpu_interval.max(0.1));
-        let sampler = match resources::start(path, every) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!(
-                    "inferscope: no GPU resources ({e:#}); a host without an NVIDIA driver has none \
-                     (--nvml-library PATH names another library, --gpu-interval 0 stops this line)"
-                );
-                return Ok(None);
+        let mut sources = Vec::new();
+        let mut missing = Vec::new();
+        match resources::start(PathBuf::from(&o.nvml_library), every) {
+            Ok(s) => sources.push(("NVML", &o.nvml_library, s)),
+            Err(e) => missing.push(format!("no NVIDIA driver ({e:#})")),
+        }
+        let dcmi = resources::start_dcmi(PathBuf::from(&o.dcmi_library), every).or_else(|e| {
+            if o.dcmi_library == "libdcmi.so" && std::path::Path::new(ASCEND_DCMI).exists() {
+                resources::start_dcmi(PathBuf::from(ASCEND_DCMI), every)
+            } else {
+                Err(e)
             }
-        };
-        let (n, name) = &sampler.found;
-        eprintln!(
-            "inferscope: GPU resources from {}: {n} GPU(s){}, every {} s",
-            o.nvml_library,
-            name.as_ref().map(|n| format!(" ({n})")).unwrap_or_default(),
-            o.gpu_interval
-        );
+        });
+        match dcmi {
+            Ok(s) => sources.push(("DCMI", &o.dcmi_library, s)),
+            Err(e) => missing.push(format!("no Ascend driver ({e:#})")),
+        }
+        if sources.is_empty() {
+            eprintln!(
+                "inferscope: no accelerator resources: {} (--nvml-library/--dcmi-library name other libraries, \
+                 --gpu-interval 0 stops this line)",
+                missing.join("; ")
+            );
+            return Ok(None);
+        }
+        for (name, lib, s) in &sources {
+            let (n, model) = &s.found;
+            let what = if *name == "NVML" { "GPU" } else { "NPU" };
+            eprintln!(
+                "inferscope: {what} resources from {lib}: {n} {what}(s){}, every {} s",
+                model.as_ref().map(|m| format!(" ({m})")).unwrap_or_default(),
+                o.gpu_interval
+            );
+        }
         if let Some(p) = prom {
             p.resources = Some(ResourceMetrics::new(&p.registry)?);
         }
-        Ok(Some(Self { sampler, samples: 0, failures: 0, failing: false }))
+        let sources = sources.into_iter().map(|(name, _, sampler)| Source { name, sampler, failing: false }).collect();
+        Ok(Some(Self { sources, samples: 0, failures: 0 }))
     }
 }
 
@@ -62,21 +89,27 @@ impl Layer for ResourcesLayer {
     }
 
     fn drain(&mut self, cx: &mut Cx) {
-        while let Ok(m) = self.sampler.rx.try_recv() {
-            match m {
-                Message::Sample { devices, .. } => {
-                    if self.failing {
-                        self.failing = false;
-                        eprintln!("inferscope: GPU resources: the library answers again");
+        for s in &mut self.sources {
+            while let Ok(m) = s.sampler.rx.try_recv() {
+                match m {
+                    Message::Sample { reading, .. } => {
+                        if s.failing {
+                            s.failing = false;
+                            eprintln!("inferscope: {} resources: the library answers again", s.name);
+                        }
+                        self.samples += 1;
+                        match &reading {
+                            Reading::Gpus(d) => cx.emit(Output::Accelerators(d)),
+                            Reading::Npus(d) => cx.emit(Output::Npus(d)),
+                        }
                     }
-                    self.samples += 1;
-                    cx.emit(Output::Accelerators(&devices));
-                }
-                Message::Failed { error, first } => {
-                    self.failures += 1;
-                    self.failing = true;
-                    if first {
-                        eprintln!("inferscope: GPU resources: {error}; trying again every interval");
+                    Message::Failed { error, first } => {
+                        self.failures += 1;
+                        s.failing = true;
+                        if first {
+                            let what = if s.name == "NVML" { "GPU" } else { "NPU" };
+                            eprintln!("inferscope: {what} resources: {error}; trying again every interval");
+                        }
                     }
                 }
             }

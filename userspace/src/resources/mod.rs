@@ -1,10 +1,14 @@
 //! What the accelerators have, beside what the host asks of them: per GPU utilisation, memory,
-//! power, temperature, clocks, throttle reasons, PCIe throughput and ECC errors, and per
-//! process the memory and utilisation the device reports, read from the vendor's management
-//! library on a thread of its own every `--gpu-interval` (NVIDIA: [`nvml`]). The resources
+//! power, temperature, clocks, throttle reasons, PCIe throughput and ECC errors, per NPU AI
+//! core/CPU utilisation, HBM, temperature, power and health, and per process the device memory
+//! (and utilisation) the device reports, read from the vendor's management library on a thread
+//! of its own every `--gpu-interval` (NVIDIA: [`nvml`]; Huawei Ascend: [`dcmi`]). The resources
 //! layer hands each sample to the sinks.
 
+pub mod dcmi;
 pub mod nvml;
+
+pub use dcmi::NpuSample;
 
 use std::{
     path::PathBuf,
@@ -50,10 +54,26 @@ pub struct ProcessSample {
     pub memory_util: Option<f64>,
 }
 
+/// One library's sample.
+pub enum Reading {
+    Gpus(Vec<DeviceSample>),
+    Npus(Vec<NpuSample>),
+}
+
+impl Reading {
+    /// (devices, the first one's name).
+    fn found(&self) -> (usize, Option<String>) {
+        match self {
+            Reading::Gpus(d) => (d.len(), d.first().and_then(|d| d.name.clone())),
+            Reading::Npus(d) => (d.len(), d.first().and_then(|d| d.name.clone())),
+        }
+    }
+}
+
 /// What the sampling thread says.
 pub enum Message {
-    /// Every GPU, at `at`.
-    Sample { at: Instant, devices: Vec<DeviceSample> },
+    /// Every device, at `at`.
+    Sample { at: Instant, reading: Reading },
     /// The library failed (`first`: the first failure since it last worked).
     Failed { error: String, first: bool },
 }
@@ -61,25 +81,50 @@ pub enum Message {
 /// The sampling thread's end: samples arrive here; the thread stops when this is dropped.
 pub struct Sampler {
     pub rx: mpsc::Receiver<Message>,
-    /// The GPUs found at start: (count, the first one's name).
+    /// The devices found at start: (count, the first one's name).
     pub found: (usize, Option<String>),
 }
 
-/// Loads the library at `path` and starts sampling every `every`. An error (no driver, no
+/// A management library, loaded and initialised.
+trait Source: Send + 'static {
+    fn read(&mut self) -> anyhow::Result<Reading>;
+}
+
+impl Source for nvml::Nvml {
+    fn read(&mut self) -> anyhow::Result<Reading> {
+        Ok(Reading::Gpus(self.sample()?))
+    }
+}
+
+impl Source for dcmi::Dcmi {
+    fn read(&mut self) -> anyhow::Result<Reading> {
+        Ok(Reading::Npus(self.sample()?))
+    }
+}
+
+/// Loads NVIDIA's library at `path` and starts sampling every `every`. An error (no driver, no
 /// library) is for one line; nothing else stops.
 pub fn start(path: PathBuf, every: Duration) -> anyhow::Result<Sampler> {
-    let mut lib = nvml::Nvml::open(&path)?;
-    let first = lib.sample()?;
-    let found = (first.len(), first.first().and_then(|d| d.name.clone()));
+    run(nvml::Nvml::open(&path)?, every, "nvml")
+}
+
+/// The same for Huawei's DCMI.
+pub fn start_dcmi(path: PathBuf, every: Duration) -> anyhow::Result<Sampler> {
+    run(dcmi::Dcmi::open(&path)?, every, "dcmi")
+}
+
+fn run<S: Source>(mut lib: S, every: Duration, name: &str) -> anyhow::Result<Sampler> {
+    let first = lib.read()?;
+    let found = first.found();
     let (tx, rx) = mpsc::sync_channel(4);
-    std::thread::Builder::new().name("inferscope-nvml".into()).spawn(move || {
+    std::thread::Builder::new().name(format!("inferscope-{name}")).spawn(move || {
         let mut failing = false;
         let mut next = Some(first);
         loop {
-            let msg = match next.take().map(Ok).unwrap_or_else(|| lib.sample()) {
-                Ok(devices) => {
+            let msg = match next.take().map(Ok).unwrap_or_else(|| lib.read()) {
+                Ok(reading) => {
                     failing = false;
-                    Message::Sample { at: Instant::now(), devices }
+                    Message::Sample { at: Instant::now(), reading }
                 }
                 Err(e) => {
                     let first = !failing;

@@ -103,7 +103,7 @@ impl Drop for Nvml {
 }
 
 /// Looks `name` up in `lib`.
-unsafe fn sym<T: Copy>(lib: *mut c_void, name: &str) -> Option<T> {
+pub(super) unsafe fn sym<T: Copy>(lib: *mut c_void, name: &str) -> Option<T> {
     let c = CString::new(name).ok()?;
     let p = unsafe { libc::dlsym(lib, c.as_ptr()) };
     // SAFETY: T is a function pointer type of the symbol's C signature (nvml.h).
@@ -111,11 +111,11 @@ unsafe fn sym<T: Copy>(lib: *mut c_void, name: &str) -> Option<T> {
 }
 
 /// [`sym`], or an error naming what the library lacks.
-unsafe fn need<T: Copy>(lib: *mut c_void, path: &Path, name: &str) -> Result<T> {
+pub(super) unsafe fn need<T: Copy>(lib: *mut c_void, path: &Path, name: &str) -> Result<T> {
     unsafe { sym(lib, name) }.ok_or_else(|| anyhow::anyhow!("{} has no {name}", path.display()))
 }
 
-fn dlerror() -> String {
+pub(super) fn dlerror() -> String {
     let e = unsafe { libc::dlerror() };
     if e.is_null() { "unknown error".into() } else { unsafe { CStr::from_ptr(e) }.to_string_lossy().into_owned() }
 }

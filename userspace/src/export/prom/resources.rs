@@ -1,4 +1,5 @@
-//! Prometheus families of what the accelerators have (the resources layer, NVML): per GPU,
+//! Prometheus families of what the accelerators have (the resources layer; NPUs: DCMI, labelled
+//! `npu`, `inferscope_npu_*`; GPUs: NVML): per GPU,
 //! labelled `gpu` (its index) and `uuid`, and per process on a GPU, labelled `pid` too (so the
 //! pod labels of a traced process are added at scrape time). Base units (bytes, watts,
 //! hertz, ratios 0..1); the DCGM exporter's field each one matches is in the help text.
@@ -9,7 +10,7 @@ use anyhow::Result;
 use prometheus::{GaugeVec, IntCounterVec, IntGaugeVec, Registry};
 
 use super::common::{counter, gauge_vec, gauge_vec_int};
-use crate::resources::DeviceSample;
+use crate::resources::{DeviceSample, NpuSample};
 
 pub struct ResourceMetrics {
     info: IntGaugeVec,
@@ -31,6 +32,107 @@ pub struct ResourceMetrics {
     procs: HashSet<(String, String, String)>,
     /// Info series made, by (gpu, uuid, model).
     infos: HashSet<(String, String, String)>,
+    npu: NpuMetrics,
+}
+
+/// Ascend NPUs (DCMI), labelled `npu` (the logical id).
+struct NpuMetrics {
+    info: IntGaugeVec,
+    util: GaugeVec,
+    hbm_used: GaugeVec,
+    hbm_total: GaugeVec,
+    hbm_bw: GaugeVec,
+    temp: GaugeVec,
+    power: GaugeVec,
+    health: GaugeVec,
+    proc_mem: GaugeVec,
+    /// Per-process series made at the last sample, by (pid, npu).
+    procs: HashSet<(String, String)>,
+    infos: HashSet<[String; 4]>,
+}
+
+impl NpuMetrics {
+    fn new(reg: &Registry) -> Result<Self> {
+        let n = &["npu"];
+        Ok(Self {
+            info: gauge_vec_int(
+                reg,
+                "inferscope_npu_info",
+                "An Ascend NPU DCMI reports: card, device and chip; value 1",
+                &["npu", "card", "device", "model"],
+            )?,
+            util: gauge_vec(
+                reg,
+                "inferscope_npu_utilization_ratio",
+                "Share of time the NPU's cores were busy, by core: aicore, aicpu, vectorcore, 0..1",
+                &["npu", "core"],
+            )?,
+            hbm_used: gauge_vec(reg, "inferscope_npu_hbm_used_bytes", "High-bandwidth memory in use", n)?,
+            hbm_total: gauge_vec(reg, "inferscope_npu_hbm_total_bytes", "High-bandwidth memory in all", n)?,
+            hbm_bw: gauge_vec(
+                reg,
+                "inferscope_npu_hbm_bandwidth_utilization_ratio",
+                "Share of the HBM bandwidth in use, 0..1",
+                n,
+            )?,
+            temp: gauge_vec(reg, "inferscope_npu_temperature_celsius", "NPU temperature", n)?,
+            power: gauge_vec(reg, "inferscope_npu_power_watts", "NPU power draw", n)?,
+            health: gauge_vec(
+                reg,
+                "inferscope_npu_health",
+                "The NPU's health as DCMI says it: 0 healthy, 1 minor, 2 major, 3 critical alarm",
+                n,
+            )?,
+            proc_mem: gauge_vec(
+                reg,
+                "inferscope_npu_process_memory_used_bytes",
+                "Device memory a process uses on an NPU (host pid)",
+                &["pid", "npu"],
+            )?,
+            procs: HashSet::new(),
+            infos: HashSet::new(),
+        })
+    }
+
+    fn record(&mut self, devices: &[NpuSample]) {
+        let mut procs = HashSet::new();
+        let mut infos = HashSet::new();
+        for d in devices {
+            let npu = d.npu.to_string();
+            let info = [npu.clone(), d.card.to_string(), d.device.to_string(), d.name.clone().unwrap_or_default()];
+            self.info.with_label_values(&[&info[0], &info[1], &info[2], &info[3]]).set(1);
+            infos.insert(info);
+            let set = |g: &GaugeVec, v: Option<f64>| {
+                if let Some(v) = v {
+                    g.with_label_values(&[npu.as_str()]).set(v);
+                }
+            };
+            for (core, v) in [("aicore", d.aicore_util), ("aicpu", d.aicpu_util), ("vectorcore", d.vectorcore_util)] {
+                if let Some(v) = v {
+                    self.util.with_label_values(&[npu.as_str(), core]).set(v);
+                }
+            }
+            set(&self.hbm_used, d.hbm_used_bytes.map(|b| b as f64));
+            set(&self.hbm_total, d.hbm_total_bytes.map(|b| b as f64));
+            set(&self.hbm_bw, d.hbm_bandwidth_util);
+            set(&self.temp, d.temperature_celsius);
+            set(&self.power, d.power_watts);
+            set(&self.health, d.health.map(f64::from));
+            for (pid, bytes) in &d.processes {
+                let pid = pid.to_string();
+                self.proc_mem.with_label_values(&[&pid, &npu]).set(*bytes as f64);
+                procs.insert((pid, npu.clone()));
+            }
+        }
+        for (pid, npu) in self.procs.difference(&procs) {
+            let _ = self.proc_mem.remove_label_values(&[pid, npu]);
+        }
+        for i in self.infos.difference(&infos) {
+            let _ = self.info.remove_label_values(&[&i[0], &i[1], &i[2], &i[3]]);
+        }
+        self.procs = procs;
+        self.infos = infos;
+    }
 }
 
 impl ResourceMetrics {
@@ -111,7 +213,13 @@ impl ResourceMetrics {
             ecc_seen: HashMap::new(),
             procs: HashSet::new(),
             infos: HashSet::new(),
+            npu: NpuMetrics::new(reg)?,
         })
+    }
+
+    /// One sample of every NPU.
+    pub fn record_npus(&mut self, devices: &[NpuSample]) {
+        self.npu.record(devices);
     }
 
     /// One sample of every GPU: gauges set, counters moved, series of processes no longer on a

@@ -314,7 +314,7 @@ def build():
     y += 8
 
     # --- resources layer (NVML) --------------------------------------------------------------
-    p.append(row("GPU resources (NVML)", y)); y += 1
+    p.append(row("Accelerator resources (NVML, DCMI)", y)); y += 1
     p.append(timeseries("GPU utilisation", [target(
         f"max by (instance, gpu, uuid) (inferscope_gpu_utilization_ratio{{{T}}})", "{{instance}} GPU {{gpu}}")],
         0, y, w=8, unit="percentunit",
@@ -341,6 +341,18 @@ def build():
         (f"sum by (instance, gpu, direction) (inferscope_gpu_pcie_bytes_per_second{{{T}}})", "{{instance}} GPU {{gpu}} {{direction}}"),
         (f"sum by (instance, gpu, type) (increase(inferscope_gpu_ecc_errors_total{{{T}}}{RI}))", "{{instance}} GPU {{gpu}} ECC {{type}}"),
     ), 16, y, w=8, unit="short", desc="PCIe bytes per second by direction; ECC errors of device memory in the window."))
+    y += 8
+    p.append(timeseries("NPU AI core utilisation", [target(
+        f'max by (instance, npu) (inferscope_npu_utilization_ratio{{{T}, core="aicore"}})', "{{instance}} NPU {{npu}}")],
+        0, y, w=8, unit="percentunit", desc="Ascend NPUs (DCMI): share of time the AI cores were busy."))
+    p.append(timeseries("NPU HBM used", [target(
+        f"max by (instance, npu) (inferscope_npu_hbm_used_bytes{{{T}}}) / max by (instance, npu) (inferscope_npu_hbm_total_bytes{{{T}}})",
+        "{{instance}} NPU {{npu}}")], 8, y, w=8, unit="percentunit", desc="High-bandwidth memory in use over HBM in all."))
+    p.append(timeseries("NPU health, power, temperature", targets(
+        (f"max by (instance, npu) (inferscope_npu_health{{{T}}})", "{{instance}} NPU {{npu}} health"),
+        (f"max by (instance, npu) (inferscope_npu_power_watts{{{T}}})", "{{instance}} NPU {{npu}} W"),
+        (f"max by (instance, npu) (inferscope_npu_temperature_celsius{{{T}}})", "{{instance}} NPU {{npu}} C"),
+    ), 16, y, w=8, unit="short", desc="Health as DCMI says it (0 healthy, 1 minor, 2 major, 3 critical), power draw in watts, temperature."))
     y += 8
 
     # --- Python layer ---------------------------------------------------------------------

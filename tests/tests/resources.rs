@@ -180,6 +180,27 @@ fn gpu_resources_from_nvml_are_exact() {
     assert!(!text.contains("inferscope_gpu_process_memory_used_bytes{"), "series of gone processes kept");
     assert_eq!(ecc(&text, "uncorrected"), Some(1.0));
 
+    // XID and double-bit ECC events, as the driver raises them: said, counted, a line each.
+    fs::write(&conf, config(pid, 5, false) + "gpu 0 xid 79 1\ngpu 1 xid 48 2\ngpu 0 dbe 3\ngpu 0 xid 79 4\n").unwrap();
+    let text = wait_for("the XID counters", Duration::from_secs(20), || {
+        let t = scrape();
+        (value(&t, "inferscope_gpu_xid_errors_total", &[g0[0], ("xid", "79")]) == Some(2.0)
+            && value(&t, "inferscope_gpu_double_bit_ecc_events_total", &g0) == Some(1.0))
+        .then_some(t)
+    });
+    assert_eq!(
+        value(&text, "inferscope_gpu_xid_errors_total", &[("gpu", "1"), ("uuid", UUID1), ("xid", "48")]),
+        Some(1.0)
+    );
+    let err = fs::read_to_string(&scope.stderr).unwrap();
+    assert_eq!(err.matches(&format!("GPU 0 ({UUID0}): XID 79")).count(), 2, "{err}");
+    assert!(err.contains(&format!("GPU 1 ({UUID1}): XID 48")), "{err}");
+    let ev = wait_for("gpu_event lines", Duration::from_secs(10), || {
+        let l = scope.lines("gpu_event");
+        (l.len() >= 4).then_some(l)
+    });
+    assert_eq!(ev.iter().filter(|e| e["kind"] == "xid" && e["data"] == 79).count(), 2, "{ev:?}");
+
     // The library fails mid-run: one line, the daemon runs on, one line when it answers again.
     fs::write(&conf, config(pid, 5, false) + "fail 1\n").unwrap();
     wait_for("the failure said", Duration::from_secs(20), || {

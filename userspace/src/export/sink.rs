@@ -71,6 +71,8 @@ pub enum Output<'a> {
     Accelerators(&'a [crate::resources::DeviceSample]),
     /// A sample of every Ascend NPU's resources (DCMI).
     Npus(&'a [crate::resources::NpuSample]),
+    /// XID and double-bit ECC events of GPUs (NVML).
+    GpuEvents(&'a [crate::resources::DeviceEvent]),
     /// The health counters: every second; `report` every 10 s (lines for the operator);
     /// `last` at the stop.
     Health { health: &'a Health, report: bool, last: bool },
@@ -221,6 +223,11 @@ impl Sink for PromSink {
                     r.record_npus(d);
                 }
             }
+            Output::GpuEvents(e) => {
+                if let Some(r) = &mut m.resources {
+                    r.record_events(e);
+                }
+            }
             Output::Health { health, .. } => {
                 m.health(health);
                 m.engine.health(&health.engine);
@@ -350,6 +357,16 @@ impl Sink for JsonlSink {
                 let ts = now();
                 for d in devices.iter() {
                     self.w.write(&jsonl::npu_json(d, ts));
+                }
+                return;
+            }
+            Output::GpuEvents(events) => {
+                let ts = now();
+                for e in events.iter() {
+                    let mut v = serde_json::to_value(e).unwrap_or_default();
+                    v["type"] = serde_json::json!("gpu_event");
+                    v["ts_ns"] = serde_json::json!(ts);
+                    self.w.write(&v);
                 }
                 return;
             }

@@ -32,6 +32,7 @@ pub struct ResourcesLayer {
     sources: Vec<Source>,
     samples: u64,
     failures: u64,
+    events: u64,
 }
 
 impl ResourcesLayer {
@@ -79,7 +80,7 @@ impl ResourcesLayer {
             p.resources = Some(ResourceMetrics::new(&p.registry)?);
         }
         let sources = sources.into_iter().map(|(name, _, sampler)| Source { name, sampler, failing: false }).collect();
-        Ok(Some(Self { sources, samples: 0, failures: 0 }))
+        Ok(Some(Self { sources, samples: 0, failures: 0, events: 0 }))
     }
 }
 
@@ -103,6 +104,22 @@ impl Layer for ResourcesLayer {
                             Reading::Npus(d) => cx.emit(Output::Npus(d)),
                         }
                     }
+                    Message::Events(events) => {
+                        for e in &events {
+                            self.events += 1;
+                            // XIDs are rare and each matters; a storm is cut short.
+                            if self.events <= 100 {
+                                let gpu = e.uuid.as_deref().unwrap_or("?");
+                                match e.kind {
+                                    "xid" => eprintln!("inferscope: GPU {} ({gpu}): XID {}", e.index, e.data),
+                                    k => eprintln!("inferscope: GPU {} ({gpu}): {k}", e.index),
+                                }
+                            } else if self.events == 101 {
+                                eprintln!("inferscope: more GPU events than 100: counted, no longer said");
+                            }
+                        }
+                        cx.emit(Output::GpuEvents(&events));
+                    }
                     Message::Failed { error, first } => {
                         self.failures += 1;
                         s.failing = true;
@@ -117,6 +134,6 @@ impl Layer for ResourcesLayer {
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {
-        vec![("samples", self.samples), ("failures", self.failures)]
+        vec![("samples", self.samples), ("failures", self.failures), ("events", self.events)]
     }
 }

@@ -9,6 +9,7 @@ pub mod dcmi;
 pub mod nvml;
 
 pub use dcmi::NpuSample;
+pub use nvml::DeviceEvent;
 
 use std::{
     path::PathBuf,
@@ -76,6 +77,8 @@ pub enum Message {
     Sample { at: Instant, reading: Reading },
     /// The library failed (`first`: the first failure since it last worked).
     Failed { error: String, first: bool },
+    /// Events the driver said (XID errors, double-bit ECC errors).
+    Events(Vec<DeviceEvent>),
 }
 
 /// The sampling thread's end: samples arrive here; the thread stops when this is dropped.
@@ -88,11 +91,20 @@ pub struct Sampler {
 /// A management library, loaded and initialised.
 trait Source: Send + 'static {
     fn read(&mut self) -> anyhow::Result<Reading>;
+    /// Until the next sample: the library's events, or sleep.
+    fn wait(&mut self, d: Duration) -> Vec<DeviceEvent> {
+        std::thread::sleep(d);
+        Vec::new()
+    }
 }
 
 impl Source for nvml::Nvml {
     fn read(&mut self) -> anyhow::Result<Reading> {
         Ok(Reading::Gpus(self.sample()?))
+    }
+
+    fn wait(&mut self, d: Duration) -> Vec<DeviceEvent> {
+        nvml::Nvml::wait(self, d)
     }
 }
 
@@ -133,9 +145,13 @@ fn run<S: Source>(mut lib: S, every: Duration, name: &str) -> anyhow::Result<Sam
                 }
             };
             // A full channel (the loop is behind) drops this sample; a closed one ends the thread.
-            match tx.try_send(msg) {
-                Err(mpsc::TrySendError::Disconnected(_)) => return,
-                _ => std::thread::sleep(every),
+            if let Err(mpsc::TrySendError::Disconnected(_)) = tx.try_send(msg) {
+                return;
+            }
+            let events = lib.wait(every);
+            // Events are not dropped for a full channel: they wait for room.
+            if !events.is_empty() && tx.send(Message::Events(events)).is_err() {
+                return;
             }
         }
     })?;

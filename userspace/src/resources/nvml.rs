@@ -58,6 +58,32 @@ struct ProcessUtilization {
     dec_util: c_uint,
 }
 
+/// `nvmlEventData_t`.
+#[repr(C)]
+struct EventData {
+    device: Device,
+    event_type: c_ulonglong,
+    event_data: c_ulonglong,
+    gpu_instance_id: c_uint,
+    compute_instance_id: c_uint,
+}
+
+const ERROR_TIMEOUT: Ret = 10;
+/// `nvmlEventTypeDoubleBitEccError`, `nvmlEventTypeXidCriticalError`.
+const EVENT_DOUBLE_BIT_ECC: c_ulonglong = 0x2;
+const EVENT_XID: c_ulonglong = 0x8;
+
+/// Something the driver said about a GPU between two samples.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct DeviceEvent {
+    pub index: u32,
+    pub uuid: Option<String>,
+    /// `xid` or `double_bit_ecc`.
+    pub kind: &'static str,
+    /// The XID number for `xid`.
+    pub data: u64,
+}
+
 /// NVML's "not available" for a process's memory (`NVML_VALUE_NOT_AVAILABLE`).
 const VALUE_NOT_AVAILABLE: c_ulonglong = u64::MAX;
 
@@ -79,6 +105,11 @@ struct Fns {
     ecc: Option<unsafe extern "C" fn(Device, c_int, c_int, *mut c_ulonglong) -> Ret>,
     processes: Option<unsafe extern "C" fn(Device, *mut c_uint, *mut ProcessInfo) -> Ret>,
     process_util: Option<unsafe extern "C" fn(Device, *mut ProcessUtilization, *mut c_uint, c_ulonglong) -> Ret>,
+    event_set_create: Option<unsafe extern "C" fn(*mut *mut c_void) -> Ret>,
+    event_set_free: Option<unsafe extern "C" fn(*mut c_void) -> Ret>,
+    register_events: Option<unsafe extern "C" fn(Device, c_ulonglong, *mut c_void) -> Ret>,
+    supported_events: Option<unsafe extern "C" fn(Device, *mut c_ulonglong) -> Ret>,
+    event_wait: Option<unsafe extern "C" fn(*mut c_void, *mut EventData, c_uint) -> Ret>,
 }
 
 /// The loaded library, initialised.
@@ -87,6 +118,10 @@ pub struct Nvml {
     f: Fns,
     /// Per GPU, the newest process-utilisation sample seen (NVML returns samples after it).
     last_seen: Vec<u64>,
+    /// The event set the GPUs' XID and ECC events are registered in, once made.
+    events: Option<*mut c_void>,
+    /// (handle, index, uuid) of each GPU registered for events.
+    registered: Vec<(usize, u32, Option<String>)>,
 }
 
 // SAFETY: NVML is thread-safe (nvml.h: "NVML is thread-safe"); the handle is only used by the
@@ -96,6 +131,9 @@ unsafe impl Send for Nvml {}
 impl Drop for Nvml {
     fn drop(&mut self) {
         unsafe {
+            if let (Some(set), Some(free)) = (self.events, self.f.event_set_free) {
+                free(set);
+            }
             (self.f.shutdown)();
             libc::dlclose(self.lib);
         }
@@ -158,9 +196,14 @@ impl Nvml {
                 processes: sym(lib, "nvmlDeviceGetComputeRunningProcesses_v3")
                     .or_else(|| sym(lib, "nvmlDeviceGetComputeRunningProcesses_v2")),
                 process_util: sym(lib, "nvmlDeviceGetProcessUtilization"),
+                event_set_create: sym(lib, "nvmlEventSetCreate"),
+                event_set_free: sym(lib, "nvmlEventSetFree"),
+                register_events: sym(lib, "nvmlDeviceRegisterEvents"),
+                supported_events: sym(lib, "nvmlDeviceGetSupportedEventTypes"),
+                event_wait: sym(lib, "nvmlEventSetWait_v2").or_else(|| sym(lib, "nvmlEventSetWait")),
             };
             let r = (f.init)();
-            let n = Nvml { lib, f, last_seen: Vec::new() };
+            let n = Nvml { lib, f, last_seen: Vec::new(), events: None, registered: Vec::new() };
             if r != SUCCESS {
                 let e = n.error(r);
                 // Not initialised: no shutdown.
@@ -170,6 +213,88 @@ impl Nvml {
                 bail!("nvmlInit of {}: {e}", path.display());
             }
             Ok(n)
+        }
+    }
+
+    /// Registers every GPU for its XID and double-bit ECC events (those it supports), once.
+    fn register(&mut self, n: u32) {
+        let (Some(create), Some(register)) = (self.f.event_set_create, self.f.register_events) else { return };
+        if self.events.is_none() {
+            let mut set: *mut c_void = std::ptr::null_mut();
+            if unsafe { create(&mut set) } != SUCCESS || set.is_null() {
+                return;
+            }
+            self.events = Some(set);
+        }
+        let Some(set) = self.events else { return };
+        for i in 0..n {
+            let mut dev: Device = std::ptr::null_mut();
+            if unsafe { (self.f.handle)(i, &mut dev) } != SUCCESS || self.registered.iter().any(|r| r.0 == dev as usize)
+            {
+                continue;
+            }
+            let mut types = EVENT_XID | EVENT_DOUBLE_BIT_ECC;
+            if let Some(sup) = self.f.supported_events {
+                let mut s: c_ulonglong = 0;
+                if unsafe { sup(dev, &mut s) } == SUCCESS {
+                    types &= s;
+                }
+            }
+            if types != 0 && unsafe { register(dev, types, set) } == SUCCESS {
+                let uuid = self.uuid_of(dev);
+                self.registered.push((dev as usize, i, uuid));
+            }
+        }
+    }
+
+    fn uuid_of(&self, dev: Device) -> Option<String> {
+        let g = self.f.uuid?;
+        let mut buf = [0 as c_char; 96];
+        (unsafe { g(dev, buf.as_mut_ptr(), buf.len() as c_uint) } == SUCCESS).then(|| {
+            buf[buf.len() - 1] = 0;
+            unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned()
+        })
+    }
+
+    /// Waits up to `d` for the GPUs' events (sleeps when the library has no events), returning
+    /// those that came.
+    pub fn wait(&mut self, d: std::time::Duration) -> Vec<DeviceEvent> {
+        let (Some(set), Some(wait)) = (self.events, self.f.event_wait) else {
+            std::thread::sleep(d);
+            return Vec::new();
+        };
+        let end = std::time::Instant::now() + d;
+        let mut out = Vec::new();
+        loop {
+            let left = end.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() || out.len() >= 1024 {
+                return out;
+            }
+            let mut e = EventData {
+                device: std::ptr::null_mut(),
+                event_type: 0,
+                event_data: 0,
+                gpu_instance_id: 0,
+                compute_instance_id: 0,
+            };
+            match unsafe { wait(set, &mut e, left.as_millis().clamp(1, u32::MAX as u128) as c_uint) } {
+                SUCCESS => {
+                    let (index, uuid) = self
+                        .registered
+                        .iter()
+                        .find(|r| r.0 == e.device as usize)
+                        .map(|r| (r.1, r.2.clone()))
+                        .unwrap_or((u32::MAX, None));
+                    let kind = if e.event_type & EVENT_XID != 0 { "xid" } else { "double_bit_ecc" };
+                    out.push(DeviceEvent { index, uuid, kind, data: e.event_data });
+                }
+                ERROR_TIMEOUT => return out,
+                _ => {
+                    // A failing wait must not spin: the rest of the interval asleep.
+                    std::thread::sleep(end.saturating_duration_since(std::time::Instant::now()));
+                    return out;
+                }
+            }
         }
     }
 
@@ -189,6 +314,9 @@ impl Nvml {
             bail!("nvmlDeviceGetCount: {}", self.error(r));
         }
         let n = n.min(64);
+        if self.registered.len() < n as usize {
+            self.register(n);
+        }
         self.last_seen.resize(n as usize, 0);
         let mut out = Vec::with_capacity(n as usize);
         for i in 0..n {

@@ -10,7 +10,7 @@ use anyhow::Result;
 use prometheus::{GaugeVec, IntCounterVec, IntGaugeVec, Registry};
 
 use super::common::{counter, gauge_vec, gauge_vec_int};
-use crate::resources::{DeviceSample, NpuSample};
+use crate::resources::{DeviceEvent, DeviceSample, NpuSample};
 
 pub struct ResourceMetrics {
     info: IntGaugeVec,
@@ -33,6 +33,8 @@ pub struct ResourceMetrics {
     /// Info series made, by (gpu, uuid, model).
     infos: HashSet<(String, String, String)>,
     npu: NpuMetrics,
+    xid: IntCounterVec,
+    dbe: IntCounterVec,
 }
 
 /// Ascend NPUs (DCMI), labelled `npu` (the logical id).
@@ -214,7 +216,31 @@ impl ResourceMetrics {
             procs: HashSet::new(),
             infos: HashSet::new(),
             npu: NpuMetrics::new(reg)?,
+            xid: counter(
+                reg,
+                "inferscope_gpu_xid_errors_total",
+                "XID errors the driver reported, by XID number (DCGM_FI_DEV_XID_ERRORS is the last one)",
+                &["gpu", "uuid", "xid"],
+            )?,
+            dbe: counter(
+                reg,
+                "inferscope_gpu_double_bit_ecc_events_total",
+                "Double-bit (uncorrectable) ECC error events the driver reported",
+                &["gpu", "uuid"],
+            )?,
         })
+    }
+
+    /// Events of GPUs: XID errors by number, double-bit ECC events.
+    pub fn record_events(&self, events: &[DeviceEvent]) {
+        for e in events {
+            let gpu = e.index.to_string();
+            let uuid = e.uuid.clone().unwrap_or_default();
+            match e.kind {
+                "xid" => self.xid.with_label_values(&[gpu.as_str(), uuid.as_str(), &e.data.to_string()]).inc(),
+                _ => self.dbe.with_label_values(&[gpu.as_str(), uuid.as_str()]).inc(),
+            }
+        }
     }
 
     /// One sample of every NPU.

@@ -41,6 +41,28 @@ pub fn toolchain() -> Result<()> {
     Ok(())
 }
 
+/// The Rust target of Kunpeng (Ascend) hosts, built and unit-tested under qemu-user by the suite.
+pub const AARCH64: &str = "aarch64-unknown-linux-gnu";
+
+/// What cross-building for [`AARCH64`] and running its tests here needs: the Rust target, the
+/// cross C compiler and C library (linker, C dependencies), qemu-user.
+pub fn aarch64() -> Result<()> {
+    apt(&["gcc-aarch64-linux-gnu", "libc6-dev-arm64-cross", "qemu-user"])?;
+    let installed = output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
+    if !installed.lines().any(|l| l.trim() == AARCH64) {
+        run(Command::new("rustup").args(["target", "add", AARCH64]))?;
+    }
+    Ok(())
+}
+
+/// The environment of a cargo command that builds for [`AARCH64`] and runs its tests under
+/// qemu-user.
+pub fn aarch64_env(c: &mut Command) {
+    c.env("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER", "aarch64-linux-gnu-gcc")
+        .env("CC_aarch64_unknown_linux_gnu", "aarch64-linux-gnu-gcc")
+        .env("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER", "qemu-aarch64 -L /usr/aarch64-linux-gnu");
+}
+
 pub fn cargo_fuzz() -> Result<()> {
     if output(Command::new("cargo").args(["fuzz", "--version"])).is_none() {
         run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
@@ -216,6 +238,7 @@ pub fn check_disk(with_vllm: bool, fuzz: bool) -> Result<()> {
     if fuzz {
         need.add("fuzz builds", t.join("fuzz").exists(), 2 * GB);
     }
+    need.add("the aarch64 build", t.join(AARCH64).exists(), 2 * GB);
     need.add("virtualenvs", has("venv-tests-") && has("venv-receivers-"), GB / 2);
     let chroots = CHROOTS.iter().all(|(s, ..)| c.join("chroots").join(s).join(".inferscope-ready").exists());
     need.add("Debian chroots", chroots, GB);
@@ -232,6 +255,7 @@ pub fn all(with_vllm: bool) -> Result<()> {
     // tested in a terminal; docker.io (dockerd, containerd, runc): pods named by real container
     // runtimes.
     apt(&["curl", "gcc", "libc6-dev", "tmux", "docker.io"])?;
+    aarch64()?;
     python_env()?;
     receivers()?;
     cargo_fuzz()?;

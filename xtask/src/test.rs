@@ -95,6 +95,17 @@ pub fn run(vllm: bool, fuzz_seconds: u64, filter: Option<&str>) -> Result<()> {
     unit.args(["test", "-p", "inferscope", "-p", "inferscope-common", "--no-fail-fast"]);
     t.run("unit and property tests", &mut unit);
 
+    // Kunpeng (Ascend) hosts: the daemon with its BPF programs cross-builds, and its unit tests
+    // pass on aarch64 under qemu-user.
+    let mut arm = cargo();
+    arm.args(["build", "-p", "inferscope", "--bin", "inferscope", "--target", setup::AARCH64]);
+    setup::aarch64_env(&mut arm);
+    t.run("aarch64: the daemon cross-built (BPF programs for aarch64 registers)", &mut arm);
+    let mut arm = cargo();
+    arm.args(["test", "-p", "inferscope", "--lib", "--target", setup::AARCH64, "--no-fail-fast"]);
+    setup::aarch64_env(&mut arm);
+    t.run("aarch64: unit and property tests under qemu-user", &mut arm);
+
     t.run(
         "fixture server self-test",
         Command::new(util::python()).arg(root.join("tests/fixtures/selftest.py")).current_dir(&root),

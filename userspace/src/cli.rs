@@ -25,6 +25,13 @@ impl IdentityLabels {
     }
 }
 
+/// The engine every traced process runs (`--engine`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum EngineArg {
+    Vllm,
+    Sglang,
+}
+
 /// Whether pod metadata comes from the Kubernetes API (`--kube-api`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum KubeApi {
@@ -362,6 +369,13 @@ pub struct RunOptions {
     /// The runtime's socket for --container-runtime (default: its usual path).
     #[arg(long, value_name = "PATH")]
     pub container_runtime_endpoint: Option<std::path::PathBuf>,
+
+    /// The engine the traced servers run, when inferscope cannot tell or tells wrongly. By
+    /// default it is told from what each process is (its command line and process title:
+    /// `vllm serve`, `VLLM::EngineCore`, `sglang.launch_server`, `sglang::scheduler`), then from
+    /// the engine package it has loaded; a package merely installed beside it never decides.
+    #[arg(long, value_enum, value_name = "ENGINE")]
+    pub engine: Option<EngineArg>,
 
     /// Most distinct model names used as metric label values; more read "other".
     #[arg(long, default_value_t = 64, value_name = "N")]

@@ -21,34 +21,52 @@ pub struct EngineLayer {
     events: Vec<EngineEvent>,
     /// When a process's engine kind was last looked for, and what was found to say.
     checked: HashMap<u32, (std::time::Instant, String)>,
+    /// `--engine`: every traced process runs this engine.
+    forced: Option<Engine>,
 }
 
 impl EngineLayer {
-    pub fn new() -> Self {
-        Self { engine: EngineTracker::new(), events: Vec::new(), checked: HashMap::new() }
+    pub fn new(forced: Option<Engine>) -> Self {
+        Self { engine: EngineTracker::new(), events: Vec::new(), checked: HashMap::new(), forced }
     }
 
-    /// Looks for the engine a process runs (vLLM's release from its installed package);
-    /// returns a note for the operator.
+    /// Looks for the engine a process runs ([`procfs::engine_of`]: what it is, then what it
+    /// has loaded; `--engine` overrides) and its release; returns a note for the operator.
     fn detect_kind(&mut self, cx: &mut Cx, pid: u32) -> String {
-        let note = if let Some(v) = procfs::vllm_version(pid) {
-            self.engine.set_kind(pid, EngineKind::Vllm { version: Some(v) });
-            if let Some(f) = cx.facts.get_mut(pid) {
-                f.engine = Engine::Vllm;
+        let found = procfs::engine_of(pid);
+        let engine = self.forced.or(found.map(|f| f.0));
+        let version = found.filter(|f| Some(f.0) == engine).and_then(|f| f.1);
+        let note = match engine {
+            Some(Engine::Vllm) => {
+                self.engine.set_kind(pid, EngineKind::Vllm { version });
+                if let Some(f) = cx.facts.get_mut(pid) {
+                    f.engine = Engine::Vllm;
+                }
+                match version {
+                    Some(v) => {
+                        let known = crate::engine::vllm_layouts::for_version(v).is_some();
+                        format!(
+                            ", vLLM {}.{}.{}{}",
+                            v.0,
+                            v.1,
+                            v.2,
+                            if known { "" } else { " (unknown wire layout: steps and tokens only)" }
+                        )
+                    }
+                    None => ", vLLM (release not found)".to_string(),
+                }
             }
-            let known = crate::engine::vllm_layouts::for_version(v).is_some();
-            format!(
-                ", vLLM {}.{}.{}{}",
-                v.0,
-                v.1,
-                v.2,
-                if known { "" } else { " (unknown wire layout: steps and tokens only)" }
-            )
-        } else {
-            if cx.facts.get(pid).is_some_and(|f| f.engine == Engine::Sglang) {
+            Some(Engine::Sglang) => {
                 self.engine.set_kind(pid, EngineKind::Sglang);
+                if let Some(f) = cx.facts.get_mut(pid) {
+                    f.engine = Engine::Sglang;
+                }
+                match version {
+                    Some(v) => format!(", SGLang {}.{}.{}", v.0, v.1, v.2),
+                    None => ", SGLang".to_string(),
+                }
             }
-            String::new()
+            _ => String::new(),
         };
         self.checked.insert(pid, (std::time::Instant::now(), note.clone()));
         note
@@ -78,7 +96,7 @@ impl EngineLayer {
 
 impl Default for EngineLayer {
     fn default() -> Self {
-        Self::new()
+        Self::new(None)
     }
 }
 

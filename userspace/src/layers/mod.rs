@@ -240,7 +240,10 @@ pub fn build(o: &RunOptions, probes: &mut Probes, mut prom: Option<&mut PromMetr
     if let Some(l) = device {
         layers.push(Box::new(l));
     }
-    layers.push(Box::new(engine::EngineLayer::new()));
+    layers.push(Box::new(engine::EngineLayer::new(o.engine.map(|e| match e {
+        crate::cli::EngineArg::Vllm => Engine::Vllm,
+        crate::cli::EngineArg::Sglang => Engine::Sglang,
+    }))));
     if let Some(l) = timers::TimersLayer::new(o, prom.as_deref_mut())? {
         layers.push(Box::new(l));
     }

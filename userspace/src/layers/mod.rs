@@ -18,6 +18,7 @@
 //! | sites | [`sites`] | launch-site records | launch sites |
 //! | engine_state | [`engine_state`] | engine objects in CPython memory | engine state |
 //! | profile | [`profile`] | its own sampler | profile windows |
+//! | resources | [`resources`] | NVML / DCMI sampling threads | GPU and NPU samples, GPU events |
 //!
 //! A new layer: its module here, one line in [`build`], its Prometheus family, and an
 //! [`Output`] variant if it says something new.

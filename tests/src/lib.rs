@@ -178,6 +178,31 @@ pub fn promql(port: u16, q: &str) -> Option<f64> {
     v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
 }
 
+/// A real Prometheus server scraping `target` (host:port) every second, its data in
+/// `dir/prom-data`: (the process, its port for [`promql`]).
+pub fn prometheus(dir: &Path, target: &str) -> (Proc, u16) {
+    let port = free_port();
+    let proc = Proc::spawn(
+        "prometheus",
+        Command::new(repo_root().join("tests/receivers/prometheus.sh"))
+            .args(["start", dir.join("prom-data").to_str().unwrap(), &port.to_string(), target, "1s"])
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(dir.join("prometheus.log")).expect("prometheus.log")),
+    );
+    (proc, port)
+}
+
+/// Compiles the C file `src` into the shared library `out` (`soname` when given).
+pub fn cc_shared(src: &Path, out: &Path, soname: Option<&str>) {
+    let mut cmd = Command::new("cc");
+    cmd.args(["-shared", "-fPIC", "-O1", "-Wall", "-o"]).arg(out).arg(src);
+    if let Some(n) = soname {
+        cmd.arg(format!("-Wl,-soname,{n}"));
+    }
+    let ok = cmd.status().expect("cc (apt install gcc)");
+    assert!(ok.success(), "cc {}", src.display());
+}
+
 /// Every series of a PromQL query's answer: its labels and value.
 pub fn promql_vector(port: u16, q: &str) -> Vec<(HashMap<String, String>, f64)> {
     let Ok(out) =

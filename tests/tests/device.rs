@@ -405,13 +405,7 @@ fn gpu_check_dry_run() {
     let dir = scratch("gpu-check");
     build(&dir);
     // The stand-in NVML, with two GPUs, for the NVML rows.
-    let st = Command::new("cc")
-        .args(["-shared", "-fPIC", "-O1", "-o"])
-        .arg(dir.join("libnvidia-ml.so.1"))
-        .arg(repo_root().join("tests/fixtures/nvml/stub_nvml.c"))
-        .status()
-        .expect("cc");
-    assert!(st.success());
+    cc_shared(&repo_root().join("tests/fixtures/nvml/stub_nvml.c"), &dir.join("libnvidia-ml.so.1"), None);
     let nvml = dir.join("nvml.conf");
     fs::write(
         &nvml,

@@ -10,7 +10,6 @@
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::Command,
 };
 
 use inferscope_tests::*;
@@ -20,8 +19,7 @@ fn stub_lib(dir: &Path, path: &Path) {
     fs::create_dir_all(path.parent().unwrap()).unwrap();
     let src = dir.join("stub.c");
     fs::write(&src, "int inferscope_stub(void) { return 7; }\n").unwrap();
-    let ok = Command::new("cc").args(["-shared", "-fPIC", "-o"]).arg(path).arg(&src).status().expect("cc");
-    assert!(ok.success());
+    cc_shared(&src, path, None);
 }
 
 struct Site {

@@ -2,11 +2,7 @@
 //! and answering PromQL, and a real OTLP receiver (the official OpenTelemetry protobufs on
 //! grpcio) getting spans and metrics over gRPC and HTTP. Needs root.
 
-use std::{
-    collections::HashMap,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{collections::HashMap, time::Duration};
 
 use inferscope_tests::*;
 use serde_json::Value;
@@ -20,14 +16,7 @@ fn prometheus_scrapes_and_promql_counts() {
     let metrics_port = free_port();
     let listen = format!("127.0.0.1:{metrics_port}");
     let mut scope = Inferscope::attach(&dir, server.proc.pid(), &["--prometheus-listen", &listen, "--vllm-metrics"]);
-    let prom_port = free_port();
-    let _prom = Proc::spawn(
-        "prometheus",
-        Command::new(repo_root().join("tests/receivers/prometheus.sh"))
-            .args(["start", dir.join("prom-data").to_str().unwrap(), &prom_port.to_string(), &listen, "1s"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap()),
-    );
+    let (_prom, prom_port) = prometheus(&dir, &listen);
     let truth = loadgen(
         &dir,
         &server.url(),

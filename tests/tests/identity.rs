@@ -10,7 +10,7 @@
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     time::Duration,
 };
 
@@ -153,14 +153,7 @@ fn identity_of_pods_on_every_series_span_and_line() {
     .map(|s| s.to_string())
     .collect();
     let mut scope = Inferscope::start(&dir, &args, &pids);
-    let prom_port = free_port();
-    let _prom = Proc::spawn(
-        "prometheus",
-        Command::new(repo_root().join("tests/receivers/prometheus.sh"))
-            .args(["start", dir.join("prom-data").to_str().unwrap(), &prom_port.to_string(), &listen, "1s"])
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(dir.join("prometheus.log")).unwrap()),
-    );
+    let (_prom, prom_port) = prometheus(&dir, &listen);
     let counts = [7usize, 5, 3];
     let mut truth = Vec::new();
     for (server, n) in [&server_a, &server_b, &host].into_iter().zip(counts) {
@@ -447,14 +440,7 @@ fn workloads_from_the_kubernetes_api() {
     fs::write(&add_later, "").unwrap();
     said_workload(pids[2], &format!("pod llm/{embed_e}, deployment embed, container server"));
 
-    let prom_port = free_port();
-    let _prom = Proc::spawn(
-        "prometheus",
-        Command::new(repo_root().join("tests/receivers/prometheus.sh"))
-            .args(["start", dir.join("prom-data").to_str().unwrap(), &prom_port.to_string(), &listen, "1s"])
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(dir.join("prometheus.log")).unwrap()),
-    );
+    let (_prom, prom_port) = prometheus(&dir, &listen);
     let counts = [7usize, 5, 4];
     for (server, n) in [&server_c, &server_d, &server_e].into_iter().zip(counts) {
         let t = loadgen(

@@ -8,7 +8,6 @@
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::Command,
     time::Duration,
 };
 
@@ -16,14 +15,7 @@ use inferscope_tests::*;
 
 fn build_stub(dir: &Path) -> PathBuf {
     let lib = dir.join("libnvidia-ml.so.1");
-    let st = Command::new("cc")
-        .args(["-shared", "-fPIC", "-O1", "-Wall", "-o"])
-        .arg(&lib)
-        .arg(repo_root().join("tests/fixtures/nvml/stub_nvml.c"))
-        .arg("-Wl,-soname,libnvidia-ml.so.1")
-        .status()
-        .expect("cc (apt install gcc)");
-    assert!(st.success());
+    cc_shared(&repo_root().join("tests/fixtures/nvml/stub_nvml.c"), &lib, Some("libnvidia-ml.so.1"));
     lib
 }
 
@@ -237,13 +229,7 @@ fn gpu_resources_from_nvml_are_exact() {
 fn npu_resources_from_dcmi_are_exact() {
     let dir = scratch("dcmi");
     let lib = dir.join("libdcmi.so");
-    let st = Command::new("cc")
-        .args(["-shared", "-fPIC", "-O1", "-Wall", "-o"])
-        .arg(&lib)
-        .arg(repo_root().join("tests/fixtures/dcmi/stub_dcmi.c"))
-        .status()
-        .expect("cc");
-    assert!(st.success());
+    cc_shared(&repo_root().join("tests/fixtures/dcmi/stub_dcmi.c"), &lib, None);
     let server = Fixture::start(&dir, &[]);
     let pid = server.proc.pid();
     let conf = dir.join("dcmi.conf");

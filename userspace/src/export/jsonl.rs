@@ -418,19 +418,18 @@ pub fn engine_state_json(s: &EngineState, unix_ns: u64) -> Value {
     v
 }
 
-/// A `gpu` line: one GPU's resources at one sample, its processes within.
-pub fn gpu_json(d: &crate::resources::DeviceSample, unix_ns: u64) -> Value {
-    let mut v = serde_json::to_value(d).unwrap_or_default();
-    v["type"] = json!("gpu");
+/// A line of type `ty` holding `value`'s fields: `gpu` (one GPU at one sample, its processes
+/// within), `gpu_event`.
+pub fn typed_json<T: serde::Serialize>(value: &T, ty: &str, unix_ns: u64) -> Value {
+    let mut v = serde_json::to_value(value).unwrap_or_default();
+    v["type"] = json!(ty);
     v["ts_ns"] = json!(unix_ns);
     v
 }
 
 /// An `npu` line: one Ascend NPU's resources at one sample.
 pub fn npu_json(d: &crate::resources::NpuSample, unix_ns: u64) -> Value {
-    let mut v = serde_json::to_value(d).unwrap_or_default();
-    v["type"] = json!("npu");
-    v["ts_ns"] = json!(unix_ns);
+    let mut v = typed_json(d, "npu", unix_ns);
     v["processes"] = d.processes.iter().map(|(pid, b)| json!({"pid": pid, "memory_used_bytes": b})).collect();
     v
 }

@@ -349,7 +349,7 @@ impl Sink for JsonlSink {
             Output::Accelerators(devices) => {
                 let ts = now();
                 for d in devices.iter() {
-                    self.w.write(&jsonl::gpu_json(d, ts));
+                    self.w.write(&jsonl::typed_json(d, "gpu", ts));
                 }
                 return;
             }
@@ -363,10 +363,7 @@ impl Sink for JsonlSink {
             Output::GpuEvents(events) => {
                 let ts = now();
                 for e in events.iter() {
-                    let mut v = serde_json::to_value(e).unwrap_or_default();
-                    v["type"] = serde_json::json!("gpu_event");
-                    v["ts_ns"] = serde_json::json!(ts);
-                    self.w.write(&v);
+                    self.w.write(&jsonl::typed_json(e, "gpu_event", ts));
                 }
                 return;
             }

@@ -164,6 +164,30 @@ pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body:
 }
 
 /// A TCP port free on 127.0.0.1 now.
+/// (family, value, whole line) of every sample in a Prometheus text exposition.
+pub fn samples(port: u16) -> Vec<(String, f64, String)> {
+    let (_, body) = http_get(port, "/metrics").expect("/metrics");
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|line| {
+            let name = line.split(['{', ' ']).next()?;
+            let v = line.rsplit(' ').next().and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+            Some((name.to_string(), v, line.to_string()))
+        })
+        .collect()
+}
+
+/// Sums of the given families in a Prometheus text exposition, over all label sets.
+pub fn scrape(port: u16, names: &[&str]) -> std::collections::HashMap<String, f64> {
+    let mut out: std::collections::HashMap<String, f64> = names.iter().map(|n| (n.to_string(), 0.0)).collect();
+    for (name, v, _) in samples(port) {
+        if let Some(sum) = out.get_mut(&name) {
+            *sum += v;
+        }
+    }
+    out
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

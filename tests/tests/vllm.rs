@@ -8,30 +8,6 @@ use std::{collections::HashMap, process::Command, time::Duration};
 use inferscope_tests::*;
 use serde_json::Value;
 
-/// (family, value, whole line) of every sample in a Prometheus text exposition.
-fn samples(port: u16) -> Vec<(String, f64, String)> {
-    let (_, body) = http_get(port, "/metrics").expect("/metrics");
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|line| {
-            let name = line.split(['{', ' ']).next()?;
-            let v = line.rsplit(' ').next().and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
-            Some((name.to_string(), v, line.to_string()))
-        })
-        .collect()
-}
-
-/// Sums of the given families in a Prometheus text exposition, over all label sets.
-fn scrape(port: u16, names: &[&str]) -> HashMap<String, f64> {
-    let mut out: HashMap<String, f64> = names.iter().map(|n| (n.to_string(), 0.0)).collect();
-    for (name, v, _) in samples(port) {
-        if let Some(sum) = out.get_mut(&name) {
-            *sum += v;
-        }
-    }
-    out
-}
-
 /// The client's requests to a real vLLM (Python loadgen), token usage in every response so
 /// that counts are exact on both sides.
 fn load(

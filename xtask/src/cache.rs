@@ -9,6 +9,8 @@
 //! | `vllm-VERSION-KEY/`         | the real vLLM, CPU build (`.venv-vllm`)    | version, lock file, python       |
 //! | `vllm-wheels-VERSION/`      | its wheelhouse (kept only when asked)      | version                          |
 //! | `tiny-llama-KEY/`           | the tiny local model (`.cache/tiny-llama`) | make_model.py, vLLM's key        |
+//! | `sglang-VERSION-KEY/`       | the real SGLang, over the vLLM venv (`.venv-sglang`) | version, lock, setup.sh, vLLM venv |
+//! | `sglang-run/`               | SGLang's scratch: ZeroMQ sockets, caches (`.cache/sglang-run`) | -        |
 //! | `chroots/SUITE/`            | Debian chroots (`.cache/chroots`)          | the suite                        |
 //!
 //! Where: `INFERSCOPE_DEV_CACHE`, default `/var/cache/inferscope-dev`. The checkout reaches the
@@ -269,6 +271,7 @@ pub fn disk() -> Result<()> {
         ("fuzz/target", "fuzz builds of older layouts; `cargo xtask clean`"),
         (".venv", "the fixture server's virtualenv"),
         (".venv-vllm", "the real vLLM"),
+        (".venv-sglang", "the real SGLang (over the vLLM venv)"),
         ("tests/receivers/.venv", "the OTLP receiver's virtualenv"),
         (".cache/chroots", "Debian chroots"),
         (".cache/tiny-llama", "the tiny model"),

@@ -218,6 +218,31 @@ pub fn vllm() -> Result<()> {
     Ok(())
 }
 
+/// SGLang's release, as tests/sglang/setup.sh installs it.
+const SGLANG_VERSION: &str = "0.5.23";
+
+/// The real SGLang, in the cache (linked as .venv-sglang): a venv of its own holding sglang and
+/// the few modules it needs beyond the vLLM venv's, layered on that venv (tests/sglang/setup.sh
+/// says why). Keyed by the release, its lock file and the vLLM venv it stands on.
+pub fn sglang() -> Result<()> {
+    let root = root();
+    let vllm_venv = std::fs::canonicalize(root.join(".venv-vllm")).context(".venv-vllm: run the vLLM setup first")?;
+    let lock = std::fs::read(root.join("tests/sglang/requirements-lock.txt")).unwrap_or_default();
+    let setup = std::fs::read(root.join("tests/sglang/setup.sh")).unwrap_or_default();
+    let base = vllm_venv.to_string_lossy().into_owned();
+    let key = cache::key(&[SGLANG_VERSION.as_bytes(), &lock, &setup, base.as_bytes()]);
+    let run_dir = cache::dir().join("sglang-run");
+    std::fs::create_dir_all(&run_dir)?;
+    cache::link(&root.join(".cache/sglang-run"), &run_dir)?;
+    cache::entry(&format!("sglang-{SGLANG_VERSION}-{key}"), |venv| {
+        cache::link(&root.join(".venv-sglang"), venv)?;
+        let mut cmd = Command::new(root.join("tests/sglang/setup.sh"));
+        cmd.arg(venv).arg(&vllm_venv).env("INFERSCOPE_SGLANG_VERSION", SGLANG_VERSION);
+        run(&mut cmd)
+    })?;
+    Ok(())
+}
+
 /// What a run will build that is not in the cache yet, against the free space: one line and
 /// no build when it does not fit. Sizes measured on this project's machines.
 pub fn check_disk(with_vllm: bool, fuzz: bool) -> Result<()> {
@@ -245,6 +270,7 @@ pub fn check_disk(with_vllm: bool, fuzz: bool) -> Result<()> {
     if with_vllm {
         // Installed wheel batch by wheel batch: the venv and one batch at a time.
         need.add("the real vLLM", has("vllm-0"), 7 * GB + GB / 2);
+        need.add("the real SGLang", has("sglang-0"), GB / 2);
     }
     need.check()
 }
@@ -262,6 +288,7 @@ pub fn all(with_vllm: bool) -> Result<()> {
     chroots()?;
     if with_vllm {
         vllm()?;
+        sglang()?;
     }
     eprintln!("setup: everything is installed");
     Ok(())

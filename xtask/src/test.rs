@@ -129,6 +129,10 @@ pub fn run(vllm: bool, fuzz_seconds: u64, filter: Option<&str>) -> Result<()> {
         v.args(["test", "-p", "inferscope-tests", "--test", "vllm", "--", "--ignored", "--test-threads=1"]);
         env(&mut v);
         t.run("real vLLM tier", &mut v);
+        let mut s = cargo();
+        s.args(["test", "-p", "inferscope-tests", "--test", "sglang", "--", "--ignored", "--test-threads=1"]);
+        env(&mut s);
+        t.run("real SGLang tier", &mut s);
     }
 
     if fuzz_seconds > 0 {

@@ -136,6 +136,10 @@ pub enum Decoded {
     },
     /// Several messages in one (SGLang's batched requests).
     Many(Vec<Decoded>),
+    /// One of the `n` requests of a parallel-sampling request, for engines that send one request
+    /// per sample and name only the first with the API's id (SGLang): the `n` adds that follow
+    /// one another with the same `input` (a hash of the input ids) answer one HTTP request.
+    Sample { n: u32, input: u64, add: Box<Decoded> },
     /// The API server aborted these requests.
     Abort { request_ids: Vec<String> },
     /// One step's outputs (vLLM EngineCoreOutputs; SGLang batch outputs).
@@ -168,6 +172,9 @@ pub struct RequestOutput {
     /// The engine's own stamp of the request's first token (SGLang's `prefill_finished_time`),
     /// preferred to the time the first output arrived.
     pub first_token_ns: Option<u64>,
+    /// How many times the engine has retracted (preempted) the request so far, for engines that
+    /// count instead of sending events (SGLang's `retraction_counts`).
+    pub retractions: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -196,4 +203,34 @@ impl Undecodable {
             Undecodable::Gaps => "capture_gaps",
         }
     }
+}
+
+/// Replays a capture of real IPC bytes (tests/vllm/capture.py, tests/sglang/capture.py: the
+/// traced process's sendto/recvfrom calls, strace attached after the server started) through
+/// the ZMTP parser and the tracker, as pid 1 of the given engine.
+#[cfg(test)]
+pub(crate) fn replay_capture(doc: &serde_json::Value, kind: EngineKind) -> (EngineTracker, Vec<EngineEvent>) {
+    use crate::{
+        events::Direction,
+        protocol::{Segment, zmtp::ZmtpParser},
+    };
+    let mut t = EngineTracker::new();
+    t.set_kind(1, kind);
+    let mut parsers: std::collections::HashMap<(i64, String), ZmtpParser> = Default::default();
+    let mut events = Vec::new();
+    for c in doc["calls"].as_array().unwrap() {
+        let call = c["call"].as_str().unwrap();
+        let dir = if call == "sendto" { Direction::Egress } else { Direction::Ingress };
+        let hex = c["hex"].as_str().unwrap();
+        let bytes: Vec<u8> =
+            (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+        let p = parsers.entry((c["fd"].as_i64().unwrap(), call.to_string())).or_insert_with(ZmtpParser::new_unsynced);
+        let mut msgs = Vec::new();
+        let ts_ns = c["ts_ns"].as_u64().unwrap();
+        p.feed(Segment::Data { ts_ns, bytes: &bytes, syscall_start: true, arrival_ns: 0 }, &mut msgs);
+        for m in &msgs {
+            t.message(1, dir, m, &mut events);
+        }
+    }
+    (t, events)
 }

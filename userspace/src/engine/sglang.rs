@@ -15,15 +15,117 @@
 //! state, older releases) or msgspec Structs (`msgspec._utils.rebuild(cls, {field: value})`,
 //! 0.5.x). Other processes' messages (scheduler -> detokenizer) are counted as foreign, so the
 //! whole process tree can be traced without double counting.
+//!
+//! With `SGLANG_USE_PICKLE_IPC=0` (0.5.x) the same Structs go as MessagePack instead:
+//! `[class name, field, field, ...]` in the order the class declares its fields, which changes
+//! between releases. That order is data (`sglang_layouts.json`, made by tests/sglang/layouts.py
+//! from the installed release); a message is read with the layout whose field count it has,
+//! newest release first, and turned into the same values a pickle gives, so one decoder serves
+//! both. Arrays of token ids go as MessagePack extension 1, timestamps as a pickle inside
+//! (`PickleWrapper`).
+
+use std::{collections::HashMap, sync::LazyLock};
 
 use super::{Decoded, EventType, Outputs, RequestOutput, Undecodable};
 use crate::{
     events::Direction,
     protocol::{
+        msgpack,
         pickle::{self, PyValue},
         zmtp::Message,
     },
 };
+
+/// Release -> class -> its fields in wire order (`sglang_layouts.json`), newest release first.
+type Layouts = Vec<((u16, u16, u16), HashMap<String, Vec<String>>)>;
+
+static LAYOUTS: LazyLock<Layouts> = LazyLock::new(|| {
+    let all: HashMap<String, HashMap<String, Vec<String>>> =
+        serde_json::from_str(include_str!("sglang_layouts.json")).unwrap_or_default();
+    let mut v: Layouts =
+        all.into_iter().filter_map(|(ver, l)| Some((crate::target::version::triple(&ver)?, l))).collect();
+    v.sort_by_key(|l| std::cmp::Reverse(l.0));
+    v
+});
+
+/// The fields of `class` in a release whose layout has `count` of them.
+fn layout(class: &str, count: usize) -> Option<&'static [String]> {
+    LAYOUTS.iter().filter_map(|(_, l)| l.get(class)).find(|f| f.len() == count).map(Vec::as_slice)
+}
+
+/// A MessagePack value as the pickle of the same object would read: tagged Structs as
+/// `msgspec._utils.rebuild(cls, {field: value})`, token-id arrays as `array` objects, pickles
+/// inside `PickleWrapper` parsed. `struct_as`: the untagged Struct this value is (SamplingParams).
+fn from_msgpack(v: &msgpack::Value, struct_as: Option<&str>) -> PyValue {
+    use msgpack::Value as M;
+    match v {
+        M::Nil => PyValue::None,
+        M::Bool(b) => PyValue::Bool(*b),
+        M::Int(i) => PyValue::Int(*i),
+        M::UInt(u) => PyValue::BigInt(u.to_le_bytes().to_vec()),
+        M::Float(f) => PyValue::Float(*f),
+        M::Str(s) => PyValue::Str(s.to_string()),
+        M::Bin(b) => PyValue::Bytes(b.to_vec()),
+        M::Map(kv) => PyValue::Dict(kv.iter().map(|(k, v)| (from_msgpack(k, None), from_msgpack(v, None))).collect()),
+        M::Ext(1, data) => ext_array(data).unwrap_or(PyValue::None),
+        M::Ext(..) => PyValue::None,
+        M::Array(items) => {
+            if let Some(class) = struct_as
+                && let Some(fields) = layout(class, items.len())
+            {
+                return rebuilt(class, fields, items);
+            }
+            match items.split_first() {
+                Some((M::Str("PickleWrapper"), [M::Bin(p)])) => pickle::parse(p).unwrap_or(PyValue::None),
+                Some((M::Str(tag), rest)) if let Some(fields) = layout(tag, rest.len()) => rebuilt(tag, fields, rest),
+                _ => PyValue::List(items.iter().map(|i| from_msgpack(i, None)).collect()),
+            }
+        }
+    }
+}
+
+fn rebuilt(class: &str, fields: &[String], items: &[msgpack::Value]) -> PyValue {
+    let dict = fields
+        .iter()
+        .zip(items)
+        .map(|(f, v)| {
+            let nested = (f == "sampling_params").then_some("SamplingParams");
+            (PyValue::Str(f.clone()), from_msgpack(v, nested))
+        })
+        .collect();
+    PyValue::Object {
+        class: "msgspec._utils.rebuild".into(),
+        args: vec![PyValue::Global { module: "sglang".into(), name: class.into() }, PyValue::Dict(dict)],
+        state: None,
+    }
+}
+
+/// SGLang's MessagePack extension 1, an `array.array`: a big-endian u32 length of MessagePack
+/// metadata (the typecode), then the items' bytes.
+fn ext_array(data: &[u8]) -> Option<PyValue> {
+    let n = u32::from_be_bytes(data.get(..4)?.try_into().ok()?) as usize;
+    let meta = data.get(4..4 + n)?;
+    let raw = data.get(4 + n..)?;
+    let (tc, _) = msgpack::decode(meta).ok()?;
+    // The machine format code of a signed integer of the typecode's size (enough to count).
+    let code = match tc.as_str()? {
+        "b" | "B" => 1,
+        "h" | "H" | "u" => 4,
+        "i" | "I" | "f" => 8,
+        "l" | "L" | "q" | "Q" | "d" => 12,
+        _ => return None,
+    };
+    Some(PyValue::Object {
+        class: "array._array_reconstructor".into(),
+        args: vec![
+            PyValue::Global { module: "array".into(), name: "array".into() },
+            PyValue::Str(tc.as_str()?.to_string()),
+            PyValue::Int(code),
+            PyValue::Bytes(raw.to_vec()),
+        ],
+        state: None,
+    })
+}
 
 /// (class short name, fields) of a pickled object, in either form.
 fn object(v: &PyValue) -> Option<(&str, &PyValue)> {
@@ -44,15 +146,51 @@ fn list<'v>(fields: &'v PyValue, key: &str) -> &'v [PyValue] {
     get(fields, key).and_then(PyValue::as_list).unwrap_or(&[])
 }
 
+/// The length of a sequence of token ids: a list, or a Python `array.array` (SGLang 0.5.x sends
+/// `output_ids` as `array('q', ...)`, pickled as `array._array_reconstructor(array, typecode,
+/// machine format code, bytes)`, or with protocol 2 as `array.array(typecode, list)`).
+fn token_count(v: &PyValue) -> Option<u64> {
+    if let Some(l) = v.as_list() {
+        return Some(l.len() as u64);
+    }
+    let PyValue::Object { class, args, .. } = v else { return None };
+    match (class.as_str(), args.as_slice()) {
+        ("array._array_reconstructor", [_, _, PyValue::Int(code), PyValue::Bytes(b)]) => {
+            // CPython's enum machine_format_code: 0-1 one byte, 2-5 two, 6-9 four, 10-13 eight,
+            // 14-15 float, 16-17 double, 18-19 UTF-16, 20-21 UTF-32.
+            let size = match code {
+                0..=1 => 1,
+                2..=5 | 18..=19 => 2,
+                6..=9 | 14..=15 | 20..=21 => 4,
+                10..=13 | 16..=17 => 8,
+                _ => return None,
+            };
+            Some((b.len() / size) as u64)
+        }
+        ("array.array", [_, l]) => l.as_list().map(|l| l.len() as u64),
+        _ => None,
+    }
+}
+
 pub fn decode_message(dir: Direction, msg: &Message) -> Result<Decoded, Undecodable> {
     let [payload] = msg.frames.as_slice() else {
         return Err(Undecodable::Foreign);
     };
-    // Pickles of protocol 2+ start with PROTO; anything else is not SGLang's.
-    if payload.first() != Some(&0x80) {
-        return Err(Undecodable::Foreign);
-    }
-    let v = pickle::parse(payload).map_err(|_| if msg.gaps { Undecodable::Gaps } else { Undecodable::Malformed })?;
+    let broken = || if msg.gaps { Undecodable::Gaps } else { Undecodable::Malformed };
+    let v = match payload.first() {
+        // Pickles of protocol 2+ start with PROTO.
+        Some(0x80) => pickle::parse(payload).map_err(|_| broken())?,
+        // MessagePack arrays (fixarray, array 16, array 32) whose first item names a class.
+        Some(0x90..=0x9f | 0xdc | 0xdd) => {
+            let (m, _) = msgpack::decode(payload).map_err(|_| broken())?;
+            let tagged = m.as_array().and_then(|a| a.first()).and_then(msgpack::Value::as_str);
+            if !tagged.is_some_and(|t| LAYOUTS.iter().any(|(_, l)| l.contains_key(t))) {
+                return Err(Undecodable::Foreign);
+            }
+            from_msgpack(&m, None)
+        }
+        _ => return Err(Undecodable::Foreign),
+    };
     let (class, fields) = object(&v).ok_or(Undecodable::Foreign)?;
     match (dir, class) {
         (Direction::Egress, "TokenizedGenerateReqInput" | "TokenizedEmbeddingReqInput") => {
@@ -78,8 +216,44 @@ pub fn decode_message(dir: Direction, msg: &Message) -> Result<Decoded, Undecoda
 
 fn add(fields: &PyValue, ts_ns: u64) -> Option<Decoded> {
     let rid = get(fields, "rid")?.as_str()?.to_string();
-    let prompt_tokens = get(fields, "input_ids").and_then(PyValue::as_list).map(|l| l.len() as u64);
-    Some(Decoded::Add { request_id: rid, external_id: None, prompt_tokens, ts_ns, queued_ns: Some(ts_ns) })
+    let input = get(fields, "input_ids");
+    let prompt_tokens = input.and_then(token_count);
+    let add = Decoded::Add { request_id: rid, external_id: None, prompt_tokens, ts_ns, queued_ns: Some(ts_ns) };
+    // Parallel sampling (n > 1): SGLang sends one request per sample, the first under the id
+    // the API answers with and the others under fresh ids, back to back with the same input.
+    // (Before them, a request with max_new_tokens 0 fills the prefix cache: a request of its
+    // own, joined to nothing.)
+    let params = get(fields, "sampling_params").and_then(object).map(|(_, f)| f);
+    let n = params.and_then(|p| get(p, "n")).and_then(PyValue::as_i64).unwrap_or(1);
+    let max_new = params.and_then(|p| get(p, "max_new_tokens")).and_then(PyValue::as_i64);
+    if n > 1 && max_new != Some(0) {
+        let n = u32::try_from(n).ok()?;
+        return Some(Decoded::Sample { n, input: fingerprint(input?), add: Box::new(add) });
+    }
+    Some(add)
+}
+
+/// A hash of a request's input ids (a list of ints, or an array's bytes).
+fn fingerprint(v: &PyValue) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |b: &[u8]| {
+        for x in b {
+            h = (h ^ *x as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    match v {
+        PyValue::Object { args, .. } => {
+            if let Some(PyValue::Bytes(b)) = args.last() {
+                eat(b);
+            }
+        }
+        other => {
+            for x in other.as_list().unwrap_or(&[]) {
+                eat(&x.as_i64().unwrap_or(-1).to_le_bytes());
+            }
+        }
+    }
+    h
 }
 
 fn outputs(fields: &PyValue) -> Result<Decoded, Undecodable> {
@@ -87,6 +261,7 @@ fn outputs(fields: &PyValue) -> Result<Decoded, Undecodable> {
     let (reasons, out_ids) = (list(fields, "finished_reasons"), list(fields, "output_ids"));
     let (prompt, cached) = (list(fields, "prompt_tokens"), list(fields, "cached_tokens"));
     let stats = list(fields, "time_stats");
+    let retractions = list(fields, "retraction_counts");
     let u = |l: &[PyValue], i: usize| l.get(i).and_then(PyValue::as_i64).and_then(|n| u64::try_from(n).ok());
     let mut outputs = Vec::with_capacity(rids.len());
     for (i, rid) in rids.iter().enumerate() {
@@ -104,13 +279,14 @@ fn outputs(fields: &PyValue) -> Result<Decoded, Undecodable> {
             .collect();
         outputs.push(RequestOutput {
             request_id,
-            new_tokens: out_ids.get(i).and_then(PyValue::as_list).map_or(0, |l| l.len() as u64),
+            new_tokens: out_ids.get(i).and_then(token_count).unwrap_or(0),
             finish_reason,
             events,
             cached_tokens: u(cached, i),
             prompt_tokens: u(prompt, i),
             ts_ns: None,
             first_token_ns: stamp("prefill_finished_time"),
+            retractions: u(retractions, i).and_then(|n| u32::try_from(n).ok()),
         });
     }
     let engine = list(fields, "dp_ranks").first().and_then(PyValue::as_i64).and_then(|n| u32::try_from(n).ok());
@@ -193,5 +369,61 @@ mod tests {
         assert_eq!(decode_message(Direction::Ingress, &m), Err(Undecodable::Foreign));
         let m = Message { ts_ns: 1, frames: vec![vec![0x80, 5, 0xff]], gaps: false };
         assert_eq!(decode_message(Direction::Ingress, &m), Err(Undecodable::Malformed));
+    }
+
+    /// Replays the main process's sendto/recvfrom bytes of a real SGLang (tests/sglang/
+    /// capture.py, strace attached after the server started): every HTTP response of the
+    /// capture finds its engine requests, with the response's token counts, the scheduler's
+    /// own stamps for queue and prefill, and steps whose tokens add up to the responses'.
+    #[test]
+    fn real_captures() {
+        use crate::engine::{EngineEvent, EngineKind, EnginePhases, Phases};
+        let dir = crate::checkout_file("tests/data/sglang");
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("real-")))
+            .collect();
+        files.sort();
+        let ipcs: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+        assert!(ipcs.iter().any(|f| f.ends_with("-msgpack.json")) && ipcs.len() >= 2, "{ipcs:?}");
+        for f in &files {
+            let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(f).unwrap()).unwrap();
+            let ver = format!("{} ({} IPC)", doc["sglang_version"].as_str().unwrap(), doc["ipc"].as_str().unwrap());
+            let (t, events) = crate::engine::replay_capture(&doc, EngineKind::Sglang);
+            let malformed: Vec<_> = t.stats.undecodable.iter().filter(|(k, _)| *k != "foreign").collect();
+            assert!(malformed.is_empty(), "{ver}: {malformed:?}");
+            let steps: Vec<_> =
+                events.iter().filter_map(|e| if let EngineEvent::Step(s) = e { Some(s) } else { None }).collect();
+            let responses = doc["responses"].as_array().unwrap();
+            let mut joins = crate::correlate::requests::RequestJoin::of(&events);
+            let mut completion = 0;
+            for r in responses {
+                let id = r["id"].as_str().unwrap();
+                let kind = r["kind"].as_str().unwrap();
+                let reqs = joins.join(1, id);
+                assert_eq!(reqs.len() as u64, r["n"].as_u64().unwrap(), "{ver} {kind} {id}: engine requests");
+                for q in &reqs {
+                    assert!(q.seen_from_start && !q.outputs_lost && !q.aborted, "{ver} {kind}: {q:?}");
+                    assert_eq!(q.prompt_tokens, r["prompt_tokens"].as_u64(), "{ver} {kind}: prompt tokens");
+                    assert_eq!(q.finish_reason.as_deref(), Some("length"), "{ver} {kind}");
+                }
+                let e = EnginePhases::merge(&reqs).unwrap();
+                assert_eq!(e.output_tokens, r["completion_tokens"].as_u64().unwrap(), "{ver} {kind}: output tokens");
+                completion += e.output_tokens;
+                for (name, v) in [("queue", e.queue_s()), ("prefill", e.prefill_s()), ("decode", e.decode_s())] {
+                    assert!(v.is_some_and(|v| (0.0..30.0).contains(&v)), "{ver} {kind}: {name} {v:?}");
+                }
+                assert!(e.queued_ns <= e.scheduled_ns && e.scheduled_ns <= e.first_token_ns, "{ver} {kind}: {e:?}");
+            }
+            let step_tokens: u64 = steps.iter().map(|s| s.tokens).sum();
+            assert_eq!(step_tokens, completion, "{ver}: tokens of the steps");
+            eprintln!(
+                "{ver}: {} responses joined, {} steps, {} messages",
+                responses.len(),
+                steps.len(),
+                t.stats.messages
+            );
+        }
     }
 }

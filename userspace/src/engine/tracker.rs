@@ -46,6 +46,8 @@ impl EngineStats {
 #[derive(Debug, Default)]
 struct ProcState {
     requests: HashMap<String, EngineRequest>,
+    /// The parallel-sampling request being sent (SGLang): (input hash, API id, samples to come).
+    sampling: Option<(u64, String, u32)>,
 }
 
 /// Rebuilds engine requests and steps from decoded messages, per process.
@@ -133,6 +135,20 @@ impl EngineTracker {
                     self.apply(pid, now, d, out);
                 }
             }
+            Decoded::Sample { n, input, add } => {
+                let mut add = *add;
+                match (&mut st.sampling, &mut add) {
+                    (Some((h, leader, left)), Decoded::Add { external_id, .. }) if *h == input && *left > 0 => {
+                        *external_id = Some(leader.clone());
+                        *left -= 1;
+                    }
+                    (_, Decoded::Add { request_id, .. }) => {
+                        st.sampling = Some((input, request_id.clone(), n.saturating_sub(1)));
+                    }
+                    _ => {}
+                }
+                self.apply(pid, now, add, out);
+            }
             Decoded::Add { request_id, external_id, prompt_tokens, ts_ns, queued_ns } => {
                 if st.requests.len() >= MAX_REQUESTS {
                     self.stats.lost_requests += 1;
@@ -206,6 +222,9 @@ impl EngineTracker {
                             }
                             EventType::Preempted => r.preemptions += 1,
                         }
+                    }
+                    if let Some(n) = ro.retractions {
+                        r.preemptions = r.preemptions.max(n);
                     }
                     let t = ro.ts_ns.unwrap_or(ts);
                     if r.first_token_ns.is_none() && !r.first_output_lost {

@@ -485,13 +485,7 @@ mod samples {
 
 #[cfg(test)]
 mod real_captures {
-    use std::collections::HashMap;
-
-    use crate::{
-        engine::{EngineEvent, EngineKind, EnginePhases, EngineTracker, Phases},
-        events::Direction,
-        protocol::{Segment, zmtp::ZmtpParser},
-    };
+    use crate::engine::{EngineEvent, EngineKind, EnginePhases, Phases};
 
     /// Replays the API server's sendto/recvfrom bytes of real vLLM releases, captured with
     /// strace after the server started (tests/vllm/capture.py), through the ZMTP parser and the
@@ -514,26 +508,7 @@ mod real_captures {
             let ver = doc["vllm_version"].as_str().unwrap();
             let version = crate::target::version::triple(ver);
             assert!(super::vllm_layouts::for_version(version.unwrap()).is_some(), "{ver}: no layout");
-            let mut t = EngineTracker::new();
-            t.set_kind(1, EngineKind::Vllm { version });
-            let mut parsers: HashMap<(i64, String), ZmtpParser> = HashMap::new();
-            let mut events = Vec::new();
-            for c in doc["calls"].as_array().unwrap() {
-                let call = c["call"].as_str().unwrap();
-                let dir = if call == "sendto" { Direction::Egress } else { Direction::Ingress };
-                let hex = c["hex"].as_str().unwrap();
-                let bytes: Vec<u8> =
-                    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
-                let p = parsers
-                    .entry((c["fd"].as_i64().unwrap(), call.to_string()))
-                    .or_insert_with(ZmtpParser::new_unsynced);
-                let mut msgs = Vec::new();
-                let ts_ns = c["ts_ns"].as_u64().unwrap();
-                p.feed(Segment::Data { ts_ns, bytes: &bytes, syscall_start: true, arrival_ns: 0 }, &mut msgs);
-                for m in &msgs {
-                    t.message(1, dir, m, &mut events);
-                }
-            }
+            let (t, events) = crate::engine::replay_capture(&doc, EngineKind::Vllm { version });
             let malformed: Vec<_> = t.stats.undecodable.iter().filter(|(k, _)| *k != "foreign").collect();
             assert!(malformed.is_empty(), "{ver}: {malformed:?}");
             let steps = events.iter().filter(|e| matches!(e, EngineEvent::Step(_))).count();

@@ -51,6 +51,19 @@ pub struct Bytecode {
     pub returns: Vec<(u64, u32)>,
 }
 
+/// A module without the attribute asked for: renamed in this release, or a module still being
+/// imported (its body has not defined it yet).
+#[derive(Debug)]
+pub struct NotDefined(pub String);
+
+impl std::fmt::Display for NotDefined {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotDefined {}
+
 impl Interpreter {
     /// Whether the `str` at `s` is the compact ASCII string `want` (one read: header and text).
     fn str_eq(&self, mem: &Memory, s: u64, want: &str) -> bool {
@@ -298,7 +311,12 @@ impl Interpreter {
         for p in &parts {
             match self.attr(mem, obj, p).with_context(|| format!("{symbol}: looking up {p}"))? {
                 Some(o) => obj = o,
-                None => bail!("{symbol}: {module} has no {qual} (renamed in this version of the engine?)"),
+                None => {
+                    return Err(NotDefined(format!(
+                        "{symbol}: {module} has no {qual} (renamed in this version of the engine?)"
+                    ))
+                    .into());
+                }
             }
         }
         let last = parts.last().copied().unwrap_or_default();

@@ -57,8 +57,8 @@ pub const VLLM: EngineLayout = EngineLayout {
     ],
 };
 
-/// SGLang (0.4-0.5): the scheduler process's event loop. Written from SGLang's source; not run
-/// here (SGLang has no CPU path on the test machines).
+/// SGLang (0.4-0.5): the scheduler process's event loop (checked on a real 0.5.23 by the SGLang
+/// tier, tests/tests/sglang.rs).
 pub const SGLANG: EngineLayout = EngineLayout {
     engine: "sglang",
     loops: &["Scheduler.event_loop_normal", "Scheduler.event_loop_overlap", "Scheduler.event_loop_pp"],
@@ -114,7 +114,13 @@ impl StateReader {
             let f = self.interp.code_frame(&self.mem, code)?;
             for e in ENGINES {
                 if f.filename.ends_with(e.file) && e.loops.iter().any(|l| is_loop(&f.name, l)) {
-                    let me = self.mem.u64(frame.wrapping_add(self.interp.layout.frame_localsplus))?;
+                    let mut me = self.mem.u64(frame.wrapping_add(self.interp.layout.frame_localsplus))?;
+                    // A `self` that a nested function uses is a cell variable: its slot holds
+                    // the cell (PyCellObject: the object header, then `ob_ref`), as in SGLang
+                    // 0.5's event_loop_overlap.
+                    if me != 0 && self.interp.type_name(&self.mem, me)? == "cell" {
+                        me = self.mem.u64(me.wrapping_add(16))?;
+                    }
                     if me == 0 {
                         bail!("{}'s `self` is not set yet", f.name);
                     }

@@ -374,16 +374,46 @@ pub type Release = (u16, u16, u16);
 ///
 /// Paths are read through /proc/PID/root, so this works for processes in containers.
 pub fn engine_of(pid: u32) -> Option<(Engine, Option<Release>)> {
+    engine_of_depth(pid, 0)
+}
+
+/// Whether a command line is a child that Python's multiprocessing spawned (`python -c "from
+/// multiprocessing.spawn import spawn_main; ..." --multiprocessing-fork`): SGLang's scheduler
+/// and detokenizer start so, and only later set their titles and load their packages.
+pub fn is_spawned_child(args: &[String]) -> bool {
+    args.iter().any(|a| a == "--multiprocessing-fork" || a.starts_with("from multiprocessing.spawn import"))
+}
+
+fn engine_of_depth(pid: u32, depth: u32) -> Option<(Engine, Option<Release>)> {
     let base = proc_root().join(pid.to_string());
-    let declared = classify(&comm(pid).unwrap_or_default(), &cmdline(pid), &[]).filter(|e| *e != Engine::Other);
+    let args = cmdline(pid);
+    let declared = classify(&comm(pid).unwrap_or_default(), &args, &[]).filter(|e| *e != Engine::Other);
     let maps = fs::read_to_string(base.join("maps")).unwrap_or_default();
     let files: Vec<&str> = maps.lines().filter_map(|l| l.split_whitespace().nth(5)).collect();
-    let engine = declared.or_else(|| loaded_engine(&files))?;
+    let Some(engine) = declared.or_else(|| loaded_engine(&files)) else {
+        // A spawned child that has loaded nothing yet runs its parent's engine.
+        if depth < 3 && is_spawned_child(&args) {
+            let ppid = fs::read_to_string(base.join("stat")).ok().and_then(|s| parse_stat_ppid(&s))?;
+            return engine_of_depth(ppid, depth + 1);
+        }
+        return None;
+    };
     let dists: &[&str] = match engine {
         Engine::Vllm => &["vllm"],
         _ => &["sglang"],
     };
-    let version = site_dirs(&files, engine).iter().find_map(|site| {
+    let mut sites = site_dirs(&files, engine);
+    // A server found as it starts has mapped none of its packages yet: the site-packages of the
+    // virtualenv its command names (`VENV/bin/python -m sglang.launch_server`) then.
+    if let Some(prefix) = args.first().and_then(|a| a.rsplit_once("/bin/")).map(|(p, _)| p) {
+        let lib = base.join("root").join(prefix.trim_start_matches('/')).join("lib");
+        for e in fs::read_dir(lib).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().starts_with("python3") {
+                sites.push(format!("{prefix}/lib/{}/site-packages", e.file_name().to_string_lossy()));
+            }
+        }
+    }
+    let version = sites.iter().find_map(|site| {
         let dir = base.join("root").join(site.trim_start_matches('/'));
         fs::read_dir(&dir).ok()?.flatten().find_map(|e| {
             let name = e.file_name().into_string().ok()?;
@@ -458,6 +488,21 @@ pub fn in_child_pid_namespace() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spawned_children_are_told_from_their_command_line() {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // SGLang's scheduler and detokenizer, as they start (before their titles are set).
+        let child = v(&[
+            "/venv/bin/python",
+            "-c",
+            "from multiprocessing.spawn import spawn_main; spawn_main(tracker_fd=5, pipe_handle=7)",
+            "--multiprocessing-fork",
+        ]);
+        assert!(is_spawned_child(&child));
+        assert!(!is_spawned_child(&v(&["/venv/bin/python", "-m", "sglang.launch_server", "--port", "30000"])));
+        assert!(!is_spawned_child(&v(&["python", "-c", "print('from multiprocessing')"])));
+    }
 
     #[test]
     fn unix_table_and_versions() {

@@ -58,6 +58,10 @@ pub use watch::{SLOTS_PER_THREAD, SpecState, ThrottleLimit, Watched};
 use super::{Interpreter, Memory, find};
 use crate::events::{self, Event};
 
+/// How long after a process is first watched a function its module does not define yet is
+/// still looked for (imports of a large engine take tens of seconds on a loaded host).
+const DEFINE_GRACE: Duration = Duration::from_secs(120);
+
 struct Proc {
     interp: Interpreter,
     mem: Memory,
@@ -80,6 +84,9 @@ struct Proc {
     eval: Option<Vec<aya::programs::uprobe::UProbeLinkId>>,
     next_resolve: Instant,
     resolve_every: Duration,
+    /// When it was first watched: a function its module does not define yet is looked for
+    /// again until [`DEFINE_GRACE`] has passed (the module may be mid-import).
+    since: Instant,
     next_threads: Instant,
     matcher: Matcher,
     calls: u64,
@@ -185,6 +192,7 @@ impl PyTimers {
                 eval,
                 next_resolve: now,
                 resolve_every: Duration::from_secs(1),
+                since: now,
                 next_threads: now,
                 matcher: Matcher::default(),
                 calls: 0,
@@ -406,6 +414,14 @@ impl PyTimers {
                     p.watched.push(w);
                     added = true;
                     SpecState::Watched
+                }
+                Err(e)
+                    if e.downcast_ref::<crate::python::objects::NotDefined>().is_some()
+                        && p.since.elapsed() < DEFINE_GRACE =>
+                {
+                    // A module still importing (SGLang's scheduler process, watched as it
+                    // starts): looked for again at the next resolve.
+                    continue;
                 }
                 Err(e) => {
                     self.notes.push(format!("inferscope: pid {pid}: not timing {}: {e:#}", spec.symbol));

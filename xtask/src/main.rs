@@ -38,16 +38,21 @@ enum Cmd {
     /// Install the toolchain pieces, system packages and Python environments the build and the
     /// tests need. Safe to run again: it only installs what is missing.
     Setup {
-        /// Also install the real vLLM (CPU build, several GB) and its tiny local model.
+        /// Also install the real vLLM (CPU build, several GB) and its tiny local model, and the
+        /// real SGLang over it.
         #[arg(long)]
         vllm: bool,
     },
     /// Start a real OpenAI-compatible server (FastAPI on uvicorn), attach inferscope to it, send
-    /// requests, and show inferscope's per-request lines and metrics. With --vllm, a real vLLM.
+    /// requests, and show inferscope's per-request lines and metrics. With --vllm, a real vLLM;
+    /// with --sglang, a real SGLang.
     Demo {
         /// Use a real vLLM (CPU build, tiny local model) instead of the fixture server.
         #[arg(long)]
         vllm: bool,
+        /// Use a real SGLang (0.5, its generic platform on CPU, tiny local model).
+        #[arg(long, conflicts_with = "vllm")]
+        sglang: bool,
         /// Requests to send.
         #[arg(long, default_value_t = 40)]
         requests: u32,
@@ -121,7 +126,16 @@ fn main() -> Result<()> {
     cache::use_shared_target();
     match cli.cmd {
         Cmd::Setup { vllm } => setup::all(vllm),
-        Cmd::Demo { vllm, requests } => demo::run(vllm, requests),
+        Cmd::Demo { vllm, sglang, requests } => demo::run(
+            if sglang {
+                demo::Server::Sglang
+            } else if vllm {
+                demo::Server::Vllm
+            } else {
+                demo::Server::Fixture
+            },
+            requests,
+        ),
         Cmd::Test { no_vllm, fuzz_seconds, filter } => test::run(!no_vllm, fuzz_seconds, filter.as_deref()),
         Cmd::Bench { seconds, rounds, report, device: true, .. } => {
             bench::run_device(seconds, rounds, report.as_deref())

@@ -270,3 +270,57 @@ fn capture_prefork_shared_listener() {
     // Both workers were blocked in accept() at the attach.
     assert!(h["accepts_without_enter"].as_u64().is_some_and(|n| n >= 2), "{h}");
 }
+
+/// Requests whose head is longer than what is captured of a read (4096 bytes from its start and
+/// 1024 from its end by default): a 10 KB cookie, and 70 KB of headers over seven lines. Each
+/// is reported with its method and path, marked `head_truncated`, and counted; the requests
+/// around them on the same keep-alive connections are whole.
+#[test]
+fn requests_behind_large_headers_are_reported_and_marked() {
+    let dir = scratch("capture-large-head");
+    let (server, port) = threaded_server(&dir, "plain");
+    let mut scope = Inferscope::attach(&dir, server.pid(), &[]);
+    let line = |n: usize| "x".repeat(n);
+    let threads: Vec<_> = (0..4)
+        .map(|c| {
+            let (cookie, big) = (line(10 * 1024), line(10 * 1024));
+            std::thread::spawn(move || {
+                let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+                let mut w = s.try_clone().expect("clone");
+                let mut r = BufReader::new(s);
+                let mut sent = Vec::new();
+                for i in 0..6 {
+                    let path = format!("/c{c}/r{i}");
+                    let extra = match i % 3 {
+                        0 => String::new(),
+                        1 => format!("Cookie: session={cookie}\r\n"),
+                        _ => (0..7).map(|k| format!("X-Big-{k}: {big}\r\n")).collect(),
+                    };
+                    write!(w, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{extra}Accept: */*\r\n\r\n")
+                        .expect("send");
+                    assert_eq!(read_response(&mut r), format!("ok {path}"));
+                    sent.push((path, i % 3 != 0));
+                }
+                sent
+            })
+        })
+        .collect();
+    let sent: Vec<(String, bool)> = threads.into_iter().flat_map(|t| t.join().expect("client")).collect();
+    scope.wait_requests(sent.len(), Duration::from_secs(20));
+    scope.stop();
+    let recs = scope.requests();
+    let paths: Vec<String> = sent.iter().map(|(p, _)| p.clone()).collect();
+    assert_eq!(reported(&recs).len(), sent.len(), "{} sent, {} reported", sent.len(), recs.len());
+    let by_path: std::collections::HashMap<&str, &Value> =
+        recs.iter().filter_map(|r| Some((r["path"].as_str()?, r))).collect();
+    for (path, big) in &sent {
+        let r = by_path.get(path.as_str()).unwrap_or_else(|| panic!("{path} not reported; have {paths:?}"));
+        assert_eq!((r["method"].as_str(), &r["status"]), (Some("GET"), &Value::from(200)), "{r}");
+        assert_eq!(r["head_truncated"], *big, "{path}: {r}");
+        assert!(r["e2e_s"].as_f64().is_some_and(|s| s > 0.0), "{r}");
+    }
+    let truncated = sent.iter().filter(|(_, big)| *big).count() as u64;
+    let h = last_health(&scope);
+    eprintln!("large heads: {} requests, {truncated} with heads past the capture; health {}", sent.len(), h);
+    assert_eq!(h["head_truncated_requests"], truncated, "{h}");
+}

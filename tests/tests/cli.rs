@@ -41,11 +41,25 @@ fn missing_pid_is_one_clear_line() {
     assert!(err.contains("no process with PID 4194304"), "{err}");
 }
 
+/// Options that are wrong by themselves are refused with one line before anything is loaded
+/// into the kernel (loading would print the probes' lines first, and take seconds).
 #[test]
 fn bad_arguments_are_explained() {
-    let (code, _, err) = run(&["attach", "--pid", "1", "--otlp-endpoint", "collector:4317"]);
-    assert_eq!(code, 1, "{err}");
-    assert!(err.contains("--otlp-endpoint must be a URL"), "{err}");
+    let me = std::process::id().to_string();
+    for (args, says) in [
+        (vec!["--otlp-endpoint", "collector:4317"], "--otlp-endpoint must be a URL"),
+        (vec!["--otlp-endpoint", "http://"], "--otlp-endpoint must be a URL"),
+        (vec!["--otlp-endpoint", "http://collector:43x7"], "--otlp-endpoint must be a URL"),
+        (vec!["--control-token-file", "/etc/hostname"], "give --prometheus-listen too"),
+        (vec!["--jsonl", "/nonexistent-inferscope-dir/requests.jsonl"], "no directory /nonexistent-inferscope-dir"),
+    ] {
+        let mut all = vec!["attach", "--pid", &me];
+        all.extend(&args);
+        let (code, _, err) = run(&all);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: one line, before anything is loaded:\n{err}");
+    }
     let (code, _, err) = run(&["attach", "--pid", "1", "--tracing-level", "7"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--tracing-level"), "{err}");

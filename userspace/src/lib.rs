@@ -39,3 +39,55 @@ pub(crate) fn checkout_file(rel: &str) -> std::path::PathBuf {
         .join("..")
         .join(rel)
 }
+
+/// The unit tests' allocator: the system's, noting the largest single allocation each thread
+/// asks for, so that a test can assert that untrusted input never makes the daemon allocate
+/// what the input merely claims ([`largest_allocation`]).
+#[cfg(test)]
+mod alloc_probe {
+    use std::{
+        alloc::{GlobalAlloc, Layout, System},
+        cell::Cell,
+    };
+
+    thread_local! {
+        pub(crate) static LARGEST: Cell<usize> = const { Cell::new(0) };
+    }
+
+    fn note(size: usize) {
+        let _ = LARGEST.try_with(|c| c.set(c.get().max(size)));
+    }
+
+    pub struct Probe;
+
+    // SAFETY: every call is forwarded to the system allocator unchanged.
+    unsafe impl GlobalAlloc for Probe {
+        unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+            note(l.size());
+            unsafe { System.alloc(l) }
+        }
+        unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+            note(l.size());
+            unsafe { System.alloc_zeroed(l) }
+        }
+        unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+            unsafe { System.dealloc(p, l) }
+        }
+        unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+            note(new);
+            unsafe { System.realloc(p, l, new) }
+        }
+    }
+
+    #[global_allocator]
+    static PROBE: Probe = Probe;
+}
+
+/// Runs `f` and returns its result with the largest single allocation made on this thread
+/// while it ran.
+#[cfg(test)]
+pub(crate) fn largest_allocation<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    alloc_probe::LARGEST.with(|c| c.set(0));
+    let out = f();
+    (out, alloc_probe::LARGEST.with(|c| c.get()))
+}

@@ -103,6 +103,9 @@ pub struct RequestRecord {
     pub complete: bool,
     /// Some bytes of this exchange were not captured.
     pub capture_gaps: bool,
+    /// The request's head was longer than what was captured of it (a large cookie or token):
+    /// method and path are from its first bytes, the headers from either side of the gap.
+    pub head_truncated: bool,
     /// `error.type`: the HTTP status class, or the error the body reported.
     pub error_type: Option<String>,
     /// Only with content capture.
@@ -421,7 +424,10 @@ impl Exchange {
             top_p: req_info.top_p,
             aborted: self.aborted,
             complete: self.response_complete,
-            capture_gaps: self.capture_gaps || self.req_body.broken && self.req_body.head.len() < lim.body_bytes,
+            capture_gaps: self.capture_gaps
+                || self.req.truncated
+                || self.req_body.broken && self.req_body.head.len() < lim.body_bytes,
+            head_truncated: self.req.truncated,
             error_type: None,
             prompt: req_info.prompt.map(|mut p| {
                 p.truncate(floor_char_boundary(&p, lim.content_bytes));

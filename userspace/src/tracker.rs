@@ -51,6 +51,9 @@ pub struct TrackerStats {
     pub ipc_discarded_bytes: u64,
     /// ZMTP messages lost whole (start not captured, too many frames).
     pub ipc_dropped_messages: u64,
+    /// Requests reported whose head was not captured whole (longer than the capture of its
+    /// syscall): marked `head_truncated`.
+    pub head_truncated: u64,
 }
 
 impl TrackerStats {
@@ -396,6 +399,9 @@ impl Shared {
                         return;
                     }
                     self.in_flight += 1;
+                    if head.truncated {
+                        self.stats.head_truncated += 1;
+                    }
                     conn.pending.push_back(Exchange::new(head));
                 } else {
                     if conn.request_dir == Some(Direction::Egress) || dir == Direction::Ingress {

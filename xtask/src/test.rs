@@ -165,6 +165,7 @@ const FUZZ_TARGETS: &[&str] = &[
     "pickle",
     "device_tracker",
     "python_timers",
+    "elf_reader",
 ];
 
 /// Fuzz builds go to the shared build directory too (under x86_64-unknown-linux-gnu/release,
@@ -185,6 +186,15 @@ fn fuzz_into(t: &mut Tally, seconds: u64, only: Option<&str>) {
     for target in FUZZ_TARGETS.iter().filter(|x| only.is_none_or(|o| o == **x)) {
         let corpus = root.join("fuzz/corpus").join(target);
         let _ = std::fs::create_dir_all(&corpus);
+        if *target == "elf_reader" {
+            // Real ELF files to start from: small system libraries.
+            for lib in ["/usr/lib/x86_64-linux-gnu/libdl.so.2", "/usr/lib/x86_64-linux-gnu/libutil.so.1"] {
+                let seed = corpus.join(format!("seed-{}", lib.rsplit('/').next().unwrap_or("lib")));
+                if !seed.exists() {
+                    let _ = std::fs::copy(lib, &seed);
+                }
+            }
+        }
         let mut c = Command::new("cargo");
         c.current_dir(root.join("fuzz"))
             .args(["+nightly", "fuzz", "run", "--sanitizer", "none", "--target-dir"])

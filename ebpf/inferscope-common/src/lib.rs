@@ -238,8 +238,11 @@ pub mod stat {
     /// `socketpair`, or connected before the attach), or the syscall is not traced (`sendfile`,
     /// `splice`, `recvmmsg`, io_uring), or a read was already blocked when tracing began.
     pub const UNCLASSIFIED_SOCKET_IO: u32 = 16;
+    /// Syscalls, connections or child processes not followed because an insert into
+    /// `PENDING_IO`, `PENDING_CONN` or `TRACKED` failed (the map was full).
+    pub const TRACKING_MAP_FULL: u32 = 17;
     /// Number of slots.
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 18;
 }
 
 /// Most device probes (one per process, library and symbol) attached at once; probe ids index

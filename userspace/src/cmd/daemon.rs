@@ -49,6 +49,7 @@ fn serve(target: Target, opts: RunOptions) -> ExitCode {
 /// The probes loaded, the layers and the sinks the options ask for. Errors are for the
 /// operator: one line, with what to do.
 pub(crate) async fn parts(target: &Target, o: &RunOptions) -> Result<Parts> {
+    check_options(o)?;
     if let Target::Pid { pid, .. } = target
         && !procfs::exists(*pid)
     {
@@ -84,11 +85,6 @@ pub(crate) async fn parts(target: &Target, o: &RunOptions) -> Result<Parts> {
     let layers = crate::layers::build(o, &mut probes, prom.as_mut())?;
     let (http_control, http_calls) = match &o.control_token_file {
         Some(path) => {
-            if o.prometheus_listen.is_none() {
-                bail!(
-                    "--control-token-file serves control requests on the Prometheus server: give --prometheus-listen too"
-                );
-            }
             let token = crate::control::read_token(path)?;
             let (tx, rx) = tokio::sync::mpsc::channel(16);
             (Some(prom::HttpControl { token: token.into(), tx }), Some(rx))
@@ -109,6 +105,34 @@ pub(crate) async fn parts(target: &Target, o: &RunOptions) -> Result<Parts> {
         tracing_level: o.tracing_level,
         stop: stop(o.duration)?,
     })
+}
+
+/// What the options alone can tell is wrong, said before anything is loaded into the kernel
+/// (loading and calibrating the probes takes seconds and leaves traces in the kernel's logs).
+fn check_options(o: &RunOptions) -> Result<()> {
+    if let Some(endpoint) = &o.otlp_endpoint {
+        crate::export::otlp::check_endpoint(endpoint)?;
+    }
+    if let Some(path) = &o.control_token_file {
+        if o.prometheus_listen.is_none() {
+            bail!(
+                "--control-token-file serves control requests on the Prometheus server: give --prometheus-listen too"
+            );
+        }
+        crate::control::read_token(path)?;
+    }
+    if let Some(path) = o.jsonl.as_deref().filter(|p| *p != "-") {
+        let dir = std::path::Path::new(path).parent().filter(|d| !d.as_os_str().is_empty());
+        if let Some(d) = dir.filter(|d| !d.is_dir()) {
+            bail!("--jsonl {path}: no directory {}", d.display());
+        }
+    }
+    if let Some(d) = o.duration
+        && !(d.is_finite() && d >= 0.0)
+    {
+        bail!("--duration must be a number of seconds, 0 or more (got {d})");
+    }
+    Ok(())
 }
 
 /// The Kubernetes API pod source, when `--kube-api` asks for it and it can be configured; else

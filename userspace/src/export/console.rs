@@ -37,6 +37,9 @@ pub fn request_line(r: &RequestRecord) -> String {
     if let Some(e) = &r.error_type {
         line.push_str(&format!(" error={e}"));
     }
+    if r.head_truncated {
+        line.push_str(" head=truncated");
+    }
     if r.capture_gaps {
         line.push_str(" capture=partial");
     }
@@ -67,6 +70,12 @@ pub fn loss_line(prev: &Health, now: &Health) -> Option<String> {
     }
     if map > 0 {
         parts.push(format!("{map} sockets not traced because the socket map was full"));
+    }
+    let tracking = d(stat::TRACKING_MAP_FULL);
+    if tracking > 0 {
+        parts.push(format!(
+            "{tracking} syscalls, connections or child processes not followed because a tracking map was full"
+        ));
     }
     let unclassified = d(stat::UNCLASSIFIED_SOCKET_IO);
     if unclassified > 0 {

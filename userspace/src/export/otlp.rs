@@ -141,6 +141,25 @@ fn http_url(endpoint: &str, signal: &str) -> String {
     if has_path { e.to_string() } else { format!("{e}/v1/{signal}") }
 }
 
+/// That `--otlp-endpoint` is a URL an exporter can send to: http(s), a host, and a port that is
+/// a number (checked before anything is loaded).
+pub fn check_endpoint(endpoint: &str) -> Result<()> {
+    let usage = || format!("--otlp-endpoint must be a URL such as http://collector:4317 (got {endpoint:?})");
+    let uri: http::Uri = endpoint.parse().map_err(|e| anyhow::anyhow!("{}: {e}", usage()))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none_or(str::is_empty) {
+        bail!("{}", usage());
+    }
+    // A port, when given, is a number (the URI parser takes `host:43x7` as it is).
+    let host_port = uri.authority().map_or("", |a| a.as_str()).rsplit('@').next().unwrap_or("");
+    if let Some((_, port)) = host_port.rsplit_once(':')
+        && !host_port.ends_with(']')
+        && port.parse::<u16>().is_err()
+    {
+        bail!("{}: the port is not a number", usage());
+    }
+    Ok(())
+}
+
 impl Otlp {
     /// Must be called inside the tokio runtime (the gRPC client runs on it).
     /// Trace detail from now on (`inferscope ctl tracing-level`).
@@ -149,9 +168,7 @@ impl Otlp {
     }
 
     pub fn new(opts: OtlpOptions) -> Result<Self> {
-        if !(opts.endpoint.starts_with("http://") || opts.endpoint.starts_with("https://")) {
-            bail!("--otlp-endpoint must be a URL such as http://collector:4317 (got {:?})", opts.endpoint);
-        }
+        check_endpoint(&opts.endpoint)?;
         let counters = Arc::new(ExportCounters::default());
         let resource = Resource::builder()
             .with_service_name(opts.service_name.clone())
@@ -534,6 +551,7 @@ fn emit_spans(
             KeyValue::new("inferscope.output_events", r.output_events as i64),
             KeyValue::new("inferscope.aborted", r.aborted),
             KeyValue::new("inferscope.capture_gaps", r.capture_gaps),
+            KeyValue::new("inferscope.head_truncated", r.head_truncated),
         ];
         let mut opt = |k: &'static str, v: Option<Value>| {
             if let Some(v) = v {

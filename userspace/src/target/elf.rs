@@ -74,9 +74,22 @@ fn u64_at(b: &[u8], o: usize) -> u64 {
     u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"))
 }
 
+/// That `size` bytes at `offset` lie inside a file of `len` bytes.
+fn within(len: u64, offset: u64, size: u64, what: &str) -> anyhow::Result<()> {
+    ensure!(
+        offset.checked_add(size).is_some_and(|end| end <= len),
+        "{what} at {offset} ({size} bytes) past the end of the file ({len} bytes)"
+    );
+    Ok(())
+}
+
 impl ElfFile {
+    /// Reads the section headers. The file is untrusted (a library inside a container): every
+    /// table it claims must lie inside it before anything is allocated for it, so a crafted
+    /// header costs one error, never a large allocation.
     pub fn open(path: &Path) -> anyhow::Result<Self> {
         let file = File::open(path)?;
+        let len = file.metadata()?.len();
         let mut h = [0u8; 64];
         file.read_exact_at(&mut h, 0).context("ELF header")?;
         ensure!(&h[0..4] == b"\x7fELF", "not an ELF file");
@@ -105,6 +118,7 @@ impl ElfFile {
             shnum = read_sh(0)?.size;
         }
         ensure!(shnum <= 1 << 20, "{shnum} sections");
+        within(len, shoff, shnum * shentsize as u64, "section headers")?;
         let mut all = vec![0u8; shnum as usize * shentsize];
         file.read_exact_at(&mut all, shoff).context("section headers")?;
         for b in all.chunks_exact(shentsize) {
@@ -129,6 +143,7 @@ impl ElfFile {
             return Ok(Vec::new());
         }
         ensure!(phentsize >= 56, "bad program header size {phentsize}");
+        within(self.file.metadata()?.len(), phoff, (phnum * phentsize) as u64, "program headers")?;
         let mut all = vec![0u8; phnum * phentsize];
         self.file.read_exact_at(&mut all, phoff).context("program headers")?;
         Ok(all
@@ -149,6 +164,7 @@ impl ElfFile {
     /// Calls `f` for every symbol of a symbol table section (the null symbol skipped), reading
     /// [`CHUNK`] bytes at a time.
     pub fn for_each_symbol(&self, table: &Section, mut f: impl FnMut(Sym)) -> anyhow::Result<()> {
+        within(self.file.metadata()?.len(), table.offset, table.size, "symbol table")?;
         let n = table.size / SYM_SIZE as u64;
         let mut buf = vec![0u8; CHUNK / SYM_SIZE * SYM_SIZE];
         let mut i = 1u64;
@@ -328,6 +344,70 @@ pub fn demangle(name: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    /// A 64-byte ELF header claiming tables far past the end of its (small) file.
+    fn crafted(dir: &Path, name: &str, edit: impl Fn(&mut [u8])) -> std::path::PathBuf {
+        let mut h = vec![0u8; 4096];
+        h[..4].copy_from_slice(b"\x7fELF");
+        h[4] = 2; // 64-bit
+        h[5] = 1; // little-endian
+        edit(&mut h);
+        let p = dir.join(name);
+        std::fs::write(&p, &h).unwrap();
+        p
+    }
+
+    /// Libraries are read from containers: a file that claims huge section or program header
+    /// tables, or symbol tables past its end, gets one error and no allocation of what it claims.
+    #[test]
+    fn crafted_headers_cost_an_error_not_memory() {
+        let dir = std::env::temp_dir().join(format!("inferscope-elf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let put16 = |h: &mut [u8], o: usize, v: u16| h[o..o + 2].copy_from_slice(&v.to_le_bytes());
+        let put64 = |h: &mut [u8], o: usize, v: u64| h[o..o + 8].copy_from_slice(&v.to_le_bytes());
+        // 65,535 sections of 65,535 bytes each (4 GiB) at offset 64.
+        let sections = crafted(&dir, "sections", |h| {
+            put64(h, 0x28, 64);
+            put16(h, 0x3a, 0xffff);
+            put16(h, 0x3c, 0xffff);
+        });
+        // Section count 0: the real count in section 0's size, claimed as 1 << 20 (64 GiB).
+        let extended = crafted(&dir, "extended", |h| {
+            put64(h, 0x28, 64);
+            put16(h, 0x3a, 0xffff);
+            put64(h, 64 + 0x20, 1 << 20);
+        });
+        // 65,535 program headers of 65,535 bytes.
+        let programs = crafted(&dir, "programs", |h| {
+            put64(h, 0x20, 64);
+            put16(h, 0x36, 0xffff);
+            put16(h, 0x38, 0xffff);
+        });
+        // One section, a symbol table of 2^40 bytes.
+        let symbols = crafted(&dir, "symbols", |h| {
+            put64(h, 0x28, 1024);
+            put16(h, 0x3a, 64);
+            put16(h, 0x3c, 2);
+            let s = 1024 + 64;
+            h[s + 4..s + 8].copy_from_slice(&SHT_SYMTAB.to_le_bytes());
+            put64(h, s + 0x18, 2048);
+            put64(h, s + 0x20, 1 << 40);
+            h[s + 0x28..s + 0x2c].copy_from_slice(&1u32.to_le_bytes());
+        });
+        for (p, why) in [
+            (&sections, "section headers"),
+            (&extended, "section headers"),
+            (&programs, "program headers"),
+            (&symbols, "symbol table"),
+        ] {
+            let (r, largest) = crate::largest_allocation(|| SymbolTable::load(p).map(|t| t.len()));
+            let err = format!("{:#}", r.expect_err("a crafted file must not load"));
+            assert!(err.contains(why) && err.contains("past the end of the file"), "{}: {err}", p.display());
+            assert!(largest < 1 << 20, "{}: allocated {largest} bytes", p.display());
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     use super::*;
 
     #[test]

@@ -31,7 +31,9 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let child = child as u32;
-    let _ = TRACKED.insert(&child, &0, 0);
+    if TRACKED.insert(&child, &0, 0).is_err() {
+        count(stat::TRACKING_MAP_FULL, 1);
+    }
     output(&ProcEvent { kind: EventKind::ProcFork as u32, tgid, child, _pad: 0, ts_ns: unsafe { bpf_ktime_get_ns() } });
     0
 }

@@ -149,7 +149,9 @@ fn enter_io(ctx: &TracePointContext, syscall: u8, dir: u8, shape: u8) -> u32 {
         _ => {}
     }
     let args = IoArgs { buf, iovcnt, arrival_ns: 0, fd, syscall, dir, shape, _pad: 0 };
-    let _ = PENDING_IO.insert(&pid_tgid, &args, 0);
+    if PENDING_IO.insert(&pid_tgid, &args, 0).is_err() {
+        count(stat::TRACKING_MAP_FULL, 1);
+    }
     0
 }
 
@@ -385,7 +387,9 @@ fn enter_conn(ctx: &TracePointContext, role: u8) -> u32 {
     let fd = unsafe { ctx.read_at::<u64>(ARG0) }.unwrap_or(0) as u32;
     let addr = unsafe { ctx.read_at::<u64>(ARG1) }.unwrap_or(0);
     let args = ConnArgs { addr, fd, role, _pad: [0; 3] };
-    let _ = PENDING_CONN.insert(&pid_tgid, &args, 0);
+    if PENDING_CONN.insert(&pid_tgid, &args, 0).is_err() {
+        count(stat::TRACKING_MAP_FULL, 1);
+    }
     0
 }
 
@@ -461,7 +465,8 @@ fn exit_conn(ctx: &TracePointContext, role: u8) -> u32 {
     };
     let conn_id = unsafe {
         *seq += 1;
-        ((*seq) << 8) | (cpu & 0xff)
+        // 16 bits of CPU: unique on hosts with up to 65,536 CPUs (the sequence is per CPU).
+        ((*seq) << 16) | (cpu & 0xffff)
     } & !inferscope_common::USER_CONN_ID_BIT;
     let mut ev = ConnEvent {
         kind: EventKind::ConnOpen as u32,

@@ -168,6 +168,12 @@ impl HealthMetrics {
         );
         Self::advance(
             prev,
+            "trackmap",
+            h.bpf_stat(stat::TRACKING_MAP_FULL),
+            &self.dropped.with_label_values(&["tracking_map_full"]),
+        );
+        Self::advance(
+            prev,
             "device_rate",
             h.bpf_stat(stat::DEVICE_RATE_LIMITED),
             &self.dropped.with_label_values(&["device_rate_limited"]),
@@ -218,6 +224,7 @@ impl HealthMetrics {
         }
         for (proto, cause, n) in [
             ("http", "orphan_response", h.tracker.orphan_responses),
+            ("http", "head_truncated", h.tracker.head_truncated),
             ("openai", "bad_chunk", h.tracker.bad_chunks),
             ("http", "too_many_pipelined", h.tracker.pending_overflow),
         ] {

@@ -222,6 +222,7 @@ mod tests {
             aborted: false,
             complete: true,
             capture_gaps: false,
+            head_truncated: false,
             error_type: None,
             prompt: None,
             completion: None,

@@ -94,6 +94,79 @@ impl HttpParser {
         consumed
     }
 
+    /// A gap inside a head: when its start line and some header lines were seen, the head is
+    /// kept (those lines) and the parser waits for its end ([`State::HeadCut`]) instead of
+    /// losing the message. True when it did.
+    pub(super) fn cut_head(&mut self) -> bool {
+        let Some(last) = memchr::memmem::rfind(&self.buf, b"\r\n") else { return false };
+        let mut lines = self.buf[..last + 2].to_vec();
+        lines.extend_from_slice(b"\r\n");
+        let Some(mut head) = parse_head(&lines, self.first_ts, self.last_ts) else { return false };
+        head.truncated = true;
+        self.buf.clear();
+        self.cut = Some(Box::new(head));
+        self.after_cut.clear();
+        self.state = State::HeadCut;
+        true
+    }
+
+    /// Bytes after a gap inside a head: the head ends at the first empty line. Complete header
+    /// lines after the gap (the first line is skipped: it may have begun in the gap) join the
+    /// kept head. Then its body: as announced, or for a request that announced nothing that
+    /// was seen, the rest of this syscall's bytes (a request body is sent with its head).
+    pub(super) fn head_cut(&mut self, ts: u64, b: &[u8], out: &mut Vec<HttpEvent>) -> usize {
+        let old = self.after_cut.len();
+        let keep = b.len().min(MAX_HEAD.saturating_sub(old));
+        self.after_cut.extend_from_slice(&b[..keep]);
+        let from = old.saturating_sub(3);
+        let Some(end) = memchr::memmem::find(&self.after_cut[from..], b"\r\n\r\n").map(|i| from + i + 4) else {
+            if self.after_cut.len() >= MAX_HEAD {
+                // Keep the tail only: the end may straddle the next bytes.
+                let tail = self.after_cut.split_off(self.after_cut.len() - 3);
+                self.after_cut = tail;
+            }
+            return b.len();
+        };
+        let Some(mut head) = self.cut.take() else {
+            self.state = State::Head;
+            return b.len();
+        };
+        let lines = &self.after_cut[..end - 4];
+        for line in lines.split(|&c| c == b'\n').skip(1) {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let Some(colon) = line.iter().position(|&c| c == b':') else { continue };
+            let (name, value) = (&line[..colon], &line[colon + 1..]);
+            if name.is_empty() || !name.iter().all(|c| c.is_ascii_alphanumeric() || b"-_".contains(c)) {
+                continue;
+            }
+            let name = String::from_utf8_lossy(name).to_ascii_lowercase();
+            if head.header(&name).is_none() && head.headers.len() < MAX_HEADERS {
+                head.headers.push((name, String::from_utf8_lossy(value).trim().to_string()));
+            }
+        }
+        head.ts_ns = ts;
+        self.after_cut.clear();
+        self.synced_once = true;
+        let consumed = (end - old).min(b.len());
+        let announced = head.chunked() || head.content_length().is_some();
+        let request = head.is_request();
+        self.state = self.body_state(&head);
+        out.push(HttpEvent::Head(head));
+        if request && !announced {
+            let rest = &b[consumed..];
+            if !rest.is_empty() {
+                out.push(HttpEvent::Body { ts_ns: ts, bytes: rest.to_vec() });
+            }
+            out.push(HttpEvent::End { ts_ns: ts, complete: false });
+            self.state = State::Head;
+            return b.len();
+        }
+        if self.state == State::Head {
+            out.push(HttpEvent::End { ts_ns: ts, complete: true });
+        }
+        consumed
+    }
+
     fn body_state(&mut self, head: &Head) -> State {
         match &head.start {
             StartLine::Request { .. } => {
@@ -148,6 +221,7 @@ fn parse_head(bytes: &[u8], first_ts: u64, ts: u64) -> Option<Head> {
                 headers: to_vec(r.headers),
                 first_ts_ns: first_ts,
                 ts_ns: ts,
+                truncated: false,
             }),
             _ => None,
         }
@@ -160,6 +234,7 @@ fn parse_head(bytes: &[u8], first_ts: u64, ts: u64) -> Option<Head> {
                 headers: to_vec(r.headers),
                 first_ts_ns: first_ts,
                 ts_ns: ts,
+                truncated: false,
             }),
             _ => None,
         }
@@ -219,6 +294,71 @@ mod tests {
         let mut p = HttpParser::new();
         let evs = run(&mut p, &[data(1, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")]);
         assert_eq!(evs, vec![HttpEvent::Error(ParseError::Http2)]);
+    }
+
+    /// A request head longer than its syscall's capture (head and tail kept, a gap between):
+    /// reported with its start line and the header lines on either side of the gap, its body as
+    /// announced (Content-Length after the gap) or, announced nowhere, the rest of the syscall.
+    #[test]
+    fn a_head_cut_by_a_gap_is_kept() {
+        let mut p = HttpParser::new();
+        let evs = run(
+            &mut p,
+            &[
+                data(1, b"POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nCookie: xxxxxxxx"),
+                Segment::Gap { len: 9000 },
+                Segment::Data {
+                    ts_ns: 1,
+                    bytes: b"xxxx\r\nContent-Length: 5\r\nX-Late: 1\r\n\r\nhel",
+                    syscall_start: false,
+                    arrival_ns: 0,
+                },
+                data(2, b"lo"),
+                data(3, b"GET /health HTTP/1.1\r\n\r\n"),
+            ],
+        );
+        let heads: Vec<&Head> =
+            evs.iter().filter_map(|e| if let HttpEvent::Head(h) = e { Some(&**h) } else { None }).collect();
+        assert_eq!(heads.len(), 2, "{evs:?}");
+        let h = heads[0];
+        assert!(h.truncated && !heads[1].truncated);
+        assert_eq!(h.start, StartLine::Request { method: "POST".into(), target: "/v1/chat/completions".into() });
+        assert_eq!(
+            (h.header("host"), h.header("content-length"), h.header("x-late")),
+            (Some("a"), Some("5"), Some("1"))
+        );
+        assert_eq!(h.header("cookie"), None, "a line cut by the gap is not a header");
+        assert_eq!(body(&evs), b"hello");
+        assert!(!evs.iter().any(|e| matches!(e, HttpEvent::Error(_))), "{evs:?}");
+
+        // Nothing announces the body: it is the rest of the syscall.
+        let mut p = HttpParser::new();
+        let evs = run(
+            &mut p,
+            &[
+                data(1, b"POST /v1/completions HTTP/1.1\r\nContent-Length: 7\r\nAuthorization: Bearer abc"),
+                Segment::Gap { len: 70_000 },
+                data(2, b"def\r\n\r\n{\"a\":1}"),
+            ],
+        );
+        assert!(matches!(&evs[0], HttpEvent::Head(h) if h.truncated && h.header("content-length") == Some("7")));
+        assert_eq!(body(&evs), b"{\"a\":1}");
+        assert_eq!(evs.last(), Some(&HttpEvent::End { ts_ns: 2, complete: true }));
+        let mut p = HttpParser::new();
+        let evs = run(
+            &mut p,
+            &[
+                data(1, b"POST /v1/completions HTTP/1.1\r\nAuthorization: Bearer abc"),
+                Segment::Gap { len: 70_000 },
+                data(2, b"def\r\n\r\n{\"b\":2}"),
+            ],
+        );
+        assert_eq!(body(&evs), b"{\"b\":2}");
+        assert_eq!(evs.last(), Some(&HttpEvent::End { ts_ns: 2, complete: false }));
+        // A gap before the start line's end loses the message, as before.
+        let mut p = HttpParser::new();
+        let evs = run(&mut p, &[data(1, b"POST /v1/comp"), Segment::Gap { len: 100 }, data(2, b"x\r\n\r\n")]);
+        assert!(!evs.iter().any(|e| matches!(e, HttpEvent::Head(_))), "{evs:?}");
     }
 
     #[test]

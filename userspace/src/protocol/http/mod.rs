@@ -44,6 +44,9 @@ pub struct Head {
     pub first_ts_ns: u64,
     /// Timestamp of the syscall that completed the head.
     pub ts_ns: u64,
+    /// Bytes inside the head were not captured (a head longer than the capture of its syscall:
+    /// a large cookie or token): `headers` holds the lines on either side of the gap.
+    pub truncated: bool,
 }
 
 impl Head {
@@ -123,6 +126,9 @@ enum State {
     UntilClose,
     /// Waiting for a syscall that starts with a message head.
     Unsynced,
+    /// Bytes of a head were lost after its start line: waiting for the head's end, the head
+    /// so far kept in `cut`.
+    HeadCut,
     /// Not HTTP/1.x any more (upgrade, h2): ignore everything.
     Opaque,
 }
@@ -144,6 +150,9 @@ pub struct HttpParser {
     arrival: u64,
     /// A short syscall that may begin a message head, kept while resynchronising.
     resync: Vec<u8>,
+    /// The head whose middle was lost ([`State::HeadCut`]), and the bytes seen since the gap.
+    cut: Option<Box<Head>>,
+    after_cut: Vec<u8>,
     /// Bytes skipped while out of sync (after lost bytes, or before the first message head).
     pub discarded: u64,
 }
@@ -165,6 +174,8 @@ impl HttpParser {
             last_ts: 0,
             arrival: 0,
             resync: Vec::new(),
+            cut: None,
+            after_cut: Vec::new(),
             discarded: 0,
         }
     }
@@ -228,7 +239,13 @@ impl HttpParser {
             return;
         }
         self.resync.clear();
-        match self.state {
+        let state = self.state;
+        match state {
+            State::Head if self.cut_head() => {}
+            State::HeadCut => {
+                // More of the head lost: what follows starts mid-line again.
+                self.after_cut.clear();
+            }
             State::Head => {
                 let had_partial = !self.buf.is_empty();
                 self.buf.clear();
@@ -274,6 +291,12 @@ impl HttpParser {
             }
             State::Length(_) | State::Chunked(_) | State::ChunkResync => {
                 out.push(HttpEvent::End { ts_ns, complete: false });
+                self.state = State::Head;
+            }
+            State::HeadCut => {
+                // The head never ended: nothing to report but the loss.
+                out.push(HttpEvent::Error(ParseError::LostSync));
+                self.cut = None;
                 self.state = State::Head;
             }
             State::Head | State::Unsynced | State::Opaque => {}
@@ -348,6 +371,7 @@ impl HttpParser {
                     n
                 }
                 State::Chunked(c) => self.chunked(ts, c, b, out),
+                State::HeadCut => self.head_cut(ts, b, out),
                 State::UntilClose => {
                     out.push(HttpEvent::Body { ts_ns: ts, bytes: b.to_vec() });
                     b.len()

@@ -40,6 +40,9 @@ pub(crate) fn checkout_file(rel: &str) -> std::path::PathBuf {
         .join(rel)
 }
 
+#[cfg(test)]
+pub(crate) use alloc_probe::largest_allocation;
+
 /// The unit tests' allocator: the system's, noting the largest single allocation each thread
 /// asks for, so that a test can assert that untrusted input never makes the daemon allocate
 /// what the input merely claims ([`largest_allocation`]).
@@ -81,13 +84,12 @@ mod alloc_probe {
 
     #[global_allocator]
     static PROBE: Probe = Probe;
-}
 
-/// Runs `f` and returns its result with the largest single allocation made on this thread
-/// while it ran.
-#[cfg(test)]
-pub(crate) fn largest_allocation<T>(f: impl FnOnce() -> T) -> (T, usize) {
-    alloc_probe::LARGEST.with(|c| c.set(0));
-    let out = f();
-    (out, alloc_probe::LARGEST.with(|c| c.get()))
+    /// Runs `f` and returns its result with the largest single allocation made on this thread
+    /// while it ran.
+    pub(crate) fn largest_allocation<T>(f: impl FnOnce() -> T) -> (T, usize) {
+        LARGEST.with(|c| c.set(0));
+        let out = f();
+        (out, LARGEST.with(|c| c.get()))
+    }
 }

@@ -203,7 +203,8 @@ impl StreamAcc {
             self.done = true;
             return;
         }
-        let Some(info) = openai::parse_response(&ev.data, lim.content_bytes > 0) else {
+        let ids = self.id.is_none() || self.model.is_none();
+        let Some(info) = openai::parse_chunk(&ev.data, lim.content_bytes > 0, ids) else {
             self.bad_chunks += 1;
             return;
         };

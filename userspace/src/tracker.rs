@@ -191,9 +191,17 @@ impl Tracker {
         self.count_conns();
     }
 
+    /// O(1) on every open and close; the IPC connections are counted when stats are taken.
     fn count_conns(&mut self) {
         self.s.stats.connections = self.conns.len() as u64;
-        self.s.stats.ipc_connections = self.conns.values().filter(|c| c.zmtp.is_some()).count() as u64;
+    }
+
+    /// The stats with the IPC connections counted now (a walk over the connections: for
+    /// health snapshots, not per event).
+    pub fn stats_snapshot(&self) -> TrackerStats {
+        let mut s = self.s.stats.clone();
+        s.ipc_connections = self.conns.values().filter(|c| c.zmtp.is_some()).count() as u64;
+        s
     }
 
     /// ZMTP messages decoded since the last call, in capture order.

@@ -293,7 +293,7 @@ impl Layer for RequestsLayer {
     }
 
     fn health(&self, h: &mut Health) {
-        h.tracker = self.tracker.stats().clone();
+        h.tracker = self.tracker.stats_snapshot();
         h.in_flight = self.tracker.in_flight();
     }
 }

@@ -68,8 +68,12 @@ pub struct RequestInfo {
     pub prompt: Option<String>,
 }
 
+/// A request body as read: `P` is what the prompt fields (`messages`, `prompt`, `text`) are
+/// read into: their JSON tree when content is captured, else nothing (skipped unallocated: the
+/// prompt is most of a request's bytes).
 #[derive(Deserialize)]
-struct RawRequest<'a> {
+#[serde(bound(deserialize = "P: Deserialize<'de>"))]
+struct RawRequest<'a, P> {
     #[serde(borrow)]
     model: Option<Cow<'a, str>>,
     stream: Option<bool>,
@@ -80,14 +84,18 @@ struct RawRequest<'a> {
     max_new_tokens: Option<u64>,
     temperature: Option<f64>,
     top_p: Option<f64>,
-    #[serde(default)]
-    messages: Option<serde_json::Value>,
-    #[serde(default)]
-    prompt: Option<serde_json::Value>,
-    #[serde(default)]
-    text: Option<serde_json::Value>,
+    #[serde(default = "none")]
+    messages: Option<P>,
+    #[serde(default = "none")]
+    prompt: Option<P>,
+    #[serde(default = "none")]
+    text: Option<P>,
     #[serde(default)]
     sampling_params: Option<SamplingParams>,
+}
+
+fn none<P>() -> Option<P> {
+    None
 }
 
 #[derive(Deserialize)]
@@ -140,9 +148,19 @@ fn prompt_text(messages: Option<&serde_json::Value>, prompt: Option<&serde_json:
 
 /// Parses a complete request body. `keep_prompt` keeps the prompt text (content capture).
 pub fn parse_request(body: &[u8], keep_prompt: bool) -> Option<RequestInfo> {
-    let r: RawRequest<'_> = serde_json::from_slice(body).ok()?;
+    if keep_prompt {
+        let r: RawRequest<'_, serde_json::Value> = serde_json::from_slice(body).ok()?;
+        let prompt = prompt_text(r.messages.as_ref(), r.prompt.as_ref().or(r.text.as_ref()));
+        return Some(RequestInfo { prompt, ..request_info(r) });
+    }
+    let r: RawRequest<'_, serde::de::IgnoredAny> = serde_json::from_slice(body).ok()?;
+    Some(request_info(r))
+}
+
+/// Everything but the prompt.
+fn request_info<P>(r: RawRequest<'_, P>) -> RequestInfo {
     let sp = r.sampling_params.as_ref();
-    Some(RequestInfo {
+    RequestInfo {
         model: r.model.map(Cow::into_owned),
         stream: r.stream,
         include_usage: r.stream_options.and_then(|s| s.include_usage),
@@ -150,12 +168,8 @@ pub fn parse_request(body: &[u8], keep_prompt: bool) -> Option<RequestInfo> {
         max_tokens: r.max_tokens.or(r.max_completion_tokens).or(r.max_new_tokens).or(sp.and_then(|s| s.max_new_tokens)),
         temperature: r.temperature.or(sp.and_then(|s| s.temperature)),
         top_p: r.top_p.or(sp.and_then(|s| s.top_p)),
-        prompt: if keep_prompt {
-            prompt_text(r.messages.as_ref(), r.prompt.as_ref().or(r.text.as_ref()))
-        } else {
-            None
-        },
-    })
+        prompt: None,
+    }
 }
 
 /// Reads what it can from body fragments (head and tail captured, middle lost).
@@ -288,10 +302,23 @@ fn nonempty(s: &Option<Cow<'_, str>>) -> bool {
 
 /// Parses a streamed chunk's JSON or a whole response body. `keep_text` keeps generated text.
 pub fn parse_response(body: &[u8], keep_text: bool) -> Option<ResponseInfo> {
+    parse_chunk(body, keep_text, true)
+}
+
+/// [`parse_response`] for a stream's chunks: `ids` false leaves `id` and `model` out (a
+/// stream keeps its first chunk's; copying them out of every chunk is most of a chunk's
+/// allocations).
+pub fn parse_chunk(body: &[u8], keep_text: bool, ids: bool) -> Option<ResponseInfo> {
+    if !keep_text
+        && !ids
+        && let Some(info) = simple_chunk(body)
+    {
+        return Some(info);
+    }
     let r: RawChunk<'_> = serde_json::from_slice(body).ok()?;
     let mut info = ResponseInfo {
-        id: r.id.map(Cow::into_owned),
-        model: r.model.map(Cow::into_owned),
+        id: r.id.filter(|_| ids).map(Cow::into_owned),
+        model: r.model.filter(|_| ids).map(Cow::into_owned),
         usage: r.usage,
         error: r.error.as_ref().map(error_type),
         choices: Vec::new(),
@@ -349,6 +376,88 @@ pub fn parse_response(body: &[u8], keep_text: bool) -> Option<ResponseInfo> {
         }
     }
     Some(info)
+}
+
+/// The common streamed chunk, one choice's delta or text and its finish reason, read in one
+/// pass without a JSON parser (parsing every chunk was a third of the daemon's CPU under load):
+/// what [`parse_chunk`] gives for it, with neither text nor ids. None for anything else (usage,
+/// errors, tool calls, logprobs, several choices, escaped characters, SGLang's `meta_info`, a
+/// body that is not an object): those are parsed. Without escapes, a quote always opens or
+/// closes a string, so a string followed by a colon is a key, and brackets outside strings give
+/// its depth: top-level keys at 1, a choice's at 3, its delta's at 4.
+fn simple_chunk(body: &[u8]) -> Option<ResponseInfo> {
+    /// A string value's bytes, or None for null; Err (None outside) for anything else.
+    fn string(v: &[u8]) -> Option<Option<&[u8]>> {
+        if v.starts_with(b"null") {
+            return Some(None);
+        }
+        let v = v.strip_prefix(b"\"")?;
+        Some(Some(&v[..memchr::memchr(b'"', v)?]))
+    }
+    let b = body.trim_ascii();
+    if b.first() != Some(&b'{') || b.last() != Some(&b'}') {
+        return None;
+    }
+    let (mut depth, mut i) = (0u32, 0usize);
+    let (mut index, mut finish_reason, mut has_output) = (None::<u32>, None::<String>, false);
+    let (mut choices, mut delta, mut finish_seen, mut outputs_seen) = (false, false, false, 0u32);
+    while i < b.len() {
+        match b[i] {
+            b'\\' => return None,
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.checked_sub(1)?,
+            b'"' => {
+                let start = i + 1;
+                let end = start + memchr::memchr(b'"', &b[start..])?;
+                i = end + 1;
+                let rest = b[i..].trim_ascii_start();
+                let Some(value) = rest.strip_prefix(b":") else { continue };
+                let value = value.trim_ascii_start();
+                let nested = value.first().is_some_and(|c| *c == b'{' || *c == b'[');
+                match (depth, &b[start..end]) {
+                    (_, b"usage" | b"error" | b"tool_calls" | b"meta_info" | b"message") => return None,
+                    (1, b"choices") => {
+                        if choices || !value.starts_with(b"[{") {
+                            return None;
+                        }
+                        choices = true;
+                    }
+                    (3, b"index") if index.is_none() => {
+                        let n = value.iter().take_while(|c| c.is_ascii_digit()).count();
+                        index = Some(std::str::from_utf8(&value[..n]).ok()?.parse().ok()?);
+                    }
+                    (3, b"finish_reason") if !finish_seen => {
+                        finish_seen = true;
+                        finish_reason =
+                            string(value)?.map(|f| std::str::from_utf8(f).map(str::to_string)).transpose().ok()?;
+                    }
+                    (3, b"logprobs") if value.starts_with(b"null") => {}
+                    (3, b"delta") if !delta && value.starts_with(b"{") => delta = true,
+                    // A choice's other members hold no object: depth 4 is the delta's.
+                    (3, _) if nested => return None,
+                    (3, b"text") | (4, b"content" | b"reasoning_content" | b"reasoning") => {
+                        outputs_seen += 1;
+                        has_output |= string(value)?.is_some_and(|t| !t.is_empty());
+                    }
+                    (3, b"index" | b"finish_reason" | b"logprobs" | b"delta") => return None,
+                    (1..=4, _) => {}
+                    _ => return None,
+                }
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    // One choice (a second would repeat its keys), and a delta or a text, not both.
+    let texts = if delta { 3 } else { 1 };
+    if depth != 0 || !choices || outputs_seen > texts {
+        return None;
+    }
+    Some(ResponseInfo {
+        choices: vec![ChoiceInfo { index: index?, has_output, finish_reason, text: None }],
+        ..Default::default()
+    })
 }
 
 /// Reads what it can from response-body fragments (head and tail captured, middle lost).
@@ -442,6 +551,81 @@ mod tests {
         assert_eq!(r.prompt, None, "prompt text is dropped unless capture is on");
         let r = parse_request(br#"{"messages":[{"role":"user","content":"hi"}],"model":"m"}"#, true).unwrap();
         assert_eq!(r.prompt.as_deref(), Some("user: hi\n"));
+    }
+
+    /// Without content capture the prompt is skipped unread: every other field is the same.
+    #[test]
+    fn request_fields_do_not_depend_on_content_capture() {
+        for body in [
+            &br#"{"messages":[{"role":"user","content":[{"type":"text","text":"a"}]}],"model":"m","n":3,"temperature":0.5}"#[..],
+            br#"{"prompt":["x","y"],"model":"m","max_completion_tokens":9,"stream":false,"top_p":0.9}"#,
+            br#"{"text":"hi","sampling_params":{"max_new_tokens":4,"n":2,"temperature":0.1}}"#,
+            br#"{"prompt":42,"messages":null,"model":"m"}"#,
+            br#"{"model":"m","prompt":"unterminated"#,
+        ] {
+            let with = parse_request(body, true).map(|r| RequestInfo { prompt: None, ..r });
+            assert_eq!(parse_request(body, false), with, "{}", String::from_utf8_lossy(body));
+        }
+        assert_eq!(
+            parse_request(br#"{"text":"hi","sampling_params":{"max_new_tokens":4}}"#, false).unwrap().max_tokens,
+            Some(4)
+        );
+    }
+
+    /// The parser-free reading of common chunks gives what the parser gives, or declines.
+    #[test]
+    fn simple_chunks_read_as_the_parser_reads_them() {
+        let vllm = br#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":" the"},"logprobs":null,"finish_reason":null}]}"#;
+        let last = br#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":""},"logprobs":null,"finish_reason":"length","stop_reason":null}]}"#;
+        let spaced = br#"{"id": "c", "choices": [{"index": 2, "text": "x", "logprobs": null, "finish_reason": null}]}"#;
+        for b in [&vllm[..], last, spaced] {
+            assert!(simple_chunk(b).is_some(), "{}", String::from_utf8_lossy(b));
+            assert_eq!(
+                parse_chunk(b, false, false),
+                parse_response(b, false).map(|r| ResponseInfo { id: None, model: None, ..r })
+            );
+        }
+        for declined in [
+            &br#"{"choices":[{"index":0,"delta":{"content":"a\\"b"}}]}"#[..],
+            br#"{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}"#,
+            br#"{"choices":[{"index":0,"delta":{"content":"a"}},{"index":1,"delta":{"content":"b"}}]}"#,
+            br#"{"choices":[{"index":0,"logprobs":{"content":[{"token":"a"}]},"delta":{"content":"a"}}]}"#,
+            br#"{"text":"a","meta_info":{"id":"x"}}"#,
+        ] {
+            assert_eq!(simple_chunk(declined), None, "{}", String::from_utf8_lossy(declined));
+        }
+    }
+
+    proptest::proptest! {
+        /// Any chunk built from the pieces servers send: when the parser-free reading accepts
+        /// it, it agrees with the parser.
+        #[test]
+        fn simple_chunk_agrees_with_the_parser(
+            content in proptest::option::of("[ -~\u{e9}\u{4e2d}]{0,12}"),
+            key in proptest::sample::select(vec!["content", "reasoning_content", "reasoning", "text"]),
+            index in 0u32..4,
+            finish in proptest::option::of(proptest::sample::select(vec!["stop", "length", "abort"])),
+            logprobs in proptest::bool::ANY,
+            sp in proptest::sample::select(vec!["", " "]),
+            extra in proptest::sample::select(vec!["", r#","usage":null"#, r#","system_fingerprint":"fp""#, r#","choices2":1"#]),
+            misplaced in proptest::bool::ANY,
+        ) {
+            let val = |s: &Option<String>| s.as_ref().map_or("null".to_string(), |s| serde_json::to_string(s).unwrap());
+            let lp = if logprobs { r#"{"content":[]}"# } else { "null" };
+            let fin = val(&finish.map(str::to_string));
+            let out = format!(r#""{key}":{sp}{}"#, val(&content));
+            // Completions put `text` in the choice, chat its keys in the delta; both also
+            // appear where they do not belong.
+            let (at_choice, in_delta) = if (key == "text") != misplaced { (out, String::new()) } else { (String::new(), out) };
+            let sep = if at_choice.is_empty() { "" } else { "," };
+            let body = format!(
+                r#"{{"id":"x","model":"m"{extra},"choices":[{{"index":{sp}{index}{sep}{at_choice},"delta":{{{in_delta}}},"logprobs":{sp}{lp},"finish_reason":{sp}{fin}}}]}}"#
+            );
+            let slow = parse_response(body.as_bytes(), false).map(|r| ResponseInfo { id: None, model: None, ..r });
+            if let Some(fast) = simple_chunk(body.as_bytes()) {
+                proptest::prop_assert_eq!(Some(fast), slow, "{}", body);
+            }
+        }
     }
 
     #[test]

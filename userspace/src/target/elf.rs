@@ -104,7 +104,9 @@ impl ElfFile {
         ensure!(shentsize >= 64, "bad section header size {shentsize}");
         let read_sh = |i: u64| -> anyhow::Result<Section> {
             let mut b = [0u8; 64];
-            file.read_exact_at(&mut b, shoff + i * shentsize as u64).context("section header")?;
+            let at =
+                i.checked_mul(shentsize as u64).and_then(|o| o.checked_add(shoff)).context("section header offset")?;
+            file.read_exact_at(&mut b, at).context("section header")?;
             Ok(Section {
                 kind: u32_at(&b, 4),
                 addr: u64_at(&b, 0x10),
@@ -203,8 +205,10 @@ impl ElfFile {
             // whole in it (if not longer than max_len).
             let len = (t.size - start).min(buf.len() as u64) as usize;
             let w = &mut buf[..len];
-            self.file.read_exact_at(w, t.offset + start).context("string table")?;
-            while i < items.len() && u64::from(name_of(&items[i])) < start + CHUNK as u64 {
+            self.file
+                .read_exact_at(w, t.offset.checked_add(start).context("string table offset")?)
+                .context("string table")?;
+            while i < items.len() && u64::from(name_of(&items[i])) < start.saturating_add(CHUNK as u64) {
                 let at = (u64::from(name_of(&items[i])) - start) as usize;
                 if at < w.len() {
                     let rest = &w[at..w.len().min(at + max_len + 1)];
@@ -226,7 +230,7 @@ impl ElfFile {
         let mut buf = [0u8; 256];
         while at < t.size && out.len() < MAX_NAME {
             let len = (t.size - at).min(buf.len() as u64) as usize;
-            self.file.read_exact_at(&mut buf[..len], t.offset + at).ok()?;
+            self.file.read_exact_at(&mut buf[..len], t.offset.checked_add(at)?).ok()?;
             if let Some(end) = buf[..len].iter().position(|&c| c == 0) {
                 out.extend_from_slice(&buf[..end]);
                 return String::from_utf8(out).ok();
@@ -244,7 +248,7 @@ impl ElfFile {
         if sec.kind == SHT_NOBITS {
             return None;
         }
-        Some(sec.offset + value.checked_sub(sec.addr)?)
+        sec.offset.checked_add(value.checked_sub(sec.addr)?)
     }
 }
 
@@ -307,12 +311,16 @@ impl SymbolTable {
 
     /// The function containing the code at `file_offset` (its name read from the file).
     pub fn name_at_offset(&self, file_offset: u64) -> Option<String> {
-        let (off, _, vaddr) = self.loads.iter().find(|(o, s, _)| file_offset >= *o && file_offset < o + s)?;
-        let va = file_offset - off + vaddr;
+        // Header values are untrusted: no sum may wrap.
+        let (off, _, vaddr) = self
+            .loads
+            .iter()
+            .find(|(o, s, _)| file_offset >= *o && o.checked_add(*s).is_some_and(|end| file_offset < end))?;
+        let va = (file_offset - off).checked_add(*vaddr)?;
         let i = self.syms.partition_point(|s| s.start <= va).checked_sub(1)?;
         let s = self.syms[i];
         // Symbols without a size (hand-written assembly) match only their first byte.
-        if va >= s.start + u64::from((s.size_dyn & !DYN_BIT).max(1)) {
+        if va >= s.start.saturating_add(u64::from((s.size_dyn & !DYN_BIT).max(1))) {
             return None;
         }
         let strtab = self.strtabs[usize::from(s.size_dyn & DYN_BIT != 0)];

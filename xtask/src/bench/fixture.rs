@@ -10,7 +10,9 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use super::{TOP_HEADER, cost_cell, costs, load, median, one_round, start_inferscope, top_programs};
+use super::{
+    TOP_HEADER, cost_cell, costs, load, median, one_round, start_inferscope, top_programs, wakeups_per_request,
+};
 use crate::{setup, util};
 
 /// ns per write(2) of one byte to /dev/null, over `n` calls.
@@ -41,8 +43,8 @@ pub fn run(seconds: u64, rounds: u32, report: Option<&Path>) -> Result<()> {
          per program), over the round, divided by the requests and SSE events the client completed in it; \
          median of the rounds with inferscope.\n\n\
          | workload | req/s off | req/s on | ratio | SSE events/s on | reported / completed | ring-buffer drops \
-         | cost per request (user + BPF) | cost per SSE event (user + BPF) | inferscope peak RSS |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n",
+         | cost per request (user + BPF) | cost per SSE event (user + BPF) | wakeups per request | inferscope peak RSS |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut top = String::new();
 
@@ -107,10 +109,11 @@ pub fn run(seconds: u64, rounds: u32, report: Option<&Path>) -> Result<()> {
         let (per_req, per_event) = costs(&on);
         let rss = on.iter().map(|r| r.rss_kib).max().unwrap_or(0);
         md.push_str(&format!(
-            "| {name} | {off_rps:.0} | {on_rps:.0} | **{:.3}** | {ev:.0} | {reported} / {completed} | {drops} | {} | {} | {:.1} MiB |\n",
+            "| {name} | {off_rps:.0} | {on_rps:.0} | **{:.3}** | {ev:.0} | {reported} / {completed} | {drops} | {} | {} | {:.2} | {:.1} MiB |\n",
             on_rps / off_rps.max(1e-9),
             cost_cell(per_req),
             cost_cell(per_event),
+            wakeups_per_request(&on),
             rss as f64 / 1024.0
         ));
         top.push_str(&top_programs(name, &on, 5));

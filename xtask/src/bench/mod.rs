@@ -76,6 +76,9 @@ struct Round {
     progs: Vec<bpf::Prog>,
     rss_kib: u64,
     drops: u64,
+    /// inferscope's voluntary context switches over the round (all its threads): how often it
+    /// went to sleep waiting for work, i.e. its wakeups.
+    wakeups: u64,
 }
 
 impl Round {
@@ -93,6 +96,26 @@ fn costs(on: &[Round]) -> ((f64, f64), (f64, f64)) {
         (m(&|r| r.cost_us(r.requests).0), m(&|r| r.cost_us(r.requests).1)),
         (m(&|r| r.cost_us(r.events).0), m(&|r| r.cost_us(r.events).1)),
     )
+}
+
+/// Median wakeups (voluntary context switches) per request over the rounds `on`.
+fn wakeups_per_request(on: &[Round]) -> f64 {
+    median(on.iter().map(|r| r.wakeups as f64 / r.requests.max(1) as f64).collect())
+}
+
+/// Voluntary context switches of every thread of a process.
+fn wakeups(pid: u32) -> u64 {
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|t| fs::read_to_string(t.path().join("status")).ok())
+        .filter_map(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+        .sum()
 }
 
 /// `57 + 27 = 84 us`: user space + BPF = total.
@@ -229,6 +252,7 @@ fn one_round(
         None => None,
     };
     let before = scope.as_ref().map(|c| usage(c.id()).0).unwrap_or(0.0);
+    let wakeups_before = scope.as_ref().map(|c| wakeups(c.id())).unwrap_or(0);
     let progs_before = scope.as_ref().map(|c| bpf::snapshot(&bpf::programs_of(c.id()))).unwrap_or_default();
     let s = load(port, seconds, args, &dir.join("summary.json"))?;
     let mut r = Round {
@@ -242,10 +266,12 @@ fn one_round(
         progs: Vec::new(),
         rss_kib: 0,
         drops: 0,
+        wakeups: 0,
     };
     if let Some(c) = &mut scope {
         std::thread::sleep(Duration::from_millis(1500));
         let (cpu, rss) = usage(c.id());
+        r.wakeups = wakeups(c.id()).saturating_sub(wakeups_before);
         // Programs attached during the round (new processes, the device layer) count too.
         r.progs = bpf::delta(&progs_before, &bpf::snapshot(&bpf::programs_of(c.id())));
         r.bpf_ns = r.progs.iter().map(|p| p.run_time_ns).sum();

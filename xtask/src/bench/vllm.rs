@@ -6,7 +6,7 @@ use std::{fs, path::Path, process::Command, time::Duration};
 use anyhow::{Context as _, Result};
 use serde_json::Value;
 
-use super::{TOP_HEADER, cost_cell, costs, load, median, one_round, top_programs};
+use super::{TOP_HEADER, cost_cell, costs, load, median, one_round, top_programs, wakeups_per_request};
 use crate::{setup, util};
 
 /// `cargo xtask bench --vllm`: a real vLLM (CPU, tiny model) saturated by the Rust client,
@@ -99,12 +99,13 @@ pub fn run_vllm(seconds: u64, rounds: u32, report: Option<&Path>) -> Result<()> 
          Cost: inferscope's utime+stime plus its BPF programs' run time (kernel BPF statistics), per request and per \
          SSE event completed.\n\n\
          | req/s off | req/s on | ratio | SSE events/s off | on | reported / completed | requests with engine phases (last round) \
-         | cost per request (user + BPF) | cost per SSE event (user + BPF) | inferscope CPU | peak RSS |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|\n\
-         | {off_rps:.1} | {on_rps:.1} | **{:.3}** | {off_ev:.0} | {on_ev:.0} | {reported} / {completed} | {engine_lines} | {} | {} | {cpu:.1}% of a core | {:.1} MiB |\n",
+         | cost per request (user + BPF) | cost per SSE event (user + BPF) | wakeups per request | inferscope CPU | peak RSS |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n\
+         | {off_rps:.1} | {on_rps:.1} | **{:.3}** | {off_ev:.0} | {on_ev:.0} | {reported} / {completed} | {engine_lines} | {} | {} | {:.2} | {cpu:.1}% of a core | {:.1} MiB |\n",
         on_rps / off_rps.max(1e-9),
         cost_cell(per_req),
         cost_cell(per_event),
+        wakeups_per_request(&on),
         rss as f64 / 1024.0
     ) + &format!(
         "\nWith the Python layer as well (`--python-timers default --python-profile-rate 99`: breakpoints on \

@@ -405,6 +405,21 @@ impl Inferscope {
     }
 }
 
+/// inferscope's records of exactly the client's requests (`truth`: the load client's lines),
+/// waiting up to 30 s for all of them (a server's health polls and a test's /metrics scrapes
+/// are requests too, and are reported as such).
+pub fn records_of(scope: &Inferscope, truth: &[Value]) -> Vec<Value> {
+    let ids: std::collections::HashSet<&str> = truth.iter().filter_map(|t| t["request_id"].as_str()).collect();
+    wait_for("inferscope to report every request", Duration::from_secs(30), || {
+        let recs: Vec<Value> = scope
+            .requests()
+            .into_iter()
+            .filter(|r| r["request_id"].as_str().is_some_and(|i| ids.contains(i)))
+            .collect();
+        (recs.len() == truth.len()).then_some(recs)
+    })
+}
+
 pub fn read_jsonl(path: &Path) -> Vec<Value> {
     let Ok(f) = fs::File::open(path) else {
         return Vec::new();

@@ -47,19 +47,6 @@ fn load(dir: &std::path::Path, url: &str, requests: u32, concurrency: u32, mix: 
     truth
 }
 
-/// inferscope's records of exactly the client's requests.
-fn records_of(scope: &Inferscope, truth: &[Value]) -> Vec<Value> {
-    let ids: HashSet<&str> = truth.iter().filter_map(|t| t["request_id"].as_str()).collect();
-    wait_for("inferscope to report every request", Duration::from_secs(30), || {
-        let recs: Vec<Value> = scope
-            .requests()
-            .into_iter()
-            .filter(|r| r["request_id"].as_str().is_some_and(|i| ids.contains(i)))
-            .collect();
-        (recs.len() == truth.len()).then_some(recs)
-    })
-}
-
 /// Queue, prefill and decode on every request; as many queue observations as SGLang made, with
 /// the same sum (both from the scheduler's own stamps).
 fn check_phases(recs: &[Value], d: impl Fn(&str) -> f64) {

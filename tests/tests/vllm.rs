@@ -80,20 +80,6 @@ fn check_phases(recs: &[Value], before: &HashMap<String, f64>, after: &HashMap<S
     }
 }
 
-/// inferscope's records of exactly the client's requests (its health polls and this test's
-/// /metrics scrapes are requests to vLLM too, and are reported as such).
-fn records_of(scope: &Inferscope, truth: &[Value]) -> Vec<Value> {
-    let ids: std::collections::HashSet<&str> = truth.iter().filter_map(|t| t["request_id"].as_str()).collect();
-    wait_for("inferscope to report every request", Duration::from_secs(30), || {
-        let recs: Vec<Value> = scope
-            .requests()
-            .into_iter()
-            .filter(|r| r["request_id"].as_str().is_some_and(|i| ids.contains(i)))
-            .collect();
-        (recs.len() == truth.len()).then_some(recs)
-    })
-}
-
 fn delta(before: &HashMap<String, f64>, after: &HashMap<String, f64>, name: &str) -> f64 {
     after[name] - before[name]
 }

@@ -234,3 +234,53 @@ pub(crate) fn replay_capture(doc: &serde_json::Value, kind: EngineKind) -> (Engi
     }
     (t, events)
 }
+
+/// The captures `real-*.json` in a test data folder of the checkout, sorted.
+#[cfg(test)]
+pub(crate) fn real_capture_files(rel: &str) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(crate::checkout_file(rel))
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("real-") && n.ends_with(".json"))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Replays a capture and checks every HTTP response of it against the engine requests it
+/// joins: as many as it asked for (`n`), seen whole, its prompt and completion tokens, all
+/// three phases on the engine's clock in order. Returns the events and the completion tokens.
+#[cfg(test)]
+pub(crate) fn check_capture(doc: &serde_json::Value, kind: EngineKind, ver: &str) -> (Vec<EngineEvent>, u64) {
+    let (t, events) = replay_capture(doc, kind);
+    let malformed: Vec<_> = t.stats.undecodable.iter().filter(|(k, _)| *k != "foreign").collect();
+    assert!(malformed.is_empty(), "{ver}: {malformed:?}");
+    let responses = doc["responses"].as_array().unwrap();
+    assert!(responses.len() >= 7, "{ver}");
+    let mut joins = crate::correlate::requests::RequestJoin::of(&events);
+    let mut completion = 0;
+    for r in responses {
+        let id = r["id"].as_str().unwrap();
+        let kind = r["kind"].as_str().unwrap();
+        let reqs = joins.join(1, id);
+        assert_eq!(reqs.len() as u64, r["n"].as_u64().unwrap(), "{ver} {kind} {id}: engine requests");
+        for q in &reqs {
+            assert!(q.seen_from_start && !q.outputs_lost && !q.aborted, "{ver} {kind}: {q:?}");
+            assert_eq!(q.prompt_tokens, r["prompt_tokens"].as_u64(), "{ver} {kind}: prompt tokens");
+            assert_eq!(q.finish_reason.as_deref(), Some("length"), "{ver} {kind}");
+        }
+        let e = EnginePhases::merge(&reqs).unwrap();
+        assert_eq!(e.output_tokens, r["completion_tokens"].as_u64().unwrap(), "{ver} {kind}: output tokens");
+        completion += e.output_tokens;
+        for (name, v) in [("queue", e.queue_s()), ("prefill", e.prefill_s()), ("decode", e.decode_s())] {
+            assert!(v.is_some_and(|v| (0.0..30.0).contains(&v)), "{ver} {kind}: {name} {v:?}");
+        }
+        // The engine's own clock: first token after scheduling after queueing.
+        assert!(e.queued_ns <= e.scheduled_ns && e.scheduled_ns <= e.first_token_ns, "{ver} {kind}: {e:?}");
+    }
+    let steps = events.iter().filter(|e| matches!(e, EngineEvent::Step(_))).count();
+    eprintln!("{ver}: {} responses joined, {steps} steps, {} messages", responses.len(), t.stats.messages);
+    (events, completion)
+}

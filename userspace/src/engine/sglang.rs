@@ -377,53 +377,17 @@ mod tests {
     /// own stamps for queue and prefill, and steps whose tokens add up to the responses'.
     #[test]
     fn real_captures() {
-        use crate::engine::{EngineEvent, EngineKind, EnginePhases, Phases};
-        let dir = crate::checkout_file("tests/data/sglang");
-        let mut files: Vec<_> = std::fs::read_dir(dir)
-            .unwrap()
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("real-")))
-            .collect();
-        files.sort();
-        let ipcs: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
-        assert!(ipcs.iter().any(|f| f.ends_with("-msgpack.json")) && ipcs.len() >= 2, "{ipcs:?}");
+        use crate::engine::{EngineEvent, EngineKind};
+        let files = crate::engine::real_capture_files("tests/data/sglang");
+        let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+        assert!(names.iter().any(|f| f.ends_with("-msgpack.json")) && names.len() >= 2, "{names:?}");
         for f in &files {
             let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(f).unwrap()).unwrap();
             let ver = format!("{} ({} IPC)", doc["sglang_version"].as_str().unwrap(), doc["ipc"].as_str().unwrap());
-            let (t, events) = crate::engine::replay_capture(&doc, EngineKind::Sglang);
-            let malformed: Vec<_> = t.stats.undecodable.iter().filter(|(k, _)| *k != "foreign").collect();
-            assert!(malformed.is_empty(), "{ver}: {malformed:?}");
-            let steps: Vec<_> =
-                events.iter().filter_map(|e| if let EngineEvent::Step(s) = e { Some(s) } else { None }).collect();
-            let responses = doc["responses"].as_array().unwrap();
-            let mut joins = crate::correlate::requests::RequestJoin::of(&events);
-            let mut completion = 0;
-            for r in responses {
-                let id = r["id"].as_str().unwrap();
-                let kind = r["kind"].as_str().unwrap();
-                let reqs = joins.join(1, id);
-                assert_eq!(reqs.len() as u64, r["n"].as_u64().unwrap(), "{ver} {kind} {id}: engine requests");
-                for q in &reqs {
-                    assert!(q.seen_from_start && !q.outputs_lost && !q.aborted, "{ver} {kind}: {q:?}");
-                    assert_eq!(q.prompt_tokens, r["prompt_tokens"].as_u64(), "{ver} {kind}: prompt tokens");
-                    assert_eq!(q.finish_reason.as_deref(), Some("length"), "{ver} {kind}");
-                }
-                let e = EnginePhases::merge(&reqs).unwrap();
-                assert_eq!(e.output_tokens, r["completion_tokens"].as_u64().unwrap(), "{ver} {kind}: output tokens");
-                completion += e.output_tokens;
-                for (name, v) in [("queue", e.queue_s()), ("prefill", e.prefill_s()), ("decode", e.decode_s())] {
-                    assert!(v.is_some_and(|v| (0.0..30.0).contains(&v)), "{ver} {kind}: {name} {v:?}");
-                }
-                assert!(e.queued_ns <= e.scheduled_ns && e.scheduled_ns <= e.first_token_ns, "{ver} {kind}: {e:?}");
-            }
-            let step_tokens: u64 = steps.iter().map(|s| s.tokens).sum();
+            let (events, completion) = crate::engine::check_capture(&doc, EngineKind::Sglang, &ver);
+            let step_tokens: u64 =
+                events.iter().filter_map(|e| if let EngineEvent::Step(s) = e { Some(s.tokens) } else { None }).sum();
             assert_eq!(step_tokens, completion, "{ver}: tokens of the steps");
-            eprintln!(
-                "{ver}: {} responses joined, {} steps, {} messages",
-                responses.len(),
-                steps.len(),
-                t.stats.messages
-            );
         }
     }
 }

@@ -485,7 +485,7 @@ mod samples {
 
 #[cfg(test)]
 mod real_captures {
-    use crate::engine::{EngineEvent, EngineKind, EnginePhases, Phases};
+    use crate::engine::EngineKind;
 
     /// Replays the API server's sendto/recvfrom bytes of real vLLM releases, captured with
     /// strace after the server started (tests/vllm/capture.py), through the ZMTP parser and the
@@ -493,47 +493,14 @@ mod real_captures {
     /// with the response's token counts and all four phases.
     #[test]
     fn every_response_of_real_releases_finds_its_engine_requests() {
-        let dir = crate::checkout_file("tests/data/vllm");
-        let mut files: Vec<_> = std::fs::read_dir(dir)
-            .unwrap()
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("real-") && n.ends_with(".json"))
-            })
-            .collect();
-        files.sort();
+        let files = crate::engine::real_capture_files("tests/data/vllm");
         assert!(files.len() >= 2, "{files:?}");
         for f in &files {
             let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(f).unwrap()).unwrap();
             let ver = doc["vllm_version"].as_str().unwrap();
             let version = crate::target::version::triple(ver);
             assert!(super::vllm_layouts::for_version(version.unwrap()).is_some(), "{ver}: no layout");
-            let (t, events) = crate::engine::replay_capture(&doc, EngineKind::Vllm { version });
-            let malformed: Vec<_> = t.stats.undecodable.iter().filter(|(k, _)| *k != "foreign").collect();
-            assert!(malformed.is_empty(), "{ver}: {malformed:?}");
-            let steps = events.iter().filter(|e| matches!(e, EngineEvent::Step(_))).count();
-            let responses = doc["responses"].as_array().unwrap();
-            assert!(responses.len() >= 7);
-            let mut joins = crate::correlate::requests::RequestJoin::of(&events);
-            for r in responses {
-                let id = r["id"].as_str().unwrap();
-                let kind = r["kind"].as_str().unwrap();
-                let reqs = joins.join(1, id);
-                assert_eq!(reqs.len() as u64, r["n"].as_u64().unwrap(), "{ver} {kind} {id}: engine requests");
-                for q in &reqs {
-                    assert!(q.seen_from_start && !q.outputs_lost && !q.aborted, "{ver} {kind}: {q:?}");
-                    assert_eq!(q.prompt_tokens, r["prompt_tokens"].as_u64(), "{ver} {kind}: prompt tokens");
-                    assert_eq!(q.finish_reason.as_deref(), Some("length"), "{ver} {kind}");
-                }
-                let e = EnginePhases::merge(&reqs).unwrap();
-                assert_eq!(e.output_tokens, r["completion_tokens"].as_u64().unwrap(), "{ver} {kind}: output tokens");
-                for (name, v) in [("queue", e.queue_s()), ("prefill", e.prefill_s()), ("decode", e.decode_s())] {
-                    assert!(v.is_some_and(|v| (0.0..30.0).contains(&v)), "{ver} {kind}: {name} {v:?}");
-                }
-                // The engine's own clock: first token after scheduling after queueing.
-                assert!(e.queued_ns <= e.scheduled_ns && e.scheduled_ns <= e.first_token_ns, "{ver} {kind}: {e:?}");
-            }
-            eprintln!("{ver}: {} responses joined, {steps} steps, {} messages", responses.len(), t.stats.messages);
+            crate::engine::check_capture(&doc, EngineKind::Vllm { version }, ver);
         }
     }
 }

@@ -42,6 +42,10 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
                 truncated: hdr[0] & 16 != 0,
                 eof: hdr[0] & 32 != 0,
                 arrival_ns: 0,
+                // A TLS connection's records (plaintext, or the announcement when empty): the
+                // tracker restarts that connection's streams.
+                tls: hdr[3] & 4 != 0,
+                tls_start: hdr[3] & 8 != 0,
             }),
         };
         t.handle(&ev, &mut out);

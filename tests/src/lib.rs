@@ -252,6 +252,8 @@ pub fn promql_vector(port: u16, q: &str) -> Vec<(HashMap<String, String>, f64)> 
 pub struct Fixture {
     pub proc: Proc,
     pub port: u16,
+    /// Serving HTTPS (`--ssl-certfile`).
+    pub tls: bool,
 }
 
 impl Fixture {
@@ -286,15 +288,76 @@ impl Fixture {
             assert!(proc.alive(), "fixture server exited: {}", fs::read_to_string(&log).unwrap_or_default());
             fs::read_to_string(&port_file).ok()?.trim().parse::<u16>().ok()
         });
-        wait_for("the fixture server's /health", Duration::from_secs(30), || {
-            http_get(port, "/health").filter(|(s, _)| *s == 200)
-        });
-        Fixture { proc, port }
+        let tls = args.contains(&"--ssl-certfile");
+        if !tls {
+            wait_for("the fixture server's /health", Duration::from_secs(30), || {
+                http_get(port, "/health").filter(|(s, _)| *s == 200)
+            });
+        }
+        Fixture { proc, port, tls }
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("{}://127.0.0.1:{}", if self.tls { "https" } else { "http" }, self.port)
     }
+}
+
+/// inferscope's record of a load-client truth line: by the response id, else the X-Request-Id.
+pub fn find_truth<'a>(recs: &'a [Value], truth: &Value) -> Option<&'a Value> {
+    let id = truth["request_id"].as_str().unwrap_or_default();
+    let xid = truth["x_request_id"].as_str().unwrap_or_default();
+    by_id(recs, id).or_else(|| by_id(recs, xid))
+}
+
+/// Compares every load-client truth line with inferscope's record of it (status, model, stream,
+/// tokens, finish reason, output events exactly); returns (ttft diffs, e2e diffs) in s.
+pub fn compare_with_client(truth: &[Value], recs: &[Value]) -> (Vec<f64>, Vec<f64>) {
+    let mut ttft = Vec::new();
+    let mut e2e = Vec::new();
+    let mut missing = Vec::new();
+    for t in truth {
+        let Some(r) = find_truth(recs, t) else {
+            missing.push(t["request_id"].clone());
+            continue;
+        };
+        let ctx = format!("truth {t}\nrecord {r}");
+        assert_eq!(r["path"], t["path"], "{ctx}");
+        assert_eq!(r["status"], t["status"], "{ctx}");
+        assert_eq!(r["aborted"], t["aborted"], "{ctx}");
+        if t["aborted"] == true {
+            continue;
+        }
+        assert_eq!(r["stream"], t["stream"], "{ctx}");
+        assert_eq!(r["model"], t["model"], "{ctx}");
+        if t["status"].as_u64().is_some_and(|s| s < 400) {
+            assert_eq!(r["prompt_tokens"], t["prompt_tokens"], "{ctx}");
+            if t["completion_tokens"].is_null() && t["stream"] == true {
+                // No usage in the stream: inferscope counts output events, and says so.
+                assert_eq!(r["tokens_from"], "events", "{ctx}");
+                assert_eq!(r["completion_tokens"], t["output_events"], "{ctx}");
+            } else {
+                assert_eq!(r["completion_tokens"], t["completion_tokens"], "{ctx}");
+            }
+            assert_eq!(r["finish_reason"], t["finish_reason"], "{ctx}");
+            if t["stream"] == true {
+                assert_eq!(r["output_events"], t["output_events"], "{ctx}");
+            }
+        }
+        if let (Some(a), Some(b)) = (f(&r["ttft_s"]), f(&t["ttft_s"])) {
+            ttft.push(a - b);
+        } else {
+            assert_eq!(r["ttft_s"].is_null(), t["ttft_s"].is_null(), "TTFT presence differs: {ctx}");
+        }
+        e2e.push(f(&r["e2e_s"]).expect("e2e") - f(&t["e2e_s"]).expect("e2e"));
+    }
+    assert!(
+        missing.is_empty(),
+        "{} of {} requests missing from inferscope's output: {:?}",
+        missing.len(),
+        truth.len(),
+        &missing[..missing.len().min(10)]
+    );
+    (ttft, e2e)
 }
 
 /// inferscope running as a child process, writing JSONL into the scratch directory.

@@ -7,62 +7,6 @@ use std::time::{Duration, Instant};
 use inferscope_tests::*;
 use serde_json::Value;
 
-fn find<'a>(recs: &'a [Value], truth: &Value) -> Option<&'a Value> {
-    let id = truth["request_id"].as_str().unwrap_or_default();
-    let xid = truth["x_request_id"].as_str().unwrap_or_default();
-    by_id(recs, id).or_else(|| by_id(recs, xid))
-}
-
-/// Compares every truth line with inferscope's record; returns (ttft diffs, e2e diffs) in s.
-fn compare(truth: &[Value], recs: &[Value]) -> (Vec<f64>, Vec<f64>) {
-    let mut ttft = Vec::new();
-    let mut e2e = Vec::new();
-    let mut missing = Vec::new();
-    for t in truth {
-        let Some(r) = find(recs, t) else {
-            missing.push(t["request_id"].clone());
-            continue;
-        };
-        let ctx = format!("truth {t}\nrecord {r}");
-        assert_eq!(r["path"], t["path"], "{ctx}");
-        assert_eq!(r["status"], t["status"], "{ctx}");
-        assert_eq!(r["aborted"], t["aborted"], "{ctx}");
-        if t["aborted"] == true {
-            continue;
-        }
-        assert_eq!(r["stream"], t["stream"], "{ctx}");
-        assert_eq!(r["model"], t["model"], "{ctx}");
-        if t["status"].as_u64().is_some_and(|s| s < 400) {
-            assert_eq!(r["prompt_tokens"], t["prompt_tokens"], "{ctx}");
-            if t["completion_tokens"].is_null() && t["stream"] == true {
-                // No usage in the stream: inferscope counts output events, and says so.
-                assert_eq!(r["tokens_from"], "events", "{ctx}");
-                assert_eq!(r["completion_tokens"], t["output_events"], "{ctx}");
-            } else {
-                assert_eq!(r["completion_tokens"], t["completion_tokens"], "{ctx}");
-            }
-            assert_eq!(r["finish_reason"], t["finish_reason"], "{ctx}");
-            if t["stream"] == true {
-                assert_eq!(r["output_events"], t["output_events"], "{ctx}");
-            }
-        }
-        if let (Some(a), Some(b)) = (f(&r["ttft_s"]), f(&t["ttft_s"])) {
-            ttft.push(a - b);
-        } else {
-            assert_eq!(r["ttft_s"].is_null(), t["ttft_s"].is_null(), "TTFT presence differs: {ctx}");
-        }
-        e2e.push(f(&r["e2e_s"]).expect("e2e") - f(&t["e2e_s"]).expect("e2e"));
-    }
-    assert!(
-        missing.is_empty(),
-        "{} of {} requests missing from inferscope's output: {:?}",
-        missing.len(),
-        truth.len(),
-        &missing[..missing.len().min(10)]
-    );
-    (ttft, e2e)
-}
-
 /// Every kind of request (chat/completions, streaming and not, include_usage on and off,
 /// n = 2, reasoning deltas, tool calls, embeddings, error statuses, mid-stream errors) is
 /// reported with the client's token counts exactly, and its TTFT and duration within a few
@@ -80,7 +24,7 @@ fn every_request_kind_matches_the_client() {
     assert_eq!(truth.len(), 300);
     let recs = scope.wait_requests(truth.len(), Duration::from_secs(20));
     scope.stop();
-    let (mut ttft, mut e2e) = compare(&truth, &recs);
+    let (mut ttft, mut e2e) = compare_with_client(&truth, &recs);
     let (ttft_med, ttft_max) = stats(&mut ttft);
     let (e2e_med, e2e_max) = stats(&mut e2e);
     eprintln!(
@@ -122,7 +66,7 @@ fn hundreds_of_concurrent_streams() {
     assert_eq!(truth.len(), 900);
     let recs = scope.wait_requests(truth.len(), Duration::from_secs(30));
     let err = scope.stop();
-    let (mut ttft, mut e2e) = compare(&truth, &recs);
+    let (mut ttft, mut e2e) = compare_with_client(&truth, &recs);
     let (med, max) = stats(&mut ttft);
     let (emed, emax) = stats(&mut e2e);
     eprintln!(
@@ -174,9 +118,9 @@ fn aborts_and_errors() {
     assert!(aborted > 20 && errors > 10, "loadgen made {aborted} aborts and {errors} errors");
     let recs = scope.wait_requests(truth.len(), Duration::from_secs(20));
     scope.stop();
-    compare(&truth, &recs);
+    compare_with_client(&truth, &recs);
     for t in truth.iter().filter(|t| t["aborted"] == true) {
-        let r = find(&recs, t).expect("aborted request reported");
+        let r = find_truth(&recs, t).expect("aborted request reported");
         assert_eq!(r["finish_reason"], "abort", "{r}");
         // inferscope sees the close when the server next reads (EOF or reset) or writes (EPIPE):
         // after the client's close, by as long as the server takes to get there. The Python
@@ -186,12 +130,12 @@ fn aborts_and_errors() {
         assert!(d > -0.03 && d < 0.25, "abort time off by {d} s: {r}");
     }
     for t in truth.iter().filter(|t| t["status"].as_u64().is_some_and(|s| s >= 400)) {
-        let r = find(&recs, t).unwrap();
+        let r = find_truth(&recs, t).unwrap();
         // The server's own error type (from its body), which GenAI conventions prefer to the status.
         assert_eq!(r["error_type"], t["error"], "{r}");
     }
     for t in truth.iter().filter(|t| t["kind"] == "midstream_err" && t["aborted"] == false) {
-        let r = find(&recs, t).unwrap();
+        let r = find_truth(&recs, t).unwrap();
         assert!(r["error_type"].is_string(), "mid-stream error not reported: {r}");
     }
 }
@@ -244,7 +188,7 @@ fn children_are_followed() {
     let truth = loadgen(&dir, &server.url(), &["--requests", "100", "--concurrency", "8"]);
     let recs = scope.wait_requests(truth.len(), Duration::from_secs(20));
     scope.stop();
-    compare(&truth, &recs);
+    compare_with_client(&truth, &recs);
     let pids: std::collections::HashSet<u64> = recs.iter().filter_map(|r| r["pid"].as_u64()).collect();
     assert!(!pids.contains(&u64::from(server.proc.pid())) || pids.len() > 1, "requests served by workers: {pids:?}");
 
@@ -272,7 +216,7 @@ fn children_are_followed() {
     let truth = loadgen(&dir2, &format!("http://127.0.0.1:{port}"), &["--requests", "20", "--concurrency", "2"]);
     let recs = scope.wait_requests(truth.len() + 1, Duration::from_secs(20));
     scope.stop();
-    compare(&truth, &recs);
+    compare_with_client(&truth, &recs);
 }
 
 /// `run` finds servers by command line and follows them; an exiting target is reported and
@@ -289,7 +233,7 @@ fn discovery_exit_and_detach() {
     let mut scope = Inferscope::start(&dir, &args, &[server.proc.pid()]);
     let truth = loadgen(&dir, &server.url(), &["--requests", "30", "--concurrency", "3"]);
     let recs = scope.wait_requests(truth.len(), Duration::from_secs(20));
-    compare(&truth, &recs);
+    compare_with_client(&truth, &recs);
     assert!(recs.iter().all(|r| r["provider"] == "openai_compatible"));
     // A server started later is found too.
     let late = Fixture::start(&dir, &["--model-name", "late"]);
@@ -301,7 +245,7 @@ fn discovery_exit_and_detach() {
     });
     let truth = loadgen(&dir, &late.url(), &["--requests", "10", "--concurrency", "2"]);
     let recs = scope.wait_requests(40, Duration::from_secs(20));
-    compare(&truth, &recs);
+    compare_with_client(&truth, &recs);
     // Exits are noticed.
     let late_pid = late.proc.pid();
     drop(late);

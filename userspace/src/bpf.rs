@@ -178,6 +178,19 @@ pub struct Probes {
     device: Option<DeviceProgs>,
     /// Failed writes to the maps user space fills, by map (said once per map, on stderr).
     map_write_errors: std::collections::BTreeMap<&'static str, u64>,
+    /// The TLS programs (`probes/tls.rs`) are loaded.
+    tls_loaded: bool,
+}
+
+/// The uprobes of one OpenSSL function in one process: dropping them detaches them.
+pub struct TlsLinks(Vec<aya::programs::uprobe::UProbeLink>);
+
+impl TlsLinks {
+    /// Detaches on a thread of its own (each detach waits for an RCU grace period).
+    pub fn detach(self) {
+        let links = self.0;
+        let _ = std::thread::Builder::new().name("uprobe-detach".into()).spawn(move || drop(links));
+    }
 }
 
 /// Makes sure tracefs is reachable where aya looks for it (mounting it if needed).
@@ -296,6 +309,7 @@ pub fn load(opts: &LoadOptions) -> Result<Probes> {
         arrival_times,
         device,
         map_write_errors: Default::default(),
+        tls_loaded: false,
     })
 }
 
@@ -539,6 +553,38 @@ impl Probes {
             *slot = values.iter().sum();
         }
         Ok(out)
+    }
+
+    /// Loads the TLS programs (the first time only).
+    pub fn load_tls(&mut self) -> Result<()> {
+        if self.tls_loaded {
+            return Ok(());
+        }
+        for name in ["ssl_enter", "ssl_exit"] {
+            let prog: &mut UProbe = self.ebpf.program_mut(name).context(name)?.try_into()?;
+            prog.load().map_err(|e| anyhow!("the kernel rejected BPF program {name}: {e:#}"))?;
+        }
+        self.tls_loaded = true;
+        Ok(())
+    }
+
+    /// Attaches the TLS entry and return probes at `file_offset` of `path` (an OpenSSL
+    /// function, `func` one of `SSL_FN_*`: the cookie), for process `pid` only; `SSL_free`
+    /// gets an entry probe only.
+    pub fn attach_tls(&mut self, path: &Path, file_offset: u64, func: u64, pid: u32) -> Result<TlsLinks> {
+        self.load_tls()?;
+        let scope = UProbeScope::OneProcess(std::num::NonZeroU32::new(pid).context("pid 0")?);
+        let mut links = Vec::new();
+        let progs: &[&str] =
+            if func == inferscope_common::SSL_FN_FREE { &["ssl_enter"] } else { &["ssl_enter", "ssl_exit"] };
+        for &name in progs {
+            let prog: &mut UProbe = self.ebpf.program_mut(name).context(name)?.try_into()?;
+            let point =
+                UProbeAttachPoint { location: UProbeAttachLocation::AbsoluteOffset(file_offset), cookie: Some(func) };
+            let id = prog.attach(point, path, scope).map_err(|e| anyhow!("{name}: {e:#}"))?;
+            links.push(prog.take_link(id).map_err(|e| anyhow!("{name}: {e:#}"))?);
+        }
+        Ok(TlsLinks(links))
     }
 
     /// Whether the device programs are loaded.

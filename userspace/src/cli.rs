@@ -313,6 +313,14 @@ pub struct RunOptions {
     #[arg(long)]
     pub no_arrival_times: bool,
 
+    /// Do not read TLS plaintext. By default a traced server that speaks HTTPS through OpenSSL
+    /// (libssl.so.3 or 1.1, or a copy linked into its binary or Python's `_ssl` module) gets
+    /// uprobes on SSL_read, SSL_read_ex, SSL_write and SSL_write_ex, and its requests are
+    /// reported as exactly as plain HTTP's. Each probed call costs the server a uprobe pair
+    /// (a few microseconds); plain-HTTP servers pay nothing.
+    #[arg(long)]
+    pub no_tls: bool,
+
     /// Size of the kernel-to-user ring buffer, in bytes (rounded up to a power of two).
     #[arg(long, default_value_t = 16 << 20, value_name = "BYTES")]
     pub ring_buffer_size: u32,

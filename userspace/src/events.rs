@@ -2,8 +2,8 @@
 //! over: short, unknown or inconsistent records become [`DecodeError`]s, never panics.
 
 use inferscope_common::{
-    ConnEvent, DATA_FLAG_EOF, DATA_FLAG_TRUNCATED, DATA_HEADER_LEN, DIR_EGRESS, DataEvent, DeviceEvent, DeviceName,
-    EventKind, MAX_PY_FRAMES, ProcEvent, PyCall, PyEval, PySample, PySite,
+    ConnEvent, DATA_FLAG_EOF, DATA_FLAG_TLS, DATA_FLAG_TLS_START, DATA_FLAG_TRUNCATED, DATA_HEADER_LEN, DIR_EGRESS,
+    DataEvent, DeviceEvent, DeviceName, EventKind, MAX_PY_FRAMES, ProcEvent, PyCall, PyEval, PySample, PySite,
 };
 
 /// Which way bytes moved, seen from the traced process.
@@ -45,6 +45,11 @@ pub struct Data<'a> {
     pub eof: bool,
     /// For reads: when the first unread bytes arrived at the socket (0: unknown).
     pub arrival_ns: u64,
+    /// The connection carries TLS: these are plaintext bytes (from the `SSL_*` probes) at
+    /// plaintext positions; with no bytes, the announcement that the socket carries TLS.
+    pub tls: bool,
+    /// With `tls`: the handshake was seen, so the plaintext is captured from its start.
+    pub tls_start: bool,
 }
 
 impl Data<'_> {
@@ -244,6 +249,8 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
                 truncated: h.flags & DATA_FLAG_TRUNCATED != 0,
                 eof: h.flags & DATA_FLAG_EOF != 0,
                 arrival_ns: h.arrival_ns,
+                tls: h.flags & DATA_FLAG_TLS != 0,
+                tls_start: h.flags & DATA_FLAG_TLS_START != 0,
             }))
         }
         Some(k @ (EventKind::ConnOpen | EventKind::ConnClose)) => {
@@ -367,7 +374,10 @@ pub fn encode_data(d: &Data<'_>) -> Vec<u8> {
         arrival_ns: d.arrival_ns,
         direction: if d.direction == Direction::Egress { DIR_EGRESS } else { 0 },
         syscall: 0,
-        flags: (if d.truncated { DATA_FLAG_TRUNCATED } else { 0 }) | (if d.eof { DATA_FLAG_EOF } else { 0 }),
+        flags: (if d.truncated { DATA_FLAG_TRUNCATED } else { 0 })
+            | (if d.eof { DATA_FLAG_EOF } else { 0 })
+            | (if d.tls { DATA_FLAG_TLS } else { 0 })
+            | (if d.tls_start { DATA_FLAG_TLS_START } else { 0 }),
         _pad: [0; 5],
     };
     let mut out = Vec::with_capacity(DATA_HEADER_LEN + d.bytes.len());
@@ -398,6 +408,8 @@ mod tests {
             truncated: true,
             eof: false,
             arrival_ns: 12,
+            tls: true,
+            tls_start: false,
         }
     }
 

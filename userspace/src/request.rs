@@ -106,6 +106,8 @@ pub struct RequestRecord {
     /// The request's head was longer than what was captured of it (a large cookie or token):
     /// method and path are from its first bytes, the headers from either side of the gap.
     pub head_truncated: bool,
+    /// It came over TLS (plaintext read from the server's TLS library).
+    pub tls: bool,
     /// `error.type`: the HTTP status class, or the error the body reported.
     pub error_type: Option<String>,
     /// Only with content capture.
@@ -429,6 +431,7 @@ impl Exchange {
                 || self.req.truncated
                 || self.req_body.broken && self.req_body.head.len() < lim.body_bytes,
             head_truncated: self.req.truncated,
+            tls: false,
             error_type: None,
             prompt: req_info.prompt.map(|mut p| {
                 p.truncate(floor_char_boundary(&p, lim.content_bytes));

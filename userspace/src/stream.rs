@@ -71,6 +71,8 @@ mod tests {
             truncated: false,
             eof: false,
             arrival_ns: 0,
+            tls: false,
+            tls_start: false,
         }
     }
 

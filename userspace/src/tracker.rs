@@ -54,6 +54,11 @@ pub struct TrackerStats {
     /// Requests reported whose head was not captured whole (longer than the capture of its
     /// syscall): marked `head_truncated`.
     pub head_truncated: u64,
+    /// Connections found to carry TLS (their plaintext comes from the `SSL_*` probes).
+    pub tls_connections: u64,
+    /// TLS connections closed without any plaintext seen (no OpenSSL probed in that process:
+    /// a TLS library inferscope does not read, or probes unavailable).
+    pub tls_unread: u64,
 }
 
 impl TrackerStats {
@@ -85,6 +90,12 @@ struct Connection {
     zmtp: Option<Box<[ZmtpParser; 2]>>,
     /// Captured from its start (not mid-stream): a ZMTP greeting can be recognised.
     fresh: [bool; 2],
+    /// Its capture began mid-stream (learned from /proc, or its open was lost).
+    mid_stream: bool,
+    /// It carries TLS: only plaintext records count (see [`Data::tls`]).
+    tls: bool,
+    /// With `tls`: plaintext was seen.
+    tls_read: bool,
 }
 
 impl Connection {
@@ -104,6 +115,9 @@ impl Connection {
             events: Vec::new(),
             zmtp: None,
             fresh: [!mid_stream, !mid_stream],
+            mid_stream,
+            tls: false,
+            tls_read: false,
         }
     }
 
@@ -304,6 +318,20 @@ impl Tracker {
 impl Shared {
     fn feed(&mut self, conn: &mut Connection, d: &Data<'_>, key: Key, out: &mut Vec<RequestRecord>) {
         conn.last_ts = d.ts_ns;
+        if d.tls != conn.tls {
+            if !d.tls || conn.zmtp.is_some() {
+                // Ciphertext of a connection already read as plaintext (or TLS on engine IPC,
+                // which never carries it): nothing to parse.
+                return;
+            }
+            self.start_tls(conn, d, key, out);
+        }
+        if d.tls {
+            if d.bytes.is_empty() && !d.eof {
+                return;
+            }
+            conn.tls_read |= !d.bytes.is_empty();
+        }
         let dir = d.direction;
         let i = dir.index();
         if conn.fresh[i] {
@@ -359,6 +387,25 @@ impl Shared {
         if d.eof && dir == Direction::Ingress {
             self.peer_closed(conn, d.ts_ns, key, out);
         }
+    }
+
+    /// The connection turned out to carry TLS: what was parsed of its ciphertext is dropped,
+    /// and its streams restart at the plaintext's position 0 (from a message head when the
+    /// handshake was seen, else at the next one).
+    fn start_tls(&mut self, conn: &mut Connection, d: &Data<'_>, key: Key, out: &mut Vec<RequestRecord>) {
+        while let Some(mut ex) = conn.pending.pop_front() {
+            ex.capture_gaps = true;
+            ex.end_ns = Some(d.ts_ns);
+            self.finish(conn, ex, key, out);
+        }
+        let synced = d.tls_start || (d.pos() == 0 && !conn.mid_stream && !d.bytes.is_empty());
+        let parser = || if synced { HttpParser::new() } else { HttpParser::new_unsynced() };
+        conn.parsers = [parser(), parser()];
+        conn.cursors = [StreamCursor::new(), StreamCursor::new()];
+        conn.request_dir = None;
+        conn.fresh = [false, false];
+        conn.tls = true;
+        self.stats.tls_connections += 1;
     }
 
     /// The peer stopped sending. If it is the client and responses are unfinished, it gave up.
@@ -486,7 +533,8 @@ impl Shared {
         self.in_flight = self.in_flight.saturating_sub(1);
         self.stats.bad_chunks += ex.bad_chunks();
         let port = conn.local_port.or_else(|| self.listen_ports.get(&key.0).copied());
-        let rec = ex.finish(key.0, key.1, conn.peer, port, &self.lim);
+        let mut rec = ex.finish(key.0, key.1, conn.peer, port, &self.lim);
+        rec.tls = conn.tls;
         if !rec.complete && !rec.aborted {
             self.stats.incomplete += 1;
         }
@@ -495,6 +543,9 @@ impl Shared {
 
     fn close(&mut self, tgid: u32, conn_id: u64, mut conn: Connection, ts: u64, out: &mut Vec<RequestRecord>) {
         let key = (tgid, conn_id);
+        if conn.tls && !conn.tls_read {
+            self.stats.tls_unread += 1;
+        }
         // A response running until close ends here.
         let mut events = std::mem::take(&mut conn.events);
         conn.parsers[Direction::Egress.index()].feed(Segment::Eof { ts_ns: ts }, &mut events);

@@ -82,6 +82,8 @@ fn replay(messages: &[(Direction, Vec<u8>)], cuts: &[usize], cap: usize, tail: u
                     truncated: sys.len() > cap,
                     eof: false,
                     arrival_ns: 0,
+                    tls: false,
+                    tls_start: false,
                 };
                 t.handle(&Event::Data(d), &mut out);
             }
@@ -235,6 +237,8 @@ fn client_abort_mid_stream_is_reported() {
             truncated: false,
             eof,
             arrival_ns: 0,
+            tls: false,
+            tls_start: false,
         })
     }
     for ev in [
@@ -287,6 +291,8 @@ fn capture_starting_mid_connection_waits_for_the_next_request() {
                 truncated: false,
                 eof: false,
                 arrival_ns: 0,
+                tls: false,
+                tls_start: false,
             }),
             out,
         );
@@ -299,4 +305,109 @@ fn capture_starting_mid_connection_waits_for_the_next_request() {
     assert_eq!(out.len(), 1, "{out:#?}");
     assert_eq!(out[0].path, "/v1/completions");
     assert_eq!(out[0].server_port, Some(8000));
+}
+
+/// A TLS connection: the announcement (no bytes), then plaintext at plaintext positions from
+/// 0, then the peer's EOF. The request is read as from a plain socket and marked TLS. A second
+/// connection announced TLS whose plaintext never comes is counted unread at its close.
+#[test]
+fn tls_plaintext_is_reassembled_like_plain_bytes() {
+    let mut t = Tracker::new(Limits::default());
+    let mut out = Vec::new();
+    let req = vllm_request();
+    let resp = vllm_response();
+    fn d(conn: u64, dir: Direction, pos: u64, ts: u64, bytes: &[u8], eof: bool, start: bool) -> Event<'_> {
+        Event::Data(Data {
+            tgid: 1,
+            tid: 1,
+            fd: 5,
+            conn_id: conn,
+            ts_ns: ts,
+            direction: dir,
+            syscall_pos: pos,
+            syscall_len: bytes.len() as u64,
+            offset: 0,
+            bytes,
+            truncated: false,
+            eof,
+            arrival_ns: 0,
+            tls: true,
+            tls_start: start,
+        })
+    }
+    t.handle(
+        &Event::ConnOpen(inferscope::events::Conn {
+            tgid: 1,
+            fd: 5,
+            conn_id: 3,
+            ts_ns: 50,
+            role: inferscope::events::Role::Server,
+            peer: None,
+            unix: false,
+        }),
+        &mut out,
+    );
+    for ev in [
+        d(3, Direction::Ingress, 0, 90, &[], false, true),
+        d(3, Direction::Ingress, 0, 100, &req[..7], false, false),
+        d(3, Direction::Ingress, 7, 101, &req[7..], false, false),
+        d(3, Direction::Egress, 0, 200, &resp, false, false),
+        d(3, Direction::Ingress, req.len() as u64, 300, &[], true, false),
+        // Announced, never read.
+        d(9, Direction::Ingress, 0, 310, &[], false, true),
+    ] {
+        t.handle(&ev, &mut out);
+    }
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert!(out[0].tls);
+    assert!(out[0].complete && !out[0].capture_gaps && !out[0].aborted);
+    assert_eq!(out[0].path, "/v1/chat/completions");
+    assert!(out[0].output_events > 0);
+    assert_eq!(t.stats().tls_connections, 2);
+    assert_eq!(t.stats().discarded_bytes, 0);
+    t.expire(u64::MAX, 0, &mut out);
+    assert_eq!(t.stats().tls_unread, 1);
+}
+
+/// A connection captured mid-stream whose first records turn out to be TLS: what was parsed
+/// of the ciphertext is dropped and its plaintext, joined mid-stream, is parsed from the next
+/// message head on.
+#[test]
+fn tls_found_mid_stream_restarts_at_the_next_request() {
+    let mut t = Tracker::new(Limits::default());
+    let mut out = Vec::new();
+    let (ureq, uresp) = unary_exchange();
+    let data = |dir: Direction, pos: u64, ts: u64, bytes: &'static [u8], tls: bool| {
+        Event::Data(Data {
+            tgid: 1,
+            tid: 1,
+            fd: 5,
+            conn_id: 4,
+            ts_ns: ts,
+            direction: dir,
+            syscall_pos: pos,
+            syscall_len: bytes.len() as u64,
+            offset: 0,
+            bytes,
+            truncated: false,
+            eof: false,
+            arrival_ns: 0,
+            tls,
+            tls_start: false,
+        })
+    };
+    let ureq: &'static [u8] = Box::leak(ureq.into_boxed_slice());
+    let uresp: &'static [u8] = Box::leak(uresp.into_boxed_slice());
+    // Ciphertext seen before the connection was known to be TLS, then the tail of a request
+    // already in flight, then a whole exchange.
+    t.handle(&data(Direction::Ingress, 0, 10, b"\x17\x03\x03\x00\x20garbage-ciphertext", false), &mut out);
+    t.handle(&data(Direction::Ingress, 0, 20, b"", true), &mut out);
+    t.handle(&data(Direction::Ingress, 0, 30, b"\"max_tokens\": 4}", true), &mut out);
+    t.handle(&data(Direction::Ingress, 16, 40, ureq, true), &mut out);
+    t.handle(&data(Direction::Egress, 0, 50, uresp, true), &mut out);
+    t.expire(u64::MAX, 0, &mut out);
+    let complete: Vec<_> = out.iter().filter(|r| r.complete).collect();
+    assert_eq!(complete.len(), 1, "{out:?}");
+    assert!(complete[0].tls);
+    assert_eq!(t.stats().tls_connections, 1);
 }

@@ -82,6 +82,14 @@ pub const SYS_SENDMSG: u8 = 7;
 pub const DATA_FLAG_TRUNCATED: u8 = 1;
 /// `DataEvent::flags`: a read returned 0: the peer closed its side (EOF).
 pub const DATA_FLAG_EOF: u8 = 2;
+/// `DataEvent::flags`: the connection carries TLS. Its bytes (and stream positions) are the
+/// plaintext read by `SSL_read*` and written by `SSL_write*`, not what crossed the socket;
+/// positions restart at 0 once the connection is known to be TLS. A record with this flag and
+/// no bytes announces that (TLS records seen on the wire).
+pub const DATA_FLAG_TLS: u8 = 4;
+/// With [`DATA_FLAG_TLS`]: the connection's TLS handshake was seen from its start, so its
+/// plaintext is captured from its first byte (not mid-stream).
+pub const DATA_FLAG_TLS_START: u8 = 8;
 
 /// Largest number of payload bytes one [`DataEvent`] carries. A power of two, so BPF code can
 /// mask lengths into a range the verifier accepts.
@@ -183,6 +191,9 @@ pub const SOCK_FLAG_FULL: u8 = 1;
 /// `SockInfo::flags`: the fd shares its connection with other fds of the process (`dup`): the
 /// byte positions and the other flags live in the BPF side's shared state for `conn_id`.
 pub const SOCK_FLAG_SHARED: u8 = 2;
+/// `SockInfo::flags`: the socket carries TLS records. Its ciphertext is not captured; its
+/// positions count plaintext, advanced by the `SSL_*` probes (see [`DATA_FLAG_TLS`]).
+pub const SOCK_FLAG_TLS: u8 = 4;
 /// Records one syscall on a full-capture socket may produce; bytes past them are a counted gap
 /// (the last `CAPTURE_TAIL` bytes are still captured).
 pub const MAX_FULL_CHUNKS: usize = 16;
@@ -241,8 +252,18 @@ pub mod stat {
     /// Syscalls, connections or child processes not followed because an insert into
     /// `PENDING_IO`, `PENDING_CONN` or `TRACKED` failed (the map was full).
     pub const TRACKING_MAP_FULL: u32 = 17;
+    /// Connections whose bytes on the wire were TLS records (from then on their ciphertext
+    /// is not captured).
+    pub const TLS_CONNECTIONS: u32 = 18;
+    /// TLS connections tied to an `SSL` object of the process (plaintext captured from there).
+    pub const TLS_TIED: u32 = 19;
+    /// `SSL_read*`/`SSL_write*` calls that moved plaintext on an `SSL` object not tied to a
+    /// tracked socket (its plaintext was not captured).
+    pub const TLS_UNTIED_CALLS: u32 = 20;
+    /// Plaintext bytes read or written through the `SSL_*` probes.
+    pub const TLS_PLAINTEXT_BYTES: u32 = 21;
     /// Number of slots.
-    pub const COUNT: u32 = 18;
+    pub const COUNT: u32 = 22;
 }
 
 /// Most device probes (one per process, library and symbol) attached at once; probe ids index
@@ -471,6 +492,39 @@ pub struct PyCall {
     pub ip: u64,
 }
 
+/// Key of the `SSL_CONNS` map: an `SSL *` of a process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SslKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub ssl: u64,
+}
+
+/// Value of the `SSL_CONNS` map: the socket an `SSL *` reads and writes through, and that
+/// socket's connection id when it was tied (a closed and reused fd has another).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SslConn {
+    pub conn_id: u64,
+    pub fd: u32,
+    pub _pad: u32,
+}
+
+/// `SslProbe` cookies: which OpenSSL function a TLS probe sits on.
+pub const SSL_FN_READ: u64 = 0;
+pub const SSL_FN_READ_EX: u64 = 1;
+pub const SSL_FN_WRITE: u64 = 2;
+pub const SSL_FN_WRITE_EX: u64 = 3;
+/// `SSL_free` (entry only): the object's tie is forgotten (its address may be reused by the
+/// next connection's while the old socket is still open).
+pub const SSL_FN_FREE: u64 = 4;
+/// `SSL_do_handshake` (also what `SSL_accept` and `SSL_connect` run): at its return the
+/// object is tied to the socket the thread last read, replacing any earlier tie. A server's
+/// handshake steps each follow a read of their own socket, while its first `SSL_read` may
+/// come later (uvloop schedules it after other connections' reads).
+pub const SSL_FN_HANDSHAKE: u64 = 5;
+
 #[cfg(feature = "user")]
 mod user {
     use super::*;
@@ -478,4 +532,6 @@ mod user {
     unsafe impl aya::Pod for ProbeSpec {}
     unsafe impl aya::Pod for PyLayout {}
     unsafe impl aya::Pod for PyEvalWatch {}
+    unsafe impl aya::Pod for SslKey {}
+    unsafe impl aya::Pod for SslConn {}
 }

@@ -83,6 +83,18 @@ pub fn loss_line(prev: &Health, now: &Health) -> Option<String> {
             "{unclassified} socket reads/writes not captured (an fd inferscope did not know yet, or sendfile, splice, recvmmsg, io_uring)"
         ));
     }
+    let unread = now.tracker.tls_unread.saturating_sub(prev.tracker.tls_unread);
+    if unread > 0 {
+        parts.push(format!(
+            "{unread} TLS connections closed with no plaintext seen (the process's TLS library is not one inferscope probes: OpenSSL's SSL_read/SSL_write were not found, or --no-tls)"
+        ));
+    }
+    let untied = d(stat::TLS_UNTIED_CALLS);
+    if untied > 0 {
+        parts.push(format!(
+            "{untied} SSL_read/SSL_write calls not tied to a traced socket (their plaintext is not captured)"
+        ));
+    }
     let limited = d(stat::DEVICE_RATE_LIMITED);
     if limited > 0 {
         parts.push(format!(

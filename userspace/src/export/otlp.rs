@@ -512,6 +512,7 @@ fn emit_spans(
     let mut http_attrs = vec![
         KeyValue::new("http.request.method", r.method.clone()),
         KeyValue::new("url.path", r.path.clone()),
+        KeyValue::new("url.scheme", if r.tls { "https" } else { "http" }),
         KeyValue::new("http.route", l.route),
         KeyValue::new("network.protocol.version", "1.1"),
         KeyValue::new("process.pid", i64::from(r.pid)),

@@ -15,6 +15,7 @@
 //! | engine | [`engine`] | [`Note::Ipc`] | engine requests, steps, gauges |
 //! | timers | [`timers`] | breakpoint hits (debug registers), eval uprobes | timed Python calls |
 //! | requests | [`requests`] | socket records | HTTP/SSE requests; [`Note::Ipc`] |
+//! | tls | [`tls`] | library maps | OpenSSL uprobes (their plaintext records go to requests) |
 //! | sites | [`sites`] | launch-site records | launch sites |
 //! | engine_state | [`engine_state`] | engine objects in CPython memory | engine state |
 //! | profile | [`profile`] | its own sampler | profile windows |
@@ -31,6 +32,7 @@ pub mod requests;
 pub mod resources;
 pub mod sites;
 pub mod timers;
+pub mod tls;
 
 use std::collections::HashMap;
 
@@ -249,6 +251,9 @@ pub fn build(o: &RunOptions, probes: &mut Probes, mut prom: Option<&mut PromMetr
         layers.push(Box::new(l));
     }
     layers.push(Box::new(requests::RequestsLayer::new(o)));
+    if let Some(l) = tls::TlsLayer::new(o) {
+        layers.push(Box::new(l));
+    }
     if let Some(l) = sites::SitesLayer::new(o, has_device, prom.as_deref_mut())? {
         layers.push(Box::new(l));
     }

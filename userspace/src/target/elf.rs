@@ -252,6 +252,41 @@ impl ElfFile {
     }
 }
 
+/// File offsets of the functions named `names` that `path` defines: from its dynamic symbols,
+/// and from its full symbol table (a copy linked in statically and not exported). Each name
+/// once, the dynamic symbol first.
+pub fn find_functions(path: &Path, names: &[&str]) -> anyhow::Result<Vec<(String, u64)>> {
+    let elf = ElfFile::open(path)?;
+    let longest = names.iter().map(|n| n.len()).max().unwrap_or(0);
+    let mut out: Vec<(String, u64)> = Vec::new();
+    for kind in [SHT_DYNSYM, SHT_SYMTAB] {
+        let Some((table, strtab)) = elf.symbol_table(kind) else { continue };
+        let mut funcs: Vec<(u32, u16, u64)> = Vec::new();
+        elf.for_each_symbol(&table, |s| {
+            if s.is_function_definition() && s.name != 0 {
+                funcs.push((s.name, s.shndx, s.value));
+            }
+        })?;
+        funcs.sort_unstable_by_key(|f| f.0);
+        elf.names_at(
+            strtab,
+            &funcs,
+            |f| f.0,
+            longest,
+            |&(_, shndx, value), name| {
+                let Ok(name) = std::str::from_utf8(name) else { return };
+                if !names.contains(&name) || out.iter().any(|(n, _)| n == name) {
+                    return;
+                }
+                if let Some(off) = elf.file_offset(shndx, value) {
+                    out.push((name.to_string(), off));
+                }
+            },
+        )?;
+    }
+    Ok(out)
+}
+
 /// One function symbol kept for naming addresses (16 bytes): the name itself stays in the file.
 #[derive(Clone, Copy, Debug)]
 struct FnSym {

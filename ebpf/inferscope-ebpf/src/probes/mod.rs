@@ -4,3 +4,4 @@ pub mod doctor;
 pub mod proc;
 pub mod python;
 pub mod sock;
+pub mod tls;

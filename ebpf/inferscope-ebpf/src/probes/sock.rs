@@ -21,11 +21,13 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use inferscope_common::{
-    ConnEvent, DATA_FLAG_EOF, DATA_FLAG_TRUNCATED, DATA_HEADER_LEN, DIR_EGRESS, DIR_INGRESS, EventKind, MAX_CAPTURE,
-    MAX_FULL_CHUNKS, MAX_IOV, ProcEvent, ROLE_CLIENT, ROLE_SERVER, SOCK_FLAG_FULL, SOCK_FLAG_SHARED, SYS_READ,
-    SYS_READV, SYS_RECVFROM, SYS_RECVMSG, SYS_SENDMSG, SYS_SENDTO, SYS_WRITE, SYS_WRITEV, SockInfo, sock_key, stat,
+    ConnEvent, DATA_FLAG_EOF, DATA_FLAG_TLS, DATA_FLAG_TLS_START, DATA_FLAG_TRUNCATED, DATA_HEADER_LEN, DIR_EGRESS,
+    DIR_INGRESS, EventKind, MAX_CAPTURE, MAX_FULL_CHUNKS, MAX_IOV, ProcEvent, ROLE_CLIENT, ROLE_SERVER, SOCK_FLAG_FULL,
+    SOCK_FLAG_SHARED, SOCK_FLAG_TLS, SYS_READ, SYS_READV, SYS_RECVFROM, SYS_RECVMSG, SYS_SENDMSG, SYS_SENDTO,
+    SYS_WRITE, SYS_WRITEV, SockInfo, sock_key, stat,
 };
 
+use super::tls::note_io;
 use crate::{
     ARRIVALS, CAPTURE_HEAD, CAPTURE_TAIL, CONN_SEQ, EVENTS, SCRATCH, SOCKETS, Scratch, TRACKED, WATCHED_PORTS, count,
     read_global,
@@ -158,7 +160,7 @@ fn enter_io(ctx: &TracePointContext, syscall: u8, dir: u8, shape: u8) -> u32 {
 /// Copies `len` bytes at user address `src` (offset `offset` within the syscall's bytes) into a
 /// ring-buffer record whose header is already in `scratch`.
 #[inline(never)]
-fn emit(scratch: *mut Scratch, src: u64, offset: u64, len: u64, flags: u8) {
+pub(crate) fn emit(scratch: *mut Scratch, src: u64, offset: u64, len: u64, flags: u8) {
     let n: u32 = if len > MAX_CAPTURE as u64 { MAX_CAPTURE as u32 } else { len as u32 };
     let s = unsafe { &mut *scratch };
     s.hdr.offset = offset as u32;
@@ -185,18 +187,18 @@ fn emit(scratch: *mut Scratch, src: u64, offset: u64, len: u64, flags: u8) {
 
 /// Emits the head of a segment, and its tail when the segment is longer than the head.
 #[inline(always)]
-fn emit_segment(scratch: *mut Scratch, src: u64, seg_off: u64, seg_len: u64) {
+pub(crate) fn emit_segment(scratch: *mut Scratch, src: u64, seg_off: u64, seg_len: u64, extra: u8) {
     let mut head_cap = read_global(&CAPTURE_HEAD) as u64;
     if head_cap > MAX_CAPTURE as u64 {
         head_cap = MAX_CAPTURE as u64;
     }
     let head = if seg_len < head_cap { seg_len } else { head_cap };
     if seg_len <= head {
-        emit(scratch, src, seg_off, head, 0);
+        emit(scratch, src, seg_off, head, extra);
         return;
     }
     count(stat::TRUNCATED_SYSCALLS, 1);
-    emit(scratch, src, seg_off, head, DATA_FLAG_TRUNCATED);
+    emit(scratch, src, seg_off, head, DATA_FLAG_TRUNCATED | extra);
     let mut tail_cap = read_global(&CAPTURE_TAIL) as u64;
     if tail_cap > MAX_CAPTURE as u64 {
         tail_cap = MAX_CAPTURE as u64;
@@ -205,7 +207,7 @@ fn emit_segment(scratch: *mut Scratch, src: u64, seg_off: u64, seg_len: u64) {
     let tail = if rest < tail_cap { rest } else { tail_cap };
     if tail > 0 {
         let at = seg_len - tail;
-        emit(scratch, src + at, seg_off + at, tail, DATA_FLAG_TRUNCATED);
+        emit(scratch, src + at, seg_off + at, tail, DATA_FLAG_TRUNCATED | extra);
     }
 }
 
@@ -241,6 +243,19 @@ fn emit_full(scratch: *mut Scratch, src: u64, len: u64) {
     }
 }
 
+/// A socket's positions and flags: its own, or for a dup'd socket the connection's, shared by
+/// its fds.
+#[inline(always)]
+pub(crate) fn conn_state(info: &mut SockInfo) -> (&mut [u64; 2], &mut u8) {
+    if info.flags & SOCK_FLAG_SHARED != 0 {
+        if let Some(s) = SHARED_CONNS.get_ptr_mut(&info.conn_id) {
+            let s = unsafe { &mut *s };
+            return (&mut s.pos, &mut s.flags);
+        }
+    }
+    (&mut info.pos, &mut info.flags)
+}
+
 #[inline(always)]
 fn exit_io(ctx: &TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -270,15 +285,63 @@ fn exit_io(ctx: &TracePointContext) -> u32 {
     let dir = if dir_byte == DIR_EGRESS { 1usize } else { 0usize };
     let info = unsafe { &mut *info };
     let conn_id = info.conn_id;
-    // A dup'd socket's positions and flags are the connection's, shared by its fds.
-    let mut state: (*mut [u64; 2], *mut u8) = (&mut info.pos, &mut info.flags);
-    if info.flags & SOCK_FLAG_SHARED != 0 {
-        if let Some(s) = SHARED_CONNS.get_ptr_mut(&conn_id) {
-            state = unsafe { (&mut (*s).pos, &mut (*s).flags) };
+    let (positions, flags) = conn_state(info);
+    let pos = positions[dir];
+    // TLS: the ciphertext is not captured and does not move the positions (they count the
+    // plaintext the `SSL_*` probes see). Which socket this thread last used is noted, to tie
+    // the `SSL` object of its next (or current) `SSL_read`/`SSL_write` to it.
+    let mut tls_flags = 0u8;
+    let mut announce = false;
+    if *flags & SOCK_FLAG_TLS != 0 {
+        tls_flags = DATA_FLAG_TLS;
+    } else if pos == 0 && ret >= 5 && args.shape == SHAPE_BUF && *flags & SOCK_FLAG_FULL == 0 {
+        // The first bytes of a direction are a TLS record header: content type 20-23, version
+        // 3.x. Plain HTTP starts with a letter, ZMTP with 0xFF. A handshake record is the
+        // connection's start; another type means it was already running when we attached.
+        if let Ok(h) = unsafe { bpf_probe_read_user(args.buf as *const [u8; 3]) } {
+            if (0x14..=0x17).contains(&h[0]) && h[1] == 3 && h[2] <= 4 {
+                *flags |= SOCK_FLAG_TLS;
+                positions[0] = 0;
+                positions[1] = 0;
+                count(stat::TLS_CONNECTIONS, 1);
+                announce = true;
+                tls_flags = DATA_FLAG_TLS | if h[0] == 0x16 { DATA_FLAG_TLS_START } else { 0 };
+            }
         }
     }
-    let (positions, flags) = (unsafe { &mut *state.0 }, unsafe { &mut *state.1 });
-    let pos = positions[dir];
+    if tls_flags != 0 {
+        let now = unsafe { bpf_ktime_get_ns() };
+        note_io(pid_tgid, args.fd, dir_byte == DIR_EGRESS, now, args.arrival_ns);
+        // Only the announcement (no bytes) and the peer's EOF (at the plaintext position) go
+        // out from here.
+        let eof = ret == 0 && dir_byte == DIR_INGRESS;
+        if !announce && !eof {
+            return 0;
+        }
+        let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+            return 0;
+        };
+        {
+            let hdr = unsafe { &mut (*scratch).hdr };
+            hdr.kind = EventKind::Data as u32;
+            hdr.tgid = tgid;
+            hdr.tid = pid_tgid as u32;
+            hdr.fd = args.fd as i32;
+            hdr.conn_id = conn_id;
+            hdr.ts_ns = now;
+            hdr.syscall_pos = positions[dir];
+            hdr.syscall_len = 0;
+            hdr.offset = 0;
+            hdr.len = 0;
+            hdr.arrival_ns = 0;
+            hdr.direction = dir_byte;
+            hdr.syscall = args.syscall;
+            hdr.flags = 0;
+            hdr._pad = [0; 5];
+        }
+        emit(scratch, 0, 0, 0, tls_flags | if eof { DATA_FLAG_EOF } else { 0 });
+        return 0;
+    }
     positions[dir] = pos + ret;
     // A ZeroMQ connection (engine IPC) opens with its greeting: 0xFF, 8 bytes, 0x7F. Seen at
     // the very start of a direction, the socket is captured whole from then on.
@@ -325,7 +388,7 @@ fn exit_io(ctx: &TracePointContext) -> u32 {
         if full {
             emit_full(scratch, args.buf, ret);
         } else {
-            emit_segment(scratch, args.buf, 0, ret);
+            emit_segment(scratch, args.buf, 0, ret, 0);
         }
         return 0;
     }
@@ -344,7 +407,7 @@ fn exit_io(ctx: &TracePointContext) -> u32 {
         let left = ret - off;
         let seg = if ilen < left { ilen } else { left };
         if seg > 0 {
-            emit_segment(scratch, base, off, seg);
+            emit_segment(scratch, base, off, seg, 0);
         }
         off += ilen;
     }

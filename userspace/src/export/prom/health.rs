@@ -23,6 +23,8 @@ pub(super) struct HealthMetrics {
     syscall_bytes: IntCounter,
     unclassified: IntCounter,
     learned: IntCounterVec,
+    tls: IntCounterVec,
+    tls_bytes: IntCounter,
     lost_bytes: IntCounter,
     gaps: IntCounter,
     discarded: IntCounter,
@@ -86,6 +88,16 @@ impl HealthMetrics {
                 "Sockets followed that their syscalls alone did not announce, by how: an accept whose enter preceded the attach, a dup of a tracked socket.",
                 &["how"],
             )?,
+            tls: counter(
+                reg,
+                "inferscope_tls_connections_total",
+                "Connections of traced processes that carry TLS, by state: seen (TLS records on the wire), tied (to an SSL object of the process: plaintext captured), unread (closed with no plaintext seen: no OpenSSL probed in that process).",
+                &["state"],
+            )?,
+            tls_bytes: IntCounter::new(
+                "inferscope_tls_plaintext_bytes_total",
+                "Plaintext bytes read and written through the probed SSL_read/SSL_write functions of traced processes.",
+            )?,
             lost_bytes: IntCounter::new(
                 "inferscope_capture_lost_bytes_total",
                 "Stream bytes known to be missing (truncation or ring-buffer loss).",
@@ -136,6 +148,7 @@ impl HealthMetrics {
             &m.discarded,
             &m.incomplete,
             &m.ipc_discarded,
+            &m.tls_bytes,
         ] {
             reg.register(Box::new(c.clone()))?;
         }
@@ -201,6 +214,16 @@ impl HealthMetrics {
             &self.learned.with_label_values(&["accept_exit"]),
         );
         Self::advance(prev, "dup", h.bpf_stat(stat::DUPS_FOLLOWED), &self.learned.with_label_values(&["dup"]));
+        Self::advance(prev, "tls_seen", h.bpf_stat(stat::TLS_CONNECTIONS), &self.tls.with_label_values(&["seen"]));
+        Self::advance(prev, "tls_tied", h.bpf_stat(stat::TLS_TIED), &self.tls.with_label_values(&["tied"]));
+        Self::advance(prev, "tls_unread", h.tracker.tls_unread, &self.tls.with_label_values(&["unread"]));
+        Self::advance(prev, "tls_bytes", h.bpf_stat(stat::TLS_PLAINTEXT_BYTES), &self.tls_bytes);
+        Self::advance(
+            prev,
+            "tls_untied",
+            h.bpf_stat(stat::TLS_UNTIED_CALLS),
+            &self.dropped.with_label_values(&["tls_call_without_socket"]),
+        );
         Self::advance(
             prev,
             "arr_rec",

@@ -223,6 +223,7 @@ mod tests {
             complete: true,
             capture_gaps: false,
             head_truncated: false,
+            tls: false,
             error_type: None,
             prompt: None,
             completion: None,

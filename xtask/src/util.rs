@@ -83,6 +83,24 @@ pub fn wait_http(port: u16, path: &str, timeout: Duration, child: &mut Child) ->
     }
 }
 
+/// Waits until `port` accepts TCP connections (an HTTPS server, whose health check would need
+/// TLS: a client queued in its backlog is served once it runs).
+pub fn wait_listen(port: u16, timeout: Duration, child: &mut Child) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!("the server exited before it was ready ({status})");
+        }
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            bail!("nothing listened on port {port} within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Stops a child with SIGTERM, then SIGKILL after `grace`.
 pub fn stop(child: &mut Child, grace: Duration) {
     let pid = child.id() as i32;

@@ -4,6 +4,7 @@
 //! way a busy Python client's is. Shares no code with inferscope's parsers.
 //!
 //! Writes one truth line per request (same schema as tests/fixtures/loadgen.py) and a summary.
+//! `--url https://...` with `--tls-ca CERT` speaks HTTPS (rustls), trusting that certificate.
 
 use std::{
     io::Write as _,
@@ -16,9 +17,20 @@ use std::{
 
 use serde_json::{Value, json};
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
 };
+use tokio_rustls::{
+    TlsConnector,
+    rustls::{
+        ClientConfig, RootCertStore,
+        pki_types::{CertificateDer, ServerName, pem::PemObject as _},
+    },
+};
+
+/// A connection: plain TCP, or TLS over it.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 fn mono_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -39,6 +51,25 @@ struct Opts {
     fixture: bool,
     model: String,
     prefix: String,
+    /// HTTPS (`--tls-ca CERT`: the server's certificate, trusted as a root).
+    tls: Option<TlsConnector>,
+}
+
+/// A TLS client that trusts the certificate in `path` (PEM).
+fn tls_connector(path: &str) -> TlsConnector {
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(path).expect("--tls-ca: a PEM file") {
+        roots.add(c.expect("--tls-ca: a certificate")).expect("--tls-ca: a usable certificate");
+    }
+    // ring's provider, as kube-rs uses (deprecated only for lacking post-quantum key exchange).
+    #[allow(deprecated)]
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    TlsConnector::from(Arc::new(config))
 }
 
 fn parse_args() -> (Opts, Option<String>, Option<String>) {
@@ -54,6 +85,7 @@ fn parse_args() -> (Opts, Option<String>, Option<String>) {
         fixture: true,
         model: "tiny-llama".into(),
         prefix: format!("rl{:x}-", mono_ns() & 0xffffff),
+        tls: None,
     };
     let (mut out, mut summary) = (None, None);
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -61,7 +93,11 @@ fn parse_args() -> (Opts, Option<String>, Option<String>) {
     while i < args.len() {
         let v = args.get(i + 1).cloned().unwrap_or_default();
         match args[i].as_str() {
-            "--url" => o.addr = v.trim_start_matches("http://").trim_end_matches('/').to_string(),
+            "--url" => {
+                o.addr =
+                    v.trim_start_matches("http://").trim_start_matches("https://").trim_end_matches('/').to_string()
+            }
+            "--tls-ca" => o.tls = Some(tls_connector(&v)),
             "--requests" => o.requests = v.parse().expect("--requests"),
             "--concurrency" => o.concurrency = v.parse().expect("--concurrency"),
             "--duration" => o.duration = Some(Duration::from_secs_f64(v.parse().expect("--duration"))),
@@ -86,7 +122,7 @@ fn parse_args() -> (Opts, Option<String>, Option<String>) {
 }
 
 /// Reads until `buf` holds `\r\n\r\n`; returns the head's length.
-async fn read_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+async fn read_head(s: &mut (impl Stream + ?Sized), buf: &mut Vec<u8>) -> std::io::Result<usize> {
     loop {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             return Ok(i + 4);
@@ -139,7 +175,7 @@ fn absorb(v: &Value, now: u64, o: &mut Outcome) {
 }
 
 /// Sends one request on `s` and reads its whole response.
-async fn exchange(s: &mut TcpStream, req: &[u8], buf: &mut Vec<u8>) -> std::io::Result<Outcome> {
+async fn exchange(s: &mut (impl Stream + ?Sized), req: &[u8], buf: &mut Vec<u8>) -> std::io::Result<Outcome> {
     s.write_all(req).await?;
     buf.clear();
     let head_len = read_head(s, buf).await?;
@@ -264,7 +300,7 @@ async fn worker(
     events: Arc<AtomicU64>,
     failures: Arc<AtomicU64>,
 ) {
-    let mut conn: Option<TcpStream> = None;
+    let mut conn: Option<Box<dyn Stream>> = None;
     let mut buf = Vec::with_capacity(65536);
     loop {
         let idx = next.fetch_add(1, Ordering::Relaxed);
@@ -274,11 +310,22 @@ async fn worker(
         let stream = (idx as f64 * 0.618_034).fract() < o.stream_ratio;
         let (xid, req) = request_bytes(&o, idx, stream);
         if conn.is_none() {
-            match TcpStream::connect(&o.addr).await {
+            let connected = match TcpStream::connect(&o.addr).await {
                 Ok(s) => {
                     let _ = s.set_nodelay(true);
-                    conn = Some(s);
+                    match &o.tls {
+                        None => Ok(Box::new(s) as Box<dyn Stream>),
+                        Some(tls) => {
+                            let host = o.addr.rsplit_once(':').map_or(o.addr.as_str(), |(h, _)| h);
+                            let name = ServerName::try_from(host.to_string()).expect("server name");
+                            tls.connect(name, s).await.map(|t| Box::new(t) as Box<dyn Stream>)
+                        }
+                    }
                 }
+                Err(e) => Err(e),
+            };
+            match connected {
+                Ok(s) => conn = Some(s),
                 Err(_) => {
                     failures.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -286,7 +333,7 @@ async fn worker(
                 }
             }
         }
-        let s = conn.as_mut().expect("connected");
+        let s = conn.as_deref_mut().expect("connected");
         let start_ns = mono_ns();
         match exchange(s, &req, &mut buf).await {
             Ok(out) => {

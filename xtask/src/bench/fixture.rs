@@ -48,33 +48,52 @@ pub fn run(seconds: u64, rounds: u32, report: Option<&Path>) -> Result<()> {
     );
     let mut top = String::new();
 
-    let workloads: [(&str, &[&str]); 4] = [
+    // The HTTPS workload: the same server with the test certificate (tests/data/tls), the load
+    // client trusting it; inferscope reads the plaintext through the server's libssl.
+    let cert = root.join("tests/data/tls/cert.pem").display().to_string();
+    let key = root.join("tests/data/tls/key.pem").display().to_string();
+    let tls_server = ["--ssl-certfile", cert.as_str(), "--ssl-keyfile", key.as_str()];
+    let workloads: [(&str, &[&str], bool); 5] = [
         (
             "stream, 16 tokens, 32 conns",
             &["--concurrency", "32", "--max-tokens", "16", "--ttft-ms", "0", "--itl-ms", "0"],
+            false,
         ),
         (
             "stream, 8 tokens, 64 conns",
             &["--concurrency", "64", "--max-tokens", "8", "--ttft-ms", "0", "--itl-ms", "0"],
+            false,
+        ),
+        (
+            "stream, 8 tokens, 64 conns, HTTPS",
+            &["--concurrency", "64", "--max-tokens", "8", "--ttft-ms", "0", "--itl-ms", "0", "--tls-ca", cert.as_str()],
+            true,
         ),
         (
             "stream, 4 tokens, 64 conns",
             &["--concurrency", "64", "--max-tokens", "4", "--ttft-ms", "0", "--itl-ms", "0"],
+            false,
         ),
         (
             "unary, 16 tokens, 32 conns",
             &["--concurrency", "32", "--max-tokens", "16", "--stream-ratio", "0", "--ttft-ms", "0", "--itl-ms", "0"],
+            false,
         ),
     ];
-    for (name, args) in workloads {
+    for (name, args, tls) in workloads {
         let port = util::free_port()?;
         let mut server = Command::new(util::python())
             .arg(root.join("tests/fixtures/openai_server.py"))
             .args(["--port", &port.to_string()])
+            .args(if tls { &tls_server[..] } else { &[] })
             .stdout(Stdio::null())
             .stderr(fs::File::create(dir.join("server.log"))?)
             .spawn()?;
-        util::wait_http(port, "/health", Duration::from_secs(60), &mut server)?;
+        if tls {
+            util::wait_listen(port, Duration::from_secs(60), &mut server)?;
+        } else {
+            util::wait_http(port, "/health", Duration::from_secs(60), &mut server)?;
+        }
         // Warm up the server (and the page cache) before measuring.
         load(port, 3, args, &dir.join("summary.json")).context("warm-up")?;
         let (mut off, mut on) = (Vec::new(), Vec::new());

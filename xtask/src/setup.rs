@@ -279,8 +279,8 @@ pub fn all(with_vllm: bool) -> Result<()> {
     toolchain()?;
     // gcc: the device tests build stand-in runtime libraries from C; tmux: `inferscope top` is
     // tested in a terminal; docker.io (dockerd, containerd, runc): pods named by real container
-    // runtimes.
-    apt(&["curl", "gcc", "libc6-dev", "tmux", "docker.io"])?;
+    // runtimes; libssl-dev: an HTTPS test server linked statically with OpenSSL.
+    apt(&["curl", "gcc", "libc6-dev", "libssl-dev", "tmux", "docker.io"])?;
     aarch64()?;
     python_env()?;
     receivers()?;

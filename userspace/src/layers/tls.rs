@@ -39,6 +39,52 @@ const FUNCTIONS: [(&str, u64); 6] = [
     ("SSL_do_handshake", SSL_FN_HANDSHAKE),
 ];
 
+/// Where to attach for an `SSL_read_ex`/`SSL_write_ex` at file offset `off` of `path`: the
+/// function itself, or (x86-64) the internal function it wraps, when cheaper to probe and the
+/// same call. OpenSSL 3's `SSL_read_ex` is `sub $8,%rsp; call ssl_read_internal; ...`, and
+/// `ssl_read_internal(s, buf, num, readbytes)` takes the same arguments and returns 1 on
+/// success, as `SSL_read_ex` does. A breakpoint on a `sub` must be single-stepped out of line
+/// (~17 us on our VMs), one on the internal function's `push` is emulated (~5 us); its return
+/// probe is the same. Also returns the wrapped function, so a classic `SSL_read` that calls it
+/// directly is not probed twice.
+fn wrapped_entry(path: &std::path::Path, off: u64) -> Option<u64> {
+    if !cfg!(target_arch = "x86_64") {
+        return None;
+    }
+    use std::os::unix::fs::FileExt as _;
+    let f = std::fs::File::open(path).ok()?;
+    let mut head = [0u8; 9];
+    f.read_exact_at(&mut head, off).ok()?;
+    // sub $imm8,%rsp; call rel32
+    if head[..3] != [0x48, 0x83, 0xec] || head[4] != 0xe8 {
+        return None;
+    }
+    let rel = i32::from_le_bytes(head[5..9].try_into().ok()?);
+    let target = (off + 9).checked_add_signed(i64::from(rel))?;
+    let mut first = [0u8; 2];
+    f.read_exact_at(&mut first, target).ok()?;
+    // push %reg or push %r8-r15: emulated by the kernel's uprobes.
+    let push = (0x50..=0x57).contains(&first[0]) || (first[0] == 0x41 && (0x50..=0x57).contains(&first[1]));
+    push.then_some(target)
+}
+
+/// Whether the function at `off` calls `target` (`call rel32`) in its first 64 bytes: a
+/// classic `SSL_read` whose work `ssl_read_internal` does.
+fn calls(path: &std::path::Path, off: u64, target: u64) -> bool {
+    use std::os::unix::fs::FileExt as _;
+    let Ok(f) = std::fs::File::open(path) else { return false };
+    let mut code = [0u8; 64];
+    if f.read_exact_at(&mut code, off).is_err() {
+        return false;
+    }
+    (0..code.len() - 4).any(|i| {
+        code[i] == 0xe8
+            && (off + i as u64 + 5)
+                .checked_add_signed(i64::from(i32::from_le_bytes(code[i + 1..i + 5].try_into().unwrap_or_default())))
+                == Some(target)
+    })
+}
+
 /// How often a process with no OpenSSL found yet is looked at again (it may `import ssl` late;
 /// code mappings also trigger a look when the device layer follows them).
 const RESCAN_EVERY: Duration = Duration::from_secs(5);
@@ -91,6 +137,19 @@ impl TlsLayer {
                 }
             };
             let library = m.path.rsplit('/').next().unwrap_or(&m.path).to_string();
+            // The _ex forms at the internal functions they wrap, where that is cheaper; the
+            // classic forms then only where they do not call those.
+            let mut found: Vec<(String, u64)> = found;
+            let mut internal = Vec::new();
+            for (name, off) in found.iter_mut() {
+                if (name == "SSL_read_ex" || name == "SSL_write_ex")
+                    && let Some(t) = wrapped_entry(&path, *off)
+                {
+                    *off = t;
+                    internal.push((if name == "SSL_read_ex" { "SSL_read" } else { "SSL_write" }, t));
+                }
+            }
+            found.retain(|(name, off)| !internal.iter().any(|(classic, t)| name == classic && calls(&path, *off, *t)));
             let mut n = 0;
             for (name, offset) in found {
                 let Some(&(func, cookie)) = FUNCTIONS.iter().find(|f| f.0 == name) else { continue };
@@ -172,5 +231,68 @@ impl Layer for TlsLayer {
             ("tls_probes", self.procs.values().map(|p| p.attached.len() as u64 * 2).sum()),
             ("tls_attach_errors", self.attach_errors),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Code laid out as OpenSSL 3's: `SSL_read_ex` at 0 (`sub $8,%rsp; call 0x40`), the
+    /// internal function at 0x40 (`push %r13`), a classic `SSL_read` at 0x80 calling it after
+    /// its stack protector, and at 0xc0 a wrapper whose target starts with a `mov`.
+    fn code() -> tempfile_path::Path {
+        let mut b = vec![0x90u8; 0x100];
+        let call = |b: &mut Vec<u8>, at: usize, target: usize| {
+            b[at] = 0xe8;
+            let rel = target as i64 - (at as i64 + 5);
+            b[at + 1..at + 5].copy_from_slice(&(rel as i32).to_le_bytes());
+        };
+        b[0..4].copy_from_slice(&[0x48, 0x83, 0xec, 0x08]);
+        call(&mut b, 4, 0x40);
+        b[0x40..0x42].copy_from_slice(&[0x41, 0x55]);
+        b[0x80..0x84].copy_from_slice(&[0x48, 0x83, 0xec, 0x18]);
+        call(&mut b, 0x90, 0x40);
+        b[0xc0..0xc4].copy_from_slice(&[0x48, 0x83, 0xec, 0x08]);
+        call(&mut b, 0xc4, 0xe0);
+        b[0xe0..0xe3].copy_from_slice(&[0x48, 0x89, 0xe5]);
+        tempfile_path::Path::with(&b)
+    }
+
+    /// A scratch file removed on drop.
+    mod tempfile_path {
+        pub struct Path(pub std::path::PathBuf);
+        impl Path {
+            pub fn with(bytes: &[u8]) -> Self {
+                static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let p = std::env::temp_dir().join(format!("inferscope-tls-code-{}-{n}", std::process::id()));
+                std::fs::write(&p, bytes).expect("scratch file");
+                Self(p)
+            }
+        }
+        impl Drop for Path {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+    }
+
+    #[test]
+    fn wrappers_are_probed_at_the_function_they_call() {
+        let f = code();
+        if cfg!(target_arch = "x86_64") {
+            assert_eq!(wrapped_entry(&f.0, 0), Some(0x40));
+        } else {
+            assert_eq!(wrapped_entry(&f.0, 0), None);
+        }
+        // Not the wrapper shape, or a target whose first instruction is not a push.
+        assert_eq!(wrapped_entry(&f.0, 0x40), None);
+        assert_eq!(wrapped_entry(&f.0, 0xc0), None);
+        // Past the end of the file.
+        assert_eq!(wrapped_entry(&f.0, 0xfc), None);
+        assert!(calls(&f.0, 0x80, 0x40));
+        assert!(!calls(&f.0, 0x80, 0xe0));
+        assert!(!calls(&f.0, 0xf0, 0x40));
     }
 }

@@ -215,6 +215,8 @@ impl Daemon {
             .map(|p| {
                 let group = if p.name.starts_with("device_") {
                     "device".to_string()
+                } else if p.name.starts_with("ssl_") {
+                    "tls".to_string()
                 } else if p.name.starts_with("sys_")
                     || p.name.starts_with("sock_")
                     || p.name.starts_with("tcp_")

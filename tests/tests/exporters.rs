@@ -203,3 +203,86 @@ fn content_is_exported_only_when_asked() {
         assert!(!c.is_empty() && c.len() <= 64, "{c:?}");
     }
 }
+
+/// `--jsonl -` into a pipe nobody reads for 10 s under load: capture does not wait for it (no
+/// ring-buffer drop), Prometheus counts every request, the JSONL sink drops whole lines past
+/// its buffer and counts them, and once the pipe is read again the lines that come are whole.
+#[test]
+fn a_stalled_jsonl_reader_holds_up_nothing_else() {
+    use std::io::BufRead as _;
+    let dir = scratch("stalled-jsonl");
+    let server = Fixture::start(&dir, &[]);
+    let port = free_port();
+    let stderr = dir.join("inferscope.stderr");
+    let mut cmd = std::process::Command::new(inferscope_bin());
+    cmd.args(["attach", "--pid", &server.proc.pid().to_string(), "--quiet", "--jsonl", "-"])
+        .args(["--export-buffer-mib", "1", "--prometheus-listen", &format!("127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&stderr).expect("stderr"));
+    let mut scope = Proc::spawn("inferscope", &mut cmd);
+    wait_for("inferscope to attach", Duration::from_secs(60), || {
+        assert!(scope.alive(), "inferscope exited: {}", std::fs::read_to_string(&stderr).unwrap_or_default());
+        std::fs::read_to_string(&stderr).ok()?.contains("tracing pid").then_some(())
+    });
+    // Nobody reads its standard output while the load runs.
+    let truth = rust_load(
+        &dir,
+        &server.url(),
+        &[
+            "--requests",
+            "0",
+            "--duration",
+            "10",
+            "--concurrency",
+            "16",
+            "--max-tokens",
+            "8",
+            "--ttft-ms",
+            "0",
+            "--itl-ms",
+            "0",
+        ],
+    );
+    assert!(truth.len() > 2000, "too little load to fill the buffer: {} requests", truth.len());
+    let sent = truth.len() as f64;
+    let m = wait_for("Prometheus to count every request", Duration::from_secs(20), || {
+        let m = scrape(
+            port,
+            &["inferscope_requests_total", "inferscope_export_dropped_total", "inferscope_dropped_events_total"],
+        );
+        (m["inferscope_requests_total"] >= sent).then_some(m)
+    });
+    eprintln!(
+        "stalled JSONL reader: {sent} requests, Prometheus {}, JSONL lines dropped {}, BPF records dropped {}",
+        m["inferscope_requests_total"], m["inferscope_export_dropped_total"], m["inferscope_dropped_events_total"]
+    );
+    assert_eq!(m["inferscope_requests_total"], sent);
+    assert_eq!(m["inferscope_dropped_events_total"], 0.0, "capture waited for the JSONL reader");
+    let dropped = m["inferscope_export_dropped_total"];
+    assert!(dropped > 0.0, "a 1 MiB buffer held 10 s of lines: the test did not stall anything");
+    // Read again, stop, and look at what came out.
+    let out = scope.child.stdout.take().expect("stdout");
+    let reader =
+        std::thread::spawn(move || std::io::BufReader::new(out).lines().map_while(Result::ok).collect::<Vec<_>>());
+    std::thread::sleep(Duration::from_secs(2));
+    scope.signal(2);
+    assert!(scope.wait_for_exit(Duration::from_secs(30)), "inferscope did not stop");
+    let lines = reader.join().expect("reader");
+    let mut requests = 0;
+    let mut last_health = Value::Null;
+    for l in &lines {
+        let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("a broken line ({e}): {l}"));
+        if v["type"] == "request" && v["path"] == "/v1/chat/completions" {
+            requests += 1;
+        }
+        if v["type"] == "health" {
+            last_health = v;
+        }
+    }
+    // Lines still waiting at the scrape were dropped after it: the stop's count is final.
+    let dropped = last_health["export_dropped"]["jsonl"].as_f64().expect("the stop's health line");
+    let err = std::fs::read_to_string(&stderr).unwrap_or_default();
+    assert!(err.contains("is not being read fast enough"), "the operator was not told:\n{err}");
+    assert!(requests > 0 && (requests as f64) < sent, "{requests} request lines of {sent}");
+    assert!(requests as f64 + dropped >= sent, "lines neither written nor counted: {requests} + {dropped} < {sent}");
+}

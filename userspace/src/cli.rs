@@ -289,6 +289,14 @@ pub struct RunOptions {
     #[arg(long, value_name = "PATH")]
     pub jsonl: Option<String>,
 
+    /// Most MiB of JSON lines (and, likewise, of request lines on standard output) that may wait
+    /// for a consumer that does not keep up (a pipe nobody reads, a stalled disk). They are
+    /// written by a thread of their own, so capture never waits for them; past this, whole
+    /// batches of lines are dropped, counted in inferscope_export_dropped_total and said on
+    /// stderr.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65536), value_name = "MIB")]
+    pub export_buffer_mib: u64,
+
     /// Export prompt and completion text (user data!) in JSONL and spans, at most
     /// --max-content-bytes each. Off by default.
     #[arg(long)]

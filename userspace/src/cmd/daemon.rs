@@ -244,9 +244,10 @@ async fn sinks(o: &RunOptions, prom: Option<PromMetrics>, control: Option<prom::
         eprintln!("inferscope: sending OTLP ({:?}) to {endpoint}", o.otlp_protocol);
         sinks.add(OtlpSink { o: otlp, device_spans: o.device_spans });
     }
+    let pending = o.export_buffer_mib.saturating_mul(1 << 20);
     if let Some(path) = o.jsonl.as_deref() {
-        sinks.add(JsonlSink::new(JsonlWriter::open(path)?));
+        sinks.add(JsonlSink::new(JsonlWriter::open(path, pending)?));
     }
-    sinks.add(ConsoleSink::new(!o.quiet && o.jsonl.as_deref() != Some("-")));
+    sinks.add(ConsoleSink::new(!o.quiet && o.jsonl.as_deref() != Some("-"), pending)?);
     Ok(sinks)
 }

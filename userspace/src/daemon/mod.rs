@@ -286,6 +286,7 @@ impl Daemon {
             decode_errors: self.decode_errors.iter().map(|(k, v)| (*k, *v)).collect(),
             attached_processes: self.facts.len() as u64,
             export_errors: self.sinks.errors(),
+            export_dropped: self.sinks.dropped(),
             map_write_errors: self.probes.map_write_errors(),
             ..Health::default()
         };

@@ -331,6 +331,7 @@ pub fn health_json(h: &crate::export::Health, unix_ns: u64) -> Value {
         "parse_errors": h.tracker.parse_errors.iter().map(|(c, n)| (c.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
         "decode_errors": h.decode_errors.iter().map(|(c, n)| (c.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
         "export_errors": h.export_errors.iter().map(|(c, n)| (c.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
+        "export_dropped": h.export_dropped.iter().map(|(c, n)| (c.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
         "map_write_errors": h.map_write_errors.iter().map(|(c, n)| (c.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
         "engine": {
             "messages": h.engine.messages,
@@ -491,40 +492,64 @@ pub fn python_info_json(
     })
 }
 
-/// Appends lines to a file (or stdout for `-`), flushing after every batch.
+/// Appends lines to a file (or stdout for `-`): formatted on the loop, written by a thread of
+/// its own in batches (every flush, or every 256 KiB), with at most `max_pending` bytes waiting
+/// for a slow consumer; past that, lines are dropped and counted ([`OffLoopWriter`]).
 pub struct JsonlWriter {
-    out: Box<dyn Write + Send>,
-    pub errors: u64,
+    out: crate::export::offloop::OffLoopWriter,
+    /// Lines that could not be formatted.
+    bad_lines: u64,
 }
 
 impl JsonlWriter {
-    pub fn open(path: &str) -> anyhow::Result<Self> {
-        let out: Box<dyn Write + Send> = if path == "-" {
-            Box::new(std::io::stdout())
+    pub fn open(path: &str, max_pending: u64) -> anyhow::Result<Self> {
+        let (out, what): (Box<dyn Write + Send>, &'static str) = if path == "-" {
+            (Box::new(std::io::stdout()), "--jsonl - (standard output)")
         } else {
             let f = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)
                 .map_err(|e| anyhow::anyhow!("cannot open --jsonl file {path}: {e}"))?;
-            Box::new(std::io::BufWriter::with_capacity(64 * 1024, f))
+            (Box::new(f), "the --jsonl file")
         };
-        Ok(Self { out, errors: 0 })
+        let out = crate::export::offloop::OffLoopWriter::new(out, "jsonl-writer", what, max_pending)?;
+        Ok(Self { out, bad_lines: 0 })
     }
 
     pub fn write<T: Serialize>(&mut self, v: &T) {
-        let r = serde_json::to_writer(&mut self.out, v)
-            .map_err(std::io::Error::from)
-            .and_then(|_| self.out.write_all(b"\n"));
-        if r.is_err() {
-            self.errors += 1;
+        let buf = self.out.buffer();
+        let len = buf.len();
+        match serde_json::to_writer(&mut *buf, v) {
+            Ok(()) => {
+                buf.push(b'\n');
+                self.out.line_done();
+            }
+            Err(_) => {
+                buf.truncate(len);
+                self.bad_lines += 1;
+            }
         }
     }
 
+    /// Hands what was written so far to the writing thread.
     pub fn flush(&mut self) {
-        if self.out.flush().is_err() {
-            self.errors += 1;
-        }
+        self.out.flush();
+    }
+
+    /// At the stop: everything out (waiting up to 2 s for a consumer that does not read).
+    pub fn close(&mut self) {
+        self.out.close(std::time::Duration::from_secs(2));
+    }
+
+    /// Lines not formatted, and failed writes.
+    pub fn errors(&self) -> u64 {
+        self.bad_lines + self.out.errors()
+    }
+
+    /// Lines dropped because the consumer did not keep up.
+    pub fn dropped(&self) -> u64 {
+        self.out.dropped_lines
     }
 }
 

@@ -16,6 +16,7 @@
 
 pub mod console;
 pub mod jsonl;
+pub mod offloop;
 pub mod otlp;
 mod otlp_resources;
 pub mod prom;
@@ -118,6 +119,8 @@ pub struct Health {
     pub in_flight: u64,
     /// Export failures by exporter.
     pub export_errors: Vec<(&'static str, u64)>,
+    /// Records a sink dropped because its consumer did not keep up, by sink.
+    pub export_dropped: Vec<(&'static str, u64)>,
     /// Failed writes to the BPF maps user space fills, by map.
     pub map_write_errors: Vec<(&'static str, u64)>,
     /// The engine layer's counters.

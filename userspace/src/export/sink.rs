@@ -93,6 +93,10 @@ pub trait Sink {
     fn errors(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
     }
+    /// Records dropped so far because the sink's consumer did not keep up, by sink.
+    fn dropped(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
     /// Changes the trace detail (`--tracing-level`); false if the sink has none.
     fn set_tracing_level(&mut self, _level: u8) -> bool {
         false
@@ -131,6 +135,10 @@ impl Sinks {
 
     pub fn errors(&self) -> Vec<(&'static str, u64)> {
         self.sinks.iter().flat_map(|s| s.errors()).collect()
+    }
+
+    pub fn dropped(&self) -> Vec<(&'static str, u64)> {
+        self.sinks.iter().flat_map(|s| s.dropped()).collect()
     }
 
     /// Changes the trace detail of every sink that has one; false if none has.
@@ -402,7 +410,7 @@ impl Sink for JsonlSink {
             Output::Health { health, report: true, last } => {
                 self.w.write(&jsonl::health_json(health, now()));
                 if *last {
-                    self.w.flush();
+                    self.w.close();
                 }
                 return;
             }
@@ -420,38 +428,73 @@ impl Sink for JsonlSink {
     }
 
     fn errors(&self) -> Vec<(&'static str, u64)> {
-        vec![("jsonl", self.w.errors)]
+        vec![("jsonl", self.w.errors())]
+    }
+
+    fn dropped(&self) -> Vec<(&'static str, u64)> {
+        vec![("jsonl", self.w.dropped())]
     }
 }
 
 /// The console: a line per request on stdout (unless quiet), and on stderr what was lost every
 /// 10 s and a summary at the stop.
 pub struct ConsoleSink {
-    pub request_lines: bool,
+    /// Request lines to standard output (written off the loop, like JSONL), when on.
+    requests: Option<crate::export::offloop::OffLoopWriter>,
     /// The health at the last report.
     last: Health,
 }
 
 impl ConsoleSink {
-    pub fn new(request_lines: bool) -> Self {
-        Self { request_lines, last: Health::default() }
+    /// `max_pending`: bytes of request lines that may wait for a slow standard output.
+    pub fn new(request_lines: bool, max_pending: u64) -> std::io::Result<Self> {
+        let requests = if request_lines {
+            Some(crate::export::offloop::OffLoopWriter::new(
+                Box::new(std::io::stdout()),
+                "console-writer",
+                "standard output (request lines)",
+                max_pending,
+            )?)
+        } else {
+            None
+        };
+        Ok(Self { requests, last: Health::default() })
     }
 }
 
 impl Sink for ConsoleSink {
     fn consume(&mut self, _clock: &Clock, o: &Output<'_>) {
         match o {
-            Output::Request { record, .. } if self.request_lines => println!("{}", console::request_line(record)),
+            Output::Request { record, .. } => {
+                if let Some(w) = &mut self.requests {
+                    use std::io::Write as _;
+                    let _ = writeln!(w.buffer(), "{}", console::request_line(record));
+                    w.line_done();
+                }
+            }
             Output::Health { health, report: true, last } => {
                 if let Some(line) = console::loss_line(&self.last, health) {
                     eprintln!("inferscope: {line}");
                 }
                 if *last {
+                    if let Some(w) = &mut self.requests {
+                        w.close(std::time::Duration::from_secs(2));
+                    }
                     eprintln!("inferscope: {}", console::stop_line(health));
                 }
                 self.last = (*health).clone();
             }
             _ => {}
         }
+    }
+
+    fn flush(&mut self) {
+        if let Some(w) = &mut self.requests {
+            w.flush();
+        }
+    }
+
+    fn dropped(&self) -> Vec<(&'static str, u64)> {
+        self.requests.as_ref().map(|w| vec![("console", w.dropped_lines)]).unwrap_or_default()
     }
 }

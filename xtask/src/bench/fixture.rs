@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 
 use super::{
     TOP_HEADER, cost_cell, costs, load, median, one_round, start_inferscope, top_programs, wakeups_per_request,
@@ -95,7 +95,10 @@ pub fn run(seconds: u64, rounds: u32, report: Option<&Path>) -> Result<()> {
             util::wait_http(port, "/health", Duration::from_secs(60), &mut server)?;
         }
         // Warm up the server (and the page cache) before measuring.
-        load(port, 3, args, &dir.join("summary.json")).context("warm-up")?;
+        if let Err(e) = load(port, 3, args, &dir.join("summary.json")) {
+            util::stop(&mut server, Duration::from_secs(10));
+            return Err(e.context("warm-up"));
+        }
         let (mut off, mut on) = (Vec::new(), Vec::new());
         for i in 0..rounds {
             let order = if i % 2 == 0 { [false, true] } else { [true, false] };

@@ -35,6 +35,7 @@ pub(super) struct HealthMetrics {
     ipc_connections: IntGauge,
     ipc_discarded: IntCounter,
     export_errors: IntCounterVec,
+    export_dropped: IntCounterVec,
     map_write_errors: IntCounterVec,
     /// Last absolute values seen, to turn health snapshots into counter increments.
     prev: HashMap<String, u64>,
@@ -129,6 +130,12 @@ impl HealthMetrics {
                 "inferscope_export_errors_total",
                 "Failed exports, by exporter.",
                 &["exporter"],
+            )?,
+            export_dropped: counter(
+                reg,
+                "inferscope_export_dropped_total",
+                "Lines a sink dropped because its consumer did not keep up (--export-buffer-mib waiting already), by sink: jsonl, console. Capture and the other sinks go on meanwhile.",
+                &["sink"],
             )?,
             map_write_errors: counter(
                 reg,
@@ -258,6 +265,9 @@ impl HealthMetrics {
         }
         for (map, n) in &h.map_write_errors {
             Self::advance(prev, &format!("map/{map}"), *n, &self.map_write_errors.with_label_values(&[map]));
+        }
+        for (sink, n) in &h.export_dropped {
+            Self::advance(prev, &format!("dropped/{sink}"), *n, &self.export_dropped.with_label_values(&[sink]));
         }
         for (exp, n) in &h.export_errors {
             Self::advance(prev, &format!("export/{exp}"), *n, &self.export_errors.with_label_values(&[exp]));

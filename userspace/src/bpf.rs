@@ -2,7 +2,7 @@
 //! tracepoints, and gives typed handles to the maps. Everything above it works on decoded
 //! events and is testable without root.
 
-use std::{os::fd::AsRawFd, path::Path};
+use std::path::Path;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
@@ -516,15 +516,6 @@ impl Probes {
         }
     }
 
-    pub fn is_tracked(&self, tgid: u32) -> bool {
-        self.tracked.get(&tgid, 0).is_ok()
-    }
-
-    /// Every tgid the kernel side currently traces (includes children it added itself).
-    pub fn tracked_pids(&self) -> Vec<u32> {
-        self.tracked.keys().filter_map(|k| k.ok()).collect()
-    }
-
     /// Registers a socket that existed before attaching. Returns false if it was already known
     /// (the kernel side saw it being opened).
     pub fn add_socket(&mut self, tgid: u32, fd: u32, info: SockInfo) -> Result<bool> {
@@ -754,10 +745,5 @@ impl Probes {
                 let _ = d.hits.set(id, z, 0);
             }
         }
-    }
-
-    /// A file descriptor usable to wait for readiness of the ring buffer.
-    pub fn raw_fd_hint(ring: &RingBuf<MapData>) -> i32 {
-        ring.as_raw_fd()
     }
 }

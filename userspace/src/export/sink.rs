@@ -145,11 +145,6 @@ impl Sinks {
     pub fn set_tracing_level(&mut self, level: u8) -> bool {
         self.sinks.iter_mut().fold(false, |any, s| s.set_tracing_level(level) | any)
     }
-
-    /// Now, on the exporters' (Unix-epoch) clock.
-    pub fn now_unix_ns(&self) -> u64 {
-        self.clock.unix_ns(clock::monotonic_ns())
-    }
 }
 
 /// Prometheus: every family, and the label values it made per process, to forget them.
@@ -287,7 +282,20 @@ impl Sink for OtlpSink {
             Output::ProcessGone { pid } => self.o.forget(*pid),
             Output::Accelerators(devices) => self.o.accelerators(devices),
             Output::Npus(devices) => self.o.npus(devices),
-            _ => {}
+            // Named, not `_`: a new output is a decision for every sink.
+            Output::Engine { .. }
+            | Output::DeviceCalls(_)
+            | Output::DeviceInterval { .. }
+            | Output::DeviceProbeHits { .. }
+            | Output::DeviceProbes { .. }
+            | Output::DeviceProbeOff { .. }
+            | Output::LaunchSite { .. }
+            | Output::LaunchSites { .. }
+            | Output::PythonCalls { .. }
+            | Output::ProfileWindow { .. }
+            | Output::EngineState(_)
+            | Output::GpuEvents(_)
+            | Output::Health { .. } => {}
         }
     }
 
@@ -414,7 +422,15 @@ impl Sink for JsonlSink {
                 }
                 return;
             }
-            _ => return,
+            // Named, not `_`: a new output is a decision for every sink.
+            Output::Engine { .. }
+            | Output::DeviceCalls(_)
+            | Output::DeviceProbeHits { .. }
+            | Output::DeviceProbes { .. }
+            | Output::DeviceProbeOff { .. }
+            | Output::LaunchSite { .. }
+            | Output::PythonCalls { .. }
+            | Output::Health { .. } => return,
         };
         self.write(v);
     }
@@ -484,7 +500,25 @@ impl Sink for ConsoleSink {
                 }
                 self.last = (*health).clone();
             }
-            _ => {}
+            // Named, not `_`: a new output is a decision for every sink.
+            Output::Engine { .. }
+            | Output::DeviceCalls(_)
+            | Output::DeviceInterval { .. }
+            | Output::DeviceProbeHits { .. }
+            | Output::DeviceProbes { .. }
+            | Output::DeviceProbeOff { .. }
+            | Output::LaunchSite { .. }
+            | Output::LaunchSites { .. }
+            | Output::PythonCalls { .. }
+            | Output::PythonCall { .. }
+            | Output::ProfileWindow { .. }
+            | Output::EngineState(_)
+            | Output::Accelerators(_)
+            | Output::Npus(_)
+            | Output::GpuEvents(_)
+            | Output::Health { .. }
+            | Output::ProcessAdded { .. }
+            | Output::ProcessGone { .. } => {}
         }
     }
 

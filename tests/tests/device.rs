@@ -343,8 +343,12 @@ fn engine_steps_carry_the_device_calls_made_for_them() {
     );
     let parent = engine.pid();
     let endpoint = format!("http://127.0.0.1:{}", rx.grpc);
+    let prom_port = free_port();
+    let prom = format!("127.0.0.1:{prom_port}");
     let args: Vec<String> = [
         "run",
+        "--prometheus-listen",
+        &prom,
         "--discover-interval",
         "0.3",
         "--quiet",
@@ -381,6 +385,16 @@ fn engine_steps_carry_the_device_calls_made_for_them() {
         let got = d["sync_wait_seconds"].as_f64().unwrap();
         assert!((got - want).abs() <= want * 0.1 + 0.0005, "step {i}: waited {got} s, the scheduler timed {want} s");
         assert!(u(&d["first_call_ns"]) <= u(&s["ts_ns"]), "step {i}: device calls precede the step's output");
+        // Host-observed device time: from the launch to the end of the wait for it, inside
+        // the scheduler's own bracket of the two calls.
+        let want = report["device_ns"][i].as_f64().unwrap() / 1e9;
+        let got = d["host_observed_seconds"].as_f64().unwrap_or_else(|| panic!("step {i}: no host-observed time: {s}"));
+        assert!(
+            got <= want && got >= want * 0.9 - 0.0005,
+            "step {i}: host-observed {got} s, the scheduler timed {want} s"
+        );
+        let share = d["host_observed_share"].as_f64().expect("share");
+        assert!(share > 0.0 && share <= 1.0, "step {i}: share {share}");
     }
     let spans = wait_for("device spans", Duration::from_secs(30), || {
         let s: Vec<Value> = read_jsonl(&rx.spans).into_iter().filter(|s| s["name"] == "device").collect();
@@ -389,8 +403,12 @@ fn engine_steps_carry_the_device_calls_made_for_them() {
     for s in &spans {
         assert_eq!(s["attributes"]["inferscope.device.graph_launches"], 1, "{s}");
         assert_eq!(s["attributes"]["inferscope.device.copy_bytes"], 4096, "{s}");
+        assert!(s["attributes"]["inferscope.device.host_observed_time"].as_f64().is_some_and(|t| t > 0.0), "{s}");
         assert_eq!(s["attributes"]["process.pid"], parent as i64, "{s}");
     }
+    // Every step's host-observed device time in its Prometheus histogram.
+    let m = scrape(prom_port, &["inferscope_engine_step_device_seconds_count"]);
+    assert_eq!(m["inferscope_engine_step_device_seconds_count"], STEPS as f64);
     touch(ctl.join("exit"));
     scope.stop();
 }

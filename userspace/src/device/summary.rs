@@ -70,6 +70,10 @@ pub struct DeviceSummary {
     /// First call's start and last call's end (CLOCK_MONOTONIC ns; 0 when empty).
     pub first_ns: u64,
     pub last_ns: u64,
+    /// The first kernel or graph launch's start, and the latest end of a synchronisation
+    /// (stream, device, event): the host-observed span of device work (0 when none).
+    pub first_launch_ns: u64,
+    pub last_wait_end_ns: u64,
 }
 
 /// One call, reduced to what summaries need.
@@ -104,7 +108,12 @@ impl DeviceSummary {
             self.errors = self.errors.saturating_add(1);
         }
         match s.what {
-            What::Launch { graph, host_ns, gap_ns } => self.launch.add(graph, host_ns, gap_ns),
+            What::Launch { graph, host_ns, gap_ns } => {
+                if self.first_launch_ns == 0 || s.start_ns < self.first_launch_ns {
+                    self.first_launch_ns = s.start_ns;
+                }
+                self.launch.add(graph, host_ns, gap_ns)
+            }
             What::Copy { dir, bytes, ns } => {
                 let c = &mut self.copies[dir.index()];
                 c.count = c.count.saturating_add(1);
@@ -112,6 +121,7 @@ impl DeviceSummary {
                 c.ns = c.ns.saturating_add(ns);
             }
             What::Sync { kind, ns } => {
+                self.last_wait_end_ns = self.last_wait_end_ns.max(s.end_ns);
                 self.syncs = self.syncs.saturating_add(1);
                 self.sync_ns = self.sync_ns.saturating_add(ns);
                 self.max_sync_ns = self.max_sync_ns.max(ns);
@@ -137,6 +147,10 @@ impl DeviceSummary {
             self.first_ns = o.first_ns;
         }
         self.last_ns = self.last_ns.max(o.last_ns);
+        if o.first_launch_ns != 0 && (self.first_launch_ns == 0 || o.first_launch_ns < self.first_launch_ns) {
+            self.first_launch_ns = o.first_launch_ns;
+        }
+        self.last_wait_end_ns = self.last_wait_end_ns.max(o.last_wait_end_ns);
         self.launch.merge(&o.launch);
         for (a, b) in self.copies.iter_mut().zip(o.copies.iter()) {
             a.count = a.count.saturating_add(b.count);
@@ -155,6 +169,14 @@ impl DeviceSummary {
         self.collective_bytes = self.collective_bytes.saturating_add(o.collective_bytes);
         self.collective_ns = self.collective_ns.saturating_add(o.collective_ns);
         self.errors = self.errors.saturating_add(o.errors);
+    }
+
+    /// Device time as the host observes it, without instrumenting the device: from the first
+    /// launch to the end of the last synchronisation after it (the host waited for the work to
+    /// finish then). None without a launch followed by a wait.
+    pub fn host_observed_ns(&self) -> Option<u64> {
+        (self.first_launch_ns != 0 && self.last_wait_end_ns > self.first_launch_ns)
+            .then(|| self.last_wait_end_ns - self.first_launch_ns)
     }
 
     pub fn copy_bytes(&self) -> u64 {
@@ -221,6 +243,18 @@ mod tests {
         assert_eq!(a.copies[CopyDir::HostToDevice.index()], CopyAgg { count: 1, bytes: 4096, ns: 30 });
         assert_eq!((a.syncs, a.sync_ns, a.errors), (1, 310, 1));
         assert_eq!((a.first_ns, a.last_ns), (90, 400));
+        // From the launch (100) to the end of the wait (400).
+        assert_eq!(a.host_observed_ns(), Some(300));
+        assert_eq!(b.host_observed_ns(), None, "a wait with no launch");
+        let mut c = DeviceSummary::default();
+        c.add(&Sample { start_ns: 10, end_ns: 20, what: What::Sync { kind: SyncKind::Device, ns: 10 }, error: false });
+        c.add(&Sample {
+            start_ns: 50,
+            end_ns: 55,
+            what: What::Launch { graph: true, host_ns: Some(5), gap_ns: None },
+            error: false,
+        });
+        assert_eq!(c.host_observed_ns(), None, "the wait came before the launch: nothing waited for it");
         let j = crate::export::jsonl::summary_json(&a);
         assert_eq!(j["copies"]["h2d"]["bytes"], 4096);
         assert!(j["copies"].get("d2h").is_none());

@@ -188,6 +188,15 @@ pub fn step_json_with_device(s: &crate::engine::EngineStep, d: Option<&DeviceSum
         if let Some(m) = dj.as_object_mut() {
             m.insert("first_call_ns".into(), json!(clock.unix_ns(d.first_ns)));
             m.insert("last_call_ns".into(), json!(clock.unix_ns(d.last_ns)));
+            // Host-observed device time, and its share of the step from its first device call
+            // to its output.
+            if let Some(ns) = d.host_observed_ns() {
+                m.insert("host_observed_seconds".into(), json!(ns as f64 / 1e9));
+                let window = s.ts_ns.saturating_sub(d.first_ns);
+                if window > 0 {
+                    m.insert("host_observed_share".into(), json!((ns as f64 / window as f64).min(1.0)));
+                }
+            }
         }
         o.insert("device".into(), dj);
     }

@@ -319,6 +319,7 @@ impl Otlp {
             KeyValue::new("inferscope.device.launch_gap_time", f(d.launch.gap_ns)),
             KeyValue::new("inferscope.device.copy_bytes", i(d.copy_bytes())),
             KeyValue::new("inferscope.device.sync_wait_time", f(d.sync_ns)),
+            KeyValue::new("inferscope.device.host_observed_time", f(d.host_observed_ns().unwrap_or(0))),
             KeyValue::new("inferscope.device.collectives", i(d.collectives)),
             KeyValue::new("inferscope.device.collective_bytes", i(d.collective_bytes)),
             KeyValue::new("inferscope.device.errors", i(d.errors)),

@@ -167,7 +167,12 @@ impl Sink for PromSink {
         let m = &mut self.m;
         match o {
             Output::Request { record, labels, .. } => m.record(record, labels),
-            Output::Engine { event, model, .. } => m.engine.observe(event, model),
+            Output::Engine { event, model, device } => {
+                m.engine.observe(event, model);
+                if let (EngineEvent::Step(s), Some(d)) = (event, device) {
+                    m.engine.step_device(s, d, model);
+                }
+            }
             Output::DeviceCalls(recs) => {
                 if let Some(d) = &m.device {
                     recs.iter().for_each(|r| d.record(r));

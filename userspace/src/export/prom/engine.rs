@@ -13,6 +13,9 @@ const PHASE_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
     1800.0, 7200.0,
 ];
+/// A step's device time: 100 us (a tiny model's decode) to 5 s (a long prefill).
+const STEP_DEVICE_BUCKETS: &[f64] =
+    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
 const STEP_TOKEN_BUCKETS: &[f64] =
     &[1.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0];
@@ -53,6 +56,7 @@ pub struct EngineMetrics {
     steps: IntCounterVec,
     batch: HistogramVec,
     step_tokens: HistogramVec,
+    step_device: HistogramVec,
     messages: IntCounterVec,
     lost: IntCounterVec,
     vllm: Option<Vllm>,
@@ -217,6 +221,13 @@ impl EngineMetrics {
                 STEP_TOKEN_BUCKETS,
                 LABELS,
             )?,
+            step_device: hist(
+                reg,
+                "inferscope_engine_step_device_seconds",
+                "Device time of one engine step as the host observes it (device layer): from the step's first kernel or graph launch to the end of the last synchronisation after it. Not measured on the device.",
+                STEP_DEVICE_BUCKETS,
+                LABELS,
+            )?,
             messages: counter(
                 reg,
                 "inferscope_engine_messages_total",
@@ -255,6 +266,14 @@ impl EngineMetrics {
             if let Some(v) = g.kv_cache_usage {
                 x.kv.with_label_values(&l).set(v);
             }
+        }
+    }
+
+    /// A step's host-observed device time (steps that launched and waited).
+    pub fn step_device(&self, s: &crate::engine::EngineStep, d: &crate::device::summary::DeviceSummary, model: &str) {
+        if let Some(ns) = d.host_observed_ns() {
+            let e = s.engine.map_or_else(|| "0".to_string(), |e| e.to_string());
+            self.step_device.with_label_values(&[model, e.as_str()]).observe(ns as f64 / 1e9);
         }
     }
 

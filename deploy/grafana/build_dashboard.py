@@ -312,6 +312,16 @@ def build():
     ), 12, y, w=12, unit="short",
         desc="Probes the overhead budget detached (--device-overhead-budget), and calls over --device-rate-limit (counted, not reported)."))
     y += 8
+    p.append(timeseries("Engine step device time, host-observed (p50 / p90 / p99)",
+        quantiles("inferscope_engine_step_device_seconds", T + ', gen_ai_request_model=~"$model"'),
+        0, y, w=12, unit="s",
+        desc="From a step's first kernel or graph launch to the end of the last synchronisation after it, as the host sees it (an upper bound of the device's busy time: queueing behind earlier work counts)."))
+    p.append(timeseries("Step device time vs step count", targets(
+        (f'sum by (instance, engine) (rate(inferscope_engine_step_device_seconds_sum{{{T}}}{RI}))', "device s/s {{instance}} engine {{engine}}"),
+        (f'sum by (instance, engine) (rate(inferscope_engine_steps_total{{{T}}}{RI}))', "steps/s {{instance}} engine {{engine}}"),
+    ), 12, y, w=12, unit="short",
+        desc="Host-observed device seconds per second (1 = the device always busy for the scheduler) beside engine steps per second."))
+    y += 8
 
     # --- resources layer (NVML) --------------------------------------------------------------
     p.append(row("Accelerator resources (NVML, DCMI)", y)); y += 1
@@ -404,6 +414,16 @@ def build():
         (f"sum by (instance) (inferscope_attached_processes{{{T}}})", "processes {{instance}}"),
         (f"sum by (instance) (inferscope_tracked_connections{{{T}}})", "connections {{instance}}"),
     ), 16, y, w=8, unit="short", desc="0 attached processes = no vLLM / SGLang / --match server found on that node."))
+    y += 8
+    p.append(timeseries("TLS connections and plaintext", targets(
+        (f"sum by (instance, state) (rate(inferscope_tls_connections_total{{{T}}}{RI}))", "{{state}} {{instance}}"),
+        (f"sum by (instance) (rate(inferscope_tls_plaintext_bytes_total{{{T}}}{RI}))", "plaintext bytes/s {{instance}}"),
+    ), 0, y, w=12, unit="short",
+        desc="HTTPS connections of traced servers: seen (TLS on the wire), tied (plaintext read through OpenSSL), unread (closed with no plaintext: not OpenSSL, or --no-tls)."))
+    p.append(timeseries("Lines dropped by slow consumers", [target(
+        f"sum by (instance, sink) (rate(inferscope_export_dropped_total{{{T}}}{RI}))", "{{instance}} {{sink}}")],
+        12, y, w=12, unit="short",
+        desc="JSONL and console lines dropped because their reader did not keep up (--export-buffer-mib waiting already). Capture and the other sinks are not held up."))
     y += 8
     p.append(timeseries("inferscope CPU", [target(
         f"rate(process_cpu_seconds_total{{{T}}}[5m]) and on (job, instance) inferscope_build_info",

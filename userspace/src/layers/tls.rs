@@ -100,12 +100,32 @@ struct Proc {
 
 pub struct TlsLayer {
     procs: HashMap<u32, Proc>,
+    /// Where to probe in each file looked at (empty for most).
+    files: HashMap<FileKey, std::sync::Arc<Vec<(String, u64)>>>,
     attach_errors: u64,
+}
+
+/// The functions to probe in a file and where: the OpenSSL functions it defines, the `_ex` forms
+/// at the internal functions they wrap where that is cheaper, the classic forms then only where
+/// they do not call those.
+fn probe_points(path: &std::path::Path) -> anyhow::Result<Vec<(String, u64)>> {
+    let mut found = elf::find_functions(path, &FUNCTIONS.map(|f| f.0))?;
+    let mut internal = Vec::new();
+    for (name, off) in found.iter_mut() {
+        if (name == "SSL_read_ex" || name == "SSL_write_ex")
+            && let Some(t) = wrapped_entry(path, *off)
+        {
+            *off = t;
+            internal.push((if name == "SSL_read_ex" { "SSL_read" } else { "SSL_write" }, t));
+        }
+    }
+    found.retain(|(name, off)| !internal.iter().any(|(classic, t)| name == classic && calls(path, *off, *t)));
+    Ok(found)
 }
 
 impl TlsLayer {
     pub fn new(o: &RunOptions) -> Option<Self> {
-        (!o.no_tls).then(|| Self { procs: HashMap::new(), attach_errors: 0 })
+        (!o.no_tls).then(|| Self { procs: HashMap::new(), files: HashMap::new(), attach_errors: 0 })
     }
 
     /// Whether a mapped file may hold OpenSSL: its name says so, or it is the program.
@@ -129,31 +149,24 @@ impl TlsLayer {
         let mut said = Vec::new();
         for m in files {
             let path = maps::host_path(pid, &m.path);
-            let found = match elf::find_functions(&path, &FUNCTIONS.map(|f| f.0)) {
-                Ok(f) => f,
-                Err(e) => {
-                    log::debug!("pid {pid}: cannot read {}: {e:#}", m.path);
-                    continue;
+            // Each file is read once per daemon run, whatever the processes that map it.
+            let found = match self.files.get(&m.file) {
+                Some(f) => f.clone(),
+                None => {
+                    let f = std::sync::Arc::new(probe_points(&path).unwrap_or_else(|e| {
+                        log::debug!("pid {pid}: cannot read {}: {e:#}", m.path);
+                        Vec::new()
+                    }));
+                    self.files.insert(m.file.clone(), f.clone());
+                    f
                 }
             };
             let library = m.path.rsplit('/').next().unwrap_or(&m.path).to_string();
-            // The _ex forms at the internal functions they wrap, where that is cheaper; the
-            // classic forms then only where they do not call those.
-            let mut found: Vec<(String, u64)> = found;
-            let mut internal = Vec::new();
-            for (name, off) in found.iter_mut() {
-                if (name == "SSL_read_ex" || name == "SSL_write_ex")
-                    && let Some(t) = wrapped_entry(&path, *off)
-                {
-                    *off = t;
-                    internal.push((if name == "SSL_read_ex" { "SSL_read" } else { "SSL_write" }, t));
-                }
-            }
-            found.retain(|(name, off)| !internal.iter().any(|(classic, t)| name == classic && calls(&path, *off, *t)));
+            let Some(p) = self.procs.get_mut(&pid) else { return };
             let mut n = 0;
-            for (name, offset) in found {
+            for (name, offset) in found.iter() {
                 let Some(&(func, cookie)) = FUNCTIONS.iter().find(|f| f.0 == name) else { continue };
-                match cx.probes.attach_tls(&path, offset, cookie, pid) {
+                match cx.probes.attach_tls(&path, *offset, cookie, pid) {
                     Ok(links) => {
                         p.attached.push((library.clone(), func, links));
                         n += 1;
@@ -173,7 +186,9 @@ impl TlsLayer {
         if !said.is_empty() {
             eprintln!("inferscope: pid {pid}: TLS plaintext read from OpenSSL: {}", said.join(", "));
         }
-        if p.attached.is_empty() {
+        if let Some(p) = self.procs.get_mut(&pid)
+            && p.attached.is_empty()
+        {
             p.next_scan = Some(Instant::now() + RESCAN_EVERY);
         }
     }

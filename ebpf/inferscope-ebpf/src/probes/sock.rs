@@ -243,6 +243,41 @@ fn emit_full(scratch: *mut Scratch, src: u64, len: u64) {
     }
 }
 
+/// The per-CPU scratch record with its data header filled in (no payload yet): what `emit`
+/// and `emit_segment` send. None if the scratch map is unreadable.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn data_header(
+    pid_tgid: u64,
+    fd: u32,
+    conn_id: u64,
+    ts_ns: u64,
+    syscall_pos: u64,
+    syscall_len: u64,
+    arrival_ns: u64,
+    direction: u8,
+    syscall: u8,
+) -> Option<*mut Scratch> {
+    let scratch = SCRATCH.get_ptr_mut(0)?;
+    let hdr = unsafe { &mut (*scratch).hdr };
+    hdr.kind = EventKind::Data as u32;
+    hdr.tgid = (pid_tgid >> 32) as u32;
+    hdr.tid = pid_tgid as u32;
+    hdr.fd = fd as i32;
+    hdr.conn_id = conn_id;
+    hdr.ts_ns = ts_ns;
+    hdr.syscall_pos = syscall_pos;
+    hdr.syscall_len = syscall_len;
+    hdr.offset = 0;
+    hdr.len = 0;
+    hdr.arrival_ns = arrival_ns;
+    hdr.direction = direction;
+    hdr.syscall = syscall;
+    hdr.flags = 0;
+    hdr._pad = [0; 5];
+    Some(scratch)
+}
+
 /// A socket's positions and flags: its own, or for a dup'd socket the connection's, shared by
 /// its fds.
 #[inline(always)]
@@ -318,27 +353,10 @@ fn exit_io(ctx: &TracePointContext) -> u32 {
         if !announce && !eof {
             return 0;
         }
-        let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        let Some(scratch) = data_header(pid_tgid, args.fd, conn_id, now, positions[dir], 0, 0, dir_byte, args.syscall)
+        else {
             return 0;
         };
-        {
-            let hdr = unsafe { &mut (*scratch).hdr };
-            hdr.kind = EventKind::Data as u32;
-            hdr.tgid = tgid;
-            hdr.tid = pid_tgid as u32;
-            hdr.fd = args.fd as i32;
-            hdr.conn_id = conn_id;
-            hdr.ts_ns = now;
-            hdr.syscall_pos = positions[dir];
-            hdr.syscall_len = 0;
-            hdr.offset = 0;
-            hdr.len = 0;
-            hdr.arrival_ns = 0;
-            hdr.direction = dir_byte;
-            hdr.syscall = args.syscall;
-            hdr.flags = 0;
-            hdr._pad = [0; 5];
-        }
         emit(scratch, 0, 0, 0, tls_flags | if eof { DATA_FLAG_EOF } else { 0 });
         return 0;
     }
@@ -355,27 +373,19 @@ fn exit_io(ctx: &TracePointContext) -> u32 {
     let full = *flags & SOCK_FLAG_FULL != 0;
     let arrival_ns = args.arrival_ns;
 
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+    let Some(scratch) = data_header(
+        pid_tgid,
+        args.fd,
+        conn_id,
+        unsafe { bpf_ktime_get_ns() },
+        pos,
+        ret,
+        arrival_ns,
+        dir_byte,
+        args.syscall,
+    ) else {
         return 0;
     };
-    {
-        let hdr = unsafe { &mut (*scratch).hdr };
-        hdr.kind = EventKind::Data as u32;
-        hdr.tgid = tgid;
-        hdr.tid = pid_tgid as u32;
-        hdr.fd = args.fd as i32;
-        hdr.conn_id = conn_id;
-        hdr.ts_ns = unsafe { bpf_ktime_get_ns() };
-        hdr.syscall_pos = pos;
-        hdr.syscall_len = ret;
-        hdr.offset = 0;
-        hdr.len = 0;
-        hdr.arrival_ns = arrival_ns;
-        hdr.direction = dir_byte;
-        hdr.syscall = args.syscall;
-        hdr.flags = 0;
-        hdr._pad = [0; 5];
-    }
     count(stat::SYSCALL_BYTES, ret);
 
     if ret == 0 {

@@ -27,12 +27,12 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use inferscope_common::{
-    DATA_FLAG_TLS, DIR_EGRESS, DIR_INGRESS, EventKind, SOCK_FLAG_TLS, SSL_FN_FREE, SSL_FN_HANDSHAKE, SSL_FN_READ_EX,
-    SSL_FN_WRITE, SSL_FN_WRITE_EX, SslConn, SslKey, sock_key, stat,
+    DATA_FLAG_TLS, DIR_EGRESS, DIR_INGRESS, SOCK_FLAG_TLS, SSL_FN_FREE, SSL_FN_HANDSHAKE, SSL_FN_READ_EX, SSL_FN_WRITE,
+    SSL_FN_WRITE_EX, SslConn, SslKey, sock_key, stat,
 };
 
-use super::sock::{conn_state, emit_segment};
-use crate::{SCRATCH, SOCKETS, TRACKED, count};
+use super::sock::{conn_state, data_header, emit_segment};
+use crate::{SOCKETS, TRACKED, count};
 
 /// The last read and the last write of a thread on a TLS socket. Apart: between the read that
 /// brings a connection's first request and its `SSL_read`, the handshake's end may write (TLS
@@ -51,19 +51,10 @@ pub struct LastIo {
 /// Notes a thread's syscall on a TLS socket.
 #[inline(always)]
 pub fn note_io(pid_tgid: u64, fd: u32, write: bool, ts_ns: u64, arrival_ns: u64) {
-    if let Some(l) = LAST_IO.get_ptr_mut(&pid_tgid) {
-        let l = unsafe { &mut *l };
-        if write {
-            l.write_fd = fd;
-            l.write_ts_ns = ts_ns;
-        } else {
-            l.read_fd = fd;
-            l.read_ts_ns = ts_ns;
-            l.arrival_ns = arrival_ns;
-        }
-        return;
-    }
-    let mut l = LastIo { read_fd: u32::MAX, write_fd: u32::MAX, ..LastIo::default() };
+    let mut l = match unsafe { LAST_IO.get(&pid_tgid) } {
+        Some(l) => *l,
+        None => LastIo { read_fd: u32::MAX, write_fd: u32::MAX, ..LastIo::default() },
+    };
     if write {
         l.write_fd = fd;
         l.write_ts_ns = ts_ns;
@@ -226,27 +217,10 @@ pub fn ssl_exit(ctx: RetProbeContext) -> u32 {
             }
         }
     }
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+    let ts = unsafe { bpf_ktime_get_ns() };
+    let Some(scratch) = data_header(pid_tgid, fd, conn_id, ts, pos, n, arrival_ns, dir_byte, 0) else {
         return 0;
     };
-    {
-        let hdr = unsafe { &mut (*scratch).hdr };
-        hdr.kind = EventKind::Data as u32;
-        hdr.tgid = tgid;
-        hdr.tid = pid_tgid as u32;
-        hdr.fd = fd as i32;
-        hdr.conn_id = conn_id;
-        hdr.ts_ns = unsafe { bpf_ktime_get_ns() };
-        hdr.syscall_pos = pos;
-        hdr.syscall_len = n;
-        hdr.offset = 0;
-        hdr.len = 0;
-        hdr.arrival_ns = arrival_ns;
-        hdr.direction = dir_byte;
-        hdr.syscall = 0;
-        hdr.flags = 0;
-        hdr._pad = [0; 5];
-    }
     emit_segment(scratch, call.buf, 0, n, DATA_FLAG_TLS);
     0
 }

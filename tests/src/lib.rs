@@ -588,15 +588,22 @@ pub fn receiver(dir: &Path) -> Receiver {
     }
 }
 
-/// The BPF links in the kernel now, by the name of the program each runs (the kernel keeps 15
-/// bytes of a name): what `bpftool link list` shows.
-pub fn bpf_links() -> Vec<String> {
+/// The BPF links process `pid` holds now, by the name of the program each runs (the kernel keeps
+/// 15 bytes of a name): what `bpftool link list` shows for that process. Read from the process's
+/// own file descriptors, so a daemon of an earlier test whose links the kernel is still tearing
+/// down (uprobe_multi links go after an RCU grace period) is not counted.
+pub fn bpf_links(pid: u32) -> Vec<String> {
     let names: std::collections::HashMap<u32, String> = aya::programs::loaded_programs()
         .filter_map(|p| p.ok())
         .map(|p| (p.id(), p.name_as_str().unwrap_or("").to_string()))
         .collect();
-    aya::programs::loaded_links()
-        .filter_map(|l| l.ok())
-        .map(|l| names.get(&l.program_id()).cloned().unwrap_or_default())
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return Vec::new() };
+    fds.filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter(|info| info.lines().any(|l| l.starts_with("link_id:")))
+        .filter_map(|info| {
+            let prog = info.lines().find_map(|l| l.strip_prefix("prog_id:"))?.trim().parse::<u32>().ok()?;
+            Some(names.get(&prog).cloned().unwrap_or_default())
+        })
         .collect()
 }

@@ -59,8 +59,8 @@ fn counter(s: &Value, name: &str, c: &str) -> u64 {
     layer(s, name)["counters"][c].as_u64().unwrap_or_else(|| panic!("no counter {name}.{c}: {s}"))
 }
 
-/// The kernel's links to the programs a layer runs (names as the kernel keeps them, 15 bytes).
-fn links_of(layer: &str) -> usize {
+/// The daemon's links to the programs a layer runs (names as the kernel keeps them, 15 bytes).
+fn links_of(scope: &Inferscope, layer: &str) -> usize {
     let of = |n: &str| match layer {
         // Socket syscalls, socket lengths and TCP arrival times; not the mmap follow.
         "requests" => (n.starts_with("sys_") && !n.contains("mmap")) || n.starts_with("sock_") || n.starts_with("tcp_"),
@@ -69,7 +69,7 @@ fn links_of(layer: &str) -> usize {
         "device" => n.starts_with("device_") || n.contains("mmap"),
         _ => false,
     };
-    bpf_links().iter().filter(|n| of(n)).count()
+    bpf_links(scope.proc.pid()).iter().filter(|n| of(n)).count()
 }
 
 fn timer_yaml(function: &str) -> String {
@@ -125,9 +125,9 @@ fn every_layer_switches_off_and_on_under_load() {
     assert_eq!(s["processes"][0]["pid"], server.proc.pid());
     let tp = s["tracepoints"].as_array().unwrap().iter().find(|t| t["group"] == "sockets").unwrap().clone();
     assert!(tp["total"].as_u64().unwrap() >= 30 && tp["attached"] == tp["total"], "{tp}");
-    let socket_links = links_of("requests");
+    let socket_links = links_of(&scope, "requests");
     assert_eq!(socket_links as u64, tp["total"].as_u64().unwrap(), "kernel links of the socket programs");
-    assert!(links_of("timers") > 0 && links_of("profile") > 0, "breakpoint and sampler links");
+    assert!(links_of(&scope, "timers") > 0 && links_of(&scope, "profile") > 0, "breakpoint and sampler links");
     // The table a person reads.
     let table = ctl_ok(&sock, &["status"]);
     assert!(table.contains("requests") && table.contains(&format!("{}", server.proc.pid())), "{table}");
@@ -147,7 +147,7 @@ fn every_layer_switches_off_and_on_under_load() {
     let s = status(&sock);
     assert_eq!(layer(&s, "requests")["on"], false);
     assert_eq!(layer(&s, "engine")["on"], false);
-    assert_eq!(links_of("requests"), 0, "socket tracepoints still linked in the kernel");
+    assert_eq!(links_of(&scope, "requests"), 0, "socket tracepoints still linked in the kernel");
     let reported_off = counter(&s, "requests", "requests_reported");
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(counter(&status(&sock), "requests", "requests_reported"), reported_off, "counted while off");
@@ -155,7 +155,7 @@ fn every_layer_switches_off_and_on_under_load() {
     let said = ctl_ok(&sock, &["enable", "requests"]);
     let on1 = mono_ns();
     assert!(said.contains("requests on"), "{said}");
-    assert_eq!(links_of("requests"), socket_links, "socket tracepoints back in the kernel");
+    assert_eq!(links_of(&scope, "requests"), socket_links, "socket tracepoints back in the kernel");
     ctl_ok(&sock, &["enable", "engine"]);
 
     // Timers: a changed YAML times the new function from the reload on.
@@ -177,17 +177,17 @@ fn every_layer_switches_off_and_on_under_load() {
 
     // Every other layer: off means its links are gone and its work stops; on brings them back.
     for name in ["timers", "profile", "sites", "engine_state"] {
-        let before = links_of(name);
+        let before = links_of(&scope, name);
         ctl_ok(&sock, &["disable", name]);
         assert_eq!(layer(&status(&sock), name)["on"], false, "{name}");
-        assert_eq!(links_of(name), 0, "{name}: links left in the kernel");
+        assert_eq!(links_of(&scope, name), 0, "{name}: links left in the kernel");
         let (ok, out, _) = ctl(&sock, &["disable", name]);
         assert!(ok && out.contains("already off"), "{name}: {out}");
         ctl_ok(&sock, &["enable", name]);
         assert_eq!(layer(&status(&sock), name)["on"], true, "{name}");
         if before > 0 {
             wait_for(&format!("{name}'s links back"), Duration::from_secs(20), || {
-                (links_of(name) == before).then_some(())
+                (links_of(&scope, name) == before).then_some(())
             });
         }
     }
@@ -281,7 +281,7 @@ fn device_probes_are_detached_and_attached_again() {
         fs::read_to_string(&scope.stderr).unwrap().contains(" in libcuda.so.1").then_some(())
     });
     fs::write(fx.join("go2"), b"").unwrap();
-    let links = links_of("device");
+    let links = links_of(&scope, "device");
     assert!(links >= 2, "uprobe links and the mmap follow: {links}");
     wait_for("syncs counted", Duration::from_secs(10), || (syncs(&scope, 0, u64::MAX) > 0).then_some(()));
     let s = status(&sock);
@@ -306,12 +306,12 @@ fn device_probes_are_detached_and_attached_again() {
     // The whole layer off: every uprobe link and the mmap follow leave the kernel.
     ctl_ok(&sock, &["disable", "device"]);
     let off = unix_ns();
-    assert_eq!(links_of("device"), 0, "device links left in the kernel");
+    assert_eq!(links_of(&scope, "device"), 0, "device links left in the kernel");
     assert_eq!(counter(&status(&sock), "device", "probes_attached"), 0);
     std::thread::sleep(Duration::from_secs(2));
     let on = unix_ns();
     ctl_ok(&sock, &["enable", "device"]);
-    wait_for("device links back", Duration::from_secs(20), || (links_of("device") == links).then_some(()));
+    wait_for("device links back", Duration::from_secs(20), || (links_of(&scope, "device") == links).then_some(()));
     let back = unix_ns();
     wait_for("syncs counted again", Duration::from_secs(10), || (syncs(&scope, back, u64::MAX) > 0).then_some(()));
     // Lines written a full interval after the switch hold no call made while it was off.
@@ -359,13 +359,13 @@ fn control_over_http_needs_the_token() {
     assert!(ok, "{out}");
     let s: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(s["status"]["processes"][0]["pid"], server.proc.pid(), "{s}");
-    let socket_links = links_of("requests");
+    let socket_links = links_of(&scope, "requests");
     assert!(socket_links > 0);
 
     // A wrong token: refused, nothing switched.
     let (ok, out) = http_ctl(&wrong, &["disable", "requests"]);
     assert!(!ok && out.contains("wrong or missing bearer token"), "{out}");
-    assert_eq!(links_of("requests"), socket_links);
+    assert_eq!(links_of(&scope, "requests"), socket_links);
     // No token, or a GET: refused by the server itself.
     let (code, body) = http_get(port, "/control").unwrap();
     assert_eq!(code, 405, "{body}");
@@ -377,15 +377,15 @@ fn control_over_http_needs_the_token() {
     let mut answer = String::new();
     c.read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
-    assert_eq!(links_of("requests"), socket_links);
+    assert_eq!(links_of(&scope, "requests"), socket_links);
 
     // The right one: off, and on again.
     let (ok, out) = http_ctl(&token, &["disable", "requests"]);
     assert!(ok && out.contains("requests off"), "{out}");
-    assert_eq!(links_of("requests"), 0, "socket tracepoints still linked");
+    assert_eq!(links_of(&scope, "requests"), 0, "socket tracepoints still linked");
     let (ok, out) = http_ctl(&token, &["enable", "requests"]);
     assert!(ok && out.contains("requests on"), "{out}");
-    assert_eq!(links_of("requests"), socket_links);
+    assert_eq!(links_of(&scope, "requests"), socket_links);
     // The metrics are still there, on the same server.
     let (code, text) = http_get(port, "/metrics").unwrap();
     assert!(code == 200 && text.contains("inferscope_build_info"));

@@ -17,6 +17,7 @@ struct Tally {
     passed: u64,
     failed: u64,
     failures: Vec<String>,
+    failed_names: Vec<String>,
 }
 
 impl Tally {
@@ -32,9 +33,27 @@ impl Tally {
             return;
         };
         let mut counted = false;
+        // The test whose captured output is being printed, and whether its panic line came.
+        let mut block: Option<(String, bool)> = None;
         if let Some(out) = child.stdout.take() {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
                 println!("{line}");
+                if let Some(name) = line.strip_prefix("---- ").and_then(|l| l.strip_suffix(" stdout ----")) {
+                    block = Some((name.to_string(), false));
+                } else if let Some((name, panicked)) = &mut block {
+                    if line.contains("panicked at") {
+                        *panicked = true;
+                    } else if *panicked {
+                        // The panic's message, with the test's name, where CI's tail shows it.
+                        let said: String = line.chars().take(300).collect();
+                        self.failures.push(format!("{what}: {name}: {said}"));
+                        block = None;
+                    }
+                }
+                // `test name ... FAILED`: named again at the end, where CI's tail shows it.
+                if let Some(name) = line.strip_prefix("test ").and_then(|l| l.strip_suffix(" ... FAILED")) {
+                    self.failed_names.push(format!("{what}: {name}"));
+                }
                 if let Some((p, f)) = parse_counts(&line) {
                     self.passed += p;
                     self.failed += f;
@@ -48,7 +67,13 @@ impl Tally {
             (false, false) => self.failed += 1,
             _ => {}
         }
-        if !ok {
+        // Tests named as failed whose panic message was not seen are named without one.
+        for n in std::mem::take(&mut self.failed_names) {
+            if !self.failures.iter().any(|f| f.starts_with(&format!("{n}: "))) {
+                self.failures.push(n);
+            }
+        }
+        if !ok && !self.failures.iter().any(|f| f.starts_with(&format!("{what}: "))) {
             self.failures.push(what.to_string());
         }
     }

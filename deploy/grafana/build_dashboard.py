@@ -276,6 +276,45 @@ def build():
         desc="error_type: HTTP status (>= 400), the error type from the response body, no_response or incomplete_response."))
     y += 8
 
+    # --- engine layer -------------------------------------------------------------------
+    p.append(row("Inside the engine (scheduler, from its IPC)", y)); y += 1
+    EM = T + ', gen_ai_request_model=~"$model"'
+    p.append(timeseries("Engine phases p90: queue, prefill, decode", targets(
+        (f"histogram_quantile(0.9, sum by (le) (rate(inferscope_engine_request_queue_time_seconds_bucket{{{EM}}}{RI})))", "queue"),
+        (f"histogram_quantile(0.9, sum by (le) (rate(inferscope_engine_request_prefill_time_seconds_bucket{{{EM}}}{RI})))", "prefill"),
+        (f"histogram_quantile(0.9, sum by (le) (rate(inferscope_engine_request_decode_time_seconds_bucket{{{EM}}}{RI})))", "decode"),
+        (f"histogram_quantile(0.9, sum by (le) (rate(inferscope_engine_second_token_latency_seconds_bucket{{{EM}}}{RI})))", "second token"),
+    ), 0, y, w=8, unit="s",
+        desc="Engine timestamps (vLLM's own definitions): waiting in the queue, first scheduling to first token, first to last token; and first to second token (the first decode step after the prefill)."))
+    p.append(timeseries("Engine steps / s by phase", [target(
+        f"sum by (step_phase) (rate(inferscope_engine_steps_total{{{EM}}}{RI}))", "{{step_phase}}")],
+        8, y, w=8, unit="short", stack=True,
+        desc="Steps that produced output: prefill (every request in it got its first token), decode (none did), mixed (chunked prefill batched with decodes)."))
+    p.append(timeseries("Scheduler queues and KV cache", targets(
+        (f"sum by (instance, engine) (inferscope_engine_requests_running{{{EM}}})", "running {{instance}} engine {{engine}}"),
+        (f"sum by (instance, engine) (inferscope_engine_requests_waiting{{{EM}}})", "waiting {{instance}} engine {{engine}}"),
+        (f"max by (instance, engine) (inferscope_engine_kv_cache_usage_ratio{{{EM}}}) * 100", "KV cache % {{instance}} engine {{engine}}"),
+    ), 16, y, w=8, unit="short",
+        desc="As the engine last reported: requests in the running batch and in the queue; KV-cache blocks in use (percent)."))
+    y += 8
+    p.append(timeseries("Prefix cache hit rate", [target(
+        f"sum by (instance, engine) (rate(inferscope_engine_prefix_cache_hits_total{{{EM}}}{RI}))"
+        f" / sum by (instance, engine) (rate(inferscope_engine_prefix_cache_queries_total{{{EM}}}{RI}))",
+        "{{instance}} engine {{engine}}")], 0, y, w=8, unit="percentunit",
+        desc="Prompt tokens found in the prefix cache over prompt tokens looked up (the scheduler's own counts)."))
+    p.append(timeseries("Speculative decoding acceptance", [target(
+        f"sum by (instance, engine) (rate(inferscope_engine_spec_decode_accepted_tokens_total{{{EM}}}{RI}))"
+        f" / sum by (instance, engine) (rate(inferscope_engine_spec_decode_draft_tokens_total{{{EM}}}{RI}))",
+        "{{instance}} engine {{engine}}")], 8, y, w=8, unit="percentunit",
+        desc="Draft tokens the target model accepted over draft tokens proposed (engines that draft)."))
+    p.append(timeseries("Slow requests and failed health checks", targets(
+        (f"sum(rate(inferscope_slow_token_gaps_total{{{R}}}{RI}))", "decode gaps over 1 s"),
+        (f"sum by (over_seconds) (rate(inferscope_slow_first_tokens_total{{{R}}}{RI}))", "first token over {{over_seconds}} s"),
+        (f"sum by (http_route) (rate(inferscope_health_check_failures_total{{{T}}}{RI}))", "health check failed {{http_route}}"),
+    ), 16, y, w=8, unit="short",
+        desc="Per second: gaps between streamed chunks longer than 1 s; requests whose first token took more than 5, 10 or 20 s; health probes answered >= 400 or not at all."))
+    y += 8
+
     # --- device layer -------------------------------------------------------------------
     p.append(row("Accelerator runtime (device layer)", y)); y += 1
     p.append(timeseries("Launches / s by kind", [target(

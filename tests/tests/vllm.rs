@@ -40,6 +40,8 @@ fn load(
 
 const COUNTERS: &[&str] = &[
     "vllm:request_success_total",
+    "vllm:prefix_cache_queries_total",
+    "vllm:prefix_cache_hits_total",
     "vllm:prompt_tokens_total",
     "vllm:generation_tokens_total",
     "vllm:time_to_first_token_seconds_count",
@@ -53,6 +55,56 @@ const COUNTERS: &[&str] = &[
     "vllm:request_inference_time_seconds_count",
     "vllm:request_inference_time_seconds_sum",
 ];
+
+/// inferscope's engine counters that vLLM also keeps.
+const OUR_ENGINE_COUNTERS: &[&str] = &[
+    "inferscope_engine_prefix_cache_queries_total",
+    "inferscope_engine_prefix_cache_hits_total",
+    "vllm_profiling_fine_grained_ttft_count",
+    "vllm_profiling_second_token_latency_count",
+    "vllm_profiling_batch_size_count",
+];
+
+/// The prefix cache as vLLM counts it (its scheduler's own reports, read from the engine's
+/// IPC by inferscope), and ms_service_metric's per-request families: one TTFT per request,
+/// as vLLM's own TTFT histogram.
+fn check_engine_families(
+    prom: u16,
+    ours_before: &HashMap<String, f64>,
+    before: &HashMap<String, f64>,
+    after: &HashMap<String, f64>,
+) {
+    let theirs = |name: &str| delta(before, after, name);
+    let want_q = theirs("vllm:prefix_cache_queries_total");
+    let want_h = theirs("vllm:prefix_cache_hits_total");
+    assert!(want_q > 0.0, "vLLM counted no prefix-cache queries");
+    let ttfts = theirs("vllm:time_to_first_token_seconds_count");
+    let want = |now: &HashMap<String, f64>| {
+        let ours = |n: &str| now[n] - ours_before[n];
+        ours("inferscope_engine_prefix_cache_queries_total") == want_q
+            && ours("inferscope_engine_prefix_cache_hits_total") == want_h
+            && ours("vllm_profiling_fine_grained_ttft_count") == ttfts
+    };
+    let start = std::time::Instant::now();
+    let mut last = scrape(prom, OUR_ENGINE_COUNTERS);
+    while !want(&last) && start.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(200));
+        last = scrape(prom, OUR_ENGINE_COUNTERS);
+    }
+    let ours = |n: &str| last[n] - ours_before[n];
+    assert!(
+        want(&last),
+        "prefix cache queries {} vs vLLM {want_q}, hits {} vs {want_h}, TTFTs {} vs {ttfts}",
+        ours("inferscope_engine_prefix_cache_queries_total"),
+        ours("inferscope_engine_prefix_cache_hits_total"),
+        ours("vllm_profiling_fine_grained_ttft_count"),
+    );
+    assert!(ours("vllm_profiling_second_token_latency_count") > 0.0);
+    assert!(ours("vllm_profiling_batch_size_count") > 0.0);
+    eprintln!(
+        "prefix cache: {want_q} tokens looked up, {want_h} found, equal on both sides; {ttfts} engine TTFTs on both"
+    );
+}
 
 /// The engine layer against vLLM's own histograms: one observation per request of each phase,
 /// and sums that agree (same engine timestamps; only float rounding differs).
@@ -90,7 +142,13 @@ fn real_vllm_counts_tokens_and_ttft() {
     let dir = scratch("vllm");
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     // inferscope first, as a DaemonSet would be: it finds vLLM when it starts.
-    let args: Vec<String> = ["run", "--discover-interval", "0.5", "--quiet"].iter().map(|s| s.to_string()).collect();
+    let prom = free_port();
+    let listen = format!("127.0.0.1:{prom}");
+    let args: Vec<String> =
+        ["run", "--discover-interval", "0.5", "--quiet", "--prometheus-listen", &listen, "--ms-service-metric-names"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
     let mut scope = Inferscope::start(&dir, &args, &[]);
     let mut vllm = Proc::spawn(
         "vLLM",
@@ -113,6 +171,7 @@ fn real_vllm_counts_tokens_and_ttft() {
 
     // Phase 1: every kind, with usage everywhere so counts are exact on both sides.
     let before = scrape(port, COUNTERS);
+    let ours_before = scrape(prom, OUR_ENGINE_COUNTERS);
     let truth = load(&dir, &url, 40, 8, "chat_stream=3,chat_nostream=1,cmpl_stream=1,cmpl_nostream=1", 16, 11);
     assert!(
         truth.iter().all(|t| t["status"] == 200),
@@ -130,6 +189,7 @@ fn real_vllm_counts_tokens_and_ttft() {
     assert!(llm.iter().all(|r| r["provider"] == "vllm" && r["tokens_from"] == "usage"), "{:?}", llm[0]);
     eprintln!("vLLM: {} requests, {prompt} prompt and {generated} generation tokens, equal on both sides", llm.len());
     check_phases(&recs, &before, &after);
+    check_engine_families(prom, &ours_before, &before, &after);
     // Engine steps: every generated token was produced by a step inferscope saw.
     let ids: std::collections::HashSet<String> = llm
         .iter()
@@ -149,6 +209,17 @@ fn real_vllm_counts_tokens_and_ttft() {
     assert_eq!(step_tokens, generated, "tokens in step lines vs generated tokens");
     assert!(steps.iter().all(|s| s["running"].is_u64() && s["kv_cache_usage"].is_f64()), "{}", steps[0]);
     let max_batch = steps.iter().filter_map(|s| s["batch_size"].as_u64()).max().unwrap_or(0);
+    // Every request's prefill ended in exactly one step (its first token), whatever the step ran.
+    let first_tokens: u64 = steps.iter().filter_map(|s| s["first_tokens"].as_u64()).sum();
+    assert_eq!(first_tokens, llm.len() as u64, "steps that ran a request's prefill");
+    let phase_of = |p: &str| steps.iter().filter(|s| s["phase"] == p).count();
+    eprintln!(
+        "engine steps by phase: {} prefill, {} mixed, {} decode",
+        phase_of("prefill"),
+        phase_of("mixed"),
+        phase_of("decode")
+    );
+    assert!(phase_of("decode") > 0 && phase_of("prefill") + phase_of("mixed") > 0);
     eprintln!("engine: {} steps, {step_tokens} tokens, largest batch {max_batch}", steps.len());
     assert!(max_batch > 1, "8 concurrent requests never batched together?");
 

@@ -249,6 +249,13 @@ pub struct RunOptions {
     #[arg(long)]
     pub vllm_metrics: bool,
 
+    /// Also expose the engine families Huawei's ms_service_metric exports for vLLM, under its
+    /// names and labels (vllm_profiling_batch_size, vllm_profiling_fine_grained_ttft, ...;
+    /// labels engine, dp, role), fed from the engine's IPC: its dashboards and alerts work
+    /// without its hooks in the server.
+    #[arg(long)]
+    pub ms_service_metric_names: bool,
+
     /// Send traces and metrics with OTLP to this collector URL, e.g. http://localhost:4317
     /// (gRPC) or http://localhost:4318 (HTTP; /v1/traces and /v1/metrics are appended).
     #[arg(long, value_name = "URL", env = "OTEL_EXPORTER_OTLP_ENDPOINT")]

@@ -55,6 +55,31 @@ pub fn use_shared_target() {
         // SAFETY: called first thing in main, before any other thread exists.
         unsafe { std::env::set_var("CARGO_TARGET_DIR", dir().join("target")) };
     }
+    // `cargo xtask` (cargo run) gives this process the variables it gives a package it runs,
+    // CARGO_MANIFEST_DIR among them: the clone's path. Build scripts that watch them (ring's
+    // `rerun-if-env-changed=CARGO_MANIFEST_DIR`) then ran again in every clone, and ring,
+    // rustls, kube and everything above them were rebuilt on every CI run and again after
+    // every plain `cargo build`. The cargo processes started from here see what a shell sees.
+    let set_by_cargo_run: Vec<_> = std::env::vars_os()
+        .filter_map(|(k, _)| {
+            let name = k.to_str()?;
+            (name.starts_with("CARGO_PKG_")
+                || matches!(
+                    name,
+                    "CARGO_MANIFEST_DIR"
+                        | "CARGO_MANIFEST_PATH"
+                        | "CARGO_MANIFEST_LINKS"
+                        | "CARGO_CRATE_NAME"
+                        | "CARGO_BIN_NAME"
+                        | "CARGO_PRIMARY_PACKAGE"
+                ))
+            .then(|| k.clone())
+        })
+        .collect();
+    for k in set_by_cargo_run {
+        // SAFETY: as above.
+        unsafe { std::env::remove_var(k) };
+    }
 }
 
 /// A short stable key for what an entry is built from (FNV-1a, 64 bits).

@@ -78,7 +78,7 @@ pub(crate) async fn parts(target: &Target, o: &RunOptions) -> Result<Parts> {
     let containers = runtime_source(o);
     let mut prom = if o.vllm_metrics || o.prometheus_listen.is_some() {
         let names = prom::identity::label_names(pods.as_ref().map(|_| o.pod_labels.as_slice()), containers.is_some());
-        Some(PromMetrics::new(o.vllm_metrics, o.identity_labels.resolve(), names)?)
+        Some(PromMetrics::new(o.vllm_metrics, o.ms_service_metric_names, o.identity_labels.resolve(), names)?)
     } else {
         None
     };

@@ -46,6 +46,8 @@ pub struct EngineRequest {
     pub queued_ns: Option<u64>,
     pub scheduled_ns: Option<u64>,
     pub first_token_ns: Option<u64>,
+    /// When its second token came (the first decode step after its prefill).
+    pub second_token_ns: Option<u64>,
     pub last_token_ns: Option<u64>,
     pub output_tokens: u64,
     pub preemptions: u32,
@@ -81,12 +83,27 @@ pub struct EngineStep {
     pub prompt_tokens: u64,
     /// Requests that finished in the step.
     pub finished: u32,
+    /// Requests whose first token came in this step: the step ran (the last chunk of) their
+    /// prefill.
+    pub first_tokens: u32,
     pub gauges: EngineGauges,
 }
 
 impl EngineStep {
     pub fn batch_size(&self) -> usize {
         self.request_ids.len()
+    }
+
+    /// What the step ran, as its outputs show: `prefill` when every request in it produced its
+    /// first token, `decode` when none did, `mixed` otherwise (chunked prefill batched with
+    /// decodes). A prefill chunk that produced no token is not seen here (see
+    /// [`EngineGauges::iteration`] for the scheduler's own count, when the engine sends it).
+    pub fn phase(&self) -> &'static str {
+        match self.first_tokens as usize {
+            0 => "decode",
+            n if n >= self.batch_size() => "prefill",
+            _ => "mixed",
+        }
     }
 }
 
@@ -97,8 +114,38 @@ pub struct EngineGauges {
     pub waiting: Option<u64>,
     /// Fraction of KV-cache blocks in use, 0..1.
     pub kv_cache_usage: Option<f64>,
+    /// Prefix-cache lookups since the engine's previous report (vLLM resets its counts at
+    /// every report): tokens looked up and tokens found.
     pub prefix_cache_queries: Option<u64>,
     pub prefix_cache_hits: Option<u64>,
+    /// Requests that looked up the prefix cache since the previous report.
+    pub prefix_cache_requests: Option<u64>,
+    /// Speculative decoding since the previous report, when the engine drafts.
+    pub spec_decode: Option<SpecDecode>,
+    /// The scheduler's own account of the iteration (vLLM with iteration details on).
+    pub iteration: Option<Iteration>,
+}
+
+/// Speculative decoding in one engine report (vLLM's `SpecDecodingStats`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SpecDecode {
+    /// Tokens the drafter proposes per request and step (its configuration).
+    pub num_spec_tokens: u64,
+    /// Drafts proposed, their tokens, and how many of those the target model accepted.
+    pub drafts: u64,
+    pub draft_tokens: u64,
+    pub accepted_tokens: u64,
+}
+
+/// One scheduler iteration as the scheduler counts it (vLLM's `SchedulerIterationDetails`):
+/// prefill ("context") and decode ("generation") requests and tokens scheduled.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Iteration {
+    pub prefill_requests: u64,
+    pub prefill_tokens: u64,
+    pub decode_requests: u64,
+    pub decode_tokens: u64,
+    pub elapsed_s: Option<f64>,
 }
 
 impl EngineGauges {

@@ -53,6 +53,13 @@ impl Phases for EngineRequest {
     }
 }
 
+impl EngineRequest {
+    /// Second token minus first token: the first decode step after its prefill.
+    pub fn second_token_s(&self) -> Option<f64> {
+        secs(self.first_token_ns, self.second_token_ns)
+    }
+}
+
 /// The engine side of a joined HTTP request: several engine requests (parallel sampling)
 /// merge into one view.
 #[derive(Clone, Debug, Default, PartialEq)]

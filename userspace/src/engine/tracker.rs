@@ -234,6 +234,12 @@ impl EngineTracker {
                         }
                         r.first_token_ns = Some(ro.first_token_ns.unwrap_or(t));
                         step.prompt_tokens += ro.prompt_tokens.or(r.prompt_tokens).unwrap_or(0);
+                        step.first_tokens += 1;
+                        if ro.new_tokens >= 2 {
+                            r.second_token_ns = r.first_token_ns;
+                        }
+                    } else if r.first_token_ns.is_some() && r.second_token_ns.is_none() && ro.new_tokens > 0 {
+                        r.second_token_ns = Some(t);
                     }
                     r.last_token_ns = Some(t);
                     r.output_tokens += ro.new_tokens;
@@ -335,7 +341,15 @@ mod tests {
         assert_eq!(r.decode_s(), Some(2_000e-9));
         assert_eq!(r.inference_s(), Some(2_500e-9));
         assert_eq!((r.output_tokens, r.preemptions, r.prompt_tokens), (4, 1, Some(12)));
-        assert_eq!(ev.iter().filter(|e| matches!(e, EngineEvent::Step(_))).count(), 3);
+        assert_eq!(r.second_token_s(), Some(1_000e-9), "first token at 2 us, second at 3 us");
+        let steps: Vec<_> =
+            ev.iter().filter_map(|e| if let EngineEvent::Step(s) = e { Some(s) } else { None }).collect();
+        assert_eq!(steps.len(), 3);
+        assert_eq!(
+            steps.iter().map(|s| (s.first_tokens, s.phase())).collect::<Vec<_>>(),
+            [(1, "prefill"), (0, "decode"), (0, "decode")]
+        );
+        assert_eq!(steps[0].prompt_tokens, 12);
         let mut joins = crate::correlate::requests::RequestJoin::of(&ev);
         let joined = joins.join(7, "chatcmpl-1");
         assert_eq!(joined.len(), 1);

@@ -12,7 +12,7 @@
 //! but no finish reasons or phase events, which would risk reading the wrong field.
 
 use super::{
-    Decoded, EngineGauges, EventType, Outputs, RequestOutput, Undecodable,
+    Decoded, EngineGauges, EventType, Iteration, Outputs, RequestOutput, SpecDecode, Undecodable,
     vllm_layouts::{self, VllmLayout},
 };
 use crate::{
@@ -200,16 +200,39 @@ fn output(o: &Value<'_>, layout: Option<&'static VllmLayout>) -> Result<RequestO
     Ok(r)
 }
 
-/// `SchedulerStats` is a dataclass: a map by field name.
+/// `SchedulerStats` is a dataclass: a map by field name, and so are the stats inside it.
 fn gauges(s: &Value<'_>, _layout: Option<&'static VllmLayout>) -> EngineGauges {
     let u = |k: &str| s.get(k).and_then(Value::as_u64);
     let prefix = s.get("prefix_cache_stats");
+    let pu = |k: &str| prefix.and_then(|p| p.get(k)).and_then(Value::as_u64);
+    let spec_decode = s.get("spec_decoding_stats").filter(|v| matches!(v, Value::Map(_))).map(|d| {
+        let du = |k: &str| d.get(k).and_then(Value::as_u64).unwrap_or(0);
+        SpecDecode {
+            num_spec_tokens: du("num_spec_tokens"),
+            drafts: du("num_drafts"),
+            draft_tokens: du("num_draft_tokens"),
+            accepted_tokens: du("num_accepted_tokens"),
+        }
+    });
+    let iteration = s.get("iteration_details").filter(|v| matches!(v, Value::Map(_))).map(|d| {
+        let du = |k: &str| d.get(k).and_then(Value::as_u64).unwrap_or(0);
+        Iteration {
+            prefill_requests: du("num_ctx_requests"),
+            prefill_tokens: du("num_ctx_tokens"),
+            decode_requests: du("num_generation_requests"),
+            decode_tokens: du("num_generation_tokens"),
+            elapsed_s: d.get("elapsed_ms").and_then(Value::as_f64).map(|ms| ms / 1e3),
+        }
+    });
     EngineGauges {
         running: u("num_running_reqs"),
         waiting: u("num_waiting_reqs"),
         kv_cache_usage: s.get("kv_cache_usage").or_else(|| s.get("gpu_cache_usage")).and_then(Value::as_f64),
-        prefix_cache_queries: prefix.and_then(|p| p.get("queries")).and_then(Value::as_u64),
-        prefix_cache_hits: prefix.and_then(|p| p.get("hits")).and_then(Value::as_u64),
+        prefix_cache_queries: pu("queries"),
+        prefix_cache_hits: pu("hits"),
+        prefix_cache_requests: pu("requests"),
+        spec_decode,
+        iteration,
     }
 }
 
@@ -320,6 +343,67 @@ mod tests {
         };
         assert_eq!(o.outputs[1].new_tokens, 2);
         assert!(o.outputs.iter().all(|r| r.finish_reason.is_none() && r.events.is_empty()));
+    }
+
+    /// SchedulerStats with prefix-cache, speculative-decoding and iteration details, as vLLM
+    /// 0.32's scheduler sends them (dataclasses: maps by field name).
+    #[test]
+    fn scheduler_reports_of_0_32() {
+        let stats = M::Map(vec![
+            ("num_running_reqs", M::I(3)),
+            ("num_waiting_reqs", M::I(0)),
+            ("kv_cache_usage", M::F(0.5)),
+            (
+                "prefix_cache_stats",
+                M::Map(vec![("reset", M::Nil), ("requests", M::I(2)), ("queries", M::I(96)), ("hits", M::I(32))]),
+            ),
+            (
+                "spec_decoding_stats",
+                M::Map(vec![
+                    ("num_spec_tokens", M::I(3)),
+                    ("num_drafts", M::I(2)),
+                    ("num_draft_tokens", M::I(6)),
+                    ("num_accepted_tokens", M::I(5)),
+                    ("num_accepted_tokens_per_pos", M::A(vec![M::I(2), M::I(2), M::I(1)])),
+                ]),
+            ),
+            (
+                "iteration_details",
+                M::Map(vec![
+                    ("iteration_index", M::I(7)),
+                    ("num_ctx_requests", M::I(1)),
+                    ("num_ctx_tokens", M::I(40)),
+                    ("num_generation_requests", M::I(2)),
+                    ("num_generation_tokens", M::I(2)),
+                    ("elapsed_ms", M::F(12.5)),
+                ]),
+            ),
+        ]);
+        let p = bytes(M::A(vec![M::I(0), M::A(vec![]), stats, M::F(100.5)]));
+        let Ok(Decoded::Outputs(o)) = decode(V032, Direction::Ingress, &msg(vec![p])) else { panic!("not decoded") };
+        let g = o.gauges;
+        assert_eq!(
+            (g.prefix_cache_requests, g.prefix_cache_queries, g.prefix_cache_hits),
+            (Some(2), Some(96), Some(32))
+        );
+        assert_eq!(
+            g.spec_decode,
+            Some(SpecDecode { num_spec_tokens: 3, drafts: 2, draft_tokens: 6, accepted_tokens: 5 })
+        );
+        assert_eq!(
+            g.iteration,
+            Some(Iteration {
+                prefill_requests: 1,
+                prefill_tokens: 40,
+                decode_requests: 2,
+                decode_tokens: 2,
+                elapsed_s: Some(0.0125)
+            })
+        );
+        // Without them (drafting off, details off): nothing invented.
+        let p = bytes(outputs(vec![]));
+        let Ok(Decoded::Outputs(o)) = decode(V032, Direction::Ingress, &msg(vec![p])) else { panic!("not decoded") };
+        assert_eq!((o.gauges.spec_decode, o.gauges.iteration, o.gauges.prefix_cache_queries), (None, None, None));
     }
 
     #[test]

@@ -177,6 +177,21 @@ pub fn step_json(s: &crate::engine::EngineStep, clock: &Clock) -> Value {
         "kv_cache_usage": g.kv_cache_usage,
         "prefix_cache_queries": g.prefix_cache_queries,
         "prefix_cache_hits": g.prefix_cache_hits,
+        "phase": s.phase(),
+        "first_tokens": s.first_tokens,
+        "spec_decode": g.spec_decode.as_ref().map(|d| json!({
+            "num_spec_tokens": d.num_spec_tokens,
+            "drafts": d.drafts,
+            "draft_tokens": d.draft_tokens,
+            "accepted_tokens": d.accepted_tokens,
+        })),
+        "iteration": g.iteration.as_ref().map(|i| json!({
+            "prefill_requests": i.prefill_requests,
+            "prefill_tokens": i.prefill_tokens,
+            "decode_requests": i.decode_requests,
+            "decode_tokens": i.decode_tokens,
+            "elapsed_seconds": i.elapsed_s,
+        })),
     })
 }
 

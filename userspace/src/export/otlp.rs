@@ -313,6 +313,7 @@ impl Otlp {
             KeyValue::new("inferscope.engine.index", i64::from(step.engine.unwrap_or(0))),
             KeyValue::new("inferscope.step.batch_size", step.batch_size() as i64),
             KeyValue::new("inferscope.step.tokens", i(step.tokens)),
+            KeyValue::new("inferscope.step.phase", step.phase()),
             KeyValue::new("inferscope.device.launches", i(d.launch.launches)),
             KeyValue::new("inferscope.device.graph_launches", i(d.launch.graph_launches)),
             KeyValue::new("inferscope.device.launch_time", f(d.launch.launch_ns)),

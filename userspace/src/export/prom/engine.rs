@@ -28,6 +28,15 @@ const VLLM_ITERATION_TOKENS: &[f64] =
     &[1.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0];
 
 const LABELS: &[&str] = &["gen_ai_request_model", "engine"];
+const STEP_LABELS: &[&str] = &["gen_ai_request_model", "engine", "step_phase"];
+/// Requests in the running batch or the queue at one engine report.
+const QUEUE_BUCKETS: &[f64] = &[0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+/// ms_service_metric's SIZE_BUCKETS and default timer buckets (its `vllm_profiling_*` families).
+const MS_SIZE_BUCKETS: &[f64] = &[
+    0.0, 1.0, 10.0, 20.0, 30.0, 40.0, 50.0, 75.0, 100.0, 125.0, 150.0, 175.0, 200.0, 300.0, 400.0, 500.0, 600.0, 700.0,
+    800.0, 900.0, 1000.0, 1500.0, 2000.0, 2500.0, 3000.0, 4000.0, 5000.0, 6000.0, 7000.0, 8000.0, 10000.0, 262144.0,
+];
+const MS_LABELS: &[&str] = &["engine", "dp", "role"];
 
 struct Phases {
     queue: HistogramVec,
@@ -43,6 +52,26 @@ struct Vllm {
     kv: GaugeVec,
     preemptions: IntCounterVec,
     iteration_tokens: HistogramVec,
+    prefix_queries: IntCounterVec,
+    prefix_hits: IntCounterVec,
+    spec_drafts: IntCounterVec,
+    spec_draft_tokens: IntCounterVec,
+    spec_accepted: IntCounterVec,
+}
+
+/// The families Huawei's ms_service_metric exports for vLLM (`vllm_profiling_*`, labels
+/// `engine`, `dp`, `role`), fed from the engine's IPC instead of hooks in the API server.
+/// ms_service_metric histograms sizes with its SIZE_BUCKETS, latencies included.
+struct Profiling {
+    batch_size: HistogramVec,
+    waiting_batch_size: HistogramVec,
+    num_spec_tokens: HistogramVec,
+    total_tokens: HistogramVec,
+    input: HistogramVec,
+    output: HistogramVec,
+    second_token_latency: HistogramVec,
+    ttft: HistogramVec,
+    tpot: HistogramVec,
 }
 
 pub struct EngineMetrics {
@@ -59,12 +88,25 @@ pub struct EngineMetrics {
     step_device: HistogramVec,
     messages: IntCounterVec,
     lost: IntCounterVec,
+    running_hist: HistogramVec,
+    waiting_hist: HistogramVec,
+    prefix_queries: IntCounterVec,
+    prefix_hits: IntCounterVec,
+    prefix_requests: IntCounterVec,
+    spec_drafts: IntCounterVec,
+    spec_draft_tokens: IntCounterVec,
+    spec_accepted: IntCounterVec,
+    scheduled_requests: HistogramVec,
+    scheduled_tokens: HistogramVec,
+    second_token: HistogramVec,
     vllm: Option<Vllm>,
+    profiling: Option<Profiling>,
     prev: EngineStats,
 }
 
 impl EngineMetrics {
-    pub fn new(reg: &Registry, vllm_names: bool) -> Result<Self> {
+    /// `vllm_names`: also vLLM's own names; `profiling_names`: also ms_service_metric's.
+    pub fn new(reg: &Registry, vllm_names: bool, profiling_names: bool) -> Result<Self> {
         let vllm = if vllm_names {
             let l = &["model_name", "engine"];
             Some(Vllm {
@@ -128,6 +170,79 @@ impl EngineMetrics {
                     "Histogram of number of tokens per engine_step (inferscope, from engine IPC).",
                     VLLM_ITERATION_TOKENS,
                     l,
+                )?,
+                prefix_queries: counter(
+                    reg,
+                    "vllm:prefix_cache_queries_total",
+                    "Prefix cache queries, in terms of number of queried tokens (inferscope, from engine IPC).",
+                    l,
+                )?,
+                prefix_hits: counter(
+                    reg,
+                    "vllm:prefix_cache_hits_total",
+                    "Prefix cache hits, in terms of number of cached tokens (inferscope, from engine IPC).",
+                    l,
+                )?,
+                spec_drafts: counter(
+                    reg,
+                    "vllm:spec_decode_num_drafts_total",
+                    "Number of spec decoding drafts (inferscope, from engine IPC).",
+                    l,
+                )?,
+                spec_draft_tokens: counter(
+                    reg,
+                    "vllm:spec_decode_num_draft_tokens_total",
+                    "Number of draft tokens (inferscope, from engine IPC).",
+                    l,
+                )?,
+                spec_accepted: counter(
+                    reg,
+                    "vllm:spec_decode_num_accepted_tokens_total",
+                    "Number of accepted tokens (inferscope, from engine IPC).",
+                    l,
+                )?,
+            })
+        } else {
+            None
+        };
+        let profiling = if profiling_names {
+            let h = |name: &str, help: &str| hist(reg, name, help, MS_SIZE_BUCKETS, MS_LABELS);
+            Some(Profiling {
+                batch_size: h(
+                    "vllm_profiling_batch_size",
+                    "Running requests at each scheduler report (ms_service_metric's family; inferscope, from engine IPC).",
+                )?,
+                waiting_batch_size: h(
+                    "vllm_profiling_waiting_batch_size",
+                    "Waiting requests at each scheduler report (ms_service_metric's family; inferscope, from engine IPC).",
+                )?,
+                num_spec_tokens: h(
+                    "vllm_profiling_num_spec_tokens",
+                    "Speculative tokens per draft at each report that has them (ms_service_metric's family; inferscope, from engine IPC).",
+                )?,
+                total_tokens: h(
+                    "vllm_profiling_total_tokens",
+                    "Prompt plus generated tokens per engine step (ms_service_metric's family; inferscope, from engine IPC).",
+                )?,
+                input: h(
+                    "vllm_profiling_input",
+                    "Prompt tokens of the requests whose prefill ended in an engine step (ms_service_metric's family; inferscope, from engine IPC).",
+                )?,
+                output: h(
+                    "vllm_profiling_output",
+                    "Tokens generated per engine step (ms_service_metric's family; inferscope, from engine IPC).",
+                )?,
+                second_token_latency: h(
+                    "vllm_profiling_second_token_latency",
+                    "Seconds from a request's first token to its second (ms_service_metric's family; inferscope, per request, engine timestamps).",
+                )?,
+                ttft: h(
+                    "vllm_profiling_fine_grained_ttft",
+                    "Seconds from a request entering the engine's queue to its first token (ms_service_metric's family; inferscope, engine timestamps).",
+                )?,
+                tpot: h(
+                    "vllm_profiling_fine_grained_tpot",
+                    "Mean seconds per output token after the first, per finished request (ms_service_metric's family; inferscope, engine timestamps).",
                 )?,
             })
         } else {
@@ -204,21 +319,92 @@ impl EngineMetrics {
             steps: counter(
                 reg,
                 "inferscope_engine_steps_total",
-                "Engine steps that produced output for a traced API server (rate() gives steps per second).",
-                LABELS,
+                "Engine steps that produced output for a traced API server, by what they ran as their outputs show: prefill (every request got its first token), decode (none did) or mixed (rate() gives steps per second).",
+                STEP_LABELS,
             )?,
             batch: hist(
                 reg,
                 "inferscope_engine_step_batch_size",
-                "Requests advanced by one engine step.",
+                "Requests advanced by one engine step, by step phase.",
                 BATCH_BUCKETS,
-                LABELS,
+                STEP_LABELS,
             )?,
             step_tokens: hist(
                 reg,
                 "inferscope_engine_step_tokens",
-                "Tokens generated by one engine step (all requests).",
+                "Tokens generated by one engine step (all requests), by step phase.",
                 STEP_TOKEN_BUCKETS,
+                STEP_LABELS,
+            )?,
+            running_hist: hist(
+                reg,
+                "inferscope_engine_scheduler_running_requests",
+                "Requests in the running batch at each scheduler report (a distribution; the gauge inferscope_engine_requests_running holds the last).",
+                QUEUE_BUCKETS,
+                LABELS,
+            )?,
+            waiting_hist: hist(
+                reg,
+                "inferscope_engine_scheduler_waiting_requests",
+                "Requests waiting in the queue at each scheduler report (a distribution; the gauge inferscope_engine_requests_waiting holds the last).",
+                QUEUE_BUCKETS,
+                LABELS,
+            )?,
+            prefix_queries: counter(
+                reg,
+                "inferscope_engine_prefix_cache_queries_total",
+                "Prompt tokens looked up in the engine's prefix cache.",
+                LABELS,
+            )?,
+            prefix_hits: counter(
+                reg,
+                "inferscope_engine_prefix_cache_hits_total",
+                "Prompt tokens found in the engine's prefix cache (hits / queries is the hit rate).",
+                LABELS,
+            )?,
+            prefix_requests: counter(
+                reg,
+                "inferscope_engine_prefix_cache_requests_total",
+                "Requests that looked up the engine's prefix cache.",
+                LABELS,
+            )?,
+            spec_drafts: counter(
+                reg,
+                "inferscope_engine_spec_decode_drafts_total",
+                "Speculative-decoding drafts proposed.",
+                LABELS,
+            )?,
+            spec_draft_tokens: counter(
+                reg,
+                "inferscope_engine_spec_decode_draft_tokens_total",
+                "Speculative-decoding tokens proposed.",
+                LABELS,
+            )?,
+            spec_accepted: counter(
+                reg,
+                "inferscope_engine_spec_decode_accepted_tokens_total",
+                "Speculative-decoding tokens the target model accepted (accepted / draft tokens is the acceptance rate).",
+                LABELS,
+            )?,
+            scheduled_requests: hist(
+                reg,
+                "inferscope_engine_iteration_scheduled_requests",
+                "Requests the scheduler put in one iteration, prefill or decode (vLLM with iteration details on: --enable-logging-iteration-details).",
+                BATCH_BUCKETS,
+                STEP_LABELS,
+            )?,
+            scheduled_tokens: hist(
+                reg,
+                "inferscope_engine_iteration_scheduled_tokens",
+                "Tokens the scheduler put in one iteration, prefill or decode (vLLM with iteration details on).",
+                STEP_TOKEN_BUCKETS,
+                STEP_LABELS,
+            )?,
+            second_token: hist(
+                reg,
+                "inferscope_engine_second_token_latency_seconds",
+                "Time from a request's first token to its second (engine timestamps): the first decode step after its prefill.",
+                PHASE_BUCKETS,
                 LABELS,
             )?,
             step_device: hist(
@@ -241,12 +427,56 @@ impl EngineMetrics {
                 &[],
             )?,
             vllm,
+            profiling,
             prev: EngineStats::default(),
         })
     }
 
     fn gauges(&self, model: &str, engine: &str, g: &EngineGauges) {
         let l = [model, engine];
+        // Per-report increments and distributions (each report is seen once, here).
+        if let Some(v) = g.running {
+            self.running_hist.with_label_values(&l).observe(v as f64);
+        }
+        if let Some(v) = g.waiting {
+            self.waiting_hist.with_label_values(&l).observe(v as f64);
+        }
+        for (c, v) in [
+            (&self.prefix_queries, g.prefix_cache_queries),
+            (&self.prefix_hits, g.prefix_cache_hits),
+            (&self.prefix_requests, g.prefix_cache_requests),
+        ] {
+            if let Some(v) = v.filter(|v| *v > 0) {
+                c.with_label_values(&l).inc_by(v);
+            }
+        }
+        if let Some(d) = &g.spec_decode {
+            self.spec_drafts.with_label_values(&l).inc_by(d.drafts);
+            self.spec_draft_tokens.with_label_values(&l).inc_by(d.draft_tokens);
+            self.spec_accepted.with_label_values(&l).inc_by(d.accepted_tokens);
+        }
+        if let Some(i) = &g.iteration {
+            for (phase, reqs, toks) in
+                [("prefill", i.prefill_requests, i.prefill_tokens), ("decode", i.decode_requests, i.decode_tokens)]
+            {
+                if reqs > 0 {
+                    self.scheduled_requests.with_label_values(&[model, engine, phase]).observe(reqs as f64);
+                    self.scheduled_tokens.with_label_values(&[model, engine, phase]).observe(toks as f64);
+                }
+            }
+        }
+        if let Some(p) = &self.profiling {
+            let m = ms_labels(engine);
+            if let Some(v) = g.running {
+                p.batch_size.with_label_values(&m).observe(v as f64);
+            }
+            if let Some(v) = g.waiting {
+                p.waiting_batch_size.with_label_values(&m).observe(v as f64);
+            }
+            if let Some(d) = &g.spec_decode {
+                p.num_spec_tokens.with_label_values(&m).observe(d.num_spec_tokens as f64);
+            }
+        }
         if let Some(v) = g.running {
             self.running.with_label_values(&l).set(v as f64);
         }
@@ -257,6 +487,17 @@ impl EngineMetrics {
             self.kv.with_label_values(&l).set(v);
         }
         if let Some(x) = &self.vllm {
+            if let Some(v) = g.prefix_cache_queries {
+                x.prefix_queries.with_label_values(&l).inc_by(v);
+            }
+            if let Some(v) = g.prefix_cache_hits {
+                x.prefix_hits.with_label_values(&l).inc_by(v);
+            }
+            if let Some(d) = &g.spec_decode {
+                x.spec_drafts.with_label_values(&l).inc_by(d.drafts);
+                x.spec_draft_tokens.with_label_values(&l).inc_by(d.draft_tokens);
+                x.spec_accepted.with_label_values(&l).inc_by(d.accepted_tokens);
+            }
             if let Some(v) = g.running {
                 x.running.with_label_values(&l).set(v as f64);
             }
@@ -284,12 +525,21 @@ impl EngineMetrics {
             EngineEvent::Step(s) => {
                 let e = idx(s.engine);
                 let l = [model, e.as_str()];
-                self.steps.with_label_values(&l).inc();
-                self.batch.with_label_values(&l).observe(s.batch_size() as f64);
-                self.step_tokens.with_label_values(&l).observe(s.tokens as f64);
+                let sl = [model, e.as_str(), s.phase()];
+                self.steps.with_label_values(&sl).inc();
+                self.batch.with_label_values(&sl).observe(s.batch_size() as f64);
+                self.step_tokens.with_label_values(&sl).observe(s.tokens as f64);
                 self.gauges(model, &e, &s.gauges);
                 if let Some(x) = &self.vllm {
                     x.iteration_tokens.with_label_values(&l).observe((s.tokens + s.prompt_tokens) as f64);
+                }
+                if let Some(p) = &self.profiling {
+                    let m = ms_labels(&e);
+                    p.total_tokens.with_label_values(&m).observe((s.tokens + s.prompt_tokens) as f64);
+                    if s.prompt_tokens > 0 {
+                        p.input.with_label_values(&m).observe(s.prompt_tokens as f64);
+                    }
+                    p.output.with_label_values(&m).observe(s.tokens as f64);
                 }
             }
             EngineEvent::Finished(r) => {
@@ -327,6 +577,21 @@ impl EngineMetrics {
                 if let Some(t) = r.engine_ttft_s() {
                     self.engine_ttft.with_label_values(&l).observe(t);
                 }
+                if let Some(t) = r.second_token_s() {
+                    self.second_token.with_label_values(&l).observe(t);
+                }
+                if let Some(p) = &self.profiling {
+                    let m = ms_labels(&e);
+                    if let Some(t) = r.second_token_s() {
+                        p.second_token_latency.with_label_values(&m).observe(t);
+                    }
+                    if let Some(t) = r.engine_ttft_s() {
+                        p.ttft.with_label_values(&m).observe(t);
+                    }
+                    if let Some(t) = r.decode_s().filter(|_| r.output_tokens > 1) {
+                        p.tpot.with_label_values(&m).observe(t / (r.output_tokens - 1) as f64);
+                    }
+                }
             }
         }
     }
@@ -343,4 +608,11 @@ impl EngineMetrics {
         self.lost.with_label_values(&[] as &[&str]).inc_by(s.lost_requests.saturating_sub(self.prev.lost_requests));
         self.prev = s.clone();
     }
+}
+
+/// ms_service_metric's labels: the engine index, its data-parallel rank (the engine index: each
+/// data-parallel engine is one rank) and the disaggregation role (inferscope does not tell
+/// prefill and decode instances apart yet: `mixed`, ms_service_metric's default).
+fn ms_labels(engine: &str) -> [&str; 3] {
+    [engine, engine, "mixed"]
 }

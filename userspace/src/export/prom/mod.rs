@@ -56,7 +56,13 @@ pub struct PromMetrics {
 impl PromMetrics {
     /// `identity`: whether the container and pod labels go (on the request families, on every
     /// series with a `pid` label); `names`: which ([`identity::label_names`]).
-    pub fn new(vllm_names: bool, identity: (bool, bool), names: Vec<&'static str>) -> Result<Self> {
+    /// `profiling_names`: also ms_service_metric's `vllm_profiling_*` families.
+    pub fn new(
+        vllm_names: bool,
+        profiling_names: bool,
+        identity: (bool, bool),
+        names: Vec<&'static str>,
+    ) -> Result<Self> {
         let reg = Registry::new();
         #[cfg(target_os = "linux")]
         reg.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
@@ -66,7 +72,7 @@ impl PromMetrics {
         Ok(Self {
             request: RequestMetrics::new(&reg, vllm_names, identity.0.then_some(names.as_slice()))?,
             health: HealthMetrics::new(&reg)?,
-            engine: EngineMetrics::new(&reg, vllm_names)?,
+            engine: EngineMetrics::new(&reg, vllm_names, profiling_names)?,
             device: None,
             python: None,
             engine_state: None,
@@ -233,7 +239,7 @@ mod tests {
 
     #[test]
     fn families_follow_the_record() {
-        let p = PromMetrics::new(true, (false, true), identity::label_names(None, false)).unwrap();
+        let p = PromMetrics::new(true, true, (false, true), identity::label_names(None, false)).unwrap();
         let mut models = BoundedLabel::new(8);
         for (op, path) in [(Operation::Chat, "/v1/chat/completions"), (Operation::Embeddings, "/v1/embeddings")] {
             let r = record(op, path);
@@ -256,5 +262,117 @@ mod tests {
         );
         assert!(line("gen_ai_server_token_usage_sum{gen_ai_operation_name=\"embeddings\"").ends_with(" 5"));
         assert!(line("inferscope_requests_total{gen_ai_operation_name=\"embeddings\"").ends_with(" 1"));
+    }
+
+    fn line_value(text: &str, prefix: &str) -> Option<f64> {
+        text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    #[test]
+    fn slow_gaps_slow_first_tokens_and_failed_health_checks_are_counted() {
+        let p = PromMetrics::new(false, false, (false, true), identity::label_names(None, false)).unwrap();
+        let mut models = BoundedLabel::new(8);
+        let mut slow = record(Operation::Chat, "/v1/chat/completions");
+        slow.first_token_ns = Some(slow.start_ns + 12_000_000_000);
+        slow.last_token_ns = Some(slow.start_ns + 16_000_000_000);
+        slow.end_ns = slow.start_ns + 16_000_000_000;
+        slow.itl_ns = vec![10_000_000, 1_500_000_000, 1_000_000_000, 2_490_000_000];
+        let fast = record(Operation::Chat, "/v1/chat/completions");
+        let mut sick = record(Operation::Other, "/health");
+        sick.status = Some(503);
+        let mut unanswered = record(Operation::Other, "/health");
+        unanswered.status = None;
+        let healthy = record(Operation::Other, "/health");
+        let elsewhere = {
+            let mut r = record(Operation::Other, "/metrics");
+            r.status = Some(500);
+            r
+        };
+        for r in [&slow, &fast, &sick, &unanswered, &healthy, &elsewhere] {
+            p.record(r, &Labels::of(r, &mut models, "vllm"));
+        }
+        let text = String::from_utf8(PromMetrics::encode(&p.registry, &p.identity.by_pid)).unwrap();
+        // Two gaps over 1 s (1.5 and 2.49; exactly 1 s is not over).
+        assert_eq!(line_value(&text, "inferscope_slow_token_gaps_total{"), Some(2.0), "{text}");
+        // 12 s: past 5 and 10, not 20.
+        let over = |s: &str| {
+            text.lines()
+                .find(|l| {
+                    l.starts_with("inferscope_slow_first_tokens_total{") && l.contains(&format!("over_seconds=\"{s}\""))
+                })
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        };
+        assert_eq!((over("5"), over("10"), over("20")), (Some(1.0), Some(1.0), None), "{text}");
+        assert_eq!(
+            line_value(&text, "inferscope_health_check_failures_total{http_route=\"/health\""),
+            Some(2.0),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn engine_reports_feed_cache_spec_decode_phase_and_profiling_families() {
+        use crate::engine::{EngineEvent, EngineGauges, EngineRequest, EngineStep, SpecDecode};
+        let p = PromMetrics::new(true, true, (false, true), identity::label_names(None, false)).unwrap();
+        let gauges = |q, h| EngineGauges {
+            running: Some(3),
+            waiting: Some(1),
+            prefix_cache_queries: Some(q),
+            prefix_cache_hits: Some(h),
+            prefix_cache_requests: Some(1),
+            spec_decode: Some(SpecDecode { num_spec_tokens: 3, drafts: 2, draft_tokens: 6, accepted_tokens: 4 }),
+            ..Default::default()
+        };
+        // A report with no outputs, a prefill step, a mixed one and a decode one.
+        p.engine.observe(&EngineEvent::Gauges { pid: 1, engine: Some(0), ts_ns: None, gauges: gauges(100, 30) }, "m");
+        let step = |ids: &[&str], first: u32, q| EngineStep {
+            pid: 1,
+            engine: Some(0),
+            request_ids: ids.iter().map(|s| s.to_string()).collect(),
+            tokens: ids.len() as u64,
+            prompt_tokens: u64::from(first) * 10,
+            first_tokens: first,
+            gauges: gauges(q, 0),
+            ..Default::default()
+        };
+        for s in [step(&["a", "b"], 2, 20), step(&["a", "b", "c"], 1, 10), step(&["a", "b", "c"], 0, 0)] {
+            p.engine.observe(&EngineEvent::Step(s), "m");
+        }
+        let mut r = EngineRequest::default();
+        r.engine = Some(0);
+        r.queued_ns = Some(1_000_000_000);
+        r.scheduled_ns = Some(1_010_000_000);
+        r.first_token_ns = Some(1_050_000_000);
+        r.second_token_ns = Some(1_070_000_000);
+        r.last_token_ns = Some(1_110_000_000);
+        r.output_tokens = 4;
+        r.seen_from_start = true;
+        r.finish_reason = Some("length".into());
+        p.engine.observe(&EngineEvent::Finished(r), "m");
+        let text = String::from_utf8(PromMetrics::encode(&p.registry, &p.identity.by_pid)).unwrap();
+        let v = |prefix: &str| line_value(&text, prefix).unwrap_or_else(|| panic!("no {prefix} in\n{text}"));
+        assert_eq!(v("inferscope_engine_prefix_cache_queries_total{"), 130.0);
+        assert_eq!(v("inferscope_engine_prefix_cache_hits_total{"), 30.0);
+        assert_eq!(v("vllm:prefix_cache_queries_total{"), 130.0);
+        assert_eq!(v("inferscope_engine_spec_decode_accepted_tokens_total{"), 16.0);
+        assert_eq!(v("vllm:spec_decode_num_draft_tokens_total{"), 24.0);
+        for phase in ["prefill", "mixed", "decode"] {
+            assert_eq!(
+                v(&format!(
+                    "inferscope_engine_steps_total{{engine=\"0\",gen_ai_request_model=\"m\",step_phase=\"{phase}\"}}"
+                )),
+                1.0
+            );
+        }
+        assert_eq!(v("inferscope_engine_scheduler_running_requests_count{"), 4.0);
+        assert_eq!(v("inferscope_engine_second_token_latency_seconds_sum{"), 0.02);
+        // ms_service_metric's names, one observation per report, step and request.
+        assert_eq!(v("vllm_profiling_batch_size_count{dp=\"0\",engine=\"0\",role=\"mixed\"}"), 4.0);
+        assert_eq!(v("vllm_profiling_waiting_batch_size_sum{"), 4.0);
+        assert_eq!(v("vllm_profiling_total_tokens_sum{"), 8.0 + 30.0);
+        assert_eq!(v("vllm_profiling_input_count{"), 2.0);
+        assert_eq!(v("vllm_profiling_second_token_latency_count{"), 1.0);
+        assert!((v("vllm_profiling_fine_grained_tpot_sum{") - 0.02).abs() < 1e-9);
+        assert!((v("vllm_profiling_fine_grained_ttft_sum{") - 0.05).abs() < 1e-9);
     }
 }

@@ -38,6 +38,14 @@ const VLLM_TOKENS: &[f64] = &[
 
 const GENAI_LABELS: &[&str] = &["gen_ai_operation_name", "gen_ai_request_model", "server_port"];
 
+/// A gap between two output chunks longer than this is a slow decode step (ms_service_metric's
+/// threshold).
+const SLOW_GAP_S: f64 = 1.0;
+/// Time to first token past each of these is a slow prefill (ms_service_metric's thresholds).
+const SLOW_TTFT_S: &[(f64, &str)] = &[(5.0, "5"), (10.0, "10"), (20.0, "20")];
+/// Paths load balancers and kubelets probe.
+const HEALTH_PATHS: &[&str] = &["/health", "/healthz", "/ping", "/ready", "/readyz", "/live", "/livez", "/v1/health"];
+
 struct VllmCompat {
     ttft: HistogramVec,
     itl: HistogramVec,
@@ -58,6 +66,9 @@ pub(super) struct RequestMetrics {
     itl: HistogramVec,
     tokens: HistogramVec,
     requests: IntCounterVec,
+    slow_gaps: IntCounterVec,
+    slow_ttft: IntCounterVec,
+    health_failures: IntCounterVec,
     vllm: Option<VllmCompat>,
     /// Whether every family ends with the identity labels.
     identity: bool,
@@ -189,6 +200,24 @@ impl RequestMetrics {
                     "server_port",
                 ]),
             )?,
+            slow_gaps: counter(
+                reg,
+                "inferscope_slow_token_gaps_total",
+                "Gaps of over 1 s between consecutive streamed output chunks of one choice (stalled decoding).",
+                genai,
+            )?,
+            slow_ttft: counter(
+                reg,
+                "inferscope_slow_first_tokens_total",
+                "Requests whose first streamed output came more than over_seconds (5, 10, 20) after their first byte; a request counts under every threshold it passed.",
+                &ext(&[GENAI_LABELS, &["over_seconds"]].concat()),
+            )?,
+            health_failures: counter(
+                reg,
+                "inferscope_health_check_failures_total",
+                "Requests to a health path (/health, /healthz, /ping, /ready[z], /live[z]) answered with a status of 400 or more, or not answered.",
+                &ext(&["http_route", "server_port"]),
+            )?,
             vllm,
             identity: identity.is_some(),
         })
@@ -203,6 +232,9 @@ impl RequestMetrics {
         self.requests
             .with_label_values(&w(&[l.operation, &l.model, l.route, &l.status, &l.finish_reason, &l.server_port], id))
             .inc();
+        if HEALTH_PATHS.contains(&r.path.as_str()) && (r.status.is_none_or(|s| s >= 400) || r.aborted) {
+            self.health_failures.with_label_values(&w(&[r.path.as_str(), &l.server_port], id)).inc();
+        }
         if !r.operation.is_llm() {
             return;
         }
@@ -217,8 +249,19 @@ impl RequestMetrics {
             self.tpot.with_label_values(&g).observe(t);
         }
         let itl = self.itl.with_label_values(&g);
+        let mut slow = 0;
         for &gap in &r.itl_ns {
-            itl.observe(gap as f64 / 1e9);
+            let s = gap as f64 / 1e9;
+            itl.observe(s);
+            slow += u64::from(s > SLOW_GAP_S);
+        }
+        if slow > 0 {
+            self.slow_gaps.with_label_values(&g).inc_by(slow);
+        }
+        if let Some(t) = r.ttft_s() {
+            for (_, label) in SLOW_TTFT_S.iter().filter(|(over, _)| t > *over) {
+                self.slow_ttft.with_label_values(&w(&[l.operation, &l.model, &l.server_port, label], id)).inc();
+            }
         }
         if let Some(p) = r.prompt_tokens {
             self.tokens.with_label_values(&w(&[l.operation, &l.model, &l.server_port, "input"], id)).observe(p as f64);

@@ -637,3 +637,118 @@ fn real_vllm_in_top() {
     assert!(s.contains("TOP-EXIT=0") && s.contains("inferscope top: 20 requests seen"), "{s}");
     let _ = tmux(&["kill-server"]);
 }
+
+/// The sum of every `vllm_profiling_*` `_count` and `_sum` series on a /metrics page, by name.
+fn profiling_totals(port: u16) -> HashMap<String, f64> {
+    let mut out = HashMap::new();
+    for (name, v, _) in samples(port) {
+        if name.starts_with("vllm_profiling_") && (name.ends_with("_count") || name.ends_with("_sum")) {
+            *out.entry(name).or_insert(0.0) += v;
+        }
+    }
+    out
+}
+
+/// Huawei's ms_service_metric (its real PyPI release, hooks inside vLLM) and inferscope (from
+/// outside, `--ms-service-metric-names`) on the same vLLM under the same load: every family both
+/// export has the same number of observations, and sums within 5% (the timestamps differ: the
+/// hooks read time.time() in the API server, inferscope the kernel's clock at its socket reads).
+#[test]
+#[ignore = "needs the real vLLM and ms_service_metric: run `cargo xtask test`"]
+fn ms_service_metric_side_by_side() {
+    let dir = scratch("vllm-msm");
+    let site = repo_root().join(".cache/ms-service-metric/site");
+    assert!(site.join("ms_service_metric").is_dir(), "{} missing: run `cargo xtask setup --vllm`", site.display());
+    let multiproc = dir.join("prom-multiproc");
+    std::fs::create_dir_all(&multiproc).unwrap();
+    // Its switch lives in POSIX shared memory under this name: one of our own, so that no other
+    // run's state is read, removed at the end.
+    let shm = format!("/inferscope_test_msm_{}", std::process::id());
+    let env = |c: &mut Command| {
+        c.env("PYTHONPATH", &site)
+            .env("PROMETHEUS_MULTIPROC_DIR", &multiproc)
+            .env("MS_SERVICE_METRIC_SHM_PREFIX", &shm);
+    };
+    let port = free_port();
+    let mut serve = Command::new(repo_root().join("tests/vllm/serve.sh"));
+    serve
+        .arg(port.to_string())
+        .stdout(std::fs::File::create(dir.join("vllm.log")).unwrap())
+        .stderr(std::fs::File::create(dir.join("vllm.err")).unwrap());
+    env(&mut serve);
+    let mut vllm = Proc::spawn("vLLM with ms_service_metric", &mut serve);
+    wait_for("vLLM to answer /health", Duration::from_secs(400), || {
+        assert!(vllm.alive(), "vLLM exited: {}", std::fs::read_to_string(dir.join("vllm.err")).unwrap_or_default());
+        http_get(port, "/health").filter(|(s, _)| *s == 200)
+    });
+    let prom = free_port();
+    let listen = format!("127.0.0.1:{prom}");
+    let scope = Inferscope::attach(&dir, vllm.pid(), &["--prometheus-listen", &listen, "--ms-service-metric-names"]);
+    // `ms-service-metric on`, as its README says, in the server's environment.
+    let python = std::fs::canonicalize(repo_root().join(".venv-vllm/bin/python")).unwrap();
+    let mut on = Command::new(&python);
+    on.args(["-c", "import sys; from ms_service_metric.control.cli import main; sys.argv = ['ms-service-metric', 'on']; sys.exit(main())"]);
+    env(&mut on);
+    let out = on.output().expect("ms-service-metric on");
+    let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && said.contains("processes affected"), "ms-service-metric on: {said}");
+    // The hooks go in when each process takes its signal: give them a moment, then warm up so
+    // that every family exists on both sides before counting.
+    std::thread::sleep(Duration::from_secs(3));
+    let url = format!("http://127.0.0.1:{port}");
+    load(&dir, &url, 4, 2, "chat_stream", 8, 20);
+    std::thread::sleep(Duration::from_secs(1));
+
+    let theirs_before = profiling_totals(port);
+    let ours_before = profiling_totals(prom);
+    let truth = load(&dir, &url, 40, 8, "chat_stream=3,cmpl_nostream=1", 16, 21);
+    assert!(truth.iter().all(|t| t["status"] == 200));
+    let theirs = |now: &HashMap<String, f64>, n: &str| {
+        now.get(n).copied().unwrap_or(0.0) - theirs_before.get(n).copied().unwrap_or(0.0)
+    };
+    let ours = |now: &HashMap<String, f64>, n: &str| {
+        now.get(n).copied().unwrap_or(0.0) - ours_before.get(n).copied().unwrap_or(0.0)
+    };
+    // inferscope's figures lag the server's by its event loop: wait until the counts agree.
+    let names: Vec<String> = ours_before
+        .keys()
+        .chain(profiling_totals(prom).keys())
+        .filter(|n| n.ends_with("_count"))
+        .cloned()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert!(names.len() >= 9, "inferscope's vllm_profiling_ families: {names:?}");
+    let start = std::time::Instant::now();
+    let (mut t_now, mut o_now);
+    loop {
+        t_now = profiling_totals(port);
+        o_now = profiling_totals(prom);
+        let agree = names.iter().all(|n| theirs(&t_now, n) == ours(&o_now, n));
+        if agree || start.elapsed() > Duration::from_secs(15) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let mut report = Vec::new();
+    for n in &names {
+        let (tc, oc) = (theirs(&t_now, n), ours(&o_now, n));
+        let s = n.trim_end_matches("_count").to_string() + "_sum";
+        let (ts, os) = (theirs(&t_now, &s), ours(&o_now, &s));
+        report.push(format!("{n}: {oc} vs {tc}; sum {os:.6} vs {ts:.6}"));
+        assert!(tc > 0.0 || n.contains("spec_tokens"), "ms_service_metric observed nothing for {n}: {report:?}");
+        assert_eq!(oc, tc, "observations of {n} (inferscope vs ms_service_metric): {report:?}");
+        let tolerance = 0.05 * ts.abs().max(1e-9);
+        assert!((os - ts).abs() <= tolerance, "sum of {s}: {os} vs {ts}: {report:?}");
+    }
+    for r in &report {
+        eprintln!("side by side: {r}");
+    }
+    drop(scope);
+    drop(vllm);
+    for e in std::fs::read_dir("/dev/shm").into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().contains(shm.trim_start_matches('/')) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}

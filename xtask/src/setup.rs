@@ -218,6 +218,36 @@ pub fn vllm() -> Result<()> {
     Ok(())
 }
 
+/// Huawei's ms_service_metric, the peer the vLLM tier measures side by side, pinned with the
+/// two modules it needs beyond the vLLM venv's.
+const MS_SERVICE_METRIC: &[&str] = &["ms-service-metric==26.0.0", "posix_ipc==1.3.2", "bytecode==0.19.1"];
+
+/// ms_service_metric for the vLLM venv, in the cache (linked as .cache/ms-service-metric): a
+/// `pip install --target` folder the tests put on vLLM's PYTHONPATH, so the vLLM venv itself
+/// stays untouched (its `vllm.general_plugins` entry point is found there as in a venv).
+pub fn ms_service_metric() -> Result<()> {
+    let root = root();
+    let vllm_venv = std::fs::canonicalize(root.join(".venv-vllm")).context(".venv-vllm: run the vLLM setup first")?;
+    let base = vllm_venv.to_string_lossy().into_owned();
+    let key = cache::key(&[MS_SERVICE_METRIC.join(" ").as_bytes(), base.as_bytes()]);
+    cache::entry(&format!("ms-service-metric-{key}"), |dir| {
+        cache::link(&root.join(".cache/ms-service-metric"), dir)?;
+        let ready = dir.join(".inferscope-ready");
+        if ready.exists() {
+            return Ok(());
+        }
+        let site = dir.join("site");
+        let _ = std::fs::remove_dir_all(&site);
+        run(Command::new(vllm_venv.join("bin/python"))
+            .args(["-m", "pip", "install", "--quiet", "--no-deps", "--target"])
+            .arg(&site)
+            .args(MS_SERVICE_METRIC))?;
+        std::fs::write(&ready, b"")?;
+        Ok(())
+    })?;
+    Ok(())
+}
+
 /// SGLang's release, as tests/sglang/setup.sh installs it.
 const SGLANG_VERSION: &str = "0.5.23";
 
@@ -288,6 +318,7 @@ pub fn all(with_vllm: bool) -> Result<()> {
     chroots()?;
     if with_vllm {
         vllm()?;
+        ms_service_metric()?;
         sglang()?;
     }
     eprintln!("setup: everything is installed");

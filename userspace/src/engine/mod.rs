@@ -48,6 +48,13 @@ pub struct EngineRequest {
     pub first_token_ns: Option<u64>,
     /// When its second token came (the first decode step after its prefill).
     pub second_token_ns: Option<u64>,
+    /// vLLM's own TTFT: from the API server's arrival stamp to the API server's receipt of the
+    /// first token (its read of the engine's message).
+    pub api_ttft_ns: Option<u64>,
+    /// The API server's arrival stamp, Unix ns.
+    pub arrival_unix_ns: Option<u64>,
+    /// When the API server received its latest output (capture clock).
+    pub last_output_seen_ns: Option<u64>,
     pub last_token_ns: Option<u64>,
     pub output_tokens: u64,
     pub preemptions: u32,
@@ -86,6 +93,10 @@ pub struct EngineStep {
     /// Requests whose first token came in this step: the step ran (the last chunk of) their
     /// prefill.
     pub first_tokens: u32,
+    /// The gap the API server saw before this step's output for the first request in it that
+    /// already had a token (what vLLM's iteration stats list first): ms_service_metric's
+    /// "second token latency".
+    pub first_itl_ns: Option<u64>,
     pub gauges: EngineGauges,
 }
 
@@ -180,6 +191,9 @@ pub enum Decoded {
         prompt_tokens: Option<u64>,
         ts_ns: u64,
         queued_ns: Option<u64>,
+        /// When the API server received the request (its own wall-clock stamp, vLLM's
+        /// `arrival_time`): where vLLM starts its TTFT.
+        arrival_unix_ns: Option<u64>,
     },
     /// Several messages in one (SGLang's batched requests).
     Many(Vec<Decoded>),

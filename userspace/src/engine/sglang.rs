@@ -218,7 +218,14 @@ fn add(fields: &PyValue, ts_ns: u64) -> Option<Decoded> {
     let rid = get(fields, "rid")?.as_str()?.to_string();
     let input = get(fields, "input_ids");
     let prompt_tokens = input.and_then(token_count);
-    let add = Decoded::Add { request_id: rid, external_id: None, prompt_tokens, ts_ns, queued_ns: Some(ts_ns) };
+    let add = Decoded::Add {
+        request_id: rid,
+        external_id: None,
+        prompt_tokens,
+        ts_ns,
+        queued_ns: Some(ts_ns),
+        arrival_unix_ns: None,
+    };
     // Parallel sampling (n > 1): SGLang sends one request per sample, the first under the id
     // the API answers with and the others under fresh ids, back to back with the same input.
     // (Before them, a request with max_new_tokens 0 fills the prefix cache: a request of its
@@ -318,7 +325,8 @@ mod tests {
                     external_id: None,
                     prompt_tokens: Some(5),
                     ts_ns: 7,
-                    queued_ns: Some(7)
+                    queued_ns: Some(7),
+                    arrival_unix_ns: None,
                 }),
                 "{ver}"
             );

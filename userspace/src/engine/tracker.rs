@@ -56,6 +56,9 @@ pub struct EngineTracker {
     kinds: HashMap<u32, EngineKind>,
     procs: HashMap<u32, ProcState>,
     pub stats: EngineStats,
+    /// Capture clock to Unix time, for the API server's wall-clock arrival stamps (made when
+    /// the first one comes).
+    clock: Option<crate::clock::Clock>,
 }
 
 impl EngineTracker {
@@ -149,7 +152,7 @@ impl EngineTracker {
                 }
                 self.apply(pid, now, add, out);
             }
-            Decoded::Add { request_id, external_id, prompt_tokens, ts_ns, queued_ns } => {
+            Decoded::Add { request_id, external_id, prompt_tokens, ts_ns, queued_ns, arrival_unix_ns } => {
                 if st.requests.len() >= MAX_REQUESTS {
                     self.stats.lost_requests += 1;
                     return;
@@ -166,6 +169,7 @@ impl EngineTracker {
                 }
                 r.seen_from_start = true;
                 r.last_seen_ns = ts_ns;
+                r.arrival_unix_ns = arrival_unix_ns.or(r.arrival_unix_ns);
             }
             Decoded::Abort { request_ids } => {
                 for id in request_ids {
@@ -186,6 +190,7 @@ impl EngineTracker {
                 }
                 let ts = o.ts_ns.unwrap_or(now);
                 let mut step = EngineStep { pid, engine: o.engine, ts_ns: ts, gauges: o.gauges, ..Default::default() };
+                let now_unix = self.clock.get_or_insert_with(crate::clock::Clock::new).unix_ns(now);
                 for ro in o.outputs {
                     step.tokens += ro.new_tokens;
                     step.request_ids.push(ro.request_id.clone());
@@ -238,8 +243,19 @@ impl EngineTracker {
                         if ro.new_tokens >= 2 {
                             r.second_token_ns = r.first_token_ns;
                         }
-                    } else if r.first_token_ns.is_some() && r.second_token_ns.is_none() && ro.new_tokens > 0 {
-                        r.second_token_ns = Some(t);
+                        if let Some(a) = r.arrival_unix_ns {
+                            r.api_ttft_ns = now_unix.checked_sub(a);
+                        }
+                    } else if r.first_token_ns.is_some() && ro.new_tokens > 0 {
+                        if r.second_token_ns.is_none() {
+                            r.second_token_ns = Some(t);
+                        }
+                        if step.first_itl_ns.is_none() {
+                            step.first_itl_ns = r.last_output_seen_ns.map(|l| now.saturating_sub(l));
+                        }
+                    }
+                    if ro.new_tokens > 0 {
+                        r.last_output_seen_ns = Some(now);
                     }
                     r.last_token_ns = Some(t);
                     r.output_tokens += ro.new_tokens;
@@ -313,6 +329,7 @@ mod tests {
                 prompt_tokens: Some(12),
                 ts_ns: 100,
                 queued_ns: None,
+                arrival_unix_ns: None,
             },
             &mut ev,
         );
@@ -382,6 +399,7 @@ mod tests {
             prompt_tokens: Some(3),
             ts_ns: 10,
             queued_ns: Some(10),
+            arrival_unix_ns: None,
         };
         t.apply(1, 10, add, &mut ev);
         let mut o = out("abc", 1, None, vec![(EventType::Queued, 12), (EventType::Scheduled, 15)]);
@@ -409,6 +427,7 @@ mod tests {
                 prompt_tokens: Some(3),
                 ts_ns: 10,
                 queued_ns: None,
+                arrival_unix_ns: None,
             };
             t.apply(1, 10, add, &mut ev);
         }

@@ -79,7 +79,10 @@ fn decode_request(layout: Option<&'static VllmLayout>, msg: &Message) -> Result<
         let prompt_tokens =
             field(a, prompt_at).and_then(Value::as_array).map(|p| p.len()).or(cut_prompt_len).map(|n| n as u64);
         let external_id = field(a, external_at).and_then(Value::as_str).map(str::to_string);
-        Ok(Decoded::Add { request_id, external_id, prompt_tokens, ts_ns: msg.ts_ns, queued_ns: None })
+        // `arrival_time`: the API server's time.time() when the request came in.
+        let arrival_unix_ns =
+            field(a, rl.and_then(|r| r.arrival_time)).and_then(Value::as_f64).and_then(super::engine_secs_to_ns);
+        Ok(Decoded::Add { request_id, external_id, prompt_tokens, ts_ns: msg.ts_ns, queued_ns: None, arrival_unix_ns })
     } else if ty == abort {
         let (v, _) = msgpack::decode(payload).map_err(|_| gaps_or(msg, Undecodable::Malformed))?;
         let ids = v.as_array().ok_or(Undecodable::Malformed)?;
@@ -420,6 +423,7 @@ mod tests {
                 prompt_tokens: Some(7),
                 ts_ns: 5_000_000_000,
                 queued_ns: None,
+                arrival_unix_ns: None,
             })
         );
         let m = msg(vec![vec![1], bytes(M::A(vec![M::S("x"), M::S("y")]))]);
@@ -449,6 +453,7 @@ mod tests {
                 prompt_tokens: Some(60_000),
                 ts_ns: 5_000_000_000,
                 queued_ns: None,
+                arrival_unix_ns: None,
             })
         );
         // Cut inside the id itself: nothing is guessed.

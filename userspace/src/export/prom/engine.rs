@@ -37,6 +37,11 @@ const MS_SIZE_BUCKETS: &[f64] = &[
     800.0, 900.0, 1000.0, 1500.0, 2000.0, 2500.0, 3000.0, 4000.0, 5000.0, 6000.0, 7000.0, 8000.0, 10000.0, 262144.0,
 ];
 const MS_LABELS: &[&str] = &["engine", "dp", "role"];
+/// The buckets of `engine_core_outputs_len` in ms_service_metric's default YAML.
+const MS_OUTPUTS_LEN_BUCKETS: &[f64] = &[
+    0.0, 100.0, 200.0, 300.0, 400.0, 500.0, 600.0, 700.0, 800.0, 900.0, 1000.0, 1500.0, 2000.0, 2500.0, 3000.0, 4000.0,
+    5000.0, 6000.0, 7000.0, 8000.0, 10000.0, 262144.0,
+];
 
 struct Phases {
     queue: HistogramVec,
@@ -72,6 +77,7 @@ struct Profiling {
     second_token_latency: HistogramVec,
     ttft: HistogramVec,
     tpot: HistogramVec,
+    outputs_len: HistogramVec,
 }
 
 pub struct EngineMetrics {
@@ -234,11 +240,18 @@ impl EngineMetrics {
                 )?,
                 second_token_latency: h(
                     "vllm_profiling_second_token_latency",
-                    "Seconds from a request's first token to its second (ms_service_metric's family; inferscope, per request, engine timestamps).",
+                    "Per engine step, the gap the API server saw before the step's output for the first request in it that already had a token (ms_service_metric's family and definition; inferscope, from engine IPC).",
                 )?,
                 ttft: h(
                     "vllm_profiling_fine_grained_ttft",
-                    "Seconds from a request entering the engine's queue to its first token (ms_service_metric's family; inferscope, engine timestamps).",
+                    "Seconds from the API server's arrival stamp to its receipt of the first token, as vLLM's own TTFT (ms_service_metric's family; inferscope, from engine IPC; the engine's part when the stamp is unknown).",
+                )?,
+                outputs_len: hist(
+                    reg,
+                    "vllm_profiling_engine_core_outputs_len",
+                    "Request outputs in one engine step's message (ms_service_metric's default expr len(engine_core_outputs); inferscope, from engine IPC).",
+                    MS_OUTPUTS_LEN_BUCKETS,
+                    MS_LABELS,
                 )?,
                 tpot: h(
                     "vllm_profiling_fine_grained_tpot",
@@ -536,10 +549,12 @@ impl EngineMetrics {
                 if let Some(p) = &self.profiling {
                     let m = ms_labels(&e);
                     p.total_tokens.with_label_values(&m).observe((s.tokens + s.prompt_tokens) as f64);
-                    if s.prompt_tokens > 0 {
-                        p.input.with_label_values(&m).observe(s.prompt_tokens as f64);
-                    }
+                    p.input.with_label_values(&m).observe(s.prompt_tokens as f64);
                     p.output.with_label_values(&m).observe(s.tokens as f64);
+                    p.outputs_len.with_label_values(&m).observe(s.batch_size() as f64);
+                    if let Some(ns) = s.first_itl_ns {
+                        p.second_token_latency.with_label_values(&m).observe(ns as f64 / 1e9);
+                    }
                 }
             }
             EngineEvent::Finished(r) => {
@@ -582,10 +597,8 @@ impl EngineMetrics {
                 }
                 if let Some(p) = &self.profiling {
                     let m = ms_labels(&e);
-                    if let Some(t) = r.second_token_s() {
-                        p.second_token_latency.with_label_values(&m).observe(t);
-                    }
-                    if let Some(t) = r.engine_ttft_s() {
+                    let api_ttft = r.api_ttft_ns.map(|ns| ns as f64 / 1e9);
+                    if let Some(t) = api_ttft.or_else(|| r.engine_ttft_s()) {
                         p.ttft.with_label_values(&m).observe(t);
                     }
                     if let Some(t) = r.decode_s().filter(|_| r.output_tokens > 1) {

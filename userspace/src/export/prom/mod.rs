@@ -332,6 +332,7 @@ mod tests {
             tokens: ids.len() as u64,
             prompt_tokens: u64::from(first) * 10,
             first_tokens: first,
+            first_itl_ns: (first < ids.len() as u32).then_some(30_000_000),
             gauges: gauges(q, 0),
             ..Default::default()
         };
@@ -348,6 +349,7 @@ mod tests {
         r.output_tokens = 4;
         r.seen_from_start = true;
         r.finish_reason = Some("length".into());
+        r.api_ttft_ns = Some(80_000_000);
         p.engine.observe(&EngineEvent::Finished(r), "m");
         let text = String::from_utf8(PromMetrics::encode(&p.registry, &p.identity.by_pid)).unwrap();
         let v = |prefix: &str| line_value(&text, prefix).unwrap_or_else(|| panic!("no {prefix} in\n{text}"));
@@ -370,9 +372,12 @@ mod tests {
         assert_eq!(v("vllm_profiling_batch_size_count{dp=\"0\",engine=\"0\",role=\"mixed\"}"), 4.0);
         assert_eq!(v("vllm_profiling_waiting_batch_size_sum{"), 4.0);
         assert_eq!(v("vllm_profiling_total_tokens_sum{"), 8.0 + 30.0);
-        assert_eq!(v("vllm_profiling_input_count{"), 2.0);
-        assert_eq!(v("vllm_profiling_second_token_latency_count{"), 1.0);
+        assert_eq!(v("vllm_profiling_input_count{"), 3.0, "every step, as vLLM's iteration stats");
+        assert_eq!(v("vllm_profiling_engine_core_outputs_len_sum{"), 8.0);
+        // One per step with a request past its first token (the mixed and the decode step).
+        assert_eq!(v("vllm_profiling_second_token_latency_count{"), 2.0);
         assert!((v("vllm_profiling_fine_grained_tpot_sum{") - 0.02).abs() < 1e-9);
-        assert!((v("vllm_profiling_fine_grained_ttft_sum{") - 0.05).abs() < 1e-9);
+        // vLLM's TTFT (arrival stamp to the API server's receipt), not the engine's part.
+        assert!((v("vllm_profiling_fine_grained_ttft_sum{") - 0.08).abs() < 1e-9);
     }
 }

@@ -12,7 +12,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         return;
     }
     drop(f);
-    if let Ok(t) = inferscope::target::elf::SymbolTable::load(&path) {
+    if let Ok(t) = inferscope::process::elf::SymbolTable::load(&path) {
         for off in [0u64, 64, 4096, data.len() as u64 / 2] {
             let _ = t.name_at_offset(off);
         }

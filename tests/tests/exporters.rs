@@ -286,3 +286,39 @@ fn a_stalled_jsonl_reader_holds_up_nothing_else() {
     assert!(requests > 0 && (requests as f64) < sent, "{requests} request lines of {sent}");
     assert!(requests as f64 + dropped >= sent, "lines neither written nor counted: {requests} + {dropped} < {sent}");
 }
+
+/// What ms_service_metric's documentation alerts on, from the wire: a stream whose first token
+/// took over 5 s and that stalled over 1 s between two chunks, and a health probe answered 404.
+#[test]
+fn slow_streams_and_failed_health_checks_are_counted() {
+    use std::io::{Read, Write};
+    let dir = scratch("slow");
+    let server = Fixture::start(&dir, &[]);
+    let metrics_port = free_port();
+    let listen = format!("127.0.0.1:{metrics_port}");
+    let mut scope = Inferscope::attach(&dir, server.proc.pid(), &["--prometheus-listen", &listen]);
+    // First token at 5.2 s, then gaps of 10 ms, 1.2 s, 10 ms.
+    let body = r#"{"model":"tiny-llama","stream":true,"messages":[{"role":"user","content":"hi"}],"fixture":{"ttft_ms":5200,"itl_ms":[10,1200,10],"tokens":4}}"#;
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    write!(
+        c,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("[DONE]"), "{answer}");
+    assert_eq!(http_get(server.port, "/health").map(|(s, _)| s), Some(200));
+    assert_eq!(http_get(server.port, "/healthz").map(|(s, _)| s), Some(404));
+    scope.wait_requests(3, Duration::from_secs(20));
+    let value = |name: &str, label: &str| -> f64 {
+        samples(metrics_port).iter().filter(|(n, _, line)| n == name && line.contains(label)).map(|(_, v, _)| v).sum()
+    };
+    assert_eq!(value("inferscope_slow_first_tokens_total", "over_seconds=\"5\""), 1.0);
+    assert_eq!(value("inferscope_slow_first_tokens_total", "over_seconds=\"10\""), 0.0);
+    assert_eq!(value("inferscope_slow_token_gaps_total", ""), 1.0, "one gap of 1.2 s");
+    assert_eq!(value("inferscope_health_check_failures_total", "http_route=\"/healthz\""), 1.0);
+    assert_eq!(value("inferscope_health_check_failures_total", "http_route=\"/health\""), 0.0);
+    scope.stop();
+}

@@ -329,10 +329,15 @@ fn real_vllm_counts_tokens_and_ttft() {
     let dir5 = scratch("vllm-timers");
     // It also reads the engine's live state from its objects every 50 ms, and keeps a rolling
     // profile of every process (1 s windows).
+    let timers_prom = free_port();
+    let timers_listen = format!("127.0.0.1:{timers_prom}");
     let mut timed = Inferscope::attach(
         &dir5,
         api_pid,
         &[
+            "--prometheus-listen",
+            &timers_listen,
+            "--ms-service-metric-names",
             "--python-timers",
             "default",
             "--engine-state-interval",
@@ -350,6 +355,18 @@ fn real_vllm_counts_tokens_and_ttft() {
     let truth = load(&dir, &url, 24, 6, "chat_stream=2,cmpl_nostream=1", 16, 15);
     assert!(truth.iter().all(|t| t["status"] == 200));
     records_of(&timed, &truth);
+    // The default timer file names its metrics as ms_service_metric does: one observation per
+    // timed call under vllm_profiling_<name>, as inferscope's own family.
+    let ms_named = wait_for("the timers under ms_service_metric's names", Duration::from_secs(15), || {
+        let page = samples(timers_prom);
+        let sum = |name: &str, filter: &str| -> f64 {
+            page.iter().filter(|(n, _, l)| n == name && l.contains(filter)).map(|(_, v, _)| v).sum()
+        };
+        let ours = sum("inferscope_python_function_calls_total", "Scheduler.schedule\"");
+        let theirs = sum("vllm_profiling_scheduler:duration_count", "");
+        (ours > 0.0 && ours == theirs).then_some(theirs)
+    });
+    eprintln!("vllm_profiling_scheduler:duration: {ms_named} observations, one per timed schedule() call");
     let stderr = timed.stop();
     let calls = timed.lines("python_call");
     let schedule: Vec<&Value> = calls.iter().filter(|c| c["function"] == "Scheduler.schedule").collect();

@@ -17,7 +17,7 @@ use crate::{
         prom::{self, PromMetrics},
         sink::{ConsoleSink, JsonlSink, OtlpSink, PromSink, Sinks},
     },
-    target::{identity, kubernetes, procfs, runtime},
+    process::{identity, kubernetes, procfs, runtime},
 };
 
 /// `inferscope attach`: one process, and its children unless `no_children`.

@@ -15,7 +15,7 @@ use aya::{
     },
 };
 
-use crate::{bpf, privileges as p, target::procfs};
+use crate::{bpf, privileges as p, process::procfs};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Verdict {

@@ -48,7 +48,7 @@ pub fn sample(o: &ProfileOptions) -> Result<String> {
     let start = Instant::now();
     while start.elapsed() < o.duration {
         sampler.poll();
-        if !crate::target::procfs::exists(o.pid) {
+        if !crate::process::procfs::exists(o.pid) {
             break;
         }
         std::thread::sleep(Duration::from_millis(10));

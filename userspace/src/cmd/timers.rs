@@ -62,7 +62,7 @@ pub fn watch(
             }
             writeln!(out, "{}", call_json(&r, spec, None, None))?;
         }
-        if !crate::target::procfs::exists(pid) {
+        if !crate::process::procfs::exists(pid) {
             // Hits already in the ring are read once more.
             t.poll(&mut recs);
             if recs.is_empty() {

@@ -35,7 +35,7 @@ impl Topology {
     }
 
     /// The API server of an engine-core process: its nearest traced ancestor, with the
-    /// data-parallel index of its title (`title` reads it: `target::proc::dp_index`).
+    /// data-parallel index of its title (`title` reads it: `process::procfs::dp_index`).
     pub fn api_server_of(&mut self, pid: u32, title: impl FnOnce(u32) -> Option<u32>) -> Option<(u32, Option<u32>)> {
         let node = self.nodes.get(&pid)?;
         let api = node.ancestors.iter().copied().find(|a| self.nodes.contains_key(a))?;

@@ -25,7 +25,7 @@ use crate::{
         sink::{Output, Sinks},
     },
     layers::{Cx, Facts, Layer, Note},
-    target::procfs::{self, Engine},
+    process::procfs::{self, Engine},
 };
 
 /// How often the ring buffer is drained when no wakeup came (the BPF side wakes the reader only
@@ -50,9 +50,9 @@ pub struct Parts {
     /// `k8s.node.name` for processes in pods.
     pub node_name: Option<String>,
     /// Pod metadata from the Kubernetes API, when used.
-    pub pods: Option<crate::target::kubernetes::PodSource>,
+    pub pods: Option<crate::process::kubernetes::PodSource>,
     /// Container names and the kubelet's labels from the container runtime, when asked.
-    pub containers: Option<crate::target::runtime::RuntimeSource>,
+    pub containers: Option<crate::process::runtime::RuntimeSource>,
     /// Control requests that came over HTTP (`--control-token-file`).
     pub http_calls: Option<tokio::sync::mpsc::Receiver<crate::control::Call>>,
     /// `--tracing-level`, as the OTLP sink starts with it.

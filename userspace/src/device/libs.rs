@@ -9,7 +9,7 @@ use std::{
 };
 
 use super::catalog::{self, Entry};
-use crate::target::{
+use crate::process::{
     elf::{ElfFile, SHT_DYNSYM, SymbolTable, demangle},
     maps::{FileKey, Mapping, host_path},
 };
@@ -116,7 +116,7 @@ impl LibCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::target::maps::read_maps;
+    use crate::process::maps::read_maps;
 
     #[test]
     fn names_code_addresses_of_mapped_libraries() {

@@ -15,7 +15,7 @@ use super::{
 };
 use crate::{
     bpf::{DeviceProbe, Probes},
-    target::maps::{self, FileKey, Mapping},
+    process::maps::{self, FileKey, Mapping},
 };
 
 /// What the operator asked of the device layer.

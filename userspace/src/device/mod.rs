@@ -143,7 +143,7 @@ impl DeviceTracker {
         if p.names.len() >= MAX_NAMES && !p.names.contains_key(&handle) {
             return;
         }
-        p.names.insert(handle, crate::target::elf::demangle(&name));
+        p.names.insert(handle, crate::process::elf::demangle(&name));
     }
 
     /// One reported call; what is final goes to `out`.

@@ -43,7 +43,7 @@ static LAYOUTS: LazyLock<Layouts> = LazyLock::new(|| {
     let all: HashMap<String, HashMap<String, Vec<String>>> =
         serde_json::from_str(include_str!("sglang_layouts.json")).unwrap_or_default();
     let mut v: Layouts =
-        all.into_iter().filter_map(|(ver, l)| Some((crate::target::version::triple(&ver)?, l))).collect();
+        all.into_iter().filter_map(|(ver, l)| Some((crate::process::version::triple(&ver)?, l))).collect();
     v.sort_by_key(|l| std::cmp::Reverse(l.0));
     v
 });

@@ -493,7 +493,7 @@ mod layout_table {
         let releases: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         assert!(releases.len() >= 40, "{} releases", releases.len());
         for r in &releases {
-            let v = crate::target::version::triple(r["version"].as_str().unwrap()).unwrap();
+            let v = crate::process::version::triple(r["version"].as_str().unwrap()).unwrap();
             let l = for_version(v).unwrap_or_else(|| panic!("no layout for {v:?}"));
             let p = &r["positions"];
             let u = |x: &serde_json::Value| x.as_u64().map(|n| n as usize);
@@ -535,7 +535,7 @@ mod samples {
         assert!(samples.len() >= 20);
         for s in &samples {
             let ver = s["version"].as_str().unwrap();
-            let v = crate::target::version::triple(ver);
+            let v = crate::process::version::triple(ver);
             let e = &s["expect"];
             let add = Message { ts_ns: 1, frames: vec![vec![0], hex(s["add"].as_str().unwrap())], gaps: false };
             match decode(v, Direction::Egress, &add) {
@@ -587,7 +587,7 @@ mod real_captures {
         for f in &files {
             let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(f).unwrap()).unwrap();
             let ver = doc["vllm_version"].as_str().unwrap();
-            let version = crate::target::version::triple(ver);
+            let version = crate::process::version::triple(ver);
             assert!(super::vllm_layouts::for_version(version.unwrap()).is_some(), "{ver}: no layout");
             crate::engine::check_capture(&doc, EngineKind::Vllm { version }, ver);
         }

@@ -15,6 +15,7 @@ use crate::{
         otlp::Otlp,
         prom::PromMetrics,
     },
+    process::identity::Identity,
     python::{
         profile::Profile,
         sites::SiteCount,
@@ -22,7 +23,6 @@ use crate::{
         timers::{CallRecord, TimerSpec},
     },
     request::RequestRecord,
-    target::identity::Identity,
 };
 
 /// What the layers (through the correlation stage) hand to the sinks.
@@ -205,7 +205,7 @@ impl Sink for PromSink {
                 }
             }
             Output::PythonCalls { records, specs, unfinished } => {
-                let Some(p) = &m.python else { return };
+                let Some(p) = &mut m.python else { return };
                 for r in *records {
                     if let Some(spec) = specs.get(r.spec) {
                         p.record(r, spec);
@@ -249,7 +249,7 @@ impl Sink for PromSink {
                 if let (Some(s), Some(series)) = (&m.sites, self.site_series.remove(pid)) {
                     s.forget(*pid, &series);
                 }
-                if let Some(p) = &m.python {
+                if let Some(p) = &mut m.python {
                     p.forget(*pid, self.python_series.remove(pid).unwrap_or_default());
                 }
                 if let Some(d) = &mut m.device {

@@ -11,8 +11,8 @@ use crate::{
     clock,
     engine::{EngineEvent, EngineKind, EngineTracker},
     export::{Health, sink::Output},
+    process::procfs::{self, Engine},
     python::Interpreter,
-    target::procfs::{self, Engine},
 };
 
 pub struct EngineLayer {

@@ -48,8 +48,8 @@ use crate::{
         prom::PromMetrics,
         sink::{Output, Sinks},
     },
+    process::{identity::Identity, procfs::Engine},
     python::Interpreter,
-    target::{identity::Identity, procfs::Engine},
     tracker::IpcMessage,
 };
 
@@ -61,9 +61,9 @@ pub struct Facts {
     /// `k8s.node.name`, for processes in pods.
     pub node_name: Option<String>,
     /// This node's pods as the Kubernetes API tells (`--kube-api`).
-    pub pods: Option<crate::target::kubernetes::PodIndex>,
+    pub pods: Option<crate::process::kubernetes::PodIndex>,
     /// Containers as their runtime tells (`--container-runtime`).
-    pub containers: Option<crate::target::runtime::ContainerIndex>,
+    pub containers: Option<crate::process::runtime::ContainerIndex>,
 }
 
 pub struct Fact {
@@ -82,22 +82,22 @@ impl Facts {
     /// What /proc tells of a process traced from now: its model and where it runs.
     pub fn learn(&mut self, pid: u32, engine: Engine) {
         let identity = self.identity_of(pid);
-        self.add(pid, Fact { engine, served_model: crate::target::procfs::served_model(pid), identity });
+        self.add(pid, Fact { engine, served_model: crate::process::procfs::served_model(pid), identity });
     }
 
     /// Where `pid` runs: /proc, what the container runtime says of its container, and what the
     /// Kubernetes API knows of its pod.
     pub fn identity_of(&self, pid: u32) -> Identity {
         let node = self.node_name.as_deref();
-        let mut id = crate::target::identity::read(pid, node);
+        let mut id = crate::process::identity::read(pid, node);
         if let (Some(ix), Some(cid)) = (&self.containers, id.container_id.as_deref())
             && let Some(c) = ix.get(cid)
         {
-            crate::target::runtime::enrich(&mut id, &c, node);
+            crate::process::runtime::enrich(&mut id, &c, node);
         }
         if let Some(pod) = self.pods.as_ref().and_then(|ix| ix.find(id.pod_uid.as_deref(), id.container_id.as_deref()))
         {
-            crate::target::kubernetes::enrich(&mut id, &pod, node);
+            crate::process::kubernetes::enrich(&mut id, &pod, node);
         }
         id
     }

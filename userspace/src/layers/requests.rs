@@ -15,9 +15,9 @@ use crate::{
     clock,
     events::Event,
     export::{Health, Labels, sink::Output},
+    process::procfs::{self, Engine},
     python::Interpreter,
     request::{Limits, RequestRecord},
-    target::procfs::{self, Engine},
     tracker::{ExistingConn, Tracker},
 };
 

@@ -15,11 +15,11 @@ use crate::{
         prom::{PromMetrics, python::PythonMetrics},
         sink::Output,
     },
+    process::procfs,
     python::{
         Interpreter,
         timers::{self, CallRecord, PyTimers, TimerSpec},
     },
-    target::procfs,
 };
 
 pub struct TimersLayer {
@@ -53,7 +53,7 @@ impl TimersLayer {
             if o.python_timers_eval_uprobes { "3.9-3.14 (3.9/3.10 with eval-frame uprobes)" } else { "3.11-3.14" }
         );
         if let Some(p) = prom {
-            p.python = Some(PythonMetrics::new(&p.registry)?);
+            p.python = Some(PythonMetrics::new(&p.registry, o.ms_service_metric_names)?);
         }
         let all = timers.specs.clone();
         Ok(Some(Self {

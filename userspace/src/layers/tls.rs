@@ -22,11 +22,11 @@ use crate::{
     bpf::TlsLinks,
     cli::RunOptions,
     events::Event,
-    python::Interpreter,
-    target::{
+    process::{
         elf,
         maps::{self, FileKey},
     },
+    python::Interpreter,
 };
 
 /// The functions probed, and their cookies.

@@ -10,7 +10,7 @@ use super::{
     Interpreter, Memory,
     layout::{debug_offsets, table},
 };
-use crate::target::maps::{self, Mapping};
+use crate::process::maps::{self, Mapping};
 
 /// Symbols of one ELF file that locate the interpreter, and the file's load segments.
 struct PyFile {
@@ -84,7 +84,7 @@ pub fn find(pid: u32) -> Result<Interpreter> {
         let version = match hex {
             Some(h) if h >> 24 == 3 => (3, (h >> 16) & 0xff, Some((h >> 8) & 0xff)),
             _ => {
-                let (a, b) = crate::target::version::python_of_name(name)
+                let (a, b) = crate::process::version::python_of_name(name)
                     .with_context(|| format!("{}: no Py_Version symbol and no version in its name", m.path))?;
                 (a, b, None)
             }

@@ -21,7 +21,7 @@ pub mod timers;
 
 use anyhow::{Result, bail};
 
-pub use crate::target::memory::Memory;
+pub use crate::process::memory::Memory;
 pub use find::find;
 pub use layout::{FramePath, Layout, table};
 
@@ -104,7 +104,7 @@ impl Interpreter {
         // glibc keeps the id at 720 on x86-64; the descriptor may end its mapping soon after.
         const SPAN: usize = 1024;
         let tasks: std::collections::HashSet<u64> =
-            crate::target::procfs::tasks(self.pid).into_iter().map(u64::from).collect();
+            crate::process::procfs::tasks(self.pid).into_iter().map(u64::from).collect();
         let descriptors: Vec<Option<Vec<u8>>> = threads
             .iter()
             .map(|t| {

@@ -234,7 +234,7 @@ impl TopState {
             Output::ProcessAdded { pid, engine, identity } => {
                 let p = self.proc(*pid);
                 p.engine = engine.to_string();
-                p.comm = crate::target::procfs::comm(*pid).unwrap_or_default();
+                p.comm = crate::process::procfs::comm(*pid).unwrap_or_default();
                 p.pod = match (&identity.namespace, &identity.pod_name) {
                     (Some(ns), Some(pod)) => Some(format!("{ns}/{pod}")),
                     (None, Some(pod)) => Some(pod.clone()),
@@ -477,9 +477,9 @@ mod tests {
     use crate::{
         engine::EnginePhases,
         export::{BoundedLabel, Labels},
+        process::identity::Identity,
         protocol::openai::Operation,
         request::TokensFrom,
-        target::identity::Identity,
     };
 
     const MS: u64 = 1_000_000;

@@ -16,7 +16,7 @@ use prometheus::{
 };
 
 use super::common::gauge_vec_int;
-use crate::target::identity::{Identity, Workload, pod_label_attribute};
+use crate::process::identity::{Identity, Workload, pod_label_attribute};
 
 /// The identity label names every run has, in the order they are added (OpenTelemetry attribute
 /// names with dots as underscores, as the OpenTelemetry-to-Prometheus mapping writes them).
@@ -169,7 +169,7 @@ pub fn apply(families: &mut [MetricFamily], by_pid: &ByPid) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::target::identity::Runtime;
+    use crate::process::identity::Runtime;
 
     #[test]
     fn series_with_a_pid_name_their_pod() {

@@ -28,7 +28,9 @@ pub struct TimerSpec {
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct MetricSpec {
-    /// Ignored apart from documentation: series are named by the function.
+    /// The metric's name in the operator's hook files (ms_service_metric's `name`, such as
+    /// `scheduler:update_from_output:duration`): inferscope's series are named by the function;
+    /// with --ms-service-metric-names this name is also served (`vllm_profiling_<name>`).
     #[serde(default)]
     pub name: Option<String>,
     #[serde(rename = "type")]
@@ -88,8 +90,8 @@ pub fn load_config(arg: &str) -> Result<Vec<TimerSpec>> {
 
 /// Whether `version` lies in [min, max] (inclusive; missing bounds are open).
 pub fn version_in_range(version: &str, min: Option<&str>, max: Option<&str>) -> bool {
-    let v = crate::target::version::key(version);
-    min.is_none_or(|m| v >= crate::target::version::key(m)) && max.is_none_or(|m| v <= crate::target::version::key(m))
+    let v = crate::process::version::key(version);
+    min.is_none_or(|m| v >= crate::process::version::key(m)) && max.is_none_or(|m| v <= crate::process::version::key(m))
 }
 
 #[cfg(test)]
@@ -119,7 +121,7 @@ mod tests {
         assert!(!version_in_range("0.7.3", Some("0.8.0"), None));
         assert!(version_in_range("0.32.0", Some("0.8"), Some("0.32")));
         assert!(!version_in_range("1.0.0", None, Some("0.99")));
-        assert_eq!(crate::target::version::key("2.13.0+cpu"), vec![2, 13]);
-        assert_eq!(crate::target::version::key("0.8.5"), vec![0, 8, 5]);
+        assert_eq!(crate::process::version::key("2.13.0+cpu"), vec![2, 13]);
+        assert_eq!(crate::process::version::key("0.8.5"), vec![0, 8, 5]);
     }
 }

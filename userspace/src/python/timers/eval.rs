@@ -26,7 +26,7 @@ impl PyTimers {
         let watch = self.eval_watch.as_mut().context("eval-frame uprobes not loaded")?;
         watch.insert(w.code_start, inferscope_common::PyEvalWatch { tgid: pid, spec: w.spec as u32 }, 0)?;
         if p.eval.as_ref().is_some_and(|l| l.is_empty()) {
-            let path = crate::target::maps::host_path(pid, &p.interp.file);
+            let path = crate::process::maps::host_path(pid, &p.interp.file);
             let scope =
                 aya::programs::uprobe::UProbeScope::OneProcess(std::num::NonZeroU32::new(pid).context("pid 0")?);
             let mut links = Vec::new();

@@ -523,7 +523,7 @@ mod tests {
         // exports, IFUNCs).
         let mut files = vec![std::env::current_exe().unwrap()];
         let me = std::process::id();
-        for m in crate::target::maps::read_maps(me).into_iter().filter(|m| m.exec) {
+        for m in crate::process::maps::read_maps(me).into_iter().filter(|m| m.exec) {
             let p = std::path::PathBuf::from(&m.path);
             if !files.contains(&p) {
                 files.push(p);

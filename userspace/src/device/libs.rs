@@ -10,7 +10,7 @@ use std::{
 
 use super::catalog::{self, Entry};
 use crate::process::{
-    elf::{ElfFile, SHT_DYNSYM, SymbolTable, demangle},
+    elf::{self, SHT_DYNSYM, SymbolTable, demangle},
     maps::{FileKey, Mapping, host_path},
 };
 
@@ -33,30 +33,12 @@ const MAX_RUNTIME_NAME: usize = 255;
 /// table and its strings are read, in bounded pieces: memory stays small for PyTorch's
 /// libraries (tens of thousands of exports, megabytes of mangled names).
 pub fn scan_runtime_symbols(path: &Path) -> anyhow::Result<Vec<Found>> {
-    let elf = ElfFile::open(path)?;
-    let Some((table, strtab)) = elf.symbol_table(SHT_DYNSYM) else { return Ok(Vec::new()) };
-    // The exported functions (name offset, section, address) first, then their names in one
-    // pass over the strings, in order.
-    let mut funcs: Vec<(u32, u16, u64)> = Vec::new();
-    elf.for_each_symbol(&table, |s| {
-        if s.is_function_definition() && s.name != 0 {
-            funcs.push((s.name, s.shndx, s.value));
-        }
-    })?;
-    funcs.sort_unstable_by_key(|f| f.0);
     let mut out = Vec::new();
-    elf.names_at(
-        strtab,
-        &funcs,
-        |f| f.0,
-        MAX_RUNTIME_NAME,
-        |&(_, shndx, value), name| {
-            let Ok(name) = std::str::from_utf8(name) else { return };
-            let Some(entry) = catalog::lookup_symbol(name) else { return };
-            let Some(file_offset) = elf.file_offset(shndx, value) else { return };
-            out.push(Found { entry, symbol: name.to_string(), file_offset });
-        },
-    )?;
+    elf::for_each_function(path, &[SHT_DYNSYM], MAX_RUNTIME_NAME, |name, offset| {
+        let Some(entry) = catalog::lookup_symbol(name) else { return };
+        let Some(file_offset) = offset() else { return };
+        out.push(Found { entry, symbol: name.to_string(), file_offset });
+    })?;
     // Aliases (the same code under two names) would fire twice: keep the first name.
     out.sort_by(|a, b| a.file_offset.cmp(&b.file_offset).then(a.symbol.cmp(&b.symbol)));
     out.dedup_by_key(|f| f.file_offset);

@@ -252,15 +252,22 @@ impl ElfFile {
     }
 }
 
-/// File offsets of the functions named `names` that `path` defines: from its dynamic symbols,
-/// and from its full symbol table (a copy linked in statically and not exported). Each name
-/// once, the dynamic symbol first.
-pub fn find_functions(path: &Path, names: &[&str]) -> anyhow::Result<Vec<(String, u64)>> {
+/// Every function `path` defines in the symbol tables `kinds` (SHT_DYNSYM, SHT_SYMTAB), table
+/// by table: `visit(name, offset)`, where `offset()` gives the function's file offset (what a
+/// uprobe attaches to; computed only when asked). Names longer than `max_len` bytes are
+/// skipped. The tables and strings are read in bounded pieces (PyTorch's libraries have tens of
+/// thousands of exports and megabytes of mangled names).
+pub fn for_each_function(
+    path: &Path,
+    kinds: &[u32],
+    max_len: usize,
+    mut visit: impl FnMut(&str, &dyn Fn() -> Option<u64>),
+) -> anyhow::Result<()> {
     let elf = ElfFile::open(path)?;
-    let longest = names.iter().map(|n| n.len()).max().unwrap_or(0);
-    let mut out: Vec<(String, u64)> = Vec::new();
-    for kind in [SHT_DYNSYM, SHT_SYMTAB] {
+    for &kind in kinds {
         let Some((table, strtab)) = elf.symbol_table(kind) else { continue };
+        // The functions (name offset, section, address) first, then their names in one pass
+        // over the strings, in order.
         let mut funcs: Vec<(u32, u16, u64)> = Vec::new();
         elf.for_each_symbol(&table, |s| {
             if s.is_function_definition() && s.name != 0 {
@@ -272,18 +279,31 @@ pub fn find_functions(path: &Path, names: &[&str]) -> anyhow::Result<Vec<(String
             strtab,
             &funcs,
             |f| f.0,
-            longest,
+            max_len,
             |&(_, shndx, value), name| {
-                let Ok(name) = std::str::from_utf8(name) else { return };
-                if !names.contains(&name) || out.iter().any(|(n, _)| n == name) {
-                    return;
-                }
-                if let Some(off) = elf.file_offset(shndx, value) {
-                    out.push((name.to_string(), off));
+                if let Ok(name) = std::str::from_utf8(name) {
+                    visit(name, &|| elf.file_offset(shndx, value));
                 }
             },
         )?;
     }
+    Ok(())
+}
+
+/// File offsets of the functions named `names` that `path` defines: from its dynamic symbols,
+/// and from its full symbol table (a copy linked in statically and not exported). Each name
+/// once, the dynamic symbol first.
+pub fn find_functions(path: &Path, names: &[&str]) -> anyhow::Result<Vec<(String, u64)>> {
+    let longest = names.iter().map(|n| n.len()).max().unwrap_or(0);
+    let mut out: Vec<(String, u64)> = Vec::new();
+    for_each_function(path, &[SHT_DYNSYM, SHT_SYMTAB], longest, |name, offset| {
+        if !names.contains(&name) || out.iter().any(|(n, _)| n == name) {
+            return;
+        }
+        if let Some(off) = offset() {
+            out.push((name.to_string(), off));
+        }
+    })?;
     Ok(out)
 }
 

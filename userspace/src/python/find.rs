@@ -4,55 +4,57 @@
 use std::path::Path;
 
 use anyhow::{Context as _, Result, bail};
-use object::{Object, ObjectSegment, ObjectSymbol, ReadCache};
 
 use super::{
     Interpreter, Memory,
     layout::{debug_offsets, table},
 };
-use crate::process::maps::{self, Mapping};
+use crate::process::{
+    elf::{ElfFile, SHT_DYNSYM, SHT_SYMTAB},
+    maps::{self, Mapping},
+};
 
 /// Symbols of one ELF file that locate the interpreter, and the file's load segments.
 struct PyFile {
     runtime: u64,
     version_sym: Option<u64>,
-    /// (file offset, vaddr) of each loadable segment.
+    /// (file offset, file size, vaddr) of each loadable segment.
     loads: Vec<(u64, u64, u64)>,
 }
 
-fn interpreter_symbols<'d, S: ObjectSymbol<'d>>(
-    syms: impl Iterator<Item = S>,
-    runtime: &mut Option<u64>,
-    version: &mut Option<u64>,
-) {
-    for s in syms {
-        match s.name() {
-            Ok("_PyRuntime") if s.is_definition() => *runtime = runtime.or(Some(s.address())),
-            Ok("Py_Version") if s.is_definition() => *version = version.or(Some(s.address())),
-            _ => {}
-        }
-    }
-}
-
+/// `_PyRuntime` and `Py_Version` of a file, with the bounded reader every other ELF file goes
+/// through (files in containers are untrusted input): the exported symbols first (small), the
+/// full table only when the runtime is not exported (a statically linked python).
 fn scan_file(path: &Path) -> Result<Option<PyFile>> {
-    let f = std::fs::File::open(path)?;
-    let cache = ReadCache::new(f);
-    let elf = object::File::parse(&cache)?;
+    let elf = ElfFile::open(path)?;
     let (mut runtime, mut version) = (None, None);
-    // The exported symbols first (small); the full table (large, read whole) only if needed.
-    interpreter_symbols(elf.dynamic_symbols(), &mut runtime, &mut version);
-    if runtime.is_none() {
-        interpreter_symbols(elf.symbols(), &mut runtime, &mut version);
+    for kind in [SHT_DYNSYM, SHT_SYMTAB] {
+        if runtime.is_some() {
+            break;
+        }
+        let Some((table, strtab)) = elf.symbol_table(kind) else { continue };
+        // Defined symbols (section index not SHN_UNDEF): name offset and address.
+        let mut defined: Vec<(u32, u64)> = Vec::new();
+        elf.for_each_symbol(&table, |s| {
+            if s.shndx != 0 && s.name != 0 {
+                defined.push((s.name, s.value));
+            }
+        })?;
+        defined.sort_unstable_by_key(|d| d.0);
+        elf.names_at(
+            strtab,
+            &defined,
+            |d| d.0,
+            "_PyRuntime".len(),
+            |&(_, value), name| match name {
+                b"_PyRuntime" => runtime = runtime.or(Some(value)),
+                b"Py_Version" => version = version.or(Some(value)),
+                _ => {}
+            },
+        )?;
     }
     let Some(runtime) = runtime else { return Ok(None) };
-    let loads = elf
-        .segments()
-        .map(|s| {
-            let (off, size) = s.file_range();
-            (off, size, s.address())
-        })
-        .collect();
-    Ok(Some(PyFile { runtime, version_sym: version, loads }))
+    Ok(Some(PyFile { runtime, version_sym: version, loads: elf.loads()? }))
 }
 
 /// Finds the interpreter of `pid`: the first executable mapping whose file defines

@@ -3,7 +3,7 @@
 //! the engine tracker. Must never panic; frames stay within their bounds.
 #![no_main]
 use inferscope::{
-    engine::{EngineKind, EngineTracker},
+    engine::{Engine, EngineTracker},
     events::Direction,
     protocol::{
         Segment, msgpack,
@@ -22,9 +22,9 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         p.feed(Segment::Data { ts_ns: i as u64, bytes: chunk, syscall_start: i % 3 != 2, arrival_ns: 0 }, &mut msgs);
     }
     let mut t = EngineTracker::new();
-    t.set_kind(1, EngineKind::Vllm { version: Some((0, 32, 0)) });
-    t.set_kind(2, EngineKind::Vllm { version: None });
-    t.set_kind(3, EngineKind::Sglang);
+    t.set_kind(1, Engine::Vllm, Some((0, 32, 0)));
+    t.set_kind(2, Engine::Vllm, None);
+    t.set_kind(3, Engine::Sglang, None);
     let mut out = Vec::new();
     for m in &msgs {
         assert!(m.frames.len() <= MAX_FRAMES);

@@ -19,13 +19,14 @@ use crate::{
     bpf::Probes,
     clock,
     correlate::Correlator,
+    engine::Engine,
     events::{self, Event},
     export::{
         Health,
         sink::{Output, Sinks},
     },
     layers::{Cx, Facts, Layer, Note},
-    process::procfs::{self, Engine},
+    process::procfs,
 };
 
 /// How often the ring buffer is drained when no wakeup came (the BPF side wakes the reader only

@@ -22,15 +22,30 @@ pub(crate) use phases::engine_secs_to_ns;
 pub use phases::{EnginePhases, Phases};
 pub use tracker::{EngineStats, EngineTracker};
 
-/// Which engine's protocol a process speaks.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum EngineKind {
-    /// vLLM v1, with the version found in the process's installed package (None: unknown).
-    Vllm {
-        version: Option<(u16, u16, u16)>,
-    },
+/// The inference server a process runs: what discovery says of it (process/procfs.rs), and
+/// whose IPC its engine messages are (with the release found in its installed package, the
+/// engine tracker picks the wire layout).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Engine {
+    Vllm,
     Sglang,
+    /// Matched by an operator's `--match` pattern: an OpenAI-compatible server of another kind.
+    Other,
 }
+
+impl Engine {
+    /// `gen_ai.provider.name`-style value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Vllm => "vllm",
+            Engine::Sglang => "sglang",
+            Engine::Other => "openai_compatible",
+        }
+    }
+}
+
+/// A release, (major, minor, patch).
+pub type Version = (u16, u16, u16);
 
 /// One request as the engine saw it. Times are CLOCK_MONOTONIC ns.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -270,13 +285,16 @@ impl Undecodable {
 /// traced process's sendto/recvfrom calls, strace attached after the server started) through
 /// the ZMTP parser and the tracker, as pid 1 of the given engine.
 #[cfg(test)]
-pub(crate) fn replay_capture(doc: &serde_json::Value, kind: EngineKind) -> (EngineTracker, Vec<EngineEvent>) {
+pub(crate) fn replay_capture(
+    doc: &serde_json::Value,
+    kind: (Engine, Option<Version>),
+) -> (EngineTracker, Vec<EngineEvent>) {
     use crate::{
         events::Direction,
         protocol::{Segment, zmtp::ZmtpParser},
     };
     let mut t = EngineTracker::new();
-    t.set_kind(1, kind);
+    t.set_kind(1, kind.0, kind.1);
     let mut parsers: std::collections::HashMap<(i64, String), ZmtpParser> = Default::default();
     let mut events = Vec::new();
     for c in doc["calls"].as_array().unwrap() {
@@ -314,7 +332,11 @@ pub(crate) fn real_capture_files(rel: &str) -> Vec<std::path::PathBuf> {
 /// joins: as many as it asked for (`n`), seen whole, its prompt and completion tokens, all
 /// three phases on the engine's clock in order. Returns the events and the completion tokens.
 #[cfg(test)]
-pub(crate) fn check_capture(doc: &serde_json::Value, kind: EngineKind, ver: &str) -> (Vec<EngineEvent>, u64) {
+pub(crate) fn check_capture(
+    doc: &serde_json::Value,
+    kind: (Engine, Option<Version>),
+    ver: &str,
+) -> (Vec<EngineEvent>, u64) {
     let (t, events) = replay_capture(doc, kind);
     let malformed: Vec<_> = t.stats.undecodable.iter().filter(|(k, _)| *k != "foreign").collect();
     assert!(malformed.is_empty(), "{ver}: {malformed:?}");

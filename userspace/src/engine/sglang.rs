@@ -385,14 +385,14 @@ mod tests {
     /// own stamps for queue and prefill, and steps whose tokens add up to the responses'.
     #[test]
     fn real_captures() {
-        use crate::engine::{EngineEvent, EngineKind};
+        use crate::engine::{Engine, EngineEvent};
         let files = crate::engine::real_capture_files("tests/data/sglang");
         let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
         assert!(names.iter().any(|f| f.ends_with("-msgpack.json")) && names.len() >= 2, "{names:?}");
         for f in &files {
             let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(f).unwrap()).unwrap();
             let ver = format!("{} ({} IPC)", doc["sglang_version"].as_str().unwrap(), doc["ipc"].as_str().unwrap());
-            let (events, completion) = crate::engine::check_capture(&doc, EngineKind::Sglang, &ver);
+            let (events, completion) = crate::engine::check_capture(&doc, (Engine::Sglang, None), &ver);
             let step_tokens: u64 =
                 events.iter().filter_map(|e| if let EngineEvent::Step(s) = e { Some(s.tokens) } else { None }).sum();
             assert_eq!(step_tokens, completion, "{ver}: tokens of the steps");

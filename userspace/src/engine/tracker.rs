@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use super::{
-    Decoded, EngineEvent, EngineKind, EngineRequest, EngineStep, EventType, Undecodable, sglang, strip_sampling_prefix,
+    Decoded, Engine, EngineEvent, EngineRequest, EngineStep, EventType, Undecodable, sglang, strip_sampling_prefix,
     vllm, vllm_layouts,
 };
 use crate::{events::Direction, protocol::zmtp::Message};
@@ -53,7 +53,8 @@ struct ProcState {
 /// Rebuilds engine requests and steps from decoded messages, per process.
 #[derive(Debug, Default)]
 pub struct EngineTracker {
-    kinds: HashMap<u32, EngineKind>,
+    /// What each process runs, and its release when found.
+    kinds: HashMap<u32, (Engine, Option<super::Version>)>,
     procs: HashMap<u32, ProcState>,
     pub stats: EngineStats,
     /// Capture clock to Unix time, for the API server's wall-clock arrival stamps (made when
@@ -67,12 +68,12 @@ impl EngineTracker {
     }
 
     /// Says which engine a process runs (from its command line and installed packages).
-    pub fn set_kind(&mut self, pid: u32, kind: EngineKind) {
-        self.kinds.insert(pid, kind);
+    pub fn set_kind(&mut self, pid: u32, engine: Engine, version: Option<super::Version>) {
+        self.kinds.insert(pid, (engine, version));
     }
 
-    pub fn kind(&self, pid: u32) -> Option<&EngineKind> {
-        self.kinds.get(&pid)
+    pub fn kind(&self, pid: u32) -> Option<Engine> {
+        self.kinds.get(&pid).map(|k| k.0)
     }
 
     /// A ZMTP message on a connection of `pid`.
@@ -80,11 +81,13 @@ impl EngineTracker {
         self.stats.messages += 1;
         self.stats.messages_with_gaps += msg.gaps as u64;
         let decoded = match self.kinds.get(&pid) {
-            Some(EngineKind::Vllm { version }) => vllm::decode(*version, dir, msg),
-            Some(EngineKind::Sglang) => sglang::decode_message(dir, msg),
+            Some((Engine::Vllm, version)) => vllm::decode(*version, dir, msg),
+            Some((Engine::Sglang, _)) => sglang::decode_message(dir, msg),
             // Unknown process: a pickle is SGLang's; else try vLLM's stable layout.
-            None if msg.frames.first().and_then(|f| f.first()) == Some(&0x80) => sglang::decode_message(dir, msg),
-            None => vllm::decode(None, dir, msg),
+            None | Some((Engine::Other, _)) if msg.frames.first().and_then(|f| f.first()) == Some(&0x80) => {
+                sglang::decode_message(dir, msg)
+            }
+            None | Some((Engine::Other, _)) => vllm::decode(None, dir, msg),
         };
         match decoded {
             Ok(d) => self.apply(pid, msg.ts_ns, d, out),
@@ -119,10 +122,10 @@ impl EngineTracker {
     /// SGLang): its ids are then the API's, less a sampling prefix. False where it may add one.
     fn unsuffixed(&self, pid: u32) -> bool {
         match self.kinds.get(&pid) {
-            Some(EngineKind::Vllm { version: Some(v) }) => {
+            Some((Engine::Vllm, Some(v))) => {
                 vllm_layouts::for_version(*v).is_some_and(|l| l.request.external_req_id.is_none())
             }
-            Some(EngineKind::Sglang) => true,
+            Some((Engine::Sglang, _)) => true,
             _ => false,
         }
     }
@@ -391,7 +394,7 @@ mod tests {
     fn the_engines_own_stamps_win_over_message_times() {
         // SGLang: the ADD's send time stands in for queueing until the scheduler's stamps come.
         let mut t = EngineTracker::new();
-        t.set_kind(1, EngineKind::Sglang);
+        t.set_kind(1, Engine::Sglang, None);
         let mut ev = Vec::new();
         let add = Decoded::Add {
             request_id: "abc".into(),

@@ -574,7 +574,7 @@ mod samples {
 
 #[cfg(test)]
 mod real_captures {
-    use crate::engine::EngineKind;
+    use crate::engine::Engine;
 
     /// Replays the API server's sendto/recvfrom bytes of real vLLM releases, captured with
     /// strace after the server started (tests/vllm/capture.py), through the ZMTP parser and the
@@ -589,7 +589,7 @@ mod real_captures {
             let ver = doc["vllm_version"].as_str().unwrap();
             let version = crate::process::version::triple(ver);
             assert!(super::vllm_layouts::for_version(version.unwrap()).is_some(), "{ver}: no layout");
-            crate::engine::check_capture(&doc, EngineKind::Vllm { version }, ver);
+            crate::engine::check_capture(&doc, (Engine::Vllm, version), ver);
         }
     }
 }

@@ -9,9 +9,9 @@ use std::{collections::HashMap, time::Duration};
 use super::{Cx, Layer, Note};
 use crate::{
     clock,
-    engine::{EngineEvent, EngineKind, EngineTracker},
+    engine::{Engine, EngineEvent, EngineTracker},
     export::{Health, sink::Output},
-    process::procfs::{self, Engine},
+    process::procfs,
     python::Interpreter,
 };
 
@@ -38,7 +38,7 @@ impl EngineLayer {
         let version = found.filter(|f| Some(f.0) == engine).and_then(|f| f.1);
         let note = match engine {
             Some(Engine::Vllm) => {
-                self.engine.set_kind(pid, EngineKind::Vllm { version });
+                self.engine.set_kind(pid, Engine::Vllm, version);
                 if let Some(f) = cx.facts.get_mut(pid) {
                     f.engine = Engine::Vllm;
                 }
@@ -57,7 +57,7 @@ impl EngineLayer {
                 }
             }
             Some(Engine::Sglang) => {
-                self.engine.set_kind(pid, EngineKind::Sglang);
+                self.engine.set_kind(pid, Engine::Sglang, None);
                 if let Some(f) = cx.facts.get_mut(pid) {
                     f.engine = Engine::Sglang;
                 }

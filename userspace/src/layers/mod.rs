@@ -42,13 +42,14 @@ use crate::{
     bpf::Probes,
     cli::RunOptions,
     correlate::Correlator,
+    engine::Engine,
     events::Event,
     export::{
         BoundedLabel, Health,
         prom::PromMetrics,
         sink::{Output, Sinks},
     },
-    process::{identity::Identity, procfs::Engine},
+    process::identity::Identity,
     python::Interpreter,
     tracker::IpcMessage,
 };

@@ -13,9 +13,10 @@ use super::{Cx, Layer, Note};
 use crate::{
     cli::RunOptions,
     clock,
+    engine::Engine,
     events::Event,
     export::{Health, Labels, sink::Output},
-    process::procfs::{self, Engine},
+    process::procfs,
     python::Interpreter,
     request::{Limits, RequestRecord},
     tracker::{ExistingConn, Tracker},

@@ -9,25 +9,7 @@ use std::{
     path::PathBuf,
 };
 
-/// The serving engine a process belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Engine {
-    Vllm,
-    Sglang,
-    /// Matched by an operator's `--match` pattern.
-    Other,
-}
-
-impl Engine {
-    /// `gen_ai.provider.name`-style value.
-    pub fn name(self) -> &'static str {
-        match self {
-            Engine::Vllm => "vllm",
-            Engine::Sglang => "sglang",
-            Engine::Other => "openai_compatible",
-        }
-    }
-}
+use crate::engine::Engine;
 
 pub(crate) fn proc_root() -> PathBuf {
     std::env::var_os("INFERSCOPE_PROC").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/proc"))

@@ -694,13 +694,15 @@ fn ms_service_metric_side_by_side() {
         .stderr(std::fs::File::create(dir.join("vllm.err")).unwrap());
     env(&mut serve);
     let mut vllm = Proc::spawn("vLLM with ms_service_metric", &mut serve);
+    // inferscope attached while vLLM starts, as a DaemonSet's would be: it sees the engine's
+    // ready message (its KV-cache size).
+    let prom = free_port();
+    let listen = format!("127.0.0.1:{prom}");
+    let scope = Inferscope::attach(&dir, vllm.pid(), &["--prometheus-listen", &listen, "--ms-service-metric-names"]);
     wait_for("vLLM to answer /health", Duration::from_secs(400), || {
         assert!(vllm.alive(), "vLLM exited: {}", std::fs::read_to_string(dir.join("vllm.err")).unwrap_or_default());
         http_get(port, "/health").filter(|(s, _)| *s == 200)
     });
-    let prom = free_port();
-    let listen = format!("127.0.0.1:{prom}");
-    let scope = Inferscope::attach(&dir, vllm.pid(), &["--prometheus-listen", &listen, "--ms-service-metric-names"]);
     // `ms-service-metric on`, as its README says, in the server's environment.
     let python = std::fs::canonicalize(repo_root().join(".venv-vllm/bin/python")).unwrap();
     let mut on = Command::new(&python);
@@ -735,7 +737,7 @@ fn ms_service_metric_side_by_side() {
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    assert!(names.len() >= 9, "inferscope's vllm_profiling_ families: {names:?}");
+    assert!(names.len() >= 12, "inferscope's vllm_profiling_ families (KV-cache blocks included): {names:?}");
     let start = std::time::Instant::now();
     let (mut t_now, mut o_now);
     loop {

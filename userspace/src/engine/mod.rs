@@ -150,6 +150,9 @@ pub struct EngineGauges {
     pub spec_decode: Option<SpecDecode>,
     /// The scheduler's own account of the iteration (vLLM with iteration details on).
     pub iteration: Option<Iteration>,
+    /// KV-cache blocks the engine has in all, from its ready message (seen when inferscope
+    /// watched the engine start).
+    pub kv_cache_blocks: Option<u64>,
 }
 
 /// Speculative decoding in one engine report (vLLM's `SpecDecodingStats`).
@@ -220,6 +223,9 @@ pub enum Decoded {
     Abort { request_ids: Vec<String> },
     /// One step's outputs (vLLM EngineCoreOutputs; SGLang batch outputs).
     Outputs(Outputs),
+    /// The engine is ready (vLLM's `EngineCoreReadyResponse`, the first message an engine core
+    /// sends its API server): its KV-cache size in blocks.
+    Ready { engine: Option<u32>, kv_cache_blocks: u64 },
     /// A message of a known kind that carries nothing for us (utility calls, handshakes).
     Ignored,
 }

@@ -48,6 +48,8 @@ struct ProcState {
     requests: HashMap<String, EngineRequest>,
     /// The parallel-sampling request being sent (SGLang): (input hash, API id, samples to come).
     sampling: Option<(u64, String, u32)>,
+    /// KV-cache blocks of each engine (by index), from its ready message.
+    kv_cache_blocks: HashMap<u32, u64>,
 }
 
 /// Rebuilds engine requests and steps from decoded messages, per process.
@@ -136,6 +138,9 @@ impl EngineTracker {
         let st = self.procs.entry(pid).or_default();
         match d {
             Decoded::Ignored => {}
+            Decoded::Ready { engine, kv_cache_blocks } => {
+                st.kv_cache_blocks.insert(engine.unwrap_or(0), kv_cache_blocks);
+            }
             Decoded::Many(list) => {
                 for d in list {
                     self.apply(pid, now, d, out);
@@ -183,8 +188,9 @@ impl EngineTracker {
                     }
                 }
             }
-            Decoded::Outputs(o) => {
+            Decoded::Outputs(mut o) => {
                 self.stats.output_messages += 1;
+                o.gauges.kv_cache_blocks = st.kv_cache_blocks.get(&o.engine.unwrap_or(0)).copied();
                 if o.outputs.is_empty() {
                     if !o.gauges.is_empty() {
                         out.push(EngineEvent::Gauges { pid, engine: o.engine, ts_ns: o.ts_ns, gauges: o.gauges });

@@ -107,6 +107,15 @@ fn decode_outputs(layout: Option<&'static VllmLayout>, msg: &Message) -> Result<
     let Some(payload) = msg.frames.first() else {
         return Err(Undecodable::Foreign);
     };
+    // The engine's ready message is a map (a dataclass) naming its KV-cache size.
+    if matches!(payload.first(), Some(0x80..=0x8f | 0xde | 0xdf)) {
+        let (v, _) = msgpack::decode(payload).map_err(|_| gaps_or(msg, Undecodable::Foreign))?;
+        let Some(kv_cache_blocks) = v.get("num_gpu_blocks").and_then(Value::as_u64) else {
+            return Err(Undecodable::Foreign);
+        };
+        let engine = v.get("data_parallel_rank").and_then(Value::as_u64).map(|e| e as u32);
+        return Ok(Decoded::Ready { engine, kv_cache_blocks });
+    }
     // The input side's first frame is one type byte; outputs start with an array header.
     if payload.len() < 2 || !matches!(payload[0], 0x90..=0x9f | 0xdc | 0xdd) {
         return Err(Undecodable::Foreign);
@@ -236,6 +245,7 @@ fn gauges(s: &Value<'_>, _layout: Option<&'static VllmLayout>) -> EngineGauges {
         prefix_cache_requests: pu("requests"),
         spec_decode,
         iteration,
+        kv_cache_blocks: None,
     }
 }
 
@@ -407,6 +417,23 @@ mod tests {
         let p = bytes(outputs(vec![]));
         let Ok(Decoded::Outputs(o)) = decode(V032, Direction::Ingress, &msg(vec![p])) else { panic!("not decoded") };
         assert_eq!((o.gauges.spec_decode, o.gauges.iteration, o.gauges.prefix_cache_queries), (None, None, None));
+    }
+
+    /// The engine core's first message to its API server (0.32's `EngineCoreReadyResponse`, a
+    /// dataclass: a map), and a map that is not it.
+    #[test]
+    fn ready_message_gives_the_kv_cache_size() {
+        let ready = M::Map(vec![
+            ("max_model_len", M::I(512)),
+            ("num_gpu_blocks", M::I(4096)),
+            ("block_size", M::I(16)),
+            ("dtype", M::S("float32")),
+            ("data_parallel_rank", M::I(1)),
+        ]);
+        let Ok(d) = decode(V032, Direction::Ingress, &msg(vec![bytes(ready)])) else { panic!("not decoded") };
+        assert_eq!(d, Decoded::Ready { engine: Some(1), kv_cache_blocks: 4096 });
+        let other = M::Map(vec![("status", M::S("HELLO"))]);
+        assert_eq!(decode(V032, Direction::Ingress, &msg(vec![bytes(other)])), Err(Undecodable::Foreign));
     }
 
     #[test]

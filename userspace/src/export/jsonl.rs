@@ -177,6 +177,7 @@ pub fn step_json(s: &crate::engine::EngineStep, clock: &Clock) -> Value {
         "kv_cache_usage": g.kv_cache_usage,
         "prefix_cache_queries": g.prefix_cache_queries,
         "prefix_cache_hits": g.prefix_cache_hits,
+        "kv_cache_blocks": g.kv_cache_blocks,
         "phase": s.phase(),
         "first_tokens": s.first_tokens,
         "spec_decode": g.spec_decode.as_ref().map(|d| json!({

@@ -68,6 +68,9 @@ struct Vllm {
 /// `engine`, `dp`, `role`), fed from the engine's IPC instead of hooks in the API server.
 /// ms_service_metric histograms sizes with its SIZE_BUCKETS, latencies included.
 struct Profiling {
+    kv_total: HistogramVec,
+    kv_free: HistogramVec,
+    kv_allocated: HistogramVec,
     batch_size: HistogramVec,
     waiting_batch_size: HistogramVec,
     num_spec_tokens: HistogramVec,
@@ -88,6 +91,7 @@ pub struct EngineMetrics {
     running: GaugeVec,
     waiting: GaugeVec,
     kv: GaugeVec,
+    kv_blocks: GaugeVec,
     steps: IntCounterVec,
     batch: HistogramVec,
     step_tokens: HistogramVec,
@@ -214,6 +218,18 @@ impl EngineMetrics {
         let profiling = if profiling_names {
             let h = |name: &str, help: &str| hist(reg, name, help, MS_SIZE_BUCKETS, MS_LABELS);
             Some(Profiling {
+                kv_total: h(
+                    "vllm_profiling_total_kvcache_blocks",
+                    "KV-cache blocks in all at each scheduler report (ms_service_metric's family; inferscope, from the engine's ready message).",
+                )?,
+                kv_free: h(
+                    "vllm_profiling_free_kvcache_blocks",
+                    "Free KV-cache blocks at each scheduler report (ms_service_metric's family; inferscope, from the reported usage and the engine's size).",
+                )?,
+                kv_allocated: h(
+                    "vllm_profiling_allocated_kvcache_blocks",
+                    "Allocated KV-cache blocks (total - free - the null block) at each scheduler report (ms_service_metric's family; inferscope, from engine IPC).",
+                )?,
                 batch_size: h(
                     "vllm_profiling_batch_size",
                     "Running requests at each scheduler report (ms_service_metric's family; inferscope, from engine IPC).",
@@ -328,6 +344,12 @@ impl EngineMetrics {
                 "inferscope_engine_kv_cache_usage_ratio",
                 "Fraction of KV-cache blocks in use (0 to 1), as the engine last reported.",
                 LABELS,
+            )?,
+            kv_blocks: gauge_vec(
+                reg,
+                "inferscope_engine_kv_cache_blocks",
+                "KV-cache blocks by state: total (the engine's size, from its ready message when inferscope saw the engine start) and free (from the last reported usage).",
+                &["gen_ai_request_model", "engine", "state"],
             )?,
             steps: counter(
                 reg,
@@ -489,6 +511,13 @@ impl EngineMetrics {
             if let Some(d) = &g.spec_decode {
                 p.num_spec_tokens.with_label_values(&m).observe(d.num_spec_tokens as f64);
             }
+            // vLLM's usage is 1 - free / (total - 1): the null block is never free nor counted.
+            if let (Some(total), Some(usage), Some(_)) = (g.kv_cache_blocks, g.kv_cache_usage, g.running) {
+                let free = ((1.0 - usage) * total.saturating_sub(1) as f64).round().max(0.0);
+                p.kv_total.with_label_values(&m).observe(total as f64);
+                p.kv_free.with_label_values(&m).observe(free);
+                p.kv_allocated.with_label_values(&m).observe((total as f64 - free - 1.0).max(0.0));
+            }
         }
         if let Some(v) = g.running {
             self.running.with_label_values(&l).set(v as f64);
@@ -498,6 +527,11 @@ impl EngineMetrics {
         }
         if let Some(v) = g.kv_cache_usage {
             self.kv.with_label_values(&l).set(v);
+            if let Some(total) = g.kv_cache_blocks {
+                let free = ((1.0 - v) * total.saturating_sub(1) as f64).round().max(0.0);
+                self.kv_blocks.with_label_values(&[model, engine, "total"]).set(total as f64);
+                self.kv_blocks.with_label_values(&[model, engine, "free"]).set(free);
+            }
         }
         if let Some(x) = &self.vllm {
             if let Some(v) = g.prefix_cache_queries {

@@ -15,6 +15,7 @@ const COUNTERS: &[&str] = &[
     "sglang:num_requests_total",
     "sglang:prompt_tokens_total",
     "sglang:generation_tokens_total",
+    "sglang:cached_tokens_total",
     "sglang:queue_time_seconds_count",
     "sglang:queue_time_seconds_sum",
     "sglang:time_to_first_token_seconds_count",
@@ -69,11 +70,15 @@ fn check_phases(recs: &[Value], d: impl Fn(&str) -> f64) {
 fn real_sglang_requests_phases_steps_and_state() {
     let dir = scratch("sglang");
     let port = free_port();
+    let prom = free_port();
+    let listen = format!("127.0.0.1:{prom}");
     let args: Vec<String> = [
         "run",
         "--discover-interval",
         "0.5",
         "--quiet",
+        "--prometheus-listen",
+        &listen,
         "--python-timers",
         "default",
         "--engine-state-interval",
@@ -131,6 +136,9 @@ fn real_sglang_requests_phases_steps_and_state() {
 
     // Phase 1: streamed and unary chats and completions, 8 at a time.
     let before = scrape(port, COUNTERS);
+    const OURS: &[&str] =
+        &["inferscope_engine_prefix_cache_queries_total", "inferscope_engine_prefix_cache_hits_total"];
+    let ours_before = scrape(prom, OURS);
     let t0 = scope.lines("python_call").len();
     let truth = load(&dir, &url, 40, 8, "chat_stream=1,chat_nostream=1,cmpl_stream=1,cmpl_nostream=1", 21);
     let recs = records_of(&scope, &truth);
@@ -147,6 +155,31 @@ fn real_sglang_requests_phases_steps_and_state() {
         recs.len()
     );
     check_phases(&recs, d);
+    // SGLang's prefix cache (RadixAttention) as it reports it: prompt tokens looked up, and
+    // cached tokens (sglang:cached_tokens_total), from the scheduler's outputs.
+    let want = (d("sglang:prompt_tokens_total"), d("sglang:cached_tokens_total"));
+    let mut ours = scrape(prom, OURS);
+    let start = std::time::Instant::now();
+    let got = |m: &std::collections::HashMap<String, f64>| {
+        (
+            m["inferscope_engine_prefix_cache_queries_total"]
+                - ours_before["inferscope_engine_prefix_cache_queries_total"],
+            m["inferscope_engine_prefix_cache_hits_total"] - ours_before["inferscope_engine_prefix_cache_hits_total"],
+        )
+    };
+    while got(&ours) != want && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(200));
+        ours = scrape(prom, OURS);
+    }
+    let o = |k: &str| ours[k] - ours_before[k];
+    let (queries, hits) =
+        (o("inferscope_engine_prefix_cache_queries_total"), o("inferscope_engine_prefix_cache_hits_total"));
+    eprintln!(
+        "prefix cache: {queries} prompt tokens looked up, {hits} cached; SGLang: {} cached",
+        d("sglang:cached_tokens_total")
+    );
+    assert_eq!(queries, d("sglang:prompt_tokens_total"), "prefix cache queries vs SGLang's prompt tokens");
+    assert_eq!(hits, d("sglang:cached_tokens_total"), "prefix cache hits vs SGLang's cached tokens");
 
     // Steps: every generated token came out of a step inferscope saw.
     let ids: HashSet<&str> = recs.iter().filter_map(|r| r["request_id"].as_str()).collect();

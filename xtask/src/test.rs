@@ -18,6 +18,8 @@ struct Tally {
     failed: u64,
     failures: Vec<String>,
     failed_names: Vec<String>,
+    /// Each part and how long it took, for the summary at the end.
+    times: Vec<(String, std::time::Duration)>,
 }
 
 impl Tally {
@@ -25,6 +27,12 @@ impl Tally {
     /// final `N passed, M failed` line (Python self-tests); a command that prints neither
     /// counts as one test, passed or failed by its exit status.
     fn run(&mut self, what: &str, cmd: &mut Command) {
+        let started = std::time::Instant::now();
+        self.run_timed(what, cmd);
+        self.times.push((what.to_string(), started.elapsed()));
+    }
+
+    fn run_timed(&mut self, what: &str, cmd: &mut Command) {
         eprintln!("\n=== {what}\n+ {}", util::show(cmd));
         let child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn();
         let Ok(mut child) = child else {
@@ -107,10 +115,15 @@ pub fn run(vllm: bool, fuzz_seconds: u64, filter: Option<&str>) -> Result<()> {
     }
     setup::check_disk(vllm, fuzz_seconds > 0)?;
     cache::lock_build()?;
+    let started = std::time::Instant::now();
     setup::all(vllm)?;
+    let setup_took = started.elapsed();
     let root = util::root();
+    let started = std::time::Instant::now();
     util::run(cargo().args(["build", "-p", "inferscope", "-p", "inferscope-tests", "--bins"]))?;
     let mut t = Tally::default();
+    t.times.push(("setup (everything installed)".to_string(), setup_took));
+    t.times.push(("build of the daemon and the test programs".to_string(), started.elapsed()));
     let bin = util::target().join("debug/inferscope");
     let env = |c: &mut Command| {
         c.env("INFERSCOPE_BIN", &bin).env("INFERSCOPE_PYTHON", util::python());
@@ -169,6 +182,14 @@ pub fn run(vllm: bool, fuzz_seconds: u64, filter: Option<&str>) -> Result<()> {
     }
 
     eprintln!();
+    // Where the time went (the development loop's budget, issue 27).
+    let total: f64 = t.times.iter().map(|(_, d)| d.as_secs_f64()).sum();
+    eprintln!("time by part ({:.0} s in all):", total);
+    for (what, d) in &t.times {
+        if d.as_secs_f64() >= 5.0 {
+            eprintln!("  {:>6.0} s  {what}", d.as_secs_f64());
+        }
+    }
     for f in &t.failures {
         eprintln!("FAILED: {f}");
     }

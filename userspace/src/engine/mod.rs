@@ -141,7 +141,8 @@ pub struct EngineGauges {
     /// Fraction of KV-cache blocks in use, 0..1.
     pub kv_cache_usage: Option<f64>,
     /// Prefix-cache lookups since the engine's previous report (vLLM resets its counts at
-    /// every report): tokens looked up and tokens found.
+    /// every report): tokens looked up and tokens found. For engines without such reports
+    /// (SGLang), the prompt and cached tokens of the requests whose prefill ended in the step.
     pub prefix_cache_queries: Option<u64>,
     pub prefix_cache_hits: Option<u64>,
     /// Requests that looked up the prefix cache since the previous report.

@@ -200,6 +200,9 @@ impl EngineTracker {
                 let ts = o.ts_ns.unwrap_or(now);
                 let mut step = EngineStep { pid, engine: o.engine, ts_ns: ts, gauges: o.gauges, ..Default::default() };
                 let now_unix = self.clock.get_or_insert_with(crate::clock::Clock::new).unix_ns(now);
+                // Prefix-cache use of the requests whose prefill ended here (prompt tokens,
+                // cached tokens, requests), for engines that report no scheduler stats (SGLang).
+                let mut prefix = (0u64, 0u64, 0u64);
                 for ro in o.outputs {
                     step.tokens += ro.new_tokens;
                     step.request_ids.push(ro.request_id.clone());
@@ -249,6 +252,9 @@ impl EngineTracker {
                         r.first_token_ns = Some(ro.first_token_ns.unwrap_or(t));
                         step.prompt_tokens += ro.prompt_tokens.or(r.prompt_tokens).unwrap_or(0);
                         step.first_tokens += 1;
+                        if let (Some(p), Some(c)) = (ro.prompt_tokens.or(r.prompt_tokens), ro.cached_tokens) {
+                            prefix = (prefix.0 + p, prefix.1 + c.min(p), prefix.2 + 1);
+                        }
                         if ro.new_tokens >= 2 {
                             r.second_token_ns = r.first_token_ns;
                         }
@@ -281,6 +287,11 @@ impl EngineTracker {
                             out.push(EngineEvent::Finished(r));
                         }
                     }
+                }
+                if step.gauges.prefix_cache_queries.is_none() && prefix.2 > 0 {
+                    let g = &mut step.gauges;
+                    (g.prefix_cache_queries, g.prefix_cache_hits, g.prefix_cache_requests) =
+                        (Some(prefix.0), Some(prefix.1), Some(prefix.2));
                 }
                 out.push(EngineEvent::Step(step));
             }

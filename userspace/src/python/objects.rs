@@ -27,9 +27,13 @@ const TPFLAGS_TYPE_SUBCLASS: u64 = 1 << 31;
 const MD_DICT: u64 = 16;
 /// `staticmethod` / `classmethod`: the wrapped callable.
 const SM_CALLABLE: u64 = 16;
-/// Code flags of functions that are not called like plain functions (their RESUME runs on
-/// every resumption, their returns are yields too).
+/// Code flags of functions that are not called like plain functions: generators, coroutines,
+/// generator-based coroutines, async generators.
 pub const CO_GENERATOR_LIKE: u32 = 0x20 | 0x80 | 0x100 | 0x200;
+/// Of those, what is awaited: coroutines (`async def`), generator-based coroutines and async
+/// generators. Their first RESUME runs once per call, at the first resumption (each later
+/// resumption runs the RESUME after its own yield); their returns end them.
+pub const CO_AWAITED: u32 = 0x80 | 0x100 | 0x200;
 
 /// What `module:Class.method` resolved to.
 #[derive(Clone, Debug, PartialEq, Eq)]

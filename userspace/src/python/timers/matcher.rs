@@ -56,8 +56,15 @@ impl CallKey {
 #[derive(Default)]
 pub struct Matcher {
     stacks: HashMap<u32, Vec<Open>>,
+    /// Open calls of coroutines and async generators, by (spec, their own frame): they run
+    /// interleaved (a stack would end the suspended ones), each in a frame of its own that
+    /// lives as long as it does.
+    awaited: HashMap<(usize, u64), u64>,
     pub stats: MatchStats,
 }
+
+/// Most open coroutine calls kept per process.
+const MAX_OPEN_AWAITED: usize = 65_536;
 
 /// Most open calls kept per thread (deeper recursion is counted as unfinished).
 const MAX_OPEN: usize = 256;
@@ -92,6 +99,33 @@ impl Matcher {
         let open = stack[i];
         stack.truncate(i);
         Some((open.ts.min(ts), i as u32))
+    }
+
+    /// A watched coroutine's first resumption, in its own `frame`.
+    pub fn awaited_entry(&mut self, spec: usize, frame: u64, ts: u64) {
+        if frame == 0 {
+            return;
+        }
+        if self.awaited.len() >= MAX_OPEN_AWAITED {
+            // Never awaited to the end (abandoned, cancelled): forget them.
+            self.stats.unfinished += self.awaited.len() as u64;
+            self.awaited.clear();
+        }
+        // The frame of one that never returned, reused: it left without a return.
+        if self.awaited.insert((spec, frame), ts).is_some() {
+            self.stats.unfinished += 1;
+        }
+    }
+
+    /// A watched coroutine returned from its `frame`: its start.
+    pub fn awaited_exit(&mut self, spec: usize, frame: u64, ts: u64) -> Option<u64> {
+        match self.awaited.remove(&(spec, frame)) {
+            Some(start) => Some(start.min(ts)),
+            None => {
+                self.stats.unmatched_returns += 1;
+                None
+            }
+        }
     }
 
     pub fn forget_thread(&mut self, tid: u32) {
@@ -164,5 +198,29 @@ mod tests {
         m.entry(3, 0, caller(50), 2);
         assert_eq!(m.stats.unfinished, 4);
         assert_eq!(m.exit(3, 0, 100, 50, 3), Some((2, 0)));
+    }
+
+    #[test]
+    fn coroutines_pair_by_their_own_frame_whatever_runs_between() {
+        let mut m = Matcher::default();
+        // Three coroutines of spec 0 start on one loop, finish in another order.
+        m.awaited_entry(0, 0x100, 1);
+        m.awaited_entry(0, 0x200, 2);
+        m.awaited_entry(0, 0x300, 3);
+        assert_eq!(m.awaited_exit(0, 0x200, 10), Some(2));
+        assert_eq!(m.awaited_exit(0, 0x300, 11), Some(3));
+        assert_eq!(m.awaited_exit(0, 0x100, 12), Some(1));
+        assert_eq!(m.stats, MatchStats::default());
+        // Cancelled (no return), its frame reused by the next one: one unfinished.
+        m.awaited_entry(0, 0x100, 20);
+        m.awaited_entry(0, 0x100, 30);
+        assert_eq!(m.stats.unfinished, 1);
+        assert_eq!(m.awaited_exit(0, 0x100, 31), Some(30));
+        // A return of one begun before the watch; another spec's frame is its own.
+        assert_eq!(m.awaited_exit(0, 0x400, 40), None);
+        assert_eq!(m.stats.unmatched_returns, 1);
+        m.awaited_entry(1, 0x500, 50);
+        assert_eq!(m.awaited_exit(0, 0x500, 51), None);
+        assert_eq!(m.awaited_exit(1, 0x500, 52), Some(50));
     }
 }

@@ -338,6 +338,22 @@ impl PyTimers {
                     if mode == Mode::BreakpointEntry {
                         p.calls += 1;
                         out.push(CallRecord { pid: tgid, tid, spec, mode, start_ns: ts_ns, end_ns: None, depth: 0 });
+                    } else if watched.awaited {
+                        // A coroutine's hits happen in its own frame (the generator's).
+                        if is_entry {
+                            p.matcher.awaited_entry(spec, frame, ts_ns);
+                        } else if let Some(start) = p.matcher.awaited_exit(spec, frame, ts_ns) {
+                            p.calls += 1;
+                            out.push(CallRecord {
+                                pid: tgid,
+                                tid,
+                                spec,
+                                mode,
+                                start_ns: start,
+                                end_ns: Some(ts_ns),
+                                depth: 0,
+                            });
+                        }
                     } else if is_entry {
                         let callee_current = frame_instr == 0
                             || (frame_instr >= watched.code_start.saturating_sub(2) && frame_instr <= watched.resume.0);

@@ -14,7 +14,7 @@ use aya::programs::{
 };
 
 use super::{Mode, Proc, PyTimers, TimerSpec, version_in_range};
-use crate::python::objects::CO_GENERATOR_LIKE;
+use crate::python::objects::{CO_AWAITED, CO_GENERATOR_LIKE};
 
 /// Debug registers per thread (x86: DR0-DR3).
 pub const SLOTS_PER_THREAD: usize = 4;
@@ -84,6 +84,9 @@ pub struct Watched {
     /// Address and code unit (as read when the function was found) of the RESUME and returns.
     pub(super) resume: (u64, u32),
     pub(super) returns: Vec<(u64, u32)>,
+    /// A coroutine or async generator: its calls run interleaved with others on one thread,
+    /// from its first resumption (the first RESUME, in its own frame) to its return.
+    pub(super) awaited: bool,
 }
 
 impl Watched {
@@ -129,8 +132,15 @@ impl PyTimers {
             }
         }
         let r = p.interp.resolve(&p.mem, &spec.symbol)?.context("module not imported")?;
-        if r.flags & CO_GENERATOR_LIKE != 0 {
-            bail!("{} is a generator or coroutine: not timed (each resumption would count as a call)", r.qualname);
+        let awaited = r.flags & CO_AWAITED != 0;
+        if r.flags & CO_GENERATOR_LIKE != 0 && !awaited {
+            bail!(
+                "{} is a generator: not timed (it runs a piece per next() and may never be exhausted; coroutines and async generators are)",
+                r.qualname
+            );
+        }
+        if awaited && p.eval.is_some() {
+            bail!("{} is a coroutine: timed on CPython 3.11 and later only", r.qualname);
         }
         if p.eval.is_some() {
             // 3.9/3.10: the code object itself is what the eval-frame probes watch for.
@@ -143,6 +153,7 @@ impl PyTimers {
                 code_start: r.code,
                 resume: (0, 0),
                 returns: Vec::new(),
+                awaited,
             });
         }
         let bc = p.interp.bytecode(&p.mem, r.code)?;
@@ -170,6 +181,7 @@ impl PyTimers {
             code_start: bc.start,
             resume: bc.resume,
             returns: bc.returns,
+            awaited,
         })
     }
 

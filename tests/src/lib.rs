@@ -588,6 +588,25 @@ pub fn receiver(dir: &Path) -> Receiver {
     }
 }
 
+/// The BPF maps process `pid` holds now, by name (the kernel keeps 15 bytes of a name): what
+/// `bpftool map show` lists with that process, read from its own file descriptors.
+pub fn bpf_maps(pid: u32) -> Vec<String> {
+    let names: std::collections::HashMap<u32, String> = aya::maps::loaded_maps()
+        .filter_map(|m| m.ok())
+        .map(|m| (m.id(), m.name_as_str().unwrap_or("").to_string()))
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return Vec::new() };
+    let mut ids: Vec<u32> = fds
+        .filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|info| info.lines().find_map(|l| l.strip_prefix("map_id:"))?.trim().parse::<u32>().ok())
+        .collect();
+    // A map can be held by several descriptors (aya keeps one per handle).
+    ids.sort_unstable();
+    ids.dedup();
+    ids.iter().map(|id| names.get(id).cloned().unwrap_or_default()).collect()
+}
+
 /// The BPF links process `pid` holds now, by the name of the program each runs (the kernel keeps
 /// 15 bytes of a name): what `bpftool link list` shows for that process. Read from the process's
 /// own file descriptors, so a daemon of an earlier test whose links the kernel is still tearing

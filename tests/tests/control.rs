@@ -128,6 +128,12 @@ fn every_layer_switches_off_and_on_under_load() {
     let socket_links = links_of(&scope, "requests");
     assert_eq!(socket_links as u64, tp["total"].as_u64().unwrap(), "kernel links of the socket programs");
     assert!(links_of(&scope, "timers") > 0 && links_of(&scope, "profile") > 0, "breakpoint and sampler links");
+    // Every layer runs from one loaded BPF object: each map exists once in the daemon (the
+    // timers and the sampler each loaded a copy of their own before, every map included).
+    let maps = bpf_maps(scope.proc.pid());
+    for name in ["SOCKETS", "ARRIVALS", "EVENTS", "PY_LAYOUTS", "PY_TSTATES"] {
+        assert_eq!(maps.iter().filter(|m| *m == name).count(), 1, "map {name} in the daemon: {maps:?}");
+    }
     // The table a person reads.
     let table = ctl_ok(&sock, &["status"]);
     assert!(table.contains("requests") && table.contains(&format!("{}", server.proc.pid())), "{table}");
@@ -222,6 +228,16 @@ fn every_layer_switches_off_and_on_under_load() {
     assert_eq!(calls(&scope, "finish_stats", r1, u64::MAX), 0, "finish_stats still timed after the reload");
     assert!(calls(&scope, "fixture_of", r1, b1) > 10, "fixture_of timed after the reload");
     assert!(calls(&scope, "fixture_of", b1, b2) > 10, "the timers stopped after a refused reload");
+
+    // The timers, the sampler and the launch sites share the object's Python maps: with the
+    // other two off (their entries for the server let go), the timers still read its frames.
+    ctl_ok(&sock, &["disable", "profile"]);
+    ctl_ok(&sock, &["disable", "sites"]);
+    let (o0, url) = (mono_ns(), server.url());
+    rust_load(&dir, &url, &["--duration", "3", "--concurrency", "2", "--max-tokens", "4"]);
+    std::thread::sleep(Duration::from_secs(1));
+    let o1 = mono_ns();
+    assert!(calls(&scope, "fixture_of", o0, o1) > 10, "the timers stopped when the profile and sites layers went off");
     let err = scope.stop();
     assert!(err.contains("; requests off: ") && err.contains("control: reloaded"), "said on stderr:\n{err}");
     assert!(!sock.exists(), "the socket file outlived the daemon");

@@ -16,6 +16,8 @@ use aya::{
 };
 use inferscope_common::{MAX_CAPTURE, MAX_DEVICE_PROBES, ProbeSpec, SockInfo, sock_key, stat};
 
+use crate::python::bpf::{PyBpf, PyMaps};
+
 /// The BPF object, compiled from ebpf/inferscope-ebpf by build.rs.
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/inferscope"));
 
@@ -170,9 +172,9 @@ pub struct Probes {
     sockets: BpfHashMap<MapData, u64, SockInfo>,
     watched_ports: BpfHashMap<MapData, u16, u8>,
     stats: PerCpuArray<MapData, u64>,
-    /// CPython layouts per process and thread states per thread, for launch call sites.
-    py_layouts: BpfHashMap<MapData, u32, inferscope_common::PyLayout>,
-    py_tstates: BpfHashMap<MapData, u32, u64>,
+    /// The Python family's maps (CPython layouts, thread states), shared by the launch sites,
+    /// the timers and the sampler: one object serves every layer.
+    python: PyMaps,
     /// Whether request arrival times are stamped (tcp:tcp_probe attached).
     pub arrival_times: bool,
     device: Option<DeviceProgs>,
@@ -295,8 +297,7 @@ pub fn load(opts: &LoadOptions) -> Result<Probes> {
     let sockets = BpfHashMap::try_from(ebpf.take_map("SOCKETS").context("map SOCKETS")?)?;
     let watched_ports = BpfHashMap::try_from(ebpf.take_map("WATCHED_PORTS").context("map WATCHED_PORTS")?)?;
     let stats = PerCpuArray::try_from(ebpf.take_map("STATS").context("map STATS")?)?;
-    let py_layouts = BpfHashMap::try_from(ebpf.take_map("PY_LAYOUTS").context("map PY_LAYOUTS")?)?;
-    let py_tstates = BpfHashMap::try_from(ebpf.take_map("PY_TSTATES").context("map PY_TSTATES")?)?;
+    let python = PyMaps::take(&mut ebpf)?;
     Ok(Probes {
         ebpf,
         links,
@@ -304,8 +305,7 @@ pub fn load(opts: &LoadOptions) -> Result<Probes> {
         sockets,
         watched_ports,
         stats,
-        py_layouts,
-        py_tstates,
+        python,
         arrival_times,
         device,
         map_write_errors: Default::default(),
@@ -369,6 +369,13 @@ impl Drop for Probes {
         });
         let all: Vec<usize> = (0..self.links.len()).collect();
         self.detach_tracepoints(&all);
+    }
+}
+
+/// The Python layers' programs and maps are the daemon's object's own.
+impl PyBpf for Probes {
+    fn py_parts(&mut self) -> (&mut Ebpf, &mut PyMaps) {
+        (&mut self.ebpf, &mut self.python)
     }
 }
 
@@ -470,7 +477,7 @@ impl Probes {
 
     /// Failed writes to the maps user space fills, by map name.
     pub fn map_write_errors(&self) -> Vec<(&'static str, u64)> {
-        self.map_write_errors.iter().map(|(k, v)| (*k, *v)).collect()
+        self.map_write_errors.iter().map(|(k, v)| (*k, *v)).chain(self.python.write_errors()).collect()
     }
 
     /// Starts tracing a process (its existing sockets must be added with [`Self::add_socket`]).
@@ -492,27 +499,6 @@ impl Probes {
     pub fn watch_port(&mut self, port: u16) {
         if let Err(e) = self.watched_ports.insert(port, 1, 0) {
             self.map_write_failed("WATCHED_PORTS", &format!("port {port}"), &e);
-        }
-    }
-
-    /// Lets launches of `pid` carry Python frames (its CPython's layout).
-    pub fn set_py_layout(&mut self, pid: u32, layout: inferscope_common::PyLayout) {
-        if let Err(e) = self.py_layouts.insert(pid, layout, 0) {
-            self.map_write_failed("PY_LAYOUTS", &format!("the CPython layout of pid {pid}"), &e);
-        }
-    }
-
-    /// The thread state of a Python thread (its launches' frames are read from it).
-    pub fn set_py_tstate(&mut self, tid: u32, tstate: u64) {
-        if let Err(e) = self.py_tstates.insert(tid, tstate, 0) {
-            self.map_write_failed("PY_TSTATES", &format!("the thread state of thread {tid}"), &e);
-        }
-    }
-
-    pub fn forget_py(&mut self, pid: u32, tids: &[u32]) {
-        let _ = self.py_layouts.remove(&pid);
-        for t in tids {
-            let _ = self.py_tstates.remove(t);
         }
     }
 

@@ -336,7 +336,8 @@ pub struct RunOptions {
     #[arg(long)]
     pub no_tls: bool,
 
-    /// Size of the kernel-to-user ring buffer, in bytes (rounded up to a power of two).
+    /// Size of the kernel-to-user ring buffer, in bytes (rounded up to a power of two). Every
+    /// record travels in it: socket data, device calls, Python samples and timer hits.
     #[arg(long, default_value_t = 16 << 20, value_name = "BYTES")]
     pub ring_buffer_size: u32,
 

@@ -11,6 +11,7 @@ use std::{
 use anyhow::{Context as _, Result};
 
 use crate::python::{
+    bpf::OwnBpf,
     find,
     profile::{Format, Sampler},
 };
@@ -43,17 +44,19 @@ pub struct ProfileOptions {
 pub fn sample(o: &ProfileOptions) -> Result<String> {
     let interp = find(o.pid)?;
     let version = interp.version_string();
-    let mut sampler = Sampler::new(o.rate, 4 << 20)?;
-    sampler.add(interp)?;
+    let mut bpf = OwnBpf::open(4 << 20)?;
+    let mut sampler = Sampler::new(o.rate, &mut bpf)?;
+    sampler.add(interp, &mut bpf)?;
     let start = Instant::now();
     while start.elapsed() < o.duration {
-        sampler.poll();
+        sampler.poll(&mut bpf);
+        bpf.drain(|ev| sampler.on_event(ev));
         if !crate::process::procfs::exists(o.pid) {
             break;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    sampler.poll();
+    bpf.drain(|ev| sampler.on_event(ev));
     let prof = sampler.take(o.pid).context("the process")?;
     let title = format!("pid {}: CPython {version}, {} samples at {} Hz", o.pid, prof.samples, o.rate);
     let bytes = prof.render(o.format, &title, o.rate);
@@ -70,7 +73,7 @@ pub fn sample(o: &ProfileOptions) -> Result<String> {
         prof.threads,
         start.elapsed().as_secs_f64(),
         prof.empty,
-        if sampler.undecodable > 0 { format!(", {} undecodable records", sampler.undecodable) } else { String::new() },
+        if bpf.undecodable > 0 { format!(", {} undecodable records", bpf.undecodable) } else { String::new() },
     );
     for (f, pct) in prof.top(10) {
         summary += &format!("  {pct:5.1}%  {f}\n");

@@ -12,7 +12,10 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     export::jsonl::call_json,
-    python::timers::{PyTimers, TimerSpec, load_config},
+    python::{
+        bpf::OwnBpf,
+        timers::{PyTimers, TimerSpec, load_config},
+    },
 };
 
 /// `inferscope timers`: the functions of `config` (`default`, or a YAML file), watched for
@@ -32,8 +35,9 @@ pub fn watch(
     output: Option<&Path>,
     eval_uprobes: bool,
 ) -> Result<String> {
-    let mut t = PyTimers::new(specs, eval_uprobes)?;
-    t.add_process(pid)?;
+    let mut bpf = OwnBpf::open(1 << 20)?;
+    let mut t = PyTimers::new(specs, eval_uprobes, &mut bpf)?;
+    t.add_process(pid, &mut bpf)?;
     let mut out: Box<dyn std::io::Write> = match output {
         Some(p) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
@@ -46,7 +50,8 @@ pub fn watch(
     let mut counts = vec![0u64; t.specs.len()];
     let mut announced = false;
     while start.elapsed() < duration {
-        t.poll(&mut recs);
+        t.poll(&mut bpf);
+        bpf.drain(|ev| t.on_event(ev, &mut recs));
         for n in t.notes.drain(..) {
             eprintln!("{n}");
         }
@@ -64,7 +69,7 @@ pub fn watch(
         }
         if !crate::process::procfs::exists(pid) {
             // Hits already in the ring are read once more.
-            t.poll(&mut recs);
+            bpf.drain(|ev| t.on_event(ev, &mut recs));
             if recs.is_empty() {
                 break;
             }
@@ -73,6 +78,7 @@ pub fn watch(
         std::thread::sleep(Duration::from_millis(5));
     }
     out.flush()?;
+    t.undecodable = bpf.undecodable;
     let h = t.health();
     let mut s = format!(
         "inferscope: pid {pid}: {} calls of {} function(s) in {:.1} s; {} left without a return (exceptions), \

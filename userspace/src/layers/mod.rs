@@ -18,7 +18,7 @@
 //! | tls | [`tls`] | library maps | OpenSSL uprobes (their plaintext records go to requests) |
 //! | sites | [`sites`] | launch-site records | launch sites |
 //! | engine_state | [`engine_state`] | engine objects in CPython memory | engine state |
-//! | profile | [`profile`] | its own sampler | profile windows |
+//! | profile | [`profile`] | stack samples (perf events) | profile windows |
 //! | resources | [`resources`] | NVML / DCMI sampling threads | GPU and NPU samples, GPU events |
 //!
 //! A new layer: its module here, one line in [`build`], its Prometheus family, and an
@@ -248,7 +248,7 @@ pub fn build(o: &RunOptions, probes: &mut Probes, mut prom: Option<&mut PromMetr
         crate::cli::EngineArg::Vllm => Engine::Vllm,
         crate::cli::EngineArg::Sglang => Engine::Sglang,
     }))));
-    if let Some(l) = timers::TimersLayer::new(o, prom.as_deref_mut())? {
+    if let Some(l) = timers::TimersLayer::new(o, probes, prom.as_deref_mut())? {
         layers.push(Box::new(l));
     }
     layers.push(Box::new(requests::RequestsLayer::new(o)));
@@ -261,7 +261,7 @@ pub fn build(o: &RunOptions, probes: &mut Probes, mut prom: Option<&mut PromMetr
     if let Some(l) = engine_state::EngineStateLayer::new(o, prom.as_deref_mut())? {
         layers.push(Box::new(l));
     }
-    if let Some(l) = profile::ProfileLayer::new(o)? {
+    if let Some(l) = profile::ProfileLayer::new(o, probes)? {
         layers.push(Box::new(l));
     }
     if let Some(l) = resources::ResourcesLayer::new(o, prom)? {

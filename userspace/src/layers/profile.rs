@@ -1,5 +1,6 @@
 //! The rolling-profile layer: every traced CPython sampled at `--python-profile-rate`
-//! (python/profile.rs `Sampler`); every `--python-profile-window`, one window per process out
+//! (python/profile.rs `Sampler`, its program in the daemon's one BPF object, its samples on
+//! the daemon's ring buffer); every `--python-profile-window`, one window per process out
 //! as [`Output::ProfileWindow`], written as pprof and SVG with `--python-profile-dir`.
 
 use std::{path::PathBuf, time::Duration};
@@ -9,7 +10,9 @@ use log::warn;
 
 use super::{Cx, Layer};
 use crate::{
+    bpf::Probes,
     cli::RunOptions,
+    events::Event,
     export::sink::Output,
     python::{
         Interpreter,
@@ -27,14 +30,14 @@ pub struct ProfileLayer {
 
 impl ProfileLayer {
     /// None with `--python-profile-rate 0`, or (said) when the sampler cannot start.
-    pub fn new(o: &RunOptions) -> Result<Option<Self>> {
+    pub fn new(o: &RunOptions, probes: &mut Probes) -> Result<Option<Self>> {
         if o.python_profile_rate == 0 {
             return Ok(None);
         }
         if let Some(dir) = &o.python_profile_dir {
             std::fs::create_dir_all(dir).with_context(|| format!("--python-profile-dir {}", dir.display()))?;
         }
-        match Sampler::new(o.python_profile_rate, 4 << 20) {
+        match Sampler::new(o.python_profile_rate, probes) {
             Ok(sampler) => {
                 eprintln!(
                     "inferscope: rolling Python profile: {} Hz per thread, {:.0} s windows{}",
@@ -60,7 +63,7 @@ impl ProfileLayer {
     /// Samples in; every window (or at the stop), one window per process out.
     fn windows(&mut self, cx: &mut Cx, force: bool) {
         let s = &mut self.sampler;
-        s.poll();
+        s.poll(cx.probes);
         if !force && self.last.elapsed() < self.window {
             return;
         }
@@ -103,16 +106,20 @@ impl Layer for ProfileLayer {
         true
     }
 
-    fn process_added(&mut self, _cx: &mut Cx, pid: u32, interp: Option<&Interpreter>) {
+    fn process_added(&mut self, cx: &mut Cx, pid: u32, interp: Option<&Interpreter>) {
         if let Some(i) = interp
-            && let Err(e) = self.sampler.add(i.clone())
+            && let Err(e) = self.sampler.add(i.clone(), cx.probes)
         {
             eprintln!("inferscope: pid {pid}: not profiled: {e:#}");
         }
     }
 
-    fn process_gone(&mut self, _cx: &mut Cx, pid: u32, _ts_ns: u64) {
-        self.sampler.remove(pid);
+    fn process_gone(&mut self, cx: &mut Cx, pid: u32, _ts_ns: u64) {
+        self.sampler.remove(pid, cx.probes);
+    }
+
+    fn on_event(&mut self, _cx: &mut Cx, ev: &Event) {
+        self.sampler.on_event(ev);
     }
 
     fn drain(&mut self, cx: &mut Cx) {

@@ -8,8 +8,10 @@ use anyhow::{Context as _, Result};
 
 use super::{Cx, Layer, Note};
 use crate::{
+    bpf::Probes,
     cli::RunOptions,
     correlate::StepOf,
+    events::Event,
     export::{
         Health,
         prom::{PromMetrics, python::PythonMetrics},
@@ -37,11 +39,11 @@ pub struct TimersLayer {
 
 impl TimersLayer {
     /// None without `--python-timers`, or (said) when the timers cannot start here.
-    pub fn new(o: &RunOptions, prom: Option<&mut PromMetrics>) -> Result<Option<Self>> {
+    pub fn new(o: &RunOptions, probes: &mut Probes, prom: Option<&mut PromMetrics>) -> Result<Option<Self>> {
         let Some(arg) = &o.python_timers else { return Ok(None) };
         let specs = timers::load_config(arg).with_context(|| format!("--python-timers {arg}"))?;
         let n = specs.len();
-        let timers = match PyTimers::new(specs, o.python_timers_eval_uprobes) {
+        let timers = match PyTimers::new(specs, o.python_timers_eval_uprobes, probes) {
             Ok(t) => t,
             Err(e) => {
                 eprintln!("inferscope: warning: Python function timers unavailable ({e:#})");
@@ -82,9 +84,7 @@ impl TimersLayer {
 
     /// Breakpoint hits -> calls -> sinks; each to the correlation stage.
     fn poll(&mut self, cx: &mut Cx) {
-        let from = self.recs.len();
-        self.timers.poll(&mut self.recs);
-        self.recs[from..].iter_mut().for_each(|r| r.spec += self.base);
+        self.timers.poll(cx.probes);
         for n in self.timers.notes.drain(..) {
             eprintln!("{n}");
         }
@@ -115,9 +115,9 @@ impl Layer for TimersLayer {
         true
     }
 
-    fn process_added(&mut self, _cx: &mut Cx, pid: u32, interp: Option<&Interpreter>) {
+    fn process_added(&mut self, cx: &mut Cx, pid: u32, interp: Option<&Interpreter>) {
         if let Some(i) = interp
-            && let Err(e) = self.timers.add_interpreter(i.clone())
+            && let Err(e) = self.timers.add_interpreter(i.clone(), cx.probes)
         {
             eprintln!("inferscope: pid {pid}: {e:#}");
         }
@@ -126,7 +126,14 @@ impl Layer for TimersLayer {
     fn process_gone(&mut self, cx: &mut Cx, pid: u32, _ts_ns: u64) {
         // Its calls still waiting for a step were placed without one when it left.
         self.placed(cx);
-        self.timers.remove_process(pid);
+        self.timers.remove_process(pid, cx.probes);
+    }
+
+    /// Breakpoint hits and eval-frame calls (turned into calls at the next drain).
+    fn on_event(&mut self, _cx: &mut Cx, ev: &Event) {
+        let from = self.recs.len();
+        self.timers.on_event(ev, &mut self.recs);
+        self.recs[from..].iter_mut().for_each(|r| r.spec += self.base);
     }
 
     fn on_note(&mut self, cx: &mut Cx, note: &Note) {
@@ -166,18 +173,19 @@ impl Layer for TimersLayer {
         // What the old set timed goes out first.
         self.poll(cx);
         self.placed(cx);
-        let fresh = match PyTimers::new(specs, self.eval_uprobes) {
+        let fresh = match PyTimers::new(specs, self.eval_uprobes, cx.probes) {
             Ok(t) => t,
             Err(e) => return Some(Err(e.context("the new timers cannot start; the old ones stay"))),
         };
-        let old = std::mem::replace(&mut self.timers, fresh);
-        drop(old);
+        // Their breakpoints live in the daemon's object: taken off before the new set's go on.
+        let mut old = std::mem::replace(&mut self.timers, fresh);
+        old.close(cx.probes);
         self.base = self.all.len();
         self.all.extend(self.timers.specs.iter().cloned());
         let mut timed = 0;
         for (pid, interp) in procs {
             if let Some(i) = interp {
-                match self.timers.add_interpreter((*i).clone()) {
+                match self.timers.add_interpreter((*i).clone(), cx.probes) {
                     Ok(()) => timed += 1,
                     Err(e) => eprintln!("inferscope: pid {pid}: {e:#}"),
                 }

@@ -9,6 +9,7 @@
 //! Here: [`Memory`] (another process's memory), [`Interpreter`] and its threads and stacks.
 //! find.rs finds the interpreter; layout.rs says where its structures keep what is read.
 
+pub mod bpf;
 mod find;
 pub mod flame;
 mod layout;

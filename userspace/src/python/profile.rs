@@ -9,24 +9,19 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, anyhow, bail};
-use aya::{
-    maps::{HashMap as BpfHashMap, RingBuf},
-    programs::{
-        PerfEvent,
-        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
-    },
+use anyhow::{Result, bail};
+use aya::programs::{
+    PerfEvent,
+    perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
 };
 use inferscope_common::PyLayout;
 
 use super::{
     FramePath, Interpreter, Memory,
+    bpf::{PyBpf, PyUser},
     flame::{self, Frame},
 };
-use crate::{
-    bpf::{self, LoadOptions},
-    events::{self, Event},
-};
+use crate::events::Event;
 
 /// What `inferscope profile` writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -64,31 +59,6 @@ pub(crate) fn bpf_layout(i: &Interpreter) -> PyLayout {
         frame_previous: l.frame_previous as u32,
         frame_owner: l.frame_owner.map_or(u32::MAX, |o| o as u32),
         frame_instr: l.frame_instr.map_or(u32::MAX, |o| o as u32),
-    }
-}
-
-/// A copy of the BPF object of its own for one Python-layer tool (sampler, timers): its ring
-/// buffer and the per-process layout and per-thread state maps its programs read.
-pub(crate) struct OwnBpf {
-    pub ebpf: aya::Ebpf,
-    pub ring: RingBuf<aya::maps::MapData>,
-    pub layouts: BpfHashMap<aya::maps::MapData, u32, PyLayout>,
-    pub tstates: BpfHashMap<aya::maps::MapData, u32, u64>,
-}
-
-impl OwnBpf {
-    /// Opens the object with a ring buffer of `ring_bytes` and loads the perf-event program
-    /// `prog` (`what` names it for the operator).
-    pub fn open(ring_bytes: u32, prog: &str, what: &str) -> Result<Self> {
-        crate::privileges::require_bpf()?;
-        crate::privileges::raise_memlock();
-        let mut ebpf = bpf::open(&LoadOptions { ring_buffer_bytes: ring_bytes, ..Default::default() })?;
-        let p: &mut PerfEvent = ebpf.program_mut(prog).with_context(|| format!("{prog} missing"))?.try_into()?;
-        p.load().map_err(|e| anyhow!("the kernel rejected the {what}: {e:#}"))?;
-        let layouts = BpfHashMap::try_from(ebpf.take_map("PY_LAYOUTS").context("PY_LAYOUTS")?)?;
-        let tstates = BpfHashMap::try_from(ebpf.take_map("PY_TSTATES").context("PY_TSTATES")?)?;
-        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS")?)?;
-        Ok(Self { ebpf, ring, layouts, tstates })
     }
 }
 
@@ -186,36 +156,24 @@ fn unix_now_ns() -> u64 {
 }
 
 /// Samples the Python stacks of any number of processes (CPython 3.11+): a cpu-clock perf
-/// event per thread, `rate` samples per second of each thread's CPU time. Owns its own copy of
-/// the BPF object.
+/// event per thread, `rate` samples per second of each thread's CPU time. Its program and maps
+/// are those of the object it is handed ([`PyBpf`]); its records are handed to [`Self::on_event`].
 pub struct Sampler {
-    ebpf: aya::Ebpf,
-    ring: RingBuf<aya::maps::MapData>,
-    layouts: BpfHashMap<aya::maps::MapData, u32, PyLayout>,
-    tstates: BpfHashMap<aya::maps::MapData, u32, u64>,
     procs: HashMap<u32, Sampled>,
     rate: u64,
     next_threads: Instant,
-    pub undecodable: u64,
 }
 
 impl Sampler {
-    pub fn new(rate: u64, ring_bytes: u32) -> Result<Self> {
-        let OwnBpf { ebpf, ring, layouts, tstates } = OwnBpf::open(ring_bytes, "py_sample", "Python sampler")?;
-        Ok(Self {
-            ebpf,
-            ring,
-            layouts,
-            tstates,
-            procs: HashMap::new(),
-            rate: rate.clamp(1, 10_000),
-            next_threads: Instant::now(),
-            undecodable: 0,
-        })
+    /// Loads the sampling program into `bpf`'s object (the first time).
+    pub fn new(rate: u64, bpf: &mut dyn PyBpf) -> Result<Self> {
+        let (ebpf, maps) = bpf.py_parts();
+        maps.load_perf_event(ebpf, "py_sample", "Python sampler")?;
+        Ok(Self { procs: HashMap::new(), rate: rate.clamp(1, 10_000), next_threads: Instant::now() })
     }
 
     /// Starts sampling the process `interp` belongs to. Err: its CPython cannot be sampled.
-    pub fn add(&mut self, interp: Interpreter) -> Result<()> {
+    pub fn add(&mut self, interp: Interpreter, bpf: &mut dyn PyBpf) -> Result<()> {
         let threads = interp.threads()?;
         if !threads.is_empty() && threads.iter().all(|t| t.native_thread_id.is_none()) {
             bail!(
@@ -225,7 +183,7 @@ impl Sampler {
             );
         }
         let pid = interp.pid;
-        self.layouts.insert(pid, bpf_layout(&interp), 0)?;
+        bpf.py_parts().1.add_process(PyUser::Sampler, pid, bpf_layout(&interp))?;
         self.procs.insert(
             pid,
             Sampled {
@@ -244,14 +202,22 @@ impl Sampler {
         Ok(())
     }
 
-    pub fn remove(&mut self, pid: u32) {
+    /// Stops sampling `pid` (its perf events go).
+    pub fn remove(&mut self, pid: u32, bpf: &mut dyn PyBpf) {
         let Some(p) = self.procs.remove(&pid) else { return };
-        let _ = self.layouts.remove(&pid);
-        if let Some(prog) = self.ebpf.program_mut("py_sample").and_then(|p| <&mut PerfEvent>::try_from(p).ok()) {
-            for (tid, link) in p.threads {
+        let (ebpf, maps) = bpf.py_parts();
+        if let Some(prog) = ebpf.program_mut("py_sample").and_then(|p| <&mut PerfEvent>::try_from(p).ok()) {
+            for (_, link) in p.threads {
                 let _ = prog.detach(link);
-                let _ = self.tstates.remove(&tid);
             }
+        }
+        maps.remove_process(PyUser::Sampler, pid);
+    }
+
+    /// Stops sampling every process.
+    pub fn close(&mut self, bpf: &mut dyn PyBpf) {
+        for pid in self.pids() {
+            self.remove(pid, bpf);
         }
     }
 
@@ -263,38 +229,36 @@ impl Sampler {
         self.procs.get(&pid).map(|p| p.interp.version_string())
     }
 
-    /// Follows new threads (every 500 ms) and takes the samples waiting in the ring.
-    pub fn poll(&mut self) {
+    /// Follows new threads (every 500 ms).
+    pub fn poll(&mut self, bpf: &mut dyn PyBpf) {
         if Instant::now() >= self.next_threads {
             self.next_threads = Instant::now() + Duration::from_millis(500);
             let pids: Vec<u32> = self.procs.keys().copied().collect();
             for pid in pids {
-                self.sync_threads(pid);
-            }
-        }
-        while let Some(item) = self.ring.next() {
-            match events::decode(&item) {
-                Ok(Event::PySample { tgid, mut codes, .. }) => {
-                    let Some(p) = self.procs.get_mut(&tgid) else { continue };
-                    p.samples += 1;
-                    codes.retain(|c| *c != 0); // C-stack shims
-                    if codes.is_empty() {
-                        p.empty += 1;
-                        continue;
-                    }
-                    // Named now, while the process (and its code objects) are there.
-                    for c in &codes {
-                        p.names.frame(&p.interp, &p.mem, *c);
-                    }
-                    codes.reverse();
-                    *p.folded.entry(codes).or_default() += 1;
-                }
-                _ => self.undecodable += 1,
+                self.sync_threads(pid, bpf);
             }
         }
     }
 
-    fn sync_threads(&mut self, pid: u32) {
+    /// A record of the ring buffer (samples of processes it samples; others are not its own).
+    pub fn on_event(&mut self, ev: &Event) {
+        let Event::PySample { tgid, codes, .. } = ev else { return };
+        let Some(p) = self.procs.get_mut(tgid) else { return };
+        p.samples += 1;
+        let mut codes: Vec<u64> = codes.iter().copied().filter(|c| *c != 0).collect(); // C-stack shims
+        if codes.is_empty() {
+            p.empty += 1;
+            return;
+        }
+        // Named now, while the process (and its code objects) are there.
+        for c in &codes {
+            p.names.frame(&p.interp, &p.mem, *c);
+        }
+        codes.reverse();
+        *p.folded.entry(codes).or_default() += 1;
+    }
+
+    fn sync_threads(&mut self, pid: u32, bpf: &mut dyn PyBpf) {
         let Some(p) = self.procs.get_mut(&pid) else { return };
         let threads = match p.interp.threads() {
             Ok(t) => t,
@@ -303,7 +267,8 @@ impl Sampler {
                 return;
             }
         };
-        let Some(prog) = self.ebpf.program_mut("py_sample").and_then(|p| <&mut PerfEvent>::try_from(p).ok()) else {
+        let (ebpf, maps) = bpf.py_parts();
+        let Some(prog) = ebpf.program_mut("py_sample").and_then(|p| <&mut PerfEvent>::try_from(p).ok()) else {
             return;
         };
         for t in threads {
@@ -311,7 +276,9 @@ impl Sampler {
             if tid == 0 || p.threads.contains_key(&tid) {
                 continue;
             }
-            let _ = self.tstates.insert(tid, t.tstate, 0);
+            if maps.add_thread(PyUser::Sampler, pid, tid, t.tstate).is_err() {
+                continue;
+            }
             match prog.attach(
                 PerfEventConfig::Software(SoftwareEvent::CpuClock),
                 PerfEventScope::OneProcess { pid: tid, cpu: None },

@@ -8,8 +8,10 @@ use std::collections::{HashMap, HashSet};
 
 use inferscope_common::PY_SITE_FRAMES;
 
-use super::{Interpreter, Memory};
-use crate::bpf::Probes;
+use super::{
+    Interpreter, Memory,
+    bpf::{PyBpf, PyUser},
+};
 
 /// One site's launches in an interval.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,9 +42,10 @@ pub struct LaunchSites {
 
 impl LaunchSites {
     /// Registers the process's layout so its launches carry Python frames.
-    pub fn add(&mut self, interp: Interpreter, probes: &mut Probes) {
+    pub fn add(&mut self, interp: Interpreter, bpf: &mut dyn PyBpf) {
         let pid = interp.pid;
-        probes.set_py_layout(pid, super::profile::bpf_layout(&interp));
+        // A failed write is counted and said by the maps: that process's launches carry no site.
+        let _ = bpf.py_parts().1.add_process(PyUser::Sites, pid, super::profile::bpf_layout(&interp));
         self.procs.insert(
             pid,
             SiteProc {
@@ -55,22 +58,23 @@ impl LaunchSites {
         );
     }
 
-    pub fn remove(&mut self, pid: u32, probes: &mut Probes) {
-        if let Some(p) = self.procs.remove(&pid) {
-            probes.forget_py(pid, &p.tids.into_iter().collect::<Vec<_>>());
+    pub fn remove(&mut self, pid: u32, bpf: &mut dyn PyBpf) {
+        if self.procs.remove(&pid).is_some() {
+            bpf.py_parts().1.remove_process(PyUser::Sites, pid);
         }
     }
 
     /// Registers new Python threads (call every second or so).
-    pub fn sync_threads(&mut self, probes: &mut Probes) {
-        for p in self.procs.values_mut() {
+    pub fn sync_threads(&mut self, bpf: &mut dyn PyBpf) {
+        let maps = bpf.py_parts().1;
+        for (pid, p) in &mut self.procs {
             let Ok(threads) = p.interp.threads() else { continue };
             for t in threads {
                 let Some(tid) = t.native_thread_id.and_then(|n| u32::try_from(n).ok()).filter(|t| *t != 0) else {
                     continue;
                 };
-                if p.tids.insert(tid) {
-                    probes.set_py_tstate(tid, t.tstate);
+                if !p.tids.contains(&tid) && maps.add_thread(PyUser::Sites, *pid, tid, t.tstate).is_ok() {
+                    p.tids.insert(tid);
                 }
             }
         }

@@ -41,12 +41,7 @@ use std::{
 };
 
 use anyhow::{Result, bail};
-use aya::{
-    Ebpf,
-    maps::{HashMap as BpfHashMap, MapData, RingBuf},
-    programs::perf_event::PerfEventLinkId,
-};
-use inferscope_common::PyLayout;
+use aya::programs::perf_event::PerfEventLinkId;
 
 pub use config::{DEFAULT_CONFIG, MetricKind, MetricSpec, TimerSpec, load_config, parse_config, version_in_range};
 pub use decode::ends_with_plain_load;
@@ -55,8 +50,12 @@ pub use record::{CallRecord, Mode};
 use watch::Burst;
 pub use watch::{SLOTS_PER_THREAD, SpecState, ThrottleLimit, Watched};
 
-use super::{Interpreter, Memory, find};
-use crate::events::{self, Event};
+use super::{
+    Interpreter, Memory,
+    bpf::{PyBpf, PyUser},
+    find,
+};
+use crate::events::Event;
 
 /// How long after a process is first watched a function its module does not define yet is
 /// still looked for (imports of a large engine take tens of seconds on a loaded host).
@@ -107,62 +106,59 @@ pub struct TimerHealth {
     pub undecodable: u64,
 }
 
-/// Function timers over any number of processes. Owns its own copy of the BPF object (the
-/// `py_call` program, its maps and a small ring buffer).
+/// Function timers over any number of processes. Its programs (`py_call`, and the eval-frame
+/// uprobes) and maps are those of the object it is handed ([`PyBpf`]); the records of its
+/// programs are handed to [`Self::on_event`].
 pub struct PyTimers {
-    ebpf: Ebpf,
-    ring: RingBuf<MapData>,
-    layouts: BpfHashMap<MapData, u32, PyLayout>,
-    tstates: BpfHashMap<MapData, u32, u64>,
     pub specs: Vec<TimerSpec>,
     procs: HashMap<u32, Proc>,
-    undecodable: u64,
+    /// Records that did not decode (counted by the caller that reads the ring).
+    pub undecodable: u64,
     throttle: ThrottleLimit,
-    /// Watched code objects of the eval-frame uprobes (with `eval_uprobes`).
-    eval_watch: Option<BpfHashMap<MapData, u64, inferscope_common::PyEvalWatch>>,
+    /// CPython 3.9/3.10 are timed with the eval-frame uprobes.
+    eval_uprobes: bool,
     /// Lines for the operator (one per event worth knowing), taken by the caller.
     pub notes: Vec<String>,
 }
 
 impl PyTimers {
-    /// `eval_uprobes`: also time CPython 3.9/3.10 processes, with uprobes on their eval
-    /// function (every Python call of such a process then traps twice).
-    pub fn new(specs: Vec<TimerSpec>, eval_uprobes: bool) -> Result<Self> {
-        let super::profile::OwnBpf { mut ebpf, ring, layouts, tstates } =
-            super::profile::OwnBpf::open(1 << 20, "py_call", "Python timer program")?;
-        let eval_watch = if eval_uprobes { Some(eval::load(&mut ebpf)?) } else { None };
+    /// Loads the timer programs into `bpf`'s object (the first time). `eval_uprobes`: also
+    /// time CPython 3.9/3.10 processes, with uprobes on their eval function (every Python call
+    /// of such a process then traps twice).
+    pub fn new(specs: Vec<TimerSpec>, eval_uprobes: bool, bpf: &mut dyn PyBpf) -> Result<Self> {
+        let (ebpf, maps) = bpf.py_parts();
+        maps.load_perf_event(ebpf, "py_call", "Python timer program")?;
+        if eval_uprobes {
+            maps.eval_watch(ebpf)?;
+        }
         Ok(Self {
-            ebpf,
-            ring,
-            layouts,
-            tstates,
             specs,
             procs: HashMap::new(),
             undecodable: 0,
             throttle: ThrottleLimit::of_this_kernel(),
-            eval_watch,
+            eval_uprobes,
             notes: Vec::new(),
         })
     }
 
     /// Starts watching `pid` (its functions are looked for now and every 2 s until found).
     /// Err: the process runs no CPython these timers support.
-    pub fn add_process(&mut self, pid: u32) -> Result<()> {
+    pub fn add_process(&mut self, pid: u32, bpf: &mut dyn PyBpf) -> Result<()> {
         if self.procs.contains_key(&pid) {
             return Ok(());
         }
-        self.add_interpreter(find(pid)?)
+        self.add_interpreter(find(pid)?, bpf)
     }
 
     /// [`Self::add_process`] with the interpreter already found.
-    pub fn add_interpreter(&mut self, interp: Interpreter) -> Result<()> {
+    pub fn add_interpreter(&mut self, interp: Interpreter, bpf: &mut dyn PyBpf) -> Result<()> {
         let pid = interp.pid;
         if self.procs.contains_key(&pid) {
             return Ok(());
         }
         let eval = match interp.version.1 {
             11..=14 => None,
-            9 | 10 if self.eval_watch.is_some() => Some(Vec::new()),
+            9 | 10 if self.eval_uprobes => Some(Vec::new()),
             9 | 10 => bail!(
                 "CPython {}: function timers need --eval-uprobes on 3.9/3.10 (uprobes on the eval function: every \
                  Python call of the process then traps twice); not timed",
@@ -173,7 +169,7 @@ impl PyTimers {
         if !cfg!(target_arch = "x86_64") {
             bail!("function timers use x86 debug registers; this architecture is not supported yet");
         }
-        self.layouts.insert(pid, super::profile::bpf_layout(&interp), 0)?;
+        bpf.py_parts().1.add_process(PyUser::Timers, pid, super::profile::bpf_layout(&interp))?;
         let now = Instant::now();
         self.procs.insert(
             pid,
@@ -202,13 +198,21 @@ impl PyTimers {
     }
 
     /// Stops watching `pid` (its breakpoints go with it).
-    pub fn remove_process(&mut self, pid: u32) {
+    pub fn remove_process(&mut self, pid: u32, bpf: &mut dyn PyBpf) {
         let Some(mut p) = self.procs.remove(&pid) else { return };
-        let _ = self.layouts.remove(&pid);
-        self.detach_eval(&mut p);
+        self.detach_eval(&mut p, bpf);
         let tids: Vec<u32> = p.threads.keys().copied().collect();
         for tid in tids {
-            self.detach_thread(&mut p, tid);
+            self.detach_thread(&mut p, tid, bpf);
+        }
+        bpf.py_parts().1.remove_process(PyUser::Timers, pid);
+    }
+
+    /// Stops watching every process (before the timers are replaced or dropped: their
+    /// breakpoints live in a shared object).
+    pub fn close(&mut self, bpf: &mut dyn PyBpf) {
+        for pid in self.pids() {
+            self.remove_process(pid, bpf);
         }
     }
 
@@ -253,9 +257,9 @@ impl PyTimers {
         h
     }
 
-    /// Resolves pending functions, follows new and gone threads, and turns breakpoint hits
-    /// into calls. Call every few milliseconds.
-    pub fn poll(&mut self, out: &mut Vec<CallRecord>) {
+    /// Resolves pending functions and follows new and gone threads. Call every few
+    /// milliseconds.
+    pub fn poll(&mut self, bpf: &mut dyn PyBpf) {
         let now = Instant::now();
         let pids: Vec<u32> = self.procs.keys().copied().collect();
         for pid in pids {
@@ -264,68 +268,72 @@ impl PyTimers {
             if now >= p.next_resolve && p.states.contains(&SpecState::Pending) {
                 // Every second at first, backing off to 8 s while nothing new turns up (a
                 // process that never imports the module costs one sys.modules scan per 8 s).
-                changed = self.resolve(pid, &mut p);
+                changed = self.resolve(pid, &mut p, bpf);
                 p.resolve_every =
                     if changed { Duration::from_secs(1) } else { (p.resolve_every * 2).min(Duration::from_secs(8)) };
                 p.next_resolve = now + p.resolve_every;
             }
             if changed || now >= p.next_threads {
                 p.next_threads = now + Duration::from_secs(1);
-                self.sync_threads(pid, &mut p, changed);
+                self.sync_threads(pid, &mut p, changed, bpf);
             }
             self.procs.insert(pid, p);
         }
-        while let Some(item) = self.ring.next() {
-            match events::decode(&item) {
-                Ok(Event::PyEval { tgid, tid, spec, start_ns, end_ns, ret, .. }) => {
-                    let Some(p) = self.procs.get_mut(&tgid) else { continue };
-                    if ret == 0 {
-                        // NULL: the call raised.
-                        p.matcher.stats.unfinished += 1;
-                        continue;
-                    }
-                    p.calls += 1;
-                    let spec = spec as usize;
-                    out.push(CallRecord {
-                        pid: tgid,
-                        tid,
-                        spec,
-                        mode: Mode::EvalUprobe,
-                        start_ns,
-                        end_ns: Some(end_ns),
-                        depth: 0,
-                    });
+    }
+
+    /// A record of the ring buffer: breakpoint hits and eval-frame calls of the processes it
+    /// watches become calls in `out` (others are not its own).
+    pub fn on_event(&mut self, ev: &Event, out: &mut Vec<CallRecord>) {
+        match *ev {
+            Event::PyEval { tgid, tid, spec, start_ns, end_ns, ret, .. } => {
+                let Some(p) = self.procs.get_mut(&tgid) else { return };
+                if ret == 0 {
+                    // NULL: the call raised.
+                    p.matcher.stats.unfinished += 1;
+                    return;
                 }
-                Ok(Event::PyCall { tgid, tid, ts_ns, addr, frame, frame_prev, frame_instr, unit, ip }) => {
-                    let Some(p) = self.procs.get_mut(&tgid) else { continue };
-                    let Some(&mut (w, is_entry, ref mut seen)) = p.addrs.get_mut(&addr) else { continue };
-                    log::trace!(
-                        "hit tid {tid} addr {addr:#x} entry {is_entry} frame {frame:#x} unit {unit:#x} ts {ts_ns} ip {ip:#x}"
-                    );
-                    if unit != *seen && unit != u32::MAX {
-                        // The interpreter wrote the instruction (read hits leave it as it was).
-                        *seen = unit;
-                        p.matcher.stats.write_hits += 1;
-                        continue;
-                    }
-                    // Only the dispatch loop's fetch is an execution: a plain load of the
-                    // code unit. Stores (quickening writing the same value again) and compares
-                    // (3.13's RESUME checks its own opcode after an eval-breaker deopt) are not.
-                    let mem = &p.mem;
-                    let fetch = *p.fetch_ips.entry(ip).or_insert_with(|| {
-                        let mut b = [0u8; 16];
-                        mem.read(ip.wrapping_sub(16), &mut b).is_ok_and(|_| ends_with_plain_load(&b))
-                    });
-                    if !fetch {
-                        p.matcher.stats.other_accesses += 1;
-                        continue;
-                    }
-                    let watched = &p.watched[w];
-                    let (spec, mode) = (watched.spec, watched.mode);
-                    if p.bursts.entry((tid, addr)).or_default().hit(ts_ns, self.throttle) {
-                        p.matcher.stats.throttled += 1;
-                        if p.throttled_said.insert(spec) {
-                            self.notes.push(format!(
+                p.calls += 1;
+                let spec = spec as usize;
+                out.push(CallRecord {
+                    pid: tgid,
+                    tid,
+                    spec,
+                    mode: Mode::EvalUprobe,
+                    start_ns,
+                    end_ns: Some(end_ns),
+                    depth: 0,
+                });
+            }
+            Event::PyCall { tgid, tid, ts_ns, addr, frame, frame_prev, frame_instr, unit, ip } => {
+                let Some(p) = self.procs.get_mut(&tgid) else { return };
+                let Some(&mut (w, is_entry, ref mut seen)) = p.addrs.get_mut(&addr) else { return };
+                log::trace!(
+                    "hit tid {tid} addr {addr:#x} entry {is_entry} frame {frame:#x} unit {unit:#x} ts {ts_ns} ip {ip:#x}"
+                );
+                if unit != *seen && unit != u32::MAX {
+                    // The interpreter wrote the instruction (read hits leave it as it was).
+                    *seen = unit;
+                    p.matcher.stats.write_hits += 1;
+                    return;
+                }
+                // Only the dispatch loop's fetch is an execution: a plain load of the
+                // code unit. Stores (quickening writing the same value again) and compares
+                // (3.13's RESUME checks its own opcode after an eval-breaker deopt) are not.
+                let mem = &p.mem;
+                let fetch = *p.fetch_ips.entry(ip).or_insert_with(|| {
+                    let mut b = [0u8; 16];
+                    mem.read(ip.wrapping_sub(16), &mut b).is_ok_and(|_| ends_with_plain_load(&b))
+                });
+                if !fetch {
+                    p.matcher.stats.other_accesses += 1;
+                    return;
+                }
+                let watched = &p.watched[w];
+                let (spec, mode) = (watched.spec, watched.mode);
+                if p.bursts.entry((tid, addr)).or_default().hit(ts_ns, self.throttle) {
+                    p.matcher.stats.throttled += 1;
+                    if p.throttled_said.insert(spec) {
+                        self.notes.push(format!(
                                 "inferscope: pid {tgid}: {} is called faster than the kernel lets a breakpoint fire \
                                  ({} times in {} ms; kernel.perf_event_max_sample_rate / HZ): its calls are undercounted \
                                  from now on. Raise the sysctl, or time a function called less often",
@@ -333,37 +341,16 @@ impl PyTimers {
                                 self.throttle.per_tick,
                                 self.throttle.tick_ns / 1_000_000
                             ));
-                        }
                     }
-                    if mode == Mode::BreakpointEntry {
-                        p.calls += 1;
-                        out.push(CallRecord { pid: tgid, tid, spec, mode, start_ns: ts_ns, end_ns: None, depth: 0 });
-                    } else if watched.awaited {
-                        // A coroutine's hits happen in its own frame (the generator's).
-                        if is_entry {
-                            p.matcher.awaited_entry(spec, frame, ts_ns);
-                        } else if let Some(start) = p.matcher.awaited_exit(spec, frame, ts_ns) {
-                            p.calls += 1;
-                            out.push(CallRecord {
-                                pid: tgid,
-                                tid,
-                                spec,
-                                mode,
-                                start_ns: start,
-                                end_ns: Some(ts_ns),
-                                depth: 0,
-                            });
-                        }
-                    } else if is_entry {
-                        let callee_current = frame_instr == 0
-                            || (frame_instr >= watched.code_start.saturating_sub(2) && frame_instr <= watched.resume.0);
-                        let key = if callee_current {
-                            CallKey { callee: frame, caller: frame_prev }
-                        } else {
-                            CallKey { callee: 0, caller: frame }
-                        };
-                        p.matcher.entry(tid, spec, key, ts_ns);
-                    } else if let Some((start, depth)) = p.matcher.exit(tid, spec, frame, frame_prev, ts_ns) {
+                }
+                if mode == Mode::BreakpointEntry {
+                    p.calls += 1;
+                    out.push(CallRecord { pid: tgid, tid, spec, mode, start_ns: ts_ns, end_ns: None, depth: 0 });
+                } else if watched.awaited {
+                    // A coroutine's hits happen in its own frame (the generator's).
+                    if is_entry {
+                        p.matcher.awaited_entry(spec, frame, ts_ns);
+                    } else if let Some(start) = p.matcher.awaited_exit(spec, frame, ts_ns) {
                         p.calls += 1;
                         out.push(CallRecord {
                             pid: tgid,
@@ -372,17 +359,29 @@ impl PyTimers {
                             mode,
                             start_ns: start,
                             end_ns: Some(ts_ns),
-                            depth,
+                            depth: 0,
                         });
                     }
+                } else if is_entry {
+                    let callee_current = frame_instr == 0
+                        || (frame_instr >= watched.code_start.saturating_sub(2) && frame_instr <= watched.resume.0);
+                    let key = if callee_current {
+                        CallKey { callee: frame, caller: frame_prev }
+                    } else {
+                        CallKey { callee: 0, caller: frame }
+                    };
+                    p.matcher.entry(tid, spec, key, ts_ns);
+                } else if let Some((start, depth)) = p.matcher.exit(tid, spec, frame, frame_prev, ts_ns) {
+                    p.calls += 1;
+                    out.push(CallRecord { pid: tgid, tid, spec, mode, start_ns: start, end_ns: Some(ts_ns), depth });
                 }
-                _ => self.undecodable += 1,
             }
+            _ => {}
         }
     }
 
     /// Looks for the process's pending functions; true when new ones are watched.
-    fn resolve(&mut self, pid: u32, p: &mut Proc) -> bool {
+    fn resolve(&mut self, pid: u32, p: &mut Proc, bpf: &mut dyn PyBpf) -> bool {
         let mut added = false;
         for i in 0..self.specs.len() {
             if p.states[i] != SpecState::Pending {
@@ -400,7 +399,7 @@ impl PyTimers {
             }
             let found = self.watch_spec(p, i, spec);
             let watched = match found {
-                Ok(w) if w.mode == Mode::EvalUprobe => self.watch_eval(pid, p, &w).map(|()| w),
+                Ok(w) if w.mode == Mode::EvalUprobe => self.watch_eval(pid, p, &w, bpf).map(|()| w),
                 other => other,
             };
             let state = match watched {

@@ -5,16 +5,22 @@
 use std::collections::HashSet;
 
 use anyhow::{Context as _, Result, bail};
-use aya::programs::{
-    PerfEvent,
-    perf_event::{
-        BreakpointConfig, PerfBreakpointLength, PerfBreakpointType, PerfEventConfig, PerfEventLinkId, PerfEventScope,
-        SamplePolicy,
+use aya::{
+    Ebpf,
+    programs::{
+        PerfEvent,
+        perf_event::{
+            BreakpointConfig, PerfBreakpointLength, PerfBreakpointType, PerfEventConfig, PerfEventLinkId,
+            PerfEventScope, SamplePolicy,
+        },
     },
 };
 
 use super::{Mode, Proc, PyTimers, TimerSpec, version_in_range};
-use crate::python::objects::{CO_AWAITED, CO_GENERATOR_LIKE};
+use crate::python::{
+    bpf::{PyBpf, PyUser},
+    objects::{CO_AWAITED, CO_GENERATOR_LIKE},
+};
 
 /// Debug registers per thread (x86: DR0-DR3).
 pub const SLOTS_PER_THREAD: usize = 4;
@@ -187,7 +193,7 @@ impl PyTimers {
 
     /// Puts every watched address on every Python thread (new threads, and all threads again
     /// when `all` because new functions were found); forgets threads that are gone.
-    pub(super) fn sync_threads(&mut self, pid: u32, p: &mut Proc, all: bool) {
+    pub(super) fn sync_threads(&mut self, pid: u32, p: &mut Proc, all: bool, bpf: &mut dyn PyBpf) {
         // Eval-frame probes follow every thread of the process by themselves.
         if p.watched.is_empty() || p.eval.is_some() {
             return;
@@ -203,7 +209,7 @@ impl PyTimers {
             threads.iter().filter_map(|t| t.native_thread_id.and_then(|n| u32::try_from(n).ok())).collect();
         let gone: Vec<u32> = p.threads.keys().filter(|t| !live.contains(t)).copied().collect();
         for tid in gone {
-            self.detach_thread(p, tid);
+            self.detach_thread(p, tid, bpf);
             p.matcher.forget_thread(tid);
         }
         let addrs: Vec<u64> = p.watched.iter().flat_map(Watched::addresses).map(|(a, _)| a).collect();
@@ -215,13 +221,16 @@ impl PyTimers {
                 continue;
             }
             if p.threads.contains_key(&tid) {
-                self.detach_thread(p, tid);
+                self.detach_thread(p, tid, bpf);
             }
-            let _ = self.tstates.insert(tid, t.tstate, 0);
+            let (ebpf, maps) = bpf.py_parts();
+            if maps.add_thread(PyUser::Timers, pid, tid, t.tstate).is_err() {
+                continue;
+            }
             let mut links = Vec::new();
             let mut error = None;
             for a in &addrs {
-                match self.attach(tid, *a) {
+                match attach(ebpf, tid, *a) {
                     Ok(l) => links.push(l),
                     Err(e) => {
                         error = Some(e);
@@ -241,32 +250,34 @@ impl PyTimers {
         }
     }
 
-    fn attach(&mut self, tid: u32, addr: u64) -> Result<PerfEventLinkId> {
-        let prog: &mut PerfEvent = self.ebpf.program_mut("py_call").context("py_call")?.try_into()?;
-        Ok(prog.attach(
-            PerfEventConfig::Breakpoint(BreakpointConfig::Data {
-                // x86 has no read-only watchpoints; RESUME and returns are written at most once.
-                r#type: PerfBreakpointType::ReadWrite,
-                address: addr,
-                // The opcode byte only: 3.12+ load the opcode and its argument separately,
-                // and a 2-byte watch would fire twice per instruction.
-                length: PerfBreakpointLength::Len1,
-            }),
-            PerfEventScope::OneProcess { pid: tid, cpu: None },
-            SamplePolicy::Period(1),
-            false,
-        )?)
-    }
-
-    pub(super) fn detach_thread(&mut self, p: &mut Proc, tid: u32) {
+    pub(super) fn detach_thread(&mut self, p: &mut Proc, tid: u32, bpf: &mut dyn PyBpf) {
         let links = p.threads.remove(&tid).unwrap_or_default();
-        let _ = self.tstates.remove(&tid);
-        if let Some(prog) = self.ebpf.program_mut("py_call").and_then(|p| <&mut PerfEvent>::try_from(p).ok()) {
+        let (ebpf, maps) = bpf.py_parts();
+        maps.remove_thread(PyUser::Timers, p.interp.pid, tid);
+        if let Some(prog) = ebpf.program_mut("py_call").and_then(|p| <&mut PerfEvent>::try_from(p).ok()) {
             for l in links {
                 let _ = prog.detach(l);
             }
         }
     }
+}
+
+/// A watchpoint on `addr` for thread `tid`, running `py_call`.
+fn attach(ebpf: &mut Ebpf, tid: u32, addr: u64) -> Result<PerfEventLinkId> {
+    let prog: &mut PerfEvent = ebpf.program_mut("py_call").context("py_call")?.try_into()?;
+    Ok(prog.attach(
+        PerfEventConfig::Breakpoint(BreakpointConfig::Data {
+            // x86 has no read-only watchpoints; RESUME and returns are written at most once.
+            r#type: PerfBreakpointType::ReadWrite,
+            address: addr,
+            // The opcode byte only: 3.12+ load the opcode and its argument separately,
+            // and a 2-byte watch would fire twice per instruction.
+            length: PerfBreakpointLength::Len1,
+        }),
+        PerfEventScope::OneProcess { pid: tid, cpu: None },
+        SamplePolicy::Period(1),
+        false,
+    )?)
 }
 
 #[cfg(test)]

@@ -322,7 +322,10 @@ fn device_probes_are_detached_and_attached_again() {
     // The whole layer off: every uprobe link and the mmap follow leave the kernel.
     ctl_ok(&sock, &["disable", "device"]);
     let off = unix_ns();
-    assert_eq!(links_of(&scope, "device"), 0, "device links left in the kernel");
+    // Links are dropped on a thread of their own (each waits for an RCU grace period).
+    wait_for("device links out of the kernel", Duration::from_secs(10), || {
+        (links_of(&scope, "device") == 0).then_some(())
+    });
     assert_eq!(counter(&status(&sock), "device", "probes_attached"), 0);
     std::thread::sleep(Duration::from_secs(2));
     let on = unix_ns();

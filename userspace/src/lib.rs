@@ -18,6 +18,7 @@ pub mod events;
 pub mod export;
 pub mod layers;
 pub mod logging;
+pub mod output;
 pub mod privileges;
 pub mod process;
 pub mod protocol;

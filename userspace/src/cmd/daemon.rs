@@ -82,7 +82,12 @@ pub(crate) async fn parts(target: &Target, o: &RunOptions) -> Result<Parts> {
     } else {
         None
     };
-    let layers = crate::layers::build(o, &mut probes, prom.as_mut())?;
+    let layers = crate::layers::build(o, &mut probes)?;
+    if let Some(p) = prom.as_mut() {
+        for f in layers.iter().flat_map(|l| l.families()) {
+            p.declare(f)?;
+        }
+    }
     let (http_control, http_calls) = match &o.control_token_file {
         Some(path) => {
             let token = crate::control::read_token(path)?;

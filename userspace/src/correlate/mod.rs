@@ -78,7 +78,7 @@ impl Correlator {
     }
 
     /// Its counters, into the health snapshot.
-    pub fn health(&self, h: &mut crate::export::Health) {
+    pub fn health(&self, h: &mut crate::output::Health) {
         h.device.unclaimed = self.unclaimed_device_calls();
     }
 

@@ -57,7 +57,7 @@ impl Daemon {
                             let now = clock::monotonic_ns();
                             for pid in self.facts.pids() {
                                 if let Some(f) = self.facts.get(pid) {
-                                    let o = crate::export::sink::Output::ProcessAdded {
+                                    let o = crate::output::Output::ProcessAdded {
                                         pid,
                                         engine: f.engine.name(),
                                         identity: &f.identity,

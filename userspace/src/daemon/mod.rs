@@ -21,11 +21,9 @@ use crate::{
     correlate::Correlator,
     engine::Engine,
     events::{self, Event},
-    export::{
-        Health,
-        sink::{Output, Sinks},
-    },
+    export::sink::Sinks,
     layers::{Cx, Facts, Layer, Note},
+    output::{Health, Output},
     process::procfs,
 };
 

@@ -512,8 +512,8 @@ impl DeviceManager {
     }
 
     /// Counters for the health line (`unclaimed` is the correlation stage's).
-    pub fn health(&self) -> crate::export::DeviceHealth {
-        crate::export::DeviceHealth {
+    pub fn health(&self) -> crate::output::DeviceHealth {
+        crate::output::DeviceHealth {
             probes_attached: self.procs.values().map(|p| p.at.len() as u64).sum(),
             attach_errors: self.attach_errors,
             unreadable_files: self.libs.lock().map(|l| l.unreadable).unwrap_or(0),

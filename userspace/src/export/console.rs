@@ -1,6 +1,6 @@
 //! A human-readable line per finished request, and a health line when something was lost.
 
-use crate::{export::Health, request::RequestRecord};
+use crate::{output::Health, request::RequestRecord};
 
 fn ms(s: Option<f64>) -> String {
     s.map_or_else(|| "-".to_string(), |s| format!("{:.1}ms", s * 1e3))

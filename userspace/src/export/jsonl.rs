@@ -321,7 +321,7 @@ pub fn launch_json_fields(l: &LaunchStats) -> serde_json::Map<String, Value> {
 pub const MAX_STEP_IDS: usize = 1024;
 
 /// A health line: what inferscope saw and lost so far (counters are totals since start).
-pub fn health_json(h: &crate::export::Health, unix_ns: u64) -> Value {
+pub fn health_json(h: &crate::output::Health, unix_ns: u64) -> Value {
     use inferscope_common::stat;
     json!({
         "type": "health",

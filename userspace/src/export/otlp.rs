@@ -29,7 +29,7 @@ use opentelemetry_sdk::{
     trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider, SpanData, SpanExporter},
 };
 
-use super::Labels;
+use crate::output::Labels;
 use crate::{clock::Clock, engine::Phases, request::RequestRecord};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -1,4 +1,5 @@
-//! Export is a sink: the layers' typed outputs go, one by one, to every configured sink
+//! Export is a sink: the layers' typed outputs ([`Output`], defined with the domain in
+//! output.rs) go, one by one, to every configured sink
 //! (Prometheus, OTLP, JSON lines, the console), and each takes what it exports. No other module
 //! reaches into a sink; a sink forgets what it keeps for a process when [`Output::ProcessGone`]
 //! comes.
@@ -7,80 +8,15 @@ use std::collections::{HashMap, HashSet};
 
 use crate::{
     clock::{self, Clock},
-    device::{DeviceRecord, IntervalReport, summary::DeviceSummary},
     engine::EngineEvent,
     export::{
-        Health, Labels, console,
+        console,
         jsonl::{self, JsonlWriter},
         otlp::Otlp,
         prom::PromMetrics,
     },
-    process::identity::Identity,
-    python::{
-        profile::Profile,
-        sites::SiteCount,
-        state::EngineState,
-        timers::{CallRecord, TimerSpec},
-    },
-    request::RequestRecord,
+    output::{Health, Output},
 };
-
-/// What the layers (through the correlation stage) hand to the sinks.
-pub enum Output<'a> {
-    /// A finished HTTP request, joined with its engine side; `provider`: the engine the
-    /// process runs, when it is traced.
-    Request { record: &'a RequestRecord, labels: &'a Labels, provider: Option<&'static str> },
-    /// An engine step, gauges or finished engine request, with the served model and (steps)
-    /// what the device did in it.
-    Engine { event: &'a EngineEvent, model: &'a str, device: Option<&'a DeviceSummary> },
-    /// Calls the device tracker committed.
-    DeviceCalls(&'a [DeviceRecord]),
-    /// One process's device interval (`last`: it exited).
-    DeviceInterval {
-        report: &'a IntervalReport,
-        seconds: f64,
-        top_kernels: usize,
-        probes: (usize, &'a [String]),
-        disabled: &'a [String],
-        last: bool,
-    },
-    /// Hits of one probe since the last accounting.
-    DeviceProbeHits { pid: u32, function: &'a str, hits: u64 },
-    /// Probes attached to a process now.
-    DeviceProbes { pid: u32, attached: usize },
-    /// A probe the overhead budget switched off.
-    DeviceProbeOff { pid: u32, function: &'a str },
-    /// A launch from the Python function `site` (a bounded label value).
-    LaunchSite { pid: u32, site: &'a str },
-    /// Launch sites of a process over an interval.
-    LaunchSites { pid: u32, sites: &'a [SiteCount], seconds: f64 },
-    /// Timed calls as they were read (metrics), and the running unfinished count per process.
-    PythonCalls { records: &'a [CallRecord], specs: &'a [TimerSpec], unfinished: &'a [(u32, u64)] },
-    /// One timed call placed on its engine step, (monotonic ts, batch size), when known.
-    PythonCall {
-        record: &'a CallRecord,
-        spec: &'a TimerSpec,
-        location: Option<(&'a str, &'a str, u32)>,
-        step: Option<(u64, usize)>,
-    },
-    /// A rolling-profile window, and the files it was written to.
-    ProfileWindow { pid: u32, profile: &'a Profile, files: Option<(&'a str, &'a str)> },
-    /// A reading of the engine's live state.
-    EngineState(&'a EngineState),
-    /// A sample of every GPU's resources (NVML).
-    Accelerators(&'a [crate::resources::DeviceSample]),
-    /// A sample of every Ascend NPU's resources (DCMI).
-    Npus(&'a [crate::resources::NpuSample]),
-    /// XID and double-bit ECC events of GPUs (NVML).
-    GpuEvents(&'a [crate::resources::DeviceEvent]),
-    /// The health counters: every second; `report` every 10 s (lines for the operator);
-    /// `last` at the stop.
-    Health { health: &'a Health, report: bool, last: bool },
-    /// A process is traced from now: the engine it runs and where it runs.
-    ProcessAdded { pid: u32, engine: &'static str, identity: &'a Identity },
-    /// A process is gone: what a sink keeps for it goes.
-    ProcessGone { pid: u32 },
-}
 
 /// One exporter.
 pub trait Sink {
@@ -100,6 +36,12 @@ pub trait Sink {
     /// Changes the trace detail (`--tracing-level`); false if the sink has none.
     fn set_tracing_level(&mut self, _level: u8) -> bool {
         false
+    }
+}
+
+impl crate::output::Emit for Sinks {
+    fn emit(&mut self, o: Output<'_>) {
+        Sinks::emit(self, o);
     }
 }
 

@@ -21,11 +21,7 @@ use crate::{
         manager::{self, DeviceManager, DeviceOptions, ScanJob, ScanResult},
     },
     events::Event,
-    export::{
-        Health,
-        prom::{PromMetrics, device::DeviceMetrics},
-        sink::Output,
-    },
+    output::{Family, Health, Output},
     python::Interpreter,
 };
 
@@ -42,7 +38,7 @@ pub struct DeviceLayer {
 
 impl DeviceLayer {
     /// None with `--no-device`, or when the kernel did not load the device programs.
-    pub fn new(o: &RunOptions, probes: &mut Probes, prom: Option<&mut PromMetrics>) -> Result<Option<Self>> {
+    pub fn new(o: &RunOptions, probes: &mut Probes) -> Result<Option<Self>> {
         if o.no_device {
             return Ok(None);
         }
@@ -72,9 +68,6 @@ impl DeviceLayer {
             cost.entry_ns / 1e3,
             cost.pair_ns / 1e3
         );
-        if let Some(p) = prom {
-            p.device = Some(DeviceMetrics::new(&p.registry, opts.top_kernels)?);
-        }
         let (scan_tx, scan_rx) = unbounded_channel();
         Ok(Some(Self {
             dm: DeviceManager::new(opts, cost),
@@ -149,6 +142,10 @@ impl DeviceLayer {
 impl Layer for DeviceLayer {
     fn name(&self) -> &'static str {
         "device"
+    }
+
+    fn families(&self) -> Vec<Family> {
+        vec![Family::Device { top_kernels: self.dm.opts.top_kernels }]
     }
 
     fn process_added(&mut self, _cx: &mut Cx, pid: u32, _interp: Option<&Interpreter>) {

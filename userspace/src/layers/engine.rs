@@ -10,7 +10,7 @@ use super::{Cx, Layer, Note};
 use crate::{
     clock,
     engine::{Engine, EngineEvent, EngineTracker},
-    export::{Health, sink::Output},
+    output::{Health, Output},
     process::procfs,
     python::Interpreter,
 };

@@ -10,10 +10,7 @@ use log::debug;
 use super::{Cx, Layer};
 use crate::{
     cli::RunOptions,
-    export::{
-        prom::{PromMetrics, python::EngineStateMetrics},
-        sink::Output,
-    },
+    output::{Family, Output},
     python::{Interpreter, state::StateReader},
 };
 
@@ -34,12 +31,9 @@ pub struct EngineStateLayer {
 
 impl EngineStateLayer {
     /// None with `--engine-state-interval 0`.
-    pub fn new(o: &RunOptions, prom: Option<&mut PromMetrics>) -> Result<Option<Self>> {
+    pub fn new(o: &RunOptions) -> Result<Option<Self>> {
         if o.engine_state_interval <= 0.0 {
             return Ok(None);
-        }
-        if let Some(p) = prom {
-            p.engine_state = Some(EngineStateMetrics::new(&p.registry)?);
         }
         Ok(Some(Self {
             slots: HashMap::new(),
@@ -52,6 +46,10 @@ impl EngineStateLayer {
 impl Layer for EngineStateLayer {
     fn name(&self) -> &'static str {
         "engine_state"
+    }
+
+    fn families(&self) -> Vec<Family> {
+        vec![Family::EngineState]
     }
 
     fn wants_python(&self) -> bool {

@@ -21,8 +21,9 @@
 //! | profile | [`profile`] | stack samples (perf events) | profile windows |
 //! | resources | [`resources`] | NVML / DCMI sampling threads | GPU and NPU samples, GPU events |
 //!
-//! A new layer: its module here, one line in [`build`], its Prometheus family, and an
-//! [`Output`] variant if it says something new.
+//! A new layer: its module here, one line in [`build`], and an [`Output`] variant (with a
+//! [`Family`] it declares, if a sink registers families up front) if it says something new.
+//! Layers import the domain's types (`output`), never the exporters.
 
 pub mod device;
 pub mod engine;
@@ -44,11 +45,7 @@ use crate::{
     correlate::Correlator,
     engine::Engine,
     events::Event,
-    export::{
-        BoundedLabel, Health,
-        prom::PromMetrics,
-        sink::{Output, Sinks},
-    },
+    output::{BoundedLabel, Emit, Family, Health, Output},
     process::identity::Identity,
     python::Interpreter,
     tracker::IpcMessage,
@@ -152,7 +149,8 @@ pub enum Note {
 
 /// What a layer may use while it works.
 pub struct Cx<'a> {
-    pub sinks: &'a mut Sinks,
+    /// Where outputs go (the sinks; a layer knows none of them).
+    pub sinks: &'a mut dyn Emit,
     /// The shared BPF object (its maps).
     pub probes: &'a mut Probes,
     pub correlate: &'a mut Correlator,
@@ -201,6 +199,11 @@ pub trait Layer {
     fn finish(&mut self, _cx: &mut Cx) {}
     /// Its counters, into the health snapshot.
     fn health(&self, _h: &mut Health) {}
+    /// The metric families its outputs need (a sink that serves every family from the start
+    /// registers them when the daemon starts).
+    fn families(&self) -> Vec<Family> {
+        Vec::new()
+    }
 
     // Run-time control (`inferscope ctl`, control/): the daemon switches a whole layer by
     // telling it every traced process is gone (it detaches what it attached for them) or
@@ -233,13 +236,12 @@ pub trait Layer {
     }
 }
 
-/// The layers the options ask for, in note order, and the Prometheus families they need
-/// registered. The device layer comes before the engine layer (a step's device calls are
+/// The layers the options ask for, in note order. The device layer comes before the engine layer (a step's device calls are
 /// committed before the step claims them), the timers after it (calls its steps placed go
 /// out), request capture after those (its records join engine requests already seen).
-pub fn build(o: &RunOptions, probes: &mut Probes, mut prom: Option<&mut PromMetrics>) -> Result<Vec<Box<dyn Layer>>> {
+pub fn build(o: &RunOptions, probes: &mut Probes) -> Result<Vec<Box<dyn Layer>>> {
     let mut layers: Vec<Box<dyn Layer>> = Vec::new();
-    let device = device::DeviceLayer::new(o, probes, prom.as_deref_mut())?;
+    let device = device::DeviceLayer::new(o, probes)?;
     let has_device = device.is_some();
     if let Some(l) = device {
         layers.push(Box::new(l));
@@ -248,23 +250,23 @@ pub fn build(o: &RunOptions, probes: &mut Probes, mut prom: Option<&mut PromMetr
         crate::cli::EngineArg::Vllm => Engine::Vllm,
         crate::cli::EngineArg::Sglang => Engine::Sglang,
     }))));
-    if let Some(l) = timers::TimersLayer::new(o, probes, prom.as_deref_mut())? {
+    if let Some(l) = timers::TimersLayer::new(o, probes)? {
         layers.push(Box::new(l));
     }
     layers.push(Box::new(requests::RequestsLayer::new(o)));
     if let Some(l) = tls::TlsLayer::new(o) {
         layers.push(Box::new(l));
     }
-    if let Some(l) = sites::SitesLayer::new(o, has_device, prom.as_deref_mut())? {
+    if let Some(l) = sites::SitesLayer::new(o, has_device)? {
         layers.push(Box::new(l));
     }
-    if let Some(l) = engine_state::EngineStateLayer::new(o, prom.as_deref_mut())? {
+    if let Some(l) = engine_state::EngineStateLayer::new(o)? {
         layers.push(Box::new(l));
     }
     if let Some(l) = profile::ProfileLayer::new(o, probes)? {
         layers.push(Box::new(l));
     }
-    if let Some(l) = resources::ResourcesLayer::new(o, prom)? {
+    if let Some(l) = resources::ResourcesLayer::new(o)? {
         layers.push(Box::new(l));
     }
     Ok(layers)

@@ -13,7 +13,7 @@ use crate::{
     bpf::Probes,
     cli::RunOptions,
     events::Event,
-    export::sink::Output,
+    output::Output,
     python::{
         Interpreter,
         profile::{Format, Sampler},

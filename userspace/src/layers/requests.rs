@@ -15,7 +15,7 @@ use crate::{
     clock,
     engine::Engine,
     events::Event,
-    export::{Health, Labels, sink::Output},
+    output::{Health, Labels, Output},
     process::procfs,
     python::Interpreter,
     request::{Limits, RequestRecord},

@@ -11,10 +11,7 @@ use anyhow::Result;
 use super::{Cx, Layer};
 use crate::{
     cli::RunOptions,
-    export::{
-        prom::{PromMetrics, resources::ResourceMetrics},
-        sink::Output,
-    },
+    output::{Family, Output},
     resources::{self, Message, Reading, Sampler},
 };
 
@@ -37,7 +34,7 @@ pub struct ResourcesLayer {
 
 impl ResourcesLayer {
     /// None with `--gpu-interval 0`, or when no library can be loaded (said in one line).
-    pub fn new(o: &RunOptions, prom: Option<&mut PromMetrics>) -> Result<Option<Self>> {
+    pub fn new(o: &RunOptions) -> Result<Option<Self>> {
         if o.gpu_interval <= 0.0 {
             return Ok(None);
         }
@@ -76,9 +73,6 @@ impl ResourcesLayer {
                 o.gpu_interval
             );
         }
-        if let Some(p) = prom {
-            p.resources = Some(ResourceMetrics::new(&p.registry)?);
-        }
         let sources = sources.into_iter().map(|(name, _, sampler)| Source { name, sampler, failing: false }).collect();
         Ok(Some(Self { sources, samples: 0, failures: 0, events: 0 }))
     }
@@ -87,6 +81,10 @@ impl ResourcesLayer {
 impl Layer for ResourcesLayer {
     fn name(&self) -> &'static str {
         "resources"
+    }
+
+    fn families(&self) -> Vec<Family> {
+        vec![Family::Resources]
     }
 
     fn drain(&mut self, cx: &mut Cx) {

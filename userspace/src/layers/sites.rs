@@ -12,11 +12,7 @@ use super::{Cx, Layer};
 use crate::{
     cli::RunOptions,
     events::Event,
-    export::{
-        BoundedLabel,
-        prom::{PromMetrics, python::SiteMetrics},
-        sink::Output,
-    },
+    output::{BoundedLabel, Family, Output},
     python::{Interpreter, sites::LaunchSites},
 };
 
@@ -32,12 +28,9 @@ pub struct SitesLayer {
 
 impl SitesLayer {
     /// Only with the device layer (its launch probes read the frames).
-    pub fn new(o: &RunOptions, has_device: bool, prom: Option<&mut PromMetrics>) -> Result<Option<Self>> {
+    pub fn new(o: &RunOptions, has_device: bool) -> Result<Option<Self>> {
         if !has_device {
             return Ok(None);
-        }
-        if let Some(p) = prom {
-            p.sites = Some(SiteMetrics::new(&p.registry)?);
         }
         Ok(Some(Self {
             sites: LaunchSites::default(),
@@ -68,6 +61,10 @@ impl SitesLayer {
 impl Layer for SitesLayer {
     fn name(&self) -> &'static str {
         "sites"
+    }
+
+    fn families(&self) -> Vec<Family> {
+        vec![Family::LaunchSites]
     }
 
     fn wants_python(&self) -> bool {

@@ -12,11 +12,7 @@ use crate::{
     cli::RunOptions,
     correlate::StepOf,
     events::Event,
-    export::{
-        Health,
-        prom::{PromMetrics, python::PythonMetrics},
-        sink::Output,
-    },
+    output::{Family, Health, Output},
     process::procfs,
     python::{
         Interpreter,
@@ -39,7 +35,7 @@ pub struct TimersLayer {
 
 impl TimersLayer {
     /// None without `--python-timers`, or (said) when the timers cannot start here.
-    pub fn new(o: &RunOptions, probes: &mut Probes, prom: Option<&mut PromMetrics>) -> Result<Option<Self>> {
+    pub fn new(o: &RunOptions, probes: &mut Probes) -> Result<Option<Self>> {
         let Some(arg) = &o.python_timers else { return Ok(None) };
         let specs = timers::load_config(arg).with_context(|| format!("--python-timers {arg}"))?;
         let n = specs.len();
@@ -54,9 +50,6 @@ impl TimersLayer {
             "inferscope: Python function timers: {n} function(s) from {arg}, looked for in every traced CPython {}",
             if o.python_timers_eval_uprobes { "3.9-3.14 (3.9/3.10 with eval-frame uprobes)" } else { "3.11-3.14" }
         );
-        if let Some(p) = prom {
-            p.python = Some(PythonMetrics::new(&p.registry, o.ms_service_metric_names)?);
-        }
         let all = timers.specs.clone();
         Ok(Some(Self {
             timers,
@@ -109,6 +102,10 @@ impl TimersLayer {
 impl Layer for TimersLayer {
     fn name(&self) -> &'static str {
         "timers"
+    }
+
+    fn families(&self) -> Vec<Family> {
+        vec![Family::PythonCalls]
     }
 
     fn wants_python(&self) -> bool {

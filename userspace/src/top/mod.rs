@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 use crate::{
     clock::{self, Clock},
     engine::EngineEvent,
-    export::sink::{Output, Sink},
     request::RequestRecord,
+    {export::sink::Sink, output::Output},
 };
 
 /// Percentiles are over this many seconds.
@@ -317,7 +317,18 @@ impl TopState {
                 self.ring_buffer_drops = health.bpf_stat(inferscope_common::stat::RINGBUF_DROPS);
                 self.undecodable = health.decode_errors.iter().map(|e| e.1).sum();
             }
-            _ => {}
+            // Not shown (listed, so that a new output is a decision here, not a silent drop).
+            Output::Engine { .. }
+            | Output::DeviceCalls(_)
+            | Output::DeviceProbeHits { .. }
+            | Output::DeviceProbes { .. }
+            | Output::DeviceProbeOff { .. }
+            | Output::LaunchSite { .. }
+            | Output::LaunchSites { .. }
+            | Output::PythonCalls { .. }
+            | Output::Accelerators(_)
+            | Output::Npus(_)
+            | Output::GpuEvents(_) => {}
         }
         self.expire(now_ns);
     }
@@ -452,19 +463,28 @@ pub struct TopSink(pub Shared);
 
 impl Sink for TopSink {
     fn consume(&mut self, _clock: &Clock, o: &Output<'_>) {
-        // Only what the view uses takes the lock.
-        let used = matches!(
-            o,
+        // Only what the view uses takes the lock (every variant named: a new one is a choice).
+        let used = match o {
             Output::ProcessAdded { .. }
-                | Output::ProcessGone { .. }
-                | Output::Request { .. }
-                | Output::Engine { .. }
-                | Output::EngineState(_)
-                | Output::DeviceInterval { .. }
-                | Output::PythonCall { .. }
-                | Output::ProfileWindow { .. }
-                | Output::Health { .. }
-        );
+            | Output::ProcessGone { .. }
+            | Output::Request { .. }
+            | Output::Engine { .. }
+            | Output::EngineState(_)
+            | Output::DeviceInterval { .. }
+            | Output::PythonCall { .. }
+            | Output::ProfileWindow { .. }
+            | Output::Health { .. } => true,
+            Output::DeviceCalls(_)
+            | Output::DeviceProbeHits { .. }
+            | Output::DeviceProbes { .. }
+            | Output::DeviceProbeOff { .. }
+            | Output::LaunchSite { .. }
+            | Output::LaunchSites { .. }
+            | Output::PythonCalls { .. }
+            | Output::Accelerators(_)
+            | Output::Npus(_)
+            | Output::GpuEvents(_) => false,
+        };
         if used && let Ok(mut s) = self.0.lock() {
             s.consume(o, clock::monotonic_ns());
         }
@@ -476,7 +496,7 @@ mod tests {
     use super::*;
     use crate::{
         engine::EnginePhases,
-        export::{BoundedLabel, Labels},
+        output::{BoundedLabel, Labels},
         process::identity::Identity,
         protocol::openai::Operation,
         request::TokensFrom,

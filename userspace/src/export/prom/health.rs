@@ -10,7 +10,7 @@ use inferscope_common::stat;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Registry};
 
 use super::common::{counter, gauge};
-use crate::export::Health;
+use crate::output::Health;
 
 /// inferscope's own health families.
 pub(super) struct HealthMetrics {

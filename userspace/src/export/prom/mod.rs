@@ -28,8 +28,10 @@ use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
 use prometheus::{Encoder, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use self::{engine::EngineMetrics, health::HealthMetrics, identity::IdentityMetrics, requests::RequestMetrics};
-use super::{Health, Labels};
-use crate::request::RequestRecord;
+use crate::{
+    output::{Family, Health, Labels},
+    request::RequestRecord,
+};
 
 pub struct PromMetrics {
     pub registry: Registry,
@@ -51,6 +53,8 @@ pub struct PromMetrics {
     pub identity: IdentityMetrics,
     /// The accelerators' resources (resources layer on).
     pub resources: Option<resources::ResourceMetrics>,
+    /// Also ms_service_metric's `vllm_profiling_*` names.
+    profiling_names: bool,
 }
 
 impl PromMetrics {
@@ -80,7 +84,41 @@ impl PromMetrics {
             identity: IdentityMetrics::new(&reg, identity.1, names)?,
             resources: None,
             registry: reg,
+            profiling_names,
         })
+    }
+
+    /// Registers the families a layer declared (once each).
+    pub fn declare(&mut self, f: Family) -> Result<()> {
+        let reg = &self.registry;
+        match f {
+            Family::Device { top_kernels } => {
+                if self.device.is_none() {
+                    self.device = Some(device::DeviceMetrics::new(reg, top_kernels)?);
+                }
+            }
+            Family::PythonCalls => {
+                if self.python.is_none() {
+                    self.python = Some(python::PythonMetrics::new(reg, self.profiling_names)?);
+                }
+            }
+            Family::LaunchSites => {
+                if self.sites.is_none() {
+                    self.sites = Some(python::SiteMetrics::new(reg)?);
+                }
+            }
+            Family::EngineState => {
+                if self.engine_state.is_none() {
+                    self.engine_state = Some(python::EngineStateMetrics::new(reg)?);
+                }
+            }
+            Family::Resources => {
+                if self.resources.is_none() {
+                    self.resources = Some(resources::ResourceMetrics::new(reg)?);
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn record(&self, r: &RequestRecord, l: &Labels) {
@@ -186,7 +224,7 @@ pub async fn serve(
 mod tests {
     use super::*;
     use crate::{
-        export::BoundedLabel,
+        output::BoundedLabel,
         protocol::openai::Operation,
         request::{RequestRecord, TokensFrom},
     };

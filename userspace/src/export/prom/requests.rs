@@ -6,7 +6,7 @@ use anyhow::Result;
 use prometheus::{HistogramVec, IntCounterVec, Registry};
 
 use super::common::{counter, hist};
-use crate::{export::Labels, request::RequestRecord};
+use crate::{output::Labels, request::RequestRecord};
 
 // Buckets recommended by the OpenTelemetry GenAI semantic conventions.
 const DURATION_BUCKETS: &[f64] =

@@ -161,6 +161,14 @@ pub struct DeviceProbe {
     pub offset: u64,
 }
 
+/// The spec of a probe being detached: its links go on a thread of their own (an RCU grace
+/// period each), and until then its hits match no process (no tgid is `u32::MAX`), so none is
+/// sent after the switch.
+const NO_ARG: inferscope_common::ArgSpec =
+    inferscope_common::ArgSpec { src: inferscope_common::ARG_NONE, index: 0, width: 0, _pad: 0, offset: 0 };
+const DETACHED_SPEC: ProbeSpec =
+    ProbeSpec { args: [NO_ARG; 4], name: NO_ARG, flags: 0, max_per_sec: 0, tgid: u32::MAX, _pad: 0 };
+
 /// A loaded and attached set of probes. Dropping it detaches everything: no probe is left
 /// behind in the kernel.
 pub struct Probes {
@@ -635,7 +643,7 @@ impl Probes {
             out.push(l);
         }
         if let Some(d) = self.device.as_mut() {
-            let _ = d.specs.set(id, ProbeSpec::default(), 0);
+            let _ = d.specs.set(id, DETACHED_SPEC, 0);
         }
         out
     }
@@ -703,7 +711,7 @@ impl Probes {
             if g.multi.is_empty() {
                 self.detach_device(*id);
             } else if let Some(d) = self.device.as_mut() {
-                let _ = d.specs.set(*id, ProbeSpec::default(), 0);
+                let _ = d.specs.set(*id, DETACHED_SPEC, 0);
             }
         }
         if !g.multi.is_empty() {

@@ -139,6 +139,10 @@ impl Daemon {
             }
             self.on[i] = true;
             for pid in &pids {
+                // A CPython still being looked for reaches the layer when it answers.
+                if self.finding.contains(pid) && self.layers[i].wants_python() {
+                    continue;
+                }
                 let interp = self.interps.get(pid).cloned().flatten();
                 self.each_where(1, |j| j == i, |l, cx| l.process_added(cx, *pid, interp.as_ref()));
             }

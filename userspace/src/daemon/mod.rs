@@ -83,6 +83,11 @@ struct Daemon {
     records_seen: u64,
     /// Each traced process's CPython, when one was found (layers switched on later get it).
     interps: HashMap<u32, Option<crate::python::Interpreter>>,
+    /// Processes whose CPython is being looked for on a blocking thread (reading their ELF
+    /// files takes milliseconds to a second: not on the loop that drains the ring buffer).
+    finding: std::collections::HashSet<u32>,
+    /// Where those lookups answer.
+    found_tx: tokio::sync::mpsc::UnboundedSender<(u32, Option<crate::python::Interpreter>)>,
     started: Instant,
     tracing_level: u8,
     /// The live view's model, from the first `inferscope top --connect` on.
@@ -155,13 +160,22 @@ impl Daemon {
         }
         self.facts.learn(pid, engine);
         self.correlate.process_added(pid, procfs::ancestors(pid));
-        // Its CPython, found once for every layer that reads it.
-        let wanted = self.layers.iter().any(|l| l.wants_python());
-        let interp =
-            wanted.then(|| crate::python::find(pid).map_err(|e| log::debug!("pid {pid}: no CPython: {e:#}")).ok());
-        let interp = interp.flatten();
-        self.each(|l, cx| l.process_added(cx, pid, interp.as_ref()));
-        self.interps.insert(pid, interp);
+        // Its CPython, found once for every layer that reads it, on a blocking thread: those
+        // layers get the process when it answers ([`Self::python_found`]), the others now.
+        let python: Vec<bool> = self.layers.iter().map(|l| l.wants_python()).collect();
+        if python.contains(&true) {
+            self.finding.insert(pid);
+            let tx = self.found_tx.clone();
+            tokio::task::spawn_blocking(move || {
+                let t = Instant::now();
+                let interp = crate::python::find(pid).map_err(|e| log::debug!("pid {pid}: no CPython: {e:#}")).ok();
+                log::debug!("pid {pid}: CPython looked for in {:?}", t.elapsed());
+                let _ = tx.send((pid, interp));
+            });
+        } else {
+            self.interps.insert(pid, None);
+        }
+        self.each_where(1, |i| !python[i], |l, cx| l.process_added(cx, pid, None));
         let comm = procfs::comm(pid).unwrap_or_default();
         let notes: String =
             self.layers.iter().zip(&self.on).filter(|(_, on)| **on).map(|(l, _)| l.describe(pid)).collect();
@@ -181,6 +195,18 @@ impl Daemon {
         self.sinks.emit(Output::ProcessGone { pid });
         self.facts.remove(pid);
         self.interps.remove(&pid);
+        self.finding.remove(&pid);
+    }
+
+    /// The lookup of `pid`'s CPython answered: the layers that read it get the process.
+    fn python_found(&mut self, pid: u32, interp: Option<crate::python::Interpreter>) {
+        // Gone (or gone and traced again, looked for again) since it was asked.
+        if !self.finding.remove(&pid) || self.facts.get(pid).is_none() {
+            return;
+        }
+        let python: Vec<bool> = self.layers.iter().map(|l| l.wants_python()).collect();
+        self.each_where(1, |i| python[i], |l, cx| l.process_added(cx, pid, interp.as_ref()));
+        self.interps.insert(pid, interp);
     }
 
     /// The Kubernetes API told of a new or changed pod: the processes in it are named again,
@@ -338,6 +364,7 @@ pub async fn run(target: Target, parts: Parts) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
     let children = !matches!(target, Target::Pid { children: false, .. });
     let n = layers.len();
+    let (found_tx, mut found_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut d = Daemon {
         probes,
         sinks,
@@ -353,6 +380,8 @@ pub async fn run(target: Target, parts: Parts) -> Result<()> {
         busy_ns: vec![0; n],
         records_seen: 0,
         interps: HashMap::new(),
+        finding: Default::default(),
+        found_tx,
         started: Instant::now(),
         tracing_level,
         top: None,
@@ -414,6 +443,7 @@ pub async fn run(target: Target, parts: Parts) -> Result<()> {
                 }
                 d.forget_gone();
             }
+            Some((pid, interp)) = found_rx.recv() => d.python_found(pid, interp),
             found = async { scan.as_mut().expect("guarded").await }, if scan.is_some() => {
                 scan = None;
                 if let Ok(found) = found {

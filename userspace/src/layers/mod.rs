@@ -178,7 +178,8 @@ pub trait Layer {
         false
     }
     /// A process is traced from now on (`interp`: its CPython, when one was found and asked
-    /// for).
+    /// for: a layer that [`Self::wants_python`] is told once the lookup, on a blocking thread,
+    /// has answered; the others at once, with None).
     fn process_added(&mut self, _cx: &mut Cx, _pid: u32, _interp: Option<&Interpreter>) {}
     /// What the operator's "tracing pid" line says for this layer (", listening on 8000").
     fn describe(&self, _pid: u32) -> String {

@@ -1,7 +1,8 @@
 //! The rolling-profile layer: every traced CPython sampled at `--python-profile-rate`
 //! (python/profile.rs `Sampler`, its program in the daemon's one BPF object, its samples on
 //! the daemon's ring buffer); every `--python-profile-window`, one window per process out
-//! as [`Output::ProfileWindow`], written as pprof and SVG with `--python-profile-dir`.
+//! as [`Output::ProfileWindow`], written as pprof and SVG with `--python-profile-dir` (rendered
+//! and written on a thread of its own, not on the loop).
 
 use std::{path::PathBuf, time::Duration};
 
@@ -16,7 +17,7 @@ use crate::{
     output::Output,
     python::{
         Interpreter,
-        profile::{Format, Sampler},
+        profile::{Format, Profile, Sampler},
     },
 };
 
@@ -26,6 +27,71 @@ pub struct ProfileLayer {
     window: Duration,
     dir: Option<PathBuf>,
     last: std::time::Instant,
+    /// Renders and writes the files (with `--python-profile-dir`).
+    writer: Option<Writer>,
+}
+
+/// One window's files to render and write.
+struct WriteJob {
+    profile: Profile,
+    title: String,
+    rate: u64,
+    pb: PathBuf,
+    svg: PathBuf,
+}
+
+/// Renders (pprof, SVG) and writes profile files on a thread of its own: a flame graph of a deep
+/// profile takes tens of milliseconds, a slow disk longer, and the loop drains the ring buffer.
+/// A few windows may wait; past them a window's files are skipped, and said.
+struct Writer {
+    tx: Option<std::sync::mpsc::SyncSender<WriteJob>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    skipped: u64,
+}
+
+impl Writer {
+    fn start() -> Result<Self> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<WriteJob>(4);
+        let thread = std::thread::Builder::new()
+            .name("profile-writer".into())
+            .spawn(move || {
+                for j in rx {
+                    let r = write_replacing(&j.pb, &j.profile.render(Format::Pprof, &j.title, j.rate))
+                        .and_then(|_| write_replacing(&j.svg, &j.profile.render(Format::Svg, &j.title, j.rate)));
+                    if let Err(e) = r {
+                        warn!("writing the profile {}: {e}", j.pb.display());
+                    }
+                }
+            })
+            .context("starting the profile writer thread")?;
+        Ok(Self { tx: Some(tx), thread: Some(thread), skipped: 0 })
+    }
+
+    /// Queues a window's files; false when the writer is behind (the window is skipped).
+    fn queue(&mut self, job: WriteJob) -> bool {
+        let Some(tx) = &self.tx else { return false };
+        match tx.try_send(job) {
+            Ok(()) => true,
+            Err(_) => {
+                self.skipped += 1;
+                if self.skipped == 1 {
+                    eprintln!(
+                        "inferscope: warning: the profile files are written slower than windows close; a window's \
+                         files were skipped (its python_profile line still goes out)"
+                    );
+                }
+                false
+            }
+        }
+    }
+
+    /// Waits for the files queued so far (at the stop).
+    fn close(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl ProfileLayer {
@@ -45,12 +111,14 @@ impl ProfileLayer {
                     o.python_profile_window,
                     o.python_profile_dir.as_ref().map_or(String::new(), |d| format!(", written to {}", d.display()))
                 );
+                let writer = if o.python_profile_dir.is_some() { Some(Writer::start()?) } else { None };
                 Ok(Some(Self {
                     sampler,
                     rate: o.python_profile_rate,
                     window: Duration::from_secs_f64(o.python_profile_window.max(1.0)),
                     dir: o.python_profile_dir.clone(),
                     last: std::time::Instant::now(),
+                    writer,
                 }))
             }
             Err(e) => {
@@ -74,7 +142,7 @@ impl ProfileLayer {
                 continue;
             }
             let mut files = None;
-            if let Some(dir) = &self.dir {
+            if let (Some(dir), Some(w)) = (&self.dir, &mut self.writer) {
                 let title = format!(
                     "pid {pid}: CPython {}, {} samples at {} Hz in {:.0} s",
                     s.version(pid).unwrap_or_default(),
@@ -84,11 +152,9 @@ impl ProfileLayer {
                 );
                 let pb = dir.join(format!("pid-{pid}.pb"));
                 let svg = dir.join(format!("pid-{pid}.svg"));
-                match write_replacing(&pb, &p.render(Format::Pprof, &title, self.rate))
-                    .and_then(|_| write_replacing(&svg, &p.render(Format::Svg, &title, self.rate)))
-                {
-                    Ok(()) => files = Some((pb.display().to_string(), svg.display().to_string())),
-                    Err(e) => warn!("writing the profile of pid {pid} in {}: {e}", dir.display()),
+                let names = (pb.display().to_string(), svg.display().to_string());
+                if w.queue(WriteJob { profile: p.clone(), title, rate: self.rate, pb, svg }) {
+                    files = Some(names);
                 }
             }
             let files = files.as_ref().map(|(a, b)| (a.as_str(), b.as_str()));
@@ -128,6 +194,9 @@ impl Layer for ProfileLayer {
 
     fn finish(&mut self, cx: &mut Cx) {
         self.windows(cx, true);
+        if let Some(w) = &mut self.writer {
+            w.close();
+        }
     }
 }
 
